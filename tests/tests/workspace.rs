@@ -1,0 +1,121 @@
+//! Workspace hygiene that every crate must keep to be published on its own: each product crate
+//! has a README, a CHANGELOG with an Unreleased section, inherits the workspace lints, builds
+//! its docs for Linux and macOS, and carries a crate-level doc comment.
+
+use std::path::{Path, PathBuf};
+
+const PUBLISHED: &[&str] = &[
+    "platform-primitives",
+    "squib-host",
+    "engate-attach",
+    "varta-watch",
+    "polyplug-runtime",
+    "sqry-admission",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_published_crate_stands_alone() {
+    for name in PUBLISHED {
+        let dir = root().join("crates").join(name);
+        let manifest = read(&dir.join("Cargo.toml"));
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name}: folder and crate name differ"
+        );
+        assert!(
+            manifest.contains("[lints]\nworkspace = true"),
+            "{name}: must inherit workspace lints"
+        );
+        assert!(
+            manifest.contains("description = "),
+            "{name}: needs a description"
+        );
+        assert!(
+            !manifest.contains("publish = false"),
+            "{name}: must be publishable"
+        );
+        assert!(
+            manifest.contains("[package.metadata.docs.rs]") && manifest.contains("apple-darwin"),
+            "{name}: docs.rs must cover Linux and macOS"
+        );
+        let changelog = read(&dir.join("CHANGELOG.md"));
+        assert!(
+            changelog.contains("## [Unreleased]"),
+            "{name}: CHANGELOG needs [Unreleased]"
+        );
+        let readme = read(&dir.join("README.md"));
+        assert!(
+            readme.starts_with(&format!("# {name}")),
+            "{name}: README must open with its name"
+        );
+        let lib = read(&dir.join("src/lib.rs"));
+        assert!(
+            lib.starts_with("//! "),
+            "{name}: lib.rs must open with crate docs"
+        );
+    }
+}
+
+#[test]
+fn workspace_members_are_exactly_the_documented_layout() {
+    let mut found: Vec<String> = std::fs::read_dir(root().join("crates"))
+        .expect("crates/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut expected: Vec<String> = PUBLISHED.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "docs/ARCHITECTURE.md's code map must list every crate"
+    );
+    let architecture = read(&root().join("docs/ARCHITECTURE.md"));
+    for name in PUBLISHED {
+        assert!(
+            architecture.contains(&format!("`{name}`")),
+            "ARCHITECTURE.md misses {name}"
+        );
+    }
+}
+
+#[test]
+fn unsafe_code_in_platform_primitives_stays_in_sys_and_is_documented() {
+    let src = root().join("crates/platform-primitives/src");
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = read(&path);
+            let in_sys = path.starts_with(src.join("sys"));
+            for (no, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                if code.contains("unsafe {") || code.contains("unsafe impl") {
+                    assert!(in_sys, "{}:{}: unsafe outside sys/", path.display(), no + 1);
+                    let before: Vec<&str> = text.lines().take(no).collect();
+                    let documented = before.iter().rev().take(4).any(|l| l.contains("SAFETY:"));
+                    assert!(
+                        documented,
+                        "{}:{}: unsafe without SAFETY comment",
+                        path.display(),
+                        no + 1
+                    );
+                }
+            }
+        }
+    }
+}

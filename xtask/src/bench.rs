@@ -1,0 +1,63 @@
+//! `cargo xtask bench [crate]`: runs the crates' criterion benches and collects their verdict
+//! lines (`bench: <crate>/<metric> = <value> <unit> (target <op> <value>) ok|FAIL`).
+
+use crate::cmd::{self, Tally, cargo, root};
+
+/// Workspace crates whose manifest declares at least one `[[bench]]`.
+fn crates_with_benches() -> Result<Vec<String>, String> {
+    let dir = root().join("crates");
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path().join("Cargo.toml");
+        let manifest = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(name) = path.parent().and_then(|p| p.file_name())
+            && manifest.contains("[[bench]]")
+        {
+            found.push(name.to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
+    let available = crates_with_benches()?;
+    let selected: Vec<String> = match only {
+        Some(name) if available.iter().any(|c| c == name) => vec![name.to_owned()],
+        Some(name) if root().join("crates").join(name).is_dir() => {
+            println!("{name} has no benchmarks yet");
+            return Ok(());
+        }
+        Some(name) => return Err(format!("no workspace crate named '{name}'")),
+        None => available,
+    };
+    let mut verdicts = Vec::new();
+    for krate in &selected {
+        println!("\n==> bench: {krate}");
+        let lines = cmd::run_counting(
+            cargo().args(["bench", "--locked", "-p", krate]),
+            &mut Tally::default(),
+            |line| line.starts_with("bench: "),
+        )?;
+        if lines.is_empty() {
+            return Err(format!("{krate}'s benches printed no verdict line"));
+        }
+        verdicts.extend(lines);
+    }
+    println!("\n==> bench verdicts");
+    for line in &verdicts {
+        println!("{line}");
+    }
+    let failed = verdicts
+        .iter()
+        .filter(|l| l.trim_end().ends_with("FAIL"))
+        .count();
+    println!("{} ok, {failed} FAIL", verdicts.len() - failed);
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} benchmark target(s) missed"))
+    }
+}

@@ -1,0 +1,203 @@
+//! `cargo xtask ci`: every suite in order, stopping at the first failure.
+//!
+//! All stages share the workspace's one target directory. Stages that need a different build
+//! (loom models) select it with a cargo feature on one crate, so the rest of the workspace is
+//! not rebuilt for them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cmd::{self, Tally, cargo};
+
+/// A loom suite: the crate, its test target, and the feature that swaps in loom's primitives.
+/// Each suite includes negative controls (deliberately wrong variants loom must catch).
+struct LoomSuite {
+    package: &'static str,
+    test: &'static str,
+    feature: &'static str,
+}
+
+/// Crates add their loom models here as they land them.
+const LOOM_SUITES: &[LoomSuite] = &[];
+
+/// Preemption bound for loom: enough for the protocols' interleavings, small enough for CI.
+const LOOM_MAX_PREEMPTIONS: &str = "2";
+
+type StageFn = fn(&mut Tally) -> Result<(), String>;
+
+const STAGES: &[(&str, StageFn)] = &[
+    ("format", format),
+    ("clippy", clippy),
+    ("tests", tests),
+    ("docs", docs),
+    ("loom", loom),
+    ("cross-crate", cross_crate),
+    ("dependency policy", dependency_policy),
+    ("platform-gated suites", platform_gated),
+];
+
+pub(crate) fn run() -> Result<(), String> {
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut times: Vec<(&str, Duration)> = Vec::new();
+    let mut failure = None;
+    for (name, stage) in STAGES {
+        println!("\n==> ci stage: {name}");
+        let t = Instant::now();
+        let result = stage(&mut tally);
+        times.push((name, t.elapsed()));
+        println!(
+            "==> ci stage: {name} took {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+        if let Err(err) = result {
+            failure = Some(format!("ci stage '{name}' failed: {err}"));
+            break;
+        }
+    }
+
+    println!("\n==> ci stage times");
+    for (name, d) in &times {
+        println!("    {name:<24} {:>8.1}s", d.as_secs_f64());
+    }
+    println!(
+        "    {:<24} {:>8.1}s",
+        "total",
+        started.elapsed().as_secs_f64()
+    );
+    // A failed stage counts as a failure even when it was not a test that failed.
+    let failed = tally.failed + u64::from(failure.is_some() && tally.failed == 0);
+    println!("\n{} passed, {} failed", tally.passed, failed);
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+fn format(_: &mut Tally) -> Result<(), String> {
+    cmd::run(cargo().args(["fmt", "--all", "--check"]))
+        .map_err(|e| format!("{e}; run `cargo fmt --all` and commit"))
+}
+
+fn clippy(_: &mut Tally) -> Result<(), String> {
+    cmd::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn tests(tally: &mut Tally) -> Result<(), String> {
+    // --no-fail-fast: every test binary runs and is counted even after one fails.
+    cmd::run_counting(
+        cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "workspace-tests",
+            "--locked",
+            "--no-fail-fast",
+        ]),
+        tally,
+        |_| false,
+    )
+    .map(drop)
+}
+
+fn docs(_: &mut Tally) -> Result<(), String> {
+    cmd::run(
+        cargo()
+            .args(["doc", "--workspace", "--no-deps", "--locked"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )
+}
+
+fn loom(tally: &mut Tally) -> Result<(), String> {
+    if LOOM_SUITES.is_empty() {
+        println!("no loom suites yet: crates register theirs in xtask/src/ci.rs as they land");
+        return Ok(());
+    }
+    for suite in LOOM_SUITES {
+        cmd::run_counting(
+            cargo()
+                .args(["test", "--release", "--locked", "-p", suite.package])
+                .args(["--features", suite.feature, "--test", suite.test])
+                .env("LOOM_MAX_PREEMPTIONS", LOOM_MAX_PREEMPTIONS),
+            tally,
+            |_| false,
+        )?;
+    }
+    Ok(())
+}
+
+fn cross_crate(tally: &mut Tally) -> Result<(), String> {
+    cmd::run_counting(
+        cargo().args([
+            "test",
+            "-p",
+            "workspace-tests",
+            "--locked",
+            "--no-fail-fast",
+        ]),
+        tally,
+        |_| false,
+    )
+    .map(drop)
+}
+
+fn dependency_policy(_: &mut Tally) -> Result<(), String> {
+    if !cmd::succeeds(cargo().args(["deny", "--version"])) {
+        println!("cargo-deny is not installed: installing it from crates.io (once per machine)");
+        cmd::run(cargo().args(["install", "cargo-deny", "--locked"]))?;
+    }
+    println!(
+        "note: the advisories check is not run: its database cannot be fetched from this network; \
+         bans, licenses and sources are checked offline"
+    );
+    cmd::run(cargo().args(["deny", "--locked", "check", "bans", "licenses", "sources"]))
+}
+
+fn platform_gated(tally: &mut Tally) -> Result<(), String> {
+    // Privileged suites decide at run time and print their own skip lines; report here what
+    // this machine offers so a skipped suite is never silent.
+    report_device("/dev/userfaultfd", "userfaultfd pager suites");
+    report_device("/dev/kvm", "KVM guest suites");
+    let macos_suites: &[(&str, &str)] = &[];
+    if cfg!(target_os = "macos") {
+        for (package, test) in macos_suites {
+            cmd::run_counting(
+                cargo().args(["test", "--locked", "-p", package, "--test", test]),
+                tally,
+                |_| false,
+            )?;
+        }
+        if macos_suites.is_empty() {
+            println!("no macOS-only suites yet");
+        }
+    } else {
+        println!(
+            "skip: macOS-only suites (Mach exception-port pager): this is {}, not macOS",
+            std::env::consts::OS
+        );
+    }
+    Ok(())
+}
+
+fn report_device(dev: &str, what: &str) {
+    let path = Path::new(dev);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(_) => println!("{dev}: usable; {what} run"),
+        Err(e) if path.exists() => {
+            println!("skip note: {dev} exists but cannot be opened ({e}); {what} skip")
+        }
+        Err(_) => println!("skip note: {dev} is missing; {what} skip"),
+    }
+}

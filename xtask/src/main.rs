@@ -1,0 +1,49 @@
+//! Workspace automation, run as `cargo xtask <command>`.
+//!
+//! - `ci` — every suite, in order, stopping at the first failure: formatting, clippy, tests,
+//!   docs, loom models, cross-crate suites, dependency policy and platform-gated suites. Ends
+//!   with one `N passed, N failed` line. `.ci/run` calls exactly this.
+//! - `demo` — one scenario per crate on real OS parts, with measured figures.
+//! - `bench [crate]` — the benchmarks, with `bench: …` verdict lines and a summary.
+//!
+//! xtask has no dependencies so that it builds in seconds on a cold machine.
+
+mod bench;
+mod ci;
+mod cmd;
+mod demo;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci              run every suite (what CI runs), ending with 'N passed, N failed'
+  demo            run the demo scenarios on real OS parts
+  bench [crate]   run benchmarks (all crates, or one) and print their verdicts
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") if args.len() == 1 => ci::run(),
+        Some("demo") if args.len() == 1 => demo::run(),
+        Some("bench") if args.len() <= 2 => bench::run(args.get(1).map(String::as_str)),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
