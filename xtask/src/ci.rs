@@ -194,7 +194,7 @@ fn report_device(dev: &str, what: &str) {
         .write(true)
         .open(path)
     {
-        Ok(_) => println!("{dev}: usable; {what} run"),
+        Ok(_) => println!("{dev}: usable; {what} can run here"),
         Err(e) if path.exists() => {
             println!("skip note: {dev} exists but cannot be opened ({e}); {what} skip")
         }
