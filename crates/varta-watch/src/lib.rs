@@ -1,22 +1,52 @@
 //! One observer for the liveness of many local processes.
 //!
-//! systemd watches one unit with one watchdog; most supervisors notice only when a process dies,
-//! not when it hangs. `varta-watch` is a daemon that many processes report to, over one Unix
-//! datagram socket, with either VLP heartbeat frames or systemd's `sd_notify` text: it notices a
-//! stall, an exit or a self-reported critical state, and acts on it.
+//! systemd watches one unit with one watchdog; most supervisors notice only when a process
+//! dies, not when it hangs. varta-watch is a daemon that many processes report to over one Unix
+//! datagram socket — with 32-byte VLP heartbeat frames ([`vlp`]) or systemd's `sd_notify` text
+//! ([`notify`]) — and that notices a stall, an exit or a self-reported critical state.
 //!
-//! ## Planned design
+//! - **Identity from the kernel.** Every datagram carries the sender's credentials and a pidfd
+//!   (`SCM_CREDENTIALS`, `SCM_PIDFD`); a VLP frame claiming another pid is an
+//!   [`AuthFailure`](event::Event::AuthFailure), not a beat. A uid allow-list narrows who may
+//!   report. Every descriptor a sender attaches is closed on receipt, so `systemd-notify`'s
+//!   `BARRIER=1` never waits.
+//! - **Deadlines, not scans.** Each datagram costs O(1); stalls come from a lazily corrected
+//!   deadline heap ([`tracker`]), never from walking every agent per poll.
+//! - **Dead and hung told apart.** The agent's pidfd becomes readable when it exits:
+//!   [`Exited`](event::Event::Exited) at once, [`Stalled`](event::Event::Stalled) only for the
+//!   living.
+//! - **Suspend-aware.** Deadlines run on a monotonic clock of your choice; a detected suspend
+//!   restarts them instead of firing every agent on resume.
 //!
-//! - The socket is bound with `platform-primitives`' `uds` (live instance refused, stale socket
-//!   replaced, non-socket file preserved, mode set before any peer connects, only its own inode
-//!   unlinked on exit).
-//! - Sender identity from the kernel (`SCM_CREDENTIALS`, `SCM_PIDFD`), received in batches; every
-//!   passed descriptor closed at once (so `systemd-notify`'s `BARRIER=1` never waits).
-//! - Deadline-based stall detection (no scan of all agents per poll), per-agent timeouts, suspend
-//!   detection, `Stalled`/`Recovered`/`Exited`/`Critical` events, a JSON event stream, Prometheus
-//!   metrics and exec hooks that receive the agent's pidfd.
+//! The [`Observer`] is Linux-only (macOS attaches no credentials to datagrams and has no
+//! pidfds); the wire formats and the tracker are portable.
 //!
 //! ## Status
 //!
-//! This crate is a skeleton: it has no public API yet, and nothing in it pretends to work.
-//! The design above is what its tracking issue ("varta-watch observer") asks for.
+//! Works today: the VLP v0.2 codec, the sd_notify parser, the tracker (per-agent timeouts,
+//! startup grace, missed-beat rule, eviction policies, rate limits, suspend handling) and the
+//! observer with kernel-attested senders and pidfd exit detection, the agent-side [`beacon`],
+//! and the `varta-watch` daemon (JSON-lines events, exec hooks with the agent's pidfd,
+//! Prometheus metrics, a status control socket, socket activation, its own sd_notify).
+
+pub mod beacon;
+pub mod event;
+pub mod notify;
+pub mod tracker;
+pub mod vlp;
+
+#[cfg(target_os = "linux")]
+pub mod daemon;
+#[cfg(target_os = "linux")]
+pub mod hook;
+#[cfg(target_os = "linux")]
+pub mod report;
+
+mod crc32c;
+#[cfg(target_os = "linux")]
+mod observer;
+mod sys;
+
+pub use event::Event;
+#[cfg(target_os = "linux")]
+pub use observer::{Observer, ObserverConfig, ObserverCounters, ObserverError};

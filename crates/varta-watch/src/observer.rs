@@ -1,0 +1,468 @@
+//! The observer: one datagram socket, kernel-attested senders, a tracker, and an event loop.
+//!
+//! [`Observer::poll`] waits (epoll) for datagrams, agent exits and the next stall deadline,
+//! whichever comes first. Datagrams are received in batches (`recvmmsg`) with each sender's
+//! credentials and pidfd; every passed descriptor is closed on receipt. The first pidfd of each
+//! agent is kept and watched: it becomes readable the moment the agent's process exits, so a
+//! dead agent is reported as `Exited` at once and never confused with a hung one, and no signal
+//! can ever reach a recycled pid through it.
+//!
+//! ```no_run
+//! use varta_watch::{Observer, ObserverConfig};
+//! use std::time::Duration;
+//!
+//! let mut observer = Observer::bind(ObserverConfig::new("/run/varta/observer.sock"))?;
+//! let mut events = Vec::new();
+//! loop {
+//!     observer.poll(Duration::from_millis(100), &mut events)?;
+//!     for event in events.drain(..) {
+//!         println!("{}", event.to_json(0));
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use platform_primitives::clock::{ClockError, ClockSource};
+use platform_primitives::creds::{BatchConfig, DatagramBatch, Wait, enable_datagram_credentials};
+use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
+
+use crate::event::{AuthFailure, Event};
+use crate::notify::{Notification, Watchdog};
+use crate::sys::Epoll;
+use crate::tracker::{RateLimit, Sender, Tracker, TrackerConfig};
+use crate::vlp::{Frame, Status, looks_like_frame};
+
+const SOCKET_TOKEN: u64 = u64::MAX;
+/// Batches drained per readiness notification before deadlines get a turn.
+const BATCHES_PER_WAKE: usize = 64;
+/// Boottime running ahead of monotonic by more than this between two polls means a suspend.
+const SUSPEND_THRESHOLD: Duration = Duration::from_secs(1);
+
+/// How to run an observer.
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    /// Where the datagram socket is bound.
+    pub socket: PathBuf,
+    /// The socket's permission bits (set before any sender can reach it).
+    pub socket_mode: u32,
+    /// Stall policy, capacity and per-agent limits.
+    pub tracker: TrackerConfig,
+    /// The clock deadlines are measured with.
+    pub clock: ClockSource,
+    /// Only these uids may report (`None`: anyone who can write to the socket).
+    pub allow_uids: Option<Vec<u32>>,
+    /// Global rate limit over all senders (Critical and terminal datagrams pass regardless).
+    pub global_limit: Option<RateLimit>,
+    /// Receive batch sizes.
+    pub batch: BatchConfig,
+}
+
+impl ObserverConfig {
+    /// Defaults: mode 0o600, the tracker defaults, monotonic clock, no uid allow-list, no
+    /// global limit, batches of 64 datagrams of up to 4 KiB.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            socket_mode: 0o600,
+            tracker: TrackerConfig::default(),
+            clock: ClockSource::Monotonic,
+            allow_uids: None,
+            global_limit: None,
+            batch: BatchConfig {
+                capacity: 64,
+                max_datagram: 4096,
+                max_fds: 4,
+            },
+        }
+    }
+}
+
+/// Why an observer could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObserverError {
+    /// The socket could not be bound (the message names the path).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Credentials could not be enabled on the socket.
+    #[error("cannot enable sender credentials on {}", path.display())]
+    Credentials {
+        /// The socket.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The chosen clock is not available.
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    /// The event loop could not be set up.
+    #[error("cannot set up the event loop")]
+    EventLoop(#[source] io::Error),
+}
+
+impl ObserverError {
+    /// The `io::ErrorKind` this maps to (`AddrInUse` when another instance runs).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Self::Bind(e) => e.kind(),
+            Self::Credentials { source, .. } | Self::EventLoop(source) => source.kind(),
+            Self::Clock(_) => io::ErrorKind::Unsupported,
+        }
+    }
+}
+
+/// Counters of everything the observer received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObserverCounters {
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// `recvmmsg` calls that returned data.
+    pub batches: u64,
+    /// Valid VLP frames.
+    pub frames: u64,
+    /// Valid notify messages.
+    pub notifications: u64,
+    /// Datagrams that decoded as neither.
+    pub decode_errors: u64,
+    /// Datagrams refused for their sender's identity.
+    pub auth_failures: u64,
+    /// Datagrams longer than the receive buffer (`MSG_TRUNC`).
+    pub truncated: u64,
+    /// Datagrams whose control data did not fit (`MSG_CTRUNC`).
+    pub control_truncated: u64,
+    /// Descriptors that arrived attached to datagrams (all closed).
+    pub fds_closed: u64,
+    /// Datagrams dropped by the global rate limit.
+    pub global_rate_limited: u64,
+    /// Suspends detected.
+    pub suspends: u64,
+}
+
+/// A liveness observer bound to a socket: it receives datagrams with their senders' kernel
+/// credentials and pidfds, feeds the [`Tracker`], and reports [`Event`]s from [`Observer::poll`].
+#[derive(Debug)]
+pub struct Observer {
+    socket: UnixDatagram,
+    path: Option<SocketPath>,
+    batch: DatagramBatch,
+    epoll: Epoll,
+    tracker: Tracker,
+    pidfds: HashMap<u32, OwnedFd>,
+    clock: ClockSource,
+    allow_uids: Option<Vec<u32>>,
+    global_limit: Option<RateLimit>,
+    global_tokens: f64,
+    global_at: Duration,
+    last_clocks: (Duration, Duration),
+    counters: ObserverCounters,
+}
+
+impl Observer {
+    /// Binds the socket at `config.socket` with the daemon bind contracts of
+    /// `platform_primitives::uds` ("another varta-watch is already running at …" when a live
+    /// observer holds the path) and starts observing.
+    pub fn bind(config: ObserverConfig) -> Result<Self, ObserverError> {
+        let bound = UdsBinder::new("varta-watch")
+            .mode(config.socket_mode)
+            .bind_datagram(&config.socket)?;
+        let (socket, path) = bound.into_parts();
+        Self::start(socket, Some(path), config)
+    }
+
+    /// Observes an already-bound socket (socket activation: `LISTEN_FDS`). The socket's path,
+    /// if any, is left alone on drop.
+    pub fn from_socket(
+        socket: UnixDatagram,
+        config: ObserverConfig,
+    ) -> Result<Self, ObserverError> {
+        Self::start(socket, None, config)
+    }
+
+    fn start(
+        socket: UnixDatagram,
+        path: Option<SocketPath>,
+        config: ObserverConfig,
+    ) -> Result<Self, ObserverError> {
+        enable_datagram_credentials(&socket).map_err(|source| ObserverError::Credentials {
+            path: config.socket.clone(),
+            source,
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(ObserverError::EventLoop)?;
+        let epoll = Epoll::new().map_err(ObserverError::EventLoop)?;
+        epoll
+            .add(socket.as_fd(), SOCKET_TOKEN)
+            .map_err(ObserverError::EventLoop)?;
+        let now = config.clock.now()?.as_duration();
+        let mono = ClockSource::Monotonic.now()?.as_duration();
+        let boot = ClockSource::Boottime.now()?.as_duration();
+        Ok(Self {
+            socket,
+            path,
+            batch: DatagramBatch::new(config.batch),
+            epoll,
+            tracker: Tracker::new(config.tracker),
+            pidfds: HashMap::new(),
+            clock: config.clock,
+            allow_uids: config.allow_uids,
+            global_tokens: config.global_limit.map_or(0.0, |l| l.burst),
+            global_limit: config.global_limit,
+            global_at: now,
+            last_clocks: (mono, boot),
+            counters: ObserverCounters::default(),
+        })
+    }
+
+    /// The socket datagrams arrive on.
+    pub fn socket(&self) -> &UnixDatagram {
+        &self.socket
+    }
+
+    /// The agent table.
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// Receive-side counters.
+    pub fn counters(&self) -> &ObserverCounters {
+        &self.counters
+    }
+
+    /// The observer's clock, read now.
+    pub fn now(&self) -> Duration {
+        self.clock
+            .now()
+            .map(|s| s.as_duration())
+            .unwrap_or(self.global_at)
+    }
+
+    /// The pidfd kept for an agent (to hand to a hook), if any.
+    pub fn pidfd(&self, pid: u32) -> Option<&OwnedFd> {
+        self.pidfds.get(&pid)
+    }
+
+    /// Waits up to `timeout` for something to happen and appends what happened to `events`.
+    ///
+    /// Returns early, with whatever was observed, when a signal interrupts the wait.
+    pub fn poll(&mut self, timeout: Duration, events: &mut Vec<Event>) -> io::Result<()> {
+        self.check_suspend(events);
+        let now = self.now();
+        let wait = match self.tracker.next_deadline() {
+            Some(at) => timeout.min(at.saturating_sub(now)),
+            None => timeout,
+        };
+        let mut socket_ready = false;
+        let mut exited = Vec::new();
+        for token in self.epoll.wait(wait)? {
+            if token == SOCKET_TOKEN {
+                socket_ready = true;
+            } else {
+                exited.push(token as u32);
+            }
+        }
+        if socket_ready {
+            self.drain(events)?;
+        }
+        let now = self.now();
+        for pid in exited {
+            self.pidfds.remove(&pid);
+            self.tracker.on_exit(now, pid, events);
+        }
+        self.tracker.expire(now, events);
+        Ok(())
+    }
+
+    /// Receives and handles every queued datagram (up to a bound per call).
+    fn drain(&mut self, events: &mut Vec<Event>) -> io::Result<()> {
+        for _ in 0..BATCHES_PER_WAKE {
+            match self.batch.recv(&self.socket, Wait::NonBlock) {
+                Ok(_) => self.counters.batches += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let now = self.now();
+            // Split borrows: the batch hands out datagrams while the rest of `self` is updated.
+            let Self {
+                batch,
+                tracker,
+                pidfds,
+                epoll,
+                counters,
+                allow_uids,
+                global_limit,
+                global_tokens,
+                global_at,
+                ..
+            } = self;
+            for dgram in batch.drain() {
+                counters.datagrams += 1;
+                counters.fds_closed += dgram.closed_fds as u64;
+                if dgram.control_truncated {
+                    counters.control_truncated += 1;
+                }
+                let Some(creds) = dgram.credentials else {
+                    counters.auth_failures += 1;
+                    events.push(Event::AuthFailure {
+                        pid: 0,
+                        uid: u32::MAX,
+                        reason: AuthFailure::NoCredentials,
+                    });
+                    continue;
+                };
+                if dgram.truncated {
+                    counters.truncated += 1;
+                    counters.decode_errors += 1;
+                    events.push(Event::Decode {
+                        pid: creds.pid,
+                        error: format!(
+                            "datagram of {} bytes exceeds the {}-byte limit",
+                            dgram.original_len,
+                            dgram.data.len()
+                        ),
+                    });
+                    continue;
+                }
+                if let Some(allowed) = allow_uids.as_deref()
+                    && !allowed.contains(&creds.uid)
+                {
+                    counters.auth_failures += 1;
+                    events.push(Event::AuthFailure {
+                        pid: creds.pid,
+                        uid: creds.uid,
+                        reason: AuthFailure::UidNotAllowed,
+                    });
+                    continue;
+                }
+                let sender = Sender {
+                    pid: creds.pid,
+                    uid: creds.uid,
+                };
+                let first = events.len();
+                let registered = if looks_like_frame(dgram.data) {
+                    let frame = match Frame::decode(dgram.data) {
+                        Ok(frame) => frame,
+                        Err(e) => {
+                            counters.decode_errors += 1;
+                            events.push(Event::Decode {
+                                pid: creds.pid,
+                                error: e.to_string(),
+                            });
+                            continue;
+                        }
+                    };
+                    if frame.pid != creds.pid {
+                        counters.auth_failures += 1;
+                        events.push(Event::AuthFailure {
+                            pid: creds.pid,
+                            uid: creds.uid,
+                            reason: AuthFailure::PidMismatch { claimed: frame.pid },
+                        });
+                        continue;
+                    }
+                    counters.frames += 1;
+                    let urgent = frame.status == Status::Critical;
+                    if !take_token(*global_limit, global_tokens, global_at, now, urgent) {
+                        counters.global_rate_limited += 1;
+                        continue;
+                    }
+                    tracker.on_frame(now, sender, &frame, events)
+                } else {
+                    let n = match Notification::parse(dgram.data) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            counters.decode_errors += 1;
+                            events.push(Event::Decode {
+                                pid: creds.pid,
+                                error: e.to_string(),
+                            });
+                            continue;
+                        }
+                    };
+                    counters.notifications += 1;
+                    if (n.is_empty() || n.is_barrier_only()) && tracker.agent(creds.pid).is_none() {
+                        // Nothing to act on (only unknown keys), or a synchronisation request
+                        // from a helper process (systemd-notify's BARRIER=1, whose descriptor
+                        // is already closed): nobody new to track.
+                        continue;
+                    }
+                    let urgent = n.watchdog == Some(Watchdog::Trigger);
+                    if !take_token(*global_limit, global_tokens, global_at, now, urgent) {
+                        counters.global_rate_limited += 1;
+                        continue;
+                    }
+                    tracker.on_notify(now, sender, &n, events)
+                };
+                if registered && let Some(pidfd) = dgram.pidfd {
+                    // Watch the process for exit; without a pidfd (older kernels) exits are
+                    // noticed only as stalls.
+                    if epoll.add(pidfd.as_fd(), u64::from(creds.pid)).is_ok() {
+                        pidfds.insert(creds.pid, pidfd);
+                    }
+                }
+                for e in &events[first..] {
+                    if let Event::Evicted { pid } = e {
+                        pidfds.remove(pid);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detects a suspend (boottime ran ahead of monotonic) and restarts deadlines after it.
+    fn check_suspend(&mut self, events: &mut Vec<Event>) {
+        let (Ok(mono), Ok(boot)) = (ClockSource::Monotonic.now(), ClockSource::Boottime.now())
+        else {
+            return;
+        };
+        let (mono, boot) = (mono.as_duration(), boot.as_duration());
+        let (last_mono, last_boot) = self.last_clocks;
+        self.last_clocks = (mono, boot);
+        let suspended = boot
+            .saturating_sub(last_boot)
+            .saturating_sub(mono.saturating_sub(last_mono));
+        if suspended > SUSPEND_THRESHOLD {
+            self.counters.suspends += 1;
+            let now = self.now();
+            self.tracker.forgive_suspend(now, suspended, events);
+        }
+    }
+
+    /// Whether this observer will unlink its socket path on drop.
+    pub fn owns_path(&self) -> bool {
+        self.path.is_some()
+    }
+}
+
+/// Takes one token from the global bucket; urgent datagrams always pass.
+fn take_token(
+    limit: Option<RateLimit>,
+    tokens: &mut f64,
+    at: &mut Duration,
+    now: Duration,
+    urgent: bool,
+) -> bool {
+    let Some(limit) = limit else {
+        return true;
+    };
+    if urgent {
+        return true;
+    }
+    *tokens = (*tokens + now.saturating_sub(*at).as_secs_f64() * limit.rate).min(limit.burst);
+    *at = now;
+    if *tokens < 1.0 {
+        return false;
+    }
+    *tokens -= 1.0;
+    true
+}

@@ -1,0 +1,192 @@
+//! Renderings of an observer's state: Prometheus text metrics and the JSON status snapshot
+//! that `varta-watch status` prints.
+
+use std::fmt::Write as _;
+
+use crate::event::json_string;
+use crate::observer::Observer;
+
+/// Prometheus text exposition (format 0.0.4) of the observer's counters and every agent.
+pub fn metrics(observer: &Observer) -> String {
+    let mut out = String::with_capacity(1024 + observer.tracker().len() * 256);
+    let c = observer.counters();
+    let t = observer.tracker().counters();
+    let counters: [(&str, &str, u64); 19] = [
+        ("varta_datagrams_total", "Datagrams received.", c.datagrams),
+        (
+            "varta_batches_total",
+            "recvmmsg calls that returned data.",
+            c.batches,
+        ),
+        ("varta_frames_total", "Valid VLP frames.", c.frames),
+        (
+            "varta_notifications_total",
+            "Valid sd_notify messages.",
+            c.notifications,
+        ),
+        (
+            "varta_decode_errors_total",
+            "Datagrams that were neither.",
+            c.decode_errors,
+        ),
+        (
+            "varta_auth_failures_total",
+            "Datagrams refused for their sender's identity.",
+            c.auth_failures,
+        ),
+        (
+            "varta_truncated_total",
+            "Datagrams longer than the receive buffer.",
+            c.truncated,
+        ),
+        (
+            "varta_control_truncated_total",
+            "Datagrams whose control data did not fit.",
+            c.control_truncated,
+        ),
+        (
+            "varta_fds_closed_total",
+            "Descriptors attached to datagrams, closed on receipt.",
+            c.fds_closed,
+        ),
+        (
+            "varta_global_rate_limited_total",
+            "Datagrams dropped by the global rate limit.",
+            c.global_rate_limited,
+        ),
+        (
+            "varta_suspends_total",
+            "Machine suspends detected.",
+            c.suspends,
+        ),
+        ("varta_beats_total", "Heartbeats accepted.", t.beats),
+        ("varta_stalls_total", "Stalls declared.", t.stalls),
+        (
+            "varta_recoveries_total",
+            "Stalled agents that spoke again.",
+            t.recoveries,
+        ),
+        ("varta_exits_total", "Agent exits observed.", t.exits),
+        (
+            "varta_evictions_total",
+            "Agents evicted to make room.",
+            t.evictions,
+        ),
+        (
+            "varta_rejections_total",
+            "New agents refused: table full.",
+            t.rejections,
+        ),
+        (
+            "varta_rate_limited_total",
+            "Datagrams dropped by per-agent rate limits.",
+            t.rate_limited,
+        ),
+        (
+            "varta_stale_nonces_total",
+            "VLP frames ignored for a nonce that did not advance.",
+            t.stale_nonces,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let stalled = observer
+        .tracker()
+        .agents()
+        .filter(|a| a.is_stalled())
+        .count();
+    let _ = writeln!(
+        out,
+        "# HELP varta_agents Agents tracked.\n# TYPE varta_agents gauge\nvarta_agents {}\n\
+         # HELP varta_agents_stalled Agents currently stalled.\n# TYPE varta_agents_stalled gauge\nvarta_agents_stalled {stalled}",
+        observer.tracker().len()
+    );
+
+    let now = observer.now();
+    let mut agents: Vec<_> = observer.tracker().agents().collect();
+    agents.sort_by_key(|a| a.pid);
+    out.push_str("# HELP varta_agent_silent_seconds Time since the agent last spoke.\n# TYPE varta_agent_silent_seconds gauge\n");
+    for a in &agents {
+        let _ = writeln!(
+            out,
+            "varta_agent_silent_seconds{{pid=\"{}\",protocol=\"{}\",phase=\"{}\",health=\"{}\"}} {:.3}",
+            a.pid,
+            a.protocol.as_str(),
+            a.phase.as_str(),
+            a.health.as_str(),
+            now.saturating_sub(a.last_seen).as_secs_f64()
+        );
+    }
+    out.push_str("# HELP varta_agent_stalled Whether the agent is stalled.\n# TYPE varta_agent_stalled gauge\n");
+    for a in &agents {
+        let _ = writeln!(
+            out,
+            "varta_agent_stalled{{pid=\"{}\"}} {}",
+            a.pid,
+            u8::from(a.is_stalled())
+        );
+    }
+    out.push_str("# HELP varta_agent_beats_total Heartbeats accepted from the agent.\n# TYPE varta_agent_beats_total counter\n");
+    for a in &agents {
+        let _ = writeln!(
+            out,
+            "varta_agent_beats_total{{pid=\"{}\"}} {}",
+            a.pid, a.beats
+        );
+    }
+    out
+}
+
+/// The JSON status snapshot: every agent with its phase, health, silence and `STATUS=` text,
+/// and the counters.
+pub fn status_json(observer: &Observer) -> String {
+    let now = observer.now();
+    let mut agents: Vec<_> = observer.tracker().agents().collect();
+    agents.sort_by_key(|a| a.pid);
+    let mut out = String::from("{\"agents\":[");
+    for (i, a) in agents.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"pid\":{},\"uid\":{},\"protocol\":\"{}\",\"phase\":\"{}\",\"health\":\"{}\",\"stalled\":{},\"silent_ms\":{},\"beats\":{},\"limit_ms\":{},\"status\":",
+            a.pid,
+            a.uid,
+            a.protocol.as_str(),
+            a.phase.as_str(),
+            a.health.as_str(),
+            a.is_stalled(),
+            now.saturating_sub(a.last_seen).as_millis(),
+            a.beats,
+            a.limit(observer.tracker().config()).as_millis(),
+        );
+        match &a.status_text {
+            Some(text) => json_string(&mut out, text),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+    }
+    let c = observer.counters();
+    let t = observer.tracker().counters();
+    let _ = write!(
+        out,
+        "],\"counters\":{{\"datagrams\":{},\"frames\":{},\"notifications\":{},\"decode_errors\":{},\"auth_failures\":{},\"fds_closed\":{},\"stalls\":{},\"recoveries\":{},\"exits\":{},\"evictions\":{},\"rejections\":{}}}}}",
+        c.datagrams,
+        c.frames,
+        c.notifications,
+        c.decode_errors,
+        c.auth_failures,
+        c.fds_closed,
+        t.stalls,
+        t.recoveries,
+        t.exits,
+        t.evictions,
+        t.rejections
+    );
+    out
+}

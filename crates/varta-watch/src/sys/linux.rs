@@ -1,0 +1,195 @@
+//! Linux calls: an epoll set, a process-wide "stop requested" flag set from SIGTERM/SIGINT, and
+//! moving a descriptor to a fixed number in a hook's child process.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// An epoll instance. Registered descriptors are identified by a `u64` token.
+#[derive(Debug)]
+pub(crate) struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: `fd` was just created and is owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
+        })
+    }
+
+    /// Watches `fd` for readability, reporting `token`.
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event; both descriptors are open for the call.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &raw mut ev,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Waits up to `timeout` and returns the tokens of the ready descriptors. A signal ends the
+    /// wait early with no tokens.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<impl Iterator<Item = u64> + '_> {
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // Round up so a sub-millisecond deadline is not a busy loop.
+        let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
+        // SAFETY: `events` is a writable array of `len` epoll_event structs.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                ms,
+            )
+        };
+        let n = if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+            0
+        } else {
+            n as usize
+        };
+        Ok(self.events[..n].iter().map(|e| e.u64))
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGTERM and SIGINT set the stop flag instead of killing the process. Installed
+/// without `SA_RESTART`, so a blocking `epoll_wait` returns at once.
+pub(crate) fn install_stop_signals() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: sigaction is plain old data; all-zero is an empty mask with no flags.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe; `action`
+        // is a valid sigaction and the old action is not requested.
+        let rc = unsafe { libc::sigaction(sig, &raw const action, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether SIGTERM or SIGINT has arrived since [`install_stop_signals`].
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Arranges for `fd` to be open as descriptor `target` (without close-on-exec) in the child
+/// `cmd` spawns.
+pub(crate) fn pass_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    let action = move || {
+        // `fd` is open in the child (inherited from the parent, which keeps it open until
+        // spawn returns). dup2 clears close-on-exec on `target`; when `fd == target` the flag
+        // has to be cleared explicitly.
+        let rc = if fd == target {
+            // SAFETY: fcntl is async-signal-safe and takes an integer argument here.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
+        } else {
+            // SAFETY: dup2 is async-signal-safe; both numbers are valid descriptor numbers.
+            unsafe { libc::dup2(fd, target) }
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+    // functions, allocating nothing.
+    unsafe { cmd.pre_exec(action) };
+}
+
+/// The first socket passed by socket activation (`LISTEN_PID` = this process, `LISTEN_FDS` ≥ 1),
+/// taken as a Unix datagram socket. `Ok(None)` when the process was not socket-activated.
+///
+/// Reads the environment, which is only sound while no other thread may write it: the daemon
+/// calls this at start-up, before it spawns any thread.
+pub(crate) fn take_listen_socket() -> io::Result<Option<std::os::unix::net::UnixDatagram>> {
+    const FIRST: RawFd = 3;
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !ours || count == 0 {
+        return Ok(None);
+    }
+    let mut ty: libc::c_int = 0;
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: both out-pointers are valid c_ints with their size passed; an invalid FIRST
+    // makes getsockopt fail with EBADF/ENOTSOCK, which is reported.
+    let rc = unsafe {
+        libc::getsockopt(
+            FIRST,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut ty).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::getsockopt(
+            FIRST,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&raw mut domain).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ty != libc::SOCK_DGRAM || domain != libc::AF_UNIX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the socket passed as LISTEN_FDS descriptor 3 is not a Unix datagram socket",
+        ));
+    }
+    // SAFETY: systemd's protocol hands descriptor 3 to this process, which owns it from here;
+    // it was checked to be an open AF_UNIX datagram socket.
+    let fd = unsafe { OwnedFd::from_raw_fd(FIRST) };
+    // SAFETY: F_SETFD with FD_CLOEXEC takes an integer; the descriptor is open.
+    unsafe { libc::fcntl(FIRST, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(Some(fd.into()))
+}

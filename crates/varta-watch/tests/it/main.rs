@@ -1,0 +1,10 @@
+//! Integration tests of varta-watch on real parts: the real `varta-watch` binary as a child
+//! process, real senders (`systemd-notify`, the `varta-watch beacon` agent, raw sockets), real
+//! signals (SIGSTOP, SIGCONT, SIGKILL, SIGTERM), real socket activation, and the observer
+//! library's bind contracts.
+
+#![cfg(target_os = "linux")]
+
+mod bind;
+mod daemon;
+mod support;

@@ -1,0 +1,197 @@
+//! A running `varta-watch` daemon under test, and helpers to read its event stream.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_varta-watch");
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh directory, removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(label: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vw-it-{}-{label}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The daemon as a child process, its stdout events delivered line by line.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) socket: PathBuf,
+    lines: mpsc::Receiver<String>,
+    pub(crate) seen: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `varta-watch --socket <dir>/observer.sock <extra...>` and waits for the socket.
+    pub(crate) fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
+        let socket = dir.path("observer.sock");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket").arg(&socket).args(extra);
+        Self::spawn(cmd, socket)
+    }
+
+    pub(crate) fn spawn(mut cmd: Command, socket: PathBuf) -> Daemon {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn varta-watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "varta-watch did not bind {}",
+                socket.display()
+            );
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("varta-watch exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Daemon {
+            child,
+            socket,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an event line for which `pred` holds; panics with everything seen on timeout.
+    pub(crate) fn expect(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} within {timeout:?}; events seen:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for event `name` about `pid`.
+    pub(crate) fn expect_event(&mut self, name: &str, pid: u32, timeout: Duration) -> String {
+        let tag = format!("\"event\":\"{name}\"");
+        self.expect(&format!("{name} for pid {pid}"), timeout, |l| {
+            l.contains(&tag) && field(l, "pid") == Some(u64::from(pid))
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(&self, sig: i32) {
+        send_signal(self.pid(), sig);
+    }
+
+    /// Descriptors the daemon process has open.
+    pub(crate) fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("daemon fd dir")
+            .count()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The unsigned integer value of `"key":N` in a flat JSON line.
+pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+pub(crate) fn send_signal(pid: u32, sig: i32) {
+    // SAFETY: kill takes two integers and touches no memory.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}) failed: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A `varta-watch beacon` agent process.
+pub(crate) fn beacon(socket: &Path, extra: &[&str]) -> Child {
+    Command::new(BIN)
+        .arg("beacon")
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn beacon")
+}
+
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+pub(crate) fn skip(test: &str, why: &str) {
+    eprintln!("skip: {test}: {why}");
+}
+
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
