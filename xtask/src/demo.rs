@@ -3,19 +3,67 @@
 
 use crate::cmd::{self, cargo};
 
-/// Each crate's demo: (crate, how it runs). `None` means the crate has no demo yet.
-const DEMOS: &[(&str, Option<&str>)] = &[
-    ("platform-primitives", Some("tour")),
-    ("squib-host", None),
-    ("engate-attach", None),
-    ("varta-watch", None),
-    ("polyplug-runtime", None),
-    ("sqry-admission", None),
+/// One crate's demo: an example of the crate, run in release mode.
+struct Demo {
+    krate: &'static str,
+    /// The example to run; `None` while the crate has no demo yet.
+    example: Option<&'static str>,
+    /// Build the crate's binaries first (the demo drives the real daemon).
+    needs_bins: bool,
+}
+
+const DEMOS: &[Demo] = &[
+    Demo {
+        krate: "platform-primitives",
+        example: Some("tour"),
+        needs_bins: false,
+    },
+    Demo {
+        krate: "squib-host",
+        example: None,
+        needs_bins: false,
+    },
+    Demo {
+        krate: "engate-attach",
+        example: None,
+        needs_bins: false,
+    },
+    Demo {
+        krate: "varta-watch",
+        example: Some("demo"),
+        needs_bins: true,
+    },
+    Demo {
+        krate: "polyplug-runtime",
+        example: None,
+        needs_bins: false,
+    },
+    Demo {
+        krate: "sqry-admission",
+        example: None,
+        needs_bins: false,
+    },
 ];
 
 pub(crate) fn run() -> Result<(), String> {
-    for (krate, example) in DEMOS {
+    for Demo {
+        krate,
+        example,
+        needs_bins,
+    } in DEMOS
+    {
         println!("\n==> demo: {krate}");
+        if *needs_bins && example.is_some() {
+            cmd::run(cargo().args([
+                "build",
+                "--quiet",
+                "--release",
+                "--locked",
+                "-p",
+                krate,
+                "--bins",
+            ]))?;
+        }
         match example {
             Some(example) => cmd::run(cargo().args([
                 "run",

@@ -83,6 +83,21 @@ pub fn pidfd_pid(pidfd: &impl AsFd) -> io::Result<Option<u32>> {
     os::pidfd_pid(pidfd.as_fd())
 }
 
+/// Sends `data` on a connected socket with explicit credentials (Linux).
+///
+/// An unprivileged sender may only state its own pid, uid and gid (which the kernel attaches
+/// anyway). A privileged one may vouch for another live process: `CAP_SYS_ADMIN` for its pid,
+/// `CAP_SETUID`/`CAP_SETGID` for its ids — what `systemd-notify` does on behalf of a service.
+/// The kernel refuses a pid that does not exist (`ESRCH`) and an unauthorized claim (`EPERM`).
+#[cfg(target_os = "linux")]
+pub fn send_with_credentials(
+    sock: &impl AsFd,
+    data: &[u8],
+    credentials: Credentials,
+) -> io::Result<usize> {
+    os::send_with_credentials(sock.as_fd(), data, credentials)
+}
+
 /// What [`enable_datagram_credentials`] switched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

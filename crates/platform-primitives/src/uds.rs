@@ -228,6 +228,29 @@ impl UdsBinder {
 
     /// Binds a socket of type `S` at `path`.
     pub fn bind<S: Bindable>(&self, path: impl AsRef<Path>) -> Result<BoundSocket<S>, BindError> {
+        self.bind_with(path, |_| Ok(()))
+    }
+
+    /// Binds a socket of type `S` at `path`, running `setup` on it before any peer can reach
+    /// it — for options that must hold for the very first datagram, such as asking the kernel
+    /// to attach sender credentials (a datagram sent before `SO_PASSCRED` is set carries none).
+    ///
+    /// ```
+    /// use std::os::unix::net::UnixDatagram;
+    /// use platform_primitives::uds::UdsBinder;
+    ///
+    /// let path = std::env::temp_dir().join(format!("pp-setup-doc-{}.sock", std::process::id()));
+    /// let bound = UdsBinder::new("doc").bind_with(&path, |socket: &UnixDatagram| {
+    ///     socket.set_nonblocking(true)
+    /// })?;
+    /// # drop(bound);
+    /// # Ok::<(), platform_primitives::uds::BindError>(())
+    /// ```
+    pub fn bind_with<S: Bindable>(
+        &self,
+        path: impl AsRef<Path>,
+        setup: impl FnOnce(&S) -> io::Result<()>,
+    ) -> Result<BoundSocket<S>, BindError> {
         let path = path.as_ref();
         let dir = parent_dir(path)?;
         let dir_handle = File::open(&dir).map_err(|source| BindError::ParentDirectory {
@@ -241,6 +264,7 @@ impl UdsBinder {
 
         let socket =
             S::bind_at(&staged).map_err(|e| BindError::io("bind a socket at", &staged, e))?;
+        setup(&socket).map_err(|e| BindError::io("set up the socket for", path, e))?;
         fs::set_permissions(&staged, fs::Permissions::from_mode(self.mode))
             .map_err(|e| BindError::io("set the mode of", &staged, e))?;
         let meta = fs::symlink_metadata(&staged)

@@ -45,6 +45,7 @@ pub mod report;
 mod crc32c;
 #[cfg(target_os = "linux")]
 mod observer;
+mod pid_index;
 mod sys;
 
 pub use event::Event;

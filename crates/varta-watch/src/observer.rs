@@ -22,7 +22,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -155,7 +154,6 @@ pub struct Observer {
     batch: DatagramBatch,
     epoll: Epoll,
     tracker: Tracker,
-    pidfds: HashMap<u32, OwnedFd>,
     clock: ClockSource,
     allow_uids: Option<Vec<u32>>,
     global_limit: Option<RateLimit>,
@@ -170,9 +168,13 @@ impl Observer {
     /// `platform_primitives::uds` ("another varta-watch is already running at …" when a live
     /// observer holds the path) and starts observing.
     pub fn bind(config: ObserverConfig) -> Result<Self, ObserverError> {
+        // Credentials must be on before the path is reachable: a datagram sent earlier would
+        // arrive with none (pid 0, the overflow uid) and be refused.
         let bound = UdsBinder::new("varta-watch")
             .mode(config.socket_mode)
-            .bind_datagram(&config.socket)?;
+            .bind_with(&config.socket, |socket: &UnixDatagram| {
+                enable_datagram_credentials(socket).map(drop)
+            })?;
         let (socket, path) = bound.into_parts();
         Self::start(socket, Some(path), config)
     }
@@ -211,7 +213,6 @@ impl Observer {
             batch: DatagramBatch::new(config.batch),
             epoll,
             tracker: Tracker::new(config.tracker),
-            pidfds: HashMap::new(),
             clock: config.clock,
             allow_uids: config.allow_uids,
             global_tokens: config.global_limit.map_or(0.0, |l| l.burst),
@@ -247,7 +248,7 @@ impl Observer {
 
     /// The pidfd kept for an agent (to hand to a hook), if any.
     pub fn pidfd(&self, pid: u32) -> Option<&OwnedFd> {
-        self.pidfds.get(&pid)
+        self.tracker.pidfd(pid)
     }
 
     /// Waits up to `timeout` for something to happen and appends what happened to `events`.
@@ -274,7 +275,7 @@ impl Observer {
         }
         let now = self.now();
         for pid in exited {
-            self.pidfds.remove(&pid);
+            // Dropping the agent closes its pidfd, which also leaves the epoll set.
             self.tracker.on_exit(now, pid, events);
         }
         self.tracker.expire(now, events);
@@ -295,7 +296,6 @@ impl Observer {
             let Self {
                 batch,
                 tracker,
-                pidfds,
                 epoll,
                 counters,
                 allow_uids,
@@ -310,7 +310,9 @@ impl Observer {
                 if dgram.control_truncated {
                     counters.control_truncated += 1;
                 }
-                let Some(creds) = dgram.credentials else {
+                // pid 0: sent before credentials were enabled (an activated socket), or by a
+                // process outside this pid namespace. Either way it cannot be attributed.
+                let Some(creds) = dgram.credentials.filter(|c| c.pid != 0) else {
                     counters.auth_failures += 1;
                     events.push(Event::AuthFailure {
                         pid: 0,
@@ -347,7 +349,6 @@ impl Observer {
                     pid: creds.pid,
                     uid: creds.uid,
                 };
-                let first = events.len();
                 let registered = if looks_like_frame(dgram.data) {
                     let frame = match Frame::decode(dgram.data) {
                         Ok(frame) => frame,
@@ -404,14 +405,10 @@ impl Observer {
                 };
                 if registered && let Some(pidfd) = dgram.pidfd {
                     // Watch the process for exit; without a pidfd (older kernels) exits are
-                    // noticed only as stalls.
+                    // noticed only as stalls. The tracker owns it from here: an agent that
+                    // leaves the table closes it, which also removes it from the epoll set.
                     if epoll.add(pidfd.as_fd(), u64::from(creds.pid)).is_ok() {
-                        pidfds.insert(creds.pid, pidfd);
-                    }
-                }
-                for e in &events[first..] {
-                    if let Event::Evicted { pid } = e {
-                        pidfds.remove(pid);
+                        tracker.attach_pidfd(creds.pid, pidfd);
                     }
                 }
             }

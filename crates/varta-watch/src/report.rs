@@ -8,7 +8,8 @@ use crate::observer::Observer;
 
 /// Prometheus text exposition (format 0.0.4) of the observer's counters and every agent.
 pub fn metrics(observer: &Observer) -> String {
-    let mut out = String::with_capacity(1024 + observer.tracker().len() * 256);
+    let tracker = observer.tracker();
+    let mut out = String::with_capacity(1024 + tracker.len() * 256);
     let c = observer.counters();
     let t = observer.tracker().counters();
     let counters: [(&str, &str, u64); 19] = [
@@ -107,18 +108,18 @@ pub fn metrics(observer: &Observer) -> String {
     );
 
     let now = observer.now();
-    let mut agents: Vec<_> = observer.tracker().agents().collect();
-    agents.sort_by_key(|a| a.pid);
+    let mut agents: Vec<_> = tracker.agents().collect();
+    agents.sort_by_key(|a| a.pid());
     out.push_str("# HELP varta_agent_silent_seconds Time since the agent last spoke.\n# TYPE varta_agent_silent_seconds gauge\n");
     for a in &agents {
         let _ = writeln!(
             out,
             "varta_agent_silent_seconds{{pid=\"{}\",protocol=\"{}\",phase=\"{}\",health=\"{}\"}} {:.3}",
-            a.pid,
-            a.protocol.as_str(),
-            a.phase.as_str(),
-            a.health.as_str(),
-            now.saturating_sub(a.last_seen).as_secs_f64()
+            a.pid(),
+            a.protocol().as_str(),
+            a.phase().as_str(),
+            a.health().as_str(),
+            tracker.silent_for(a, now).as_secs_f64()
         );
     }
     out.push_str("# HELP varta_agent_stalled Whether the agent is stalled.\n# TYPE varta_agent_stalled gauge\n");
@@ -126,7 +127,7 @@ pub fn metrics(observer: &Observer) -> String {
         let _ = writeln!(
             out,
             "varta_agent_stalled{{pid=\"{}\"}} {}",
-            a.pid,
+            a.pid(),
             u8::from(a.is_stalled())
         );
     }
@@ -135,7 +136,8 @@ pub fn metrics(observer: &Observer) -> String {
         let _ = writeln!(
             out,
             "varta_agent_beats_total{{pid=\"{}\"}} {}",
-            a.pid, a.beats
+            a.pid(),
+            a.beats()
         );
     }
     out
@@ -145,8 +147,9 @@ pub fn metrics(observer: &Observer) -> String {
 /// and the counters.
 pub fn status_json(observer: &Observer) -> String {
     let now = observer.now();
-    let mut agents: Vec<_> = observer.tracker().agents().collect();
-    agents.sort_by_key(|a| a.pid);
+    let tracker = observer.tracker();
+    let mut agents: Vec<_> = tracker.agents().collect();
+    agents.sort_by_key(|a| a.pid());
     let mut out = String::from("{\"agents\":[");
     for (i, a) in agents.iter().enumerate() {
         if i > 0 {
@@ -155,17 +158,17 @@ pub fn status_json(observer: &Observer) -> String {
         let _ = write!(
             out,
             "{{\"pid\":{},\"uid\":{},\"protocol\":\"{}\",\"phase\":\"{}\",\"health\":\"{}\",\"stalled\":{},\"silent_ms\":{},\"beats\":{},\"limit_ms\":{},\"status\":",
-            a.pid,
-            a.uid,
-            a.protocol.as_str(),
-            a.phase.as_str(),
-            a.health.as_str(),
+            a.pid(),
+            a.uid(),
+            a.protocol().as_str(),
+            a.phase().as_str(),
+            a.health().as_str(),
             a.is_stalled(),
-            now.saturating_sub(a.last_seen).as_millis(),
-            a.beats,
-            a.limit(observer.tracker().config()).as_millis(),
+            tracker.silent_for(a, now).as_millis(),
+            a.beats(),
+            a.limit(tracker.config()).as_millis(),
         );
-        match &a.status_text {
+        match tracker.status_text(a.pid()) {
             Some(text) => json_string(&mut out, text),
             None => out.push_str("null"),
         }

@@ -11,14 +11,30 @@
 //! `missed_beats` × its observed beat interval (when configured and learned), capped by the
 //! global timeout, else the global timeout. A new agent gets `startup_grace` on top of its
 //! first deadline.
+//!
+//! Agents are packed into 44 bytes each (plus 8 for the pid index and 8 for the deadline
+//! heap): times are 32-bit millisecond ticks (rebased every ~12 days of uptime), and the last
+//! nonce is kept modulo 2³², so a frame whose nonce jumps more than 2³¹ ahead reads as a replay
+//! (senders count up by one).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::event::{CriticalReason, Event, Protocol};
 use crate::notify::{Notification, Watchdog};
-use crate::vlp::{Frame, Status, TERMINAL_NONCE};
+use crate::pid_index::PidIndex;
+use crate::vlp::{Frame, Status};
+
+/// The longest silence limit, grace or extension honoured (about 6.2 days): internal times are
+/// 32-bit millisecond ticks, and deadlines must stay comparable.
+pub const MAX_LIMIT: Duration = Duration::from_millis(1 << 29);
+
+/// Ticks past this are rebased (every ~12 days of uptime), keeping all ticks in 32 bits.
+const REBASE_AT: u64 = 1 << 31;
+/// How far back a rebase keeps time: a silence longer than this reads as this long.
+const REBASE_KEEP: u64 = 1 << 30;
 
 /// Which agents may be dropped when the table is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -42,14 +58,14 @@ pub struct RateLimit {
 /// Tracking policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackerConfig {
-    /// Silence after which an agent is stalled, unless it set its own.
+    /// Silence after which an agent is stalled, unless it set its own (1 ms ..= [`MAX_LIMIT`]).
     pub timeout: Duration,
-    /// Extra allowance on a new agent's first deadline.
+    /// Extra allowance on a new agent's first deadline (at most [`MAX_LIMIT`]).
     pub startup_grace: Duration,
     /// Stall after this many missed beats of the agent's learned interval (capped by
     /// `timeout`), once at least three intervals have been seen.
     pub missed_beats: Option<u32>,
-    /// Most agents tracked at once.
+    /// Most agents tracked at once; memory for them is reserved up front.
     pub capacity: usize,
     /// Who may be dropped when full.
     pub eviction: EvictionPolicy,
@@ -106,61 +122,150 @@ impl Phase {
             Self::Stopping => "stopping",
         }
     }
+
+    fn bits(self) -> u16 {
+        match self {
+            Self::Starting => 0,
+            Self::Ready => 1,
+            Self::Reloading => 2,
+            Self::Stopping => 3,
+        }
+    }
+
+    fn from_bits(bits: u16) -> Self {
+        match bits & 3 {
+            0 => Self::Starting,
+            1 => Self::Ready,
+            2 => Self::Reloading,
+            _ => Self::Stopping,
+        }
+    }
 }
 
-/// What the observer knows about one agent.
-#[derive(Debug, Clone)]
+// Layout of `Agent::flags`.
+const F_NOTIFY: u16 = 1 << 0;
+const F_PHASE_SHIFT: u16 = 1; // two bits
+const F_HEALTH_SHIFT: u16 = 3; // two bits
+const F_STALLED: u16 = 1 << 5;
+const F_QUEUED: u16 = 1 << 6;
+const F_HAS_NONCE: u16 = 1 << 7;
+const F_INTERVALS_SHIFT: u16 = 8; // two bits, saturating at 3
+
+/// What the observer knows about one agent, packed into 44 bytes: times are 32-bit
+/// millisecond ticks of the tracker, state lives in bit flags, and the `STATUS=` text (rare,
+/// notify senders only) is kept beside the table.
+#[derive(Debug)]
 pub struct Agent {
-    /// Kernel-attested pid.
-    pub pid: u32,
-    /// Kernel-attested uid.
-    pub uid: u32,
-    /// How it talks.
-    pub protocol: Protocol,
-    /// Lifecycle phase.
-    pub phase: Phase,
-    /// Last reported health.
-    pub health: Status,
-    /// Latest `STATUS=` text.
-    pub status_text: Option<String>,
-    /// Heartbeats accepted.
-    pub beats: u64,
-    /// Datagrams dropped by its rate limit.
-    pub rate_limited: u64,
-    /// When it first spoke.
-    pub first_seen: Duration,
-    /// When it last spoke.
-    pub last_seen: Duration,
-    /// Since when it is stalled, if it is.
-    pub stalled_since: Option<Duration>,
-    own_timeout: Option<Duration>,
-    deadline: Duration,
-    queued_at: Option<Duration>,
-    interval: Option<Duration>,
-    intervals_seen: u32,
-    last_nonce: Option<u64>,
-    tokens: f64,
-    tokens_at: Duration,
+    pid: u32,
+    uid: u32,
+    last_seen: u32,
+    deadline: u32,
+    queued_at: u32,
+    /// `WATCHDOG_USEC=` in ms; 0 = none.
+    own_limit: u32,
+    /// Low 32 bits of the last accepted nonce (compared with wrapping arithmetic).
+    nonce: u32,
+    tokens: f32,
+    beats: u32,
+    /// Learned beat interval in ms (exponential average), saturating; 0 = unknown.
+    interval: u16,
+    flags: u16,
+    pidfd: Option<OwnedFd>,
 }
+
+const _: () = assert!(std::mem::size_of::<Agent>() == 44);
 
 impl Agent {
+    /// Kernel-attested pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Kernel-attested uid.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// How it talks.
+    pub fn protocol(&self) -> Protocol {
+        if self.flags & F_NOTIFY != 0 {
+            Protocol::Notify
+        } else {
+            Protocol::Vlp
+        }
+    }
+
+    /// Lifecycle phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_bits(self.flags >> F_PHASE_SHIFT)
+    }
+
+    /// Last reported health.
+    pub fn health(&self) -> Status {
+        match (self.flags >> F_HEALTH_SHIFT) & 3 {
+            0 => Status::Ok,
+            1 => Status::Degraded,
+            _ => Status::Critical,
+        }
+    }
+
+    /// Heartbeats accepted (wraps after 2³² beats).
+    pub fn beats(&self) -> u32 {
+        self.beats
+    }
+
     /// Whether it is currently stalled.
     pub fn is_stalled(&self) -> bool {
-        self.stalled_since.is_some()
+        self.flags & F_STALLED != 0
     }
 
     /// Its current silence limit.
     pub fn limit(&self, config: &TrackerConfig) -> Duration {
-        if let Some(own) = self.own_timeout {
-            return own;
+        Duration::from_millis(u64::from(self.limit_ms(config)))
+    }
+
+    fn limit_ms(&self, config: &TrackerConfig) -> u32 {
+        if self.own_limit != 0 {
+            return self.own_limit;
         }
-        match (config.missed_beats, self.interval) {
-            (Some(n), Some(interval)) if self.intervals_seen >= 3 => {
-                interval.saturating_mul(n).min(config.timeout)
+        let timeout = ms(config.timeout);
+        match config.missed_beats {
+            Some(n) if self.interval != 0 && self.intervals_seen() >= 3 => {
+                u32::from(self.interval).saturating_mul(n).clamp(1, timeout)
             }
-            _ => config.timeout,
+            _ => timeout,
         }
     }
+
+    fn intervals_seen(&self) -> u16 {
+        (self.flags >> F_INTERVALS_SHIFT) & 3
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.flags = (self.flags & !(3 << F_PHASE_SHIFT)) | (phase.bits() << F_PHASE_SHIFT);
+    }
+
+    fn set_health(&mut self, status: Status) {
+        let bits = match status {
+            Status::Ok => 0,
+            Status::Degraded => 1,
+            Status::Critical => 2,
+        };
+        self.flags = (self.flags & !(3 << F_HEALTH_SHIFT)) | (bits << F_HEALTH_SHIFT);
+    }
+
+    fn set(&mut self, flag: u16, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
+}
+
+/// A duration as whole milliseconds, at least 1 and at most [`MAX_LIMIT`].
+fn ms(d: Duration) -> u32 {
+    d.min(MAX_LIMIT).as_millis().max(1) as u32
 }
 
 /// Counters of what the tracker decided.
@@ -188,17 +293,24 @@ pub struct TrackerCounters {
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    agents: HashMap<u32, Agent>,
-    deadlines: BinaryHeap<Reverse<(Duration, u32)>>,
+    slab: Vec<Agent>,
+    index: PidIndex,
+    deadlines: BinaryHeap<Reverse<(u32, u32)>>,
+    status_texts: HashMap<u32, Box<str>>,
+    epoch: Duration,
     counters: TrackerCounters,
 }
 
 impl Tracker {
-    /// An empty table.
+    /// An empty table with room for `config.capacity` agents reserved.
     pub fn new(config: TrackerConfig) -> Self {
+        let capacity = config.capacity.clamp(1, 1 << 20);
         Self {
-            agents: HashMap::with_capacity(config.capacity.min(1 << 16)),
-            deadlines: BinaryHeap::new(),
+            slab: Vec::with_capacity(capacity),
+            index: PidIndex::with_capacity(capacity),
+            deadlines: BinaryHeap::with_capacity(capacity),
+            status_texts: HashMap::new(),
+            epoch: Duration::ZERO,
             counters: TrackerCounters::default(),
             config,
         }
@@ -216,27 +328,64 @@ impl Tracker {
 
     /// One agent.
     pub fn agent(&self, pid: u32) -> Option<&Agent> {
-        self.agents.get(&pid)
+        let slot = self.slot(pid)?;
+        Some(&self.slab[slot as usize])
     }
 
     /// Every agent, in no particular order.
     pub fn agents(&self) -> impl Iterator<Item = &Agent> {
-        self.agents.values()
+        self.slab.iter()
     }
 
     /// How many agents are tracked.
     pub fn len(&self) -> usize {
-        self.agents.len()
+        self.slab.len()
     }
 
     /// Whether no agent is tracked.
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.slab.is_empty()
+    }
+
+    /// How long `agent` has been silent at `now`.
+    pub fn silent_for(&self, agent: &Agent, now: Duration) -> Duration {
+        Duration::from_millis(self.ticks(now).saturating_sub(u64::from(agent.last_seen)))
+    }
+
+    /// The agent's latest `STATUS=` text.
+    pub fn status_text(&self, pid: u32) -> Option<&str> {
+        self.status_texts.get(&pid).map(|s| &**s)
+    }
+
+    /// Keeps `pidfd` with the agent (closed when the agent leaves the table).
+    pub fn attach_pidfd(&mut self, pid: u32, pidfd: OwnedFd) {
+        if let Some(slot) = self.slot(pid) {
+            self.slab[slot as usize].pidfd = Some(pidfd);
+        }
+    }
+
+    /// The pidfd kept for an agent.
+    pub fn pidfd(&self, pid: u32) -> Option<&OwnedFd> {
+        self.agent(pid)?.pidfd.as_ref()
     }
 
     /// The earliest time at which [`expire`](Self::expire) may have something to do.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.deadlines.peek().map(|Reverse((at, _))| *at)
+        self.deadlines
+            .peek()
+            .map(|Reverse((at, _))| self.epoch + Duration::from_millis(u64::from(*at)))
+    }
+
+    /// Heap bytes held by the table (slab, index, deadline heap and status texts).
+    pub fn heap_bytes(&self) -> usize {
+        self.slab.capacity() * std::mem::size_of::<Agent>()
+            + self.index.heap_bytes()
+            + self.deadlines.capacity() * std::mem::size_of::<Reverse<(u32, u32)>>()
+            + self
+                .status_texts
+                .values()
+                .map(|t| t.len() + 24)
+                .sum::<usize>()
     }
 
     /// A VLP frame from `sender` (whose pid the caller has matched against the frame).
@@ -249,34 +398,35 @@ impl Tracker {
         events: &mut Vec<Event>,
     ) -> bool {
         let critical = frame.status == Status::Critical;
-        let Some((agent, new)) = self.admit(now, sender, Protocol::Vlp, critical, events) else {
+        let t = self.tick(now);
+        let Some((slot, new)) = self.admit(t, sender, Protocol::Vlp, critical, events) else {
             return false;
         };
+        let agent = &mut self.slab[slot];
         if frame.is_terminal() {
-            agent.health = Status::Critical;
+            agent.set_health(Status::Critical);
             events.push(Event::Critical {
                 pid: sender.pid,
                 reason: CriticalReason::TerminalFrame,
             });
             return new;
         }
-        if let Some(last) = agent.last_nonce {
-            let advances = frame.nonce > last || (last == TERMINAL_NONCE - 1 && frame.nonce == 0);
-            if !advances {
-                self.counters.stale_nonces += 1;
-                return new;
-            }
+        let nonce = frame.nonce as u32;
+        if agent.flags & F_HAS_NONCE != 0 && (nonce.wrapping_sub(agent.nonce) as i32) <= 0 {
+            self.counters.stale_nonces += 1;
+            return new;
         }
-        agent.last_nonce = Some(frame.nonce);
-        let was = agent.health;
-        agent.health = frame.status;
+        agent.nonce = nonce;
+        agent.flags |= F_HAS_NONCE;
+        let was = agent.health();
+        agent.set_health(frame.status);
         if critical && was != Status::Critical {
             events.push(Event::Critical {
                 pid: sender.pid,
                 reason: CriticalReason::Status,
             });
         }
-        self.beat(now, sender.pid, Some(frame.status), events);
+        self.beat(t, slot, Some(frame.status), events);
         new
     }
 
@@ -289,27 +439,29 @@ impl Tracker {
         events: &mut Vec<Event>,
     ) -> bool {
         let trigger = n.watchdog == Some(Watchdog::Trigger);
-        let Some((agent, new)) = self.admit(now, sender, Protocol::Notify, trigger, events) else {
+        let t = self.tick(now);
+        let Some((slot, new)) = self.admit(t, sender, Protocol::Notify, trigger, events) else {
             return false;
         };
         if let Some(text) = &n.status {
-            agent.status_text = Some(text.clone());
+            self.status_texts.insert(sender.pid, text.as_str().into());
         }
+        let agent = &mut self.slab[slot];
         if let Some(timeout) = n.watchdog_timeout {
-            agent.own_timeout = Some(timeout);
+            agent.own_limit = ms(timeout);
         }
         if n.reloading {
-            agent.phase = Phase::Reloading;
+            agent.set_phase(Phase::Reloading);
         }
         if n.ready {
-            agent.phase = Phase::Ready;
+            agent.set_phase(Phase::Ready);
             events.push(Event::Ready { pid: sender.pid });
         }
         if n.stopping {
-            agent.phase = Phase::Stopping;
+            agent.set_phase(Phase::Stopping);
         }
         if trigger {
-            agent.health = Status::Critical;
+            agent.set_health(Status::Critical);
             events.push(Event::Critical {
                 pid: sender.pid,
                 reason: CriticalReason::WatchdogTrigger,
@@ -317,53 +469,58 @@ impl Tracker {
         }
         // Any message proves the sender alive; only WATCHDOG=1 is reported as a beat.
         let ping = n.watchdog == Some(Watchdog::Ping);
-        self.beat(now, sender.pid, ping.then_some(Status::Ok), events);
-        if let (Some(extra), Some(agent)) = (n.extend_timeout, self.agents.get_mut(&sender.pid)) {
+        self.beat(t, slot, ping.then_some(Status::Ok), events);
+        if let Some(extra) = n.extend_timeout {
             // Later than the queued entry is fine: the entry re-queues itself when it comes due.
-            agent.deadline = agent.deadline.max(now + extra);
+            let agent = &mut self.slab[slot];
+            agent.deadline = agent.deadline.max(t + ms(extra));
         }
         new
     }
 
     /// The agent's process exited.
     pub fn on_exit(&mut self, now: Duration, pid: u32, events: &mut Vec<Event>) {
-        if let Some(agent) = self.agents.remove(&pid) {
+        let t = self.tick(now);
+        if let Some(agent) = self.remove(pid) {
             self.counters.exits += 1;
             events.push(Event::Exited {
                 pid,
-                expected: agent.phase == Phase::Stopping,
-                silent_for: now.saturating_sub(agent.last_seen),
+                expected: agent.phase() == Phase::Stopping,
+                silent_for: Duration::from_millis(u64::from(t.saturating_sub(agent.last_seen))),
             });
         }
     }
 
     /// Declares every agent whose deadline has passed as stalled.
     pub fn expire(&mut self, now: Duration, events: &mut Vec<Event>) {
+        let t = self.tick(now);
         while let Some(&Reverse((at, pid))) = self.deadlines.peek() {
-            if at > now {
+            if at > t {
                 break;
             }
             self.deadlines.pop();
-            let Some(agent) = self.agents.get_mut(&pid) else {
+            let Some(slot) = self.slot(pid) else {
                 continue;
             };
-            if agent.queued_at != Some(at) {
+            let agent = &mut self.slab[slot as usize];
+            if agent.flags & F_QUEUED == 0 || agent.queued_at != at {
                 continue; // superseded by a later entry for the same agent
             }
-            agent.queued_at = None;
-            if agent.is_stalled() || agent.phase == Phase::Stopping {
+            agent.set(F_QUEUED, false);
+            if agent.is_stalled() || agent.phase() == Phase::Stopping {
                 continue;
             }
-            if agent.deadline > now {
-                agent.queued_at = Some(agent.deadline);
+            if agent.deadline > t {
+                agent.queued_at = agent.deadline;
+                agent.set(F_QUEUED, true);
                 self.deadlines.push(Reverse((agent.deadline, pid)));
                 continue;
             }
-            agent.stalled_since = Some(now);
+            agent.set(F_STALLED, true);
             self.counters.stalls += 1;
             events.push(Event::Stalled {
                 pid,
-                silent_for: now.saturating_sub(agent.last_seen),
+                silent_for: Duration::from_millis(u64::from(t.saturating_sub(agent.last_seen))),
             });
         }
     }
@@ -376,147 +533,195 @@ impl Tracker {
         suspended_for: Duration,
         events: &mut Vec<Event>,
     ) {
-        for agent in self.agents.values_mut() {
+        let t = self.tick(now);
+        for agent in &mut self.slab {
             if !agent.is_stalled() {
-                let limit = agent.limit(&self.config);
-                agent.last_seen = agent.last_seen.max(now);
-                agent.deadline = now + limit;
+                agent.last_seen = agent.last_seen.max(t);
+                agent.deadline = t + agent.limit_ms(&self.config);
             }
         }
         events.push(Event::Resumed { suspended_for });
+    }
+
+    fn slot(&self, pid: u32) -> Option<u32> {
+        let slab = &self.slab;
+        self.index.get(pid, |s| slab[s as usize].pid)
+    }
+
+    /// Milliseconds since the tracker's epoch, without rebasing.
+    fn ticks(&self, now: Duration) -> u64 {
+        now.saturating_sub(self.epoch).as_millis() as u64
+    }
+
+    /// `now` as a tick, rebasing every stored tick first when the count nears 2³¹.
+    fn tick(&mut self, now: Duration) -> u32 {
+        let ticks = self.ticks(now);
+        if ticks < REBASE_AT {
+            return ticks as u32;
+        }
+        let shift = (ticks - REBASE_KEEP) as u32;
+        self.epoch += Duration::from_millis(u64::from(shift));
+        for a in &mut self.slab {
+            a.last_seen = a.last_seen.saturating_sub(shift);
+            a.deadline = a.deadline.saturating_sub(shift);
+            a.queued_at = a.queued_at.saturating_sub(shift);
+        }
+        let entries = std::mem::take(&mut self.deadlines).into_vec();
+        self.deadlines = entries
+            .into_iter()
+            .map(|Reverse((at, pid))| Reverse((at.saturating_sub(shift), pid)))
+            .collect();
+        REBASE_KEEP as u32
+    }
+
+    fn remove(&mut self, pid: u32) -> Option<Agent> {
+        let slab = &self.slab;
+        let slot = self.index.remove(pid, |s| slab[s as usize].pid)? as usize;
+        let agent = self.slab.swap_remove(slot);
+        if let Some(moved) = self.slab.get(slot) {
+            let slab = &self.slab;
+            // The moved agent's old slot no longer holds it: compare against its new one.
+            let last = slab.len() as u32;
+            self.index.relocate(moved.pid, slot as u32, |s| {
+                if s == last {
+                    moved.pid
+                } else {
+                    slab[s as usize].pid
+                }
+            });
+        }
+        self.status_texts.remove(&pid);
+        Some(agent)
     }
 
     /// Finds or registers the sender's agent and applies its rate limit. `None` means drop
     /// the datagram (rate-limited or no room).
     fn admit(
         &mut self,
-        now: Duration,
+        t: u32,
         sender: Sender,
         protocol: Protocol,
         urgent: bool,
         events: &mut Vec<Event>,
-    ) -> Option<(&mut Agent, bool)> {
+    ) -> Option<(usize, bool)> {
         let mut new = false;
-        if !self.agents.contains_key(&sender.pid) {
-            if self.agents.len() >= self.config.capacity && !self.make_room(now, events) {
-                self.counters.rejections += 1;
-                events.push(Event::Rejected { pid: sender.pid });
-                return None;
-            }
-            let deadline = now + self.config.timeout + self.config.startup_grace;
-            let burst = self.config.per_agent_limit.map_or(0.0, |l| l.burst);
-            self.agents.insert(
-                sender.pid,
-                Agent {
+        let slot = match self.slot(sender.pid) {
+            Some(slot) => slot as usize,
+            None => {
+                if self.slab.len() >= self.config.capacity && !self.make_room(t, events) {
+                    self.counters.rejections += 1;
+                    events.push(Event::Rejected { pid: sender.pid });
+                    return None;
+                }
+                let deadline = t + ms(self.config.timeout) + grace_ms(&self.config);
+                let mut agent = Agent {
+                    pid: sender.pid,
+                    uid: sender.uid,
+                    last_seen: t,
+                    deadline,
+                    queued_at: deadline,
+                    own_limit: 0,
+                    nonce: 0,
+                    tokens: self.config.per_agent_limit.map_or(0.0, |l| l.burst as f32),
+                    beats: 0,
+                    interval: 0,
+                    flags: F_QUEUED,
+                    pidfd: None,
+                };
+                agent.set(F_NOTIFY, protocol == Protocol::Notify);
+                let slot = self.slab.len();
+                self.slab.push(agent);
+                let slab = &self.slab;
+                self.index
+                    .insert(sender.pid, slot as u32, |s| slab[s as usize].pid);
+                self.deadlines.push(Reverse((deadline, sender.pid)));
+                events.push(Event::Registered {
                     pid: sender.pid,
                     uid: sender.uid,
                     protocol,
-                    phase: Phase::Starting,
-                    health: Status::Ok,
-                    status_text: None,
-                    beats: 0,
-                    rate_limited: 0,
-                    first_seen: now,
-                    last_seen: now,
-                    stalled_since: None,
-                    own_timeout: None,
-                    deadline,
-                    queued_at: Some(deadline),
-                    interval: None,
-                    intervals_seen: 0,
-                    last_nonce: None,
-                    tokens: burst,
-                    tokens_at: now,
-                },
-            );
-            self.deadlines.push(Reverse((deadline, sender.pid)));
-            events.push(Event::Registered {
-                pid: sender.pid,
-                uid: sender.uid,
-                protocol,
-            });
-            new = true;
-        }
-        let agent = self.agents.get_mut(&sender.pid)?;
+                });
+                new = true;
+                slot
+            }
+        };
+        let agent = &mut self.slab[slot];
         if let (Some(limit), false) = (self.config.per_agent_limit, urgent) {
-            let refill = now.saturating_sub(agent.tokens_at).as_secs_f64() * limit.rate;
-            agent.tokens = (agent.tokens + refill).min(limit.burst);
-            agent.tokens_at = now;
-            if agent.tokens < 1.0 {
-                agent.rate_limited += 1;
+            // Tokens refill from the last accepted datagram (`last_seen`).
+            let elapsed = f64::from(t.saturating_sub(agent.last_seen)) / 1000.0;
+            let tokens = (f64::from(agent.tokens) + elapsed * limit.rate).min(limit.burst);
+            if tokens < 1.0 {
                 self.counters.rate_limited += 1;
                 return None;
             }
-            agent.tokens -= 1.0;
+            agent.tokens = (tokens - 1.0) as f32;
         }
-        Some((agent, new))
+        Some((slot, new))
     }
 
     /// Records that the agent spoke: recovery, interval learning and the new deadline, plus a
     /// `Beat` event when `report` carries its status.
-    fn beat(&mut self, now: Duration, pid: u32, report: Option<Status>, events: &mut Vec<Event>) {
-        let Some(agent) = self.agents.get_mut(&pid) else {
-            return;
-        };
+    fn beat(&mut self, t: u32, slot: usize, report: Option<Status>, events: &mut Vec<Event>) {
+        let agent = &mut self.slab[slot];
         let first = agent.beats == 0;
         if !first {
-            let gap = now.saturating_sub(agent.last_seen);
-            agent.interval = Some(match agent.interval {
+            let gap = t.saturating_sub(agent.last_seen).min(u32::from(u16::MAX)) as u16;
+            agent.interval = if agent.interval == 0 {
+                gap.max(1)
+            } else {
                 // An exponential average with weight 1/8 for the newest gap.
-                Some(avg) => (avg * 7 + gap) / 8,
-                None => gap,
-            });
-            agent.intervals_seen = agent.intervals_seen.saturating_add(1);
+                ((u32::from(agent.interval) * 7 + u32::from(gap)) / 8).max(1) as u16
+            };
+            let seen = (agent.intervals_seen() + 1).min(3);
+            agent.flags = (agent.flags & !(3 << F_INTERVALS_SHIFT)) | (seen << F_INTERVALS_SHIFT);
         }
-        if agent.stalled_since.take().is_some() {
+        if agent.is_stalled() {
+            agent.set(F_STALLED, false);
             self.counters.recoveries += 1;
             events.push(Event::Recovered {
-                pid,
-                silent_for: now.saturating_sub(agent.last_seen),
+                pid: agent.pid,
+                silent_for: Duration::from_millis(u64::from(t.saturating_sub(agent.last_seen))),
             });
         }
-        agent.beats += 1;
+        agent.beats = agent.beats.wrapping_add(1);
         self.counters.beats += 1;
-        agent.last_seen = now;
-        let grace = if first {
-            self.config.startup_grace
-        } else {
-            Duration::ZERO
-        };
-        agent.deadline = now + agent.limit(&self.config) + grace;
+        agent.last_seen = t;
+        // The first beat keeps the startup grace on top of the agent's own limit.
+        let grace = if first { grace_ms(&self.config) } else { 0 };
+        agent.deadline = t + agent.limit_ms(&self.config) + grace;
         // Queue an entry only if none is pending at or before the new deadline.
-        match agent.queued_at {
-            Some(at) if at <= agent.deadline => {}
-            _ => {
-                agent.queued_at = Some(agent.deadline);
-                self.deadlines.push(Reverse((agent.deadline, pid)));
-            }
+        if agent.flags & F_QUEUED == 0 || agent.queued_at > agent.deadline {
+            agent.queued_at = agent.deadline;
+            agent.set(F_QUEUED, true);
+            self.deadlines.push(Reverse((agent.deadline, agent.pid)));
         }
         if let Some(status) = report {
-            events.push(Event::Beat { pid, status });
+            events.push(Event::Beat {
+                pid: agent.pid,
+                status,
+            });
         }
     }
 
     /// Evicts one agent if the policy allows; returns whether room was made.
-    fn make_room(&mut self, now: Duration, events: &mut Vec<Event>) -> bool {
+    fn make_room(&mut self, t: u32, events: &mut Vec<Event>) -> bool {
         let config = &self.config;
         let victim = self
-            .agents
-            .values()
+            .slab
+            .iter()
+            .filter(|a| a.is_stalled())
             .filter_map(|a| {
-                let since = a.stalled_since?;
-                let silent = now.saturating_sub(a.last_seen);
+                let silent = t.saturating_sub(a.last_seen);
                 let allowed = match config.eviction {
-                    EvictionPolicy::Strict => silent > a.limit(config).saturating_mul(10),
+                    EvictionPolicy::Strict => silent > a.limit_ms(config).saturating_mul(10),
                     EvictionPolicy::Balanced => true,
                 };
-                allowed.then_some((silent, since, a.pid))
+                allowed.then_some((silent, a.pid))
             })
             .max()
-            .map(|(_, _, pid)| pid);
+            .map(|(_, pid)| pid);
         match victim {
             Some(pid) => {
-                self.agents.remove(&pid);
+                self.remove(pid);
                 self.counters.evictions += 1;
                 events.push(Event::Evicted { pid });
                 true
@@ -526,9 +731,18 @@ impl Tracker {
     }
 }
 
+fn grace_ms(config: &TrackerConfig) -> u32 {
+    if config.startup_grace.is_zero() {
+        0
+    } else {
+        ms(config.startup_grace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vlp::TERMINAL_NONCE;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -715,14 +929,17 @@ mod tests {
         t.expire(ms(1000), &mut ev);
         assert!(t.agent(3).expect("agent").is_stalled());
         // Wrap-around from u64::MAX - 1 to 0 is an advance.
-        t.on_frame(
-            ms(1001),
-            sender(3),
-            &frame(3, TERMINAL_NONCE - 1, Status::Ok),
-            &mut ev,
-        );
-        t.on_frame(ms(1002), sender(3), &frame(3, 0, Status::Ok), &mut ev);
+        let wrap = [TERMINAL_NONCE - 3, TERMINAL_NONCE - 1, 0, 1];
+        for (i, nonce) in wrap.into_iter().enumerate() {
+            t.on_frame(
+                ms(1001 + i as u64),
+                sender(8),
+                &frame(8, nonce, Status::Ok),
+                &mut ev,
+            );
+        }
         assert_eq!(t.counters().stale_nonces, 2);
+        assert_eq!(t.agent(8).expect("agent").beats(), 4);
     }
 
     #[test]

@@ -100,6 +100,8 @@ proptest! {
         });
         let mut now = Duration::ZERO;
         let mut nonces = [0u64; 8];
+        // The model: when each live agent last spoke.
+        let mut last_beat: std::collections::HashMap<u32, Duration> = Default::default();
         let mut events = Vec::new();
         for op in ops {
             match op {
@@ -110,17 +112,22 @@ proptest! {
                         nonce: nonces[pid as usize], payload: 0,
                     };
                     t.on_frame(now, Sender { pid, uid: 0 }, &frame, &mut events);
+                    last_beat.insert(pid, now);
                 }
                 Op::Advance { ms } => now += Duration::from_millis(ms),
                 Op::Exit { pid } => {
                     t.on_exit(now, pid, &mut events);
+                    last_beat.remove(&pid);
                     nonces[pid as usize] = 0;
                 }
             }
             t.expire(now, &mut events);
-            for agent in t.agents() {
-                let due = now.saturating_sub(agent.last_seen) >= timeout;
-                prop_assert_eq!(agent.is_stalled(), due, "pid {} at {:?}", agent.pid, now);
+            prop_assert_eq!(t.len(), last_beat.len());
+            for (&pid, &at) in &last_beat {
+                let agent = t.agent(pid).expect("tracked");
+                let due = now - at >= timeout;
+                prop_assert_eq!(agent.is_stalled(), due, "pid {} at {:?}", pid, now);
+                prop_assert_eq!(t.silent_for(agent, now), now - at);
             }
         }
     }

@@ -143,6 +143,55 @@ pub(crate) fn enable_credentials(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Sends `data` on a connected socket with explicit `SCM_CREDENTIALS`.
+pub(crate) fn send_with_credentials(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    creds: Credentials,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    let ucred = libc::ucred {
+        pid: creds.pid as libc::pid_t,
+        uid: creds.uid,
+        gid: creds.gid,
+    };
+    let mut control =
+        super::unix::ControlBuf::new(0, super::unix::cmsg_space(size_of::<libc::ucred>()));
+    let bytes = control.bytes_mut();
+    // SAFETY: cmsghdr is plain old data; all-zero is a valid value to fill in.
+    let mut hdr: libc::cmsghdr = unsafe { zeroed() };
+    hdr.cmsg_level = libc::SOL_SOCKET;
+    hdr.cmsg_type = libc::SCM_CREDENTIALS;
+    // SAFETY: CMSG_LEN is pure arithmetic.
+    hdr.cmsg_len = unsafe { libc::CMSG_LEN(size_of::<libc::ucred>() as u32) } as usize;
+    // SAFETY: the buffer is u64-aligned and holds CMSG_SPACE(sizeof ucred) bytes, so the header
+    // fits at its start.
+    unsafe { ptr::write(bytes.as_mut_ptr().cast::<libc::cmsghdr>(), hdr) };
+    // The payload (struct ucred: pid, uid, gid as native-endian 32-bit words) follows the
+    // header.
+    let header = size_of::<libc::cmsghdr>();
+    let words = [ucred.pid as u32, ucred.uid, ucred.gid];
+    for (i, word) in words.iter().enumerate() {
+        bytes[header + 4 * i..header + 4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    // SAFETY: msghdr is plain old data; all-zero is an empty message.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr();
+    msg.msg_controllen = super::unix::cmsg_space(size_of::<libc::ucred>());
+    // SAFETY: `msg` points to a live iovec and control buffer for the duration of the call.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// The pid a pidfd refers to, from `/proc/self/fdinfo`; `None` once the process has exited.
 pub(crate) fn pidfd_pid(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;

@@ -137,7 +137,7 @@ impl ControlBuf {
     }
 
     /// The buffer as bytes.
-    fn bytes_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
         let len = self.len();
         // SAFETY: the words are initialized, any byte pattern is a valid u8, and the slice
         // covers exactly the vector's storage, borrowed mutably through `self`.

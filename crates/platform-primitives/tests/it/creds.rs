@@ -223,3 +223,32 @@ fn batch_accepts_any_socket_handle() {
         [b"a".to_vec()]
     );
 }
+
+/// A privileged sender may vouch for another live process; the receiver sees that pid.
+#[cfg(target_os = "linux")]
+#[test]
+fn privileged_sender_can_vouch_for_a_child() {
+    use platform_primitives::creds::send_with_credentials;
+    let (rx, tx) = receiver();
+    let mut own = Credentials::current();
+    send_with_credentials(&tx, b"self", own).expect("own credentials are always allowed");
+    let mut child = Command::new("sleep").arg("5").spawn().expect("sleep");
+    own.pid = child.id();
+    let vouched = send_with_credentials(&tx, b"child", own);
+    let mut batch = DatagramBatch::new(BatchConfig::default());
+    batch.recv(&rx, Wait::Block).expect("recv");
+    let pids: Vec<u32> = batch
+        .drain()
+        .map(|d| d.credentials.expect("creds").pid)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    match vouched {
+        Ok(_) => assert_eq!(pids, [std::process::id(), child.id()]),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            skip("vouching", "not privileged (CAP_SYS_ADMIN)");
+            assert_eq!(pids, [std::process::id()]);
+        }
+        Err(e) => panic!("send_with_credentials: {e}"),
+    }
+}

@@ -317,3 +317,31 @@ fn racing_binds_over_a_stale_socket_have_exactly_one_winner() {
         );
     }
 }
+
+/// `bind_with` runs its set-up before the path exists, and a failing set-up leaves nothing.
+#[test]
+fn setup_runs_before_the_socket_is_reachable() {
+    let dir = TempDir::new("setup");
+    let path = dir.path("a.sock");
+    let seen_path = path.clone();
+    let bound = binder()
+        .bind_with(&path, move |_: &UnixDatagram| {
+            assert!(!seen_path.exists(), "set-up must run before the link");
+            Ok(())
+        })
+        .expect("bind");
+    assert!(path.exists());
+    drop(bound);
+
+    let err = binder()
+        .bind_with(&path, |_: &UnixDatagram| {
+            Err(std::io::Error::new(ErrorKind::PermissionDenied, "no"))
+        })
+        .expect_err("failing set-up");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(dir.entries_except(&[]).is_empty(), "nothing left behind");
+}

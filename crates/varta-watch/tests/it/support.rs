@@ -47,7 +47,21 @@ impl Daemon {
         let socket = dir.path("observer.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("--socket").arg(&socket).args(extra);
-        Self::spawn(cmd, socket)
+        let daemon = Self::spawn(cmd, socket);
+        // The control socket is bound after the observer socket: wait for it too.
+        if let Some(i) = extra.iter().position(|a| *a == "--control") {
+            let control = Path::new(extra[i + 1]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !control.exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no control socket {}",
+                    control.display()
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        daemon
     }
 
     pub(crate) fn spawn(mut cmd: Command, socket: PathBuf) -> Daemon {

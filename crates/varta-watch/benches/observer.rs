@@ -1,0 +1,383 @@
+//! varta-watch's figures, measured in one run on real sockets and real processes:
+//!
+//! - `ingest_rate_4096_agents`: 32-byte VLP frames per second through the observer (batch
+//!   receive, decode, attest, track) while 4096 agents are tracked, each frame from a different
+//!   agent in turn; target ≥ 250 000.
+//! - `ingest_ratio_4096_vs_0`: that rate over the rate with no other agent tracked (one
+//!   sender); target ≥ 0.90 — tracking many agents must not slow ingest.
+//! - `stall_latency_p99_over_threshold`: how late Stalled events come after the deadline
+//!   (last frame + threshold), p99 over 300 agents; target ≤ 5 ms.
+//! - `memory_per_agent`: heap bytes per tracked agent, counted by a global allocator while
+//!   4096 agents register; target ≤ 64.
+//!
+//! The 4096 agents are real processes (`sleep`), which the bench — as root — vouches for with
+//! explicit `SCM_CREDENTIALS`, so the kernel attests a distinct live pid on every frame.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use platform_primitives::creds::{Credentials, send_with_credentials};
+use varta_watch::tracker::{Sender, Tracker, TrackerConfig};
+use varta_watch::vlp::{Frame, Status};
+use varta_watch::{Event, Observer, ObserverConfig};
+
+/// Counts live heap bytes so memory is measured, not computed.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged
+// and only adds bookkeeping on an atomic counter.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout, which satisfies alloc's contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded unchanged; the caller upholds realloc's contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const AGENTS: usize = 4096;
+
+/// Sleeping processes whose pids the bench vouches for; killed on drop.
+struct Crowd(Vec<Child>);
+
+impl Crowd {
+    fn spawn(n: usize) -> Crowd {
+        let children = (0..n)
+            .map(|_| {
+                Command::new("sleep")
+                    .arg("600")
+                    .stdin(Stdio::null())
+                    .spawn()
+                    .expect("spawn sleep")
+            })
+            .collect();
+        Crowd(children)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+fn frame(pid: u32, nonce: u64) -> [u8; 32] {
+    Frame {
+        status: Status::Ok,
+        pid,
+        timestamp: nonce,
+        nonce,
+        payload: 0,
+    }
+    .encode()
+}
+
+/// Sends `frame(pid, nonce)` as `pid`, retrying while the observer's queue is full.
+fn send_as(tx: &UnixDatagram, pid: u32, nonce: u64) {
+    let me = Credentials::current();
+    let creds = Credentials { pid, ..me };
+    loop {
+        match send_with_credentials(tx, &frame(pid, nonce), creds) {
+            Ok(_) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => panic!("send as {pid}: {e}"),
+        }
+    }
+}
+
+struct Rig {
+    observer: Observer,
+    tx: UnixDatagram,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rig(label: &str, threshold: Duration) -> Rig {
+    let dir = std::env::temp_dir().join(format!("vw-bench-{}-{label}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let mut config = ObserverConfig::new(dir.join("observer.sock"));
+    config.tracker = TrackerConfig {
+        timeout: threshold,
+        capacity: AGENTS + 64,
+        per_agent_limit: None,
+        ..TrackerConfig::default()
+    };
+    let observer = Observer::bind(config).expect("bind observer");
+    let tx = UnixDatagram::unbound().expect("sender");
+    tx.connect(dir.join("observer.sock")).expect("connect");
+    tx.set_nonblocking(false).expect("blocking sender");
+    Rig {
+        observer,
+        tx,
+        _dir: TempDir(dir),
+    }
+}
+
+/// Processes frames until the observer has counted `target` of them.
+fn pump(observer: &mut Observer, events: &mut Vec<Event>, target: u64) {
+    while observer.counters().frames < target {
+        observer
+            .poll(Duration::from_millis(100), events)
+            .expect("poll");
+        events.clear();
+    }
+}
+
+/// Per-call ns/frame samples from criterion's `iter_custom`, for the verdicts.
+static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+
+fn median(name: &str) -> f64 {
+    let mut v: Vec<f64> = SAMPLES
+        .lock()
+        .expect("samples")
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Measures ingest: a sender thread sends `iters` frames, rotating over `pids`, while this
+/// thread runs the observer; the time is until the observer has processed them all.
+fn ingest(c: &mut Criterion, name: &'static str, pids: Vec<u32>) {
+    let mut rig = rig(name, Duration::from_secs(600));
+    let mut events = Vec::new();
+    let nonces = Arc::new(Mutex::new(vec![0u64; pids.len()]));
+    // Register every agent first (untimed).
+    {
+        let mut n = nonces.lock().expect("nonces");
+        for (i, &pid) in pids.iter().enumerate() {
+            n[i] += 1;
+            send_as(&rig.tx, pid, n[i]);
+            if i % 8 == 7 {
+                rig.observer
+                    .poll(Duration::ZERO, &mut events)
+                    .expect("poll");
+            }
+        }
+    }
+    pump(&mut rig.observer, &mut events, pids.len() as u64);
+    assert_eq!(
+        rig.observer.tracker().len(),
+        pids.len(),
+        "every agent tracked"
+    );
+    let tx = Arc::new(rig.tx.try_clone().expect("clone sender"));
+    let pids = Arc::new(pids);
+    c.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start_frames = rig.observer.counters().frames;
+            let (tx, pids, nonces) = (Arc::clone(&tx), Arc::clone(&pids), Arc::clone(&nonces));
+            let started = Instant::now();
+            let sender = std::thread::spawn(move || {
+                let mut n = nonces.lock().expect("nonces");
+                for i in 0..iters as usize {
+                    let k = i % pids.len();
+                    n[k] += 1;
+                    send_as(&tx, pids[k], n[k]);
+                }
+            });
+            pump(&mut rig.observer, &mut events, start_frames + iters);
+            let elapsed = started.elapsed();
+            sender.join().expect("sender");
+            SAMPLES
+                .lock()
+                .expect("samples")
+                .push((name, elapsed.as_nanos() as f64 / iters as f64));
+            elapsed
+        })
+    });
+    black_box(&rig.observer);
+}
+
+fn bench_ingest(c: &mut Criterion) {
+    if !is_root() {
+        eprintln!("skip: varta-watch benches vouch for other pids and need root");
+        return;
+    }
+    ingest(c, "ingest_0_agents", vec![std::process::id()]);
+    let crowd = Crowd::spawn(AGENTS);
+    ingest(c, "ingest_4096_agents", crowd.pids());
+    drop(crowd);
+}
+
+/// Registers `AGENTS` agents in a tracker and counts the heap it grew by.
+fn memory_per_agent() -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut tracker = Tracker::new(TrackerConfig {
+        capacity: AGENTS,
+        per_agent_limit: None,
+        ..TrackerConfig::default()
+    });
+    let mut events = Vec::with_capacity(4);
+    for pid in 0..AGENTS as u32 {
+        let pid = 1000 + pid * 7;
+        let f = Frame {
+            status: Status::Ok,
+            pid,
+            timestamp: 0,
+            nonce: 1,
+            payload: 0,
+        };
+        tracker.on_frame(
+            Duration::from_millis(5),
+            Sender { pid, uid: 0 },
+            &f,
+            &mut events,
+        );
+        events.clear();
+    }
+    assert_eq!(tracker.len(), AGENTS);
+    let grown = LIVE.load(Ordering::Relaxed) - before;
+    drop(events);
+    black_box(&tracker);
+    grown as f64 / AGENTS as f64
+}
+
+/// Stall lateness: 300 real agents each send one frame at staggered moments and fall silent;
+/// each Stalled event is timed against (its frame's send time + threshold).
+fn stall_latencies_ms() -> Vec<f64> {
+    const N: usize = 300;
+    let threshold = Duration::from_millis(100);
+    let crowd = Crowd::spawn(N);
+    let mut rig = rig("latency", threshold);
+    let mut events = Vec::new();
+    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; N]));
+    let pids = crowd.pids();
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (tx, pids, sent_at, done) = (
+            rig.tx.try_clone().expect("clone"),
+            pids.clone(),
+            Arc::clone(&sent_at),
+            Arc::clone(&done),
+        );
+        std::thread::spawn(move || {
+            for (i, &pid) in pids.iter().enumerate() {
+                let at = Instant::now();
+                send_as(&tx, pid, 1);
+                sent_at.lock().expect("sent_at")[i] = Some(at);
+                std::thread::sleep(Duration::from_micros(2500));
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let mut late = Vec::with_capacity(N);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while late.len() < N && Instant::now() < deadline {
+        rig.observer
+            .poll(Duration::from_millis(50), &mut events)
+            .expect("poll");
+        let now = Instant::now();
+        for e in events.drain(..) {
+            if let Event::Stalled { pid, .. } = e
+                && let Some(i) = pids.iter().position(|&p| p == pid)
+                && let Some(at) = sent_at.lock().expect("sent_at")[i]
+            {
+                late.push(now.saturating_duration_since(at + threshold).as_secs_f64() * 1e3);
+            }
+        }
+    }
+    sender.join().expect("sender");
+    assert!(done.load(Ordering::SeqCst));
+    drop(crowd);
+    late
+}
+
+fn verdict(metric: &str, value: f64, unit: &str, op: &str, target: f64) {
+    let ok = if op == ">=" {
+        value >= target
+    } else {
+        value <= target
+    };
+    println!(
+        "bench: varta-watch/{metric} = {value:.2} {unit} (target {op} {target}) {}",
+        if ok { "ok" } else { "FAIL" }
+    );
+}
+
+fn verdicts(_: &mut Criterion) {
+    if !is_root() {
+        return;
+    }
+    let zero = 1e9 / median("ingest_0_agents");
+    let many = 1e9 / median("ingest_4096_agents");
+    println!("info: varta-watch/ingest_rate_0_agents = {zero:.0} frames/s");
+    verdict("ingest_rate_4096_agents", many, "frames/s", ">=", 250_000.0);
+    verdict("ingest_ratio_4096_vs_0", many / zero, "x", ">=", 0.90);
+
+    let mut late = stall_latencies_ms();
+    late.sort_by(f64::total_cmp);
+    let p99 = late[(late.len() * 99 / 100).min(late.len() - 1)];
+    println!(
+        "info: varta-watch/stall_latency over {} stalls: median {:.2} ms, max {:.2} ms",
+        late.len(),
+        late[late.len() / 2],
+        late[late.len() - 1]
+    );
+    verdict("stall_latency_p99_over_threshold", p99, "ms", "<=", 5.0);
+    verdict("memory_per_agent", memory_per_agent(), "bytes", "<=", 64.0);
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_ingest, verdicts
+}
+criterion_main!(benches);
