@@ -18,7 +18,11 @@ struct LoomSuite {
 }
 
 /// Crates add their loom models here as they land them.
-const LOOM_SUITES: &[LoomSuite] = &[];
+const LOOM_SUITES: &[LoomSuite] = &[LoomSuite {
+    package: "sqry-admission",
+    test: "loom",
+    feature: "loom",
+}];
 
 /// Preemption bound for loom: enough for the protocols' interleavings, small enough for CI.
 const LOOM_MAX_PREEMPTIONS: &str = "2";
@@ -92,6 +96,7 @@ fn clippy(_: &mut Tally) -> Result<(), String> {
 }
 
 fn tests(tally: &mut Tally) -> Result<(), String> {
+    prepare_python_oracle();
     // --no-fail-fast: every test binary runs and is counted even after one fails.
     cmd::run_counting(
         cargo().args([
@@ -106,6 +111,42 @@ fn tests(tally: &mut Tally) -> Result<(), String> {
         |_| false,
     )
     .map(drop)
+}
+
+/// The `varta==0.2.0` Python package from PyPI is varta-watch's interop oracle. It goes into a
+/// virtualenv under `target/` (never the system Python); tests that need it skip, saying why,
+/// when it could not be installed.
+fn prepare_python_oracle() {
+    let venv = cmd::root().join("target/oracle-venv");
+    let python = venv.join("bin/python3");
+    let ready = || {
+        cmd::succeeds(
+            std::process::Command::new(&python)
+                .args(["-c", "import varta; assert varta.__version__ == '0.2.0'"]),
+        )
+    };
+    if ready() {
+        return;
+    }
+    println!(
+        "installing the varta==0.2.0 Python oracle into {}",
+        venv.display()
+    );
+    let made = cmd::succeeds(
+        std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv),
+    ) && cmd::succeeds(std::process::Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "varta==0.2.0",
+    ]));
+    if !made || !ready() {
+        println!(
+            "skip note: could not install the varta==0.2.0 oracle; its interop tests will skip"
+        );
+    }
 }
 
 fn docs(_: &mut Tally) -> Result<(), String> {

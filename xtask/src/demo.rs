@@ -40,7 +40,7 @@ const DEMOS: &[Demo] = &[
     },
     Demo {
         krate: "sqry-admission",
-        example: None,
+        example: Some("demo"),
         needs_bins: false,
     },
 ];

@@ -23,8 +23,9 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::vlp::{Frame, Status, TERMINAL_NONCE};
 
@@ -103,6 +104,62 @@ impl Beacon {
     }
 }
 
+impl Beacon {
+    /// Beats every `interval` on a thread of its own until the returned handle is dropped.
+    ///
+    /// A beat from a separate thread proves that the process is alive and scheduled, not that
+    /// its work loop makes progress: where there is a loop, prefer calling
+    /// [`beat`](Self::beat) from it. Send errors (observer restarting, queue full) are counted
+    /// and the next beat is tried on schedule.
+    pub fn spawn(mut self, interval: Duration) -> io::Result<BeaconThread> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let failures = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&failures);
+        let handle = std::thread::Builder::new()
+            .name("varta-beacon".into())
+            .spawn(move || {
+                loop {
+                    if self.beat().is_err() {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match stopped.recv_timeout(interval) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        _ => break,
+                    }
+                }
+            })?;
+        Ok(BeaconThread {
+            stop: Some(stop),
+            handle: Some(handle),
+            failures,
+        })
+    }
+}
+
+/// A [`Beacon`] beating on its own thread; dropping it stops and joins the thread.
+#[derive(Debug)]
+pub struct BeaconThread {
+    stop: Option<mpsc::Sender<()>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    failures: Arc<AtomicU64>,
+}
+
+impl BeaconThread {
+    /// Beats that could not be sent.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BeaconThread {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// Nonces start at 1, increase strictly, and wrap from `u64::MAX - 1` to 0 (`u64::MAX` is the
 /// terminal nonce).
 fn next_nonce(last: u64) -> u64 {
@@ -175,5 +232,38 @@ mod tests {
         assert_eq!((frames[1].nonce, frames[1].status), (2, Status::Degraded));
         assert!(frames[2].is_terminal() && frames[2].status == Status::Critical);
         assert!(frames[1].timestamp >= frames[0].timestamp);
+    }
+
+    #[test]
+    fn spawned_beacon_beats_on_schedule_and_stops_on_drop() {
+        let (rx, tx) = UnixDatagram::pair().expect("pair");
+        let beacon = Beacon {
+            socket: tx,
+            pid: std::process::id(),
+            nonce: 0,
+            status: Status::Ok,
+            payload: 0,
+            epoch: Instant::now(),
+        };
+        let thread = beacon.spawn(Duration::from_millis(10)).expect("spawn");
+        std::thread::sleep(Duration::from_millis(120));
+        drop(thread);
+        rx.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 64];
+        let mut nonces = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            nonces.push(Frame::decode(&buf[..n]).expect("frame").nonce);
+        }
+        assert!(
+            (3..=14).contains(&nonces.len()),
+            "{} beats in 120 ms at 10 ms",
+            nonces.len()
+        );
+        assert!(nonces.windows(2).all(|w| w[1] == w[0] + 1), "{nonces:?}");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            rx.recv(&mut buf).is_err(),
+            "no beat after the handle is dropped"
+        );
     }
 }

@@ -178,13 +178,16 @@ pub fn status_json(observer: &Observer) -> String {
     let t = observer.tracker().counters();
     let _ = write!(
         out,
-        "],\"counters\":{{\"datagrams\":{},\"frames\":{},\"notifications\":{},\"decode_errors\":{},\"auth_failures\":{},\"fds_closed\":{},\"stalls\":{},\"recoveries\":{},\"exits\":{},\"evictions\":{},\"rejections\":{}}}}}",
+        "],\"counters\":{{\"datagrams\":{},\"frames\":{},\"notifications\":{},\"decode_errors\":{},\"auth_failures\":{},\"truncated\":{},\"fds_closed\":{},\"global_rate_limited\":{},\"rate_limited\":{},\"stalls\":{},\"recoveries\":{},\"exits\":{},\"evictions\":{},\"rejections\":{}}}}}",
         c.datagrams,
         c.frames,
         c.notifications,
         c.decode_errors,
         c.auth_failures,
+        c.truncated,
         c.fds_closed,
+        c.global_rate_limited,
+        t.rate_limited,
         t.stalls,
         t.recoveries,
         t.exits,

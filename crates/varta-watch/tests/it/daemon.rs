@@ -193,9 +193,16 @@ fn bad_input_is_counted_and_leaks_nothing() {
         }
         sent += 1;
     };
-    // Every length up to 64 bytes of a byte pattern that is neither a frame nor text.
-    for len in 0..=64 {
-        send(&vec![0xFFu8; len]);
+    // Every length up to 600 bytes, then a stride up to the 64 KiB datagram limit, of a byte
+    // pattern that is neither a frame nor text; past 4 KiB they are also truncated.
+    let lengths: Vec<usize> = (0..=600)
+        .chain((601..=65_535).step_by(997))
+        .chain([65_535])
+        .collect();
+    let oversized = lengths.iter().filter(|&&l| l > 4096).count() as u64;
+    let pattern = vec![0xFFu8; 65_535];
+    for &len in &lengths {
+        send(&pattern[..len]);
     }
     // Frames with each defect, text with NUL, invalid UTF-8, bad values, and a datagram larger
     // than the receive buffer (4 KiB).
@@ -220,6 +227,7 @@ fn bad_input_is_counted_and_leaks_nothing() {
         b"WATCHDOG_USEC=never",
         &[b'A'; 5000][..],
     ] {
+        // (The 5000-byte text is truncated too.)
         send(bytes);
     }
     let decode_errors_sent = sent;
@@ -246,6 +254,7 @@ fn bad_input_is_counted_and_leaks_nothing() {
         "{last}"
     );
     assert_eq!(field(&last, "fds_closed"), Some(40), "{last}");
+    assert_eq!(field(&last, "truncated"), Some(oversized + 1), "{last}");
     assert!(
         last.starts_with("{\"agents\":[]"),
         "nobody is tracked: {last}"
@@ -422,4 +431,43 @@ fn notify_agents_are_the_kernel_attested_pid() {
     let mut child = child;
     child.wait().expect("wait");
     d.expect_event("ready", expected, WAIT);
+}
+
+/// The global limit drops a flood but never a Critical frame.
+#[test]
+fn global_rate_limit_drops_floods_but_not_critical_frames() {
+    let dir = TempDir::new("global");
+    let control = dir.path("control.sock");
+    let mut d = Daemon::start(
+        &dir,
+        &[
+            "--control",
+            control.to_str().expect("utf8"),
+            "--rate-limit",
+            "0",
+            "--global-rate-limit",
+            "5",
+        ],
+    );
+    let mut flood = beacon(&d.socket, &["--interval", "1ms", "--count", "300"]);
+    flood.wait().expect("flood");
+    let mut critical = beacon(
+        &d.socket,
+        &["--interval", "1ms", "--count", "1", "--status", "critical"],
+    );
+    let pid = critical.id();
+    critical.wait().expect("critical beacon");
+    d.expect_event("critical", pid, WAIT);
+    let out = Command::new(BIN)
+        .arg("status")
+        .arg("--control")
+        .arg(&control)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dropped = field(&text, "global_rate_limited").expect("counter");
+    assert!(
+        dropped >= 250,
+        "a 300-frame burst against 5/s must mostly drop: {text}"
+    );
 }

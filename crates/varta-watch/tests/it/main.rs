@@ -7,4 +7,5 @@
 
 mod bind;
 mod daemon;
+mod interop;
 mod support;

@@ -1,0 +1,269 @@
+//! One key's entry: its lifecycle state, the slot holding its published version, its recency
+//! and its history of successes and failures.
+//!
+//! The lifecycle is a small state machine on one atomic byte:
+//!
+//! ```text
+//!   Unloaded ──► Loading ──► Loaded ◄──► Rebuilding
+//!       ▲           │           │             │
+//!       │           ▼           ▼             ▼
+//!       └──────── Failed ◄──────┴─────────────┘      (any) ──► Evicted (removed from the map)
+//! ```
+//!
+//! `Loading` and `Rebuilding` are gates: a compare-and-swap into them picks exactly one loader.
+//! The slot is a `parking_lot` read-write lock around the current version; readers hold it for
+//! a reference-count increment, writers for a pointer swap. Recency is an atomic timestamp that
+//! reads update without any lock.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc as StdArc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
+
+use crate::ledger::Version;
+use crate::sync::Arc;
+
+/// Where an entry is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryState {
+    /// Registered, never loaded (or reset).
+    Unloaded = 0,
+    /// One caller is building its first version.
+    Loading = 1,
+    /// Serving a published version.
+    Loaded = 2,
+    /// Serving a published version while one caller builds its successor.
+    Rebuilding = 3,
+    /// The last load or rebuild failed; a previous good version, if any, may be served stale.
+    Failed = 4,
+    /// Evicted; the entry has left the map (seen only by holders of the old entry).
+    Evicted = 5,
+}
+
+impl EntryState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Unloaded,
+            1 => Self::Loading,
+            2 => Self::Loaded,
+            3 => Self::Rebuilding,
+            4 => Self::Failed,
+            _ => Self::Evicted,
+        }
+    }
+}
+
+impl fmt::Display for EntryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Loaded => "loaded",
+            Self::Rebuilding => "rebuilding",
+            Self::Failed => "failed",
+            Self::Evicted => "evicted",
+        })
+    }
+}
+
+/// Successes and failures, for status and stale serving.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    pub(crate) last_good_at: Option<SystemTime>,
+    pub(crate) last_error: Option<StdArc<dyn Error + Send + Sync>>,
+    pub(crate) last_failure_at: Option<Instant>,
+}
+
+/// One key's entry in the manager's map.
+#[derive(Debug)]
+pub(crate) struct Entry<K, V> {
+    pub(crate) key: K,
+    /// Registration order, to break recency ties.
+    pub(crate) seq: u64,
+    pub(crate) pinned: AtomicBool,
+    state: AtomicU8,
+    /// Set when the entry is evicted; a load or rebuild in flight sees it and publishes nothing.
+    pub(crate) cancelled: AtomicBool,
+    pub(crate) slot: RwLock<Option<Arc<Version<V>>>>,
+    /// Bytes of the version in the slot (0 if none).
+    pub(crate) bytes: AtomicU64,
+    pub(crate) peak_bytes: AtomicU64,
+    /// Nanoseconds since the manager's epoch of the last read.
+    pub(crate) last_access: AtomicU64,
+    pub(crate) retry_count: AtomicU32,
+    pub(crate) history: Mutex<History>,
+    /// Single-flight: bumped (and waiters notified) each time a load or rebuild finishes.
+    flight: Mutex<u64>,
+    flight_done: Condvar,
+}
+
+/// Reads closer together than this do not rewrite the timestamp (keeps hot entries' cache line
+/// from bouncing between cores on every read).
+const TOUCH_GRANULARITY_NS: u64 = 20_000;
+
+impl<K, V> Entry<K, V> {
+    pub(crate) fn new(key: K, seq: u64, pinned: bool, now_ns: u64) -> Self {
+        Self {
+            key,
+            seq,
+            pinned: AtomicBool::new(pinned),
+            state: AtomicU8::new(EntryState::Unloaded as u8),
+            cancelled: AtomicBool::new(false),
+            slot: RwLock::new(None),
+            bytes: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
+            last_access: AtomicU64::new(now_ns),
+            retry_count: AtomicU32::new(0),
+            history: Mutex::new(History::default()),
+            flight: Mutex::new(0),
+            flight_done: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> EntryState {
+        EntryState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, state: EntryState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Takes the gate: moves from one of `from` to `to`. Exactly one caller wins.
+    pub(crate) fn try_transition(
+        &self,
+        from: &[EntryState],
+        to: EntryState,
+    ) -> Result<(), EntryState> {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if !from.iter().any(|s| *s as u8 == current) {
+                return Err(EntryState::from_u8(current));
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                to as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Records a read: a relaxed store, no lock.
+    pub(crate) fn touch(&self, now_ns: u64) {
+        let last = self.last_access.load(Ordering::Relaxed);
+        if now_ns > last + TOUCH_GRANULARITY_NS {
+            self.last_access.store(now_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// The current version, if any (one slot read lock, one reference-count increment).
+    pub(crate) fn current(&self) -> Option<Arc<Version<V>>> {
+        self.slot.read().clone()
+    }
+
+    /// Records a failure: error text, failure time, one more consecutive failure.
+    pub(crate) fn record_failure(&self, error: StdArc<dyn Error + Send + Sync>) {
+        let mut h = self.history.lock();
+        h.last_error = Some(error);
+        h.last_failure_at = Some(Instant::now());
+        drop(h);
+        self.retry_count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn record_success(&self) {
+        let mut h = self.history.lock();
+        h.last_good_at = Some(SystemTime::now());
+        drop(h);
+        self.retry_count.store(0, Ordering::Release);
+    }
+
+    /// Wakes every caller that joined the load in flight. The state has already moved out of
+    /// the gate, so a joiner that checks the state under this mutex cannot miss the wake.
+    pub(crate) fn finish_flight(&self) {
+        let mut generation = self.flight.lock();
+        *generation += 1;
+        drop(generation);
+        self.flight_done.notify_all();
+    }
+
+    /// Waits until the load or rebuild in flight finishes (the state leaves `gate`).
+    pub(crate) fn join_flight(&self, gate: EntryState) {
+        let mut generation = self.flight.lock();
+        let start = *generation;
+        while self.state() == gate && *generation == start {
+            self.flight_done.wait(&mut generation);
+        }
+    }
+}
+
+/// A publish's change to a slot, undone on unwind.
+///
+/// It owns the slot's write guard for the whole publish. [`SlotTxn::swap_in`] puts the new
+/// version in and keeps the previous one; if anything unwinds before [`SlotTxn::commit`], the
+/// drop puts the previous version and its byte count back, so the entry serves what it served
+/// before — and the ledger, whose commit either did not start or did not finish its fallible
+/// part, was never changed.
+pub(crate) struct SlotTxn<'a, V> {
+    slot: RwLockWriteGuard<'a, Option<Arc<Version<V>>>>,
+    bytes: &'a AtomicU64,
+    prior: Option<Arc<Version<V>>>,
+    prior_bytes: u64,
+    armed: bool,
+}
+
+impl<'a, V> SlotTxn<'a, V> {
+    pub(crate) fn begin(
+        slot: RwLockWriteGuard<'a, Option<Arc<Version<V>>>>,
+        bytes: &'a AtomicU64,
+    ) -> Self {
+        let prior_bytes = bytes.load(Ordering::Acquire);
+        Self {
+            slot,
+            bytes,
+            prior: None,
+            prior_bytes,
+            armed: true,
+        }
+    }
+
+    /// Swaps `next` (measured at `next_bytes`) into the slot; returns the previous version's id.
+    pub(crate) fn swap_in(&mut self, next: Arc<Version<V>>, next_bytes: u64) -> Option<u64> {
+        self.prior = self.slot.replace(next);
+        self.bytes.store(next_bytes, Ordering::Release);
+        self.prior.as_ref().map(|v| v.id())
+    }
+
+    /// Keeps the change; returns the previous version, to be dropped once every lock is
+    /// released (its drop may credit the ledger).
+    pub(crate) fn commit(mut self) -> Option<Arc<Version<V>>> {
+        self.armed = false;
+        self.prior.take()
+    }
+}
+
+impl<V> Drop for SlotTxn<'_, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            // The version that was swapped in goes back out (it was never committed: its
+            // release finds no record) and the previous one comes back.
+            let _unwanted = std::mem::replace(&mut *self.slot, self.prior.take());
+            self.bytes.store(self.prior_bytes, Ordering::Release);
+        }
+    }
+}
+
+impl<V> fmt::Debug for SlotTxn<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotTxn")
+            .field("prior_bytes", &self.prior_bytes)
+            .field("armed", &self.armed)
+            .finish()
+    }
+}

@@ -1,0 +1,166 @@
+//! Loading and rebuilding: single flight, rebuild lifecycles, failures and backoff.
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use sqry_admission::{EntryState, Handle, LoadError, LoadOptions, ReserveRequest, SingleFlight};
+
+use crate::support::{blob, key, load, manager};
+
+#[test]
+fn joiners_of_a_failed_load_receive_its_error() {
+    let m = manager(100_000);
+    let start = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (m, start) = (m.clone(), Arc::clone(&start));
+            thread::spawn(move || {
+                start.wait();
+                m.get_or_load(&key("k"), LoadOptions::new(100), |_| {
+                    thread::sleep(Duration::from_millis(30));
+                    Err("disk gone".into())
+                })
+                .expect_err("fails")
+            })
+        })
+        .collect();
+    let errors: Vec<LoadError> = threads
+        .into_iter()
+        .map(|t| t.join().expect("join"))
+        .collect();
+    let builds = errors
+        .iter()
+        .filter(|e| matches!(e, LoadError::Build { .. }))
+        .count();
+    assert_eq!(builds, 1, "one build ran: {errors:?}");
+    for e in &errors {
+        assert!(
+            matches!(e, LoadError::Build { .. } | LoadError::JoinedFailed { .. }),
+            "{e:?}"
+        );
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        assert!(text.contains("disk gone"), "{text}");
+    }
+    assert_eq!(m.status().entries[0].retry_count, 1);
+}
+
+#[test]
+fn refuse_mode_returns_in_progress_while_a_load_runs() {
+    let m = manager(100_000);
+    let started = Arc::new(Barrier::new(2));
+    let loader = {
+        let (m, started) = (m.clone(), Arc::clone(&started));
+        thread::spawn(move || {
+            m.get_or_load(&key("k"), LoadOptions::new(100), |_| {
+                started.wait();
+                thread::sleep(Duration::from_millis(50));
+                Ok(blob(10))
+            })
+            .map(|v| v.len())
+        })
+    };
+    started.wait();
+    let err = m
+        .get_or_load(
+            &key("k"),
+            LoadOptions::new(100).single_flight(SingleFlight::Refuse),
+            |_| Ok(blob(10)),
+        )
+        .expect_err("in progress");
+    assert!(matches!(
+        err,
+        LoadError::InProgress {
+            state: EntryState::Loading,
+            ..
+        }
+    ));
+    assert_eq!(loader.join().expect("loader").expect("loads"), 10);
+}
+
+#[test]
+fn rebuild_serves_the_old_version_until_publish_and_retains_it_for_readers() {
+    let m = manager(10_000);
+    let v1 = load(&m, "k", 1_000);
+    let during = Arc::new(parking_lot::Mutex::new(None));
+    let v2 = m
+        .rebuild(&key("k"), ReserveRequest::new(2_000), |k| {
+            *during.lock() = Some((m.state(k), m.get(k).map(|h| h.len())));
+            Ok(blob(2_000))
+        })
+        .expect("rebuild");
+    assert_eq!(
+        *during.lock(),
+        Some((Some(EntryState::Rebuilding), Some(1_000))),
+        "the old version served during the rebuild"
+    );
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.retained), (2_000, 1_000));
+    assert_eq!(m.state(&key("k")), Some(EntryState::Loaded));
+    drop(v1);
+    assert_eq!(m.ledger().snapshot().retained, 0);
+    assert_eq!(v2.len(), 2_000);
+}
+
+#[test]
+fn failed_rebuild_keeps_the_last_good_version_and_counts_backoff() {
+    let m = manager(10_000);
+    drop(load(&m, "k", 1_000));
+    let err = m
+        .rebuild(&key("k"), ReserveRequest::new(2_000), |_| {
+            Err("parse error".into())
+        })
+        .expect_err("fails");
+    assert!(matches!(err, LoadError::Build { .. }));
+    assert_eq!(m.state(&key("k")), Some(EntryState::Failed));
+    assert_eq!(m.get(&key("k")).expect("last good kept").len(), 1_000);
+    let e = &m.status().entries[0];
+    assert_eq!(e.retry_count, 1);
+    let after = e.retry_after.expect("backoff after a failure");
+    assert!(after <= Duration::from_secs(30) && after > Duration::from_secs(29));
+    assert_eq!(m.ledger().snapshot().loaded, 1_000);
+    // A second rebuild may run from Failed; success resets the count.
+    drop(
+        m.rebuild(&key("k"), ReserveRequest::new(500), |_| Ok(blob(500)))
+            .expect("succeeds"),
+    );
+    assert_eq!(m.status().entries[0].retry_count, 0);
+}
+
+#[test]
+fn concurrent_rebuild_is_refused_and_get_or_load_serves_the_current_version() {
+    let m = manager(10_000);
+    let v1 = load(&m, "k", 1_000);
+    let inner = m
+        .rebuild(&key("k"), ReserveRequest::new(100), |k| {
+            let refused = m.rebuild(k, ReserveRequest::new(100), |_| Ok(blob(1)));
+            assert!(matches!(
+                refused,
+                Err(LoadError::InProgress {
+                    state: EntryState::Rebuilding,
+                    ..
+                })
+            ));
+            let served = m
+                .get_or_load(k, LoadOptions::new(100), |_| Ok(blob(1)))
+                .expect("served without waiting");
+            assert!(Handle::ptr_eq(&served, &v1));
+            Ok(blob(100))
+        })
+        .expect("rebuild");
+    assert_eq!(inner.len(), 100);
+}
+
+#[test]
+fn unknown_key_cannot_be_rebuilt() {
+    let m = manager(10_000);
+    let err = m
+        .rebuild(&key("nope"), ReserveRequest::new(1), |_| Ok(blob(1)))
+        .expect_err("not registered");
+    assert!(err.to_string().contains("not registered"), "{err}");
+}

@@ -1,0 +1,14 @@
+//! Integration tests of sqry-admission through its public API: the original daemon's contracts
+//! (seed 004), admission and eviction, publishing, loading, serving, the memory probe, a
+//! model-based property test and a million-operation stress test.
+
+mod admission;
+mod contracts;
+mod ledger;
+mod loading;
+mod model;
+mod probe;
+mod publishing;
+mod serving;
+mod stress;
+mod support;

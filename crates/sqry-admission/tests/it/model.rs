@@ -1,0 +1,557 @@
+//! A model-based property test: random sequences of reserve / grow / shrink / publish / drop /
+//! read / unload / evict / load / builder panic / re-entrant hook against a simple model.
+//!
+//! The model knows which versions exist and who holds them; from that alone it derives what
+//! the ledger must say — loaded is the bytes of the versions in the slots, retained the bytes
+//! of every other version still held by a reader, reserved the sum of outstanding reservations
+//! — and it predicts whether each admission fits at once, fits after evicting what can be
+//! freed now, or is refused. Which victims are evicted depends on recency; the model observes
+//! them and checks each was a legal victim (not pinned, not the requester, no reader holding
+//! it) and that a refused request evicted nothing. After every step the ledger must match the
+//! model exactly and never have exceeded the limit.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use sqry_admission::{
+    EntryState, Handle, LoadError, LoadOptions, Overflow, PublishError, PublishHook, Reservation,
+    ReserveError, ReserveRequest, WeakManager,
+};
+
+use crate::support::{Manager, blob, manager};
+
+const LIMIT: u64 = 1_000;
+const KEYS: [&str; 4] = ["k0", "k1", "k2", "k3"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Register {
+        k: usize,
+        pinned: bool,
+    },
+    Reserve {
+        k: usize,
+        bytes: u64,
+    },
+    Grow {
+        r: Index,
+        extra: u64,
+    },
+    Shrink {
+        r: Index,
+        to: u64,
+    },
+    Publish {
+        r: Index,
+        bytes: u64,
+        keep: bool,
+    },
+    DropReservation {
+        r: Index,
+    },
+    Read {
+        k: usize,
+    },
+    DropReader {
+        h: Index,
+    },
+    Unload {
+        k: usize,
+    },
+    EvictLru,
+    Load {
+        k: usize,
+        est: u64,
+        smaller_by: u64,
+        keep: bool,
+    },
+    BuilderPanic {
+        k: usize,
+        est: u64,
+    },
+    LoadWithUnloadingHook {
+        k: usize,
+        est: u64,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let k = 0..KEYS.len();
+    let bytes = prop_oneof![9 => 0u64..700, 1 => 950u64..1_100];
+    let keep = proptest::bool::weighted(0.3);
+    prop_oneof![
+        1 => (k.clone(), proptest::bool::weighted(0.2))
+            .prop_map(|(k, pinned)| Op::Register { k, pinned }),
+        3 => (k.clone(), bytes.clone()).prop_map(|(k, bytes)| Op::Reserve { k, bytes }),
+        1 => (any::<Index>(), 0u64..400).prop_map(|(r, extra)| Op::Grow { r, extra }),
+        1 => (any::<Index>(), 0u64..400).prop_map(|(r, to)| Op::Shrink { r, to }),
+        3 => (any::<Index>(), bytes.clone(), keep)
+            .prop_map(|(r, bytes, keep)| Op::Publish { r, bytes, keep }),
+        1 => any::<Index>().prop_map(|r| Op::DropReservation { r }),
+        2 => k.clone().prop_map(|k| Op::Read { k }),
+        3 => any::<Index>().prop_map(|h| Op::DropReader { h }),
+        1 => k.clone().prop_map(|k| Op::Unload { k }),
+        1 => Just(Op::EvictLru),
+        3 => (k.clone(), bytes.clone(), 0u64..200, keep)
+            .prop_map(|(k, est, smaller_by, keep)| Op::Load { k, est, smaller_by, keep }),
+        1 => (k.clone(), bytes.clone()).prop_map(|(k, est)| Op::BuilderPanic { k, est }),
+        1 => (k, bytes).prop_map(|(k, est)| Op::LoadWithUnloadingHook { k, est }),
+    ]
+}
+
+/// What an admission must do, predicted from the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Predicted {
+    Fits,
+    FitsAfterEviction,
+    Refused,
+    ExceedsLimit,
+}
+
+#[derive(Debug)]
+struct Ent {
+    pinned: bool,
+    state: EntryState,
+    current: Option<u64>,
+    generation: u64,
+}
+
+struct Res {
+    inner: Reservation<String, Vec<u8>>,
+    key: String,
+    bytes: u64,
+    generation: u64,
+}
+
+struct World {
+    m: Manager,
+    ents: BTreeMap<String, Ent>,
+    /// Live versions: id → bytes.
+    versions: BTreeMap<u64, u64>,
+    res: Vec<Res>,
+    readers: Vec<Handle<Vec<u8>>>,
+    next_generation: u64,
+}
+
+struct UnloadOnPublish {
+    manager: WeakManager<String, Vec<u8>>,
+}
+
+impl PublishHook<String, Vec<u8>> for UnloadOnPublish {
+    fn on_publish(&self, key: &String, _value: &Handle<Vec<u8>>) {
+        if let Some(m) = self.manager.upgrade() {
+            assert!(m.unload(key), "re-entrant unload from the hook");
+        }
+    }
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            m: manager(LIMIT),
+            ents: BTreeMap::new(),
+            versions: BTreeMap::new(),
+            res: Vec::new(),
+            readers: Vec::new(),
+            next_generation: 0,
+        }
+    }
+
+    fn register_model(&mut self, key: &str, pinned: bool) {
+        if !self.ents.contains_key(key) {
+            self.next_generation += 1;
+            self.ents.insert(
+                key.to_string(),
+                Ent {
+                    pinned,
+                    state: EntryState::Unloaded,
+                    current: None,
+                    generation: self.next_generation,
+                },
+            );
+        }
+    }
+
+    fn is_current(&self, id: u64) -> bool {
+        self.ents.values().any(|e| e.current == Some(id))
+    }
+
+    fn readers_of(&self, id: u64) -> usize {
+        self.readers.iter().filter(|h| h.version_id() == id).count()
+    }
+
+    /// Versions nobody holds are gone (their drop credited them).
+    fn gc(&mut self) {
+        let live: Vec<u64> = self
+            .versions
+            .keys()
+            .copied()
+            .filter(|&id| self.is_current(id) || self.readers_of(id) > 0)
+            .collect();
+        self.versions.retain(|id, _| live.contains(id));
+    }
+
+    fn loaded(&self) -> u64 {
+        self.ents
+            .values()
+            .filter_map(|e| e.current)
+            .map(|id| self.versions[&id])
+            .sum()
+    }
+
+    fn retained(&self) -> u64 {
+        self.versions
+            .iter()
+            .filter(|(id, _)| !self.is_current(**id))
+            .map(|(_, b)| *b)
+            .sum()
+    }
+
+    fn reserved(&self) -> u64 {
+        self.res.iter().map(|r| r.bytes).sum()
+    }
+
+    fn total(&self) -> u64 {
+        self.loaded() + self.retained() + self.reserved()
+    }
+
+    /// Bytes that evicting could free now for a request by `exclude`.
+    fn freeable(&self, exclude: &str) -> u64 {
+        self.ents
+            .iter()
+            .filter(|(k, e)| k.as_str() != exclude && !e.pinned)
+            .filter_map(|(_, e)| e.current)
+            .filter(|&id| self.readers_of(id) == 0)
+            .map(|id| self.versions[&id])
+            .sum()
+    }
+
+    fn predict(&self, bytes: u64, exclude: &str) -> Predicted {
+        if bytes > LIMIT {
+            Predicted::ExceedsLimit
+        } else if self.total() + bytes <= LIMIT {
+            Predicted::Fits
+        } else if self.total() + bytes - self.freeable(exclude) <= LIMIT {
+            Predicted::FitsAfterEviction
+        } else {
+            Predicted::Refused
+        }
+    }
+
+    /// Applies the evictions the manager made (keys gone from its map) after checking each
+    /// was legal.
+    fn observe_evictions(&mut self, allowed: bool, requester: &str) {
+        let gone: Vec<String> = self
+            .ents
+            .keys()
+            .filter(|k| !self.m.contains(k))
+            .cloned()
+            .collect();
+        for k in gone {
+            assert!(allowed, "{k} evicted by an operation that must not evict");
+            assert_ne!(k, requester, "a request never evicts its own key");
+            let e = self.ents.remove(&k).expect("listed");
+            assert!(!e.pinned, "{k} is pinned");
+            let id = e
+                .current
+                .expect("only entries with a version are admission victims");
+            assert_eq!(self.readers_of(id), 0, "{k} was held by a reader");
+        }
+        self.gc();
+    }
+
+    fn check(&self) {
+        let s = self.m.ledger().snapshot();
+        assert_eq!(s.loaded, self.loaded(), "loaded: {s}");
+        assert_eq!(s.retained, self.retained(), "retained: {s}");
+        assert_eq!(s.reserved, self.reserved(), "reserved: {s}");
+        let loaded_count = self.ents.values().filter(|e| e.current.is_some()).count();
+        assert_eq!(s.loaded_count, loaded_count, "{s}");
+        assert_eq!(s.retained_count, self.versions.len() - loaded_count, "{s}");
+        assert!(s.total() <= LIMIT && s.high_water <= LIMIT, "{s}");
+        assert_eq!(s.queue_depth, 0);
+        assert_eq!(self.m.len(), self.ents.len());
+        for (k, e) in &self.ents {
+            assert_eq!(self.m.state(k), Some(e.state), "{k}");
+        }
+    }
+
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Register { k, pinned } => {
+                let key = KEYS[k].to_string();
+                let fresh = !self.ents.contains_key(&key);
+                assert_eq!(self.m.register(key.clone(), pinned), fresh);
+                self.register_model(&key, pinned);
+            }
+            Op::Reserve { k, bytes } => {
+                let key = KEYS[k].to_string();
+                let predicted = self.predict(bytes, &key);
+                let result = self.m.reserve(&key, ReserveRequest::new(bytes));
+                let Some(generation) = self.ents.get(&key).map(|e| e.generation) else {
+                    assert!(matches!(result, Err(ReserveError::NotRegistered { .. })));
+                    return;
+                };
+                self.admission_outcome(predicted, result.map(|r| (r, bytes)), &key, generation);
+            }
+            Op::Grow { r, extra } => {
+                if self.res.is_empty() {
+                    return;
+                }
+                let i = r.index(self.res.len());
+                let key = self.res[i].key.clone();
+                let predicted = self.predict(extra, &key);
+                let result = self.res[i].inner.grow(extra, Overflow::FailFast);
+                let ok = result.is_ok();
+                check_admission(predicted, result.err());
+                self.observe_evictions(predicted == Predicted::FitsAfterEviction, &key);
+                if ok {
+                    self.res[i].bytes += extra;
+                }
+            }
+            Op::Shrink { r, to } => {
+                if self.res.is_empty() {
+                    return;
+                }
+                let i = r.index(self.res.len());
+                self.res[i].inner.shrink_to(to);
+                self.res[i].bytes = self.res[i].bytes.min(to);
+            }
+            Op::Publish { r, bytes, keep } => {
+                if self.res.is_empty() {
+                    return;
+                }
+                let res = self.res.swap_remove(r.index(self.res.len()));
+                let stale = self.ents.get(&res.key).map(|e| e.generation) != Some(res.generation);
+                // The reservation still counts while the publish decides.
+                let total = self.total() + res.bytes;
+                let extra = bytes.saturating_sub(res.bytes);
+                let predicted = if stale {
+                    Predicted::Refused
+                } else if extra == 0 || total + extra <= LIMIT {
+                    Predicted::Fits
+                } else if total + extra - self.freeable(&res.key) <= LIMIT {
+                    Predicted::FitsAfterEviction
+                } else {
+                    Predicted::Refused
+                };
+                let result = self.m.publish(res.inner, blob(bytes as usize));
+                match (&result, stale) {
+                    (Err(PublishError::Evicted { .. }), true) => {}
+                    (Err(PublishError::Oversize { .. }), false) => {
+                        assert_eq!(predicted, Predicted::Refused)
+                    }
+                    (Ok(_), false) => assert_ne!(predicted, Predicted::Refused),
+                    other => panic!("publish {bytes} over {}: {other:?}", res.bytes),
+                }
+                self.observe_evictions(predicted == Predicted::FitsAfterEviction, &res.key);
+                if let Ok(h) = result {
+                    self.install(&res.key, h, bytes, keep);
+                }
+            }
+            Op::DropReservation { r } => {
+                if !self.res.is_empty() {
+                    drop(self.res.swap_remove(r.index(self.res.len())));
+                }
+            }
+            Op::Read { k } => {
+                let key = KEYS[k].to_string();
+                let expected = self.ents.get(&key).and_then(|e| e.current);
+                let got = self.m.get(&key);
+                assert_eq!(got.as_ref().map(Handle::version_id), expected);
+                self.readers.extend(got);
+            }
+            Op::DropReader { h } => {
+                if !self.readers.is_empty() {
+                    self.readers.swap_remove(h.index(self.readers.len()));
+                    self.gc();
+                }
+            }
+            Op::Unload { k } => {
+                let key = KEYS[k].to_string();
+                assert_eq!(self.m.unload(&key), self.ents.remove(&key).is_some());
+                self.gc();
+            }
+            Op::EvictLru => {
+                let candidates: Vec<String> = self
+                    .ents
+                    .iter()
+                    .filter(|(_, e)| !e.pinned && e.state != EntryState::Unloaded)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                match self.m.evict_lru() {
+                    None => assert!(candidates.is_empty(), "{candidates:?}"),
+                    Some(k) => {
+                        assert!(candidates.contains(&k), "{k} not a candidate");
+                        self.ents.remove(&k);
+                        self.gc();
+                    }
+                }
+            }
+            Op::Load {
+                k,
+                est,
+                smaller_by,
+                keep,
+            } => {
+                let bytes = est - smaller_by.min(est);
+                self.load(k, est, LoadKind::Builds(bytes, keep));
+            }
+            Op::BuilderPanic { k, est } => self.load(k, est, LoadKind::Panics),
+            Op::LoadWithUnloadingHook { k, est } => {
+                self.m.set_hook(Arc::new(UnloadOnPublish {
+                    manager: self.m.downgrade(),
+                }));
+                self.load(k, est, LoadKind::UnloadedByHook);
+                self.m.clear_hook();
+            }
+        }
+    }
+
+    fn admission_outcome(
+        &mut self,
+        predicted: Predicted,
+        result: Result<(Reservation<String, Vec<u8>>, u64), ReserveError>,
+        key: &str,
+        generation: u64,
+    ) {
+        let (ok, err) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => (None, Some(e)),
+        };
+        check_admission(predicted, err);
+        self.observe_evictions(predicted == Predicted::FitsAfterEviction, key);
+        if let Some((inner, bytes)) = ok {
+            self.res.push(Res {
+                inner,
+                key: key.to_string(),
+                bytes,
+                generation,
+            });
+        }
+    }
+
+    /// Makes `h` the current version of `key`; the caller keeps it as a reader if `keep`.
+    fn install(&mut self, key: &str, h: Handle<Vec<u8>>, bytes: u64, keep: bool) {
+        assert_eq!(h.bytes(), bytes);
+        self.versions.insert(h.version_id(), bytes);
+        let e = self
+            .ents
+            .get_mut(key)
+            .expect("published entries are registered");
+        e.current = Some(h.version_id());
+        e.state = EntryState::Loaded;
+        if keep {
+            self.readers.push(h);
+        }
+        self.gc();
+    }
+
+    fn load(&mut self, k: usize, est: u64, kind: LoadKind) {
+        let key = KEYS[k].to_string();
+        if let Some(Ent {
+            state: EntryState::Loaded,
+            current: Some(id),
+            ..
+        }) = self.ents.get(&key)
+        {
+            let id = *id;
+            let h = self
+                .m
+                .get_or_load(&key, LoadOptions::new(est), |_| -> Result<Vec<u8>, _> {
+                    panic!("a cache hit never builds")
+                })
+                .expect("cache hit");
+            assert_eq!(h.version_id(), id);
+            self.readers.push(h);
+            return;
+        }
+        self.register_model(&key, false);
+        let predicted = self.predict(est, &key);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            self.m
+                .get_or_load(&key, LoadOptions::new(est), |_| match kind {
+                    LoadKind::Builds(bytes, _) => Ok(blob(bytes as usize)),
+                    LoadKind::UnloadedByHook => Ok(blob(est as usize)),
+                    LoadKind::Panics => panic!("builder panics"),
+                })
+        }));
+        if matches!((&outcome, kind), (Ok(Ok(_)), LoadKind::UnloadedByHook)) {
+            assert!(!self.m.contains(&key), "the hook unloaded it");
+            self.ents.remove(&key);
+        }
+        self.observe_evictions(predicted == Predicted::FitsAfterEviction, &key);
+        let admitted = matches!(predicted, Predicted::Fits | Predicted::FitsAfterEviction);
+        match outcome {
+            Err(_) => {
+                assert!(
+                    admitted && matches!(kind, LoadKind::Panics),
+                    "unexpected panic"
+                );
+                self.ents.get_mut(&key).expect("registered").state = EntryState::Failed;
+            }
+            Ok(Err(LoadError::Admission(e))) => {
+                check_admission(predicted, Some(e));
+                self.ents.get_mut(&key).expect("registered").state = EntryState::Failed;
+            }
+            Ok(Ok(h)) => {
+                assert!(admitted, "{predicted:?}");
+                match kind {
+                    LoadKind::Builds(bytes, keep) => self.install(&key, h, bytes, keep),
+                    LoadKind::UnloadedByHook => {
+                        self.versions.insert(h.version_id(), est);
+                        self.readers.push(h);
+                    }
+                    LoadKind::Panics => panic!("a panicking builder returned"),
+                }
+            }
+            Ok(Err(e)) => panic!("unexpected load error: {e:?}"),
+        }
+        self.gc();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LoadKind {
+    /// Builds a value of this many bytes; the caller keeps the handle if the flag says so.
+    Builds(u64, bool),
+    Panics,
+    UnloadedByHook,
+}
+
+fn check_admission(predicted: Predicted, err: Option<ReserveError>) {
+    match (predicted, err) {
+        (Predicted::Fits | Predicted::FitsAfterEviction, None) => {}
+        (Predicted::Refused, Some(ReserveError::BudgetExceeded { .. })) => {}
+        (Predicted::ExceedsLimit, Some(ReserveError::ExceedsLimit { .. })) => {}
+        (p, e) => panic!("predicted {p:?}, got {e:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn ledger_matches_the_model_after_every_step(ops in proptest::collection::vec(op(), 1..64)) {
+        let mut world = World::new();
+        for op in ops {
+            world.apply(op);
+            world.check();
+        }
+        // Letting go of everything leaves only the slots' versions, exactly.
+        world.res.clear();
+        world.readers.clear();
+        world.gc();
+        world.check();
+        let s = world.m.ledger().snapshot();
+        prop_assert_eq!((s.reserved, s.retained, s.retained_count), (0, 0, 0));
+        prop_assert!(world.m.audit().consistent);
+    }
+}

@@ -1,0 +1,69 @@
+//! Shared helpers: managers with small budgets, values of exact sizes, a recording hook.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use sqry_admission::{
+    AdmissionConfig, AdmissionManager, Handle, PublishHook, ReserveRequest, RetireCause,
+};
+
+pub(crate) type Manager = AdmissionManager<String, Vec<u8>>;
+
+pub(crate) const MIB: u64 = 1 << 20;
+
+/// A manager with `limit` bytes and no background thread.
+pub(crate) fn manager(limit: u64) -> Manager {
+    AdmissionManager::new(config(limit))
+}
+
+pub(crate) fn config(limit: u64) -> AdmissionConfig {
+    AdmissionConfig::new(limit).audit_interval(None)
+}
+
+pub(crate) fn key(s: &str) -> String {
+    s.to_string()
+}
+
+/// A value of exactly `bytes` heap bytes.
+pub(crate) fn blob(bytes: usize) -> Vec<u8> {
+    vec![0xA5; bytes]
+}
+
+/// Registers `k` and publishes a value of `bytes` bytes under a reservation of that size.
+pub(crate) fn load(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
+    m.register(key(k), false);
+    let r = m
+        .reserve(&key(k), ReserveRequest::new(bytes as u64))
+        .unwrap_or_else(|e| panic!("reserve {k}: {e}"));
+    m.publish(r, blob(bytes))
+        .unwrap_or_else(|e| panic!("publish {k}: {e}"))
+}
+
+/// Like [`load`] but the entry is pinned.
+pub(crate) fn load_pinned(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
+    m.register(key(k), true);
+    load(m, k, bytes)
+}
+
+/// Records every hook call.
+#[derive(Default)]
+pub(crate) struct RecordingHook {
+    pub(crate) published: Mutex<Vec<String>>,
+    pub(crate) evicted: Mutex<Vec<(String, RetireCause)>>,
+}
+
+impl RecordingHook {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+impl PublishHook<String, Vec<u8>> for RecordingHook {
+    fn on_publish(&self, key: &String, _value: &Handle<Vec<u8>>) {
+        self.published.lock().push(key.clone());
+    }
+
+    fn on_evict(&self, key: &String, cause: RetireCause) {
+        self.evicted.lock().push((key.clone(), cause));
+    }
+}
