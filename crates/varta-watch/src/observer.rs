@@ -313,6 +313,7 @@ impl Observer {
                 // pid 0: sent before credentials were enabled (an activated socket), or by a
                 // process outside this pid namespace. Either way it cannot be attributed.
                 let Some(creds) = dgram.credentials.filter(|c| c.pid != 0) else {
+                    tracing::debug!("dropped a datagram without attributable credentials");
                     counters.auth_failures += 1;
                     events.push(Event::AuthFailure {
                         pid: 0,
@@ -322,6 +323,11 @@ impl Observer {
                     continue;
                 };
                 if dgram.truncated {
+                    tracing::debug!(
+                        pid = creds.pid,
+                        len = dgram.original_len,
+                        "dropped an oversized datagram"
+                    );
                     counters.truncated += 1;
                     counters.decode_errors += 1;
                     events.push(Event::Decode {
@@ -337,6 +343,11 @@ impl Observer {
                 if let Some(allowed) = allow_uids.as_deref()
                     && !allowed.contains(&creds.uid)
                 {
+                    tracing::debug!(
+                        pid = creds.pid,
+                        uid = creds.uid,
+                        "dropped a datagram from a uid not on the allow-list"
+                    );
                     counters.auth_failures += 1;
                     events.push(Event::AuthFailure {
                         pid: creds.pid,
@@ -353,6 +364,7 @@ impl Observer {
                     let frame = match Frame::decode(dgram.data) {
                         Ok(frame) => frame,
                         Err(e) => {
+                            tracing::debug!(pid = creds.pid, error = %e, "dropped an invalid VLP frame");
                             counters.decode_errors += 1;
                             events.push(Event::Decode {
                                 pid: creds.pid,
@@ -362,6 +374,11 @@ impl Observer {
                         }
                     };
                     if frame.pid != creds.pid {
+                        tracing::debug!(
+                            pid = creds.pid,
+                            claimed = frame.pid,
+                            "dropped a frame claiming another pid"
+                        );
                         counters.auth_failures += 1;
                         events.push(Event::AuthFailure {
                             pid: creds.pid,
@@ -381,6 +398,7 @@ impl Observer {
                     let n = match Notification::parse(dgram.data) {
                         Ok(n) => n,
                         Err(e) => {
+                            tracing::debug!(pid = creds.pid, error = %e, "dropped an invalid notify message");
                             counters.decode_errors += 1;
                             events.push(Event::Decode {
                                 pid: creds.pid,
@@ -429,6 +447,10 @@ impl Observer {
             .saturating_sub(last_boot)
             .saturating_sub(mono.saturating_sub(last_mono));
         if suspended > SUSPEND_THRESHOLD {
+            tracing::info!(
+                ?suspended,
+                "machine resumed from suspend; restarting every deadline"
+            );
             self.counters.suspends += 1;
             let now = self.now();
             self.tracker.forgive_suspend(now, suspended, events);

@@ -126,6 +126,18 @@ struct RunArgs {
     /// Serve the status snapshot on this Unix socket (for `varta-watch status`).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Diagnostics on stderr at this level and above (events go to --events regardless).
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -241,6 +253,18 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Before any thread exists: signal dispositions and the activation environment.
     install_stop_signals()?;
     let activated = take_activated_socket()?;
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(match args.log_level {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        })
+        .init();
 
     let config = ObserverConfig {
         socket_mode: args.socket_mode,
@@ -268,10 +292,18 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .map(|rate| RateLimit { rate, burst: rate }),
         ..ObserverConfig::new(&args.socket)
     };
+    let activated_socket = activated.is_some();
     let mut observer = match activated {
         Some(socket) => Observer::from_socket(socket, config)?,
         None => Observer::bind(config)?,
     };
+    tracing::info!(
+        socket = %args.socket.display(),
+        activated = activated_socket,
+        threshold = ?args.threshold,
+        capacity = args.capacity,
+        "observing"
+    );
 
     let mut sink: Box<dyn Write> = if args.events == "-" {
         Box::new(io::stdout())
@@ -352,6 +384,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = &notify {
         let _ = n.send("STOPPING=1");
     }
+    tracing::info!(agents = observer.tracker().len(), "stopping on signal");
     Ok(())
 }
 

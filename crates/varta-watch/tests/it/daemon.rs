@@ -471,3 +471,51 @@ fn global_rate_limit_drops_floods_but_not_critical_frames() {
         "a 300-frame burst against 5/s must mostly drop: {text}"
     );
 }
+
+/// Diagnostics go to stderr through tracing, at the chosen level; events stay on stdout.
+#[test]
+fn diagnostics_are_logged_at_the_chosen_level() {
+    let dir = TempDir::new("logs");
+    let socket = dir.path("observer.sock");
+    let child = Command::new(BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--log-level", "debug"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    let deadline = Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut bad = Frame {
+        status: Status::Ok,
+        pid: std::process::id(),
+        timestamp: 1,
+        nonce: 1,
+        payload: 0,
+    }
+    .encode();
+    bad[9] ^= 0xFF;
+    UnixDatagram::unbound()
+        .expect("socket")
+        .send_to(&bad, &socket)
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(child.id(), libc::SIGTERM);
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("INFO") && log.contains("observing"), "{log}");
+    assert!(
+        log.contains("DEBUG") && log.contains("dropped an invalid VLP frame"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CRC-32C mismatch"),
+        "the reason is logged: {log}"
+    );
+    assert!(log.contains("stopping on signal"), "{log}");
+}
