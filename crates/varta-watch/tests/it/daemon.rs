@@ -519,3 +519,48 @@ fn diagnostics_are_logged_at_the_chosen_level() {
     );
     assert!(log.contains("stopping on signal"), "{log}");
 }
+
+/// Events can go to a file; the socket mode and the boottime clock are honoured.
+#[test]
+fn events_file_socket_mode_and_boottime_clock() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("eventsfile");
+    let events = dir.path("events.jsonl");
+    let d = Daemon::start(
+        &dir,
+        &[
+            "--events",
+            events.to_str().expect("utf8"),
+            "--socket-mode",
+            "660",
+            "--clock",
+            "boottime",
+            "--threshold",
+            "200ms",
+        ],
+    );
+    let mode = std::fs::metadata(&d.socket)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    let mut agent = beacon(&d.socket, &["--interval", "20ms", "--count", "3"]);
+    let pid = agent.id();
+    agent.wait().expect("beacon");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        let has = |name: &str| {
+            text.lines().any(|l| {
+                l.contains(&format!("\"event\":\"{name}\""))
+                    && field(l, "pid") == Some(u64::from(pid))
+            })
+        };
+        if has("registered") && has("exited") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events file: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
