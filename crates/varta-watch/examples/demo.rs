@@ -161,13 +161,13 @@ fn run(bin: &Path, dir: &Path) -> Result<(), Box<dyn Error>> {
         }
     }
 
+    drop(agents);
     signal(daemon.id(), "TERM")?;
     let status = daemon.wait()?;
     println!(
         "\nSIGTERM -> daemon exited {status}; socket removed: {}",
         !socket.exists()
     );
-    drop(agents);
     Ok(())
 }
 

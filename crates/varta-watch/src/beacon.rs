@@ -22,7 +22,7 @@
 
 use std::io;
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ use crate::vlp::{Frame, Status, TERMINAL_NONCE};
 #[derive(Debug)]
 pub struct Beacon {
     socket: UnixDatagram,
+    /// Where to reconnect when the observer restarts (its new socket is a new inode).
+    path: Option<PathBuf>,
     pid: u32,
     nonce: u64,
     status: Status,
@@ -56,6 +58,7 @@ impl Beacon {
         })?;
         Ok(Self {
             socket,
+            path: Some(path.to_owned()),
             pid: std::process::id(),
             nonce: 0,
             status: Status::Ok,
@@ -86,11 +89,36 @@ impl Beacon {
     }
 
     /// Sends one heartbeat.
+    ///
+    /// If the observer restarted (its socket is gone or refuses), reconnects to the path once
+    /// and retries, so agents outlive observer restarts.
     pub fn beat(&mut self) -> io::Result<()> {
         let frame = self.next_frame();
-        self.socket.send(&frame.encode())?;
+        self.send(&frame.encode())?;
         self.nonce = frame.nonce;
         Ok(())
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.socket.send(bytes) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused
+                        | io::ErrorKind::NotFound
+                        | io::ErrorKind::NotConnected
+                ) && self.path.is_some() =>
+            {
+                let socket = UnixDatagram::unbound()?;
+                if let Some(path) = &self.path {
+                    socket.connect(path)?;
+                }
+                self.socket = socket;
+                self.socket.send(bytes).map(drop)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends the terminal Critical frame: this process is going down.
@@ -100,7 +128,7 @@ impl Beacon {
             nonce: TERMINAL_NONCE,
             ..self.next_frame()
         };
-        self.socket.send(&frame.encode()).map(drop)
+        self.send(&frame.encode())
     }
 }
 
@@ -209,6 +237,7 @@ mod tests {
         let (rx, tx) = UnixDatagram::pair().expect("pair");
         let mut beacon = Beacon {
             socket: tx,
+            path: None,
             pid: std::process::id(),
             nonce: 0,
             status: Status::Ok,
@@ -239,6 +268,7 @@ mod tests {
         let (rx, tx) = UnixDatagram::pair().expect("pair");
         let beacon = Beacon {
             socket: tx,
+            path: None,
             pid: std::process::id(),
             nonce: 0,
             status: Status::Ok,

@@ -232,8 +232,17 @@ fn run_beacon(
         Health::Critical => Status::Critical,
     });
     let mut sent = 0;
+    let mut failing = false;
     while count.is_none_or(|n| sent < n) {
-        beacon.beat()?;
+        // An agent outlives its observer: report the first failure of a run, keep beating.
+        match beacon.beat() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                eprintln!("varta-watch beacon: {e}; retrying every {interval:?}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
         sent += 1;
         std::thread::sleep(interval);
     }

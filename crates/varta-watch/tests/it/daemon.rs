@@ -564,3 +564,20 @@ fn events_file_socket_mode_and_boottime_clock() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An agent outlives an observer restart: the beacon reconnects to the new socket.
+#[test]
+fn beacon_survives_an_observer_restart() {
+    let dir = TempDir::new("restart");
+    let mut first = Daemon::start(&dir, &[]);
+    let mut agent = beacon(&first.socket, &["--interval", "20ms"]);
+    let pid = agent.id();
+    first.expect_event("registered", pid, WAIT);
+    first.signal(libc::SIGTERM);
+    assert!(first.child.wait().expect("first daemon").success());
+    let mut second = Daemon::start(&dir, &[]);
+    // Registered with the new observer: the same process found the new socket.
+    second.expect_event("registered", pid, WAIT);
+    agent.kill().expect("kill");
+    agent.wait().expect("reap");
+}
