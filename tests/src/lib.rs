@@ -1,2 +1,171 @@
-//! Cross-crate test suites for the workspace; see `tests/tests/`. This library is empty on
-//! purpose: the suites are integration tests so each runs against the crates' public APIs only.
+//! Shared support for the workspace's tests and benches, and the home of the cross-crate
+//! suites (`tests/tests/`).
+//!
+//! Crates use this library as a path-only dev-dependency (stripped when they are published), so
+//! the mechanisms every suite needs exist once:
+//!
+//! - [`bench`](mod@bench): per-call timings recorded from criterion's `iter_custom`, medians, and the
+//!   verdict line every bench prints;
+//! - [`harness`](mod@harness): the runner for test binaries that cannot use libtest (they must be
+//!   single-threaded, or re-execute themselves as a child process), printing the summary line
+//!   `cargo xtask ci` counts.
+
+pub mod bench {
+    //! Benchmark bookkeeping: criterion measures, these helpers keep the timings and print
+    //! the verdicts, `bench: <crate>/<metric> = <value> <unit> (target <op> <value>) ok|FAIL`.
+
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Named samples (nanoseconds per iteration, or any per-sample figure).
+    #[derive(Debug, Default)]
+    pub struct Samples {
+        inner: Mutex<Vec<(&'static str, f64)>>,
+    }
+
+    impl Samples {
+        /// An empty set, usable in a `static`.
+        pub const fn new() -> Self {
+            Self {
+                inner: Mutex::new(Vec::new()),
+            }
+        }
+
+        /// Records one `iter_custom` call (`elapsed` for `iters` iterations) as ns/iteration,
+        /// and hands `elapsed` back for criterion.
+        pub fn record(&self, name: &'static str, iters: u64, elapsed: Duration) -> Duration {
+            self.push(name, elapsed.as_nanos() as f64 / iters.max(1) as f64);
+            elapsed
+        }
+
+        /// Records one figure under `name`.
+        pub fn push(&self, name: &'static str, value: f64) {
+            self.inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((name, value));
+        }
+
+        /// The median of the figures recorded under `name` (NaN if none).
+        pub fn median(&self, name: &str) -> f64 {
+            let mut v: Vec<f64> = self
+                .inner
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, x)| *x)
+                .collect();
+            median(&mut v)
+        }
+    }
+
+    /// The median of `values` (NaN if empty); sorts them.
+    pub fn median(values: &mut [f64]) -> f64 {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    /// The p-th percentile (0..=100) of `values` (NaN if empty); sorts them.
+    pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+        values.sort_by(f64::total_cmp);
+        if values.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
+    }
+
+    /// What a figure must satisfy.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub enum Target {
+        /// At least this much.
+        AtLeast(f64),
+        /// At most this much.
+        AtMost(f64),
+    }
+
+    /// Prints the verdict line and returns whether the target is met (NaN never is).
+    pub fn verdict(krate: &str, metric: &str, value: f64, unit: &str, target: Target) -> bool {
+        let (op, bound, ok) = match target {
+            Target::AtLeast(t) => (">=", t, value >= t),
+            Target::AtMost(t) => ("<=", t, value <= t),
+        };
+        println!(
+            "bench: {krate}/{metric} = {value:.2} {unit} (target {op} {bound}) {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        ok
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn medians_and_percentiles() {
+            let s = Samples::new();
+            for x in [5.0, 1.0, 3.0] {
+                s.push("a", x);
+            }
+            s.record("b", 4, Duration::from_nanos(400));
+            assert_eq!(s.median("a"), 3.0);
+            assert_eq!(s.median("b"), 100.0);
+            assert!(s.median("missing").is_nan());
+            let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+            assert_eq!(percentile(&mut v, 99.0), 99.0);
+            assert_eq!(percentile(&mut v, 100.0), 100.0);
+        }
+
+        #[test]
+        fn verdicts_compare_in_the_stated_direction() {
+            assert!(verdict("c", "m", 2.0, "x", Target::AtLeast(1.0)));
+            assert!(!verdict("c", "m", 0.5, "x", Target::AtLeast(1.0)));
+            assert!(verdict("c", "m", 0.5, "ms", Target::AtMost(1.0)));
+            assert!(!verdict("c", "m", f64::NAN, "ms", Target::AtMost(1.0)));
+        }
+    }
+}
+
+pub mod harness {
+    //! A runner for test binaries built with `harness = false`.
+
+    use std::process::ExitCode;
+
+    /// A named check.
+    pub type Check = (&'static str, fn() -> Result<(), String>);
+
+    /// Runs `checks` in order and reports them (see [`report`]).
+    pub fn run(checks: &[Check]) -> ExitCode {
+        let results: Vec<(&str, Result<(), String>)> = checks
+            .iter()
+            .map(|(name, check)| (*name, check()))
+            .collect();
+        report(&results)
+    }
+
+    /// Prints one `test <name> ... ok|FAILED` line per result and the libtest summary line that
+    /// `cargo xtask ci` counts; fails the process if any check failed.
+    pub fn report(results: &[(&str, Result<(), String>)]) -> ExitCode {
+        let mut failed = 0;
+        for (name, result) in results {
+            match result {
+                Ok(()) => println!("test {name} ... ok"),
+                Err(why) => {
+                    failed += 1;
+                    println!("test {name} ... FAILED\n    {why}");
+                }
+            }
+        }
+        let verdict = if failed == 0 { "ok" } else { "FAILED" };
+        println!(
+            "\ntest result: {verdict}. {} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n",
+            results.len() - failed
+        );
+        if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}

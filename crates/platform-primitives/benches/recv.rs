@@ -11,35 +11,17 @@
 
 use std::hint::black_box;
 use std::os::unix::net::UnixDatagram;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use platform_primitives::creds::{BatchConfig, DatagramBatch, Wait, enable_datagram_credentials};
+use workspace_tests::bench::{Samples, Target, verdict};
 
 const PER_ROUND: usize = 32;
 const FRAME: [u8; 32] = [0x56; 32];
 
 /// Per-call timings criterion handed to `iter_custom`, kept to compute verdicts.
-static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
-
-fn record(name: &'static str, iters: u64, elapsed: Duration) -> Duration {
-    let per_iter = elapsed.as_nanos() as f64 / iters.max(1) as f64;
-    SAMPLES.lock().expect("samples").push((name, per_iter));
-    elapsed
-}
-
-fn median_ns(name: &str) -> f64 {
-    let mut v: Vec<f64> = SAMPLES
-        .lock()
-        .expect("samples")
-        .iter()
-        .filter(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
+static SAMPLES: Samples = Samples::new();
 
 fn pair(attested: bool) -> (UnixDatagram, UnixDatagram) {
     let (rx, tx) = UnixDatagram::pair().expect("socketpair");
@@ -79,7 +61,7 @@ fn bench_recv(c: &mut Criterion) {
                     black_box(rx.recv(&mut buf).expect("recv"));
                 }
             });
-            record("baseline", iters, d)
+            SAMPLES.record("baseline", iters, d)
         })
     });
 
@@ -95,7 +77,7 @@ fn bench_recv(c: &mut Criterion) {
                     }
                 }
             });
-            record("batch", iters, d)
+            SAMPLES.record("batch", iters, d)
         })
     });
 
@@ -111,33 +93,34 @@ fn bench_recv(c: &mut Criterion) {
                     }
                 }
             });
-            record("attested", iters, d)
+            SAMPLES.record("attested", iters, d)
         })
     });
     group.finish();
 }
 
-fn verdict(metric: &str, value: f64, unit: &str, op: &str, target: f64) -> bool {
-    let ok = match op {
-        ">=" => value >= target,
-        _ => value <= target,
-    };
-    println!(
-        "bench: platform-primitives/{metric} = {value:.2} {unit} (target {op} {target}) {}",
-        if ok { "ok" } else { "FAIL" }
-    );
-    ok
-}
-
 fn verdicts(_: &mut Criterion) {
     let (baseline, batch, attested) = (
-        median_ns("baseline"),
-        median_ns("batch"),
-        median_ns("attested"),
+        SAMPLES.median("baseline"),
+        SAMPLES.median("batch"),
+        SAMPLES.median("attested"),
     );
-    verdict("batch_recv_speedup", baseline / batch, "x", ">=", 1.0);
+    let krate = "platform-primitives";
+    verdict(
+        krate,
+        "batch_recv_speedup",
+        baseline / batch,
+        "x",
+        Target::AtLeast(1.0),
+    );
     let rate = PER_ROUND as f64 * 1e9 / attested;
-    verdict("attested_recv_rate", rate, "datagrams/s", ">=", 250_000.0);
+    verdict(
+        krate,
+        "attested_recv_rate",
+        rate,
+        "datagrams/s",
+        Target::AtLeast(250_000.0),
+    );
     println!(
         "info: platform-primitives/attestation_cost = {:.2}x the unattested batch time",
         attested / batch

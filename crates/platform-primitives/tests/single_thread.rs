@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use platform_primitives::threads::PreThreadAttestation;
 
-type Check = (&'static str, fn() -> Result<(), String>);
+use workspace_tests::harness::Check;
 
 fn main() -> ExitCode {
     // First, before anything can start a thread.
@@ -39,26 +39,7 @@ fn main() -> ExitCode {
         checks.push((name, check()));
     }
 
-    let mut failed = 0;
-    for (name, result) in &checks {
-        match result {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(why) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n    {why}");
-            }
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "\ntest result: {verdict}. {} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n",
-        checks.len() - failed
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    workspace_tests::harness::report(&checks)
 }
 
 fn attestation_fails_once_a_thread_exists() -> Result<(), String> {

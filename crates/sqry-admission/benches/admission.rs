@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sqry_admission::{AdmissionConfig, AdmissionManager, HeapSize, LoadOptions, ReserveRequest};
+use workspace_tests::bench::{Samples, Target, verdict};
 
 /// An index whose heap size is given, so the timings measure admission, not allocation.
 struct Index(u64);
@@ -31,27 +32,9 @@ impl HeapSize for Index {
 }
 
 /// Per-call timings criterion handed to `iter_custom`, kept to compute verdicts.
-static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
+static SAMPLES: Samples = Samples::new();
 /// Peaks observed during the comparison: (ours / limit, moka / capacity).
 static PEAKS: Mutex<(f64, f64)> = Mutex::new((0.0, 0.0));
-
-fn record(name: &'static str, iters: u64, elapsed: Duration) -> Duration {
-    let per_iter = elapsed.as_nanos() as f64 / iters.max(1) as f64;
-    SAMPLES.lock().expect("samples").push((name, per_iter));
-    elapsed
-}
-
-fn median_ns(name: &str) -> f64 {
-    let mut v: Vec<f64> = SAMPLES
-        .lock()
-        .expect("samples")
-        .iter()
-        .filter(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn manager(limit: u64) -> AdmissionManager<u64, Index> {
     AdmissionManager::new(AdmissionConfig::new(limit).audit_interval(None))
@@ -70,7 +53,7 @@ fn bench_paths(c: &mut Criterion) {
                 let h = m.publish(r, Index(4096)).expect("publish");
                 drop(black_box(h));
             }
-            record("cycle", iters, t.elapsed())
+            SAMPLES.record("cycle", iters, t.elapsed())
         })
     });
 
@@ -87,7 +70,7 @@ fn bench_paths(c: &mut Criterion) {
                 black_box(&h);
                 drop(h);
             }
-            record("read", iters, t.elapsed())
+            SAMPLES.record("read", iters, t.elapsed())
         })
     });
 
@@ -106,7 +89,7 @@ fn bench_paths(c: &mut Criterion) {
                 assert!(plan.sufficient && plan.victims.len() > 1000);
                 black_box(plan);
             }
-            record("plan", iters, t.elapsed())
+            SAMPLES.record("plan", iters, t.elapsed())
         })
     });
     group.finish();
@@ -116,10 +99,7 @@ fn bench_paths(c: &mut Criterion) {
         drop(black_box(m.get(&(i & 63))));
     }
     let locks = m.ledger().metrics().lock_acquisitions - before - 1;
-    SAMPLES
-        .lock()
-        .expect("samples")
-        .push(("read_locks", locks as f64));
+    SAMPLES.push("read_locks", locks as f64);
 }
 
 const KEYS: u64 = 4096;
@@ -159,7 +139,7 @@ fn bench_vs_moka(c: &mut Criterion) {
             let s = ours.ledger().snapshot();
             let mut peaks = PEAKS.lock().expect("peaks");
             peaks.0 = peaks.0.max(s.high_water as f64 / limit as f64);
-            record("ours", iters, elapsed)
+            SAMPLES.record("ours", iters, elapsed)
         })
     });
 
@@ -185,49 +165,51 @@ fn bench_vs_moka(c: &mut Criterion) {
             let elapsed = t.elapsed();
             let mut peaks = PEAKS.lock().expect("peaks");
             peaks.1 = peaks.1.max(peak as f64 / limit as f64);
-            record("moka", iters, elapsed)
+            SAMPLES.record("moka", iters, elapsed)
         })
     });
     group.finish();
 }
 
-fn verdict(metric: &str, value: f64, unit: &str, op: &str, target: f64) -> bool {
-    let ok = match op {
-        ">=" => value >= target,
-        _ => value <= target,
-    };
-    println!(
-        "bench: sqry-admission/{metric} = {value:.2} {unit} (target {op} {target}) {}",
-        if ok { "ok" } else { "FAIL" }
-    );
-    ok
-}
+const KRATE: &str = "sqry-admission";
 
 fn verdicts(_: &mut Criterion) {
     verdict(
+        KRATE,
         "reserve_publish_release_median",
-        median_ns("cycle"),
+        SAMPLES.median("cycle"),
         "ns",
-        "<=",
-        1000.0,
+        Target::AtMost(1000.0),
     );
-    verdict("serve_read_median", median_ns("read"), "ns", "<=", 100.0);
     verdict(
+        KRATE,
+        "serve_read_median",
+        SAMPLES.median("read"),
+        "ns",
+        Target::AtMost(100.0),
+    );
+    verdict(
+        KRATE,
         "serve_read_ledger_locks",
-        median_ns("read_locks"),
+        SAMPLES.median("read_locks"),
         "locks per 1M reads",
-        "<=",
-        0.0,
+        Target::AtMost(0.0),
     );
     verdict(
+        KRATE,
         "plan_eviction_10k_median",
-        median_ns("plan") / 1000.0,
+        SAMPLES.median("plan") / 1000.0,
         "us",
-        "<=",
-        1000.0,
+        Target::AtMost(1000.0),
     );
-    let (ours, moka) = (1e9 / median_ns("ours"), 1e9 / median_ns("moka"));
-    verdict("admission_throughput_vs_moka", ours / moka, "x", ">=", 0.5);
+    let (ours, moka) = (1e9 / SAMPLES.median("ours"), 1e9 / SAMPLES.median("moka"));
+    verdict(
+        KRATE,
+        "admission_throughput_vs_moka",
+        ours / moka,
+        "x",
+        Target::AtLeast(0.5),
+    );
     let peaks = *PEAKS.lock().expect("peaks");
     println!(
         "info: sqry-admission/admission_throughput = {ours:.0} ops/s (moka {moka:.0} ops/s, same \

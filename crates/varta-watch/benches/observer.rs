@@ -26,6 +26,7 @@ use platform_primitives::creds::{Credentials, send_with_credentials};
 use varta_watch::tracker::{Sender, Tracker, TrackerConfig};
 use varta_watch::vlp::{Frame, Status};
 use varta_watch::{Event, Observer, ObserverConfig};
+use workspace_tests::bench::{Samples, Target, median, percentile, verdict};
 
 /// Counts live heap bytes so memory is measured, not computed.
 struct Counting;
@@ -161,19 +162,7 @@ fn pump(observer: &mut Observer, events: &mut Vec<Event>, target: u64) {
 }
 
 /// Interleaved ingest rates (frames/s), for the verdicts.
-static SAMPLES: Mutex<Vec<(&'static str, f64)>> = Mutex::new(Vec::new());
-
-fn median(name: &str) -> f64 {
-    let mut v: Vec<f64> = SAMPLES
-        .lock()
-        .expect("samples")
-        .iter()
-        .filter(|(n, _)| *n == name)
-        .map(|(_, t)| *t)
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
+static SAMPLES: Samples = Samples::new();
 
 /// An observer with `pids` registered, and a sender that rotates over them.
 struct IngestRig {
@@ -262,14 +251,8 @@ fn bench_ingest(c: &mut Criterion) {
         rates.0.push(FRAMES as f64 / none.run(FRAMES).as_secs_f64());
         rates.1.push(FRAMES as f64 / many.run(FRAMES).as_secs_f64());
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    SAMPLES.lock().expect("samples").extend([
-        ("rate_0", median(&mut rates.0)),
-        ("rate_4096", median(&mut rates.1)),
-    ]);
+    SAMPLES.push("rate_0", median(&mut rates.0));
+    SAMPLES.push("rate_4096", median(&mut rates.1));
     drop(many);
     drop(crowd);
 }
@@ -357,39 +340,51 @@ fn stall_latencies_ms() -> Vec<f64> {
     late
 }
 
-fn verdict(metric: &str, value: f64, unit: &str, op: &str, target: f64) {
-    let ok = if op == ">=" {
-        value >= target
-    } else {
-        value <= target
-    };
-    println!(
-        "bench: varta-watch/{metric} = {value:.2} {unit} (target {op} {target}) {}",
-        if ok { "ok" } else { "FAIL" }
-    );
-}
-
 fn verdicts(_: &mut Criterion) {
     if !is_root() {
         return;
     }
-    let zero = median("rate_0");
-    let many = median("rate_4096");
+    let krate = "varta-watch";
+    let zero = SAMPLES.median("rate_0");
+    let many = SAMPLES.median("rate_4096");
     println!("info: varta-watch/ingest_rate_0_agents = {zero:.0} frames/s");
-    verdict("ingest_rate_4096_agents", many, "frames/s", ">=", 250_000.0);
-    verdict("ingest_ratio_4096_vs_0", many / zero, "x", ">=", 0.90);
+    verdict(
+        krate,
+        "ingest_rate_4096_agents",
+        many,
+        "frames/s",
+        Target::AtLeast(250_000.0),
+    );
+    verdict(
+        krate,
+        "ingest_ratio_4096_vs_0",
+        many / zero,
+        "x",
+        Target::AtLeast(0.90),
+    );
 
     let mut late = stall_latencies_ms();
-    late.sort_by(f64::total_cmp);
-    let p99 = late[(late.len() * 99 / 100).min(late.len() - 1)];
+    let p99 = percentile(&mut late, 99.0);
     println!(
         "info: varta-watch/stall_latency over {} stalls: median {:.2} ms, max {:.2} ms",
         late.len(),
         late[late.len() / 2],
         late[late.len() - 1]
     );
-    verdict("stall_latency_p99_over_threshold", p99, "ms", "<=", 5.0);
-    verdict("memory_per_agent", memory_per_agent(), "bytes", "<=", 64.0);
+    verdict(
+        krate,
+        "stall_latency_p99_over_threshold",
+        p99,
+        "ms",
+        Target::AtMost(5.0),
+    );
+    verdict(
+        krate,
+        "memory_per_agent",
+        memory_per_agent(),
+        "bytes",
+        Target::AtMost(64.0),
+    );
 }
 
 fn is_root() -> bool {

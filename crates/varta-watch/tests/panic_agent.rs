@@ -35,13 +35,11 @@ fn one_beat() -> ExitCode {
 #[cfg(not(target_os = "linux"))]
 fn run_checks() -> ExitCode {
     println!("skip: the observer is Linux-only");
-    println!("\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out\n");
-    ExitCode::SUCCESS
+    workspace_tests::harness::report(&[])
 }
 
-/// A named check.
 #[cfg(target_os = "linux")]
-type Check = (&'static str, fn() -> Result<(), String>);
+use workspace_tests::harness::Check;
 
 #[cfg(target_os = "linux")]
 fn run_checks() -> ExitCode {
@@ -55,26 +53,7 @@ fn run_checks() -> ExitCode {
             checks::sender_that_exited_before_the_read,
         ),
     ];
-    let mut failed = 0;
-    for (name, check) in checks {
-        match check() {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(why) => {
-                failed += 1;
-                println!("test {name} ... FAILED\n    {why}");
-            }
-        }
-    }
-    let verdict = if failed == 0 { "ok" } else { "FAILED" };
-    println!(
-        "\ntest result: {verdict}. {} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out\n",
-        checks.len() - failed
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    workspace_tests::harness::run(&checks)
 }
 
 #[cfg(target_os = "linux")]
