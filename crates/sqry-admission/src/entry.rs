@@ -11,7 +11,8 @@
 //! ```
 //!
 //! `Loading` and `Rebuilding` are gates: a compare-and-swap into them picks exactly one loader.
-//! The slot is a `parking_lot` read-write lock around the current version; readers hold it for
+//! The slot is a `parking_lot` read-write lock around the current version (writers' view) plus
+//! a lock-free published copy for the serve path; the lock's readers hold it for
 //! a reference-count increment, writers for a pointer swap. Recency is an atomic timestamp that
 //! reads update without any lock.
 
@@ -21,10 +22,12 @@ use std::sync::Arc as StdArc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
-use parking_lot::{Condvar, Mutex, RwLock, RwLockWriteGuard};
+use std::ops::{Deref, DerefMut};
+
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::ledger::Version;
-use crate::sync::Arc;
+use crate::sync::{Arc, Published};
 
 /// Where an entry is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,7 +91,7 @@ pub(crate) struct Entry<K, V> {
     state: AtomicU8,
     /// Set when the entry is evicted; a load or rebuild in flight sees it and publishes nothing.
     pub(crate) cancelled: AtomicBool,
-    pub(crate) slot: RwLock<Option<Arc<Version<V>>>>,
+    pub(crate) slot: Slot<V>,
     /// Bytes of the version in the slot (0 if none).
     pub(crate) bytes: AtomicU64,
     pub(crate) peak_bytes: AtomicU64,
@@ -113,7 +116,7 @@ impl<K, V> Entry<K, V> {
             pinned: AtomicBool::new(pinned),
             state: AtomicU8::new(EntryState::Unloaded as u8),
             cancelled: AtomicBool::new(false),
-            slot: RwLock::new(None),
+            slot: Slot::new(),
             bytes: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
             last_access: AtomicU64::new(now_ns),
@@ -163,9 +166,10 @@ impl<K, V> Entry<K, V> {
         }
     }
 
-    /// The current version, if any (one slot read lock, one reference-count increment).
+    /// The current version, if any: lock-free (one atomic load, one reference-count
+    /// increment).
     pub(crate) fn current(&self) -> Option<Arc<Version<V>>> {
-        self.slot.read().clone()
+        self.slot.load()
     }
 
     /// Records a failure: error text, failure time, one more consecutive failure.
@@ -203,6 +207,74 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// Strong references a slot itself holds to its current version: the value and the published
+/// copy for the serve path. More than this means readers hold it.
+pub(crate) const SLOT_REFS: usize = 2;
+
+/// Where an entry's current version lives.
+///
+/// Writers (publish, eviction, unload) serialise on the lock and see each other's changes in
+/// order; every write guard, as it is released, publishes the slot's value for the serve path,
+/// which loads it without taking any lock.
+#[derive(Debug)]
+pub(crate) struct Slot<V> {
+    value: RwLock<Option<Arc<Version<V>>>>,
+    published: Published<Version<V>>,
+}
+
+impl<V> Slot<V> {
+    fn new() -> Self {
+        Self {
+            value: RwLock::new(None),
+            published: Published::empty(),
+        }
+    }
+
+    /// The writers' view, for decisions that must not race a write.
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Option<Arc<Version<V>>>> {
+        self.value.read()
+    }
+
+    /// Exclusive access; the value is published when the guard is released.
+    pub(crate) fn write(&self) -> SlotWriteGuard<'_, V> {
+        SlotWriteGuard {
+            guard: self.value.write(),
+            published: &self.published,
+        }
+    }
+
+    /// The serve path: the last published value, without any lock.
+    pub(crate) fn load(&self) -> Option<Arc<Version<V>>> {
+        self.published.load()
+    }
+}
+
+/// Write access to a [`Slot`]; publishes the final value for the serve path on release.
+pub(crate) struct SlotWriteGuard<'a, V> {
+    guard: RwLockWriteGuard<'a, Option<Arc<Version<V>>>>,
+    published: &'a Published<Version<V>>,
+}
+
+impl<V> Deref for SlotWriteGuard<'_, V> {
+    type Target = Option<Arc<Version<V>>>;
+    fn deref(&self) -> &Self::Target {
+        &self.guard
+    }
+}
+
+impl<V> DerefMut for SlotWriteGuard<'_, V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.guard
+    }
+}
+
+impl<V> Drop for SlotWriteGuard<'_, V> {
+    fn drop(&mut self) {
+        // Still under the lock: readers see the writes in the order the writers made them.
+        self.published.store(self.guard.clone());
+    }
+}
+
 /// A publish's change to a slot, undone on unwind.
 ///
 /// It owns the slot's write guard for the whole publish. [`SlotTxn::swap_in`] puts the new
@@ -211,7 +283,7 @@ impl<K, V> Entry<K, V> {
 /// before — and the ledger, whose commit either did not start or did not finish its fallible
 /// part, was never changed.
 pub(crate) struct SlotTxn<'a, V> {
-    slot: RwLockWriteGuard<'a, Option<Arc<Version<V>>>>,
+    slot: SlotWriteGuard<'a, V>,
     bytes: &'a AtomicU64,
     prior: Option<Arc<Version<V>>>,
     prior_bytes: u64,
@@ -219,10 +291,7 @@ pub(crate) struct SlotTxn<'a, V> {
 }
 
 impl<'a, V> SlotTxn<'a, V> {
-    pub(crate) fn begin(
-        slot: RwLockWriteGuard<'a, Option<Arc<Version<V>>>>,
-        bytes: &'a AtomicU64,
-    ) -> Self {
+    pub(crate) fn begin(slot: SlotWriteGuard<'a, V>, bytes: &'a AtomicU64) -> Self {
         let prior_bytes = bytes.load(Ordering::Acquire);
         Self {
             slot,

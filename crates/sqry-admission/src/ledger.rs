@@ -1063,7 +1063,8 @@ impl<V> Handle<V> {
         Arc::ptr_eq(a.version(), b.version())
     }
 
-    /// Handles to this version, including the manager's own slot if it still holds it.
+    /// Strong references to this version: every handle, plus two while the manager's slot
+    /// still holds it (its value and the copy published for lock-free reads).
     #[must_use]
     pub fn holders(this: &Self) -> usize {
         Arc::strong_count(this.version())

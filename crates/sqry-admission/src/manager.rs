@@ -22,9 +22,13 @@
 //!   its result or are refused, by choice), reserves, builds with no lock held, and publishes
 //!   only if the entry was not evicted meanwhile. A loading guard turns a builder panic into
 //!   `Failed` with the error recorded and the retry count raised.
-//! - **Serve** reads are a map read lock, a slot read lock, a reference-count increment and a
-//!   relaxed timestamp store: never the ledger's mutex. `classify_for_serve` adds the stale
-//!   policy (fresh, stale up to a maximum age, not ready, typed errors).
+//! - **Serve** reads (`get`) never take the ledger's mutex or a slot's lock: the map's read
+//!   lock (write-locked only to add or remove a key), an atomic load of the slot's published
+//!   version (`arc-swap`, refreshed by every slot writer as it releases its lock), a
+//!   reference-count increment and a relaxed timestamp store. A publish or eviction in progress
+//!   never makes a read wait. `classify_for_serve` adds the stale policy (fresh, stale up to a
+//!   maximum age, not ready, typed errors); it reads state, slot and history together under
+//!   the map and slot read locks (never the ledger's mutex).
 //!
 //! Hooks run after every lock is released, so a hook may call back into the manager (even
 //! `unload` of the key it was told about).
@@ -34,7 +38,8 @@
 //! Code that holds more than one lock takes them in this order, and never the other way:
 //!
 //! 1. the entries map (`RwLock`);
-//! 2. one entry's slot (`RwLock`) — never two slots at once;
+//! 2. one entry's slot (`RwLock`; its write guard publishes the serve path's copy) — never two
+//!    slots at once;
 //! 3. the ledger's mutex, innermost.
 //!
 //! An entry's history and single-flight mutexes, the estimate classes' mutex and the hook's
@@ -58,7 +63,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::HeapSize;
 use crate::config::AdmissionConfig;
-use crate::entry::{Entry, SlotTxn};
+use crate::entry::{Entry, SLOT_REFS, SlotTxn};
 use crate::error::{
     BuildError, LoadError, PublishError, ReserveError, ServeError, chain, key_text,
 };
@@ -681,13 +686,15 @@ where
     }
 
     /// The serve path: the current version of `key`, whatever its state, and a recency touch.
-    /// Takes no ledger lock: a map read lock, a slot read lock, a reference-count increment
-    /// and a relaxed atomic store.
+    /// Never the ledger's mutex and never the slot's lock: the map's read lock (which only
+    /// registering or removing a key write-locks, briefly), an atomic load of the slot's
+    /// published version (`arc-swap`), a reference-count increment and a relaxed atomic store.
+    /// A publish or an eviction in progress never makes it wait.
     #[must_use]
     pub fn get(&self, key: &K) -> Option<Handle<V>> {
         let map = self.shared.entries.read();
         let entry = map.get(key)?;
-        let version = entry.slot.read().clone()?;
+        let version = entry.slot.load()?;
         entry.touch(self.now_ns());
         Some(Handle::from_arc(version))
     }
@@ -1011,7 +1018,7 @@ where
             let Some(version) = slot.as_ref() else {
                 continue;
             };
-            if Arc::strong_count(version) != 1 || version.bytes() == 0 {
+            if Arc::strong_count(version) != SLOT_REFS || version.bytes() == 0 {
                 continue;
             }
             candidates.push((
@@ -1053,7 +1060,7 @@ where
                     return None;
                 }
                 match slot.as_ref() {
-                    Some(v) if Arc::strong_count(v) == 1 => {}
+                    Some(v) if Arc::strong_count(v) == SLOT_REFS => {}
                     _ => return None,
                 }
             }
@@ -1490,7 +1497,7 @@ where
                         .slot
                         .read()
                         .as_ref()
-                        .map_or(0, |v| Arc::strong_count(v).saturating_sub(1));
+                        .map_or(0, |v| Arc::strong_count(v).saturating_sub(SLOT_REFS));
                     let retry_count = e.retry_count.load(Ordering::Acquire);
                     let history = e.history.lock();
                     let retry_after = match (retry_count, history.last_failure_at) {
@@ -1764,6 +1771,31 @@ mod tests {
             .reserve(&key(k), ReserveRequest::new(bytes as u64))
             .expect("fits");
         m.publish(r, vec![7u8; bytes]).expect("publish")
+    }
+
+    /// The serve path never waits for a publish or an eviction: with the map read-locked and
+    /// the entry's slot write-locked, as a publish holds them through its ledger commit, `get`
+    /// still returns the published version at once.
+    #[test]
+    fn serve_reads_do_not_wait_for_a_publish_in_progress() {
+        let m = manager();
+        let held = load(&m, "/repos/busy", 1000);
+        let entry = m.entry(&key("/repos/busy")).expect("registered");
+        let map_guard = m.shared.entries.read();
+        let slot_guard = entry.slot.write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = m.clone();
+        let t = std::thread::spawn(move || {
+            let got = reader.get(&key("/repos/busy")).map(|h| h.version_id());
+            let _ = tx.send(got);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a read blocked behind writers");
+        assert_eq!(got, Some(held.version_id()));
+        drop(slot_guard);
+        drop(map_guard);
+        t.join().expect("reader");
     }
 
     /// seed: reserve_rebuild_rejects_cancelled_workspace

@@ -5,7 +5,8 @@
 //! those — and only those — go through this module. With the `loom` feature they are loom's
 //! types; otherwise `parking_lot`'s mutex and condition variable and `std`'s `Arc` and atomics.
 //! The manager's own maps and per-entry locks stay on `parking_lot` directly: the models drive
-//! the ledger, not the maps.
+//! the ledger, not the maps. [`Published`] is the serve path's lock-free view of a slot
+//! (`arc-swap`; a plain lock under loom, which the models do not exercise).
 //!
 //! The API is `parking_lot`'s shape (a `lock` that cannot fail, `wait_until` on a `&mut`
 //! guard); the loom side adapts to it. Loom's condition variable never times out, so the
@@ -32,6 +33,24 @@ mod imp {
     pub(crate) fn probe_alive(probe: &Probe) -> Option<bool> {
         Some(probe.strong_count() > 0)
     }
+
+    /// The serve path's view of a slot: loaded without any lock (`arc-swap`).
+    #[derive(Debug)]
+    pub(crate) struct Published<T>(arc_swap::ArcSwapOption<T>);
+
+    impl<T> Published<T> {
+        pub(crate) fn empty() -> Self {
+            Self(arc_swap::ArcSwapOption::empty())
+        }
+
+        pub(crate) fn load(&self) -> Option<Arc<T>> {
+            self.0.load_full()
+        }
+
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            self.0.store(value);
+        }
+    }
 }
 
 #[cfg(feature = "loom")]
@@ -52,6 +71,25 @@ mod imp {
 
     pub(crate) fn probe_alive(_probe: &Probe) -> Option<bool> {
         None
+    }
+
+    /// Under loom the published view is a plain lock (`arc-swap` holds only `std`'s `Arc`);
+    /// the models drive the ledger, not the serve path.
+    #[derive(Debug)]
+    pub(crate) struct Published<T>(parking_lot::RwLock<Option<Arc<T>>>);
+
+    impl<T> Published<T> {
+        pub(crate) fn empty() -> Self {
+            Self(parking_lot::RwLock::new(None))
+        }
+
+        pub(crate) fn load(&self) -> Option<Arc<T>> {
+            self.0.read().clone()
+        }
+
+        pub(crate) fn store(&self, value: Option<Arc<T>>) {
+            *self.0.write() = value;
+        }
     }
 
     /// Loom's mutex behind `parking_lot`'s API.
