@@ -30,7 +30,8 @@
 //!   run one loader per key (others join its result), never publish into an evicted entry, and
 //!   turn builder panics into a `Failed` state with the error recorded;
 //! - [`get`](AdmissionManager::get) and [`classify_for_serve`](AdmissionManager::classify_for_serve)
-//!   serve without touching the ledger's mutex, with fresh / stale / not-ready verdicts;
+//!   serve without touching the ledger's mutex (`get` takes no lock at all), with fresh /
+//!   stale / not-ready verdicts;
 //! - [`status`](AdmissionManager::status) reports every tier, high-water marks, the queue,
 //!   evictions by cause, rejections, learned estimate multipliers and every entry.
 //!

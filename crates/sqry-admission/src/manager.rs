@@ -22,11 +22,10 @@
 //!   its result or are refused, by choice), reserves, builds with no lock held, and publishes
 //!   only if the entry was not evicted meanwhile. A loading guard turns a builder panic into
 //!   `Failed` with the error recorded and the retry count raised.
-//! - **Serve** reads (`get`) never take the ledger's mutex or a slot's lock: the map's read
-//!   lock (write-locked only to add or remove a key), an atomic load of the slot's published
-//!   version (`arc-swap`, refreshed by every slot writer as it releases its lock), a
-//!   reference-count increment and a relaxed timestamp store. A publish or eviction in progress
-//!   never makes a read wait. `classify_for_serve` adds the stale policy (fresh, stale up to a
+//! - **Serve** reads (`get`) take no lock: the key's shard of a copy of the map and the slot's
+//!   published version are `arc-swap` loads, kept in step by the writers under their locks;
+//!   then reference-count increments and a relaxed timestamp store. No writer can make a read
+//!   wait. `classify_for_serve` adds the stale policy (fresh, stale up to a
 //!   maximum age, not ready, typed errors); it reads state, slot and history together under
 //!   the map and slot read locks (never the ledger's mutex).
 //!
@@ -37,7 +36,8 @@
 //!
 //! Code that holds more than one lock takes them in this order, and never the other way:
 //!
-//! 1. the entries map (`RwLock`);
+//! 1. the entries map (`RwLock`; adding or removing a key also replaces one shard of the serve
+//!    path's copy);
 //! 2. one entry's slot (`RwLock`; its write guard publishes the serve path's copy) — never two
 //!    slots at once;
 //! 3. the ledger's mutex, innermost.
@@ -59,6 +59,7 @@ use std::sync::{Arc as StdArc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 
 use crate::HeapSize;
@@ -301,11 +302,120 @@ pub struct Status<K> {
     pub entries: Vec<EntryStatus<K>>,
 }
 
+type EntryMap<K, V> = HashMap<K, StdArc<Entry<K, V>>>;
+
+/// Shards of the serve path's copy of the key map.
+const SERVE_SHARDS: usize = 256;
+
+/// The key → entry map.
+///
+/// Writers coordinate through the lock, exactly as a plain `RwLock<HashMap>`. The serve path
+/// reads a copy instead, split into shards of `arc-swap`ped maps: adding or removing a key
+/// (under the write lock) replaces one shard, which costs a 1/256th copy of the map, and a read
+/// is an atomic load of that shard — no lock, so no writer can make it wait.
+struct Entries<K, V> {
+    map: RwLock<EntryMap<K, V>>,
+    serve: Box<[ArcSwap<EntryMap<K, V>>]>,
+}
+
+/// A cheap multiplicative hash for picking a shard (the shard's own map hashes the key again
+/// with its DoS-resistant hasher, so this one only needs to spread keys).
+#[derive(Default)]
+struct ShardHasher(u64);
+
+impl std::hash::Hasher for ShardHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl<K: Clone + Eq + Hash, V> Entries<K, V> {
+    fn new() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            serve: (0..SERVE_SHARDS)
+                .map(|_| ArcSwap::from_pointee(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &K) -> &ArcSwap<EntryMap<K, V>> {
+        use std::hash::Hasher;
+        let mut h = ShardHasher::default();
+        key.hash(&mut h);
+        // The high bits mix best after the multiply.
+        &self.serve[(h.finish() >> 56) as usize % SERVE_SHARDS]
+    }
+
+    /// The writers' view.
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, EntryMap<K, V>> {
+        self.map.read()
+    }
+
+    /// Exclusive access; keys are added and removed through the guard, which keeps the serve
+    /// path's copy in step.
+    fn write(&self) -> EntriesWriteGuard<'_, K, V> {
+        EntriesWriteGuard {
+            map: self.map.write(),
+            entries: self,
+        }
+    }
+
+    /// The serve path's shard holding `key`, loaded without any lock.
+    fn serve_shard(&self, key: &K) -> arc_swap::Guard<StdArc<EntryMap<K, V>>> {
+        self.shard(key).load()
+    }
+}
+
+/// Write access to [`Entries`].
+struct EntriesWriteGuard<'a, K: Clone + Eq + Hash, V> {
+    map: parking_lot::RwLockWriteGuard<'a, EntryMap<K, V>>,
+    entries: &'a Entries<K, V>,
+}
+
+impl<K: Clone + Eq + Hash, V> EntriesWriteGuard<'_, K, V> {
+    fn insert(&mut self, key: K, entry: StdArc<Entry<K, V>>) {
+        let shard = self.entries.shard(&key);
+        // Serialised by the write lock: load, copy, store cannot race another writer.
+        let mut copy = EntryMap::clone(&shard.load());
+        copy.insert(key.clone(), StdArc::clone(&entry));
+        shard.store(StdArc::new(copy));
+        self.map.insert(key, entry);
+    }
+
+    fn remove(&mut self, key: &K) {
+        let shard = self.entries.shard(key);
+        let mut copy = EntryMap::clone(&shard.load());
+        copy.remove(key);
+        shard.store(StdArc::new(copy));
+        self.map.remove(key);
+    }
+}
+
+impl<K: Clone + Eq + Hash, V> std::ops::Deref for EntriesWriteGuard<'_, K, V> {
+    type Target = EntryMap<K, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
 /// The state shared by a manager, its clones, its reservations and its timer thread.
 pub(crate) struct Shared<K, V> {
     config: AdmissionConfig,
     ledger: Ledger,
-    entries: RwLock<HashMap<K, StdArc<Entry<K, V>>>>,
+    entries: Entries<K, V>,
     hook: RwLock<Option<StdArc<dyn PublishHook<K, V>>>>,
     classes: Mutex<HashMap<&'static str, ClassStats>>,
     epoch: Instant,
@@ -552,7 +662,7 @@ where
         let manager = Self {
             shared: StdArc::new(Shared {
                 ledger,
-                entries: RwLock::new(HashMap::new()),
+                entries: Entries::new(),
                 hook: RwLock::new(None),
                 classes: Mutex::new(HashMap::new()),
                 epoch: Instant::now(),
@@ -686,14 +796,14 @@ where
     }
 
     /// The serve path: the current version of `key`, whatever its state, and a recency touch.
-    /// Never the ledger's mutex and never the slot's lock: the map's read lock (which only
-    /// registering or removing a key write-locks, briefly), an atomic load of the slot's
-    /// published version (`arc-swap`), a reference-count increment and a relaxed atomic store.
-    /// A publish or an eviction in progress never makes it wait.
+    /// Lock-free: an atomic load of the key's shard of the map and one of the slot's published
+    /// version (both `arc-swap`), reference-count increments and a relaxed atomic store. No
+    /// writer — publish, eviction, registration — can make it wait, and it never touches the
+    /// ledger.
     #[must_use]
     pub fn get(&self, key: &K) -> Option<Handle<V>> {
-        let map = self.shared.entries.read();
-        let entry = map.get(key)?;
+        let shard = self.shared.entries.serve_shard(key);
+        let entry = shard.get(key)?;
         let version = entry.slot.load()?;
         entry.touch(self.now_ns());
         Some(Handle::from_arc(version))
@@ -1773,15 +1883,15 @@ mod tests {
         m.publish(r, vec![7u8; bytes]).expect("publish")
     }
 
-    /// The serve path never waits for a publish or an eviction: with the map read-locked and
-    /// the entry's slot write-locked, as a publish holds them through its ledger commit, `get`
-    /// still returns the published version at once.
+    /// The serve path never waits for a writer: with the map write-locked (as when a key is
+    /// added or removed) and the entry's slot write-locked (as through a publish's ledger
+    /// commit), `get` still returns the published version at once.
     #[test]
-    fn serve_reads_do_not_wait_for_a_publish_in_progress() {
+    fn serve_reads_do_not_wait_for_writers() {
         let m = manager();
         let held = load(&m, "/repos/busy", 1000);
         let entry = m.entry(&key("/repos/busy")).expect("registered");
-        let map_guard = m.shared.entries.read();
+        let map_guard = m.shared.entries.write();
         let slot_guard = entry.slot.write();
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = m.clone();
