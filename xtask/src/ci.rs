@@ -18,11 +18,18 @@ struct LoomSuite {
 }
 
 /// Crates add their loom models here as they land them.
-const LOOM_SUITES: &[LoomSuite] = &[LoomSuite {
-    package: "sqry-admission",
-    test: "loom",
-    feature: "loom",
-}];
+const LOOM_SUITES: &[LoomSuite] = &[
+    LoomSuite {
+        package: "sqry-admission",
+        test: "loom",
+        feature: "loom",
+    },
+    LoomSuite {
+        package: "polyplug-runtime",
+        test: "loom",
+        feature: "loom",
+    },
+];
 
 /// Preemption bound for loom: enough for the protocols' interleavings, small enough for CI.
 const LOOM_MAX_PREEMPTIONS: &str = "2";

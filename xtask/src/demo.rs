@@ -35,7 +35,7 @@ const DEMOS: &[Demo] = &[
     },
     Demo {
         krate: "polyplug-runtime",
-        example: None,
+        example: Some("demo"),
         needs_bins: false,
     },
     Demo {

@@ -1,0 +1,223 @@
+/*
+ * polyplug.h — the C ABI of polyplug-runtime.
+ *
+ * Guests (plugins) export:
+ *
+ *     POLYPLUG_EXPORT const uint32_t polyplug_abi_version = POLYPLUG_ABI_VERSION;
+ *     POLYPLUG_EXPORT int32_t polyplug_init(const PolyplugHostApi *host,
+ *                                           const PolyplugBundleInitContext *context);
+ *     POLYPLUG_EXPORT void polyplug_fini(void);            (optional)
+ *
+ * The host reads polyplug_abi_version before running any polyplug entry point; polyplug_init
+ * registers each provided contract with host->register_contract (only during the call). The
+ * host copies descriptors and interfaces; dispatch tables must stay valid while the library
+ * is loaded (make them static const).
+ *
+ * Hosts written in C drive the runtime through the polyplug_runtime_* functions at the end of
+ * this header.
+ *
+ * Every layout here mirrors a #[repr(C)] type of the crate's `abi` module; the crate's tests
+ * compile static assertions of every size and offset against this header.
+ */
+#ifndef POLYPLUG_H
+#define POLYPLUG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define POLYPLUG_ABI_VERSION 1u
+#define POLYPLUG_DISPATCH_FUNCTION_TABLE 0u
+
+#if defined(__GNUC__) || defined(__clang__)
+#define POLYPLUG_EXPORT __attribute__((visibility("default")))
+#else
+#define POLYPLUG_EXPORT
+#endif
+
+/* Status codes: 0 is success, failures are negative. */
+#define POLYPLUG_OK 0
+#define POLYPLUG_ERR_INVALID_ARGUMENT (-1)
+#define POLYPLUG_ERR_NOT_FOUND (-2)
+#define POLYPLUG_ERR_STALE_HANDLE (-3)
+#define POLYPLUG_ERR_LOAD_FAILED (-4)
+#define POLYPLUG_ERR_RELOAD_IN_PROGRESS (-5)
+#define POLYPLUG_ERR_DEPENDENCY_IN_USE (-6)
+#define POLYPLUG_ERR_PANICKED (-7)
+#define POLYPLUG_ERR_DUPLICATE_PROVIDER (-8)
+#define POLYPLUG_ERR_ID_COLLISION (-9)
+#define POLYPLUG_ERR_NON_UTF8 (-10)
+#define POLYPLUG_ERR_ID_MISMATCH (-11)
+#define POLYPLUG_ERR_NOT_IN_INIT (-12)
+#define POLYPLUG_ERR_AMBIGUOUS (-13)
+#define POLYPLUG_ERR_INCOMPATIBLE_VERSION (-14)
+#define POLYPLUG_ERR_RELOAD_FAILED (-15)
+#define POLYPLUG_ERR_HOT_RELOAD_DISABLED (-16)
+#define POLYPLUG_ERR_UNDECLARED (-17)
+#define POLYPLUG_ERR_INTERNAL (-99)
+
+/* Log levels. */
+#define POLYPLUG_LOG_ERROR 1u
+#define POLYPLUG_LOG_WARN 2u
+#define POLYPLUG_LOG_INFO 3u
+#define POLYPLUG_LOG_DEBUG 4u
+
+typedef struct PolyplugVersion {
+    uint32_t major;
+    uint32_t minor;
+    uint32_t patch;
+} PolyplugVersion;
+
+/* A byte string: pointer and length, not NUL-terminated. Names are UTF-8. */
+typedef struct PolyplugStringView {
+    const uint8_t *ptr;
+    size_t len;
+} PolyplugStringView;
+
+typedef void (*PolyplugFn)(void);
+
+typedef struct PolyplugDispatchTable {
+    size_t function_count;
+    const PolyplugFn *functions;
+} PolyplugDispatchTable;
+
+typedef struct PolyplugGuestContractInterface {
+    uint64_t contract_id; /* polyplug_contract_id(name, major) */
+    PolyplugVersion contract_version;
+    uint32_t dispatch_type; /* POLYPLUG_DISPATCH_FUNCTION_TABLE */
+    void *(*create_instance)(void);
+    void (*destroy_instance)(void *instance);
+    PolyplugDispatchTable dispatch;
+} PolyplugGuestContractInterface;
+
+typedef struct PolyplugGuestContractHandle {
+    uint32_t index;
+    uint32_t generation; /* the null handle is {UINT32_MAX, 0} */
+} PolyplugGuestContractHandle;
+
+typedef struct PolyplugPluginDescriptor {
+    PolyplugStringView name;
+    PolyplugStringView contract_name;
+    PolyplugVersion version;
+} PolyplugPluginDescriptor;
+
+typedef enum PolyplugReloadPhaseType {
+    POLYPLUG_RELOAD_PREPARING = 0,
+    POLYPLUG_RELOAD_RELOADED = 1,
+    POLYPLUG_RELOAD_FAILED = 2,
+    POLYPLUG_RELOAD_UNLOADING = 3
+} PolyplugReloadPhaseType;
+
+typedef struct PolyplugReloadPhase {
+    uint32_t phase_type; /* a PolyplugReloadPhaseType */
+    uint64_t bundle_id;
+    PolyplugStringView bundle_name; /* valid during the callback */
+    PolyplugStringView reason;      /* valid during the callback */
+} PolyplugReloadPhase;
+
+typedef struct PolyplugHostApi {
+    uint32_t abi_version;
+    uint32_t struct_size;
+    void *host_context;
+    int32_t (*register_contract)(void *host_context, const PolyplugPluginDescriptor *descriptor,
+                                 const PolyplugGuestContractInterface *iface);
+    void (*log)(void *host_context, uint32_t level, PolyplugStringView message);
+} PolyplugHostApi;
+
+typedef struct PolyplugBundleInitContext {
+    uint64_t bundle_id;
+    PolyplugStringView bundle_name;
+    PolyplugStringView bundle_dir;
+    PolyplugVersion bundle_version;
+    uint32_t is_reload; /* 1 during a hot reload */
+} PolyplugBundleInitContext;
+
+/* FNV-1a-64, the hash behind contract and bundle ids. */
+static inline uint64_t polyplug_fnv1a64_extend(uint64_t hash, const char *bytes, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        hash ^= (uint8_t)bytes[i];
+        hash *= 0x00000100000001b3ull;
+    }
+    return hash;
+}
+
+/* The id of contract `name` at `major`: FNV-1a-64 of "guest_contract:<name>@<major>". */
+static inline uint64_t polyplug_contract_id(const char *name, uint32_t major) {
+    static const char prefix[] = "guest_contract:";
+    char digits[10];
+    size_t n = 0, name_len = 0;
+    uint64_t hash = 0xcbf29ce484222325ull;
+    while (name[name_len] != '\0') name_len++;
+    hash = polyplug_fnv1a64_extend(hash, prefix, sizeof prefix - 1);
+    hash = polyplug_fnv1a64_extend(hash, name, name_len);
+    hash = polyplug_fnv1a64_extend(hash, "@", 1);
+    do {
+        digits[n++] = (char)('0' + major % 10u);
+        major /= 10u;
+    } while (major != 0u);
+    while (n > 0) {
+        n--;
+        hash = polyplug_fnv1a64_extend(hash, &digits[n], 1);
+    }
+    return hash;
+}
+
+/* The id of bundle `name`. */
+static inline uint64_t polyplug_bundle_id(const char *name) {
+    size_t len = 0;
+    while (name[len] != '\0') len++;
+    return polyplug_fnv1a64_extend(0xcbf29ce484222325ull, name, len);
+}
+
+/* ─── The host C API ──────────────────────────────────────────────────────────────────── */
+
+typedef struct PolyplugRuntime PolyplugRuntime;
+/* A counted reference to one interface version: valid (and its library loaded) until
+ * released, whatever reloads or unloads happen meanwhile. */
+typedef struct PolyplugInterfaceRef PolyplugInterfaceRef;
+
+/* Callbacks may be called from any thread that reloads or loads. */
+typedef void (*PolyplugReloadCallback)(void *user_data, PolyplugReloadPhase phase);
+typedef void (*PolyplugLogCallback)(void *user_data, uint32_t level, PolyplugStringView bundle,
+                                    PolyplugStringView message);
+
+typedef struct PolyplugRuntimeOptions {
+    uint32_t struct_size;
+    uint32_t hot_reload;       /* non-zero enables hot reload */
+    uint32_t provider_policy;  /* 0 unique, 1 first loaded, 2 highest version */
+    uint32_t drain_timeout_ms; /* 0: default (100 ms) */
+    PolyplugReloadCallback on_reload;
+    void *reload_user_data;
+    PolyplugLogCallback on_log;
+    void *log_user_data;
+} PolyplugRuntimeOptions;
+
+/* NULL options: defaults (hot reload off). Returns NULL on failure. */
+PolyplugRuntime *polyplug_runtime_new(const PolyplugRuntimeOptions *options);
+void polyplug_runtime_free(PolyplugRuntime *runtime);
+int32_t polyplug_runtime_load_bundle(const PolyplugRuntime *runtime, const char *dir);
+/* from_dir may be NULL: reload from the bundle's current directory. */
+int32_t polyplug_runtime_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
+                                       const char *from_dir);
+int32_t polyplug_runtime_try_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
+                                           const char *from_dir);
+int32_t polyplug_runtime_unload_bundle(const PolyplugRuntime *runtime, const char *bundle);
+int32_t polyplug_runtime_find(const PolyplugRuntime *runtime, const char *contract,
+                              uint32_t major, uint32_t min_minor,
+                              PolyplugGuestContractHandle *out_handle);
+int32_t polyplug_runtime_acquire(const PolyplugRuntime *runtime,
+                                 PolyplugGuestContractHandle handle,
+                                 PolyplugInterfaceRef **out_ref);
+const PolyplugGuestContractInterface *polyplug_runtime_interface(const PolyplugInterfaceRef *ref);
+void polyplug_runtime_release(PolyplugInterfaceRef *ref);
+/* Copies this thread's last error (NUL-terminated, truncated) and returns its full length. */
+size_t polyplug_runtime_last_error(char *buffer, size_t capacity);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* POLYPLUG_H */

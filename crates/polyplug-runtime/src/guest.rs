@@ -1,0 +1,132 @@
+//! Writing a plugin in Rust: the entry points, registration, and panics stopped at the boundary.
+//!
+//! A panic must never unwind out of an `extern "C"` function: since Rust 1.81 it aborts the
+//! whole host process. Every function a Rust guest exports (its `polyplug_init` and each
+//! function of its dispatch tables) therefore runs its body under [`ffi_guard`], which turns a
+//! panic into a value the contract defines as an error (for `polyplug_init`, the status code
+//! [`status::PANICKED`]). This only works with `panic = "unwind"` (the default); a guest built
+//! with `panic = "abort"` aborts the host on a panic whatever it does.
+//!
+//! [`export_guest!`](crate::export_guest) writes the two required exports: the ABI-version
+//! sentinel and `polyplug_init`, which hands the guest's init function a [`GuestHost`] to
+//! register its contracts with:
+//!
+//! ```
+//! use polyplug_runtime::abi::{
+//!     DispatchTable, FunctionTable, GuestContractInterface, PluginDescriptor, StringView, Version,
+//! };
+//! use polyplug_runtime::guest::{ffi_guard, GuestHost};
+//! use polyplug_runtime::ids::ContractId;
+//!
+//! #[repr(C)]
+//! pub struct Counter {
+//!     pub next: extern "C" fn(u64) -> u64,
+//! }
+//! // SAFETY: repr(C), only non-null `extern "C"` function pointers, in the contract's order.
+//! unsafe impl FunctionTable for Counter {}
+//!
+//! extern "C" fn next(n: u64) -> u64 {
+//!     ffi_guard(u64::MAX, || n.checked_add(1).expect("counter overflow"))
+//! }
+//!
+//! static TABLE: Counter = Counter { next };
+//! static INTERFACE: GuestContractInterface = GuestContractInterface::new(
+//!     ContractId::new("counter", 1),
+//!     Version::new(1, 0, 0),
+//!     DispatchTable::from_static(&TABLE),
+//! );
+//! static DESCRIPTOR: PluginDescriptor = PluginDescriptor {
+//!     name: StringView::from_static(b"counter-plugin"),
+//!     contract_name: StringView::from_static(b"counter"),
+//!     version: Version::new(1, 0, 0),
+//! };
+//!
+//! fn init(host: &GuestHost<'_>) -> Result<(), i32> {
+//!     host.register(&DESCRIPTOR, &INTERFACE)
+//! }
+//!
+//! polyplug_runtime::export_guest!(init);
+//! # fn main() {}
+//! ```
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::abi::status;
+
+pub use crate::sys::abi::{GuestHost, run_init};
+
+/// Runs `f`, returning `on_panic` instead of unwinding if it panics.
+///
+/// Wrap the body of every `extern "C"` function a guest exports with it.
+pub fn ffi_guard<R>(on_panic: R, f: impl FnOnce() -> R) -> R {
+    // AssertUnwindSafe: after a panic the guest returns an error value and the caller decides
+    // whether to keep using the guest; the guest's own state is its responsibility, as it
+    // would be after any error it reports.
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(on_panic)
+}
+
+/// Runs `f` and maps its outcome to a [`status`] code: `Ok` is [`status::OK`], `Err(code)` is
+/// `code`, a panic is [`status::PANICKED`].
+pub fn status_guard(f: impl FnOnce() -> Result<(), i32>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => status::OK,
+        Ok(Err(code)) => code,
+        Err(_) => status::PANICKED,
+    }
+}
+
+/// Exports a Rust guest's entry points: the `polyplug_abi_version` sentinel and
+/// `polyplug_init`, which calls `$init(&GuestHost) -> Result<(), i32>` with panics stopped at
+/// the boundary. An optional second argument, a `fn()`, is exported as `polyplug_fini` (run
+/// once before the host closes the library; panics are stopped there too).
+#[macro_export]
+macro_rules! export_guest {
+    ($init:expr) => {
+        /// The ABI-version sentinel the host reads before calling `polyplug_init`.
+        #[unsafe(no_mangle)]
+        #[allow(non_upper_case_globals)]
+        pub static polyplug_abi_version: u32 = $crate::abi::ABI_VERSION;
+
+        /// The guest entry point: registers this plugin's contracts with the host.
+        ///
+        /// # Safety
+        ///
+        /// `host` and `context` must be valid for the duration of the call (the host passes
+        /// its own structures).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn polyplug_init(
+            host: *const $crate::abi::HostApi,
+            context: *const $crate::abi::BundleInitContext,
+        ) -> i32 {
+            // SAFETY: the host calls this entry point with pointers valid for the call.
+            unsafe { $crate::guest::run_init(host, context, $init) }
+        }
+    };
+    ($init:expr, $fini:expr) => {
+        $crate::export_guest!($init);
+
+        /// Runs once before the host closes this library.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn polyplug_fini() {
+            $crate::guest::ffi_guard((), $fini)
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ffi_guard_turns_a_panic_into_the_fallback() {
+        assert_eq!(ffi_guard(-1, || 7), 7);
+        assert_eq!(ffi_guard(-1, || panic!("boom")), -1);
+    }
+
+    #[test]
+    fn status_guard_maps_outcomes_to_codes() {
+        assert_eq!(status_guard(|| Ok(())), status::OK);
+        assert_eq!(status_guard(|| Err(-42)), -42);
+        assert_eq!(status_guard(|| panic!("boom")), status::PANICKED);
+    }
+}

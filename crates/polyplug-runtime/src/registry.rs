@@ -1,0 +1,1708 @@
+//! The contract registry: slots read without locks, generation-checked handles, a find index,
+//! and reload transactions that swap interfaces in place.
+//!
+//! # Model
+//!
+//! Every registered contract occupies a **slot**. A slot holds an immutable [`Interface`]
+//! (a copy of the guest's [`GuestContractInterface`] plus its names, its bundle and what keeps
+//! its library loaded) behind an atomically replaceable `Arc` (`arc-swap`). A
+//! [`GuestContractHandle`] names a slot and the **generation** of its occupant:
+//!
+//! - reading ([`Registry::resolve`], [`Registry::find`]) is a few atomic loads — no lock, no
+//!   allocation, no waiting for writers, ever;
+//! - a hot reload **swaps** a new interface into the *same* slot with the *same* generation, so
+//!   every handle and every find keeps working and now reaches the new version;
+//! - **retiring** a slot (unload, or a new version that no longer provides the contract) makes
+//!   its handles stale ([`RegistryError::StaleHandle`]); a reused slot gets a new generation.
+//!
+//! An [`InterfaceGuard`] returned by a read keeps the interface it resolved — and the library
+//! behind it — alive for as long as it is held, even if a reload swaps the slot meanwhile
+//! (the equivalent of an epoch pin): the old library is released only after the last guard is
+//! dropped. Callers that keep an interface across calls use a [`CachedInterface`], which polls
+//! the registry's revision counter (one acquire load) and re-resolves only after a change.
+//!
+//! # Writers
+//!
+//! Writers serialize on one mutex and publish only what changed: a swap replaces one slot
+//! (O(1)); the find index (contract id → providers, an immutable map behind its own
+//! `arc-swap`) is republished only when the set of providers of some contract changes — a
+//! reload that keeps its contracts republishes nothing but its slots.
+//!
+//! A reload runs as a [`ReloadTransaction`]: it first takes the bundle's **reload gate** (so
+//! two reloads of one bundle never overlap, while reloads of different bundles run in
+//! parallel), stages the new version's registrations (invisible to readers), commits them in
+//! one critical section (swap what both versions provide, publish what is new, retire what was
+//! dropped), and can roll the commit back (post-swap validation) until it is finished.
+//!
+//! # Several providers
+//!
+//! Different bundles may provide the same contract; which one a [`Registry::find`] returns is
+//! decided by an explicit [`ProviderPolicy`] — by default none is chosen silently and the
+//! lookup fails with [`LookupError::Ambiguous`]. The same bundle registering a contract twice
+//! is [`RegistryError::DuplicateProvider`]; a second name hashing to an existing contract id
+//! is [`RegistryError::ContractIdCollision`].
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+use crate::abi::{
+    DISPATCH_FUNCTION_TABLE, DispatchTable, FunctionTable, GuestContractHandle,
+    GuestContractInterface, MAX_FUNCTIONS, Version,
+};
+use crate::ids::{BundleId, ContractId, ContractRef};
+use crate::sync::{ArcCell, AtomicU64, CellGuard, Condvar, Mutex, Ordering};
+
+/// Slots per segment of the first segment; segment `k` holds `SEGMENT_BASE << k` slots.
+#[cfg(not(feature = "loom"))]
+const SEGMENT_BASE: usize = 64;
+/// Under loom every slot is a modelled mutex: keep the first segment small.
+#[cfg(feature = "loom")]
+const SEGMENT_BASE: usize = 4;
+/// Segments: enough for every index below `u32::MAX - 63` (the null handle's index is out).
+const SEGMENTS: usize = 26;
+/// Number of slot indices the table can hold.
+const CAPACITY: u64 = (SEGMENT_BASE as u64) * ((1u64 << SEGMENTS) - 1);
+
+/// What keeps a registered interface's code loaded (the runtime passes its library).
+pub type KeepAlive = Arc<dyn Any + Send + Sync>;
+
+/// Errors of registrations, handles and reload transactions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// The handle names no slot, or a generation never issued for its slot (the null handle is
+    /// always invalid).
+    #[error("invalid contract handle {handle}")]
+    InvalidHandle {
+        /// The handle.
+        handle: GuestContractHandle,
+    },
+    /// The handle's contract was retired (unloaded, or dropped by a reload); look it up again.
+    #[error("stale contract handle {handle}: its contract was unloaded or dropped by a reload")]
+    StaleHandle {
+        /// The handle.
+        handle: GuestContractHandle,
+    },
+    /// One bundle registered the same contract twice.
+    #[error("bundle `{bundle}` registered contract `{contract}` twice")]
+    DuplicateProvider {
+        /// The contract name.
+        contract: String,
+        /// The bundle name.
+        bundle: String,
+    },
+    /// Two different contract names have the same id; rename one of them.
+    #[error("contract `{new}` has id {id}, already taken by contract `{existing}`")]
+    ContractIdCollision {
+        /// The id.
+        id: ContractId,
+        /// The registered contract's name.
+        existing: String,
+        /// The name that collided.
+        new: String,
+    },
+    /// Another reload of the bundle holds its reload gate (`try_reload`).
+    #[error("bundle `{bundle}`: another reload is in progress")]
+    ReloadInProgress {
+        /// The bundle name.
+        bundle: String,
+    },
+    /// Every slot index is in use.
+    #[error("registry is full: no slot left for contract `{contract}`")]
+    Full {
+        /// The contract that found no slot.
+        contract: String,
+    },
+    /// A swap tried to put one contract into another contract's slot.
+    #[error("slot {index} holds contract {held}, not {given}")]
+    ContractMismatch {
+        /// The slot index.
+        index: u32,
+        /// The id of the slot's contract.
+        held: ContractId,
+        /// The id of the interface offered.
+        given: ContractId,
+    },
+    /// The interface cannot be served: unknown dispatch type, or a bad function table.
+    #[error("contract `{contract}`: invalid interface: {reason}")]
+    InvalidInterface {
+        /// The contract name.
+        contract: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// `commit` was called a second time on one transaction.
+    #[error("bundle `{bundle}`: the transaction has committed already")]
+    AlreadyCommitted {
+        /// The bundle name.
+        bundle: String,
+    },
+    /// `rollback` was called on a transaction that has not committed.
+    #[error("bundle `{bundle}`: nothing to roll back, the transaction has not committed")]
+    NotCommitted {
+        /// The bundle name.
+        bundle: String,
+    },
+}
+
+/// Errors of a lookup by contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// No loaded bundle provides the contract (at this major version).
+    #[error("no provider of contract `{contract}`")]
+    NotFound {
+        /// The contract asked for (`name@major.minor`).
+        contract: String,
+    },
+    /// Several bundles provide the contract and the provider policy does not choose one; set
+    /// a [`ProviderPolicy`] or look up from a bundle with `find_from`.
+    #[error("contract `{contract}` has several providers ({}) and the provider policy chooses none", providers.join(", "))]
+    Ambiguous {
+        /// The contract asked for.
+        contract: String,
+        /// The bundles providing it.
+        providers: Vec<String>,
+    },
+    /// The provider's minor version is lower than the caller needs.
+    #[error(
+        "contract `{contract}`: provider has version {found}, caller needs {required} or a later minor"
+    )]
+    IncompatibleVersion {
+        /// The contract asked for.
+        contract: String,
+        /// The provider's version.
+        found: Version,
+        /// What the caller needs.
+        required: Version,
+    },
+}
+
+/// How [`Registry::find`] chooses among several bundles providing one contract.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProviderPolicy {
+    /// Only a single provider is ever chosen: with two or more, lookups fail with
+    /// [`LookupError::Ambiguous`] (nothing depends silently on load order).
+    #[default]
+    Unique,
+    /// The provider registered first.
+    FirstLoaded,
+    /// The provider with the highest contract version; the first registered among equals.
+    HighestVersion,
+    /// The first bundle of this list that provides the contract; with none of them present,
+    /// as `Unique`.
+    Prefer(Vec<String>),
+}
+
+/// One provider of a contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderInfo {
+    /// The bundle.
+    pub bundle: BundleId,
+    /// The bundle name.
+    pub bundle_name: String,
+    /// Its slot.
+    pub handle: GuestContractHandle,
+    /// The contract version it provides.
+    pub version: Version,
+}
+
+/// A registry slot's occupant: a copy of a guest's interface, its names, and what keeps its
+/// code loaded. Reached through an [`InterfaceGuard`], an [`OwnedInterface`] or a
+/// [`CachedInterface`]; derefs to the [`GuestContractInterface`].
+pub struct Interface {
+    pub(crate) generation: u32,
+    pub(crate) index: u32,
+    pub(crate) occupied: bool,
+    pub(crate) interface: GuestContractInterface,
+    contract_name: Arc<str>,
+    bundle: BundleId,
+    bundle_name: Arc<str>,
+    plugin_version: Version,
+    _keep_alive: Option<KeepAlive>,
+}
+
+impl Interface {
+    fn vacant(index: u32, generation: u32) -> Self {
+        Self {
+            generation,
+            index,
+            occupied: false,
+            interface: GuestContractInterface::EMPTY,
+            contract_name: Arc::from(""),
+            bundle: BundleId::from_u64(0),
+            bundle_name: Arc::from(""),
+            plugin_version: Version::default(),
+            _keep_alive: None,
+        }
+    }
+
+    /// The contract name.
+    pub fn contract_name(&self) -> &str {
+        &self.contract_name
+    }
+
+    /// The contract id.
+    pub fn contract_id(&self) -> ContractId {
+        ContractId::from_u64(self.interface.contract_id)
+    }
+
+    /// The contract version this provider implements.
+    pub fn version(&self) -> Version {
+        self.interface.contract_version
+    }
+
+    /// The version of the plugin (from its descriptor).
+    pub fn plugin_version(&self) -> Version {
+        self.plugin_version
+    }
+
+    /// The providing bundle.
+    pub fn bundle(&self) -> BundleId {
+        self.bundle
+    }
+
+    /// The providing bundle's name.
+    pub fn bundle_name(&self) -> &str {
+        &self.bundle_name
+    }
+
+    /// The handle of this interface's slot.
+    pub fn handle(&self) -> GuestContractHandle {
+        GuestContractHandle {
+            index: self.index,
+            generation: self.generation,
+        }
+    }
+
+    /// Number of functions in the dispatch table.
+    pub fn function_count(&self) -> usize {
+        self.interface.dispatch.function_count
+    }
+
+    /// The dispatch table viewed as `T`, or `None` if the table has fewer functions than `T`
+    /// (an older minor version) or is not a function table.
+    ///
+    /// The reference lives as long as the guard it came from, which keeps the library loaded:
+    /// calling through it costs what a call through a function pointer costs.
+    #[inline]
+    pub fn functions<T: FunctionTable>(&self) -> Option<&T> {
+        crate::sys::abi::table_view::<T>(self)
+    }
+}
+
+impl Deref for Interface {
+    type Target = GuestContractInterface;
+    #[inline]
+    fn deref(&self) -> &GuestContractInterface {
+        &self.interface
+    }
+}
+
+impl fmt::Debug for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interface")
+            .field("contract", &self.contract_name)
+            .field("version", &self.interface.contract_version)
+            .field("bundle", &self.bundle_name)
+            .field("handle", &self.handle())
+            .field("functions", &self.interface.dispatch.function_count)
+            .finish()
+    }
+}
+
+/// A resolved interface, valid (and its library loaded) while the guard lives, whatever
+/// reloads happen meanwhile. Derefs to [`Interface`], and through it to the
+/// [`GuestContractInterface`].
+pub struct InterfaceGuard<'r> {
+    entry: CellGuard<Interface>,
+    _registry: PhantomData<&'r Registry>,
+}
+
+impl InterfaceGuard<'_> {
+    /// An owned, `Send` reference to the same interface (one reference-count increment).
+    pub fn to_owned_interface(&self) -> OwnedInterface {
+        OwnedInterface(Arc::clone(&self.entry))
+    }
+}
+
+impl Deref for InterfaceGuard<'_> {
+    type Target = Interface;
+    #[inline]
+    fn deref(&self) -> &Interface {
+        &self.entry
+    }
+}
+
+impl fmt::Debug for InterfaceGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InterfaceGuard").field(&**self).finish()
+    }
+}
+
+/// An interface held by reference count: `Send`, `Clone`, and it keeps its library loaded
+/// until dropped. Prefer [`InterfaceGuard`] for short reads. (If the last reference to an old
+/// version outlives its runtime, dropping it is what closes that library.)
+#[derive(Clone)]
+pub struct OwnedInterface(Arc<Interface>);
+
+impl OwnedInterface {
+    /// Whether `self` and `other` are the same occupant (same swap), not merely the same slot.
+    pub fn same_as(&self, other: &OwnedInterface) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for OwnedInterface {
+    type Target = Interface;
+    fn deref(&self) -> &Interface {
+        &self.0
+    }
+}
+
+impl fmt::Debug for OwnedInterface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OwnedInterface").field(&*self.0).finish()
+    }
+}
+
+/// A contract lookup kept across calls: one acquire load of the registry's revision counter
+/// per [`get`](Self::get), and a new lookup only after the registry changed.
+///
+/// It holds the interface by reference count, so it keeps an old version's library loaded
+/// until its next `get` after a reload (the reload report counts it as a holder).
+#[derive(Debug)]
+pub struct CachedInterface<'c> {
+    contract: ContractRef<'c>,
+    entry: Option<OwnedInterface>,
+    seen: u64,
+}
+
+impl<'c> CachedInterface<'c> {
+    /// A cache for `contract`, empty until the first `get`.
+    pub fn new(contract: ContractRef<'c>) -> Self {
+        Self {
+            contract,
+            entry: None,
+            seen: 0,
+        }
+    }
+
+    /// The current provider of the contract.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::find`]; the cache is emptied (and the old library released) on error.
+    pub fn get(&mut self, registry: &Registry) -> Result<&Interface, LookupError> {
+        // The revision is read *before* the lookup: a reader that sees a writer's bump also
+        // sees what the writer published before bumping, so the pair (entry, seen) is never
+        // newer in `seen` than in `entry`.
+        let now = registry.revision();
+        if self.entry.is_none() || self.seen != now {
+            match registry.find(&self.contract) {
+                Ok(guard) => {
+                    self.entry = Some(guard.to_owned_interface());
+                    self.seen = now;
+                }
+                Err(e) => {
+                    self.entry = None;
+                    return Err(e);
+                }
+            }
+        }
+        match &self.entry {
+            Some(entry) => Ok(entry),
+            None => Err(LookupError::NotFound {
+                contract: self.contract.to_string(),
+            }),
+        }
+    }
+
+    /// A deliberately wrong `get` for the loom suite's negative control: it reads the revision
+    /// *after* the lookup, so it can pair an old interface with a new revision and keep serving
+    /// the old version forever.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn get_reading_revision_late(
+        &mut self,
+        registry: &Registry,
+    ) -> Result<&Interface, LookupError> {
+        if self.entry.is_none() || self.seen != registry.revision() {
+            let guard = registry.find(&self.contract)?;
+            self.entry = Some(guard.to_owned_interface());
+            self.seen = registry.revision();
+        }
+        match &self.entry {
+            Some(entry) => Ok(entry),
+            None => Err(LookupError::NotFound {
+                contract: self.contract.to_string(),
+            }),
+        }
+    }
+}
+
+/// Fields of a registration (what a guest's descriptor and interface say, plus the bundle).
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    /// The contract name.
+    pub contract_name: &'a str,
+    /// The providing bundle.
+    pub bundle: BundleId,
+    /// The bundle's name (for lookups by bundle and for messages).
+    pub bundle_name: &'a str,
+    /// The plugin's own version (from its descriptor).
+    pub plugin_version: Version,
+    /// The interface; its `contract_id` is the slot's contract.
+    pub interface: GuestContractInterface,
+}
+
+/// A registration waiting in a transaction.
+struct Staged {
+    contract: ContractId,
+    name: Arc<str>,
+    plugin_version: Version,
+    interface: GuestContractInterface,
+    keep_alive: Option<KeepAlive>,
+}
+
+/// Identity hasher for contract ids (they are FNV-1a hashes already).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = crate::ids::fnv1a64(bytes) ^ self.0.rotate_left(5);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Debug, Clone, Copy)]
+enum Selection {
+    One(GuestContractHandle),
+    Ambiguous,
+}
+
+struct IndexEntry {
+    selection: Selection,
+    providers: Box<[ProviderInfo]>,
+}
+
+/// The immutable find index: contract id → providers and the policy's choice.
+#[derive(Default)]
+struct FindIndex {
+    map: IdMap<IndexEntry>,
+}
+
+/// The per-bundle reload gate: a flag under a mutex, and a condition variable to wait on.
+struct Gate {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Self {
+            busy: Mutex::new(false),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Takes the gate; `false` if it is held and `wait` is false.
+    fn acquire(&self, wait: bool) -> bool {
+        let mut busy = self.busy.lock();
+        while *busy {
+            if !wait {
+                return false;
+            }
+            crate::sync::wait(&self.freed, &mut busy);
+        }
+        *busy = true;
+        true
+    }
+
+    fn release(&self) {
+        *self.busy.lock() = false;
+        self.freed.notify_all();
+    }
+}
+
+struct SlotInfo {
+    contract: ContractId,
+    bundle: BundleId,
+    seq: u64,
+    version: Version,
+}
+
+struct ContractRecord {
+    name: Arc<str>,
+    /// Slot indices of the providers.
+    providers: Vec<u32>,
+}
+
+struct BundleRecord {
+    name: Arc<str>,
+    gate: Arc<Gate>,
+    contracts: HashMap<ContractId, u32>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    next_index: u32,
+    free: Vec<u32>,
+    slot_info: Vec<Option<SlotInfo>>,
+    contracts: HashMap<ContractId, ContractRecord>,
+    bundles: HashMap<BundleId, BundleRecord>,
+    seq: u64,
+}
+
+/// Segmented slot storage: segments are allocated once (under the writer mutex) and never
+/// move, so a reader reaches a slot with one acquire load and an index.
+struct SlotTable {
+    segments: [OnceLock<Box<[ArcCell<Interface>]>>; SEGMENTS],
+}
+
+impl SlotTable {
+    fn new() -> Self {
+        Self {
+            segments: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    #[inline]
+    fn locate(index: u32) -> Option<(usize, usize)> {
+        let n = index as usize / SEGMENT_BASE + 1;
+        let segment = (usize::BITS - 1 - n.leading_zeros()) as usize;
+        if segment >= SEGMENTS {
+            return None;
+        }
+        let start = SEGMENT_BASE * ((1usize << segment) - 1);
+        Some((segment, index as usize - start))
+    }
+
+    #[inline]
+    fn get(&self, index: u32) -> Option<&ArcCell<Interface>> {
+        let (segment, offset) = Self::locate(index)?;
+        self.segments[segment].get()?.get(offset)
+    }
+
+    /// The slot at `index`, allocating its segment (writers only).
+    fn get_or_create(&self, index: u32) -> Option<&ArcCell<Interface>> {
+        let (segment, offset) = Self::locate(index)?;
+        let cells = self.segments[segment].get_or_init(|| {
+            let start = SEGMENT_BASE * ((1usize << segment) - 1);
+            (0..SEGMENT_BASE << segment)
+                .map(|i| ArcCell::new(Arc::new(Interface::vacant((start + i) as u32, 0))))
+                .collect()
+        });
+        cells.get(offset)
+    }
+}
+
+/// The contract registry. See the [module documentation](self).
+pub struct Registry {
+    slots: SlotTable,
+    index: ArcCell<FindIndex>,
+    revision: AtomicU64,
+    writer: Mutex<WriterState>,
+    policy: ProviderPolicy,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("policy", &self.policy)
+            .field("revision", &self.revision())
+            .field("contracts", &self.index.load().map.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry with the default policy ([`ProviderPolicy::Unique`]).
+    pub fn new() -> Self {
+        Self::with_policy(ProviderPolicy::default())
+    }
+
+    /// An empty registry choosing among several providers with `policy`.
+    pub fn with_policy(policy: ProviderPolicy) -> Self {
+        Self {
+            slots: SlotTable::new(),
+            index: ArcCell::new(Arc::new(FindIndex::default())),
+            revision: AtomicU64::new(0),
+            writer: Mutex::new(WriterState::default()),
+            policy,
+        }
+    }
+
+    /// The provider policy.
+    pub fn policy(&self) -> &ProviderPolicy {
+        &self.policy
+    }
+
+    /// A counter that changes whenever anything a lookup could return changes (one acquire
+    /// load; see [`CachedInterface`]).
+    #[inline]
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// The interface in `handle`'s slot, if the handle is current.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::InvalidHandle`] for an index out of range, a never-issued generation
+    /// or the null handle; [`RegistryError::StaleHandle`] once the contract was retired.
+    #[inline]
+    pub fn resolve(
+        &self,
+        handle: GuestContractHandle,
+    ) -> Result<InterfaceGuard<'_>, RegistryError> {
+        let Some(cell) = self.slots.get(handle.index) else {
+            return Err(RegistryError::InvalidHandle { handle });
+        };
+        let entry = cell.load();
+        if entry.generation == handle.generation && entry.occupied {
+            return Ok(InterfaceGuard {
+                entry,
+                _registry: PhantomData,
+            });
+        }
+        Err(Self::classify(handle, &entry))
+    }
+
+    fn classify(handle: GuestContractHandle, current: &Interface) -> RegistryError {
+        if handle.generation == 0 || handle.generation > current.generation {
+            RegistryError::InvalidHandle { handle }
+        } else {
+            RegistryError::StaleHandle { handle }
+        }
+    }
+
+    /// The provider of `contract` that the [`ProviderPolicy`] chooses, if its version satisfies
+    /// the request (same major, minor ≥).
+    ///
+    /// # Errors
+    ///
+    /// [`LookupError::NotFound`], [`LookupError::Ambiguous`] or
+    /// [`LookupError::IncompatibleVersion`].
+    #[inline]
+    pub fn find(&self, contract: &ContractRef<'_>) -> Result<InterfaceGuard<'_>, LookupError> {
+        // A writer retiring the chosen slot publishes the new index before vacating the slot,
+        // so a lookup that meets a vacated slot retries on a newer index.
+        for _ in 0..8 {
+            let handle = {
+                let index = self.index.load();
+                let Some(entry) = index.map.get(&contract.id().id()) else {
+                    break;
+                };
+                match entry.selection {
+                    Selection::One(handle) => handle,
+                    Selection::Ambiguous => {
+                        return Err(LookupError::Ambiguous {
+                            contract: contract.to_string(),
+                            providers: entry
+                                .providers
+                                .iter()
+                                .map(|p| p.bundle_name.clone())
+                                .collect(),
+                        });
+                    }
+                }
+            };
+            if let Ok(guard) = self.resolve(handle) {
+                return Self::check(contract, guard);
+            }
+        }
+        Err(LookupError::NotFound {
+            contract: contract.to_string(),
+        })
+    }
+
+    /// The provider of `contract` in bundle `bundle`, whatever the policy.
+    ///
+    /// # Errors
+    ///
+    /// As [`find`](Self::find) (never `Ambiguous`).
+    pub fn find_from(
+        &self,
+        contract: &ContractRef<'_>,
+        bundle: BundleId,
+    ) -> Result<InterfaceGuard<'_>, LookupError> {
+        for _ in 0..8 {
+            let handle = {
+                let index = self.index.load();
+                let found = index
+                    .map
+                    .get(&contract.id().id())
+                    .and_then(|e| e.providers.iter().find(|p| p.bundle == bundle));
+                match found {
+                    Some(p) => p.handle,
+                    None => break,
+                }
+            };
+            if let Ok(guard) = self.resolve(handle) {
+                return Self::check(contract, guard);
+            }
+        }
+        Err(LookupError::NotFound {
+            contract: contract.to_string(),
+        })
+    }
+
+    #[inline]
+    fn check<'r>(
+        contract: &ContractRef<'_>,
+        guard: InterfaceGuard<'r>,
+    ) -> Result<InterfaceGuard<'r>, LookupError> {
+        if &*guard.contract_name != contract.name() {
+            // Same id, another name: a collision between the caller's name and ours.
+            return Err(LookupError::NotFound {
+                contract: contract.to_string(),
+            });
+        }
+        if !guard.version().satisfies(contract.required()) {
+            return Err(LookupError::IncompatibleVersion {
+                contract: contract.to_string(),
+                found: guard.version(),
+                required: contract.required(),
+            });
+        }
+        Ok(guard)
+    }
+
+    /// The handle of the provider [`find`](Self::find) would return.
+    ///
+    /// # Errors
+    ///
+    /// As [`find`](Self::find).
+    pub fn handle_of(
+        &self,
+        contract: &ContractRef<'_>,
+    ) -> Result<GuestContractHandle, LookupError> {
+        self.find(contract).map(|g| g.handle())
+    }
+
+    /// Every provider of `contract`'s id, in registration order.
+    pub fn providers(&self, contract: ContractId) -> Vec<ProviderInfo> {
+        self.index
+            .load()
+            .map
+            .get(&contract.id())
+            .map(|e| e.providers.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The contracts bundle `bundle` provides now, by name, with their handles.
+    pub fn bundle_contracts(&self, bundle: BundleId) -> Vec<(String, GuestContractHandle)> {
+        let w = self.writer.lock();
+        let Some(record) = w.bundles.get(&bundle) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, GuestContractHandle)> = record
+            .contracts
+            .values()
+            .filter_map(|&index| {
+                let entry = self.slots.get(index)?.load_full();
+                entry
+                    .occupied
+                    .then(|| (entry.contract_name.to_string(), entry.handle()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Number of contracts with at least one provider.
+    pub fn contract_count(&self) -> usize {
+        self.index.load().map.len()
+    }
+
+    /// Registers one contract directly (outside any reload transaction).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DuplicateProvider`], [`RegistryError::ContractIdCollision`],
+    /// [`RegistryError::InvalidInterface`] or [`RegistryError::Full`].
+    ///
+    /// # Safety
+    ///
+    /// `registration.interface.dispatch` must point to `function_count` non-null function
+    /// pointers with the contract's signatures, valid for as long as this registry — or any
+    /// guard, owned interface or cache obtained from it — may hand the interface out (for a
+    /// guest library: until it is unloaded; for Rust code: `static`s).
+    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
+    pub unsafe fn register(
+        &self,
+        registration: Registration<'_>,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        self.register_entry(registration, None)
+    }
+
+    /// Registers a Rust function table as the interface of `contract_name` (safe: the table is
+    /// `'static` and its type vouches for its contents).
+    ///
+    /// # Errors
+    ///
+    /// As [`register`](Self::register).
+    pub fn register_table<T: FunctionTable>(
+        &self,
+        contract_name: &str,
+        version: Version,
+        bundle: BundleId,
+        bundle_name: &str,
+        table: &'static T,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let interface = GuestContractInterface::new(
+            ContractId::new(contract_name, version.major),
+            version,
+            DispatchTable::from_static(table),
+        );
+        let registration = Registration {
+            contract_name,
+            bundle,
+            bundle_name,
+            plugin_version: version,
+            interface,
+        };
+        self.register_entry(registration, None)
+    }
+
+    /// [`register`](Self::register) with something keeping the code alive; the caller
+    /// vouches for the interface as `register`'s safety section says.
+    pub(crate) fn register_entry(
+        &self,
+        registration: Registration<'_>,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        check_interface(registration.contract_name, &registration.interface)?;
+        let contract = ContractId::from_u64(registration.interface.contract_id);
+        let mut w = self.writer.lock();
+        check_collision(&w, contract, registration.contract_name)?;
+        let bundle = w
+            .bundles
+            .entry(registration.bundle)
+            .or_insert_with(|| BundleRecord {
+                name: Arc::from(registration.bundle_name),
+                gate: Arc::new(Gate::new()),
+                contracts: HashMap::new(),
+            });
+        if bundle.contracts.contains_key(&contract) {
+            return Err(RegistryError::DuplicateProvider {
+                contract: registration.contract_name.to_owned(),
+                bundle: bundle.name.to_string(),
+            });
+        }
+        let bundle_name = Arc::clone(&bundle.name);
+        let staged = Staged {
+            contract,
+            name: Arc::from(registration.contract_name),
+            plugin_version: registration.plugin_version,
+            interface: registration.interface,
+            keep_alive,
+        };
+        let handle = self.occupy(&mut w, registration.bundle, bundle_name, staged)?;
+        self.publish_index(&w);
+        self.revision.fetch_add(1, Ordering::Release);
+        Ok(handle)
+    }
+
+    /// Replaces the interface in slot `index` in place: the generation — and so every handle —
+    /// stays valid and now reaches `interface`. Guards taken before keep the old one.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::InvalidHandle`] for a vacant or unknown slot,
+    /// [`RegistryError::ContractMismatch`] if `interface` is another contract's.
+    ///
+    /// # Safety
+    ///
+    /// As for [`register`](Self::register).
+    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
+    pub unsafe fn swap_interface(
+        &self,
+        index: u32,
+        interface: &GuestContractInterface,
+    ) -> Result<(), RegistryError> {
+        self.swap_entry(index, *interface, None).map(drop)
+    }
+
+    fn swap_entry(
+        &self,
+        index: u32,
+        interface: GuestContractInterface,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<Arc<Interface>, RegistryError> {
+        let mut w = self.writer.lock();
+        let invalid = RegistryError::InvalidHandle {
+            handle: GuestContractHandle {
+                index,
+                generation: 0,
+            },
+        };
+        let Some(cell) = self.slots.get(index) else {
+            return Err(invalid);
+        };
+        let current = cell.load_full();
+        if !current.occupied {
+            return Err(invalid);
+        }
+        check_interface(&current.contract_name, &interface)?;
+        if interface.contract_id != current.interface.contract_id {
+            return Err(RegistryError::ContractMismatch {
+                index,
+                held: current.contract_id(),
+                given: ContractId::from_u64(interface.contract_id),
+            });
+        }
+        let next = Interface {
+            generation: current.generation,
+            index,
+            occupied: true,
+            interface,
+            contract_name: Arc::clone(&current.contract_name),
+            bundle: current.bundle,
+            bundle_name: Arc::clone(&current.bundle_name),
+            plugin_version: current.plugin_version,
+            _keep_alive: keep_alive,
+        };
+        let old = cell.swap(Arc::new(next));
+        let version_changed = old.interface.contract_version != interface.contract_version;
+        if let Some(Some(info)) = w.slot_info.get_mut(index as usize) {
+            info.version = interface.contract_version;
+        }
+        if version_changed {
+            self.publish_index(&w);
+        }
+        self.revision.fetch_add(1, Ordering::Release);
+        Ok(old)
+    }
+
+    /// Retires `handle`'s slot: its handles become stale and lookups stop finding it.
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    pub fn unregister(&self, handle: GuestContractHandle) -> Result<(), RegistryError> {
+        let mut w = self.writer.lock();
+        let Some(cell) = self.slots.get(handle.index) else {
+            return Err(RegistryError::InvalidHandle { handle });
+        };
+        let current = cell.load_full();
+        if !(current.occupied && current.generation == handle.generation) {
+            return Err(Self::classify(handle, &current));
+        }
+        let info = w
+            .slot_info
+            .get_mut(handle.index as usize)
+            .and_then(Option::take);
+        if let Some(info) = info {
+            forget_provider(&mut w, info.contract, info.bundle, handle.index);
+        }
+        self.publish_index(&w);
+        drop(cell.swap(Arc::new(Interface::vacant(
+            handle.index,
+            current.generation,
+        ))));
+        release_index(&mut w, handle.index, current.generation);
+        self.revision.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Opens a reload (or first load, or unload) transaction for `bundle`, waiting for the
+    /// bundle's reload gate if `wait`, failing with [`RegistryError::ReloadInProgress`]
+    /// otherwise. Transactions of different bundles never wait for each other.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ReloadInProgress`] when `wait` is false and the gate is held.
+    pub fn begin_reload(
+        &self,
+        bundle: BundleId,
+        bundle_name: &str,
+        wait: bool,
+    ) -> Result<ReloadTransaction<'_>, RegistryError> {
+        loop {
+            let gate = {
+                let mut w = self.writer.lock();
+                let record = w.bundles.entry(bundle).or_insert_with(|| BundleRecord {
+                    name: Arc::from(bundle_name),
+                    gate: Arc::new(Gate::new()),
+                    contracts: HashMap::new(),
+                });
+                Arc::clone(&record.gate)
+            };
+            if !gate.acquire(wait) {
+                return Err(RegistryError::ReloadInProgress {
+                    bundle: bundle_name.to_owned(),
+                });
+            }
+            let mut w = self.writer.lock();
+            let current = w.bundles.entry(bundle).or_insert_with(|| BundleRecord {
+                name: Arc::from(bundle_name),
+                gate: Arc::clone(&gate),
+                contracts: HashMap::new(),
+            });
+            if Arc::ptr_eq(&current.gate, &gate) {
+                let name = Arc::clone(&current.name);
+                drop(w);
+                return Ok(ReloadTransaction {
+                    registry: self,
+                    bundle,
+                    bundle_name: name,
+                    gate,
+                    staged: Vec::new(),
+                    committed: None,
+                    remove_bundle: false,
+                });
+            }
+            // The bundle was removed and recreated while we waited: wait on the new gate.
+            drop(w);
+            gate.release();
+        }
+    }
+
+    /// A transaction without its gate, for the loom suite's negative control: two of them can
+    /// overlap, which the real `begin_reload` makes impossible.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn begin_reload_ungated(
+        &self,
+        bundle: BundleId,
+        bundle_name: &str,
+    ) -> ReloadTransaction<'_> {
+        let gate = Arc::new(Gate::new());
+        gate.acquire(false);
+        {
+            let mut w = self.writer.lock();
+            w.bundles.entry(bundle).or_insert_with(|| BundleRecord {
+                name: Arc::from(bundle_name),
+                gate: Arc::new(Gate::new()),
+                contracts: HashMap::new(),
+            });
+        }
+        ReloadTransaction {
+            registry: self,
+            bundle,
+            bundle_name: Arc::from(bundle_name),
+            gate,
+            staged: Vec::new(),
+            committed: None,
+            remove_bundle: false,
+        }
+    }
+
+    /// Allocates a slot for `staged` and makes it visible (the caller publishes the index).
+    fn occupy(
+        &self,
+        w: &mut WriterState,
+        bundle: BundleId,
+        bundle_name: Arc<str>,
+        staged: Staged,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let index = match w.free.pop() {
+            Some(index) => index,
+            None => {
+                if u64::from(w.next_index) >= CAPACITY {
+                    return Err(RegistryError::Full {
+                        contract: staged.name.to_string(),
+                    });
+                }
+                let index = w.next_index;
+                w.next_index += 1;
+                index
+            }
+        };
+        let Some(cell) = self.slots.get_or_create(index) else {
+            return Err(RegistryError::Full {
+                contract: staged.name.to_string(),
+            });
+        };
+        let generation = cell.load().generation + 1;
+        w.seq += 1;
+        let info = SlotInfo {
+            contract: staged.contract,
+            bundle,
+            seq: w.seq,
+            version: staged.interface.contract_version,
+        };
+        if w.slot_info.len() <= index as usize {
+            w.slot_info.resize_with(index as usize + 1, || None);
+        }
+        w.slot_info[index as usize] = Some(info);
+        w.contracts
+            .entry(staged.contract)
+            .or_insert_with(|| ContractRecord {
+                name: Arc::clone(&staged.name),
+                providers: Vec::new(),
+            })
+            .providers
+            .push(index);
+        if let Some(record) = w.bundles.get_mut(&bundle) {
+            record.contracts.insert(staged.contract, index);
+        }
+        let entry = Interface {
+            generation,
+            index,
+            occupied: true,
+            interface: staged.interface,
+            contract_name: staged.name,
+            bundle,
+            bundle_name,
+            plugin_version: staged.plugin_version,
+            _keep_alive: staged.keep_alive,
+        };
+        drop(cell.swap(Arc::new(entry)));
+        Ok(GuestContractHandle { index, generation })
+    }
+
+    /// Rebuilds and publishes the find index from the writer state.
+    fn publish_index(&self, w: &WriterState) {
+        let mut map = IdMap::default();
+        for (id, record) in &w.contracts {
+            let mut providers: Vec<(u64, ProviderInfo)> = record
+                .providers
+                .iter()
+                .filter_map(|&index| {
+                    let info = w.slot_info.get(index as usize)?.as_ref()?;
+                    let generation = self.slots.get(index)?.load().generation;
+                    let bundle_name = w
+                        .bundles
+                        .get(&info.bundle)
+                        .map(|b| b.name.to_string())
+                        .unwrap_or_default();
+                    Some((
+                        info.seq,
+                        ProviderInfo {
+                            bundle: info.bundle,
+                            bundle_name,
+                            handle: GuestContractHandle { index, generation },
+                            version: info.version,
+                        },
+                    ))
+                })
+                .collect();
+            if providers.is_empty() {
+                continue;
+            }
+            providers.sort_by_key(|(seq, _)| *seq);
+            let providers: Box<[ProviderInfo]> = providers.into_iter().map(|(_, p)| p).collect();
+            let selection = select(&self.policy, &providers);
+            map.insert(
+                id.id(),
+                IndexEntry {
+                    selection,
+                    providers,
+                },
+            );
+        }
+        drop(self.index.swap(Arc::new(FindIndex { map })));
+    }
+}
+
+/// The policy's choice among `providers` (in registration order).
+fn select(policy: &ProviderPolicy, providers: &[ProviderInfo]) -> Selection {
+    let one = |p: &ProviderInfo| Selection::One(p.handle);
+    match (policy, providers) {
+        (_, [only]) => one(only),
+        (_, []) | (ProviderPolicy::Unique, _) => Selection::Ambiguous,
+        (ProviderPolicy::FirstLoaded, [first, ..]) => one(first),
+        (ProviderPolicy::HighestVersion, _) => {
+            let mut best = &providers[0];
+            for p in &providers[1..] {
+                if p.version > best.version {
+                    best = p;
+                }
+            }
+            one(best)
+        }
+        (ProviderPolicy::Prefer(order), _) => order
+            .iter()
+            .find_map(|name| providers.iter().find(|p| &p.bundle_name == name))
+            .map_or(Selection::Ambiguous, one),
+    }
+}
+
+fn check_interface(
+    contract: &str,
+    interface: &GuestContractInterface,
+) -> Result<(), RegistryError> {
+    let reason = if interface.dispatch_type != DISPATCH_FUNCTION_TABLE {
+        "unknown dispatch type"
+    } else if interface.dispatch.function_count > MAX_FUNCTIONS {
+        "more functions than MAX_FUNCTIONS"
+    } else if interface.dispatch.function_count > 0 && interface.dispatch.functions.is_null() {
+        "null function table"
+    } else {
+        return Ok(());
+    };
+    Err(RegistryError::InvalidInterface {
+        contract: contract.to_owned(),
+        reason,
+    })
+}
+
+fn check_collision(w: &WriterState, id: ContractId, name: &str) -> Result<(), RegistryError> {
+    match w.contracts.get(&id) {
+        Some(record) if &*record.name != name => Err(RegistryError::ContractIdCollision {
+            id,
+            existing: record.name.to_string(),
+            new: name.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Removes slot `index` from its contract's providers and its bundle's contracts.
+fn forget_provider(w: &mut WriterState, contract: ContractId, bundle: BundleId, index: u32) {
+    if let Some(record) = w.contracts.get_mut(&contract) {
+        record.providers.retain(|&i| i != index);
+        if record.providers.is_empty() {
+            w.contracts.remove(&contract);
+        }
+    }
+    if let Some(record) = w.bundles.get_mut(&bundle)
+        && record.contracts.get(&contract) == Some(&index)
+    {
+        record.contracts.remove(&contract);
+    }
+}
+
+/// Returns a vacated slot index to the free list, unless its generations are exhausted.
+fn release_index(w: &mut WriterState, index: u32, generation: u32) {
+    if generation < u32::MAX {
+        w.free.push(index);
+    }
+}
+
+/// What a commit changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwapSummary {
+    /// Contracts both versions provide: swapped in place (handles stay valid).
+    pub swapped: usize,
+    /// Contracts new in this version: published in new slots.
+    pub added: usize,
+    /// Contracts the new version dropped: retired (their handles are stale).
+    pub retired: usize,
+    /// Whether the find index was republished (only when providers changed).
+    pub index_republished: bool,
+}
+
+struct Committed {
+    summary: SwapSummary,
+    /// (slot, the interface it held before the swap).
+    swapped: Vec<(u32, Arc<Interface>)>,
+    added: Vec<GuestContractHandle>,
+    /// (slot, the interface it held, its slot info).
+    retired: Vec<(u32, Arc<Interface>, SlotInfo)>,
+}
+
+/// A reload (or load, or unload) of one bundle, holding the bundle's reload gate until it is
+/// finished or dropped. See the [module documentation](self).
+pub struct ReloadTransaction<'r> {
+    registry: &'r Registry,
+    bundle: BundleId,
+    bundle_name: Arc<str>,
+    gate: Arc<Gate>,
+    staged: Vec<Staged>,
+    committed: Option<Committed>,
+    remove_bundle: bool,
+}
+
+impl fmt::Debug for ReloadTransaction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadTransaction")
+            .field("bundle", &self.bundle_name)
+            .field("staged", &self.staged.len())
+            .field("committed", &self.committed.as_ref().map(|c| c.summary))
+            .finish()
+    }
+}
+
+impl ReloadTransaction<'_> {
+    /// The bundle.
+    pub fn bundle(&self) -> BundleId {
+        self.bundle
+    }
+
+    /// The bundle name.
+    pub fn bundle_name(&self) -> &str {
+        &self.bundle_name
+    }
+
+    /// Stages a registration of the new version (invisible until [`commit`](Self::commit)).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::DuplicateProvider`] if the contract is already staged,
+    /// [`RegistryError::InvalidInterface`] for a bad interface.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Registry::register`].
+    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
+    pub unsafe fn stage(
+        &mut self,
+        contract_name: &str,
+        plugin_version: Version,
+        interface: &GuestContractInterface,
+    ) -> Result<(), RegistryError> {
+        self.stage_entry(contract_name, plugin_version, *interface, None)
+    }
+
+    /// Stages a Rust function table (safe, as [`Registry::register_table`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`stage`](Self::stage).
+    pub fn stage_table<T: FunctionTable>(
+        &mut self,
+        contract_name: &str,
+        version: Version,
+        table: &'static T,
+    ) -> Result<(), RegistryError> {
+        let interface = GuestContractInterface::new(
+            ContractId::new(contract_name, version.major),
+            version,
+            DispatchTable::from_static(table),
+        );
+        self.stage_entry(contract_name, version, interface, None)
+    }
+
+    /// [`stage`](Self::stage) with a keep-alive; the caller vouches for the interface.
+    pub(crate) fn stage_entry(
+        &mut self,
+        contract_name: &str,
+        plugin_version: Version,
+        interface: GuestContractInterface,
+        keep_alive: Option<KeepAlive>,
+    ) -> Result<(), RegistryError> {
+        check_interface(contract_name, &interface)?;
+        let contract = ContractId::from_u64(interface.contract_id);
+        if self.staged.iter().any(|s| s.contract == contract) {
+            return Err(RegistryError::DuplicateProvider {
+                contract: contract_name.to_owned(),
+                bundle: self.bundle_name.to_string(),
+            });
+        }
+        self.staged.push(Staged {
+            contract,
+            name: Arc::from(contract_name),
+            plugin_version,
+            interface,
+            keep_alive,
+        });
+        Ok(())
+    }
+
+    /// Makes the staged registrations the bundle's contracts, in one critical section: what
+    /// both versions provide is swapped in place, what is new is published, what the new
+    /// version dropped is retired. Readers never see the bundle half-way.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::ContractIdCollision`] or [`RegistryError::Full`] (nothing changed),
+    /// [`RegistryError::AlreadyCommitted`] on a second call.
+    pub fn commit(&mut self) -> Result<SwapSummary, RegistryError> {
+        if self.committed.is_some() {
+            return Err(RegistryError::AlreadyCommitted {
+                bundle: self.bundle_name.to_string(),
+            });
+        }
+        let registry = self.registry;
+        let mut w = registry.writer.lock();
+        // Validate everything before changing anything.
+        for s in &self.staged {
+            check_collision(&w, s.contract, &s.name)?;
+        }
+        let old: HashMap<ContractId, u32> = match w.bundles.get(&self.bundle) {
+            Some(record) => record.contracts.clone(),
+            None => HashMap::new(),
+        };
+        let new_slots = self
+            .staged
+            .iter()
+            .filter(|s| !old.contains_key(&s.contract))
+            .count() as u64;
+        let available = w.free.len() as u64 + CAPACITY.saturating_sub(u64::from(w.next_index));
+        if new_slots > available {
+            return Err(RegistryError::Full {
+                contract: self.staged[0].name.to_string(),
+            });
+        }
+        let record = w
+            .bundles
+            .entry(self.bundle)
+            .or_insert_with(|| BundleRecord {
+                name: Arc::clone(&self.bundle_name),
+                gate: Arc::clone(&self.gate),
+                contracts: HashMap::new(),
+            });
+        let bundle_name = Arc::clone(&record.name);
+
+        let mut committed = Committed {
+            summary: SwapSummary::default(),
+            swapped: Vec::new(),
+            added: Vec::new(),
+            retired: Vec::new(),
+        };
+        let mut index_dirty = false;
+        for staged in std::mem::take(&mut self.staged) {
+            if let Some(&index) = old.get(&staged.contract) {
+                let Some(cell) = registry.slots.get(index) else {
+                    continue;
+                };
+                let current = cell.load_full();
+                let next = Interface {
+                    generation: current.generation,
+                    index,
+                    occupied: true,
+                    interface: staged.interface,
+                    contract_name: staged.name,
+                    bundle: self.bundle,
+                    bundle_name: Arc::clone(&bundle_name),
+                    plugin_version: staged.plugin_version,
+                    _keep_alive: staged.keep_alive,
+                };
+                let before = cell.swap(Arc::new(next));
+                if let Some(Some(info)) = w.slot_info.get_mut(index as usize)
+                    && info.version != staged.interface.contract_version
+                {
+                    info.version = staged.interface.contract_version;
+                    index_dirty = true;
+                }
+                committed.swapped.push((index, before));
+            } else {
+                let handle =
+                    registry.occupy(&mut w, self.bundle, Arc::clone(&bundle_name), staged)?;
+                committed.added.push(handle);
+                index_dirty = true;
+            }
+        }
+        let kept: Vec<u32> = committed.swapped.iter().map(|(i, _)| *i).collect();
+        let dropped: Vec<(ContractId, u32)> = old
+            .iter()
+            .filter(|(_, index)| !kept.contains(index))
+            .map(|(c, i)| (*c, *i))
+            .collect();
+        let mut to_vacate = Vec::new();
+        for (contract, index) in dropped {
+            let info = w.slot_info.get_mut(index as usize).and_then(Option::take);
+            forget_provider(&mut w, contract, self.bundle, index);
+            if let Some(info) = info {
+                to_vacate.push((index, info));
+            }
+            index_dirty = true;
+        }
+        if index_dirty {
+            // Before vacating: a lookup that still meets a retired slot retries on this index.
+            registry.publish_index(&w);
+        }
+        for (index, info) in to_vacate {
+            if let Some(cell) = registry.slots.get(index) {
+                let generation = cell.load().generation;
+                let before = cell.swap(Arc::new(Interface::vacant(index, generation)));
+                committed.retired.push((index, before, info));
+            }
+        }
+        registry.revision.fetch_add(1, Ordering::Release);
+        committed.summary = SwapSummary {
+            swapped: committed.swapped.len(),
+            added: committed.added.len(),
+            retired: committed.retired.len(),
+            index_republished: index_dirty,
+        };
+        let summary = committed.summary;
+        self.committed = Some(committed);
+        Ok(summary)
+    }
+
+    /// A deliberately wrong commit for the loom suite's negative control: it retires the
+    /// bundle's contracts and publishes the new ones afresh instead of swapping in place, so a
+    /// reader can find a contract both versions provide missing in between.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn commit_by_retire_and_republish(&mut self) -> Result<SwapSummary, RegistryError> {
+        let staged = std::mem::take(&mut self.staged);
+        self.commit()?;
+        self.committed = None;
+        self.staged = staged;
+        self.commit()
+    }
+
+    /// Undoes the commit: swapped slots get their old interfaces back (same generation, so
+    /// handles stay valid), new slots are retired, retired slots are restored.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotCommitted`] before a commit.
+    pub fn rollback(&mut self) -> Result<(), RegistryError> {
+        let Some(committed) = self.committed.take() else {
+            return Err(RegistryError::NotCommitted {
+                bundle: self.bundle_name.to_string(),
+            });
+        };
+        let registry = self.registry;
+        let mut w = registry.writer.lock();
+        for (index, before) in committed.swapped {
+            if let Some(cell) = registry.slots.get(index) {
+                let version = before.interface.contract_version;
+                drop(cell.swap(before));
+                if let Some(Some(info)) = w.slot_info.get_mut(index as usize) {
+                    info.version = version;
+                }
+            }
+        }
+        for (index, before, info) in committed.retired {
+            w.contracts
+                .entry(info.contract)
+                .or_insert_with(|| ContractRecord {
+                    name: Arc::clone(&before.contract_name),
+                    providers: Vec::new(),
+                })
+                .providers
+                .push(index);
+            if let Some(record) = w.bundles.get_mut(&self.bundle) {
+                record.contracts.insert(info.contract, index);
+            }
+            if w.slot_info.len() <= index as usize {
+                w.slot_info.resize_with(index as usize + 1, || None);
+            }
+            w.slot_info[index as usize] = Some(info);
+            if let Some(cell) = registry.slots.get(index) {
+                drop(cell.swap(before));
+            }
+        }
+        let mut to_vacate = Vec::new();
+        for handle in committed.added {
+            if let Some(info) = w
+                .slot_info
+                .get_mut(handle.index as usize)
+                .and_then(Option::take)
+            {
+                forget_provider(&mut w, info.contract, info.bundle, handle.index);
+                to_vacate.push(handle);
+            }
+        }
+        registry.publish_index(&w);
+        for handle in to_vacate {
+            if let Some(cell) = registry.slots.get(handle.index) {
+                drop(cell.swap(Arc::new(Interface::vacant(handle.index, handle.generation))));
+                release_index(&mut w, handle.index, handle.generation);
+            }
+        }
+        registry.revision.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes the bundle's record when the transaction finishes (an unload: commit with
+    /// nothing staged, then finish).
+    pub fn remove_bundle_on_finish(&mut self) {
+        self.remove_bundle = true;
+    }
+
+    /// Ends the transaction: frees the slots it retired, drops the old interfaces it replaced
+    /// (readers still holding them keep them alive) and releases the bundle's reload gate.
+    pub fn finish(self) -> Option<SwapSummary> {
+        self.committed.as_ref().map(|c| c.summary)
+    }
+}
+
+impl Drop for ReloadTransaction<'_> {
+    fn drop(&mut self) {
+        let registry = self.registry;
+        let committed = self.committed.take();
+        {
+            let mut w = registry.writer.lock();
+            if let Some(committed) = &committed {
+                for (index, before, _) in &committed.retired {
+                    release_index(&mut w, *index, before.generation);
+                }
+            }
+            if self.remove_bundle {
+                let ours = w
+                    .bundles
+                    .get(&self.bundle)
+                    .is_some_and(|r| Arc::ptr_eq(&r.gate, &self.gate) && r.contracts.is_empty());
+                if ours {
+                    w.bundles.remove(&self.bundle);
+                }
+            }
+        }
+        // The old interfaces (and what keeps their code alive) go with `committed`, outside the
+        // writer lock.
+        drop(committed);
+        self.gate.release();
+    }
+}
+
+#[cfg(all(test, not(feature = "loom")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_segments_cover_indices_without_overlap() {
+        assert_eq!(SlotTable::locate(0), Some((0, 0)));
+        assert_eq!(SlotTable::locate(63), Some((0, 63)));
+        assert_eq!(SlotTable::locate(64), Some((1, 0)));
+        assert_eq!(SlotTable::locate(191), Some((1, 127)));
+        assert_eq!(SlotTable::locate(192), Some((2, 0)));
+        assert_eq!(SlotTable::locate(u32::MAX), None);
+        let last = (CAPACITY - 1) as u32;
+        let (segment, offset) = SlotTable::locate(last).expect("last index");
+        assert_eq!(segment, SEGMENTS - 1);
+        assert_eq!(offset, (SEGMENT_BASE << (SEGMENTS - 1)) - 1);
+    }
+
+    fn provider(name: &str, index: u32, minor: u32) -> ProviderInfo {
+        ProviderInfo {
+            bundle: BundleId::new(name),
+            bundle_name: name.to_owned(),
+            handle: GuestContractHandle {
+                index,
+                generation: 1,
+            },
+            version: Version::new(1, minor, 0),
+        }
+    }
+
+    fn chosen(policy: &ProviderPolicy, providers: &[ProviderInfo]) -> Option<u32> {
+        match select(policy, providers) {
+            Selection::One(h) => Some(h.index),
+            Selection::Ambiguous => None,
+        }
+    }
+
+    #[test]
+    fn selection_policies_choose_as_documented() {
+        let ps = [
+            provider("a", 0, 1),
+            provider("b", 1, 3),
+            provider("c", 2, 3),
+        ];
+        assert_eq!(chosen(&ProviderPolicy::Unique, &ps), None);
+        assert_eq!(chosen(&ProviderPolicy::Unique, &ps[..1]), Some(0));
+        assert_eq!(chosen(&ProviderPolicy::FirstLoaded, &ps), Some(0));
+        assert_eq!(chosen(&ProviderPolicy::HighestVersion, &ps), Some(1));
+        let prefer = ProviderPolicy::Prefer(vec!["zz".into(), "c".into(), "a".into()]);
+        assert_eq!(chosen(&prefer, &ps), Some(2));
+        let none = ProviderPolicy::Prefer(vec!["zz".into()]);
+        assert_eq!(chosen(&none, &ps), None);
+        assert_eq!(chosen(&none, &ps[1..2]), Some(1));
+    }
+}

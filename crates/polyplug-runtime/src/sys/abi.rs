@@ -1,0 +1,181 @@
+//! The guest's side of the C boundary: reading what the host passes to `polyplug_init`, calling
+//! the host back, and the thread-safety of the plain-data ABI structures.
+//!
+//! Everything here is OS-independent; it lives in `sys` because it is where the crate's raw
+//! pointers are dereferenced.
+
+use core::ffi::c_void;
+use core::marker::PhantomData;
+
+use crate::abi::{
+    ABI_VERSION, BundleInitContext, DispatchTable, GuestContractInterface, HostApi,
+    PluginDescriptor, ReloadPhase, StringView, status,
+};
+use crate::ids::BundleId;
+
+// The ABI structures are plain data: their pointers refer to immutable guest statics (tables,
+// names) or to host memory valid for one call, and reading through them is `unsafe` anyway.
+// Sharing the structures themselves between threads is therefore sound, and required for
+// guests to keep them in `static`s.
+
+// SAFETY: a StringView is a (pointer, length) pair to immutable bytes; see above.
+unsafe impl Send for StringView {}
+// SAFETY: as for Send: no interior mutability, the bytes are never written through it.
+unsafe impl Sync for StringView {}
+// SAFETY: a pointer to an immutable table of function pointers; see above.
+unsafe impl Send for DispatchTable {}
+// SAFETY: as for Send.
+unsafe impl Sync for DispatchTable {}
+// SAFETY: plain data: an id, a version and pointers to immutable guest code and tables.
+unsafe impl Send for GuestContractInterface {}
+// SAFETY: as for Send.
+unsafe impl Sync for GuestContractInterface {}
+// SAFETY: two immutable StringViews and a version.
+unsafe impl Send for PluginDescriptor {}
+// SAFETY: as for Send.
+unsafe impl Sync for PluginDescriptor {}
+// SAFETY: plain data; the views are valid during the callback that receives it.
+unsafe impl Send for ReloadPhase {}
+// SAFETY: as for Send.
+unsafe impl Sync for ReloadPhase {}
+
+/// The host as a Rust guest sees it during `polyplug_init`.
+///
+/// Only [`run_init`] makes one, from the host's pointers, and only for the duration of the
+/// init call: that is what makes its methods safe.
+#[derive(Debug)]
+pub struct GuestHost<'a> {
+    api: &'a HostApi,
+    context: &'a BundleInitContext,
+    // Not Send: the host's context is only valid on the thread running `polyplug_init`.
+    _not_send: PhantomData<*mut c_void>,
+}
+
+impl<'a> GuestHost<'a> {
+    /// The bundle's id.
+    pub fn bundle_id(&self) -> BundleId {
+        BundleId::from_u64(self.context.bundle_id)
+    }
+
+    /// The bundle name from its manifest (`None` if the host passed no valid UTF-8).
+    pub fn bundle_name(&self) -> Option<&'a str> {
+        // SAFETY: the host's views are valid for the duration of `polyplug_init`, which
+        // outlives 'a by construction (run_init).
+        let bytes = unsafe { view(self.context.bundle_name) };
+        bytes.and_then(|b| core::str::from_utf8(b).ok())
+    }
+
+    /// Whether this load replaces a live version of the bundle (hot reload).
+    pub fn is_reload(&self) -> bool {
+        self.context.is_reload != 0
+    }
+
+    /// Registers one contract. The interface is `'static` because its dispatch table must stay
+    /// valid while the library is loaded; the descriptor is copied.
+    ///
+    /// # Errors
+    ///
+    /// The host's [`status`] code: duplicate provider, id mismatch, non-UTF-8 name, …
+    pub fn register(
+        &self,
+        descriptor: &PluginDescriptor,
+        interface: &'static GuestContractInterface,
+    ) -> Result<(), i32> {
+        let Some(register) = self.api.register_contract else {
+            return Err(status::INVALID_ARGUMENT);
+        };
+        // SAFETY: the host's callback and context are valid during `polyplug_init`; the
+        // descriptor and interface are live references for the call.
+        let code = unsafe { register(self.api.host_context, descriptor, interface) };
+        if code == status::OK {
+            Ok(())
+        } else {
+            Err(code)
+        }
+    }
+
+    /// Writes a line to the host's log.
+    pub fn log(&self, level: u32, message: &str) {
+        if let Some(log) = self.api.log {
+            // SAFETY: the host's callback and context are valid during `polyplug_init`; the
+            // view points into `message`, alive for the call.
+            unsafe { log(self.api.host_context, level, StringView::borrowed(message)) };
+        }
+    }
+}
+
+/// The body of a guest's `polyplug_init` (what [`export_guest!`](crate::export_guest)
+/// expands to): checks the host's pointers and ABI version, then runs `init` with panics
+/// stopped at the boundary.
+///
+/// # Safety
+///
+/// `host` and `context` must be null or point to structures valid for the duration of the call
+/// (what a host passes to `polyplug_init`).
+pub unsafe fn run_init(
+    host: *const HostApi,
+    context: *const BundleInitContext,
+    init: impl FnOnce(&GuestHost<'_>) -> Result<(), i32>,
+) -> i32 {
+    // SAFETY: null or valid for the call, by the caller's contract.
+    let api = unsafe { host.as_ref() };
+    // SAFETY: as above.
+    let context = unsafe { context.as_ref() };
+    let (Some(api), Some(context)) = (api, context) else {
+        return status::INVALID_ARGUMENT;
+    };
+    if api.abi_version != ABI_VERSION {
+        return status::INVALID_ARGUMENT;
+    }
+    let guest = GuestHost {
+        api,
+        context,
+        _not_send: PhantomData,
+    };
+    crate::guest::status_guard(|| init(&guest))
+}
+
+/// The bytes of a view, or `None` for a null pointer with a non-zero length or an absurd
+/// length.
+///
+/// # Safety
+///
+/// A non-null `view.ptr` must point to `view.len` readable bytes that stay valid and unchanged
+/// for `'a`.
+pub(crate) unsafe fn view<'a>(view: StringView) -> Option<&'a [u8]> {
+    if view.len == 0 {
+        return Some(&[]);
+    }
+    if view.ptr.is_null() || view.len > crate::abi::MAX_NAME_LEN {
+        return None;
+    }
+    // SAFETY: non-null, `len` readable bytes valid for 'a (caller's contract), and len is
+    // bounded well below isize::MAX.
+    Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
+}
+
+/// The dispatch table of a registry entry viewed as `T`, when it has at least `T::LEN`
+/// functions and suitable alignment.
+#[cfg(feature = "host")]
+#[inline]
+pub(crate) fn table_view<T: crate::abi::FunctionTable>(
+    entry: &crate::registry::Interface,
+) -> Option<&T> {
+    let dispatch = &entry.interface.dispatch;
+    let usable = entry.occupied
+        && entry.interface.dispatch_type == crate::abi::DISPATCH_FUNCTION_TABLE
+        && T::LEN > 0
+        && dispatch.function_count >= T::LEN
+        && !dispatch.functions.is_null()
+        && (dispatch.functions as usize).is_multiple_of(core::mem::align_of::<T>());
+    if !usable {
+        return None;
+    }
+    // SAFETY: registry entries are built only from registrations whose safety contract (or,
+    // for bundles, the loader's check of every entry) guarantees `function_count` valid
+    // non-null function pointers with the contract's signatures, alive as long as the entry
+    // (the entry holds what keeps the library loaded). `T: FunctionTable` is a repr(C) struct
+    // of `T::LEN` such pointers (its implementer's contract), the table has at least that many,
+    // and the pointer is non-null and aligned for `T`. The returned reference borrows `entry`.
+    Some(unsafe { &*dispatch.functions.cast::<T>() })
+}

@@ -1,0 +1,422 @@
+//! The C API: the runtime for hosts written in C, C++ or Zig (declared in
+//! `include/polyplug.h`).
+//!
+//! Every function returns a status code (`POLYPLUG_OK` or a negative `POLYPLUG_ERR_*`) or a
+//! pointer that is null on failure; the failure's message is kept per thread and read with
+//! `polyplug_runtime_last_error`. No panic crosses the boundary. C callers hold interfaces
+//! through `PolyplugInterfaceRef`s (reference-counted, like the Rust `OwnedInterface`): the
+//! interface and its library stay valid until `polyplug_runtime_release`, whatever reloads or
+//! unloads happen meanwhile.
+//!
+//! The symbols are exported from whatever binary links this crate (`#[unsafe(no_mangle)]`);
+//! they all start with `polyplug_runtime_`.
+
+use core::ffi::{CStr, c_char, c_void};
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::abi::{GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status};
+use crate::guest::ffi_guard;
+use crate::ids::ContractRef;
+use crate::registry::{LookupError, OwnedInterface, ProviderPolicy, RegistryError};
+use crate::runtime::{ReloadRequest, Runtime, RuntimeConfig};
+
+/// A C callback and its user data, called from whichever thread reloads.
+#[derive(Clone, Copy)]
+struct Callback<F> {
+    function: F,
+    user_data: *mut c_void,
+}
+
+// SAFETY: the C host declares, by passing the callback to the runtime, that it may be called
+// from any thread with this user data (documented in polyplug.h).
+unsafe impl<F: Send> Send for Callback<F> {}
+// SAFETY: as for Send: the callback is only called, never mutated, through a shared reference.
+unsafe impl<F: Sync> Sync for Callback<F> {}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_error(message: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+}
+
+/// Records `error` and returns `code`.
+fn fail(code: i32, error: impl std::fmt::Display) -> i32 {
+    set_error(error.to_string());
+    code
+}
+
+/// A C string argument as UTF-8.
+///
+/// # Safety
+///
+/// `s` must be null or a NUL-terminated string valid for the call.
+unsafe fn c_str<'a>(s: *const c_char, what: &str) -> Result<&'a str, i32> {
+    if s.is_null() {
+        return Err(fail(status::INVALID_ARGUMENT, format!("{what} is null")));
+    }
+    // SAFETY: non-null and NUL-terminated for the call (caller's contract).
+    let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
+    core::str::from_utf8(bytes).map_err(|_| fail(status::NON_UTF8, format!("{what} is not UTF-8")))
+}
+
+/// A C string argument as a path (any bytes).
+///
+/// # Safety
+///
+/// As for [`c_str`].
+unsafe fn c_path<'a>(s: *const c_char, what: &str) -> Result<&'a Path, i32> {
+    if s.is_null() {
+        return Err(fail(status::INVALID_ARGUMENT, format!("{what} is null")));
+    }
+    // SAFETY: non-null and NUL-terminated for the call (caller's contract).
+    let bytes = unsafe { CStr::from_ptr(s) }.to_bytes();
+    Ok(Path::new(OsStr::from_bytes(bytes)))
+}
+
+/// Creates a runtime; `options` may be null (defaults: no hot reload). Returns null on failure.
+///
+/// # Safety
+///
+/// `options` must be null or valid for the call; its callbacks must be callable from any
+/// thread with their user data until the runtime is freed.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_new(
+    options: *const RuntimeOptions,
+) -> *mut Runtime {
+    ffi_guard(core::ptr::null_mut(), || {
+        let mut builder = Runtime::builder();
+        // SAFETY: null or valid for the call (caller's contract).
+        if let Some(options) = unsafe { options.as_ref() } {
+            let mut config = RuntimeConfig {
+                hot_reload: options.hot_reload != 0,
+                ..RuntimeConfig::default()
+            };
+            config.provider_policy = match options.provider_policy {
+                1 => ProviderPolicy::FirstLoaded,
+                2 => ProviderPolicy::HighestVersion,
+                _ => ProviderPolicy::Unique,
+            };
+            if options.drain_timeout_ms > 0 {
+                config.drain_timeout = Duration::from_millis(options.drain_timeout_ms.into());
+            }
+            builder = builder.config(config);
+            if let Some(function) = options.on_reload {
+                let callback = Callback {
+                    function,
+                    user_data: options.reload_user_data,
+                };
+                builder = builder.on_reload(move |event| {
+                    let callback = callback;
+                    // SAFETY: the host's callback, callable from any thread with its user data
+                    // (its contract); the views in the phase live for the call.
+                    unsafe { (callback.function)(callback.user_data, event.to_abi()) }
+                });
+            }
+            if let Some(function) = options.on_log {
+                let callback = Callback {
+                    function,
+                    user_data: options.log_user_data,
+                };
+                builder = builder.on_log(move |record| {
+                    let callback = callback;
+                    // SAFETY: as for on_reload; the views borrow the record for the call.
+                    unsafe {
+                        (callback.function)(
+                            callback.user_data,
+                            record.level,
+                            StringView::borrowed(record.bundle),
+                            StringView::borrowed(record.message),
+                        )
+                    }
+                });
+            }
+        }
+        match builder.build() {
+            Ok(runtime) => Box::into_raw(Box::new(runtime)),
+            Err(e) => {
+                set_error(e.to_string());
+                core::ptr::null_mut()
+            }
+        }
+    })
+}
+
+/// Frees a runtime (null is ignored). Interface references stay valid until released.
+///
+/// # Safety
+///
+/// `runtime` must be null or a pointer from `polyplug_runtime_new` not freed before, and no
+/// other call may use it concurrently or afterwards.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_free(runtime: *mut Runtime) {
+    if runtime.is_null() {
+        return;
+    }
+    // SAFETY: from polyplug_runtime_new, freed once (caller's contract).
+    let runtime = unsafe { Box::from_raw(runtime) };
+    ffi_guard((), move || drop(runtime));
+}
+
+/// Borrows the runtime behind a pointer.
+///
+/// # Safety
+///
+/// `runtime` must be null or a live pointer from `polyplug_runtime_new`.
+unsafe fn runtime_ref<'a>(runtime: *const Runtime) -> Result<&'a Runtime, i32> {
+    // SAFETY: null or live (caller's contract).
+    unsafe { runtime.as_ref() }.ok_or_else(|| fail(status::INVALID_ARGUMENT, "runtime is null"))
+}
+
+fn code(result: Result<i32, i32>) -> i32 {
+    result.unwrap_or_else(|code| code)
+}
+
+/// Loads the bundle in directory `dir`.
+///
+/// # Safety
+///
+/// `runtime` must be live; `dir` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_load_bundle(
+    runtime: *const Runtime,
+    dir: *const c_char,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let dir = unsafe { c_path(dir, "dir")? };
+            runtime
+                .load_bundle(dir)
+                .map(|_| status::OK)
+                .map_err(|e| fail(status::LOAD_FAILED, crate::report_chain(&e)))
+        })())
+    })
+}
+
+fn reload(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+    wait: bool,
+) -> Result<i32, i32> {
+    // SAFETY: live runtime and valid strings (the exported callers' contracts).
+    let runtime = unsafe { runtime_ref(runtime)? };
+    // SAFETY: as above.
+    let bundle = unsafe { c_str(bundle, "bundle")? };
+    let mut request = ReloadRequest::new(bundle).reason("reload requested through the C API");
+    if !from_dir.is_null() {
+        // SAFETY: as above.
+        request = request.from_dir(unsafe { c_path(from_dir, "from_dir")? });
+    }
+    let result = if wait {
+        runtime.reload(request)
+    } else {
+        runtime.try_reload(request)
+    };
+    result
+        .map(|_| status::OK)
+        .map_err(|e| fail(e.status(), crate::report_chain(&e)))
+}
+
+/// Hot-reloads `bundle` (from `from_dir` if not null), waiting for a reload in progress.
+///
+/// # Safety
+///
+/// `runtime` must be live; `bundle` a NUL-terminated string; `from_dir` null or one.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_reload_bundle(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code(reload(runtime, bundle, from_dir, true))
+    })
+}
+
+/// As `polyplug_runtime_reload_bundle`, but fails with `POLYPLUG_ERR_RELOAD_IN_PROGRESS`
+/// instead of waiting.
+///
+/// # Safety
+///
+/// As for `polyplug_runtime_reload_bundle`.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code(reload(runtime, bundle, from_dir, false))
+    })
+}
+
+/// Unloads `bundle`.
+///
+/// # Safety
+///
+/// `runtime` must be live; `bundle` a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_unload_bundle(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let bundle = unsafe { c_str(bundle, "bundle")? };
+            runtime
+                .unload(bundle)
+                .map(|_| status::OK)
+                .map_err(|e| fail(e.status(), e))
+        })())
+    })
+}
+
+fn lookup_status(e: &LookupError) -> i32 {
+    match e {
+        LookupError::NotFound { .. } => status::NOT_FOUND,
+        LookupError::Ambiguous { .. } => status::AMBIGUOUS,
+        LookupError::IncompatibleVersion { .. } => status::INCOMPATIBLE_VERSION,
+    }
+}
+
+/// Finds the provider of contract `name` at `major`, minor ≥ `min_minor`, and writes its
+/// handle.
+///
+/// # Safety
+///
+/// `runtime` must be live; `name` a NUL-terminated string; `out_handle` writable.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_find(
+    runtime: *const Runtime,
+    name: *const c_char,
+    major: u32,
+    min_minor: u32,
+    out_handle: *mut GuestContractHandle,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let name = unsafe { c_str(name, "contract")? };
+            if out_handle.is_null() {
+                return Err(fail(status::INVALID_ARGUMENT, "out_handle is null"));
+            }
+            let handle = runtime
+                .registry()
+                .handle_of(&ContractRef::new(name, major, min_minor))
+                .map_err(|e| fail(lookup_status(&e), &e))?;
+            // SAFETY: non-null and writable (caller's contract).
+            unsafe { out_handle.write(handle) };
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// Takes a reference to the interface behind `handle`; release it with
+/// `polyplug_runtime_release`.
+///
+/// # Safety
+///
+/// `runtime` must be live; `out_ref` writable.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_acquire(
+    runtime: *const Runtime,
+    handle: GuestContractHandle,
+    out_ref: *mut *mut OwnedInterface,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            if out_ref.is_null() {
+                return Err(fail(status::INVALID_ARGUMENT, "out_ref is null"));
+            }
+            let owned = runtime
+                .resolve(handle)
+                .map(|guard| guard.to_owned_interface())
+                .map_err(|e| {
+                    let code = match e {
+                        RegistryError::StaleHandle { .. } => status::STALE_HANDLE,
+                        _ => status::NOT_FOUND,
+                    };
+                    fail(code, e)
+                })?;
+            // SAFETY: non-null and writable (caller's contract).
+            unsafe { out_ref.write(Box::into_raw(Box::new(owned))) };
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// The interface a reference holds (valid until the reference is released); null for null.
+///
+/// # Safety
+///
+/// `reference` must be null or a live reference from `polyplug_runtime_acquire`.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_interface(
+    reference: *const OwnedInterface,
+) -> *const GuestContractInterface {
+    // SAFETY: null or live (caller's contract).
+    match unsafe { reference.as_ref() } {
+        Some(owned) => &owned.interface,
+        None => core::ptr::null(),
+    }
+}
+
+/// Releases an interface reference (null is ignored).
+///
+/// # Safety
+///
+/// `reference` must be null or a live reference from `polyplug_runtime_acquire`, released
+/// once.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedInterface) {
+    if reference.is_null() {
+        return;
+    }
+    // SAFETY: from polyplug_runtime_acquire, released once (caller's contract).
+    let owned = unsafe { Box::from_raw(reference) };
+    ffi_guard((), move || drop(owned));
+}
+
+/// Copies this thread's last error message into `buffer` (NUL-terminated, truncated to
+/// `capacity`) and returns its full length in bytes (without the NUL).
+///
+/// # Safety
+///
+/// `buffer` must be null (with any capacity) or writable for `capacity` bytes.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_last_error(
+    buffer: *mut c_char,
+    capacity: usize,
+) -> usize {
+    LAST_ERROR.with(|e| {
+        let message = e.borrow();
+        let bytes = message.as_bytes();
+        if !buffer.is_null() && capacity > 0 {
+            let n = bytes.len().min(capacity - 1);
+            // SAFETY: buffer is writable for capacity bytes (caller's contract) and n + 1 <=
+            // capacity; the source is our own string, which cannot overlap it.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buffer.cast::<u8>(), n) };
+            // SAFETY: n < capacity: the offset stays inside the caller's buffer.
+            let end = unsafe { buffer.add(n) };
+            // SAFETY: `end` is inside the writable buffer.
+            unsafe { end.write(0) };
+        }
+        bytes.len()
+    })
+}
