@@ -29,6 +29,11 @@ const LOOM_SUITES: &[LoomSuite] = &[
         test: "loom",
         feature: "loom",
     },
+    LoomSuite {
+        package: "squib-host",
+        test: "loom",
+        feature: "loom",
+    },
 ];
 
 /// Preemption bound for loom: enough for the protocols' interleavings, small enough for CI.
@@ -214,7 +219,8 @@ fn platform_gated(tally: &mut Tally) -> Result<(), String> {
     // this machine offers so a skipped suite is never silent.
     report_device("/dev/userfaultfd", "userfaultfd pager suites");
     report_device("/dev/kvm", "KVM guest suites");
-    let macos_suites: &[(&str, &str)] = &[];
+    // (package, test target): the Mach exception-port pager against a live task.
+    let macos_suites: &[(&str, &str)] = &[("squib-host", "mach_live")];
     if cfg!(target_os = "macos") {
         for (package, test) in macos_suites {
             cmd::run_counting(

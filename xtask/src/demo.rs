@@ -20,7 +20,7 @@ const DEMOS: &[Demo] = &[
     },
     Demo {
         krate: "squib-host",
-        example: None,
+        example: Some("demo"),
         needs_bins: false,
     },
     Demo {

@@ -1,23 +1,81 @@
 //! A userspace pager for the lazy restore of memory snapshots.
 //!
-//! A VMM (or a checkpoint/restore tool) that restores a memory snapshot eagerly pays for every page
-//! before the guest runs its first instruction. `squib-host` lets the guest start at once: the
-//! memory is mapped empty, each page is served on first touch from a snapshot file or a page
-//! server, and a background pass populates the rest, working-set pages first.
+//! A VMM (or a checkpoint/restore tool) that restores a memory snapshot eagerly pays for every
+//! page before the guest runs its first instruction. With a pager, the memory is mapped empty
+//! and the guest starts at once: each page is served from the snapshot on first touch, the pages
+//! the last run touched first are installed right away (a recorded *working set*), and a
+//! background pass populates the rest in growing chunks while demand faults always go first.
 //!
-//! ## Planned design
+//! The pieces:
+//! - a [`PageSource`] gives snapshot bytes by offset: [`FilePageSource`] (`pread`, with holes
+//!   known to be zero), [`MemorySource`], [`PageServerSource`] (a page server over a socket);
+//! - [`Region`]s map memory addresses onto snapshot offsets, with 4 KiB or 2 MiB pages;
+//! - a [`Pager`] holds the regions, the source, the fetch policy (single-flight per page,
+//!   bounded retries, fail closed — a source error never becomes wrong or zero-filled memory)
+//!   and the counters ([`PagerStatsSnapshot`], with a per-fault latency histogram);
+//! - [`spawn_server`] starts the platform server. On **Linux** it is a userfaultfd server that
+//!   installs pages with `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` and handles `REMOVE` events; the
+//!   [`firecracker`] module serves a Firecracker VMM's uffd after its snapshot-restore
+//!   handshake. On **macOS** it is a Mach exception-port server whose policy ([`mach`]) is
+//!   portable and tested everywhere; its thin FFI layer has not yet been compiled on macOS.
 //!
-//! - **Linux:** userfaultfd in missing mode over registered anonymous regions; pages installed with
-//!   `UFFDIO_COPY`, known-zero pages with `UFFDIO_ZEROPAGE`; `REMOVE` events handled; a
-//!   Firecracker-compatible handler mode that accepts the VMM's region handshake (JSON plus the
-//!   uffd over `SCM_RIGHTS`) on a Unix socket from `platform-primitives`.
-//! - **macOS:** a Mach exception-port pager that forwards out-of-region faults to the previous
-//!   handler (a debugger or the default one) and re-installs itself if replaced.
-//! - Page sources (snapshot file, memory, page server), prewarm lists with working-set record and
-//!   replay, background population in growing chunks, and a fail-closed policy: a source error never
-//!   becomes silently wrong or zero-filled memory.
+//! ```no_run
+//! # #[cfg(target_os = "linux")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use squib_host::{FilePageSource, Pager, PagerConfig, PrewarmList, spawn_server};
 //!
-//! ## Status
-//!
-//! This crate is a skeleton: it has no public API yet, and nothing in it pretends to work.
-//! The design above is what its tracking issue ("squib-host pager (userfaultfd on Linux, Mach on macOS)") asks for.
+//! let source = FilePageSource::open("guest-memory.snap")?;
+//! let len = source.len() as usize;
+//! let pager = Pager::new(source, PagerConfig {
+//!     prewarm: PrewarmList::load("guest-memory.ws").unwrap_or_default(),
+//!     ..PagerConfig::default()
+//! });
+//! let memory = pager.map_lazy(len, 0)?;     // empty, registered with userfaultfd
+//! let server = spawn_server(&pager)?;
+//! let first = memory.as_slice()[0];        // served on first touch
+//! # let _ = first;
+//! pager.working_set().save("guest-memory.ws")?; // the next restore prewarms these pages
+//! pager.request_shutdown();
+//! server.join().expect("server thread")?;
+//! println!("{:?}", pager.stats());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(target_os = "linux"))]
+//! # fn main() {}
+//! ```
+
+#![deny(unsafe_code)]
+
+mod inflight;
+pub mod mach;
+mod pager;
+mod prewarm;
+mod region;
+mod source;
+mod stats;
+mod sync;
+mod sys;
+
+#[cfg(target_os = "linux")]
+mod linux;
+
+pub use pager::{FaultFailure, Pager, PagerConfig, PagerError, ServeError, spawn_server};
+pub use prewarm::{PrewarmError, PrewarmList};
+pub use region::{HUGE_PAGE_SIZE, Region, RegionError, RegionSet, host_page_size};
+pub use source::{
+    FilePageSource, MemorySource, PageRequest, PageServerSource, PageSource, PageSourceError,
+    serve_pages,
+};
+pub use stats::{LATENCY_BUCKETS, LatencyHistogram, PagerStatsSnapshot};
+
+#[cfg(target_os = "linux")]
+pub use linux::{
+    FailTarget, LazyMapping, Uffd, UffdError, UffdEvent, firecracker, spawn_server_for,
+};
+
+/// The single-flight table and its deliberately broken twin, exposed for the loom model.
+#[cfg(feature = "loom")]
+#[doc(hidden)]
+pub mod model {
+    pub use crate::inflight::{RacySingleFlight, SingleFlight};
+}

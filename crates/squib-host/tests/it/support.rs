@@ -1,0 +1,93 @@
+//! Shared helpers: snapshot contents, skip checks, deadline joins.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+/// The host page size.
+pub(crate) fn ps() -> usize {
+    squib_host::host_page_size()
+}
+
+/// Whether a userfaultfd can be created here; prints the skip line if not.
+pub(crate) fn uffd_or_skip(test: &str) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        match squib_host::Uffd::open() {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("skip: {test}: {e}");
+                false
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        eprintln!("skip: {test}: userfaultfd is Linux-only");
+        false
+    }
+}
+
+/// A deterministic byte for page `page`, byte `i`.
+pub(crate) fn byte(page: usize, i: usize) -> u8 {
+    let x = (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    (x >> 29) as u8 | 1
+}
+
+/// Whether page `page` of a test snapshot is all zeros (30% of pages).
+pub(crate) fn zero_page(page: usize) -> bool {
+    page % 10 < 3
+}
+
+/// A snapshot of `pages` pages mixing data pages and zero pages.
+pub(crate) fn snapshot(pages: usize) -> Vec<u8> {
+    let ps = ps();
+    let mut v = vec![0u8; pages * ps];
+    for p in 0..pages {
+        if !zero_page(p) {
+            for (i, b) in v[p * ps..(p + 1) * ps].iter_mut().enumerate() {
+                *b = byte(p, i);
+            }
+        }
+    }
+    v
+}
+
+/// A fresh temporary directory for one test.
+pub(crate) fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("squib-it-{}-{label}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Runs `f` on a thread and waits at most `limit` for it. A pager bug would leave a faulting
+/// thread asleep forever; this turns that into a test failure instead of a hung CI.
+pub(crate) fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?} (a fault was never served?)"),
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds or `limit` passes.
+pub(crate) fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}

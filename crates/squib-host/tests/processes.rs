@@ -1,0 +1,617 @@
+//! Checks that need whole processes: a faulting process that must die of `SIGBUS` when its
+//! source fails (fail closed), a child process playing a Firecracker VMM against the handler,
+//! a VMM killed when its snapshot turns out short, bad handshakes on real sockets with an exact
+//! descriptor-leak check, and `gdb -p <pid> -batch -ex detach` against a process mid-restore in
+//! both orderings.
+//!
+//! This binary runs without the libtest harness because it re-executes itself for the child
+//! roles (`SQUIB_TEST_ROLE`) and because the leak check compares the whole descriptor table,
+//! which needs the checks to run one after another. It prints a libtest-style summary.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    {
+        if let Ok(role) = std::env::var("SQUIB_TEST_ROLE") {
+            return linux::role(&role);
+        }
+        linux::run_checks()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        eprintln!("skip: processes: userfaultfd is Linux-only");
+        workspace_tests::harness::report(&[])
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::os::unix::process::ExitStatusExt;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, ExitCode, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use platform_primitives::fdpass::send_with_fds;
+    use platform_primitives::mem::AnonMapping;
+    use squib_host::firecracker::{
+        FirecrackerHandler, HandlerConfig, HandshakeError, serve_connection,
+    };
+    use squib_host::{
+        MemorySource, PageRequest, PageSource, PageSourceError, Pager, PagerConfig, ServeError,
+        Uffd, spawn_server,
+    };
+
+    use workspace_tests::harness::Check;
+
+    const CHECKS: &[Check] = &[
+        (
+            "failing_source_gives_the_faulting_thread_sigbus",
+            failing_source_sigbus,
+        ),
+        (
+            "hanging_source_fails_closed_after_the_fetch_timeout",
+            hanging_source_sigbus,
+        ),
+        (
+            "firecracker_handshake_serves_a_child_vmm_byte_for_byte",
+            handler_end_to_end,
+        ),
+        (
+            "handler_kills_the_vmm_when_the_snapshot_cannot_serve_it",
+            handler_kills_peer,
+        ),
+        (
+            "bad_handshakes_are_typed_errors_and_leak_no_descriptor",
+            bad_handshakes,
+        ),
+        ("gdb_attach_and_detach_before_the_pager_starts", gdb_before),
+        ("gdb_attach_and_detach_mid_restore", gdb_after),
+    ];
+
+    pub(super) fn run_checks() -> ExitCode {
+        println!("\nrunning {} tests", CHECKS.len());
+        workspace_tests::harness::run(CHECKS)
+    }
+
+    // ---- helpers ---------------------------------------------------------------------------
+
+    fn ps() -> usize {
+        squib_host::host_page_size()
+    }
+
+    fn byte(page: usize, i: usize) -> u8 {
+        let x = (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        if page % 10 < 3 {
+            0
+        } else {
+            (x >> 29) as u8 | 1
+        }
+    }
+
+    fn snapshot(pages: usize) -> Vec<u8> {
+        (0..pages * ps())
+            .map(|o| byte(o / ps(), o % ps()))
+            .collect()
+    }
+
+    fn uffd_usable() -> Result<bool, String> {
+        match Uffd::open() {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                eprintln!("skip: processes: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    fn temp_dir(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("squib-proc-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn child(role: &str, envs: &[(&str, &str)]) -> Result<Child, String> {
+        let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+        cmd.env("SQUIB_TEST_ROLE", role)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.spawn().map_err(|e| format!("spawn {role}: {e}"))
+    }
+
+    /// Waits for `child` at most `limit`, killing it on timeout.
+    fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("child did not finish within {limit:?}; killed"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reads one line the child prints (its progress marker).
+    fn read_line(child: &mut Child) -> Result<String, String> {
+        let out = child.stdout.as_mut().ok_or("no stdout")?;
+        let mut line = String::new();
+        // One byte at a time so nothing past the line is swallowed by a buffer.
+        let mut byte = [0u8; 1];
+        loop {
+            match std::io::Read::read(out, &mut byte) {
+                Ok(0) => return Ok(line),
+                Ok(_) if byte[0] == b'\n' => return Ok(line),
+                Ok(_) => line.push(byte[0] as char),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    // ---- fail closed -----------------------------------------------------------------------
+
+    #[derive(Debug)]
+    struct Failing;
+    impl PageSource for Failing {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            Err(PageSourceError::Other {
+                offset: req.offset,
+                reason: "the page server is down".into(),
+            })
+        }
+        fn is_local(&self) -> bool {
+            true
+        }
+    }
+
+    #[derive(Debug)]
+    struct Hanging;
+    impl PageSource for Hanging {
+        fn fetch(&self, _req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
+    /// Child role: touch a page whose source fails. Must die of SIGBUS before printing.
+    fn touch_failing(source: Arc<dyn PageSource>) -> ExitCode {
+        let pager = Pager::new(
+            source,
+            PagerConfig {
+                fetch_retries: 2,
+                retry_backoff: Duration::from_millis(1),
+                fetch_timeout: Duration::from_millis(300),
+                background: false,
+                ..PagerConfig::default()
+            },
+        );
+        let mem = pager.map_lazy(16 * ps(), 0).expect("map");
+        let _server = spawn_server(&pager).expect("server");
+        let b = mem.as_slice()[5 * ps() + 3];
+        println!("survived with byte {b}");
+        ExitCode::from(3)
+    }
+
+    fn expect_sigbus(role: &str) -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let mut c = child(role, &[])?;
+        let status = wait_for(&mut c, Duration::from_secs(20))?;
+        let out = read_line(&mut c)?;
+        match status.signal() {
+            Some(libc::SIGBUS) => Ok(()),
+            _ => Err(format!(
+                "child ended with {status:?}, printed {out:?}; expected SIGBUS"
+            )),
+        }
+    }
+
+    fn failing_source_sigbus() -> Result<(), String> {
+        expect_sigbus("failing")
+    }
+
+    fn hanging_source_sigbus() -> Result<(), String> {
+        expect_sigbus("hanging")
+    }
+
+    // ---- Firecracker handler mode ----------------------------------------------------------
+
+    /// Child role: a VMM. Maps guest memory, registers it with a fresh uffd, sends Firecracker's
+    /// handshake with the uffd, then touches every page in random order from two threads and
+    /// checks each byte against the snapshot file.
+    fn vmm() -> ExitCode {
+        let socket = std::env::var("SQUIB_SOCKET").expect("socket");
+        let snap = std::fs::read(std::env::var("SQUIB_SNAPSHOT").expect("snapshot")).expect("read");
+        let regions: usize = std::env::var("SQUIB_REGIONS").map_or(2, |v| v.parse().unwrap_or(2));
+        let uffd = Uffd::open().expect("uffd");
+        let per = snap.len() / regions;
+        let mut maps: Vec<AnonMapping> = (0..regions)
+            .map(|_| AnonMapping::new(per).expect("mmap"))
+            .collect();
+        let mut json = String::from("[");
+        for (i, m) in maps.iter_mut().enumerate() {
+            uffd.register_mapping(m).expect("register");
+            if i > 0 {
+                json.push(',');
+            }
+            // The second region uses the older field name.
+            let size_field = if i % 2 == 0 {
+                format!("\"page_size\":{}", ps())
+            } else {
+                format!("\"page_size_kib\":{}", ps() / 1024)
+            };
+            json.push_str(&format!(
+                "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{},{size_field}}}",
+                m.as_ptr() as u64,
+                per,
+                i * per
+            ));
+        }
+        json.push(']');
+        let conn = UnixStream::connect(&socket).expect("connect");
+        send_with_fds(&conn, json.as_bytes(), &[uffd.as_fd()]).expect("send handshake");
+        println!("sent");
+        let maps = Arc::new(maps);
+        let snap = Arc::new(snap);
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (maps, snap) = (maps.clone(), snap.clone());
+                std::thread::spawn(move || {
+                    let pages = per / ps();
+                    let mut order: Vec<usize> = (0..pages * maps.len()).collect();
+                    let mut x = 0x2545_F491_4F6C_DD1Du64 ^ t;
+                    for i in (1..order.len()).rev() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        order.swap(i, (x % (i as u64 + 1)) as usize);
+                    }
+                    order.into_iter().all(|g| {
+                        let (r, p) = (g / pages, g % pages);
+                        let got = &maps[r].as_slice()[p * ps()..(p + 1) * ps()];
+                        got == &snap[r * per + p * ps()..r * per + (p + 1) * ps()]
+                    })
+                })
+            })
+            .collect();
+        let ok = threads.into_iter().all(|t| t.join().unwrap_or(false));
+        drop(conn);
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(4)
+        }
+    }
+
+    fn handler_end_to_end() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc");
+        let snap_path = dir.join("mem.snap");
+        let pages = 2048;
+        std::fs::write(&snap_path, snapshot(pages)).map_err(|e| e.to_string())?;
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind(HandlerConfig {
+            pager: PagerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..PagerConfig::default()
+            },
+            ..HandlerConfig::new(&sock, &snap_path)
+        })
+        .map_err(|e| e.to_string())?;
+        let mut vmm = child(
+            "vmm",
+            &[
+                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+            ],
+        )?;
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        if session.peer_pid() != vmm.id() {
+            return Err(format!(
+                "peer pid {} is not the child's {}",
+                session.peer_pid(),
+                vmm.id()
+            ));
+        }
+        if session.mappings().len() != 2 {
+            return Err(format!("{:?}", session.mappings()));
+        }
+        let status = wait_for(&mut vmm, Duration::from_secs(60))?;
+        if !status.success() {
+            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
+        }
+        let pager = session.pager().clone();
+        // The handler notices the VMM's exit through its pidfd and stops by itself.
+        let start = Instant::now();
+        while !session.is_finished() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        session.shutdown().map_err(|e| e.to_string())?;
+        let s = pager.stats();
+        if s.pages_copied + s.zero_pages == 0 || s.failed_closed != 0 {
+            return Err(format!("unexpected stats {s:?}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    fn handler_kills_peer() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc-kill");
+        let snap_path = dir.join("mem.snap");
+        let pages = 256;
+        std::fs::write(&snap_path, snapshot(pages)).map_err(|e| e.to_string())?;
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind(HandlerConfig {
+            pager: PagerConfig {
+                poll_interval: Duration::from_millis(50),
+                background: false,
+                fetch_retries: 1,
+                retry_backoff: Duration::from_millis(1),
+                ..PagerConfig::default()
+            },
+            ..HandlerConfig::new(&sock, &snap_path)
+        })
+        .map_err(|e| e.to_string())?;
+        let mut vmm = child(
+            "vmm",
+            &[
+                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+                ("SQUIB_REGIONS", "1"),
+            ],
+        )?;
+        // The VMM read the file before connecting; the handshake is checked against the full
+        // size. Truncate the snapshot right after the handshake so the fetches come up short.
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&snap_path)
+            .and_then(|f| f.set_len(0))
+            .map_err(|e| e.to_string())?;
+        let status = wait_for(&mut vmm, Duration::from_secs(30))?;
+        if status.signal() != Some(libc::SIGKILL) {
+            return Err(format!("the VMM ended with {status:?}; expected SIGKILL"));
+        }
+        let pager = session.pager().clone();
+        match session.wait() {
+            Err(ServeError::PeerKilled { pid, .. }) if pid == vmm.id() => {}
+            other => return Err(format!("server ended with {other:?}")),
+        }
+        let s = pager.stats();
+        if s.failed_closed != 1 || s.source_errors < 2 || pager.failures().is_empty() {
+            return Err(format!("unexpected stats {s:?}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    fn bad_handshakes() -> Result<(), String> {
+        let dir = temp_dir("bad-hs");
+        let snap_path = dir.join("mem.snap");
+        std::fs::write(&snap_path, vec![1u8; 16 * ps()]).map_err(|e| e.to_string())?;
+        let config = HandlerConfig {
+            max_handshake: 64 << 10,
+            handshake_timeout: Duration::from_secs(5),
+            ..HandlerConfig::new(dir.join("unused.sock"), &snap_path)
+        };
+        let good_region = format!(
+            "[{{\"base_host_virt_addr\":1048576,\"size\":{},\"offset\":0,\"page_size\":{}}}]",
+            4 * ps(),
+            ps()
+        );
+        let beyond = format!(
+            "[{{\"base_host_virt_addr\":1048576,\"size\":{},\"offset\":0,\"page_size\":{}}}]",
+            32 * ps(),
+            ps()
+        );
+        let huge = format!("[{}]", " ".repeat(200 << 10));
+        type Expect = fn(&HandshakeError) -> bool;
+        let cases: Vec<(&str, String, usize, Expect)> = vec![
+            ("malformed", "[}".into(), 1, |e| {
+                matches!(e, HandshakeError::Json { .. })
+            }),
+            ("huge", huge, 1, |e| {
+                matches!(e, HandshakeError::TooLarge { .. })
+            }),
+            ("beyond the file", beyond, 1, |e| {
+                matches!(e, HandshakeError::Region { .. })
+            }),
+            ("missing fd", good_region.clone(), 0, |e| {
+                matches!(e, HandshakeError::MissingFd)
+            }),
+            ("extra fds", good_region.clone(), 3, |e| {
+                matches!(e, HandshakeError::ExtraFds { .. })
+            }),
+            ("closed early", "[{\"size\":".into(), 1, |e| {
+                matches!(e, HandshakeError::Closed { .. })
+            }),
+        ];
+        let before = open_fds();
+        for (what, payload, nfds, expect) in cases {
+            let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+            let sender = std::thread::spawn(move || {
+                let files: Vec<std::fs::File> = (0..nfds)
+                    .filter_map(|_| std::fs::File::open("/dev/null").ok())
+                    .collect();
+                let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+                let bytes = payload.as_bytes();
+                let first = bytes.len().min(4096);
+                let _ = send_with_fds(&theirs, &bytes[..first], &fds);
+                let _ = (&theirs).write_all(&bytes[first..]);
+                // Hang up: a complete handshake never needs more.
+            });
+            let got = serve_connection(ours, &config);
+            let _ = sender.join();
+            match got {
+                Err(e) if expect(&e) => {}
+                Err(e) => return Err(format!("{what}: unexpected error {e:?}")),
+                Ok(_) => return Err(format!("{what}: accepted")),
+            }
+        }
+        let after = open_fds();
+        if after != before {
+            return Err(format!(
+                "descriptors leaked: {before} open before, {after} after"
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    // ---- gdb -------------------------------------------------------------------------------
+
+    /// A source that takes a little while per fetch, so a restore lasts long enough to attach.
+    #[derive(Debug)]
+    struct Slow(MemorySource);
+    impl PageSource for Slow {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            std::thread::sleep(Duration::from_micros(800));
+            self.0.fetch(req)
+        }
+        fn is_local(&self) -> bool {
+            true
+        }
+    }
+
+    /// Child role: print "ready", wait for a line on stdin, start the pager, print "serving",
+    /// restore 1500 pages one fault at a time and check every byte.
+    fn slow_restore() -> ExitCode {
+        let pages = 1500;
+        let data = snapshot(pages);
+        println!("ready");
+        let mut line = String::new();
+        let _ = BufReader::new(std::io::stdin()).read_line(&mut line);
+        let pager = Pager::new(
+            Slow(MemorySource::new(data.clone())),
+            PagerConfig {
+                background: false,
+                readahead_max: 0,
+                ..PagerConfig::default()
+            },
+        );
+        let mem = pager.map_lazy(pages * ps(), 0).expect("map");
+        let server = spawn_server(&pager).expect("server");
+        println!("serving");
+        let ok = (0..pages)
+            .all(|p| mem.as_slice()[p * ps()..(p + 1) * ps()] == data[p * ps()..(p + 1) * ps()]);
+        pager.request_shutdown();
+        let joined = server.join().map(|r| r.is_ok()).unwrap_or(false);
+        if ok && joined && pager.stats().faults == pages as u64 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(5)
+        }
+    }
+
+    fn gdb_available(test: &str) -> bool {
+        let ok = Command::new("gdb")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("skip: {test}: gdb is not installed");
+        }
+        ok
+    }
+
+    fn gdb_detach(pid: u32) -> Result<(), String> {
+        let out = Command::new("gdb")
+            .args(["-p", &pid.to_string(), "-batch", "-nx", "-ex", "detach"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "gdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+        Ok(())
+    }
+
+    fn gdb_scenario(before: bool) -> Result<(), String> {
+        let test = if before { "gdb_before" } else { "gdb_after" };
+        if !uffd_usable()? || !gdb_available(test) {
+            return Ok(());
+        }
+        let mut c = child("slow-restore", &[])?;
+        let pid = c.id();
+        let result = (|| {
+            if read_line(&mut c)? != "ready" {
+                return Err("child did not get ready".to_string());
+            }
+            if before {
+                gdb_detach(pid)?;
+            }
+            let mut stdin = c.stdin.take().ok_or("no stdin")?;
+            writeln!(stdin, "go").map_err(|e| e.to_string())?;
+            if read_line(&mut c)? != "serving" {
+                return Err("child did not start serving".to_string());
+            }
+            if !before {
+                std::thread::sleep(Duration::from_millis(100));
+                gdb_detach(pid)?;
+            }
+            let status = wait_for(&mut c, Duration::from_secs(60))?;
+            if !status.success() {
+                return Err(format!("the restore was disturbed: {status:?}"));
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        result
+    }
+
+    fn gdb_before() -> Result<(), String> {
+        gdb_scenario(true)
+    }
+
+    fn gdb_after() -> Result<(), String> {
+        gdb_scenario(false)
+    }
+
+    pub(super) fn role(role: &str) -> ExitCode {
+        match role {
+            "failing" => touch_failing(Arc::new(Failing)),
+            "hanging" => touch_failing(Arc::new(Hanging)),
+            "vmm" => vmm(),
+            "slow-restore" => slow_restore(),
+            _ => ExitCode::from(2),
+        }
+    }
+}
