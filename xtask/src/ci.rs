@@ -20,6 +20,11 @@ struct LoomSuite {
 /// Crates add their loom models here as they land them.
 const LOOM_SUITES: &[LoomSuite] = &[
     LoomSuite {
+        package: "engate-attach",
+        test: "loom",
+        feature: "loom",
+    },
+    LoomSuite {
         package: "sqry-admission",
         test: "loom",
         feature: "loom",

@@ -25,7 +25,7 @@ const DEMOS: &[Demo] = &[
     },
     Demo {
         krate: "engate-attach",
-        example: None,
+        example: Some("demo"),
         needs_bins: false,
     },
     Demo {

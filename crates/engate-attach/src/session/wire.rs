@@ -1,0 +1,476 @@
+//! The session protocol: little-endian frames over a Unix stream socket.
+//!
+//! A client opens with [`ClientMsg::Hello`] (its policy and, to resume, its last position),
+//! then may send [`ClientMsg::Input`] (keystrokes for the program) and
+//! [`ClientMsg::Detach`]. The server answers with one [`ServerMsg::Snapshot`] and then live
+//! [`ServerMsg::Item`]s, [`ServerMsg::Gap`]s, further snapshots (resyncs) and finally
+//! [`ServerMsg::Closed`]; or with [`ServerMsg::Refused`] if the attach was refused.
+//!
+//! | frame | layout |
+//! |---|---|
+//! | Hello | `'H'` policy:u8 has_resume:u8 epoch:u64 next:u64 |
+//! | Input | `'i'` len:u32 bytes |
+//! | Detach | `'D'` |
+//! | Snapshot | `'S'` kind:u8 epoch:u64 at:u64 len:u32 bytes |
+//! | Item | `'I'` epoch:u64 offset:u64 len:u32 bytes |
+//! | Gap | `'G'` epoch:u64 from:u64 to:u64 |
+//! | Closed | `'C'` reason:u8 at:u64 tail:u64 |
+//! | Refused | `'E'` len:u16 utf-8 |
+//!
+//! Decoding never panics, whatever the bytes: every length is bounded by [`MAX_PAYLOAD`] and
+//! every offset relation (`from <= to`, a suffix no longer than its end offset) is checked.
+
+use bytes::Bytes;
+
+use crate::attach::{CloseReason, Item};
+use crate::config::Policy;
+use crate::snapshot::{Position, Snapshot, SnapshotKind};
+
+/// The largest payload a frame may carry (64 MiB).
+pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMsg {
+    /// The first message: how to attach.
+    Hello {
+        /// The client's policy for falling behind.
+        policy: Policy,
+        /// The position to resume from, if any.
+        resume: Option<Position>,
+    },
+    /// Bytes to write to the program's terminal.
+    Input(Bytes),
+    /// The client is leaving.
+    Detach,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMsg {
+    /// A snapshot to apply (the first message, and every resync).
+    Snapshot(Snapshot),
+    /// Live bytes.
+    Item(Item),
+    /// Bytes `from..to` of `epoch` were lost (policy Gap).
+    Gap {
+        /// The epoch.
+        epoch: u64,
+        /// First lost offset.
+        from: u64,
+        /// First offset that follows.
+        to: u64,
+    },
+    /// The stream ended for this client.
+    Closed(CloseReason),
+    /// The attach was refused; the text says why.
+    Refused(String),
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The first byte names no frame type.
+    #[error("unknown frame tag {tag:#04x}")]
+    UnknownTag {
+        /// The tag byte.
+        tag: u8,
+    },
+    /// A length field exceeds [`MAX_PAYLOAD`].
+    #[error("frame payload of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field holds a value outside its range.
+    #[error("frame field `{field}` holds invalid value {value}")]
+    BadField {
+        /// The field's name.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+    /// A refusal text is not UTF-8.
+    #[error("refusal text is not UTF-8")]
+    BadText,
+}
+
+/// Reads fixed-size fields from the front of a buffer; `None` means "need more bytes".
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|s| s[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)
+            .map(|s| u16::from_le_bytes(s.try_into().expect("2 bytes")))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+    }
+
+    /// A `u32` length, checked against the limit before any payload is awaited.
+    fn len(&mut self) -> Result<Option<usize>, WireError> {
+        let Some(len) = self.u32() else {
+            return Ok(None);
+        };
+        let len = len as usize;
+        if len > MAX_PAYLOAD {
+            return Err(WireError::TooLarge {
+                len,
+                max: MAX_PAYLOAD,
+            });
+        }
+        Ok(Some(len))
+    }
+}
+
+/// Unwraps a field or returns `Ok(None)` ("need more bytes") from the decoder.
+macro_rules! need {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    };
+}
+
+fn policy_code(p: Policy) -> u8 {
+    match p {
+        Policy::Resync => 0,
+        Policy::Gap => 1,
+        Policy::Disconnect => 2,
+        Policy::Block => 3,
+    }
+}
+
+fn policy_from(code: u8) -> Result<Policy, WireError> {
+    Ok(match code {
+        0 => Policy::Resync,
+        1 => Policy::Gap,
+        2 => Policy::Disconnect,
+        3 => Policy::Block,
+        v => {
+            return Err(WireError::BadField {
+                field: "policy",
+                value: v.into(),
+            });
+        }
+    })
+}
+
+fn kind_code(k: SnapshotKind) -> u8 {
+    match k {
+        SnapshotKind::Suffix => 0,
+        SnapshotKind::State => 1,
+        SnapshotKind::Resume => 2,
+    }
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
+    match msg {
+        ClientMsg::Hello { policy, resume } => {
+            out.push(b'H');
+            out.push(policy_code(*policy));
+            out.push(u8::from(resume.is_some()));
+            let p = resume.unwrap_or(Position { epoch: 0, next: 0 });
+            out.extend_from_slice(&p.epoch.to_le_bytes());
+            out.extend_from_slice(&p.next.to_le_bytes());
+        }
+        ClientMsg::Input(bytes) => {
+            out.push(b'i');
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        ClientMsg::Detach => out.push(b'D'),
+    }
+}
+
+/// Decodes one client message from the front of `buf`: the message and the bytes it used,
+/// `Ok(None)` if `buf` holds only part of one.
+pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError> {
+    let mut c = Cursor::new(buf);
+    let msg = match need!(c.u8()) {
+        b'H' => {
+            let policy = policy_from(need!(c.u8()))?;
+            let has_resume = need!(c.u8());
+            let epoch = need!(c.u64());
+            let next = need!(c.u64());
+            let resume = match has_resume {
+                0 => None,
+                1 => Some(Position { epoch, next }),
+                v => {
+                    return Err(WireError::BadField {
+                        field: "has_resume",
+                        value: v.into(),
+                    });
+                }
+            };
+            ClientMsg::Hello { policy, resume }
+        }
+        b'i' => {
+            let len = need!(c.len()?);
+            ClientMsg::Input(Bytes::copy_from_slice(need!(c.take(len))))
+        }
+        b'D' => ClientMsg::Detach,
+        tag => return Err(WireError::UnknownTag { tag }),
+    };
+    Ok(Some((msg, c.at)))
+}
+
+/// Appends the header of an item frame (the payload, `item.bytes`, follows it on the wire), so
+/// a writer can send the shared chunk without copying it into a frame buffer.
+pub fn encode_item_header(item: &Item, out: &mut Vec<u8>) {
+    out.push(b'I');
+    out.extend_from_slice(&item.epoch.to_le_bytes());
+    out.extend_from_slice(&item.offset.to_le_bytes());
+    out.extend_from_slice(&(item.bytes.len() as u32).to_le_bytes());
+}
+
+/// Appends the encoding of `msg` to `out`.
+pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) {
+    match msg {
+        ServerMsg::Snapshot(s) => {
+            out.push(b'S');
+            out.push(kind_code(s.kind()));
+            out.extend_from_slice(&s.epoch().to_le_bytes());
+            out.extend_from_slice(&s.at().to_le_bytes());
+            out.extend_from_slice(&(s.bytes().len() as u32).to_le_bytes());
+            out.extend_from_slice(s.bytes());
+        }
+        ServerMsg::Item(item) => {
+            encode_item_header(item, out);
+            out.extend_from_slice(&item.bytes);
+        }
+        ServerMsg::Gap { epoch, from, to } => {
+            out.push(b'G');
+            out.extend_from_slice(&epoch.to_le_bytes());
+            out.extend_from_slice(&from.to_le_bytes());
+            out.extend_from_slice(&to.to_le_bytes());
+        }
+        ServerMsg::Closed(reason) => {
+            out.push(b'C');
+            let (code, at, tail) = match reason {
+                CloseReason::Finished => (0u8, 0, 0),
+                CloseReason::Overrun { at, tail } => (1, *at, *tail),
+            };
+            out.push(code);
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(&tail.to_le_bytes());
+        }
+        ServerMsg::Refused(text) => {
+            // Longer refusals are cut at a character boundary to fit the u16 length.
+            let mut end = text.len().min(u16::MAX as usize);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push(b'E');
+            out.extend_from_slice(&(end as u16).to_le_bytes());
+            out.extend_from_slice(&text.as_bytes()[..end]);
+        }
+    }
+}
+
+/// Decodes one server message from the front of `buf`: the message and the bytes it used,
+/// `Ok(None)` if `buf` holds only part of one.
+pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError> {
+    let mut c = Cursor::new(buf);
+    let msg = match need!(c.u8()) {
+        b'S' => {
+            let kind = match need!(c.u8()) {
+                0 => SnapshotKind::Suffix,
+                1 => SnapshotKind::State,
+                2 => SnapshotKind::Resume,
+                v => {
+                    return Err(WireError::BadField {
+                        field: "kind",
+                        value: v.into(),
+                    });
+                }
+            };
+            let epoch = need!(c.u64());
+            let at = need!(c.u64());
+            let len = need!(c.len()?);
+            let suffix_too_long = kind != SnapshotKind::State && len as u64 > at;
+            if suffix_too_long || (kind == SnapshotKind::Resume && len != 0) {
+                return Err(WireError::BadField {
+                    field: "snapshot len",
+                    value: len as u64,
+                });
+            }
+            let bytes = Bytes::copy_from_slice(need!(c.take(len)));
+            ServerMsg::Snapshot(Snapshot::new(epoch, at, kind, bytes))
+        }
+        b'I' => {
+            let epoch = need!(c.u64());
+            let offset = need!(c.u64());
+            let len = need!(c.len()?);
+            if offset.checked_add(len as u64).is_none() {
+                return Err(WireError::BadField {
+                    field: "offset",
+                    value: offset,
+                });
+            }
+            let bytes = Bytes::copy_from_slice(need!(c.take(len)));
+            ServerMsg::Item(Item {
+                epoch,
+                offset,
+                bytes,
+            })
+        }
+        b'G' => {
+            let epoch = need!(c.u64());
+            let from = need!(c.u64());
+            let to = need!(c.u64());
+            if from > to {
+                return Err(WireError::BadField {
+                    field: "gap from",
+                    value: from,
+                });
+            }
+            ServerMsg::Gap { epoch, from, to }
+        }
+        b'C' => {
+            let code = need!(c.u8());
+            let at = need!(c.u64());
+            let tail = need!(c.u64());
+            let reason = match code {
+                0 => CloseReason::Finished,
+                1 => CloseReason::Overrun { at, tail },
+                v => {
+                    return Err(WireError::BadField {
+                        field: "close reason",
+                        value: v.into(),
+                    });
+                }
+            };
+            ServerMsg::Closed(reason)
+        }
+        b'E' => {
+            let len = need!(c.u16()) as usize;
+            let text = need!(c.take(len));
+            let text = std::str::from_utf8(text).map_err(|_| WireError::BadText)?;
+            ServerMsg::Refused(text.to_owned())
+        }
+        tag => return Err(WireError::UnknownTag { tag }),
+    };
+    Ok(Some((msg, c.at)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_roundtrip(msg: ServerMsg) {
+        let mut buf = Vec::new();
+        encode_server(&msg, &mut buf);
+        for cut in 0..buf.len() {
+            assert_eq!(
+                decode_server(&buf[..cut]),
+                Ok(None),
+                "prefix of {cut} bytes"
+            );
+        }
+        buf.extend_from_slice(b"trailing");
+        let (back, used) = decode_server(&buf).expect("valid").expect("complete");
+        assert_eq!(back, msg);
+        assert_eq!(&buf[used..], b"trailing");
+    }
+
+    #[test]
+    fn server_messages_roundtrip_and_need_every_byte() {
+        server_roundtrip(ServerMsg::Snapshot(Snapshot::new(
+            9,
+            5,
+            SnapshotKind::Suffix,
+            Bytes::from_static(b"hello"),
+        )));
+        server_roundtrip(ServerMsg::Item(Item {
+            epoch: 9,
+            offset: 5,
+            bytes: Bytes::from_static(b"x"),
+        }));
+        server_roundtrip(ServerMsg::Gap {
+            epoch: 1,
+            from: 2,
+            to: 3,
+        });
+        server_roundtrip(ServerMsg::Closed(CloseReason::Overrun { at: 4, tail: 8 }));
+        server_roundtrip(ServerMsg::Closed(CloseReason::Finished));
+        server_roundtrip(ServerMsg::Refused("too many subscribers".into()));
+    }
+
+    #[test]
+    fn client_messages_roundtrip() {
+        for msg in [
+            ClientMsg::Hello {
+                policy: Policy::Block,
+                resume: Some(Position { epoch: 3, next: 7 }),
+            },
+            ClientMsg::Hello {
+                policy: Policy::Resync,
+                resume: None,
+            },
+            ClientMsg::Input(Bytes::from_static(b"q")),
+            ClientMsg::Detach,
+        ] {
+            let mut buf = Vec::new();
+            encode_client(&msg, &mut buf);
+            assert_eq!(decode_client(&buf), Ok(Some((msg, buf.len()))));
+        }
+    }
+
+    #[test]
+    fn invalid_frames_are_rejected_by_field() {
+        assert_eq!(
+            decode_server(b"Z"),
+            Err(WireError::UnknownTag { tag: b'Z' })
+        );
+        let mut gap = vec![b'G'];
+        gap.extend_from_slice(&1u64.to_le_bytes());
+        gap.extend_from_slice(&5u64.to_le_bytes());
+        gap.extend_from_slice(&4u64.to_le_bytes());
+        let err = decode_server(&gap).unwrap_err();
+        assert!(err.to_string().contains("gap from"), "{err}");
+        // A suffix snapshot longer than its end offset would make `suffix_from` underflow.
+        let mut snap = vec![b'S', 0];
+        snap.extend_from_slice(&1u64.to_le_bytes());
+        snap.extend_from_slice(&2u64.to_le_bytes());
+        snap.extend_from_slice(&3u32.to_le_bytes());
+        snap.extend_from_slice(b"abc");
+        assert!(decode_server(&snap).is_err());
+        let mut big = vec![b'i'];
+        big.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_client(&big),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+}

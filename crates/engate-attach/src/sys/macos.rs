@@ -1,0 +1,44 @@
+//! Opening a pseudo-terminal pair on macOS.
+//!
+//! macOS has no atomic close-on-exec open for the slave side, so `openpty(3)` is followed by
+//! `FD_CLOEXEC` on both ends; a program spawned by another thread in between could inherit
+//! them (the window is a few instructions long).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr;
+
+fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: `fd` is open for the duration of the call; F_SETFD takes an integer.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a pty pair: `(master, slave)`, both close-on-exec.
+pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    // SAFETY: `master` and `slave` are valid out-pointers for the call; the name, termios and
+    // winsize arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &raw mut master,
+            &raw mut slave,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded: `master` is a new descriptor owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    // SAFETY: likewise for `slave`.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    set_cloexec(&master)?;
+    set_cloexec(&slave)?;
+    Ok((master, slave))
+}

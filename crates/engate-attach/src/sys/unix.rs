@@ -1,0 +1,61 @@
+//! POSIX calls shared by Linux and macOS: the terminal window size, making a child the leader
+//! of a new session with the pseudo-terminal as its controlling terminal, and signals.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// Sets the window size of the terminal behind `fd` (either side of a pty pair).
+pub(crate) fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: `fd` is a valid open descriptor for the duration of the call; TIOCSWINSZ reads a
+    // `winsize`, and `size` is an initialized one that outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ as _, &raw const size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the spawned child the leader of a new session whose controlling terminal is its
+/// standard input (the pty's slave side, which the caller has set as stdin).
+pub(crate) fn control_terminal_in_child(cmd: &mut Command) {
+    let setup = || {
+        // SAFETY: setsid takes no arguments and is async-signal-safe; it runs in the forked
+        // child before exec, where only async-signal-safe calls are allowed.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: descriptor 0 is the pty slave (set up by `Command` before this hook runs);
+        // TIOCSCTTY takes an integer argument. ioctl is async-signal-safe.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls setsid and ioctl, both async-signal-safe, and touches no
+    // memory shared with the parent, as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+}
+
+/// Sends `signal` to process `pid`.
+///
+/// The caller guarantees `pid` names its own child that has not been reaped yet, so the id
+/// cannot have been reused.
+pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill takes plain integers and touches no memory.
+    if unsafe { libc::kill(pid, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

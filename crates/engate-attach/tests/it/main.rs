@@ -1,0 +1,8 @@
+//! Integration tests of engate-attach against real threads, real pseudo-terminals, real Unix
+//! sockets and real programs (`seq`, `cat`, `less`).
+
+mod hub;
+mod model;
+mod pty;
+mod session;
+mod support;

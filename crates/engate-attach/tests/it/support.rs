@@ -1,0 +1,119 @@
+//! Shared helpers: a consumer that rebuilds the stream from events, journals, temp dirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use engate_attach::{Event, Snapshot, SnapshotKind};
+
+/// A consumer's copy of the stream (`base..base + bytes.len()` of one epoch), rebuilt from a
+/// snapshot and events, checking every delivery against the position it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Replica {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) base: u64,
+    pub(crate) epoch: u64,
+    pub(crate) gaps: Vec<(u64, u64)>,
+    pub(crate) resyncs: u64,
+    pub(crate) closed: bool,
+}
+
+impl Replica {
+    pub(crate) fn end(&self) -> u64 {
+        self.base + self.bytes.len() as u64
+    }
+
+    /// Applies a suffix or resume snapshot; panics on a state snapshot.
+    pub(crate) fn apply_snapshot(&mut self, s: &Snapshot) {
+        match s.kind() {
+            SnapshotKind::Resume => {
+                assert_eq!(s.epoch(), self.epoch, "a resume stays in its epoch");
+                assert_eq!(s.at(), self.end(), "a resume continues exactly at the end");
+            }
+            SnapshotKind::Suffix => {
+                let from = s.suffix_from().expect("suffix");
+                if s.epoch() == self.epoch && from <= self.end() && self.end() <= s.at() {
+                    // A resync that covers what we hold: keep ours, take the rest.
+                    let skip = (self.end() - from) as usize;
+                    self.bytes.extend_from_slice(&s.bytes()[skip..]);
+                } else {
+                    self.base = from;
+                    self.bytes = s.bytes().to_vec();
+                }
+                self.epoch = s.epoch();
+            }
+            other => panic!("unexpected snapshot kind {other:?}"),
+        }
+    }
+
+    /// Applies one event; false once closed (or on Empty, which the caller decides about).
+    pub(crate) fn apply(&mut self, event: Event) -> bool {
+        match event {
+            Event::Item(item) => {
+                assert_eq!(item.epoch, self.epoch, "item of another epoch");
+                assert_eq!(
+                    item.offset,
+                    self.end(),
+                    "every item starts exactly where the previous one ended"
+                );
+                self.bytes.extend_from_slice(&item.bytes);
+                true
+            }
+            Event::Gap { from, to } => {
+                assert_eq!(from, self.end(), "a gap starts at the position");
+                self.gaps.push((from, to));
+                self.base = to;
+                self.bytes.clear();
+                true
+            }
+            Event::Resync(history) => {
+                self.resyncs += 1;
+                history.replay(|s| self.apply_snapshot(s));
+                true
+            }
+            Event::Empty => false,
+            Event::Closed(_) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+}
+
+/// The bytes of numbered chunks `0..n`, chunk `i` being `"<i>,"` padded to `i % 7 + 4` bytes.
+pub(crate) fn numbered_chunk(i: usize) -> Vec<u8> {
+    let mut v = format!("{i},").into_bytes();
+    v.resize(v.len().max(i % 7 + 4), b'.');
+    v
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ea-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of `program` if it is installed.
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}

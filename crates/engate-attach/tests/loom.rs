@@ -1,0 +1,469 @@
+//! Loom models of the attach protocol: every schedule of attach vs emit vs detach vs resume,
+//! blocking polls vs emit and close (no lost wake-ups), and an authority subscriber holding
+//! the producer back vs its detach.
+//!
+//! Run with `LOOM_MAX_PREEMPTIONS=2 cargo test --release -p engate-attach --features loom
+//! --test loom`. Each model has negative controls — the same scenario with a deliberately
+//! wrong shape — that loom must catch: the control passes only by panicking with the model's
+//! own message (bytes duplicated, bytes lost) or with loom's deadlock report.
+//!
+//! Nothing here uses loom's `mpsc`, which does not model a sender hanging up: the emitter is
+//! joined and the subscriber drains with non-blocking polls, or parks on the hub's own
+//! condition variable, which loom does model.
+
+#![cfg(feature = "loom")]
+
+use std::sync::Arc as StdArc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use engate_attach::{
+    Attach, AttachOptions, AttachOutcome, Event, Fault, Hub, HubConfig, Live, Policy, Snapshot,
+    SnapshotKind, Subscribed, TailProvider, UnfencedOrder, channel,
+};
+use loom::thread;
+
+/// Runs `f` under loom, bounding preemptions at 2 unless `LOOM_MAX_PREEMPTIONS` says
+/// otherwise, and reports how many executions loom explored.
+fn model<F>(f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    model_with_floor(0, f);
+}
+
+/// Like [`model`], with at least `floor` preemptions: some windows need one more switch than
+/// the suite's default bound to be reached.
+fn model_with_floor<F>(floor: usize, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    let bound = builder.preemption_bound.unwrap_or(2).max(floor);
+    builder.preemption_bound = Some(bound);
+    let executions = StdArc::new(AtomicUsize::new(0));
+    let counter = StdArc::clone(&executions);
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    println!(
+        "loom: {} executions explored",
+        executions.load(Ordering::Relaxed)
+    );
+}
+
+/// Set in the child process that runs a deadlocking negative control.
+const CHILD_ENV: &str = "ENGATE_LOOM_CHILD";
+
+/// Runs a model that must deadlock in a child process of this test binary, and panics with
+/// loom's report if it did.
+///
+/// When loom finds a deadlock it panics on the thread that blocked last, and unwinding that
+/// thread drops loom guards whose destructors touch the torn-down execution and panic again,
+/// which aborts the process. So the control runs the model (the same test, selected by name)
+/// in a child and reads loom's `deadlock; threads = …` line from its output. A child that
+/// finishes without that line means loom did not catch the bug: this returns normally and the
+/// `#[should_panic]` control fails.
+fn expect_deadlock_in_child(test: &str, run: impl FnOnce()) {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        run();
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run the control in a child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(line) = text.lines().find(|l| l.starts_with("deadlock; threads")) {
+        panic!("loom caught the bug in the child: {line}");
+    }
+    eprintln!("the child did not report a deadlock; its output:\n{text}");
+}
+
+/// The journal every model emits: one byte before the race, two during it.
+const JOURNAL: &[u8] = b"abc";
+
+/// A consumer's view of the stream, rebuilt from snapshots and items.
+#[derive(Default)]
+struct Screen {
+    bytes: Vec<u8>,
+}
+
+impl Screen {
+    /// Applies a snapshot: the tail provider in these models keeps the whole journal, so a
+    /// suffix snapshot starts at offset 0 and replaces the view; a resume keeps it.
+    fn apply(&mut self, s: &Snapshot) {
+        match s.kind() {
+            SnapshotKind::Suffix => {
+                assert_eq!(
+                    s.suffix_from(),
+                    Some(0),
+                    "the tail covers the whole journal"
+                );
+                self.bytes = s.bytes().to_vec();
+            }
+            SnapshotKind::Resume => {
+                assert_eq!(s.at(), self.bytes.len() as u64, "resumed where it left");
+            }
+            other => panic!("unexpected snapshot kind {other:?}"),
+        }
+    }
+
+    /// Applies one event; false once the stream is closed.
+    fn event(&mut self, event: Event) -> bool {
+        match event {
+            Event::Item(item) => {
+                self.bytes.extend_from_slice(&item.bytes);
+                true
+            }
+            Event::Resync(history) => {
+                history.replay(|s| self.apply(s));
+                true
+            }
+            Event::Gap { from, to } => panic!("no gap expected: {from}..{to}"),
+            Event::Empty => true,
+            Event::Closed(_) => false,
+        }
+    }
+
+    fn drain(&mut self, live: &mut Attach<Live>) {
+        while self.event(live.try_next()) {}
+    }
+
+    /// The subscriber's position must be exactly what the consumer holds.
+    fn check_position(&self, next: u64) {
+        let held = self.bytes.len() as u64;
+        assert!(
+            held <= next,
+            "duplicated bytes: {held} held at position {next}"
+        );
+        assert!(held >= next, "lost bytes: {held} held at position {next}");
+    }
+
+    fn check(&self) {
+        let got = &self.bytes;
+        assert!(
+            got.len() <= JOURNAL.len(),
+            "duplicated bytes: got {:?}, journal {:?}",
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(JOURNAL)
+        );
+        assert!(
+            got.len() >= JOURNAL.len(),
+            "lost bytes: got {:?}, journal {:?}",
+            String::from_utf8_lossy(got),
+            String::from_utf8_lossy(JOURNAL)
+        );
+        assert_eq!(got, JOURNAL);
+    }
+}
+
+fn hub_with_one_byte(config: HubConfig) -> (engate_attach::Producer, Hub) {
+    let (mut producer, hub) = channel(config.epoch(1), TailProvider::new(16)).expect("config");
+    producer.emit(&JOURNAL[..1]).expect("emit");
+    (producer, hub)
+}
+
+/// How the model attaches.
+#[derive(Clone, Copy)]
+enum Shape {
+    Fenced,
+    Unfenced(UnfencedOrder),
+}
+
+fn subscribe(hub: &Hub, shape: Shape) -> Attach<Subscribed> {
+    match shape {
+        Shape::Fenced => hub.attach().subscribe().expect("attach"),
+        Shape::Unfenced(order) => hub.attach_unfenced(order),
+    }
+}
+
+/// Attach vs emit vs detach vs resume. The emitter appends "b" and "c" and closes while the
+/// main thread attaches (in `shape`), takes one event, detaches, resumes from its position
+/// and drains, and a second client attaches (fenced) and drains with blocking polls. Both
+/// reconstructions must be the journal exactly.
+///
+/// With a budget of one byte every emit evicts the previous chunk, so the main client may lag
+/// (and get a Resync) and its resume may find its position evicted (and get a snapshot). A
+/// later snapshot then repairs what an unfenced attach lost in most schedules; the one that
+/// shows the loss (an item delivered past the snapshot before the resume) needs three
+/// preemptions, so the evicting variant runs with a floor of three.
+fn attach_emit_detach_resume(shape: Shape, budget: usize) {
+    let floor = if budget < JOURNAL.len() { 3 } else { 0 };
+    model_with_floor(floor, move || {
+        let (mut producer, hub) = hub_with_one_byte(HubConfig::new().budget_bytes(budget));
+        let emitter = thread::spawn(move || {
+            producer.emit(&JOURNAL[1..2]).expect("emit");
+            producer.emit(&JOURNAL[2..]).expect("emit");
+        });
+        let other = {
+            let hub = hub.clone();
+            thread::spawn(move || {
+                let mut screen = Screen::default();
+                let (synced, ()) = hub
+                    .attach()
+                    .subscribe()
+                    .expect("attach")
+                    .replay(|s| screen.apply(s));
+                let mut live = synced.live();
+                while screen.event(live.next_blocking()) {}
+                screen.check();
+            })
+        };
+        let mut screen = Screen::default();
+        let (synced, ()) = subscribe(&hub, shape).replay(|s| screen.apply(s));
+        let mut live = synced.live();
+        let open = screen.event(live.try_next());
+        let position = live.detach();
+        screen.check_position(position.next);
+        let resumed = hub.attach().resume(position).expect("resume");
+        if budget >= JOURNAL.len() {
+            assert_eq!(
+                resumed.outcome(),
+                AttachOutcome::Resumed,
+                "nothing is evicted"
+            );
+        }
+        let (synced, ()) = resumed.replay(|s| screen.apply(s));
+        let mut live = synced.live();
+        emitter.join().expect("emitter");
+        if open {
+            screen.drain(&mut live);
+        }
+        screen.check();
+        other.join().expect("second client");
+        if let Shape::Fenced = shape {
+            let m = hub.metrics();
+            assert_eq!(
+                (m.duplicates_delivered, m.unannounced_gaps),
+                (0, 0),
+                "{m:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn fenced_attach_detach_resume_is_exactly_once_under_all_schedules() {
+    attach_emit_detach_resume(Shape::Fenced, 64);
+}
+
+#[test]
+fn fenced_attach_with_eviction_resyncs_or_resumes_exactly() {
+    attach_emit_detach_resume(Shape::Fenced, 1);
+}
+
+/// Negative control: subscribe, then snapshot in a separate critical section (what the
+/// original crate did). Emits in the window are in both the snapshot and the live stream.
+#[test]
+#[should_panic(expected = "duplicated bytes")]
+fn negative_control_subscribe_then_snapshot_duplicates() {
+    attach_emit_detach_resume(Shape::Unfenced(UnfencedOrder::SubscribeThenSnapshot), 64);
+}
+
+/// Negative control: snapshot, then subscribe ("the race that broke mado"). Emits in the
+/// window are in neither.
+#[test]
+#[should_panic(expected = "lost bytes")]
+fn negative_control_snapshot_then_subscribe_loses() {
+    attach_emit_detach_resume(Shape::Unfenced(UnfencedOrder::SnapshotThenSubscribe), 64);
+}
+
+/// Negative control, evicting ring: the unfenced shape still duplicates.
+#[test]
+#[should_panic(expected = "duplicated bytes")]
+fn negative_control_subscribe_then_snapshot_duplicates_with_eviction() {
+    attach_emit_detach_resume(Shape::Unfenced(UnfencedOrder::SubscribeThenSnapshot), 1);
+}
+
+/// Negative control, evicting ring: snapshot-before-subscribe still loses.
+#[test]
+#[should_panic(expected = "lost bytes")]
+fn negative_control_snapshot_then_subscribe_loses_with_eviction() {
+    attach_emit_detach_resume(Shape::Unfenced(UnfencedOrder::SnapshotThenSubscribe), 1);
+}
+
+/// The unfenced shape is repaired by de-duplicating by offset: the consumer side of the
+/// contract for producers that cannot fence.
+#[test]
+fn unfenced_attach_with_offset_dedup_is_exactly_once() {
+    model(|| {
+        let (mut producer, hub) = hub_with_one_byte(HubConfig::new());
+        let emitter = thread::spawn(move || {
+            producer.emit(&JOURNAL[1..2]).expect("emit");
+            producer.emit(&JOURNAL[2..]).expect("emit");
+        });
+        let mut dedup = engate_attach::Dedup::new();
+        let mut bytes = Vec::new();
+        let subscribed = hub.attach_unfenced(UnfencedOrder::SubscribeThenSnapshot);
+        let (synced, ()) = subscribed.replay(|s| {
+            dedup.snapshot(s);
+            bytes.extend_from_slice(s.bytes());
+        });
+        let mut live = synced.live();
+        emitter.join().expect("emitter");
+        loop {
+            match live.try_next() {
+                Event::Item(item) => match dedup.accept(item.epoch, item.offset, &item.bytes) {
+                    engate_attach::Accepted::New(b) => bytes.extend_from_slice(b),
+                    engate_attach::Accepted::Duplicate => {}
+                    other => panic!("unexpected {other:?}"),
+                },
+                Event::Closed(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(bytes, JOURNAL);
+    });
+}
+
+/// A subscriber parked in `next_blocking` vs emits and the close: it must see every byte and
+/// then `Closed`; a lost wake-up would leave it parked, which loom reports as a deadlock.
+fn blocking_poll_sees_every_emit(fault: Option<Fault>) {
+    model(move || {
+        let (mut producer, hub) = hub_with_one_byte(HubConfig::new());
+        if let Some(f) = fault {
+            hub.inject_fault(f);
+        }
+        let (synced, bytes) = hub
+            .attach()
+            .subscribe()
+            .expect("attach")
+            .replay(|s| s.bytes().to_vec());
+        let mut live = synced.live();
+        let reader = thread::spawn(move || {
+            let mut screen = Screen { bytes };
+            while screen.event(live.next_blocking()) {}
+            screen
+        });
+        producer.emit(&JOURNAL[1..2]).expect("emit");
+        producer.emit(&JOURNAL[2..]).expect("emit");
+        drop(producer);
+        reader.join().expect("reader").check();
+    });
+}
+
+#[test]
+fn blocking_poll_loses_no_wakeup() {
+    blocking_poll_sees_every_emit(None);
+}
+
+/// Negative control: checking for data and parking in two critical sections.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_check_then_park_loses_a_wakeup() {
+    expect_deadlock_in_child("negative_control_check_then_park_loses_a_wakeup", || {
+        blocking_poll_sees_every_emit(Some(Fault::LostWakeup))
+    });
+}
+
+/// A waker that unparks a loom thread (loom's own `block_on` needs an extra crate feature).
+struct NotifyWaker(loom::sync::Notify);
+
+impl std::task::Wake for NotifyWaker {
+    fn wake(self: StdArc<Self>) {
+        self.0.notify();
+    }
+}
+
+/// Polls `fut` to completion on the current loom thread, parking between polls.
+fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    let notify = StdArc::new(NotifyWaker(loom::sync::Notify::new()));
+    let waker = std::task::Waker::from(StdArc::clone(&notify));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        notify.0.wait();
+    }
+}
+
+/// The async surface: the waker left in `poll_next` is woken by the emit or the close that
+/// follows.
+#[test]
+fn async_stream_loses_no_wakeup() {
+    use futures_core::Stream;
+    use std::pin::Pin;
+
+    model(|| {
+        let (mut producer, hub) = hub_with_one_byte(HubConfig::new());
+        let (synced, bytes) = hub
+            .attach()
+            .subscribe()
+            .expect("attach")
+            .replay(|s| s.bytes().to_vec());
+        let mut live = synced.live();
+        let reader = thread::spawn(move || {
+            let mut screen = Screen { bytes };
+            block_on(async {
+                while let Some(event) =
+                    std::future::poll_fn(|cx| Pin::new(&mut live).poll_next(cx)).await
+                {
+                    screen.event(event);
+                }
+            });
+            screen
+        });
+        producer.emit(&JOURNAL[1..2]).expect("emit");
+        drop(producer);
+        let screen = reader.join().expect("reader");
+        assert_eq!(screen.bytes, &JOURNAL[..2]);
+    });
+}
+
+/// An authority subscriber ([`Policy::Block`]) in a ring of two one-byte chunks: the producer
+/// emits four bytes and must wait for it, never overrunning it; the authority takes one event
+/// and detaches, which must release the producer.
+fn authority_detach_releases_producer(fault: Option<Fault>) {
+    model(move || {
+        let config = HubConfig::new().budget_bytes(2).epoch(1);
+        let (mut producer, hub) = channel(config, TailProvider::new(16)).expect("config");
+        if let Some(f) = fault {
+            hub.inject_fault(f);
+        }
+        let options = AttachOptions::new().policy(Policy::Block).read_ahead(1);
+        let (synced, ()) = hub
+            .attach_with(options)
+            .subscribe()
+            .expect("attach")
+            .replay(|s| assert!(s.bytes().is_empty()));
+        let mut authority = synced.live();
+        let emitter = thread::spawn(move || {
+            for b in b"wxyz" {
+                producer.emit(vec![*b]).expect("emit");
+            }
+        });
+        match authority.try_next() {
+            Event::Item(item) => assert_eq!((item.offset, &item.bytes[..]), (0, &b"w"[..])),
+            Event::Empty => {}
+            other => panic!("an authority never lags: {other:?}"),
+        }
+        drop(authority);
+        emitter.join().expect("emitter");
+        assert_eq!(hub.metrics().head, 4);
+    });
+}
+
+#[test]
+fn authority_holds_the_producer_back_until_it_detaches() {
+    authority_detach_releases_producer(None);
+}
+
+/// Negative control: a detach that does not wake the waiting producer.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_detach_without_wakeup_strands_the_producer() {
+    expect_deadlock_in_child(
+        "negative_control_detach_without_wakeup_strands_the_producer",
+        || authority_detach_releases_producer(Some(Fault::DetachWithoutNotify)),
+    );
+}
