@@ -410,10 +410,18 @@ fn serve_metrics(listener: TcpListener, requests: mpsc::Sender<Request>) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        // Read the whole request head (request line and headers): closing a TCP socket with
+        // unread bytes makes the kernel reset the connection, and the client loses the reply.
         let mut line = String::new();
-        if BufReader::new(&mut stream).read_line(&mut line).is_err() {
+        let mut reader = BufReader::new(&mut stream);
+        if reader.read_line(&mut line).is_err() {
             continue;
         }
+        let mut header = String::new();
+        while matches!(reader.read_line(&mut header), Ok(n) if n > 0) && header.trim_end() != "" {
+            header.clear();
+        }
+        drop(reader);
         let response = if line.starts_with("GET /metrics ") {
             match ask(&requests, Request::Metrics) {
                 Some(body) => format!(
@@ -426,6 +434,7 @@ fn serve_metrics(listener: TcpListener, requests: mpsc::Sender<Request>) {
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
         };
         let _ = stream.write_all(response.as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Write);
     }
 }
 
