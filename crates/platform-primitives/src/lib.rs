@@ -15,7 +15,9 @@
 //! - [`creds`] reports kernel-attested peer credentials for stream peers and, in batches, for
 //!   every received datagram, with a pidfd of the sender where the kernel offers one;
 //! - [`fdpass`] sends and receives descriptors with `SCM_RIGHTS` as [`OwnedFd`]s;
-//! - [`mem`] gives the host page size and RAII anonymous mappings with any alignment.
+//! - [`mem`] gives the host page size and RAII anonymous mappings with any alignment;
+//! - [`sync`] is a `parking_lot`-shaped mutex and condition variable that loom can model, for
+//!   the crates whose protocols are model-checked.
 //!
 //! All `unsafe` code lives in the private `sys` module, one file per operating system; what is
 //! public here is safe. Linux and macOS are supported.
@@ -42,6 +44,7 @@ pub mod clock;
 pub mod creds;
 pub mod fdpass;
 pub mod mem;
+pub mod sync;
 pub mod threads;
 pub mod uds;
 

@@ -524,7 +524,7 @@ impl Gate {
             if !wait {
                 return false;
             }
-            crate::sync::wait(&self.freed, &mut busy);
+            self.freed.wait(&mut busy);
         }
         *busy = true;
         true

@@ -2,9 +2,10 @@
 //!
 //! The registry's protocols are what the loom models exercise: slots read without locks while a
 //! writer swaps them, the revision counter that cached callers poll, the writer mutex, and the
-//! per-bundle reload gate (a mutex and a condition variable). Without the `loom` feature they
-//! are `arc-swap` (a slot is an [`ArcCell`]), `std`'s atomics and `parking_lot`'s mutex and
-//! condition variable; with it, loom's types behind the same API. Loom has no `ArcSwap`: under
+//! per-bundle reload gate (a mutex and a condition variable, from `platform_primitives::sync`,
+//! which this crate's `loom` feature switches to loom too). Without the `loom` feature the rest
+//! are `arc-swap` (a slot is an [`ArcCell`]) and `std`'s atomics; with it, loom's types behind
+//! the same API. Loom has no `ArcSwap`: under
 //! loom an [`ArcCell`] is a mutex around an `Arc`, which is linearizable like `ArcSwap`, so the
 //! models check the registry's protocol on top of it (not `arc-swap`'s internals, which its own
 //! tests cover).
@@ -13,7 +14,6 @@
 mod imp {
     use std::sync::Arc;
 
-    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
     pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 
     /// What [`ArcCell::load`] returns: derefs to the `Arc` without touching its count in the
@@ -43,69 +43,14 @@ mod imp {
             self.0.swap(value)
         }
     }
-
-    /// Waits on `cv` (the `parking_lot` way: the guard is re-locked in place).
-    pub(crate) fn wait<T>(cv: &Condvar, guard: &mut MutexGuard<'_, T>) {
-        cv.wait(guard);
-    }
 }
 
 #[cfg(feature = "loom")]
 mod imp {
-    use std::ops::{Deref, DerefMut};
+    use std::ops::Deref;
     use std::sync::Arc;
 
     pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
-
-    /// Loom's mutex behind `parking_lot`'s API.
-    #[derive(Debug)]
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
-
-    impl<T> Mutex<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
-        }
-
-        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            // Poisoned only by a panicking model thread, which fails the model anyway.
-            MutexGuard(Some(self.0.lock().unwrap_or_else(|e| e.into_inner())))
-        }
-    }
-
-    /// A guard that can be handed to loom's by-value `Condvar::wait` and put back.
-    pub(crate) struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
-
-    impl<T> Deref for MutexGuard<'_, T> {
-        type Target = T;
-        fn deref(&self) -> &T {
-            self.0.as_deref().expect("guard present outside a wait")
-        }
-    }
-
-    impl<T> DerefMut for MutexGuard<'_, T> {
-        fn deref_mut(&mut self) -> &mut T {
-            self.0.as_deref_mut().expect("guard present outside a wait")
-        }
-    }
-
-    /// Loom's condition variable.
-    #[derive(Debug)]
-    pub(crate) struct Condvar(loom::sync::Condvar);
-
-    impl Condvar {
-        pub(crate) fn new() -> Self {
-            Self(loom::sync::Condvar::new())
-        }
-
-        pub(crate) fn notify_all(&self) {
-            self.0.notify_all();
-        }
-    }
-
-    pub(crate) fn wait<T>(cv: &Condvar, guard: &mut MutexGuard<'_, T>) {
-        let inner = guard.0.take().expect("guard present before a wait");
-        guard.0 = Some(cv.0.wait(inner).unwrap_or_else(|e| e.into_inner()));
-    }
 
     /// Under loom, a load hands out a clone of the `Arc`.
     pub(crate) struct CellGuard<T>(Arc<T>);
@@ -141,3 +86,5 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+pub(crate) use platform_primitives::sync::{Condvar, Mutex};

@@ -8,15 +8,14 @@
 //! the ledger, not the maps. [`Published`] is the serve path's lock-free view of a slot
 //! (`arc-swap`; a plain lock under loom, which the models do not exercise).
 //!
-//! The API is `parking_lot`'s shape (a `lock` that cannot fail, `wait_until` on a `&mut`
-//! guard); the loom side adapts to it. Loom's condition variable never times out, so the
-//! models never wait on a deadline.
+//! The mutex and condition variable are `platform_primitives::sync` (`parking_lot`'s shape;
+//! loom's types when this crate's `loom` feature turns on platform-primitives' own). Loom's
+//! condition variable never times out, so the models never wait on a deadline.
 
 #[cfg(not(feature = "loom"))]
 mod imp {
     use std::any::Any;
 
-    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
     pub(crate) use std::sync::Arc;
     pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -55,8 +54,6 @@ mod imp {
 
 #[cfg(feature = "loom")]
 mod imp {
-    use std::ops::{Deref, DerefMut};
-    use std::time::Instant;
 
     pub(crate) use loom::sync::Arc;
     pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -91,66 +88,8 @@ mod imp {
             *self.0.write() = value;
         }
     }
-
-    /// Loom's mutex behind `parking_lot`'s API.
-    #[derive(Debug)]
-    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
-
-    impl<T> Mutex<T> {
-        pub(crate) fn new(value: T) -> Self {
-            Self(loom::sync::Mutex::new(value))
-        }
-
-        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            // Loom mutexes are poisoned only by a panicking model thread, which fails the
-            // model anyway.
-            MutexGuard(Some(self.0.lock().unwrap_or_else(|e| e.into_inner())))
-        }
-    }
-
-    /// A guard that can be handed to loom's by-value `Condvar::wait` and put back.
-    pub(crate) struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
-
-    impl<T> Deref for MutexGuard<'_, T> {
-        type Target = T;
-        fn deref(&self) -> &T {
-            self.0.as_deref().expect("guard present outside a wait")
-        }
-    }
-
-    impl<T> DerefMut for MutexGuard<'_, T> {
-        fn deref_mut(&mut self) -> &mut T {
-            self.0.as_deref_mut().expect("guard present outside a wait")
-        }
-    }
-
-    /// What `wait_until` reports (`parking_lot` reports whether it timed out; loom never does).
-    pub(crate) struct WaitTimeoutResult;
-
-    /// Loom's condition variable behind `parking_lot`'s API; deadlines are not modelled.
-    #[derive(Debug)]
-    pub(crate) struct Condvar(loom::sync::Condvar);
-
-    impl Condvar {
-        pub(crate) fn new() -> Self {
-            Self(loom::sync::Condvar::new())
-        }
-
-        pub(crate) fn wait_until<T>(
-            &self,
-            guard: &mut MutexGuard<'_, T>,
-            _deadline: Instant,
-        ) -> WaitTimeoutResult {
-            let inner = guard.0.take().expect("guard present before a wait");
-            guard.0 = Some(self.0.wait(inner).unwrap_or_else(|e| e.into_inner()));
-            WaitTimeoutResult
-        }
-
-        pub(crate) fn notify_all(&self) -> usize {
-            self.0.notify_all();
-            0
-        }
-    }
 }
 
 pub(crate) use imp::*;
+
+pub(crate) use platform_primitives::sync::{Condvar, Mutex, MutexGuard};
