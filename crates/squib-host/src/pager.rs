@@ -338,6 +338,8 @@ impl Shared {
         Ok(())
     }
 
+    /// Forgets the region at `base` (a Linux lazy mapping being dropped).
+    #[cfg(target_os = "linux")]
     pub(crate) fn remove_region(&self, base: u64) {
         self.regions
             .write()

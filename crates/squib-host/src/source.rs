@@ -471,6 +471,7 @@ pub fn serve_pages(mut conn: UnixStream, source: &dyn PageSource) -> io::Result<
 }
 
 /// Whether every byte of `data` is zero (word at a time).
+#[cfg(any(target_os = "linux", test))]
 pub(crate) fn is_zero(data: &[u8]) -> bool {
     let (head, body, tail) = {
         // Split at the first 16-byte boundary so the body compares whole 16-byte words.

@@ -130,16 +130,10 @@ pub(crate) fn thread_count() -> io::Result<usize> {
     // SAFETY: proc_taskinfo is plain old data.
     let mut info: libc::proc_taskinfo = unsafe { zeroed() };
     let size = size_of::<libc::proc_taskinfo>() as libc::c_int;
-    // SAFETY: `info` is writable for `size` bytes; getpid cannot fail.
-    let n = unsafe {
-        libc::proc_pidinfo(
-            libc::getpid(),
-            libc::PROC_PIDTASKINFO,
-            0,
-            (&raw mut info).cast(),
-            size,
-        )
-    };
+    let pid = std::process::id() as libc::c_int;
+    // SAFETY: `info` is writable for `size` bytes.
+    let n =
+        unsafe { libc::proc_pidinfo(pid, libc::PROC_PIDTASKINFO, 0, (&raw mut info).cast(), size) };
     if n != size {
         return Err(io::Error::last_os_error());
     }

@@ -11,11 +11,11 @@ use std::path::Path;
 pub(crate) fn image_mapped(path: &Path) -> Option<bool> {
     let wanted = path.to_str()?;
     // SAFETY: _dyld_image_count takes no arguments and only reads dyld's image list.
-    let count = unsafe { libc::_dyld_image_count() };
+    let count = unsafe { mach2::dyld::_dyld_image_count() };
     for index in 0..count {
         // SAFETY: index < count; dyld returns null for an image unloaded meanwhile, or a
         // NUL-terminated name it owns, which we copy before the next dyld call.
-        let name = unsafe { libc::_dyld_get_image_name(index) };
+        let name = unsafe { mach2::dyld::_dyld_get_image_name(index) };
         if name.is_null() {
             continue;
         }

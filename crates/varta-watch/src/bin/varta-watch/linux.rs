@@ -1,8 +1,4 @@
-//! The `varta-watch` daemon: binds the observer socket, writes one JSON line per event, runs
-//! hooks, serves Prometheus metrics and a status snapshot, and stops cleanly on SIGTERM/SIGINT
-//! (removing its socket).
-//!
-//! `varta-watch status --control PATH` prints the running daemon's JSON status snapshot.
+//! The daemon proper (Linux): flags, the observer loop, metrics and control servers.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -181,7 +177,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("'{text}' is not an octal mode like 600 or 660"))
 }
 
-fn main() -> ExitCode {
+pub(super) fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Status { control }) => print_status(&control),
