@@ -8,7 +8,9 @@
 //!   verdict line every bench prints;
 //! - [`harness`](mod@harness): the runner for test binaries that cannot use libtest (they must be
 //!   single-threaded, or re-execute themselves as a child process), printing the summary line
-//!   `cargo xtask ci` counts.
+//!   `cargo xtask ci` counts;
+//! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
+//!   map them, undone when the test ends.
 
 pub mod bench {
     //! Benchmark bookkeeping: criterion measures, these helpers keep the timings and print
@@ -166,6 +168,83 @@ pub mod harness {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
+        }
+    }
+}
+
+pub mod hugetlb {
+    //! Temporarily grows the kernel's pool of 2 MiB huge pages for a test.
+    //!
+    //! Hugetlb memory comes only from a pool the administrator reserves
+    //! (`/proc/sys/vm/nr_hugepages`, empty by default). A test that maps huge pages asks for
+    //! what it needs with [`reserve`]; the pool is grown if it has too few free pages (which
+    //! needs root) and put back to its old size when the returned guard drops. Reservations
+    //! in one process are serialized, so two tests never undo each other's.
+
+    use std::sync::{Mutex, MutexGuard};
+
+    const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+    static LOCK: Mutex<()> = Mutex::new(());
+
+    /// A reservation: free huge pages were available when it was made. Drop it after the
+    /// test's huge mappings are unmapped.
+    #[derive(Debug)]
+    pub struct HugePages {
+        restore: Option<u64>,
+        _serial: MutexGuard<'static, ()>,
+    }
+
+    impl Drop for HugePages {
+        fn drop(&mut self) {
+            if let Some(total) = self.restore {
+                let _ = std::fs::write(NR_HUGEPAGES, total.to_string());
+            }
+        }
+    }
+
+    /// The number of free 2 MiB huge pages (`HugePages_Free` in `/proc/meminfo`).
+    pub fn free_pages() -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("HugePages_Free:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Makes sure at least `pages` huge pages are free, growing the pool if needed.
+    ///
+    /// # Errors
+    ///
+    /// Why it could not (no hugetlb support, not permitted to grow the pool, or the kernel
+    /// could not find enough contiguous memory), for the caller's skip line.
+    pub fn reserve(pages: u64) -> Result<HugePages, String> {
+        let serial = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let free =
+            free_pages().ok_or("no hugetlb support (HugePages_Free missing from /proc/meminfo)")?;
+        if free >= pages {
+            return Ok(HugePages {
+                restore: None,
+                _serial: serial,
+            });
+        }
+        let total: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+            .map_err(|e| format!("{NR_HUGEPAGES}: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{NR_HUGEPAGES}: {e}"))?;
+        std::fs::write(NR_HUGEPAGES, (total + pages - free).to_string()).map_err(|e| {
+            format!("cannot grow the huge page pool ({NR_HUGEPAGES}: {e}); run as root")
+        })?;
+        let guard = HugePages {
+            restore: Some(total),
+            _serial: serial,
+        };
+        match free_pages() {
+            Some(now) if now >= pages => Ok(guard),
+            now => Err(format!(
+                "the kernel found only {} free huge pages of the {pages} needed",
+                now.unwrap_or(0)
+            )),
         }
     }
 }

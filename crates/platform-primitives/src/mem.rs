@@ -4,6 +4,8 @@
 //! can be aligned beyond the page size (to 2 MiB for huge pages, say): the mapping is
 //! over-reserved and trimmed, so the kernel picks the address and nothing else is clobbered.
 //! Pagers register such mappings with the kernel (userfaultfd) and fill them on demand.
+//! [`AnonMapping::huge`] maps 2 MiB hugetlb pages instead (Linux), from the pool the
+//! administrator reserves in `/proc/sys/vm/nr_hugepages`.
 //!
 //! ```
 //! use platform_primitives::mem::{AnonMapping, page_size};
@@ -25,6 +27,9 @@ pub fn page_size() -> usize {
     static PAGE: OnceLock<usize> = OnceLock::new();
     *PAGE.get_or_init(unix::page_size)
 }
+
+/// The huge page size [`AnonMapping::huge`] maps: 2 MiB.
+pub const HUGE_PAGE_SIZE: usize = 2 << 20;
 
 /// A private anonymous read-write mapping, unmapped on drop.
 #[derive(Debug)]
@@ -61,6 +66,45 @@ impl AnonMapping {
         Ok(Self {
             map: map.trim(head, len),
         })
+    }
+
+    /// Maps `len` bytes (rounded up to whole 2 MiB pages) of private hugetlb memory, aligned
+    /// to 2 MiB. The pages are reserved from the hugetlb pool when the mapping is made, so a
+    /// pool too small fails here (with a message saying how to grow it) rather than at the
+    /// first touch.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` where there are no hugetlb pages (macOS); `OutOfMemory` when the pool has
+    /// too few free pages; `InvalidInput` for a zero or overflowing length.
+    pub fn huge(len: usize) -> io::Result<Self> {
+        let Some(flags) = crate::sys::os::MAP_HUGE_2MIB else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "hugetlb pages are Linux-only",
+            ));
+        };
+        if len == 0 {
+            return Err(invalid("cannot map 0 bytes"));
+        }
+        let len = len
+            .checked_next_multiple_of(HUGE_PAGE_SIZE)
+            .ok_or_else(|| invalid("length overflows"))?;
+        let map = Mapping::with_flags(len, flags).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOMEM) {
+                io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "too few free 2 MiB huge pages for {} MiB (reserve more in \
+                         /proc/sys/vm/nr_hugepages): {e}",
+                        len >> 20
+                    ),
+                )
+            } else {
+                e
+            }
+        })?;
+        Ok(Self { map })
     }
 
     /// The first byte of the mapping.

@@ -12,8 +12,8 @@ pub fn host_page_size() -> usize {
     platform_primitives::mem::page_size()
 }
 
-/// The huge page size regions may use besides the base page size.
-pub const HUGE_PAGE_SIZE: usize = 2 << 20;
+/// The huge page size regions may use besides the base page size (2 MiB).
+pub use platform_primitives::mem::HUGE_PAGE_SIZE;
 
 /// A range of memory served from a range of the snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

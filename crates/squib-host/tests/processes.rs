@@ -38,7 +38,7 @@ mod linux {
 
     use bytes::Bytes;
     use platform_primitives::fdpass::send_with_fds;
-    use platform_primitives::mem::AnonMapping;
+    use platform_primitives::mem::{AnonMapping, HUGE_PAGE_SIZE};
     use squib_host::firecracker::{
         FirecrackerHandler, HandlerConfig, HandshakeError, serve_connection,
     };
@@ -61,6 +61,10 @@ mod linux {
         (
             "firecracker_handshake_serves_a_child_vmm_byte_for_byte",
             handler_end_to_end,
+        ),
+        (
+            "firecracker_handshake_with_2mib_huge_pages_and_a_sparse_snapshot",
+            handler_huge_pages,
         ),
         (
             "handler_kills_the_vmm_when_the_snapshot_cannot_serve_it",
@@ -245,10 +249,20 @@ mod linux {
         let socket = std::env::var("SQUIB_SOCKET").expect("socket");
         let snap = std::fs::read(std::env::var("SQUIB_SNAPSHOT").expect("snapshot")).expect("read");
         let regions: usize = std::env::var("SQUIB_REGIONS").map_or(2, |v| v.parse().unwrap_or(2));
+        // SQUIB_HUGE: guest memory of 2 MiB hugetlb pages, as Firecracker maps it with
+        // `huge_pages: "2M"`.
+        let huge = std::env::var_os("SQUIB_HUGE").is_some();
+        let page = if huge { HUGE_PAGE_SIZE } else { ps() };
         let uffd = Uffd::open().expect("uffd");
         let per = snap.len() / regions;
         let mut maps: Vec<AnonMapping> = (0..regions)
-            .map(|_| AnonMapping::new(per).expect("mmap"))
+            .map(|_| {
+                if huge {
+                    AnonMapping::huge(per).expect("mmap huge")
+                } else {
+                    AnonMapping::new(per).expect("mmap")
+                }
+            })
             .collect();
         let mut json = String::from("[");
         for (i, m) in maps.iter_mut().enumerate() {
@@ -258,9 +272,9 @@ mod linux {
             }
             // The second region uses the older field name.
             let size_field = if i % 2 == 0 {
-                format!("\"page_size\":{}", ps())
+                format!("\"page_size\":{page}")
             } else {
-                format!("\"page_size_kib\":{}", ps() / 1024)
+                format!("\"page_size_kib\":{}", page / 1024)
             };
             json.push_str(&format!(
                 "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{},{size_field}}}",
@@ -279,7 +293,7 @@ mod linux {
             .map(|t| {
                 let (maps, snap) = (maps.clone(), snap.clone());
                 std::thread::spawn(move || {
-                    let pages = per / ps();
+                    let pages = per / page;
                     let mut order: Vec<usize> = (0..pages * maps.len()).collect();
                     let mut x = 0x2545_F491_4F6C_DD1Du64 ^ t;
                     for i in (1..order.len()).rev() {
@@ -290,8 +304,8 @@ mod linux {
                     }
                     order.into_iter().all(|g| {
                         let (r, p) = (g / pages, g % pages);
-                        let got = &maps[r].as_slice()[p * ps()..(p + 1) * ps()];
-                        got == &snap[r * per + p * ps()..r * per + (p + 1) * ps()]
+                        let got = &maps[r].as_slice()[p * page..(p + 1) * page];
+                        got == &snap[r * per + p * page..r * per + (p + 1) * page]
                     })
                 })
             })
@@ -355,6 +369,79 @@ mod linux {
         if s.pages_copied + s.zero_pages == 0 || s.failed_closed != 0 {
             return Err(format!("unexpected stats {s:?}"));
         }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Firecracker with `huge_pages: "2M"`: the VMM's guest memory is hugetlb, the handshake
+    /// says 2 MiB pages, and the snapshot file has a 2 MiB hole, served as a zero huge page.
+    fn handler_huge_pages() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let huge_pages = 8;
+        let reservation = match workspace_tests::hugetlb::reserve(huge_pages as u64) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("skip: firecracker_handshake_with_2mib_huge_pages: {why}");
+                return Ok(());
+            }
+        };
+        let dir = temp_dir("fc-huge");
+        let snap_path = dir.join("mem.snap");
+        let mut data = snapshot(huge_pages * HUGE_PAGE_SIZE / ps());
+        // Huge page 5 is a hole in the file (never written), so it reads back as zeros.
+        let hole = 5 * HUGE_PAGE_SIZE..6 * HUGE_PAGE_SIZE;
+        data[hole.clone()].fill(0);
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(&snap_path).map_err(|e| e.to_string())?;
+            f.set_len(data.len() as u64).map_err(|e| e.to_string())?;
+            f.write_all_at(&data[..hole.start], 0)
+                .and_then(|()| f.write_all_at(&data[hole.end..], hole.end as u64))
+                .map_err(|e| e.to_string())?;
+        }
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind(HandlerConfig {
+            pager: PagerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..PagerConfig::default()
+            },
+            ..HandlerConfig::new(&sock, &snap_path)
+        })
+        .map_err(|e| e.to_string())?;
+        let mut vmm = child(
+            "vmm",
+            &[
+                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+                ("SQUIB_HUGE", "1"),
+            ],
+        )?;
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        if session
+            .mappings()
+            .iter()
+            .any(|m| m.page_size != HUGE_PAGE_SIZE)
+        {
+            return Err(format!("{:?}", session.mappings()));
+        }
+        let status = wait_for(&mut vmm, Duration::from_secs(60))?;
+        if !status.success() {
+            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
+        }
+        let pager = session.pager().clone();
+        session.shutdown().map_err(|e| e.to_string())?;
+        let s = pager.stats();
+        // Every huge page once, whole: 7 copied, the hole as a zero page.
+        let expected = (huge_pages * HUGE_PAGE_SIZE) as u64;
+        if s.bytes_served != expected || s.zero_pages != 1 || s.pages_copied != 7 {
+            return Err(format!("unexpected stats {s:?}"));
+        }
+        if s.failed_closed != 0 {
+            return Err(format!("unexpected failures {s:?}"));
+        }
+        drop(reservation);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -16,6 +16,8 @@ const SCM_PIDFD: libc::c_int = 4;
 pub(crate) const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
 pub(crate) const RECV_CLOEXEC: libc::c_int = libc::MSG_CMSG_CLOEXEC;
 pub(crate) const MAP_NORESERVE: libc::c_int = libc::MAP_NORESERVE;
+/// Flags for a mapping of 2 MiB hugetlb pages, reserved from the pool when it is made.
+pub(crate) const MAP_HUGE_2MIB: Option<libc::c_int> = Some(libc::MAP_HUGETLB | libc::MAP_HUGE_2MB);
 pub(crate) const CLOCK_MONOTONIC: libc::clockid_t = libc::CLOCK_MONOTONIC;
 pub(crate) const CLOCK_BOOTTIME: Option<libc::clockid_t> = Some(libc::CLOCK_BOOTTIME);
 /// Control-buffer room a credentials-and-pidfd datagram needs besides its `SCM_RIGHTS` record.

@@ -16,6 +16,8 @@ pub(crate) const SEND_FLAGS: libc::c_int = 0;
 /// No `MSG_CMSG_CLOEXEC`: [`after_receive`] sets the flag right after the receive.
 pub(crate) const RECV_CLOEXEC: libc::c_int = 0;
 pub(crate) const MAP_NORESERVE: libc::c_int = 0;
+/// macOS has no hugetlb pool to map from.
+pub(crate) const MAP_HUGE_2MIB: Option<libc::c_int> = None;
 /// `CLOCK_UPTIME_RAW` stops while the machine sleeps, like Linux's `CLOCK_MONOTONIC`.
 pub(crate) const CLOCK_MONOTONIC: libc::clockid_t = libc::CLOCK_UPTIME_RAW;
 /// macOS's `CLOCK_MONOTONIC` keeps counting through sleep, like Linux's `CLOCK_BOOTTIME`.

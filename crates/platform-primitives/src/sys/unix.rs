@@ -305,13 +305,18 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes (a multiple of the page size) at a kernel-chosen address.
     pub(crate) fn new(len: usize) -> io::Result<Self> {
+        Self::with_flags(len, super::os::MAP_NORESERVE)
+    }
+
+    /// Maps `len` bytes with `MAP_PRIVATE | MAP_ANONYMOUS | extra` at a kernel-chosen address.
+    pub(crate) fn with_flags(len: usize, extra: libc::c_int) -> io::Result<Self> {
         // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
         let addr = unsafe {
             libc::mmap(
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | super::os::MAP_NORESERVE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
                 -1,
                 0,
             )

@@ -55,3 +55,47 @@ fn bad_sizes_are_errors_not_panics() {
     assert!(AnonMapping::aligned(usize::MAX - 10, 4096).is_err());
     assert!(AnonMapping::aligned(1 << 20, 1 << 62).is_err());
 }
+
+/// The `KernelPageSize` `/proc/self/smaps` reports for the mapping starting at `start`.
+#[cfg(target_os = "linux")]
+fn kernel_page_size_kib(start: usize) -> Option<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let header = format!("{start:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
+    lines.next()?;
+    lines
+        .take_while(|l| !l.contains('-') || l.contains(':'))
+        .find_map(|l| l.strip_prefix("KernelPageSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn huge_mappings_use_2mib_pages_and_a_short_pool_is_a_clear_error() {
+    use platform_primitives::mem::HUGE_PAGE_SIZE;
+    let reservation = match workspace_tests::hugetlb::reserve(2) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!(
+                "skip: huge_mappings_use_2mib_pages_and_a_short_pool_is_a_clear_error: {why}"
+            );
+            return;
+        }
+    };
+    {
+        // Rounded up to whole huge pages, aligned, writable, and really 2 MiB pages.
+        let mut map = AnonMapping::huge(HUGE_PAGE_SIZE + 1).expect("huge mapping");
+        assert_eq!(map.len(), 2 * HUGE_PAGE_SIZE);
+        assert_eq!(map.as_ptr() as usize % HUGE_PAGE_SIZE, 0);
+        map.as_mut_slice()[HUGE_PAGE_SIZE + 7] = 9;
+        assert_eq!(map.as_slice()[HUGE_PAGE_SIZE + 7], 9);
+        assert_eq!(kernel_page_size_kib(map.as_ptr() as usize), Some(2048));
+    }
+    // More than the pool holds fails when mapped, naming the knob.
+    let free = workspace_tests::hugetlb::free_pages().unwrap_or(0) as usize;
+    let err = AnonMapping::huge((free + 1) * HUGE_PAGE_SIZE).expect_err("pool is short");
+    assert_eq!(err.kind(), std::io::ErrorKind::OutOfMemory, "{err}");
+    assert!(err.to_string().contains("nr_hugepages"), "{err}");
+    drop(reservation);
+    assert!(AnonMapping::huge(0).is_err());
+}

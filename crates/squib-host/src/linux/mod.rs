@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use platform_primitives::mem::AnonMapping;
 
 use crate::pager::{Pager, PagerError, ServeError, Shared};
-use crate::region::Region;
+use crate::region::{HUGE_PAGE_SIZE, Region, host_page_size};
 use crate::stats::Stats;
 use crate::sys::linux as sys;
 
@@ -441,6 +441,8 @@ pub(crate) fn install_from_caller(shared: &Shared, region: &Region, start: u64, 
 #[derive(Debug)]
 pub struct LazyMapping {
     map: AnonMapping,
+    /// The region's page size: the host's, or 2 MiB for [`Pager::map_lazy_huge`].
+    page_size: usize,
     shared: Arc<Shared>,
 }
 
@@ -460,6 +462,11 @@ impl LazyMapping {
         false
     }
 
+    /// The page size faults are served in: the host's, or 2 MiB for huge mappings.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
     /// The memory. Touching a missing page waits for the server to install it.
     pub fn as_slice(&self) -> &[u8] {
         self.map.as_slice()
@@ -472,12 +479,13 @@ impl LazyMapping {
 
     /// Drops `[offset, offset + len)` with `madvise(MADV_DONTNEED)`, as a balloon does: the
     /// pager receives a `REMOVE` event, and later touches read zeros (the snapshot bytes are
-    /// not brought back). The range is rounded out to whole pages.
+    /// not brought back). The range is rounded out to whole pages (2 MiB ones in a huge
+    /// mapping).
     ///
     /// The kernel holds `madvise` until a server has read the event, so a server must be
     /// running.
     pub fn discard(&mut self, offset: usize, len: usize) -> io::Result<()> {
-        let ps = platform_primitives::mem::page_size();
+        let ps = self.page_size;
         let start = offset - offset % ps;
         let end = offset
             .checked_add(len)
@@ -508,13 +516,36 @@ impl Pager {
     /// Maps `len` bytes (rounded up to whole pages) of anonymous memory in this process,
     /// registers it with the pager's userfaultfd, and serves it from snapshot `offset` onward.
     pub fn map_lazy(&self, len: usize, offset: u64) -> Result<LazyMapping, PagerError> {
-        let uffd = self.shared.linux.in_process_uffd()?;
-        let mut map = AnonMapping::new(len).map_err(|source| PagerError::Spawn {
+        let map = AnonMapping::new(len).map_err(|source| PagerError::Spawn {
             what: "lazy mapping (mmap)",
             source,
         })?;
+        self.lazy(map, host_page_size(), offset)
+    }
+
+    /// Like [`map_lazy`](Self::map_lazy), with 2 MiB hugetlb pages: `len` is rounded up to
+    /// whole huge pages, each fault installs a whole 2 MiB page, and `offset` must be a
+    /// multiple of 2 MiB. The pages come from the hugetlb pool
+    /// (`/proc/sys/vm/nr_hugepages`); a pool too small fails here, not at a fault.
+    pub fn map_lazy_huge(&self, len: usize, offset: u64) -> Result<LazyMapping, PagerError> {
+        let map = AnonMapping::huge(len).map_err(|source| PagerError::Spawn {
+            what: "lazy huge-page mapping (mmap MAP_HUGETLB)",
+            source,
+        })?;
+        self.lazy(map, HUGE_PAGE_SIZE, offset)
+    }
+
+    fn lazy(
+        &self,
+        mut map: AnonMapping,
+        page_size: usize,
+        offset: u64,
+    ) -> Result<LazyMapping, PagerError> {
+        let uffd = self.shared.linux.in_process_uffd()?;
         let base = map.as_ptr() as u64;
-        let region = Region::new(base, map.len() as u64).offset(offset);
+        let region = Region::new(base, map.len() as u64)
+            .offset(offset)
+            .page_size(page_size);
         region.validate(self.shared.source.len_hint())?;
         // Register before the region becomes visible to a running server: an install into
         // memory the uffd does not cover fails, and would be taken for unmapped memory.
@@ -527,6 +558,7 @@ impl Pager {
         }
         Ok(LazyMapping {
             map,
+            page_size,
             shared: Arc::clone(&self.shared),
         })
     }

@@ -6,8 +6,16 @@
 //!    `madvise` is never refilled with stale snapshot bytes;
 //! 2. serves each fault: a missing page is fetched (with readahead if the faults walk forward)
 //!    and installed with `UFFDIO_COPY`, or with `UFFDIO_ZEROPAGE` if it is known to be zero
-//!    (a hole, an all-zero page, or a removed range); a page already present is answered with
-//!    `UFFDIO_WAKE` (an `EEXIST` does not wake the faulting thread);
+//!    (a hole, an all-zero page, or a removed range; hugetlb has no zero-page call, so a zero
+//!    huge page is copied from zeros); a fault on a page already installed is answered with a
+//!    zero install that the kernel refuses with `EEXIST`, then `UFFDIO_WAKE`;
+//!
+//!    A removed page is installed only for a thread that faulted on it, never by readahead,
+//!    prewarm or background runs: the kernel lets installs through as soon as the `REMOVE`
+//!    event is read, but `madvise` zaps the range only afterwards, so a proactive install
+//!    could be thrown away while the server believes the page present. For the same reason a
+//!    fault on a page the server installed gets zeros if the page is really gone (the
+//!    zero install succeeds) rather than a bare wake-up, which would fault again forever;
 //! 3. retries installs the kernel deferred (`EAGAIN` while an event is unread, or a short
 //!    count), after reading the pending events;
 //! 4. only when no fault is waiting, does one unit of proactive work: a prewarm run, or a
@@ -33,10 +41,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
+use platform_primitives::mem::AnonMapping;
 
 use super::{Uffd, UffdError, UffdEvent};
 use crate::pager::{Pager, PagerError, ServeError, Shared};
-use crate::region::Region;
+use crate::region::{Region, host_page_size};
 use crate::source::is_zero;
 use crate::stats::Stats;
 use crate::sys::linux as sys;
@@ -218,6 +227,10 @@ struct Server {
     peer_gone: bool,
     /// Faults on pages that were in flight for a proactive run: (address, thread id).
     waiting: Vec<(u64, u32)>,
+    /// Source of zero huge pages: hugetlb memory has no `UFFDIO_ZEROPAGE`, so known-zero huge
+    /// pages are copied from this never-touched mapping (read as the zero page, no memory
+    /// used). Made on first need.
+    huge_zeros: Option<AnonMapping>,
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(UffdError) -> ServeError {
@@ -247,6 +260,7 @@ impl Server {
             events: Vec::with_capacity(64),
             peer_gone: false,
             waiting: Vec::new(),
+            huge_zeros: None,
         };
         s.refresh();
         s
@@ -494,10 +508,7 @@ impl Server {
         let ps = self.regions[ri].region.page_size;
         let page_addr = self.page_addr(ri, pi);
         match self.regions[ri].pages[pi] {
-            Page::Present => {
-                let _ = self.uffd.wake(page_addr, ps as u64);
-                self.shared.stats.record_latency(t0.elapsed());
-            }
+            Page::Present => return self.refault(page_addr, ps, addr, tid, t0),
             Page::InFlight => self.waiting.push((addr, tid)),
             Page::Poisoned | Page::Gone => {
                 let offset = self.regions[ri].region.offset_of(page_addr);
@@ -663,11 +674,23 @@ impl Server {
         // Proactive runs are installed without waking anyone (DONTWAKE); a thread that faulted
         // on one of their pages meanwhile is in `waiting` and woken by `settle_waiters`.
         let wake = matches!(run.kind, Kind::Demand { .. } | Kind::Readahead);
+        // A removed page is installed (as zeros) only for the thread that faulted on it. Any
+        // other install could land after the REMOVE event was read but before `madvise`
+        // zapped the page, and be thrown away; the page then faults later and gets its zeros.
+        let demanded = match run.kind {
+            Kind::Demand { addr, .. } => self.locate(addr).map(|(_, pi)| pi),
+            _ => None,
+        };
+        let skip = |pi: usize, state: Page| match state {
+            Page::Present | Page::Gone | Page::Poisoned => true,
+            Page::Removed => Some(pi) != demanded,
+            Page::Missing | Page::InFlight => false,
+        };
         let mut i = 0;
         while i < run.count {
             let pi = run.first + i;
             let state = self.regions[run.region].pages[pi];
-            if matches!(state, Page::Present | Page::Gone | Page::Poisoned) {
+            if skip(pi, state) {
                 i += 1;
                 continue;
             }
@@ -683,9 +706,7 @@ impl Server {
             let mut n = 1;
             while i + n < run.count {
                 let st = self.regions[run.region].pages[run.first + i + n];
-                if !matches!(st, Page::InFlight | Page::Missing | Page::Removed)
-                    || page_zero(i + n) != zero
-                {
+                if skip(run.first + i + n, st) || page_zero(i + n) != zero {
                     break;
                 }
                 n += 1;
@@ -693,7 +714,7 @@ impl Server {
             let addr = r.base + (pi * ps) as u64;
             let len = (n * ps) as u64;
             let result = if zero {
-                sys::uffd_zeropage(self.uffd.raw(), addr, len, !wake)
+                self.install_zeros(addr, len, ps, wake)
             } else {
                 let b = bytes.as_ref().expect("non-zero pages have bytes");
                 sys::uffd_copy(self.uffd.raw(), addr, &b[i * ps..(i + n) * ps], !wake)
@@ -759,6 +780,73 @@ impl Server {
             self.shared.source.recycle(b);
         }
         Ok(())
+    }
+
+    /// Installs zeros from `addr` over up to `len` bytes of pages of `ps` bytes. Base pages
+    /// map the shared zero page (`UFFDIO_ZEROPAGE`); hugetlb has no such call, so a huge page
+    /// is copied from zeros, one per call (the caller carries on from the bytes done).
+    fn install_zeros(&mut self, addr: u64, len: u64, ps: usize, wake: bool) -> sys::Installed {
+        if ps == host_page_size() {
+            return sys::uffd_zeropage(self.uffd.raw(), addr, len, !wake);
+        }
+        let uffd = Arc::clone(&self.uffd);
+        match self.huge_zeros(ps) {
+            Ok(zeros) => sys::uffd_copy(uffd.raw(), addr, &zeros[..ps], !wake),
+            Err(e) => sys::Installed {
+                bytes: 0,
+                error: Some(e),
+            },
+        }
+    }
+
+    /// A fault on a page already installed. Usually it raced the install and the page is
+    /// there: installing zeros is refused with EEXIST, and the thread is woken. But a page
+    /// installed after its REMOVE event was read and before `madvise` zapped it faults again
+    /// with nothing behind it; it was removed, so it gets zeros.
+    fn refault(
+        &mut self,
+        page_addr: u64,
+        ps: usize,
+        addr: u64,
+        tid: u32,
+        t0: Instant,
+    ) -> Result<(), ServeError> {
+        let result = self.install_zeros(page_addr, ps as u64, ps, true);
+        let stats = &self.shared.stats;
+        match result.error.as_ref().and_then(io::Error::raw_os_error) {
+            None => {
+                Stats::add(&stats.zero_pages, 1);
+                Stats::add(&stats.bytes_served, ps as u64);
+            }
+            Some(libc::EEXIST) => {
+                Stats::add(&stats.eexist, 1);
+                let _ = self.uffd.wake(page_addr, ps as u64);
+            }
+            // A remove is pending: serve this thread again on the next turn.
+            Some(libc::EAGAIN) => {
+                Stats::add(&stats.eagain_retries, 1);
+                self.waiting.push((addr, tid));
+                return Ok(());
+            }
+            // The memory is going away; wake the thread to find out.
+            Some(_) => {
+                let _ = self.uffd.wake(page_addr, ps as u64);
+            }
+        }
+        stats.record_latency(t0.elapsed());
+        Ok(())
+    }
+
+    /// `len` zero bytes to copy huge pages from (the mapping is made once).
+    fn huge_zeros(&mut self, len: usize) -> io::Result<&[u8]> {
+        if self.huge_zeros.as_ref().is_none_or(|m| m.len() < len) {
+            self.huge_zeros = Some(AnonMapping::new(len)?);
+        }
+        Ok(self
+            .huge_zeros
+            .as_ref()
+            .map(AnonMapping::as_slice)
+            .unwrap_or_default())
     }
 
     /// Books `n` pages of `run` starting at its page `i` as installed.

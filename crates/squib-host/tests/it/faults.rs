@@ -451,3 +451,143 @@ fn serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake()
     pager.request_shutdown();
     server.join().unwrap().unwrap();
 }
+
+/// A snapshot of `pages` 2 MiB pages; pages 2 and 5 are all zeros.
+fn huge_snapshot(pages: usize) -> Vec<u8> {
+    let hp = squib_host::HUGE_PAGE_SIZE;
+    let mut v = vec![0u8; pages * hp];
+    for p in (0..pages).filter(|p| *p != 2 && *p != 5) {
+        for (i, b) in v[p * hp..(p + 1) * hp].iter_mut().enumerate() {
+            // Varies inside the page, so a wrongly offset 4 KiB copy would show.
+            *b = (p as u8).wrapping_mul(31) ^ (i as u8) ^ ((i >> 12) as u8) | 1;
+        }
+    }
+    v
+}
+
+#[test]
+fn huge_pages_are_served_whole_with_zero_pages_copied_from_zeros() {
+    let test = "huge_pages_are_served_whole_with_zero_pages_copied_from_zeros";
+    if !uffd_or_skip(test) {
+        return;
+    }
+    let pages = 8;
+    let hp = squib_host::HUGE_PAGE_SIZE;
+    let reservation = match workspace_tests::hugetlb::reserve(pages as u64) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("skip: {test}: {why}");
+            return;
+        }
+    };
+    let data = Arc::new(huge_snapshot(pages));
+    let pager = Pager::new(MemorySource::new(data.to_vec()), quiet());
+    let mut mem = pager.map_lazy_huge(pages * hp, 0).unwrap();
+    assert_eq!(mem.page_size(), hp);
+    assert_eq!(pager.regions()[0].page_size, hp);
+    let server = spawn_server(&pager).unwrap();
+    let (mem, data) = within(LIMIT, "huge page faults", move || {
+        // Two threads touch every page in opposite orders, at offsets inside the pages.
+        std::thread::scope(|s| {
+            for reverse in [false, true] {
+                let (mem, data) = (&mem, &data);
+                s.spawn(move || {
+                    for k in 0..pages {
+                        let p = if reverse { pages - 1 - k } else { k };
+                        let off = p * hp + (k * 4099 + 77) % hp;
+                        assert_eq!(mem.as_slice()[off], data[off], "page {p} offset {off}");
+                    }
+                });
+            }
+        });
+        assert_eq!(first_mismatch(&mem, &data), None);
+        // A balloon takes a whole huge page back; it reads as zeros afterwards.
+        mem.discard(3 * hp + 5, 10).unwrap();
+        assert!(mem.as_slice()[3 * hp..4 * hp].iter().all(|&b| b == 0));
+        assert_eq!(mem.as_slice()[4 * hp + 9], data[4 * hp + 9]);
+        (mem, data)
+    });
+    let s = pager.stats();
+    assert!(s.faults >= 1 && s.faults <= 2 * pages as u64 + 1, "{s:?}");
+    assert_eq!(
+        s.zero_pages,
+        2 + 1,
+        "pages 2, 5 and the removed page 3: {s:?}"
+    );
+    assert_eq!(s.pages_copied, pages as u64 - 2, "{s:?}");
+    assert_eq!(s.bytes_served, (pages as u64 + 1) * hp as u64, "{s:?}");
+    assert_eq!(s.source_errors + s.failed_closed, 0, "{s:?}");
+    assert!(s.removes >= 1, "{s:?}");
+    pager.request_shutdown();
+    server.join().unwrap().unwrap();
+    drop((mem, data));
+    drop(reservation);
+}
+
+#[test]
+fn installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes() {
+    let test = "installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes";
+    if !uffd_or_skip(test) {
+        return;
+    }
+    // While a balloon's madvise(DONTNEED) waits for the server to read its REMOVE event, the
+    // kernel refuses installs with EAGAIN. Background population copies many small runs (30%
+    // of pages are zero, so every ten pages make two installs); a thread discarding pages at
+    // the same time lands in that window sooner or later. Each round uses a fresh mapping.
+    let pages = 8192;
+    let data = snapshot(pages);
+    let pager = Pager::new(
+        MemorySource::new(data.clone()),
+        PagerConfig {
+            background: true,
+            ..quiet()
+        },
+    );
+    let server = spawn_server(&pager).unwrap();
+    let started = Instant::now();
+    let mut rounds = 0;
+    while pager.stats().eagain_retries == 0 && started.elapsed() < Duration::from_secs(20) {
+        rounds += 1;
+        let mut mem = pager.map_lazy(pages * ps(), 0).unwrap();
+        let background_before = pager.stats().background_pages;
+        let data = data.clone();
+        let (mem, removed) = within(LIMIT, "discards during background population", move || {
+            let mut removed = vec![false; pages];
+            let mut x = 0x9E37_79B9u64 + rounds;
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let p = (x % pages as u64) as usize;
+                mem.discard(p * ps(), ps()).unwrap();
+                removed[p] = true;
+            }
+            // Removed pages read zeros whenever they were removed; the rest are the snapshot.
+            for p in 0..pages {
+                let page = &mem.as_slice()[p * ps()..(p + 1) * ps()];
+                if removed[p] {
+                    assert!(page.iter().all(|&b| b == 0), "removed page {p}");
+                } else {
+                    assert_eq!(page, &data[p * ps()..(p + 1) * ps()], "page {p}");
+                }
+            }
+            (mem, removed)
+        });
+        assert!(pager.stats().background_pages > background_before);
+        assert!(removed.iter().any(|&r| r));
+        drop(mem);
+    }
+    let s = pager.stats();
+    assert!(
+        s.eagain_retries > 0,
+        "no install met a pending remove in {rounds} rounds: {s:?}"
+    );
+    assert!(s.removes > 0, "{s:?}");
+    assert_eq!(s.source_errors + s.failed_closed, 0, "{s:?}");
+    eprintln!(
+        "{test}: {} EAGAIN retries in {rounds} round(s)",
+        s.eagain_retries
+    );
+    pager.request_shutdown();
+    server.join().unwrap().unwrap();
+}
