@@ -1,8 +1,10 @@
 //! macOS: the Mach exception-port server.
 //!
-//! NOTE: this file has never been compiled — the build machines have no Apple target. It is
-//! written against `mach2` 0.7 and the MIG message layouts of `mach_exc.defs`; the policy it
-//! drives ([`crate::mach::ExceptionPolicy`]) is portable and tested on Linux.
+//! NOTE: this file is compiled and linted for `aarch64-apple-darwin` by `cargo xtask ci` (the
+//! `macOS build check` stage) but has not yet run on macOS: the build machines are Linux. It
+//! is written against `mach2` 0.7 and the MIG message layouts of `mach_exc.defs` (sizes checked
+//! below at compile time); the policy it drives ([`crate::mach::ExceptionPolicy`]) is portable
+//! and tested on Linux.
 //!
 //! The server thread owns a receive right, swaps it in as the task's `EXC_BAD_ACCESS` handler
 //! (`EXCEPTION_DEFAULT | MACH_EXCEPTION_CODES`), and loops on `mach_msg` with a receive timeout
@@ -71,6 +73,15 @@ struct RaiseReply {
     ndr: NDR_record_t,
     ret_code: kern_return_t,
 }
+
+// The MIG layouts: a 24-byte header, the body count and two 12-byte port descriptors, the
+// 8-byte NDR record, the exception, the code count and two 64-bit codes; the reply is the
+// header, NDR and return code.
+const _: () = assert!(size_of::<mach_msg_header_t>() == 24);
+const _: () = assert!(size_of::<PortDescriptor>() == 12);
+const _: () = assert!(size_of::<NDR_record_t>() == 8);
+const _: () = assert!(size_of::<RaiseRequest>() == 84);
+const _: () = assert!(size_of::<RaiseReply>() == 36);
 
 /// Room for any request, with the trailer the kernel appends.
 #[repr(C, align(8))]
