@@ -9,6 +9,8 @@
 //! - [`harness`](mod@harness): the runner for test binaries that cannot use libtest (they must be
 //!   single-threaded, or re-execute themselves as a child process), printing the summary line
 //!   `cargo xtask ci` counts;
+//! - [`loom_model!`]: the one way the crates' loom suites run a model (preemption bound,
+//!   executions explored);
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
 //!   map them, undone when the test ends.
 
@@ -247,4 +249,39 @@ pub mod hugetlb {
             )),
         }
     }
+}
+
+/// Runs a closure under loom's model checker and prints how many executions it explored.
+///
+/// The preemption bound is `LOOM_MAX_PREEMPTIONS` if set, else 2 (what `cargo xtask ci` uses),
+/// and never below the optional `floor`: `loom_model!(3, f)` for a window that needs one more
+/// context switch to reach. The macro expands in the calling crate, which depends on `loom`
+/// (this crate does not, so ordinary test builds never compile it).
+///
+/// ```ignore
+/// workspace_tests::loom_model!(|| {
+///     let t = loom::thread::spawn(|| ());
+///     t.join().unwrap();
+/// });
+/// ```
+#[macro_export]
+macro_rules! loom_model {
+    ($f:expr) => {
+        $crate::loom_model!(0, $f)
+    };
+    ($floor:expr, $f:expr) => {{
+        let mut builder = ::loom::model::Builder::new();
+        builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(2).max($floor));
+        let executions = ::std::sync::Arc::new(::std::sync::atomic::AtomicUsize::new(0));
+        let counter = ::std::sync::Arc::clone(&executions);
+        let f = $f;
+        builder.check(move || {
+            counter.fetch_add(1, ::std::sync::atomic::Ordering::Relaxed);
+            f();
+        });
+        println!(
+            "loom: {} executions explored",
+            executions.load(::std::sync::atomic::Ordering::Relaxed)
+        );
+    }};
 }

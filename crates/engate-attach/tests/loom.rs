@@ -14,7 +14,6 @@
 #![cfg(feature = "loom")]
 
 use std::sync::Arc as StdArc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use engate_attach::{
     Attach, AttachOptions, AttachOutcome, Event, Fault, Hub, HubConfig, Live, Policy, Snapshot,
@@ -22,13 +21,12 @@ use engate_attach::{
 };
 use loom::thread;
 
-/// Runs `f` under loom, bounding preemptions at 2 unless `LOOM_MAX_PREEMPTIONS` says
-/// otherwise, and reports how many executions loom explored.
+/// Runs `f` under loom (see [`workspace_tests::loom_model!`]).
 fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    model_with_floor(0, f);
+    workspace_tests::loom_model!(f);
 }
 
 /// Like [`model`], with at least `floor` preemptions: some windows need one more switch than
@@ -37,19 +35,7 @@ fn model_with_floor<F>(floor: usize, f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let mut builder = loom::model::Builder::new();
-    let bound = builder.preemption_bound.unwrap_or(2).max(floor);
-    builder.preemption_bound = Some(bound);
-    let executions = StdArc::new(AtomicUsize::new(0));
-    let counter = StdArc::clone(&executions);
-    builder.check(move || {
-        counter.fetch_add(1, Ordering::Relaxed);
-        f();
-    });
-    println!(
-        "loom: {} executions explored",
-        executions.load(Ordering::Relaxed)
-    );
+    workspace_tests::loom_model!(floor, f);
 }
 
 /// Set in the child process that runs a deadlocking negative control.

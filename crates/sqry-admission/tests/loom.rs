@@ -7,32 +7,15 @@
 //! broken primitive — that loom must catch (the control passes only by panicking with the
 //! model's own assertion message).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use loom::thread;
 use sqry_admission::Ledger;
 
-/// Runs `f` under loom, bounding preemptions at 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise,
-/// and reports how many executions loom explored.
+/// Runs `f` under loom (see [`workspace_tests::loom_model!`]).
 fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let mut builder = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    let executions = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&executions);
-    builder.check(move || {
-        counter.fetch_add(1, Ordering::Relaxed);
-        f();
-    });
-    println!(
-        "loom: {} executions explored",
-        executions.load(Ordering::Relaxed)
-    );
+    workspace_tests::loom_model!(f);
 }
 
 /// Two admissions of 60 bytes against a 100-byte budget, one of them publishing a version

@@ -31,7 +31,7 @@ impl Table for RacySingleFlight<u32> {
 
 /// Two threads want page 1 at the same time. `fail_first`: the first fetch fails.
 fn two_callers<T: Table>(make: fn() -> T, fail_first: bool) {
-    loom::model(move || {
+    workspace_tests::loom_model!(move || {
         let table = Arc::new(make());
         let active = Arc::new(AtomicUsize::new(0));
         let attempts = Arc::new(AtomicUsize::new(0));
@@ -75,7 +75,7 @@ fn a_failed_leader_does_not_strand_its_followers() {
 
 #[test]
 fn different_pages_do_not_wait_for_each_other() {
-    loom::model(|| {
+    workspace_tests::loom_model!(|| {
         let table = Arc::new(SingleFlight::<u32>::new());
         let t = {
             let table = table.clone();
