@@ -40,7 +40,7 @@ mod linux {
     use platform_primitives::fdpass::send_with_fds;
     use platform_primitives::mem::{AnonMapping, HUGE_PAGE_SIZE};
     use squib_host::firecracker::{
-        FirecrackerHandler, HandlerConfig, HandshakeError, serve_connection,
+        FirecrackerHandler, HandlerConfig, HandshakeError, Session, serve_connection,
     };
     use squib_host::{
         MemorySource, PageRequest, PageSource, PageSourceError, Pager, PagerConfig, ServeError,
@@ -319,6 +319,37 @@ mod linux {
         }
     }
 
+    /// Binds a handler for `snap_path` in `dir`, starts a child VMM against it with `envs`,
+    /// and checks that the VMM found every byte right. Returns the session (still serving
+    /// until it notices the VMM's exit) and the VMM's pid.
+    fn serve_child_vmm(
+        dir: &std::path::Path,
+        snap_path: &std::path::Path,
+        envs: &[(&str, &str)],
+    ) -> Result<(Session, u32), String> {
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind(HandlerConfig {
+            pager: PagerConfig {
+                poll_interval: Duration::from_millis(50),
+                ..PagerConfig::default()
+            },
+            ..HandlerConfig::new(&sock, snap_path)
+        })
+        .map_err(|e| e.to_string())?;
+        let mut all = vec![
+            ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+            ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+        ];
+        all.extend_from_slice(envs);
+        let mut vmm = child("vmm", &all)?;
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        let status = wait_for(&mut vmm, Duration::from_secs(60))?;
+        if !status.success() {
+            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
+        }
+        Ok((session, vmm.id()))
+    }
+
     fn handler_end_to_end() -> Result<(), String> {
         if !uffd_usable()? {
             return Ok(());
@@ -327,42 +358,24 @@ mod linux {
         let snap_path = dir.join("mem.snap");
         let pages = 2048;
         std::fs::write(&snap_path, snapshot(pages)).map_err(|e| e.to_string())?;
-        let sock = dir.join("uffd.sock");
-        let handler = FirecrackerHandler::bind(HandlerConfig {
-            pager: PagerConfig {
-                poll_interval: Duration::from_millis(50),
-                ..PagerConfig::default()
-            },
-            ..HandlerConfig::new(&sock, &snap_path)
-        })
-        .map_err(|e| e.to_string())?;
-        let mut vmm = child(
-            "vmm",
-            &[
-                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
-                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
-            ],
-        )?;
-        let session = handler.accept().map_err(|e| e.to_string())?;
-        if session.peer_pid() != vmm.id() {
+        let (session, vmm_pid) = serve_child_vmm(&dir, &snap_path, &[])?;
+        if session.peer_pid() != vmm_pid {
             return Err(format!(
-                "peer pid {} is not the child's {}",
-                session.peer_pid(),
-                vmm.id()
+                "peer pid {} is not the child's {vmm_pid}",
+                session.peer_pid()
             ));
         }
         if session.mappings().len() != 2 {
             return Err(format!("{:?}", session.mappings()));
-        }
-        let status = wait_for(&mut vmm, Duration::from_secs(60))?;
-        if !status.success() {
-            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
         }
         let pager = session.pager().clone();
         // The handler notices the VMM's exit through its pidfd and stops by itself.
         let start = Instant::now();
         while !session.is_finished() && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
+        }
+        if !session.is_finished() {
+            return Err("the handler did not notice the VMM's exit".into());
         }
         session.shutdown().map_err(|e| e.to_string())?;
         let s = pager.stats();
@@ -401,34 +414,13 @@ mod linux {
                 .and_then(|()| f.write_all_at(&data[hole.end..], hole.end as u64))
                 .map_err(|e| e.to_string())?;
         }
-        let sock = dir.join("uffd.sock");
-        let handler = FirecrackerHandler::bind(HandlerConfig {
-            pager: PagerConfig {
-                poll_interval: Duration::from_millis(50),
-                ..PagerConfig::default()
-            },
-            ..HandlerConfig::new(&sock, &snap_path)
-        })
-        .map_err(|e| e.to_string())?;
-        let mut vmm = child(
-            "vmm",
-            &[
-                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
-                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
-                ("SQUIB_HUGE", "1"),
-            ],
-        )?;
-        let session = handler.accept().map_err(|e| e.to_string())?;
+        let (session, _) = serve_child_vmm(&dir, &snap_path, &[("SQUIB_HUGE", "1")])?;
         if session
             .mappings()
             .iter()
             .any(|m| m.page_size != HUGE_PAGE_SIZE)
         {
             return Err(format!("{:?}", session.mappings()));
-        }
-        let status = wait_for(&mut vmm, Duration::from_secs(60))?;
-        if !status.success() {
-            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
         }
         let pager = session.pager().clone();
         session.shutdown().map_err(|e| e.to_string())?;
