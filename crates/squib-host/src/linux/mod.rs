@@ -134,26 +134,6 @@ pub enum UffdEvent {
     Other(u8),
 }
 
-impl From<sys::RawEvent> for UffdEvent {
-    fn from(e: sys::RawEvent) -> Self {
-        match e {
-            sys::RawEvent::PageFault {
-                flags,
-                address,
-                tid,
-            } => Self::PageFault {
-                addr: address,
-                write: flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
-                tid,
-            },
-            sys::RawEvent::Remove { start, end } => Self::Remove { start, end },
-            sys::RawEvent::Unmap { start, end } => Self::Unmap { start, end },
-            sys::RawEvent::Remap { from, to, len } => Self::Remap { from, to, len },
-            sys::RawEvent::Other(code) => Self::Other(code),
-        }
-    }
-}
-
 /// A userfaultfd: a descriptor that reports first touches of registered memory.
 #[derive(Debug)]
 pub struct Uffd {
@@ -325,7 +305,7 @@ impl Uffd {
                 op: "read events",
                 source,
             })?;
-            out.extend(buf[..n].iter().map(|m| UffdEvent::from(m.decode())));
+            out.extend(buf[..n].iter().map(sys::UffdMsg::decode));
             total += n;
             if n < buf.len() {
                 return Ok(total);

@@ -12,13 +12,14 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
+use crate::linux::UffdEvent;
+
 // ---- userfaultfd ABI -------------------------------------------------------------------------
 
 /// `UFFD_API`: the only API version.
 pub(crate) const UFFD_API: u64 = 0xAA;
 
 pub(crate) const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
-pub(crate) const UFFD_EVENT_FORK: u8 = 0x13;
 pub(crate) const UFFD_EVENT_REMAP: u8 = 0x14;
 pub(crate) const UFFD_EVENT_REMOVE: u8 = 0x15;
 pub(crate) const UFFD_EVENT_UNMAP: u8 = 0x16;
@@ -153,63 +154,24 @@ const _: () = assert!(UFFDIO_COPY == 0xC028_AA03);
 const _: () = assert!(UFFDIO_WAKE == 0x8010_AA02);
 const _: () = assert!(USERFAULTFD_IOC_NEW == 0xAA00);
 
-/// A decoded `uffd_msg`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RawEvent {
-    /// A thread touched a missing page.
-    PageFault {
-        /// `UFFD_PAGEFAULT_FLAG_*`.
-        flags: u64,
-        /// The faulting address (page-aligned unless `EXACT_ADDRESS` was negotiated).
-        address: u64,
-        /// The faulting thread's id, with `UFFD_FEATURE_THREAD_ID`; else 0.
-        tid: u32,
-    },
-    /// `madvise(MADV_DONTNEED/REMOVE)` dropped `[start, end)`.
-    Remove {
-        /// First byte.
-        start: u64,
-        /// One past the last byte.
-        end: u64,
-    },
-    /// `munmap` removed `[start, end)`.
-    Unmap {
-        /// First byte.
-        start: u64,
-        /// One past the last byte.
-        end: u64,
-    },
-    /// `mremap` moved `len` bytes from `from` to `to`.
-    Remap {
-        /// Old address.
-        from: u64,
-        /// New address.
-        to: u64,
-        /// Length in bytes.
-        len: u64,
-    },
-    /// An event this pager does not act on (fork without the feature, future events).
-    Other(u8),
-}
-
 impl UffdMsg {
-    pub(crate) fn decode(&self) -> RawEvent {
+    /// The event this message reports.
+    pub(crate) fn decode(&self) -> UffdEvent {
         let [a, b, c] = self.arg;
         match self.event {
-            UFFD_EVENT_PAGEFAULT => RawEvent::PageFault {
-                flags: a,
-                address: b,
+            UFFD_EVENT_PAGEFAULT => UffdEvent::PageFault {
+                addr: b,
+                write: a & UFFD_PAGEFAULT_FLAG_WRITE != 0,
                 tid: c as u32,
             },
-            UFFD_EVENT_REMOVE => RawEvent::Remove { start: a, end: b },
-            UFFD_EVENT_UNMAP => RawEvent::Unmap { start: a, end: b },
-            UFFD_EVENT_REMAP => RawEvent::Remap {
+            UFFD_EVENT_REMOVE => UffdEvent::Remove { start: a, end: b },
+            UFFD_EVENT_UNMAP => UffdEvent::Unmap { start: a, end: b },
+            UFFD_EVENT_REMAP => UffdEvent::Remap {
                 from: a,
                 to: b,
                 len: c,
             },
-            UFFD_EVENT_FORK => RawEvent::Other(UFFD_EVENT_FORK),
-            other => RawEvent::Other(other),
+            other => UffdEvent::Other(other),
         }
     }
 
@@ -589,9 +551,9 @@ mod tests {
         let m = UffdMsg::page_fault(0x7000_1000, 42);
         assert_eq!(
             m.decode(),
-            RawEvent::PageFault {
-                flags: 0,
-                address: 0x7000_1000,
+            UffdEvent::PageFault {
+                addr: 0x7000_1000,
+                write: false,
                 tid: 42
             }
         );
@@ -602,7 +564,7 @@ mod tests {
         };
         assert_eq!(
             r.decode(),
-            RawEvent::Remove {
+            UffdEvent::Remove {
                 start: 0x1000,
                 end: 0x3000
             }
@@ -613,7 +575,7 @@ mod tests {
                 ..UffdMsg::default()
             }
             .decode(),
-            RawEvent::Other(0x7f)
+            UffdEvent::Other(0x7f)
         );
     }
 
