@@ -10,7 +10,12 @@
 //! - `reload_swap_us`: the swap phase of a reload (the registry commit; excludes the copy,
 //!   `dlopen` and init), median, target ≤ 100 µs;
 //! - `reload_p99_ratio`: p99 latency of find + call while another thread reloads the same
-//!   bundle continuously / the idle p99 of the same loop, target ≤ 2.
+//!   bundle continuously / the idle p99 of the same loop, target ≤ 2;
+//! - `republish_scaling`: the registry commit of a reload that changes its find-index entries
+//!   (one contract's version changes, one is dropped, one added) in a registry holding 10,000
+//!   other contracts / the same commit in one holding 10, target ≤ 2 (republishing costs what
+//!   the reload changed, not what the registry holds). Batches of the two alternate, so drift
+//!   on a busy machine hits both alike.
 
 #[path = "../tests/support/contracts.rs"]
 mod contracts;
@@ -25,10 +30,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use polyplug_runtime::{ReloadRequest, ReloadStep, Runtime};
+use polyplug_runtime::abi::Version;
+use polyplug_runtime::ids::BundleId;
+use polyplug_runtime::{Registry, ReloadRequest, ReloadStep, Runtime};
 use workspace_tests::bench::{Samples, Target, verdict};
 
-use contracts::{GREETER, Greeter};
+use contracts::{GREETER, Greeter, Versioned};
 
 /// Per-iteration timings criterion handed to `iter_custom`, kept to compute verdicts.
 static SAMPLES: Samples = Samples::new();
@@ -129,6 +136,84 @@ fn bench_runtime(c: &mut Criterion) {
     group.finish();
 
     p99_under_reload(&rt, &v1, &v2);
+    republish_scaling();
+}
+
+extern "C" fn one() -> u32 {
+    1
+}
+static TABLE: Versioned = Versioned { version: one };
+
+/// A registry holding `others` contracts besides the bundle `scaling` that the commits reload.
+fn scaling_registry(others: u32) -> Registry {
+    let registry = Registry::new();
+    for i in 0..others {
+        let bundle = format!("other{}", i % 50);
+        registry
+            .register_table(
+                &format!("other.{i}"),
+                Version::new(1, 0, 0),
+                BundleId::new(&bundle),
+                &bundle,
+                &TABLE,
+            )
+            .expect("register");
+    }
+    registry
+}
+
+/// The mean time of `batch` registry commits of bundle `scaling`, alternating between v1
+/// (`scaling.kept@1.0`, `scaling.a`) and v2 (`scaling.kept@1.1`, `scaling.b`): each commit
+/// swaps one contract with a new version, retires one and publishes one — three index
+/// entries republished. Only the commit (the swap phase of a reload) is timed.
+fn commit_batch(registry: &Registry, next_v2: &mut bool, batch: u32) -> f64 {
+    let bundle = BundleId::new("scaling");
+    let mut spent = Duration::ZERO;
+    for _ in 0..batch {
+        let (minor, other) = if *next_v2 {
+            (1, "scaling.b")
+        } else {
+            (0, "scaling.a")
+        };
+        *next_v2 = !*next_v2;
+        let mut txn = registry
+            .begin_reload(bundle, "scaling", true)
+            .expect("begin");
+        txn.stage_table("scaling.kept", Version::new(1, minor, 0), &TABLE)
+            .expect("stage");
+        txn.stage_table(other, Version::new(1, 0, 0), &TABLE)
+            .expect("stage");
+        let start = Instant::now();
+        let summary = black_box(txn.commit().expect("commit"));
+        spent += start.elapsed();
+        assert!(summary.index_republished, "each commit republishes");
+        drop(txn);
+    }
+    spent.as_nanos() as f64 / f64::from(batch)
+}
+
+/// Commits in a registry of 10 other contracts and in one of 10,000, in alternating batches.
+fn republish_scaling() {
+    const ROUNDS: usize = 60;
+    const WARM_UP: usize = 5;
+    const BATCH: u32 = 400;
+    let few = scaling_registry(10);
+    let many = scaling_registry(10_000);
+    let (mut few_v2, mut many_v2) = (false, false);
+    for round in 0..WARM_UP + ROUNDS {
+        let few_first = round % 2 == 0;
+        for pass in 0..2 {
+            let (name, registry, next_v2) = if (pass == 0) == few_first {
+                ("republish_few", &few, &mut few_v2)
+            } else {
+                ("republish_many", &many, &mut many_v2)
+            };
+            let ns = commit_batch(registry, next_v2, BATCH);
+            if round >= WARM_UP {
+                SAMPLES.push(name, ns);
+            }
+        }
+    }
 }
 
 /// The p99 of `find` + call, idle and while another thread reloads the bundle continuously.
@@ -227,6 +312,20 @@ fn verdicts(_: &mut Criterion) {
             Target::AtMost(2.0),
         );
     }
+    let (few, many) = (
+        SAMPLES.median("republish_few"),
+        SAMPLES.median("republish_many"),
+    );
+    println!(
+        "info: polyplug-runtime/republish_commit = {few:.0} ns with 10 other contracts, {many:.0} ns with 10000"
+    );
+    verdict(
+        KRATE,
+        "republish_scaling",
+        many / few,
+        "x",
+        Target::AtMost(2.0),
+    );
 }
 
 fn config() -> Criterion {

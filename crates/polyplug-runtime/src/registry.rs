@@ -24,9 +24,15 @@
 //! # Writers
 //!
 //! Writers serialize on one mutex and publish only what changed: a swap replaces one slot
-//! (O(1)); the find index (contract id → providers, an immutable map behind its own
-//! `arc-swap`) is republished only when the set of providers of some contract changes — a
-//! reload that keeps its contracts republishes nothing but its slots.
+//! (O(1)); the find index (contract id → providers and the policy's choice) is updated in
+//! place for exactly the contracts whose providers, or whose providers' versions, changed —
+//! `O(k · p)` for `k` such contracts with `p` providers each, amortized, however many
+//! contracts the registry holds — and a reload that keeps its contracts and their versions
+//! republishes nothing but its slots. A writer republishes a contract's entry before it
+//! vacates a retired slot, so a lookup that meets a vacated slot retries on the new choice.
+//! The index is an open-addressing table of per-contract cells: `find` loads the table (one
+//! `arc-swap` load) and reads the contract's choice with one acquire load; the private
+//! `find_index` module documents the layout and the ordering.
 //!
 //! A reload runs as a [`ReloadTransaction`]: it first takes the bundle's **reload gate** (so
 //! two reloads of one bundle never overlap, while reloads of different bundles run in
@@ -45,7 +51,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
@@ -56,6 +61,10 @@ use crate::abi::{
 };
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::sync::{ArcCell, AtomicU64, CellGuard, Condvar, Mutex, Ordering};
+
+mod find_index;
+
+use find_index::{Choice, FindIndex, IndexBook, IndexEntry, Selection};
 
 /// Slots per segment of the first segment; segment `k` holds `SEGMENT_BASE << k` slots.
 #[cfg(not(feature = "loom"))]
@@ -468,41 +477,6 @@ struct Staged {
     keep_alive: Option<KeepAlive>,
 }
 
-/// Identity hasher for contract ids (they are FNV-1a hashes already).
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = crate::ids::fnv1a64(bytes) ^ self.0.rotate_left(5);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Debug, Clone, Copy)]
-enum Selection {
-    One(GuestContractHandle),
-    Ambiguous,
-}
-
-struct IndexEntry {
-    selection: Selection,
-    providers: Box<[ProviderInfo]>,
-}
-
-/// The immutable find index: contract id → providers and the policy's choice.
-#[derive(Default)]
-struct FindIndex {
-    map: IdMap<IndexEntry>,
-}
-
 /// The per-bundle reload gate: a flag under a mutex, and a condition variable to wait on.
 struct Gate {
     busy: Mutex<bool>,
@@ -563,6 +537,7 @@ struct WriterState {
     contracts: HashMap<ContractId, ContractRecord>,
     bundles: HashMap<BundleId, BundleRecord>,
     seq: u64,
+    index: IndexBook,
 }
 
 /// Segmented slot storage: segments are allocated once (under the writer mutex) and never
@@ -611,7 +586,7 @@ impl SlotTable {
 /// The contract registry. See the [module documentation](self).
 pub struct Registry {
     slots: SlotTable,
-    index: ArcCell<FindIndex>,
+    index: FindIndex,
     revision: AtomicU64,
     writer: Mutex<WriterState>,
     policy: ProviderPolicy,
@@ -628,7 +603,7 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("policy", &self.policy)
             .field("revision", &self.revision())
-            .field("contracts", &self.index.load().map.len())
+            .field("contracts", &self.contract_count())
             .finish()
     }
 }
@@ -643,7 +618,7 @@ impl Registry {
     pub fn with_policy(policy: ProviderPolicy) -> Self {
         Self {
             slots: SlotTable::new(),
-            index: ArcCell::new(Arc::new(FindIndex::default())),
+            index: FindIndex::new(),
             revision: AtomicU64::new(0),
             writer: Mutex::new(WriterState::default()),
             policy,
@@ -703,27 +678,17 @@ impl Registry {
     /// [`LookupError::IncompatibleVersion`].
     #[inline]
     pub fn find(&self, contract: &ContractRef<'_>) -> Result<InterfaceGuard<'_>, LookupError> {
-        // A writer retiring the chosen slot publishes the new index before vacating the slot,
-        // so a lookup that meets a vacated slot retries on a newer index.
+        // A writer retiring the chosen slot republishes the contract's entry before vacating
+        // the slot, so a lookup that meets a vacated slot retries on a newer choice.
+        let id = contract.id().id();
         for _ in 0..8 {
-            let handle = {
-                let index = self.index.load();
-                let Some(entry) = index.map.get(&contract.id().id()) else {
-                    break;
-                };
-                match entry.selection {
-                    Selection::One(handle) => handle,
-                    Selection::Ambiguous => {
-                        return Err(LookupError::Ambiguous {
-                            contract: contract.to_string(),
-                            providers: entry
-                                .providers
-                                .iter()
-                                .map(|p| p.bundle_name.clone())
-                                .collect(),
-                        });
-                    }
-                }
+            let handle = match self.index.choice(id) {
+                Choice::One(handle) => handle,
+                Choice::Absent => break,
+                Choice::Ambiguous => match self.ambiguous(contract) {
+                    Some(error) => return Err(error),
+                    None => continue,
+                },
             };
             if let Ok(guard) = self.resolve(handle) {
                 return Self::check(contract, guard);
@@ -731,6 +696,21 @@ impl Registry {
         }
         Err(LookupError::NotFound {
             contract: contract.to_string(),
+        })
+    }
+
+    /// The `Ambiguous` error for `contract`, naming its providers; `None` if the contract is
+    /// no longer ambiguous (a writer changed it since its choice was read: look again).
+    #[cold]
+    fn ambiguous(&self, contract: &ContractRef<'_>) -> Option<LookupError> {
+        let entry = self.index.entry(contract.id().id())?;
+        matches!(entry.selection, Selection::Ambiguous).then(|| LookupError::Ambiguous {
+            contract: contract.to_string(),
+            providers: entry
+                .providers
+                .iter()
+                .map(|p| p.bundle_name.clone())
+                .collect(),
         })
     }
 
@@ -746,10 +726,9 @@ impl Registry {
     ) -> Result<InterfaceGuard<'_>, LookupError> {
         for _ in 0..8 {
             let handle = {
-                let index = self.index.load();
-                let found = index
-                    .map
-                    .get(&contract.id().id())
+                let entry = self.index.entry(contract.id().id());
+                let found = entry
+                    .as_deref()
                     .and_then(|e| e.providers.iter().find(|p| p.bundle == bundle));
                 match found {
                     Some(p) => p.handle,
@@ -801,9 +780,7 @@ impl Registry {
     /// Every provider of `contract`'s id, in registration order.
     pub fn providers(&self, contract: ContractId) -> Vec<ProviderInfo> {
         self.index
-            .load()
-            .map
-            .get(&contract.id())
+            .entry(contract.id())
             .map(|e| e.providers.to_vec())
             .unwrap_or_default()
     }
@@ -828,9 +805,10 @@ impl Registry {
         out
     }
 
-    /// Number of contracts with at least one provider.
+    /// Number of contracts with at least one provider (takes the writer mutex briefly; not a
+    /// lookup path).
     pub fn contract_count(&self) -> usize {
-        self.index.load().map.len()
+        self.writer.lock().index.live()
     }
 
     /// Registers one contract directly (outside any reload transaction).
@@ -917,7 +895,7 @@ impl Registry {
             keep_alive,
         };
         let handle = self.occupy(&mut w, registration.bundle, bundle_name, staged)?;
-        self.publish_index(&w);
+        self.republish(&mut w, &[contract]);
         self.revision.fetch_add(1, Ordering::Release);
         Ok(handle)
     }
@@ -987,7 +965,7 @@ impl Registry {
             info.version = interface.contract_version;
         }
         if version_changed {
-            self.publish_index(&w);
+            self.republish(&mut w, &[current.contract_id()]);
         }
         self.revision.fetch_add(1, Ordering::Release);
         Ok(old)
@@ -999,6 +977,23 @@ impl Registry {
     ///
     /// As [`resolve`](Self::resolve).
     pub fn unregister(&self, handle: GuestContractHandle) -> Result<(), RegistryError> {
+        self.retire(handle, false)
+    }
+
+    /// A deliberately wrong `unregister` for the loom suite's negative control: it vacates the
+    /// slot before republishing the contract's entry, so a lookup can keep meeting the vacated
+    /// slot while another provider is there all along.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn unregister_vacating_first(
+        &self,
+        handle: GuestContractHandle,
+    ) -> Result<(), RegistryError> {
+        self.retire(handle, true)
+    }
+
+    /// [`unregister`](Self::unregister); `vacate_first` only for the loom negative control.
+    fn retire(&self, handle: GuestContractHandle, vacate_first: bool) -> Result<(), RegistryError> {
         let mut w = self.writer.lock();
         let Some(cell) = self.slots.get(handle.index) else {
             return Err(RegistryError::InvalidHandle { handle });
@@ -1014,14 +1009,32 @@ impl Registry {
         if let Some(info) = info {
             forget_provider(&mut w, info.contract, info.bundle, handle.index);
         }
-        self.publish_index(&w);
-        drop(cell.swap(Arc::new(Interface::vacant(
-            handle.index,
-            current.generation,
-        ))));
+        let vacate = || {
+            drop(cell.swap(Arc::new(Interface::vacant(
+                handle.index,
+                current.generation,
+            ))));
+        };
+        if vacate_first {
+            vacate();
+            self.republish(&mut w, &[current.contract_id()]);
+        } else {
+            // Before vacating: a lookup that still meets the retired slot retries on its new
+            // entry.
+            self.republish(&mut w, &[current.contract_id()]);
+            vacate();
+        }
         release_index(&mut w, handle.index, current.generation);
         self.revision.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Makes this registry's find-index rebuilds deliberately wrong, for the loom suite's
+    /// negative control: the new table is published empty, then filled.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn publish_index_rebuilds_before_filling(&self) {
+        self.writer.lock().index.publish_before_fill = true;
     }
 
     /// Opens a reload (or first load, or unload) transaction for `bundle`, waiting for the
@@ -1171,47 +1184,53 @@ impl Registry {
         Ok(GuestContractHandle { index, generation })
     }
 
-    /// Rebuilds and publishes the find index from the writer state.
-    fn publish_index(&self, w: &WriterState) {
-        let mut map = IdMap::default();
-        for (id, record) in &w.contracts {
-            let mut providers: Vec<(u64, ProviderInfo)> = record
-                .providers
-                .iter()
-                .filter_map(|&index| {
-                    let info = w.slot_info.get(index as usize)?.as_ref()?;
-                    let generation = self.slots.get(index)?.load().generation;
-                    let bundle_name = w
-                        .bundles
-                        .get(&info.bundle)
-                        .map(|b| b.name.to_string())
-                        .unwrap_or_default();
-                    Some((
-                        info.seq,
-                        ProviderInfo {
-                            bundle: info.bundle,
-                            bundle_name,
-                            handle: GuestContractHandle { index, generation },
-                            version: info.version,
-                        },
-                    ))
-                })
-                .collect();
-            if providers.is_empty() {
-                continue;
-            }
-            providers.sort_by_key(|(seq, _)| *seq);
-            let providers: Box<[ProviderInfo]> = providers.into_iter().map(|(_, p)| p).collect();
-            let selection = select(&self.policy, &providers);
-            map.insert(
-                id.id(),
-                IndexEntry {
-                    selection,
-                    providers,
-                },
-            );
+    /// Republishes the find-index entries of the `changed` contracts — only theirs: each is
+    /// rebuilt from the writer state (its providers in registration order, the policy's
+    /// choice) and stored in place, in `O(providers)`. Every writer passes each contract whose
+    /// set of providers, or one of whose providers' versions, it changed; a contract missing
+    /// here would keep a stale entry.
+    fn republish(&self, w: &mut WriterState, changed: &[ContractId]) {
+        for &contract in changed {
+            let entry = self.build_entry(w, contract);
+            self.index.set(&mut w.index, contract.id(), entry);
         }
-        drop(self.index.swap(Arc::new(FindIndex { map })));
+    }
+
+    /// `contract`'s index entry as the writer state says; `None` without providers.
+    fn build_entry(&self, w: &WriterState, contract: ContractId) -> Option<IndexEntry> {
+        let record = w.contracts.get(&contract)?;
+        let mut providers: Vec<(u64, ProviderInfo)> = record
+            .providers
+            .iter()
+            .filter_map(|&index| {
+                let info = w.slot_info.get(index as usize)?.as_ref()?;
+                let generation = self.slots.get(index)?.load().generation;
+                let bundle_name = w
+                    .bundles
+                    .get(&info.bundle)
+                    .map(|b| b.name.to_string())
+                    .unwrap_or_default();
+                Some((
+                    info.seq,
+                    ProviderInfo {
+                        bundle: info.bundle,
+                        bundle_name,
+                        handle: GuestContractHandle { index, generation },
+                        version: info.version,
+                    },
+                ))
+            })
+            .collect();
+        if providers.is_empty() {
+            return None;
+        }
+        providers.sort_by_key(|(seq, _)| *seq);
+        let providers: Box<[ProviderInfo]> = providers.into_iter().map(|(_, p)| p).collect();
+        let selection = select(&self.policy, &providers);
+        Some(IndexEntry {
+            selection,
+            providers,
+        })
     }
 }
 
@@ -1461,7 +1480,9 @@ impl ReloadTransaction<'_> {
             added: Vec::new(),
             retired: Vec::new(),
         };
-        let mut index_dirty = false;
+        // The contracts whose index entries this commit changes: a version changed by a swap,
+        // a provider added, a provider retired. Nothing else is republished.
+        let mut changed: Vec<ContractId> = Vec::new();
         for staged in std::mem::take(&mut self.staged) {
             if let Some(&index) = old.get(&staged.contract) {
                 let Some(cell) = registry.slots.get(index) else {
@@ -1484,14 +1505,22 @@ impl ReloadTransaction<'_> {
                     && info.version != staged.interface.contract_version
                 {
                     info.version = staged.interface.contract_version;
-                    index_dirty = true;
+                    changed.push(staged.contract);
                 }
                 committed.swapped.push((index, before));
             } else {
-                let handle =
-                    registry.occupy(&mut w, self.bundle, Arc::clone(&bundle_name), staged)?;
-                committed.added.push(handle);
-                index_dirty = true;
+                let contract = staged.contract;
+                match registry.occupy(&mut w, self.bundle, Arc::clone(&bundle_name), staged) {
+                    Ok(handle) => committed.added.push(handle),
+                    Err(error) => {
+                        // Unreachable after the capacity check above; if it happens, the index
+                        // still matches what was done so far.
+                        registry.republish(&mut w, &changed);
+                        registry.revision.fetch_add(1, Ordering::Release);
+                        return Err(error);
+                    }
+                }
+                changed.push(contract);
             }
         }
         let kept: Vec<u32> = committed.swapped.iter().map(|(i, _)| *i).collect();
@@ -1507,12 +1536,11 @@ impl ReloadTransaction<'_> {
             if let Some(info) = info {
                 to_vacate.push((index, info));
             }
-            index_dirty = true;
+            changed.push(contract);
         }
-        if index_dirty {
-            // Before vacating: a lookup that still meets a retired slot retries on this index.
-            registry.publish_index(&w);
-        }
+        let index_dirty = !changed.is_empty();
+        // Before vacating: a lookup that still meets a retired slot retries on its new entry.
+        registry.republish(&mut w, &changed);
         for (index, info) in to_vacate {
             if let Some(cell) = registry.slots.get(index) {
                 let generation = cell.load().generation;
@@ -1559,7 +1587,10 @@ impl ReloadTransaction<'_> {
         };
         let registry = self.registry;
         let mut w = registry.writer.lock();
+        // Every contract the commit touched: swapped back, restored, or withdrawn.
+        let mut changed: Vec<ContractId> = Vec::new();
         for (index, before) in committed.swapped {
+            changed.push(before.contract_id());
             if let Some(cell) = registry.slots.get(index) {
                 let version = before.interface.contract_version;
                 drop(cell.swap(before));
@@ -1569,6 +1600,7 @@ impl ReloadTransaction<'_> {
             }
         }
         for (index, before, info) in committed.retired {
+            changed.push(info.contract);
             w.contracts
                 .entry(info.contract)
                 .or_insert_with(|| ContractRecord {
@@ -1596,10 +1628,11 @@ impl ReloadTransaction<'_> {
                 .and_then(Option::take)
             {
                 forget_provider(&mut w, info.contract, info.bundle, handle.index);
+                changed.push(info.contract);
                 to_vacate.push(handle);
             }
         }
-        registry.publish_index(&w);
+        registry.republish(&mut w, &changed);
         for handle in to_vacate {
             if let Some(cell) = registry.slots.get(handle.index) {
                 drop(cell.swap(Arc::new(Interface::vacant(handle.index, handle.generation))));
@@ -1704,5 +1737,355 @@ mod tests {
         let none = ProviderPolicy::Prefer(vec!["zz".into()]);
         assert_eq!(chosen(&none, &ps), None);
         assert_eq!(chosen(&none, &ps[1..2]), Some(1));
+    }
+
+    #[repr(C)]
+    struct Table {
+        _f: extern "C" fn() -> u32,
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: repr(C), one non-null extern "C" function pointer.
+    unsafe impl FunctionTable for Table {}
+    extern "C" fn f() -> u32 {
+        0
+    }
+    static TABLE: Table = Table { _f: f };
+
+    fn v(minor: u32) -> Version {
+        Version::new(1, minor, 0)
+    }
+
+    /// Commits a reload of `bundle` providing `contracts` (name, minor); an empty list
+    /// unloads it.
+    fn reload(registry: &Registry, bundle: &str, contracts: &[(&str, u32)]) -> SwapSummary {
+        let mut txn = registry
+            .begin_reload(BundleId::new(bundle), bundle, true)
+            .expect("begin");
+        for (name, minor) in contracts {
+            txn.stage_table(name, v(*minor), &TABLE).expect("stage");
+        }
+        let summary = txn.commit().expect("commit");
+        if contracts.is_empty() {
+            txn.remove_bundle_on_finish();
+        }
+        summary
+    }
+
+    /// (entries built, cells moved) so far.
+    fn index_work(registry: &Registry) -> (u64, u64) {
+        let w = registry.writer.lock();
+        (w.index.entries_built, w.index.cells_moved)
+    }
+
+    /// The index holds exactly what a rebuild from scratch of the writer state would, and
+    /// `find` answers what the entries say.
+    fn check_index(registry: &Registry) -> Result<(), String> {
+        let mut expected: Vec<(u64, IndexEntry)> = {
+            let w = registry.writer.lock();
+            if w.index.live() != w.contracts.len() {
+                return Err(format!(
+                    "index counts {} live contracts, the writer state {}",
+                    w.index.live(),
+                    w.contracts.len()
+                ));
+            }
+            w.contracts
+                .keys()
+                .filter_map(|id| Some((id.id(), registry.build_entry(&w, *id)?)))
+                .collect()
+        };
+        expected.sort_by_key(|(id, _)| *id);
+        let mut live = registry.index.live_entries();
+        live.sort_by_key(|(id, _)| *id);
+        let live: Vec<(u64, &IndexEntry)> = live.iter().map(|(id, e)| (*id, &**e)).collect();
+        let want: Vec<(u64, &IndexEntry)> = expected.iter().map(|(id, e)| (*id, e)).collect();
+        if live != want {
+            return Err(format!("index {live:#?}\nrebuilt {want:#?}"));
+        }
+        for (id, entry) in &expected {
+            let name = &entry.providers[0].bundle_name;
+            let choice = registry.index.choice(*id);
+            let agrees = match (choice, entry.selection) {
+                (Choice::One(got), Selection::One(want)) => got == want,
+                (Choice::Ambiguous, Selection::Ambiguous) => true,
+                _ => false,
+            };
+            if !agrees {
+                return Err(format!("{name}: choice {choice:?}, entry {entry:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every writer path — register, unregister, a swap changing the version, reload commits
+    /// adding, keeping and dropping contracts, rollbacks, unloads — under every policy: after
+    /// each operation the incrementally republished index equals a rebuild from scratch
+    /// (a contract a writer forgot to republish shows up here as a stale entry).
+    mod republish_model {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Register {
+                bundle: u8,
+                contract: u8,
+                minor: u32,
+            },
+            Unregister {
+                pick: usize,
+            },
+            Swap {
+                pick: usize,
+                minor: u32,
+            },
+            Reload {
+                bundle: u8,
+                contracts: Vec<(u8, u32)>,
+                rollback: bool,
+            },
+            Unload {
+                bundle: u8,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..3, 0u8..6, 0u32..3).prop_map(|(bundle, contract, minor)| {
+                    Op::Register { bundle, contract, minor }
+                }),
+                1 => any::<usize>().prop_map(|pick| Op::Unregister { pick }),
+                1 => (any::<usize>(), 0u32..3).prop_map(|(pick, minor)| Op::Swap { pick, minor }),
+                3 => (
+                    0u8..3,
+                    proptest::collection::vec((0u8..6, 0u32..3), 0..4),
+                    any::<bool>(),
+                )
+                    .prop_map(|(bundle, contracts, rollback)| Op::Reload {
+                        bundle,
+                        contracts,
+                        rollback,
+                    }),
+                1 => (0u8..3).prop_map(|bundle| Op::Unload { bundle }),
+            ]
+        }
+
+        fn policy() -> impl Strategy<Value = ProviderPolicy> {
+            prop_oneof![
+                Just(ProviderPolicy::Unique),
+                Just(ProviderPolicy::FirstLoaded),
+                Just(ProviderPolicy::HighestVersion),
+                Just(ProviderPolicy::Prefer(vec!["b2".into(), "b0".into()])),
+            ]
+        }
+
+        const CONTRACTS: [&str; 6] = ["c0", "c1", "c2", "c3", "c4", "c5"];
+
+        fn handles(registry: &Registry) -> Vec<GuestContractHandle> {
+            (0..3)
+                .flat_map(|b| registry.bundle_contracts(BundleId::new(&format!("b{b}"))))
+                .map(|(_, handle)| handle)
+                .collect()
+        }
+
+        fn apply(registry: &Registry, op: &Op) {
+            match op {
+                Op::Register {
+                    bundle,
+                    contract,
+                    minor,
+                } => {
+                    let name = format!("b{bundle}");
+                    let _ = registry.register_table(
+                        CONTRACTS[*contract as usize],
+                        v(*minor),
+                        BundleId::new(&name),
+                        &name,
+                        &TABLE,
+                    );
+                }
+                Op::Unregister { pick } => {
+                    let all = handles(registry);
+                    if !all.is_empty() {
+                        registry
+                            .unregister(all[pick % all.len()])
+                            .expect("unregister");
+                    }
+                }
+                Op::Swap { pick, minor } => {
+                    let all = handles(registry);
+                    if !all.is_empty() {
+                        let handle = all[pick % all.len()];
+                        let current = registry.resolve(handle).expect("resolve");
+                        let interface = GuestContractInterface::new(
+                            current.contract_id(),
+                            v(*minor),
+                            DispatchTable::from_static(&TABLE),
+                        );
+                        drop(current);
+                        registry
+                            .swap_entry(handle.index, interface, None)
+                            .expect("swap");
+                    }
+                }
+                Op::Reload {
+                    bundle,
+                    contracts,
+                    rollback,
+                } => {
+                    let name = format!("b{bundle}");
+                    let mut txn = registry
+                        .begin_reload(BundleId::new(&name), &name, true)
+                        .expect("begin");
+                    for (contract, minor) in contracts {
+                        // A contract staged twice is refused; the first stays staged.
+                        let _ = txn.stage_table(CONTRACTS[*contract as usize], v(*minor), &TABLE);
+                    }
+                    txn.commit().expect("commit");
+                    if let Err(e) = check_index(registry) {
+                        panic!("after the commit: {e}");
+                    }
+                    if *rollback {
+                        txn.rollback().expect("rollback");
+                    }
+                }
+                Op::Unload { bundle } => {
+                    let name = format!("b{bundle}");
+                    let mut txn = registry
+                        .begin_reload(BundleId::new(&name), &name, true)
+                        .expect("begin");
+                    txn.commit().expect("commit");
+                    txn.remove_bundle_on_finish();
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn the_index_always_equals_a_rebuild_from_scratch(
+                policy in policy(),
+                ops in proptest::collection::vec(op(), 1..40),
+            ) {
+                let registry = Registry::with_policy(policy);
+                for op in &ops {
+                    apply(&registry, op);
+                    if let Err(e) = check_index(&registry) {
+                        return Err(TestCaseError::fail(format!("after {op:?}: {e}")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The cost claim: in a registry of 5,000 contracts, reloading a one-contract bundle
+    /// rebuilds the entries of the contracts it changed — one or two — and moves no cell;
+    /// a stream of reloads each bringing a never-seen contract id moves fewer than two cells
+    /// per new id, amortized (the table's rebuilds), never thousands per reload.
+    #[test]
+    fn a_one_contract_reload_among_5000_contracts_rebuilds_only_its_own_entries() {
+        const OTHERS: u32 = 5_000;
+        let registry = Registry::new();
+        for i in 0..OTHERS {
+            let bundle = format!("filler{}", i % 50);
+            registry
+                .register_table(
+                    &format!("filler.{i}"),
+                    v(0),
+                    BundleId::new(&bundle),
+                    &bundle,
+                    &TABLE,
+                )
+                .expect("register");
+        }
+        // `solo.b` has been seen once, so alternating `solo.a` and `solo.b` reuses cells.
+        reload(&registry, "solo", &[("solo.b", 0)]);
+        reload(&registry, "solo", &[("solo.a", 0)]);
+        check_index(&registry).expect("consistent");
+        let found = |name: &str| {
+            registry
+                .find(&ContractRef::new(name, 1, 0))
+                .map(|g| g.version())
+        };
+        let sample = |registry: &Registry| {
+            for i in (0..OTHERS).step_by(499) {
+                let name = format!("filler.{i}");
+                assert_eq!(
+                    registry
+                        .find(&ContractRef::new(&name, 1, 0))
+                        .map(|g| g.version()),
+                    Ok(v(0)),
+                    "{name}"
+                );
+            }
+        };
+
+        let before = index_work(&registry);
+        let summary = reload(&registry, "solo", &[("solo.a", 1)]);
+        assert!(summary.index_republished);
+        assert_eq!(
+            index_work(&registry),
+            (before.0 + 1, before.1),
+            "version change"
+        );
+        assert_eq!(found("solo.a"), Ok(v(1)));
+
+        let before = index_work(&registry);
+        let summary = reload(&registry, "solo", &[("solo.a", 1)]);
+        assert!(!summary.index_republished);
+        assert_eq!(
+            index_work(&registry),
+            before,
+            "same contracts, same versions"
+        );
+
+        for round in 0..10 {
+            let (drop, keep) = if round % 2 == 0 {
+                ("solo.a", "solo.b")
+            } else {
+                ("solo.b", "solo.a")
+            };
+            let before = index_work(&registry);
+            reload(&registry, "solo", &[(keep, 0)]);
+            assert_eq!(
+                index_work(&registry),
+                (before.0 + 2, before.1),
+                "round {round}: one contract dropped, one added"
+            );
+            assert_eq!(found(keep), Ok(v(0)));
+            assert!(matches!(found(drop), Err(LookupError::NotFound { .. })));
+        }
+        sample(&registry);
+        check_index(&registry).expect("consistent");
+
+        // Never-seen ids: each reload adds one and retires the previous one.
+        const NEW_IDS: u64 = 20_000;
+        let before = index_work(&registry);
+        for i in 0..NEW_IDS {
+            reload(&registry, "solo", &[(&format!("fresh.{i}"), 0)]);
+        }
+        let (built, moved) = index_work(&registry);
+        assert_eq!(built - before.0, 2 * NEW_IDS, "two entries per reload");
+        let live = u64::from(OTHERS) + 1;
+        assert!(
+            moved - before.1 <= 2 * NEW_IDS + live,
+            "{} cells moved for {NEW_IDS} new ids among {live} contracts",
+            moved - before.1
+        );
+        assert!(
+            registry.index.capacity() <= 4 * 8192,
+            "{}",
+            registry.index.capacity()
+        );
+        assert_eq!(found(&format!("fresh.{}", NEW_IDS - 1)), Ok(v(0)));
+        assert!(found("fresh.0").is_err());
+        sample(&registry);
+        check_index(&registry).expect("consistent");
     }
 }

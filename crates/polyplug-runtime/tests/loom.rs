@@ -1,6 +1,7 @@
 //! Loom models of the registry's protocols: a reload transaction swapping a contract in place
-//! while readers look it up (through `find` and through a revision-polling cache), and two
-//! reloads of one bundle racing for its reload gate.
+//! while readers look it up (through `find` and through a revision-polling cache), two
+//! reloads of one bundle racing for its reload gate, and the find index changing in place —
+//! growing, gaining a provider, losing one — under a reader.
 //!
 //! Run with `LOOM_MAX_PREEMPTIONS=2 cargo test --release -p polyplug-runtime --features loom
 //! --test loom`. Each model has negative controls — the same scenario with a deliberately
@@ -8,13 +9,13 @@
 //! model's own assertion message).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use loom::sync::atomic::AtomicUsize as LoomUsize;
 use loom::thread;
 use polyplug_runtime::abi::{FunctionTable, Version};
 use polyplug_runtime::ids::{BundleId, ContractRef};
-use polyplug_runtime::{CachedInterface, Registry};
+use polyplug_runtime::{CachedInterface, ProviderPolicy, Registry};
 
 #[repr(C)]
 struct Versioned {
@@ -35,26 +36,12 @@ static V2: Versioned = Versioned { version: two };
 const CONTRACT: ContractRef<'static> = ContractRef::new("model", 1, 0);
 const VERSION: Version = Version::new(1, 0, 0);
 
-/// Runs `f` under loom, bounding preemptions at 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise,
-/// and reports how many executions loom explored.
+/// Runs `f` under loom (see [`workspace_tests::loom_model!`]).
 fn model<F>(f: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
-    let mut builder = loom::model::Builder::new();
-    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    let executions = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&executions);
-    builder.check(move || {
-        counter.fetch_add(1, Ordering::Relaxed);
-        f();
-    });
-    println!(
-        "loom: {} executions explored",
-        executions.load(Ordering::Relaxed)
-    );
+    workspace_tests::loom_model!(f);
 }
 
 fn registry_with_v1() -> Arc<Registry> {
@@ -199,4 +186,82 @@ fn negative_control_reloads_without_the_gate_overlap() {
 #[should_panic(expected = "contract unresolvable")]
 fn negative_control_retire_and_republish_loses_the_contract() {
     racing_reloads_scenario(Reloads::RetireAndRepublish);
+}
+
+/// How the writer in the scenario below changes the find index.
+#[derive(Clone, Copy)]
+enum IndexWrites {
+    Correct,
+    /// Retire a provider by vacating its slot before republishing the contract's entry.
+    VacateFirst,
+    /// Grow the index by publishing the new table empty, then filling it.
+    RebuildPublishedEmpty,
+}
+
+/// While a reader looks `model` up, a writer grows the find index (a new contract id past the
+/// table's load limit forces a rebuild), registers a second provider of `model` and retires
+/// the first. `model` has a provider at every moment, so the lookup always succeeds, and
+/// once the writer is done it reaches the second provider.
+fn index_changes_scenario(mode: IndexWrites) {
+    model(move || {
+        let registry = Arc::new(Registry::with_policy(ProviderPolicy::FirstLoaded));
+        let first = registry
+            .register_table("model", VERSION, BundleId::new("a"), "a", &V1)
+            .expect("first provider");
+        for name in ["filler.1", "filler.2"] {
+            registry
+                .register_table(name, VERSION, BundleId::new("c"), "c", &V1)
+                .expect("filler");
+        }
+        if let IndexWrites::RebuildPublishedEmpty = mode {
+            registry.publish_index_rebuilds_before_filling();
+        }
+        let writer = {
+            let registry = Arc::clone(&registry);
+            thread::spawn(move || {
+                registry
+                    .register_table("extra", VERSION, BundleId::new("b"), "b", &V2)
+                    .expect("a fourth contract id: the index grows");
+                registry
+                    .register_table("model", VERSION, BundleId::new("b"), "b", &V2)
+                    .expect("second provider");
+                match mode {
+                    IndexWrites::VacateFirst => registry.unregister_vacating_first(first),
+                    _ => registry.unregister(first),
+                }
+                .expect("retire the first provider");
+            })
+        };
+        let found = registry.find(&CONTRACT);
+        assert!(
+            found.is_ok(),
+            "contract unresolvable while the index changes: {found:?}"
+        );
+        let version = version_of(&found.expect("checked"));
+        assert!(version == 1 || version == 2);
+        writer.join().expect("writer");
+        let after = registry.find(&CONTRACT).expect("found after the writer");
+        assert_eq!(version_of(&after), 2, "stale choice after the writer");
+    });
+}
+
+#[test]
+fn the_find_index_changes_in_place_without_losing_a_contract() {
+    index_changes_scenario(IndexWrites::Correct);
+}
+
+/// Negative control: vacating a retired provider's slot before republishing its contract
+/// lets a lookup keep meeting the vacated slot; loom must find it.
+#[test]
+#[should_panic(expected = "contract unresolvable")]
+fn negative_control_vacating_before_republishing_loses_the_contract() {
+    index_changes_scenario(IndexWrites::VacateFirst);
+}
+
+/// Negative control: a grown index published before it is filled hides contracts; loom must
+/// find it.
+#[test]
+#[should_panic(expected = "contract unresolvable")]
+fn negative_control_publishing_a_rebuilt_index_before_filling_it_loses_the_contract() {
+    index_changes_scenario(IndexWrites::RebuildPublishedEmpty);
 }

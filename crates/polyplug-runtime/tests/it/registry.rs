@@ -565,3 +565,231 @@ fn readers_never_fail_during_in_place_swaps() {
     }
     assert!(calls.load(Ordering::Relaxed) > 0);
 }
+
+/// Registers `count` contracts `filler.<i>` over a few bundles: the writer paths below run in
+/// a registry that holds far more than the contracts they touch.
+fn fill(registry: &Registry, count: u32) {
+    for i in 0..count {
+        let bundle = format!("filler{}", i % 7);
+        registry
+            .register_table(
+                &format!("filler.{i}"),
+                Version::new(1, 0, 0),
+                BundleId::new(&bundle),
+                &bundle,
+                &TABLE_V1,
+            )
+            .expect("filler");
+    }
+}
+
+/// Every filler contract is still found, in its own slot.
+fn fillers_intact(registry: &Registry, count: u32) {
+    for i in 0..count {
+        let name = format!("filler.{i}");
+        let found = registry
+            .find(&ContractRef::new(&name, 1, 0))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(found.contract_name(), name);
+    }
+}
+
+/// Which table `find` returns (1, 2, 3), or the error.
+fn found(registry: &Registry, name: &str) -> Result<u32, LookupError> {
+    registry
+        .find(&ContractRef::new(name, 1, 0))
+        .map(|g| (g.functions::<Versioned>().expect("table").version)())
+}
+
+/// Registering and unregistering providers republishes exactly the contract's entry: `find`
+/// follows every change under every policy, and the other contracts are untouched.
+#[test]
+fn find_follows_registrations_and_retirements_under_every_policy() {
+    const FILLERS: u32 = 300;
+    let v = |minor| Version::new(1, minor, 0);
+    for (policy, both) in [
+        (ProviderPolicy::Unique, None),
+        (ProviderPolicy::FirstLoaded, Some(1)),
+        (ProviderPolicy::HighestVersion, Some(2)),
+        (ProviderPolicy::Prefer(vec!["second".into()]), Some(2)),
+    ] {
+        let registry = Registry::with_policy(policy.clone());
+        fill(&registry, FILLERS);
+        assert!(matches!(
+            found(&registry, "multi"),
+            Err(LookupError::NotFound { .. })
+        ));
+        let first = registry
+            .register_table("multi", v(0), BundleId::new("first"), "first", &TABLE_V1)
+            .expect("first");
+        assert_eq!(found(&registry, "multi"), Ok(1), "{policy:?}: one provider");
+        let second = registry
+            .register_table("multi", v(2), BundleId::new("second"), "second", &TABLE_V2)
+            .expect("second");
+        match both {
+            Some(expected) => assert_eq!(found(&registry, "multi"), Ok(expected), "{policy:?}"),
+            None => match found(&registry, "multi") {
+                Err(LookupError::Ambiguous { providers, .. }) => {
+                    assert_eq!(providers, vec!["first", "second"]);
+                }
+                other => panic!("{policy:?}: expected Ambiguous, got {other:?}"),
+            },
+        }
+        assert_eq!(
+            registry
+                .providers(ContractId::new("multi", 1))
+                .iter()
+                .map(|p| p.handle)
+                .collect::<Vec<_>>(),
+            vec![first, second]
+        );
+        // Retiring the provider the policy chose falls back to the other one.
+        let (gone, left, left_table) = if both == Some(1) {
+            (first, second, 2)
+        } else {
+            (second, first, 1)
+        };
+        registry.unregister(gone).expect("unregister");
+        assert_eq!(found(&registry, "multi"), Ok(left_table), "{policy:?}");
+        assert_eq!(
+            registry.handle_of(&ContractRef::new("multi", 1, 0)),
+            Ok(left)
+        );
+        registry.unregister(left).expect("unregister");
+        assert!(matches!(
+            found(&registry, "multi"),
+            Err(LookupError::NotFound { .. })
+        ));
+        assert!(registry.providers(ContractId::new("multi", 1)).is_empty());
+        // A returning contract is found again.
+        registry
+            .register_table("multi", v(0), BundleId::new("third"), "third", &TABLE_V3)
+            .expect("third");
+        assert_eq!(found(&registry, "multi"), Ok(3), "{policy:?}");
+        fillers_intact(&registry, FILLERS);
+        assert_eq!(registry.contract_count(), FILLERS as usize + 1);
+    }
+}
+
+/// A reload whose v2 adds a contract, drops one and changes a version republishes those
+/// three; a rollback republishes them back; a version change through `swap_interface` moves
+/// the `HighestVersion` choice.
+#[test]
+fn find_follows_reloads_that_add_drop_and_reversion_contracts() {
+    const FILLERS: u32 = 300;
+    let v = |minor| Version::new(1, minor, 0);
+    let registry = Registry::with_policy(ProviderPolicy::HighestVersion);
+    fill(&registry, FILLERS);
+    let bundle = BundleId::new("tx");
+    let mut txn = registry.begin_reload(bundle, "tx", true).expect("begin");
+    txn.stage_table("kept", v(0), &TABLE_V1).expect("stage");
+    txn.stage_table("dropped", v(0), &TABLE_V1).expect("stage");
+    txn.commit().expect("commit v1");
+    drop(txn);
+    assert_eq!(found(&registry, "kept"), Ok(1));
+    assert_eq!(found(&registry, "dropped"), Ok(1));
+    assert!(found(&registry, "added").is_err());
+
+    // Another bundle provides `kept` at minor 1: the higher version wins.
+    let other = registry
+        .register_table("kept", v(1), BundleId::new("other"), "other", &TABLE_V3)
+        .expect("other");
+    assert_eq!(found(&registry, "kept"), Ok(3));
+
+    // v2: `kept` rises to minor 2 (and wins again), `dropped` goes, `added` comes.
+    let mut txn = registry.begin_reload(bundle, "tx", true).expect("begin");
+    txn.stage_table("kept", v(2), &TABLE_V2).expect("stage");
+    txn.stage_table("added", v(0), &TABLE_V2).expect("stage");
+    let summary = txn.commit().expect("commit v2");
+    assert_eq!((summary.swapped, summary.added, summary.retired), (1, 1, 1));
+    assert_eq!(found(&registry, "kept"), Ok(2));
+    assert!(matches!(
+        found(&registry, "dropped"),
+        Err(LookupError::NotFound { .. })
+    ));
+    assert_eq!(found(&registry, "added"), Ok(2));
+    fillers_intact(&registry, FILLERS);
+
+    // Rolled back: v1 again, on every contract the commit touched.
+    txn.rollback().expect("rollback");
+    assert_eq!(
+        found(&registry, "kept"),
+        Ok(3),
+        "minor 1 beats v1's minor 0"
+    );
+    assert_eq!(found(&registry, "dropped"), Ok(1));
+    assert!(matches!(
+        found(&registry, "added"),
+        Err(LookupError::NotFound { .. })
+    ));
+    drop(txn);
+
+    // A swap that lowers `other`'s version hands the choice back to `tx`.
+    let lower = GuestContractInterface::new(
+        ContractId::new("kept", 1),
+        v(0),
+        DispatchTable::from_static(&TABLE_V3),
+    );
+    let higher = GuestContractInterface::new(
+        ContractId::new("kept", 1),
+        v(5),
+        DispatchTable::from_static(&TABLE_V3),
+    );
+    // SAFETY: static tables.
+    unsafe { registry.swap_interface(other.index, &lower) }.expect("swap");
+    assert_eq!(
+        found(&registry, "kept"),
+        Ok(1),
+        "equal versions: first registered"
+    );
+    // SAFETY: static tables.
+    unsafe { registry.swap_interface(other.index, &higher) }.expect("swap");
+    assert_eq!(found(&registry, "kept"), Ok(3));
+    fillers_intact(&registry, FILLERS);
+}
+
+/// Unloading a bundle (a commit with nothing staged) republishes each of its contracts: a
+/// contract with another provider falls back to it, one without is gone.
+#[test]
+fn find_follows_an_unload() {
+    const FILLERS: u32 = 300;
+    let v = Version::new(1, 0, 0);
+    let registry = Registry::with_policy(ProviderPolicy::FirstLoaded);
+    fill(&registry, FILLERS);
+    let mut txn = registry
+        .begin_reload(BundleId::new("leaving"), "leaving", true)
+        .expect("begin");
+    txn.stage_table("shared", v, &TABLE_V1).expect("stage");
+    txn.stage_table("own", v, &TABLE_V1).expect("stage");
+    txn.commit().expect("load");
+    drop(txn);
+    registry
+        .register_table("shared", v, BundleId::new("staying"), "staying", &TABLE_V2)
+        .expect("staying");
+    assert_eq!(found(&registry, "shared"), Ok(1), "first loaded");
+
+    let mut txn = registry
+        .begin_reload(BundleId::new("leaving"), "leaving", true)
+        .expect("begin");
+    let summary = txn.commit().expect("unload");
+    txn.remove_bundle_on_finish();
+    drop(txn);
+    assert_eq!(summary.retired, 2);
+    assert_eq!(found(&registry, "shared"), Ok(2), "the remaining provider");
+    assert!(matches!(
+        found(&registry, "own"),
+        Err(LookupError::NotFound { .. })
+    ));
+    assert!(
+        registry
+            .find_from(&ContractRef::new("shared", 1, 0), BundleId::new("leaving"))
+            .is_err()
+    );
+    assert!(
+        registry
+            .bundle_contracts(BundleId::new("leaving"))
+            .is_empty()
+    );
+    fillers_intact(&registry, FILLERS);
+    assert_eq!(registry.contract_count(), FILLERS as usize + 1);
+}
