@@ -258,7 +258,7 @@ pub mod hugetlb {
 /// context switch to reach. The macro expands in the calling crate, which depends on `loom`
 /// (this crate does not, so ordinary test builds never compile it).
 ///
-/// ```ignore
+/// ```text
 /// workspace_tests::loom_model!(|| {
 ///     let t = loom::thread::spawn(|| ());
 ///     t.join().unwrap();

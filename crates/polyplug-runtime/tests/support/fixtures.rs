@@ -174,6 +174,44 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// The C API libraries of `polyplug-runtime-capi` (static, shared), built on first use with
+/// cargo into `<target>/polyplug-fixtures/capi` (a target directory of their own: the one the
+/// running tests came from is locked by the cargo that runs them).
+pub(crate) fn capi_libraries() -> Result<&'static (PathBuf, PathBuf), String> {
+    static LIBS: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    LIBS.get_or_init(|| {
+        let dir = target_dir().join("polyplug-fixtures").join("capi");
+        let output = Command::new(env!("CARGO"))
+            .current_dir(workspace_dir())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "polyplug-runtime-capi",
+                "--target-dir",
+            ])
+            .arg(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .map_err(|e| format!("cargo build -p polyplug-runtime-capi: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "cargo build -p polyplug-runtime-capi failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let shared = if cfg!(target_os = "macos") {
+            "libpolyplug_runtime_capi.dylib"
+        } else {
+            "libpolyplug_runtime_capi.so"
+        };
+        let built = dir.join("debug");
+        Ok((built.join("libpolyplug_runtime_capi.a"), built.join(shared)))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
 /// Compiles `source` into `out` (a shared library if `shared`) unless `out` is newer than the
 /// source and the header. Writes a temporary file and renames it, so concurrent test
 /// processes never load a half-written library.
