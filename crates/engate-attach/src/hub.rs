@@ -835,6 +835,14 @@ impl Hub {
         }
     }
 
+    /// Tells the snapshot provider the terminal behind the stream changed size (see
+    /// [`SnapshotProvider::resize`](crate::SnapshotProvider::resize)), under the fence: the
+    /// bytes emitted from now on are laid out at the new size. Call it before the program
+    /// learns the new size (before `TIOCSWINSZ`), so its redraw is parsed at that size.
+    pub fn resize_provider(&self, rows: u16, cols: u16) {
+        self.shared.fence.lock().provider.resize(rows, cols);
+    }
+
     /// Whether the producer has closed the stream.
     pub fn is_closed(&self) -> bool {
         self.shared.ring.lock().closed

@@ -37,10 +37,20 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 
 use crate::sys;
+
+/// Sets the size of the terminal whose master side `master` is (a [`Pty::writer`] or
+/// [`Pty::reader`] handle works as well); the program gets `SIGWINCH`.
+pub(crate) fn resize_terminal(master: BorrowedFd<'_>, size: PtySize) -> Result<(), PtyError> {
+    sys::unix::set_winsize(master, size.rows, size.cols).map_err(|source| PtyError::Resize {
+        rows: size.rows,
+        cols: size.cols,
+        source,
+    })
+}
 
 /// A terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,13 +152,7 @@ impl Pty {
 
     /// Changes the terminal size (the program gets `SIGWINCH`).
     pub fn resize(&self, size: PtySize) -> Result<(), PtyError> {
-        sys::unix::set_winsize(self.master.as_fd(), size.rows, size.cols).map_err(|source| {
-            PtyError::Resize {
-                rows: size.rows,
-                cols: size.cols,
-                source,
-            }
-        })
+        resize_terminal(self.master.as_fd(), size)
     }
 
     /// The program's process id.

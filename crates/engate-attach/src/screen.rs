@@ -67,6 +67,13 @@ impl SnapshotProvider for ScreenProvider {
         SnapshotKind::State
     }
 
+    fn resize(&mut self, rows: u16, cols: u16) {
+        self.rows = NonZeroU16::new(rows).unwrap_or(NonZeroU16::MIN);
+        self.cols = NonZeroU16::new(cols).unwrap_or(NonZeroU16::MIN);
+        self.parser.screen_mut().set_size(self.rows, self.cols);
+        self.scratch.screen_mut().set_size(self.rows, self.cols);
+    }
+
     fn feed(&mut self, bytes: &[u8]) {
         self.parser.process(bytes);
     }
@@ -111,6 +118,31 @@ mod tests {
         assert!(got.application_cursor());
         assert!(got.bracketed_paste());
         assert!(got.cell(1, 0).expect("cell").bold());
+    }
+
+    fn size(screen: &vt100::Screen) -> (u16, u16) {
+        let (rows, cols) = screen.size();
+        (rows.get(), cols.get())
+    }
+
+    #[test]
+    fn resizing_lays_the_screen_out_at_the_new_size() {
+        let mut p = ScreenProvider::new(4, 10);
+        // 13 characters wrap at 10 columns: the cursor ends on the second row.
+        p.feed(b"0123456789abc");
+        assert_eq!(p.screen().cursor_position(), (1, 3));
+        p.resize(6, 20);
+        assert_eq!(size(p.screen()), (6, 20));
+        // After the resize, 25 characters wrap at 20 columns, and the redraw has the new size.
+        p.feed(b"\r\n0123456789012345678901234");
+        assert_eq!(p.screen().cursor_position(), (3, 5));
+        let fresh = redraw(&mut p);
+        assert_eq!(size(fresh.screen()), (6, 20));
+        assert_eq!(fresh.screen().contents(), p.screen().contents());
+        assert_eq!(fresh.screen().cursor_position(), (3, 5));
+        // Zero is raised to one cell, as at construction.
+        p.resize(0, 0);
+        assert_eq!(size(p.screen()), (1, 1));
     }
 
     #[test]

@@ -207,6 +207,12 @@ pub trait SnapshotProvider: Send + 'static {
 
     /// Forgets everything: the producer started a new epoch.
     fn reset(&mut self);
+
+    /// The terminal behind the stream now has `rows` × `cols` cells. A provider that keeps a
+    /// screen lays it out again; the default ignores it (a byte suffix has no size).
+    fn resize(&mut self, rows: u16, cols: u16) {
+        let _ = (rows, cols);
+    }
 }
 
 impl<P: SnapshotProvider + ?Sized> SnapshotProvider for Box<P> {
@@ -224,6 +230,10 @@ impl<P: SnapshotProvider + ?Sized> SnapshotProvider for Box<P> {
 
     fn reset(&mut self) {
         (**self).reset();
+    }
+
+    fn resize(&mut self, rows: u16, cols: u16) {
+        (**self).resize(rows, cols);
     }
 }
 

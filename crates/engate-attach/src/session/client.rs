@@ -12,6 +12,7 @@ use super::wire::{self, ClientMsg, ServerMsg, WireError};
 use crate::attach::CloseReason;
 use crate::config::Policy;
 use crate::dedup::{Accepted, Dedup};
+use crate::pty::PtySize;
 use crate::snapshot::{Position, SnapshotKind};
 
 /// Why a client operation failed.
@@ -129,6 +130,21 @@ impl SessionClient {
             .write_all(&frame)
             .map_err(|source| ClientError::Io {
                 op: "sending input",
+                source,
+            })
+    }
+
+    /// Tells the server this client's terminal now has `size` cells: the program's terminal
+    /// is resized (the program gets `SIGWINCH` and usually redraws) and so is the screen a
+    /// screen-mode server snapshots for later attaches. Each side must be 1 to
+    /// [`MAX_TERMINAL_SIDE`](super::wire::MAX_TERMINAL_SIDE).
+    pub fn send_resize(&mut self, size: PtySize) -> Result<(), ClientError> {
+        let mut frame = Vec::with_capacity(5);
+        wire::encode_client(&ClientMsg::Resize(size), &mut frame);
+        self.stream
+            .write_all(&frame)
+            .map_err(|source| ClientError::Io {
+                op: "sending a resize",
                 source,
             })
     }

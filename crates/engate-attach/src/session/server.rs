@@ -15,6 +15,7 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -30,7 +31,7 @@ use super::wire::{self, ClientMsg, ServerMsg};
 use crate::attach::Event;
 use crate::config::{AttachOptions, ConfigError, HubConfig};
 use crate::hub::{Hub, Producer, channel};
-use crate::pty::{self, Pty, PtyError, PtySize};
+use crate::pty::{self, Pty, PtyError, PtySize, resize_terminal};
 use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
 
 /// How long a writer waits for events before it looks at the stop and client-gone flags.
@@ -417,13 +418,13 @@ fn serve_client(mut stream: UnixStream, hub: Hub, input: Arc<File>, stop: Arc<At
 
     let gone = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (gone, input) = (Arc::clone(&gone), Arc::clone(&input));
+        let (gone, input, hub) = (Arc::clone(&gone), Arc::clone(&input), hub.clone());
         let Ok(read_half) = stream.try_clone() else {
             return;
         };
         std::thread::Builder::new()
             .name("engate-client-input".into())
-            .spawn(move || forward_input(read_half, rest, &input, &gone))
+            .spawn(move || forward_input(read_half, rest, &input, &hub, &gone))
     };
 
     let mut pending = false;
@@ -479,8 +480,15 @@ fn serve_client(mut stream: UnixStream, hub: Hub, input: Arc<File>, stop: Arc<At
     }
 }
 
-/// Forwards the client's input frames to the program until the client leaves.
-fn forward_input(mut stream: UnixStream, mut buf: Vec<u8>, mut input: &File, gone: &AtomicBool) {
+/// Forwards the client's input frames to the program, and its terminal size to the program's
+/// terminal and the snapshot provider, until the client leaves.
+fn forward_input(
+    mut stream: UnixStream,
+    mut buf: Vec<u8>,
+    mut input: &File,
+    hub: &Hub,
+    gone: &AtomicBool,
+) {
     let mut chunk = [0u8; 4096];
     'outer: loop {
         loop {
@@ -490,6 +498,14 @@ fn forward_input(mut stream: UnixStream, mut buf: Vec<u8>, mut input: &File, gon
                     if input.write_all(&bytes).is_err() {
                         break 'outer;
                     }
+                }
+                Ok(Some((ClientMsg::Resize(size), used))) => {
+                    buf.drain(..used);
+                    // The provider first: the program redraws only once it learns the size.
+                    hub.resize_provider(size.rows, size.cols);
+                    // It fails only once the program has closed its terminal, when the size no
+                    // longer matters.
+                    let _ = resize_terminal(input.as_fd(), size);
                 }
                 Ok(Some((ClientMsg::Detach | ClientMsg::Hello { .. }, _))) | Err(_) => {
                     break 'outer;

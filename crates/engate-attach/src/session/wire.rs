@@ -1,8 +1,8 @@
 //! The session protocol: little-endian frames over a Unix stream socket.
 //!
 //! A client opens with [`ClientMsg::Hello`] (its policy and, to resume, its last position),
-//! then may send [`ClientMsg::Input`] (keystrokes for the program) and
-//! [`ClientMsg::Detach`]. The server answers with one [`ServerMsg::Snapshot`] and then live
+//! then may send [`ClientMsg::Input`] (keystrokes for the program), [`ClientMsg::Resize`]
+//! (its terminal changed size) and [`ClientMsg::Detach`]. The server answers with one [`ServerMsg::Snapshot`] and then live
 //! [`ServerMsg::Item`]s, [`ServerMsg::Gap`]s, further snapshots (resyncs) and finally
 //! [`ServerMsg::Closed`]; or with [`ServerMsg::Refused`] if the attach was refused.
 //!
@@ -10,6 +10,7 @@
 //! |---|---|
 //! | Hello | `'H'` policy:u8 has_resume:u8 epoch:u64 next:u64 |
 //! | Input | `'i'` len:u32 bytes |
+//! | Resize | `'W'` rows:u16 cols:u16 (each 1..=[`MAX_TERMINAL_SIDE`]) |
 //! | Detach | `'D'` |
 //! | Snapshot | `'S'` kind:u8 epoch:u64 at:u64 len:u32 bytes |
 //! | Item | `'I'` epoch:u64 offset:u64 len:u32 bytes |
@@ -24,10 +25,16 @@ use bytes::Bytes;
 
 use crate::attach::{CloseReason, Item};
 use crate::config::Policy;
+use crate::pty::PtySize;
 use crate::snapshot::{Position, Snapshot, SnapshotKind};
 
 /// The largest payload a frame may carry (64 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// The most rows, and the most columns, a [`ClientMsg::Resize`] may ask for. A screen
+/// provider keeps a cell per position, so the size a client may ask for is bounded (a
+/// million cells at most); real terminals stay far below.
+pub const MAX_TERMINAL_SIDE: u16 = 1000;
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +48,9 @@ pub enum ClientMsg {
     },
     /// Bytes to write to the program's terminal.
     Input(Bytes),
+    /// The client's terminal now has this size: the program's terminal follows (it gets
+    /// `SIGWINCH`), and so does a screen snapshot provider.
+    Resize(PtySize),
     /// The client is leaving.
     Detach,
 }
@@ -209,6 +219,11 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);
         }
+        ClientMsg::Resize(size) => {
+            out.push(b'W');
+            out.extend_from_slice(&size.rows.to_le_bytes());
+            out.extend_from_slice(&size.cols.to_le_bytes());
+        }
         ClientMsg::Detach => out.push(b'D'),
     }
 }
@@ -238,6 +253,19 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError
         b'i' => {
             let len = need!(c.len()?);
             ClientMsg::Input(Bytes::copy_from_slice(need!(c.take(len))))
+        }
+        b'W' => {
+            let rows = need!(c.u16());
+            let cols = need!(c.u16());
+            for (field, side) in [("rows", rows), ("cols", cols)] {
+                if !(1..=MAX_TERMINAL_SIDE).contains(&side) {
+                    return Err(WireError::BadField {
+                        field,
+                        value: side.into(),
+                    });
+                }
+            }
+            ClientMsg::Resize(PtySize { rows, cols })
         }
         b'D' => ClientMsg::Detach,
         tag => return Err(WireError::UnknownTag { tag }),
@@ -439,12 +467,35 @@ mod tests {
                 resume: None,
             },
             ClientMsg::Input(Bytes::from_static(b"q")),
+            ClientMsg::Resize(PtySize {
+                rows: 50,
+                cols: 132,
+            }),
+            ClientMsg::Resize(PtySize {
+                rows: MAX_TERMINAL_SIDE,
+                cols: 1,
+            }),
             ClientMsg::Detach,
         ] {
             let mut buf = Vec::new();
             encode_client(&msg, &mut buf);
             assert_eq!(decode_client(&buf), Ok(Some((msg, buf.len()))));
         }
+    }
+
+    #[test]
+    fn resize_frames_outside_the_size_bounds_are_rejected() {
+        for (rows, cols, field) in [(0u16, 80u16, "rows"), (24, 0, "cols"), (24, 1001, "cols")] {
+            let mut frame = vec![b'W'];
+            frame.extend_from_slice(&rows.to_le_bytes());
+            frame.extend_from_slice(&cols.to_le_bytes());
+            match decode_client(&frame) {
+                Err(WireError::BadField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{rows}x{cols}: {other:?}"),
+            }
+        }
+        // Truncated: waits for more bytes.
+        assert_eq!(decode_client(&[b'W', 24, 0]), Ok(None));
     }
 
     #[test]

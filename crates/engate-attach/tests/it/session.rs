@@ -305,6 +305,44 @@ fn screen_snapshot_redraws_a_full_screen_program() {
     drop(server);
 }
 
+/// A client's resize reaches the program's real terminal: `stty size` run by the program
+/// reports the size the client sent.
+#[test]
+fn a_client_resize_reaches_the_programs_terminal() {
+    let dir = TempDir::new("resize");
+    let socket = dir.path().join("resize.sock");
+    let config = SessionConfig::new(&socket, "/bin/sh")
+        .args(["-c", "stty size; read line; stty size; read line"])
+        .size(PtySize { rows: 24, cols: 80 });
+    let server = SessionServer::start(config).expect("start the session server");
+    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut transcript = Transcript::new();
+    let mut read_until = |client: &mut SessionClient, text: &str| {
+        while !String::from_utf8_lossy(transcript.bytes()).contains(text) {
+            let msg = client.next_message().expect("message");
+            assert!(
+                !matches!(transcript.apply(&msg), Applied::Closed(_)),
+                "closed before {text:?}: {:?}",
+                String::from_utf8_lossy(transcript.bytes())
+            );
+        }
+    };
+    read_until(&mut client, "24 80");
+    client
+        .send_resize(PtySize {
+            rows: 40,
+            cols: 100,
+        })
+        .expect("resize");
+    client.send_input(b"\n").expect("input");
+    read_until(&mut client, "40 100");
+    client.send_input(b"\n").expect("input");
+    drop(server);
+}
+
 #[test]
 fn a_second_authority_is_refused_and_a_second_server_is_not_started() {
     if which("cat").is_none() {
