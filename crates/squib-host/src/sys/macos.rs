@@ -90,15 +90,46 @@ struct RecvBuf([u8; 1024]);
 /// The task's `EXC_BAD_ACCESS` port slot.
 struct TaskPorts;
 
+/// The out-arrays `task_get_exception_ports` and `task_swap_exception_ports` fill, one entry
+/// per distinct handler of the masked exceptions.
+struct HandlerSlots {
+    masks: [u32; 16],
+    count: u32,
+    handlers: [mach_port_t; 16],
+    behaviors: [i32; 16],
+    flavors: [i32; 16],
+}
+
+impl HandlerSlots {
+    fn new() -> Self {
+        Self {
+            masks: [0; 16],
+            count: 16,
+            handlers: [0; 16],
+            behaviors: [0; 16],
+            flavors: [0; 16],
+        }
+    }
+
+    /// The handler the call reported (only `EXC_BAD_ACCESS` is masked, so there is at most
+    /// one), or the null port; the call's error otherwise.
+    fn handler(&self, kr: kern_return_t) -> Result<PortName, kern_return_t> {
+        if kr != KERN_SUCCESS {
+            return Err(kr);
+        }
+        Ok(if self.count > 0 {
+            self.handlers[0]
+        } else {
+            MACH_PORT_NULL
+        })
+    }
+}
+
 impl ExceptionPorts for TaskPorts {
     type Error = kern_return_t;
 
     fn swap(&mut self, port: PortName) -> Result<PortName, kern_return_t> {
-        let mut masks = [0u32; 16];
-        let mut count: u32 = 16;
-        let mut handlers = [0 as mach_port_t; 16];
-        let mut behaviors = [0i32; 16];
-        let mut flavors = [0i32; 16];
+        let mut slots = HandlerSlots::new();
         // SAFETY: every out-array has room for `count` entries, as the call requires.
         let kr = unsafe {
             mach2::task::task_swap_exception_ports(
@@ -107,49 +138,31 @@ impl ExceptionPorts for TaskPorts {
                 port,
                 (EXCEPTION_DEFAULT | MACH_EXCEPTION_CODES) as i32,
                 mach2::thread_status::THREAD_STATE_NONE,
-                masks.as_mut_ptr(),
-                &mut count,
-                handlers.as_mut_ptr(),
-                behaviors.as_mut_ptr(),
-                flavors.as_mut_ptr(),
+                slots.masks.as_mut_ptr(),
+                &mut slots.count,
+                slots.handlers.as_mut_ptr(),
+                slots.behaviors.as_mut_ptr(),
+                slots.flavors.as_mut_ptr(),
             )
         };
-        if kr != KERN_SUCCESS {
-            return Err(kr);
-        }
-        Ok(if count > 0 {
-            handlers[0]
-        } else {
-            MACH_PORT_NULL
-        })
+        slots.handler(kr)
     }
 
     fn current(&self) -> Result<PortName, kern_return_t> {
-        let mut masks = [0u32; 16];
-        let mut count: u32 = 16;
-        let mut handlers = [0 as mach_port_t; 16];
-        let mut behaviors = [0i32; 16];
-        let mut flavors = [0i32; 16];
+        let mut slots = HandlerSlots::new();
         // SAFETY: every out-array has room for `count` entries, as the call requires.
         let kr = unsafe {
             mach2::task::task_get_exception_ports(
                 task(),
                 EXC_MASK_BAD_ACCESS,
-                masks.as_mut_ptr(),
-                &mut count,
-                handlers.as_mut_ptr(),
-                behaviors.as_mut_ptr(),
-                flavors.as_mut_ptr(),
+                slots.masks.as_mut_ptr(),
+                &mut slots.count,
+                slots.handlers.as_mut_ptr(),
+                slots.behaviors.as_mut_ptr(),
+                slots.flavors.as_mut_ptr(),
             )
         };
-        if kr != KERN_SUCCESS {
-            return Err(kr);
-        }
-        Ok(if count > 0 {
-            handlers[0]
-        } else {
-            MACH_PORT_NULL
-        })
+        slots.handler(kr)
     }
 }
 
