@@ -48,6 +48,7 @@ use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 use crate::registry::{
     InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
+    ReloadTransaction,
 };
 use crate::report::{CascadeOutcome, ReloadReport, ReloadStep, UnloadReport};
 
@@ -635,16 +636,7 @@ impl Runtime {
             copy_path: self.copy_path(&manifest.name, &library),
             log: self.log_sink(),
         })?;
-        for registration in &loaded.registrations {
-            let keep_alive: KeepAlive = loaded.library.clone();
-            txn.stage_entry(
-                &registration.contract_name,
-                registration.plugin_version,
-                registration.interface,
-                Some(keep_alive),
-            )
-            .map_err(registry_error)?;
-        }
+        stage_registrations(&mut txn, &loaded).map_err(registry_error)?;
         {
             let mut bundles = self.bundles.write();
             if let Some(slot) = bundles.get(&id) {
@@ -855,16 +847,7 @@ impl Runtime {
                 source,
             })
         };
-        for registration in &loaded.registrations {
-            let keep_alive: KeepAlive = loaded.library.clone();
-            txn.stage_entry(
-                &registration.contract_name,
-                registration.plugin_version,
-                registration.interface,
-                Some(keep_alive),
-            )
-            .map_err(registry_error)?;
-        }
+        stage_registrations(txn, &loaded).map_err(registry_error)?;
         let started = Instant::now();
         let summary = txn.commit().map_err(registry_error)?;
         phases.push((ReloadStep::Swap, started.elapsed()));
@@ -1119,4 +1102,21 @@ impl Runtime {
             .map(|name| self.unload(name))
             .collect()
     }
+}
+
+/// Stages every contract a freshly loaded library registered, each keeping the library alive.
+fn stage_registrations(
+    txn: &mut ReloadTransaction<'_>,
+    loaded: &loader::Loaded,
+) -> Result<(), RegistryError> {
+    for registration in &loaded.registrations {
+        let keep_alive: KeepAlive = loaded.library.clone();
+        txn.stage_entry(
+            &registration.contract_name,
+            registration.plugin_version,
+            registration.interface,
+            Some(keep_alive),
+        )?;
+    }
+    Ok(())
 }
