@@ -9,6 +9,7 @@
 //! - [`harness`](mod@harness): the runner for test binaries that cannot use libtest (they must be
 //!   single-threaded, or re-execute themselves as a child process), printing the summary line
 //!   `cargo xtask ci` counts;
+//! - [`criterion_config!`]: the short criterion configuration every bench uses;
 //! - [`loom_model!`]: the one way the crates' loom suites run a model (preemption bound,
 //!   executions explored);
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
@@ -284,4 +285,26 @@ macro_rules! loom_model {
             executions.load(::std::sync::atomic::Ordering::Relaxed)
         );
     }};
+}
+
+/// The short criterion configuration every bench uses: half a second of warm-up, `$secs`
+/// seconds of measurement and `$samples` samples (the benches compute their own verdicts from
+/// the timings, so long criterion runs buy nothing). Expands in the calling bench, which
+/// depends on `criterion`.
+///
+/// ```text
+/// criterion_group! {
+///     name = benches;
+///     config = workspace_tests::criterion_config!(2, 30);
+///     targets = bench_paths, verdicts
+/// }
+/// ```
+#[macro_export]
+macro_rules! criterion_config {
+    ($secs:expr, $samples:expr) => {
+        ::criterion::Criterion::default()
+            .warm_up_time(::std::time::Duration::from_millis(500))
+            .measurement_time(::std::time::Duration::from_secs($secs))
+            .sample_size($samples)
+    };
 }

@@ -127,16 +127,9 @@ fn verdicts(_: &mut Criterion) {
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = workspace_tests::criterion_config!(2, 30);
     targets = bench_recv, verdicts
 }
 criterion_main!(benches);

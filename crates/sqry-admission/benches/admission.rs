@@ -16,7 +16,7 @@
 
 use std::hint::black_box;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sqry_admission::{AdmissionConfig, AdmissionManager, HeapSize, LoadOptions, ReserveRequest};
@@ -218,16 +218,9 @@ fn verdicts(_: &mut Criterion) {
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = workspace_tests::criterion_config!(2, 30);
     targets = bench_paths, bench_vs_moka, verdicts
 }
 criterion_main!(benches);

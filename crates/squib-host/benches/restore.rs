@@ -379,16 +379,9 @@ fn verdicts(_: &mut Criterion) {
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = workspace_tests::criterion_config!(3, 20);
     targets = bench_faults, bench_restores, verdicts
 }
 criterion_main!(benches);

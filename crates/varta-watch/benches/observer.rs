@@ -398,16 +398,9 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3))
-        .sample_size(20)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = workspace_tests::criterion_config!(3, 20);
     targets = bench_ingest, verdicts
 }
 criterion_main!(benches);
