@@ -45,6 +45,11 @@ pub struct PagerConfig {
     pub fetch_timeout: Duration,
     /// Worker threads fetching from non-local sources. Default 4.
     pub fetch_workers: usize,
+    /// Most fetch threads at once. A fetch that times out may hold its thread for good (a
+    /// fetch cannot be cancelled); the server then starts a replacement, so faults on healthy
+    /// pages keep being served, up to this many threads. A replacement retires once the stuck
+    /// fetch returns. Default 64.
+    pub max_fetch_threads: usize,
     /// Populate untouched pages in the background. Default true.
     pub background: bool,
     /// First background chunk in bytes; each next chunk doubles. Default 64 KiB.
@@ -73,6 +78,7 @@ impl Default for PagerConfig {
             retry_backoff: Duration::from_millis(2),
             fetch_timeout: Duration::from_secs(5),
             fetch_workers: 4,
+            max_fetch_threads: 64,
             background: true,
             background_min_chunk: 64 << 10,
             background_max_chunk: 4 << 20,
@@ -192,6 +198,18 @@ pub struct FaultFailure {
     pub error: String,
 }
 
+/// An error and its sources, joined with `": "`.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// The shared state behind a [`Pager`] handle.
 pub(crate) struct Shared {
     pub(crate) source: Box<dyn PageSource>,
@@ -298,15 +316,12 @@ impl Shared {
     /// Counts and logs a fault that failed closed.
     pub(crate) fn log_failure(&self, addr: u64, offset: u64, error: &dyn std::error::Error) {
         Stats::add(&self.stats.failed_closed, 1);
-        let mut text = error.to_string();
-        let mut cause = error.source();
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        eprintln!(
-            "squib-host: fault at {addr:#x} (snapshot offset {offset:#x}) failed closed: {text}"
+        let text = error_chain(error);
+        tracing::error!(
+            addr = format_args!("{addr:#x}"),
+            offset = format_args!("{offset:#x}"),
+            error = %text,
+            "fault failed closed"
         );
         let mut log = crate::sync::lock_std(&self.failures);
         if log.len() == MAX_LOGGED_FAILURES {

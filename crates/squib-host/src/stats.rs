@@ -1,7 +1,10 @@
 //! Counters and the per-fault latency histogram.
 //!
 //! Every counter is a relaxed atomic bumped where the event happens; [`PagerStatsSnapshot`] is
-//! a copy read at one moment (each counter exact, the set not a single atomic cut). Latency is
+//! a copy read at one moment (each counter exact, the set not a single atomic cut). Counters of
+//! an install are bumped right after the install, which also wakes the faulting thread: a
+//! thread that reads a page and then the counters may see that install counted a moment later
+//! (the counters are eventually exact, never ahead of what happened). Latency is
 //! measured from the moment the pager reads a fault to the moment the page is installed, and
 //! kept in power-of-two microsecond buckets: bucket `i` counts faults that took less than
 //! `2^i` µs (and at least `2^(i-1)` µs); the last bucket takes everything slower.
@@ -28,6 +31,8 @@ pub(crate) struct Stats {
     pub(crate) source_errors: AtomicU64,
     pub(crate) failed_closed: AtomicU64,
     pub(crate) fetches: AtomicU64,
+    pub(crate) readahead_retries: AtomicU64,
+    pub(crate) fetch_threads_replaced: AtomicU64,
     pub(crate) port_reinstalls: AtomicU64,
     pub(crate) forwarded_exceptions: AtomicU64,
     pub(crate) latency: [AtomicU64; LATENCY_BUCKETS],
@@ -59,6 +64,8 @@ impl Stats {
             source_errors: get(&self.source_errors),
             failed_closed: get(&self.failed_closed),
             fetches: get(&self.fetches),
+            readahead_retries: get(&self.readahead_retries),
+            fetch_threads_replaced: get(&self.fetch_threads_replaced),
             port_reinstalls: get(&self.port_reinstalls),
             forwarded_exceptions: get(&self.forwarded_exceptions),
             latency: LatencyHistogram {
@@ -110,6 +117,11 @@ pub struct PagerStatsSnapshot {
     pub failed_closed: u64,
     /// Source fetches issued.
     pub fetches: u64,
+    /// Demand fetches with readahead that failed or timed out and were retried for the
+    /// demanded page alone.
+    pub readahead_retries: u64,
+    /// Fetch threads started to replace ones held by a fetch that timed out.
+    pub fetch_threads_replaced: u64,
     /// macOS: times the drift check found another exception handler and re-installed ours.
     pub port_reinstalls: u64,
     /// macOS: exceptions outside every region forwarded to the previous handler.

@@ -71,8 +71,24 @@ mod linux {
             handler_kills_peer,
         ),
         (
+            "every_firecracker_handshake_generation_is_served",
+            handshake_generations,
+        ),
+        (
+            "a_refused_handshake_kills_the_vmm_and_names_its_pid",
+            refused_handshake_kills_vmm,
+        ),
+        (
+            "a_dribbling_handshake_times_out_whole_and_never_delays_another_vmm",
+            dribbling_handshake,
+        ),
+        (
             "bad_handshakes_are_typed_errors_and_leak_no_descriptor",
             bad_handshakes,
+        ),
+        (
+            "a_forked_child_never_reads_wrong_bytes_from_a_lazy_mapping",
+            fork_child,
         ),
         ("gdb_attach_and_detach_before_the_pager_starts", gdb_before),
         ("gdb_attach_and_detach_mid_restore", gdb_after),
@@ -264,20 +280,23 @@ mod linux {
                 }
             })
             .collect();
+        // SQUIB_GENERATION: the handshake fields of a Firecracker generation, as its source
+        // writes them (`page_size_kib` carries bytes).
+        let generation = std::env::var("SQUIB_GENERATION").unwrap_or_default();
         let mut json = String::from("[");
         for (i, m) in maps.iter_mut().enumerate() {
             uffd.register_mapping(m).expect("register");
             if i > 0 {
                 json.push(',');
             }
-            // The second region uses the older field name.
-            let size_field = if i % 2 == 0 {
-                format!("\"page_size\":{page}")
-            } else {
-                format!("\"page_size_kib\":{}", page / 1024)
+            let size_field = match generation.as_str() {
+                "v1.6" => String::new(),
+                "v1.7" => format!(",\"page_size_kib\":{page}"),
+                _ => format!(",\"page_size\":{page},\"page_size_kib\":{page}"),
             };
             json.push_str(&format!(
-                "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{},{size_field}}}",
+                "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{}{size_field},\
+                 \"future_field\":{{\"ignored\":true}}}}",
                 m.as_ptr() as u64,
                 per,
                 i * per
@@ -491,6 +510,170 @@ mod linux {
         Ok(())
     }
 
+    /// Firecracker ≤ v1.6 (no page size), v1.7–v1.11 (`page_size_kib` in bytes) and ≥ v1.12
+    /// (`page_size`), each with an unknown field, restore byte for byte.
+    fn handshake_generations() -> Result<(), String> {
+        use squib_host::firecracker::HandshakeGeneration as G;
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc-gen");
+        let snap_path = dir.join("mem.snap");
+        std::fs::write(&snap_path, snapshot(512)).map_err(|e| e.to_string())?;
+        for (generation, expected) in [
+            ("v1.6", G::NoPageSize),
+            ("v1.7", G::PageSizeKib),
+            ("v1.12", G::PageSize),
+        ] {
+            let (session, _) =
+                serve_child_vmm(&dir, &snap_path, &[("SQUIB_GENERATION", generation)])
+                    .map_err(|e| format!("{generation}: {e}"))?;
+            if session.generation() != expected
+                || session.mappings().iter().any(|m| m.page_size != ps())
+            {
+                return Err(format!(
+                    "{generation}: read as {:?} with {:?}",
+                    session.generation(),
+                    session.mappings()
+                ));
+            }
+            session.shutdown().map_err(|e| e.to_string())?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// A handshake the handler refuses (the snapshot is one page short of the VMM's memory)
+    /// kills the VMM at once, and the error names its pid and the reason.
+    fn refused_handshake_kills_vmm() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc-refuse");
+        let (full, short) = (dir.join("full.snap"), dir.join("short.snap"));
+        let data = snapshot(256);
+        std::fs::write(&full, &data).map_err(|e| e.to_string())?;
+        std::fs::write(&short, &data[..data.len() - ps()]).map_err(|e| e.to_string())?;
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind(HandlerConfig::new(&sock, &short))
+            .map_err(|e| e.to_string())?;
+        let mut vmm = child(
+            "vmm",
+            &[
+                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                ("SQUIB_SNAPSHOT", full.to_str().unwrap_or_default()),
+                ("SQUIB_REGIONS", "1"),
+            ],
+        )?;
+        let got = handler.accept_timeout(Duration::from_secs(20));
+        let status = wait_for(&mut vmm, Duration::from_secs(5))
+            .map_err(|e| format!("the refused VMM was left alive: {e}"))?;
+        if status.signal() != Some(libc::SIGKILL) {
+            return Err(format!("the VMM ended with {status:?}; expected SIGKILL"));
+        }
+        match got {
+            Err(HandshakeError::Refused {
+                pid,
+                killed: true,
+                reason,
+            }) if pid == vmm.id() => match *reason {
+                HandshakeError::Region { .. } => {}
+                other => return Err(format!("refused for the wrong reason: {other:?}")),
+            },
+            other => return Err(format!("accept gave {other:?}")),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Child role: connects to the handler and sends one byte of a handshake every 300 ms,
+    /// never finishing it.
+    fn dribble() -> ExitCode {
+        let socket = std::env::var("SQUIB_SOCKET").expect("socket");
+        let conn = UnixStream::connect(&socket).expect("connect");
+        println!("connected");
+        for b in b"[{\"base_host_virt_addr\": 4096, \"size\": 4096, \"offset\": 0"
+            .iter()
+            .cycle()
+        {
+            if (&conn).write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        ExitCode::SUCCESS
+    }
+
+    /// A VMM sending its handshake a byte at a time, each byte within the timeout, is refused
+    /// when the whole handshake is late; a good VMM connecting meanwhile is served at once.
+    fn dribbling_handshake() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc-dribble");
+        let snap_path = dir.join("mem.snap");
+        std::fs::write(&snap_path, snapshot(256)).map_err(|e| e.to_string())?;
+        let sock = dir.join("uffd.sock");
+        let limit = Duration::from_secs(2);
+        let handler = FirecrackerHandler::bind(HandlerConfig {
+            handshake_timeout: limit,
+            ..HandlerConfig::new(&sock, &snap_path)
+        })
+        .map_err(|e| e.to_string())?;
+        let envs = [
+            ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+            ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+        ];
+        let started = Instant::now();
+        let mut slow = child("dribble", &envs)?;
+        read_line(&mut slow)?;
+        let mut vmm = child("vmm", &envs)?;
+        // The good VMM's session comes first, long before the slow handshake's deadline.
+        let first = handler.accept_timeout(Duration::from_secs(10));
+        let first_at = started.elapsed();
+        let session = match first {
+            Ok(Some(s)) if s.peer_pid() == vmm.id() => s,
+            other => {
+                let _ = slow.kill();
+                return Err(format!("first accept after {first_at:?} gave {other:?}"));
+            }
+        };
+        if first_at >= limit {
+            return Err(format!(
+                "the good VMM waited {first_at:?} behind the slow one"
+            ));
+        }
+        let status = wait_for(&mut vmm, Duration::from_secs(30))?;
+        if !status.success() {
+            return Err(format!("the good VMM failed: {status:?}"));
+        }
+        session.shutdown().map_err(|e| e.to_string())?;
+        // Then the slow one is refused at its whole-handshake deadline, and killed.
+        let second = handler.accept_timeout(Duration::from_secs(10));
+        let second_at = started.elapsed();
+        match second {
+            Err(HandshakeError::Refused { pid, reason, .. })
+                if pid == slow.id() && matches!(*reason, HandshakeError::Timeout { .. }) => {}
+            other => {
+                let _ = slow.kill();
+                return Err(format!("second accept gave {other:?}"));
+            }
+        }
+        if second_at > limit + Duration::from_secs(2) {
+            return Err(format!(
+                "the deadline of {limit:?} was enforced only at {second_at:?}"
+            ));
+        }
+        let status = wait_for(&mut slow, Duration::from_secs(5))?;
+        if status.signal() != Some(libc::SIGKILL) {
+            return Err(format!(
+                "the slow VMM ended with {status:?}; expected SIGKILL"
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
     fn bad_handshakes() -> Result<(), String> {
         let dir = temp_dir("bad-hs");
         let snap_path = dir.join("mem.snap");
@@ -549,7 +732,12 @@ mod linux {
             let got = serve_connection(ours, &config);
             let _ = sender.join();
             match got {
-                Err(e) if expect(&e) => {}
+                // The peer is this process: refused, never killed.
+                Err(HandshakeError::Refused {
+                    killed: false,
+                    reason,
+                    ..
+                }) if expect(&reason) => {}
                 Err(e) => return Err(format!("{what}: unexpected error {e:?}")),
                 Ok(_) => return Err(format!("{what}: accepted")),
             }
@@ -561,6 +749,82 @@ mod linux {
             ));
         }
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    // ---- fork ------------------------------------------------------------------------------
+
+    /// A child forked while a lazy mapping has missing pages reads one of them: it must die
+    /// (the mapping is not inherited), never read zeros where the snapshot has data.
+    fn fork_child() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let pages = 16;
+        let pager = Pager::new(
+            MemorySource::new(vec![0x61u8; pages * ps()]),
+            PagerConfig {
+                background: false,
+                readahead_max: 0,
+                poll_interval: Duration::from_millis(50),
+                ..PagerConfig::default()
+            },
+        );
+        let mem = pager.map_lazy(pages * ps(), 0).map_err(|e| e.to_string())?;
+        let server = spawn_server(&pager).map_err(|e| e.to_string())?;
+        if mem.as_slice()[0] != 0x61 {
+            return Err("the parent read a wrong byte".into());
+        }
+        let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+        let target = mem.as_slice()[3 * ps()..].as_ptr();
+        // SAFETY: the child runs only async-signal-safe code (a volatile read, write(2),
+        // _exit(2)) before it exits, so forking this multi-threaded process is sound.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: `target` points into memory this process mapped (in the parent); if the
+            // child does not have it, the read faults with SIGSEGV, which is the point.
+            let b = unsafe { std::ptr::read_volatile(target) };
+            // SAFETY: writes one byte from a local to a pipe descriptor this process owns.
+            let _ = unsafe {
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&w),
+                    (&raw const b).cast(),
+                    1,
+                )
+            };
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(0) };
+        }
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        drop(w);
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if waited != pid {
+            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+        }
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut r, &mut got);
+        match got.first() {
+            Some(&b) if b != 0x61 => {
+                return Err(format!(
+                    "the child read {b:#04x} where the snapshot holds 0x61"
+                ));
+            }
+            Some(_) => {}
+            None if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV => {}
+            None => return Err(format!("the child ended with status {status:#x}")),
+        }
+        if mem.as_slice()[3 * ps()] != 0x61 {
+            return Err("the parent read a wrong byte after the fork".into());
+        }
+        pager.request_shutdown();
+        server
+            .join()
+            .map_err(|_| "server panicked".to_string())?
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -689,6 +953,7 @@ mod linux {
             "failing" => touch_failing(Arc::new(Failing)),
             "hanging" => touch_failing(Arc::new(Hanging)),
             "vmm" => vmm(),
+            "dribble" => dribble(),
             "slow-restore" => slow_restore(),
             _ => ExitCode::from(2),
         }

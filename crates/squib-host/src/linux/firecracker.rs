@@ -2,16 +2,45 @@
 //!
 //! When Firecracker restores a snapshot with the `Uffd` memory backend, it maps guest memory
 //! empty, registers it with a userfaultfd, connects to the handler's Unix stream socket and
-//! sends **one** message: a JSON array of `GuestRegionUffdMapping`s
-//! (`base_host_virt_addr`, `size`, `offset`, and `page_size` — or `page_size_kib` in older
-//! versions) with the uffd attached as `SCM_RIGHTS`. It sends nothing else and never closes the
-//! socket. The handler then serves the faults from the snapshot file.
+//! sends **one** message: a JSON array of `GuestRegionUffdMapping`s with the uffd attached as
+//! `SCM_RIGHTS`. It sends nothing else and never closes the socket. The handler then serves
+//! the faults.
 //!
-//! This handler reads the handshake with no fixed buffer (up to a configured limit), accepts
-//! both page-size field names, checks every region against the snapshot's length, alignment and
-//! overlap, takes the peer's identity from `SO_PEERCRED` (and a pidfd where the kernel has one),
-//! and serves the uffd with the fault server of this crate. If a fault cannot be served
-//! correctly, it fails closed: the VMM is killed, never handed wrong bytes.
+//! # The handshake across Firecracker versions
+//!
+//! | versions       | region fields                                                        |
+//! |----------------|----------------------------------------------------------------------|
+//! | ≤ v1.6         | `base_host_virt_addr`, `size`, `offset`: no page size (host pages)   |
+//! | v1.7 – v1.11   | + `page_size_kib`, whose value is in **bytes** despite its name      |
+//! | ≥ v1.12        | + `page_size` (bytes); `page_size_kib` still sent, also in bytes     |
+//!
+//! All three are accepted ([`Handshake::generation`] says which one arrived); unknown fields
+//! are ignored. A `page_size_kib` that is a valid page size in KiB (4 or 2048) is read as KiB,
+//! since no valid page size in bytes is that small.
+//!
+//! # Failing closed
+//!
+//! The handler reads the handshake with no fixed buffer (up to [`HandlerConfig::max_handshake`])
+//! under one deadline for the whole handshake ([`HandlerConfig::handshake_timeout`]), checks
+//! every region against the source's length, alignment and overlap, takes the peer's identity
+//! from `SO_PEERCRED` (and a pidfd), and serves the uffd with this crate's fault server.
+//!
+//! A VMM whose handshake is refused is **killed** (through its pidfd, so a recycled pid is
+//! never hit) and the error, [`HandshakeError::Refused`], names its pid and the reason:
+//! Firecracker touches guest memory while loading the snapshot, so a VMM left alive would hang
+//! in `PUT /snapshot/load` with its API stuck. A fault that cannot be served correctly later
+//! kills the VMM too; it is never handed wrong bytes.
+//!
+//! Handshakes run on their own threads (at most [`HandlerConfig::max_pending_handshakes`] at
+//! once), so a slow or broken VMM never delays another's: [`FirecrackerHandler::accept`]
+//! returns sessions in the order their handshakes complete.
+//!
+//! # Any page source
+//!
+//! [`FirecrackerHandler::bind`] serves a snapshot file; [`FirecrackerHandler::bind_with_source`]
+//! serves any [`PageSource`] (a page server, a cache, a decompressor), and
+//! [`serve_connection_with_source`] or [`Handshake::read`] take a connection accepted
+//! elsewhere.
 //!
 //! ```no_run
 //! use squib_host::firecracker::{FirecrackerHandler, HandlerConfig};
@@ -23,12 +52,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use platform_primitives::creds::{peer_credentials, peer_pidfd};
 use platform_primitives::fdpass::recv_with_fds;
@@ -38,7 +70,8 @@ use serde_json::Value;
 use super::{FailTarget, Uffd, UffdError};
 use crate::pager::{Pager, PagerConfig, PagerError, ServeError};
 use crate::region::{HUGE_PAGE_SIZE, Region, RegionError, RegionSet, host_page_size};
-use crate::source::{FilePageSource, PageSourceError};
+use crate::source::{FilePageSource, PageSource, PageSourceError};
+use crate::sys::linux as sys;
 
 /// One region of a Firecracker handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +82,8 @@ pub struct GuestRegionUffdMapping {
     pub size: u64,
     /// The region's offset in the snapshot file.
     pub offset: u64,
-    /// Its page size in bytes (from `page_size`, or `page_size_kib` × 1024).
+    /// Its page size in bytes (from `page_size` or `page_size_kib`; the host page size when
+    /// neither is sent).
     pub page_size: usize,
 }
 
@@ -62,6 +96,21 @@ impl GuestRegionUffdMapping {
     }
 }
 
+/// Which Firecracker handshake generation a handshake's fields belong to (see the
+/// [module docs](self)).
+///
+/// Ordered oldest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum HandshakeGeneration {
+    /// Firecracker ≤ v1.6: no page-size field; host pages.
+    NoPageSize,
+    /// Firecracker v1.7 – v1.11: `page_size_kib` only (in bytes).
+    PageSizeKib,
+    /// Firecracker ≥ v1.12: `page_size` in bytes.
+    PageSize,
+}
+
 /// Why a handshake was refused or a session could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -69,7 +118,7 @@ pub enum HandshakeError {
     /// The handler socket could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// Accepting or reading the connection failed (including the handshake timeout).
+    /// Accepting or reading the connection failed.
     #[error("cannot {op} on the handler socket")]
     Io {
         /// The step.
@@ -77,6 +126,14 @@ pub enum HandshakeError {
         /// What the OS said.
         #[source]
         source: io::Error,
+    },
+    /// The whole handshake did not arrive within the deadline.
+    #[error("the VMM sent {received} bytes but no complete handshake within {limit:?}")]
+    Timeout {
+        /// The configured [`HandlerConfig::handshake_timeout`].
+        limit: Duration,
+        /// Bytes received by then.
+        received: usize,
     },
     /// The peer closed the connection before a complete handshake arrived.
     #[error("the VMM closed the connection after {received} bytes, before a complete handshake")]
@@ -132,6 +189,33 @@ pub enum HandshakeError {
     /// The fault server could not be started.
     #[error(transparent)]
     Pager(#[from] PagerError),
+    /// The handshake of the VMM with pid `pid` was refused for the reason in the source; the
+    /// VMM was killed (`killed`), unless it is this very process or killing was turned off
+    /// ([`HandlerConfig::kill_on_refusal`]).
+    #[error(
+        "refused the handshake of VMM pid {pid} ({})",
+        if *killed { "the VMM was killed" } else { "the VMM was left running" }
+    )]
+    Refused {
+        /// The peer's pid (`SO_PEERCRED`).
+        pid: u32,
+        /// Whether the VMM was sent `SIGKILL`.
+        killed: bool,
+        /// Why the handshake was refused.
+        #[source]
+        reason: Box<HandshakeError>,
+    },
+}
+
+impl HandshakeError {
+    /// The reason a handshake was refused: the inner error of [`Refused`](Self::Refused), or
+    /// this error itself.
+    pub fn reason(&self) -> &HandshakeError {
+        match self {
+            Self::Refused { reason, .. } => reason,
+            other => other,
+        }
+    }
 }
 
 /// Settings of a [`FirecrackerHandler`].
@@ -139,14 +223,19 @@ pub enum HandshakeError {
 pub struct HandlerConfig {
     /// Where to listen (Firecracker's `mem_backend.backend_path`).
     pub socket: PathBuf,
-    /// The snapshot memory file.
+    /// The snapshot memory file (unused by [`FirecrackerHandler::bind_with_source`]).
     pub snapshot: PathBuf,
     /// Pager settings for each session.
     pub pager: PagerConfig,
-    /// How long a connected VMM may take to send its handshake. Default 10 s.
+    /// How long a connected VMM may take to send its whole handshake. Default 10 s.
     pub handshake_timeout: Duration,
     /// Largest handshake accepted, in bytes. Default 1 MiB.
     pub max_handshake: usize,
+    /// Handshakes read at once; further VMMs wait in the listen backlog. Default 64.
+    pub max_pending_handshakes: usize,
+    /// Kill a VMM whose handshake is refused (it would otherwise hang in its snapshot load).
+    /// Default true.
+    pub kill_on_refusal: bool,
 }
 
 impl HandlerConfig {
@@ -158,8 +247,37 @@ impl HandlerConfig {
             pager: PagerConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             max_handshake: 1 << 20,
+            max_pending_handshakes: 64,
+            kill_on_refusal: true,
         }
     }
+}
+
+/// Where a handler's sessions get their pages.
+#[derive(Debug, Clone)]
+enum SourceSpec {
+    /// [`HandlerConfig::snapshot`], opened for each session.
+    File,
+    /// One source shared by every session.
+    Shared(Arc<dyn PageSource>),
+}
+
+impl SourceSpec {
+    fn open(&self, config: &HandlerConfig) -> Result<Arc<dyn PageSource>, HandshakeError> {
+        Ok(match self {
+            Self::File => Arc::new(FilePageSource::open(&config.snapshot)?),
+            Self::Shared(source) => Arc::clone(source),
+        })
+    }
+}
+
+/// Handshakes completed by their threads, waiting for [`FirecrackerHandler::accept`].
+#[derive(Debug)]
+struct Completed {
+    queue: Mutex<VecDeque<Result<Session, HandshakeError>>>,
+    running: AtomicUsize,
+    /// Signalled whenever a handshake completes.
+    efd: OwnedFd,
 }
 
 /// A listening handler. See the [module docs](self).
@@ -167,14 +285,43 @@ impl HandlerConfig {
 pub struct FirecrackerHandler {
     listener: BoundSocket<UnixListener>,
     config: HandlerConfig,
+    source: SourceSpec,
+    completed: Arc<Completed>,
 }
 
 impl FirecrackerHandler {
-    /// Binds the handler socket (mode 0600; a live handler at the path is an error, a stale
-    /// socket is replaced).
+    /// Binds the handler socket for a snapshot file (mode 0600; a live handler at the path is
+    /// an error, a stale socket is replaced).
     pub fn bind(config: HandlerConfig) -> Result<Self, HandshakeError> {
+        Self::bind_spec(config, SourceSpec::File)
+    }
+
+    /// Binds the handler socket; every session serves its faults from `source`.
+    pub fn bind_with_source(
+        config: HandlerConfig,
+        source: Arc<dyn PageSource>,
+    ) -> Result<Self, HandshakeError> {
+        Self::bind_spec(config, SourceSpec::Shared(source))
+    }
+
+    fn bind_spec(config: HandlerConfig, source: SourceSpec) -> Result<Self, HandshakeError> {
         let listener = UdsBinder::new("squib-host handler").bind_listener(&config.socket)?;
-        Ok(Self { listener, config })
+        let io = |op| move |source| HandshakeError::Io { op, source };
+        listener
+            .socket()
+            .set_nonblocking(true)
+            .map_err(io("make the listener non-blocking"))?;
+        let efd = sys::eventfd().map_err(io("create an eventfd"))?;
+        Ok(Self {
+            listener,
+            config,
+            source,
+            completed: Arc::new(Completed {
+                queue: Mutex::new(VecDeque::new()),
+                running: AtomicUsize::new(0),
+                efd,
+            }),
+        })
     }
 
     /// The socket path.
@@ -182,16 +329,83 @@ impl FirecrackerHandler {
         &self.config.socket
     }
 
-    /// Waits for one VMM, takes its handshake and starts serving it.
+    /// Waits for the next VMM whose handshake completes and returns its session, or the
+    /// refusal of a handshake that failed (see [`HandshakeError::Refused`]; call again for the
+    /// next VMM).
     pub fn accept(&self) -> Result<Session, HandshakeError> {
-        let (conn, _) = self
-            .listener
-            .accept()
-            .map_err(|source| HandshakeError::Io {
-                op: "accept",
+        loop {
+            if let Some(done) = self.accept_timeout(Duration::from_secs(3600))? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Like [`accept`](Self::accept), waiting at most `timeout`: `Ok(None)` when no handshake
+    /// completed by then (those under way carry on).
+    pub fn accept_timeout(&self, timeout: Duration) -> Result<Option<Session>, HandshakeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(done) = crate::sync::lock_std(&self.completed.queue).pop_front() {
+                return done.map(Some);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // At the cap, further VMMs wait in the listen backlog until a handshake ends.
+            let room = self.completed.running.load(Ordering::Acquire)
+                < self.config.max_pending_handshakes.max(1);
+            let fds = [self.completed.efd.as_fd(), self.listener.socket().as_fd()];
+            let n = if room { 2 } else { 1 };
+            let ready =
+                sys::poll_readable(&fds[..n], Some(left)).map_err(|source| HandshakeError::Io {
+                    op: "poll for connections",
+                    source,
+                })?;
+            if ready & 1 != 0 {
+                sys::eventfd_drain(self.completed.efd.as_fd());
+            }
+            if ready & 2 != 0 {
+                self.start_handshake()?;
+            }
+        }
+    }
+
+    /// Accepts one connection and reads its handshake on a thread of its own.
+    fn start_handshake(&self) -> Result<(), HandshakeError> {
+        let conn = match self.listener.socket().accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(source) => {
+                return Err(HandshakeError::Io {
+                    op: "accept",
+                    source,
+                });
+            }
+        };
+        let (config, source, completed) = (
+            self.config.clone(),
+            self.source.clone(),
+            Arc::clone(&self.completed),
+        );
+        completed.running.fetch_add(1, Ordering::AcqRel);
+        let spawned = std::thread::Builder::new()
+            .name("squib-handshake".into())
+            .spawn(move || {
+                let result = source
+                    .open(&config)
+                    .and_then(|src| serve_connection_with_source(conn, &config, src));
+                crate::sync::lock_std(&completed.queue).push_back(result);
+                completed.running.fetch_sub(1, Ordering::AcqRel);
+                let _ = sys::eventfd_signal(completed.efd.as_fd());
+            });
+        spawned.map(drop).map_err(|source| {
+            self.completed.running.fetch_sub(1, Ordering::AcqRel);
+            HandshakeError::Io {
+                op: "start a handshake thread",
                 source,
-            })?;
-        serve_connection(conn, &self.config)
+            }
+        })
     }
 }
 
@@ -200,6 +414,7 @@ impl FirecrackerHandler {
 pub struct Session {
     pager: Pager,
     mappings: Vec<GuestRegionUffdMapping>,
+    generation: HandshakeGeneration,
     peer_pid: u32,
     server: JoinHandle<Result<(), ServeError>>,
     /// Kept open: Firecracker never closes its end, and neither does the handler.
@@ -215,6 +430,11 @@ impl Session {
     /// The regions from the handshake.
     pub fn mappings(&self) -> &[GuestRegionUffdMapping] {
         &self.mappings
+    }
+
+    /// Which handshake generation the VMM spoke.
+    pub fn generation(&self) -> HandshakeGeneration {
+        self.generation
     }
 
     /// The VMM's pid, from `SO_PEERCRED`.
@@ -244,84 +464,230 @@ impl Session {
     }
 }
 
+/// The peer of a handler connection, identified by the kernel.
+#[derive(Debug)]
+struct Peer {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Peer {
+    fn of(conn: &UnixStream) -> Result<Self, HandshakeError> {
+        let creds = peer_credentials(conn).map_err(|source| HandshakeError::Io {
+            op: "read peer credentials (SO_PEERCRED)",
+            source,
+        })?;
+        Ok(Self {
+            pid: creds.pid,
+            pidfd: peer_pidfd(conn).ok(),
+        })
+    }
+
+    /// Refuses the handshake: kills the peer (unless it is this process) and wraps the reason.
+    fn refuse(self, config: &HandlerConfig, reason: HandshakeError) -> HandshakeError {
+        let ourselves = self.pid == std::process::id();
+        let killed = config.kill_on_refusal && !ourselves && {
+            let sent = match &self.pidfd {
+                Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
+                None => sys::kill(self.pid, libc::SIGKILL),
+            };
+            if let Err(e) = &sent {
+                tracing::error!(pid = self.pid, error = %e, "cannot kill the refused VMM");
+            }
+            sent.is_ok()
+        };
+        tracing::warn!(
+            pid = self.pid,
+            killed,
+            reason = %crate::pager::error_chain(&reason),
+            "refused a Firecracker handshake"
+        );
+        HandshakeError::Refused {
+            pid: self.pid,
+            killed,
+            reason: Box::new(reason),
+        }
+    }
+}
+
 /// Takes the handshake on an accepted connection and starts serving its uffd from
-/// `config.snapshot`.
+/// `config.snapshot`. A refused handshake kills the peer ([`HandshakeError::Refused`]).
 pub fn serve_connection(
     conn: UnixStream,
     config: &HandlerConfig,
 ) -> Result<Session, HandshakeError> {
-    let creds = peer_credentials(&conn).map_err(|source| HandshakeError::Io {
-        op: "read peer credentials (SO_PEERCRED)",
-        source,
-    })?;
-    let pidfd = peer_pidfd(&conn).ok();
-    let (json, fd) = read_handshake(&conn, config)?;
-    let source = FilePageSource::open(&config.snapshot)?;
-    let mappings = parse_handshake(&json, source.len())?;
-    let uffd = Uffd::from_owned_fd(fd)?;
-    let pager = Pager::new(source, config.pager.clone());
-    for m in &mappings {
-        pager.register(m.region()).map_err(PagerError::from)?;
+    let peer = Peer::of(&conn)?;
+    match SourceSpec::File.open(config) {
+        Ok(source) => serve_peer(conn, peer, config, source),
+        Err(reason) => Err(peer.refuse(config, reason)),
     }
+}
+
+/// Takes the handshake on an accepted connection and starts serving its uffd from `source`.
+/// A refused handshake kills the peer ([`HandshakeError::Refused`]).
+pub fn serve_connection_with_source(
+    conn: UnixStream,
+    config: &HandlerConfig,
+    source: Arc<dyn PageSource>,
+) -> Result<Session, HandshakeError> {
+    let peer = Peer::of(&conn)?;
+    serve_peer(conn, peer, config, source)
+}
+
+fn serve_peer(
+    conn: UnixStream,
+    peer: Peer,
+    config: &HandlerConfig,
+    source: Arc<dyn PageSource>,
+) -> Result<Session, HandshakeError> {
+    let started = (|| {
+        let handshake = Handshake::read(&conn, config.handshake_timeout, config.max_handshake)?;
+        handshake.check(source.len_hint())?;
+        let (mappings, generation, fd) = handshake.into_parts();
+        let uffd = Uffd::from_owned_fd(fd)?;
+        let pager = Pager::new(source, config.pager.clone());
+        for m in &mappings {
+            pager.register(m.region()).map_err(PagerError::from)?;
+        }
+        Ok((pager, mappings, generation, uffd))
+    })();
+    let (pager, mappings, generation, uffd) = match started {
+        Ok(parts) => parts,
+        Err(reason) => return Err(peer.refuse(config, reason)),
+    };
+    let pid = peer.pid;
     let server = super::spawn_server_for(
         &pager,
         uffd,
         FailTarget::Peer {
-            pid: creds.pid,
-            pidfd,
+            pid,
+            pidfd: peer.pidfd,
         },
     )?;
     Ok(Session {
         pager,
         mappings,
-        peer_pid: creds.pid,
+        generation,
+        peer_pid: pid,
         server,
         _conn: conn,
     })
 }
 
+/// One Firecracker handshake: its regions and the userfaultfd that came with them.
+#[derive(Debug)]
+pub struct Handshake {
+    mappings: Vec<GuestRegionUffdMapping>,
+    generation: HandshakeGeneration,
+    uffd: OwnedFd,
+}
+
+impl Handshake {
+    /// Reads one handshake from `conn`: bytes until they form one complete JSON value, at most
+    /// `max_bytes`, all within `timeout`, with exactly one descriptor. The regions are parsed
+    /// and checked for alignment and overlap; [`check`](Self::check) checks them against a
+    /// source's length. Descriptors received with a refused handshake are closed.
+    pub fn read(
+        conn: &UnixStream,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<Self, HandshakeError> {
+        let (json, uffd) = read_message(conn, timeout, max_bytes)?;
+        let (mappings, generation) = parse_regions(&json, None)?;
+        Ok(Self {
+            mappings,
+            generation,
+            uffd,
+        })
+    }
+
+    /// The regions, in the order the VMM sent them.
+    pub fn mappings(&self) -> &[GuestRegionUffdMapping] {
+        &self.mappings
+    }
+
+    /// Which Firecracker generation the fields belong to.
+    pub fn generation(&self) -> HandshakeGeneration {
+        self.generation
+    }
+
+    /// Checks every region against a source of `source_len` bytes (`None`: unknown length).
+    pub fn check(&self, source_len: Option<u64>) -> Result<(), HandshakeError> {
+        let mut set = RegionSet::new();
+        for (index, m) in self.mappings.iter().enumerate() {
+            set.insert(m.region(), source_len)
+                .map_err(|source| HandshakeError::Region { index, source })?;
+        }
+        Ok(())
+    }
+
+    /// The regions, the generation and the userfaultfd.
+    pub fn into_parts(self) -> (Vec<GuestRegionUffdMapping>, HandshakeGeneration, OwnedFd) {
+        (self.mappings, self.generation, self.uffd)
+    }
+}
+
 /// Reads until the bytes form one complete JSON value; returns them and the one descriptor.
-fn read_handshake(
+fn read_message(
     conn: &UnixStream,
-    config: &HandlerConfig,
+    timeout: Duration,
+    max_bytes: usize,
 ) -> Result<(Vec<u8>, OwnedFd), HandshakeError> {
-    conn.set_read_timeout(Some(config.handshake_timeout))
-        .map_err(|source| HandshakeError::Io {
-            op: "set the handshake timeout",
-            source,
-        })?;
+    let deadline = Instant::now() + timeout;
     let mut json = Vec::new();
     let mut fds: Vec<OwnedFd> = Vec::new();
-    let mut extra = false;
     let mut buf = vec![0u8; 64 << 10];
     loop {
-        let got = recv_with_fds(conn, &mut buf, 4).map_err(|source| HandshakeError::Io {
-            op: "receive the handshake",
-            source,
-        })?;
-        extra |= got.control_truncated;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timed_out = || HandshakeError::Timeout {
+            limit: timeout,
+            received: json.len(),
+        };
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        conn.set_read_timeout(Some(left))
+            .map_err(|source| HandshakeError::Io {
+                op: "set the handshake deadline",
+                source,
+            })?;
+        let got = match recv_with_fds(conn, &mut buf, 4) {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(timed_out());
+            }
+            Err(source) => {
+                return Err(HandshakeError::Io {
+                    op: "receive the handshake",
+                    source,
+                });
+            }
+        };
         fds.extend(got.fds);
+        if got.control_truncated || fds.len() > 1 {
+            return Err(HandshakeError::ExtraFds {
+                count: fds.len() + usize::from(got.control_truncated),
+            });
+        }
         if got.len == 0 {
             return Err(HandshakeError::Closed {
                 received: json.len(),
             });
         }
         json.extend_from_slice(&buf[..got.len]);
-        if json.len() > config.max_handshake {
-            return Err(HandshakeError::TooLarge {
-                limit: config.max_handshake,
-            });
+        if json.len() > max_bytes {
+            return Err(HandshakeError::TooLarge { limit: max_bytes });
         }
         match serde_json::from_slice::<Value>(&json) {
             Ok(_) => break,
             Err(e) if e.is_eof() => continue,
             Err(source) => return Err(HandshakeError::Json { source }),
         }
-    }
-    if extra || fds.len() > 1 {
-        return Err(HandshakeError::ExtraFds {
-            count: fds.len() + usize::from(extra),
-        });
     }
     let fd = fds.pop().ok_or(HandshakeError::MissingFd)?;
     Ok((json, fd))
@@ -332,6 +698,28 @@ pub fn parse_handshake(
     json: &[u8],
     snapshot_len: u64,
 ) -> Result<Vec<GuestRegionUffdMapping>, HandshakeError> {
+    parse_regions(json, Some(snapshot_len)).map(|(mappings, _)| mappings)
+}
+
+/// The page size a region announces, in bytes, and the generation its fields belong to.
+fn page_size_of(page_size: Option<u64>, page_size_kib: Option<u64>) -> (u64, HandshakeGeneration) {
+    let valid = |bytes: u64| bytes == host_page_size() as u64 || bytes == HUGE_PAGE_SIZE as u64;
+    match (page_size, page_size_kib) {
+        (Some(bytes), _) => (bytes, HandshakeGeneration::PageSize),
+        // Firecracker v1.7 – v1.11 send bytes under this name; a value that is only valid as
+        // KiB is taken as KiB.
+        (None, Some(v)) if !valid(v) && v.checked_mul(1024).is_some_and(valid) => {
+            (v * 1024, HandshakeGeneration::PageSizeKib)
+        }
+        (None, Some(v)) => (v, HandshakeGeneration::PageSizeKib),
+        (None, None) => (host_page_size() as u64, HandshakeGeneration::NoPageSize),
+    }
+}
+
+fn parse_regions(
+    json: &[u8],
+    snapshot_len: Option<u64>,
+) -> Result<(Vec<GuestRegionUffdMapping>, HandshakeGeneration), HandshakeError> {
     let value: Value =
         serde_json::from_slice(json).map_err(|source| HandshakeError::Json { source })?;
     let Value::Array(items) = value else {
@@ -348,6 +736,7 @@ pub fn parse_handshake(
     }
     let mut set = RegionSet::new();
     let mut out = Vec::with_capacity(items.len());
+    let mut generation = HandshakeGeneration::PageSize;
     for (index, item) in items.iter().enumerate() {
         let schema = |reason: String| HandshakeError::Schema { index, reason };
         let Value::Object(obj) = item else {
@@ -368,13 +757,10 @@ pub fn parse_handshake(
         let base = need("base_host_virt_addr")?;
         let size = need("size")?;
         let offset = need("offset")?;
-        let page_size = match (field("page_size")?, field("page_size_kib")?) {
-            (Some(bytes), _) => bytes,
-            (None, Some(kib)) => kib
-                .checked_mul(1024)
-                .ok_or_else(|| schema("`page_size_kib` overflows".into()))?,
-            (None, None) => return Err(schema("missing `page_size` (or `page_size_kib`)".into())),
-        };
+        let (page_size, this_generation) =
+            page_size_of(field("page_size")?, field("page_size_kib")?);
+        // The oldest field set any region used names the generation.
+        generation = generation.min(this_generation);
         let page_size = usize::try_from(page_size)
             .ok()
             .filter(|&p| p == host_page_size() || p == HUGE_PAGE_SIZE)
@@ -389,11 +775,11 @@ pub fn parse_handshake(
             offset,
             page_size,
         };
-        set.insert(mapping.region(), Some(snapshot_len))
+        set.insert(mapping.region(), snapshot_len)
             .map_err(|source| HandshakeError::Region { index, source })?;
         out.push(mapping);
     }
-    Ok(out)
+    Ok((out, generation))
 }
 
 #[cfg(test)]
@@ -416,6 +802,44 @@ mod tests {
     }
 
     #[test]
+    fn every_generation_reads_the_page_size_in_bytes() {
+        if host_page_size() != 4096 {
+            return;
+        }
+        let region = |fields: &str| {
+            format!(r#"[{{"base_host_virt_addr":2097152,"size":4194304,"offset":0{fields}}}]"#)
+        };
+        let cases = [
+            ("", 4096, HandshakeGeneration::NoPageSize),
+            (
+                r#","page_size_kib":4096"#,
+                4096,
+                HandshakeGeneration::PageSizeKib,
+            ),
+            (
+                r#","page_size_kib":2097152"#,
+                HUGE_PAGE_SIZE,
+                HandshakeGeneration::PageSizeKib,
+            ),
+            (
+                r#","page_size":2097152,"page_size_kib":2097152"#,
+                HUGE_PAGE_SIZE,
+                HandshakeGeneration::PageSize,
+            ),
+            (
+                r#","page_size":4096,"page_size_kib":4096,"dirty_tracking":{"x":[1]}"#,
+                4096,
+                HandshakeGeneration::PageSize,
+            ),
+        ];
+        for (fields, page_size, generation) in cases {
+            let json = region(fields);
+            let (m, g) = parse_regions(json.as_bytes(), Some(8 << 20)).unwrap();
+            assert_eq!((m[0].page_size, g), (page_size, generation), "{json}");
+        }
+    }
+
+    #[test]
     fn bad_handshakes_are_typed_errors() {
         let ps = host_page_size();
         type Expect = fn(&HandshakeError) -> bool;
@@ -424,7 +848,7 @@ mod tests {
             ("{}", |e| matches!(e, HandshakeError::Schema { .. })),
             ("[]", |e| matches!(e, HandshakeError::Schema { .. })),
             (
-                r#"[{"base_host_virt_addr":1048576,"size":4096,"offset":0}]"#,
+                r#"[{"base_host_virt_addr":1048576,"size":4096,"offset":0,"page_size":8192}]"#,
                 |e| matches!(e, HandshakeError::Schema { .. }),
             ),
             (

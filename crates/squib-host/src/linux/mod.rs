@@ -418,6 +418,13 @@ pub(crate) fn install_from_caller(shared: &Shared, region: &Region, start: u64, 
 /// Reading it from any thread is safe: a missing page blocks the reader until the server
 /// installs it (so a server must be running — [`spawn_server`](crate::spawn_server)). Dropping
 /// it unregisters the region and unmaps the memory.
+///
+/// # fork
+///
+/// The mapping is `MADV_DONTFORK`: a child made by `fork()` does not have it, and touching
+/// its addresses there raises `SIGSEGV`. (A child that inherited it would not inherit the
+/// userfaultfd registration, so its missing pages would silently read as zeros.) `exec`
+/// after `fork`, as `std::process::Command` does, is unaffected.
 #[derive(Debug)]
 pub struct LazyMapping {
     map: AnonMapping,
@@ -527,6 +534,12 @@ impl Pager {
             .offset(offset)
             .page_size(page_size);
         region.validate(self.shared.source.len_hint())?;
+        // A child made by fork() would inherit the mapping without the registration: its
+        // missing pages would read as zeros, silently wrong. It gets no mapping instead.
+        sys::madvise_dontfork(map.as_mut_slice()).map_err(|source| PagerError::Spawn {
+            what: "lazy mapping (madvise MADV_DONTFORK)",
+            source,
+        })?;
         // Register before the region becomes visible to a running server: an install into
         // memory the uffd does not cover fails, and would be taken for unmapped memory.
         uffd.register_mapping(&mut map)?;

@@ -32,9 +32,10 @@
 //! kernel has it, else a signal to the thread id the fault carried); in handler mode the peer
 //! is killed and the server stops.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -135,8 +136,16 @@ struct Done {
 #[derive(Debug)]
 struct Pool {
     jobs: Option<mpsc::Sender<Job>>,
+    /// What a new worker needs: the job queue, the completions, the pager.
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     done: Arc<Mutex<Vec<Done>>>,
     efd: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+    /// Worker threads running (including ones stuck in a fetch that timed out).
+    threads: Arc<AtomicUsize>,
+    /// Jobs whose fetch timed out and whose worker was replaced: that worker exits when the
+    /// fetch finally returns, so the pool shrinks back to its size.
+    abandoned: Arc<Mutex<HashSet<u64>>>,
     pending: HashMap<u64, (Run, Instant)>,
     next_id: u64,
     proactive: usize,
@@ -145,9 +154,18 @@ struct Pool {
 impl Pool {
     fn start(shared: &Arc<Shared>) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let done = Arc::new(Mutex::new(Vec::new()));
-        let efd = Arc::new(sys::eventfd()?);
+        let pool = Self {
+            jobs: Some(tx),
+            rx: Arc::new(Mutex::new(rx)),
+            done: Arc::new(Mutex::new(Vec::new())),
+            efd: Arc::new(sys::eventfd()?),
+            shared: Arc::clone(shared),
+            threads: Arc::new(AtomicUsize::new(0)),
+            abandoned: Arc::new(Mutex::new(HashSet::new())),
+            pending: HashMap::new(),
+            next_id: 0,
+            proactive: 0,
+        };
         // Local sources fetch demand pages inline; one worker then suffices to read the next
         // background chunk while the server installs the previous one.
         let workers = if shared.source.is_local() {
@@ -155,34 +173,73 @@ impl Pool {
         } else {
             shared.config.fetch_workers.max(1)
         };
-        for i in 0..workers {
-            let (rx, done, efd, shared) = (rx.clone(), done.clone(), efd.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name(format!("squib-fetch-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = crate::sync::lock_std(&rx).recv();
-                        let Ok(job) = job else { return };
-                        let result = shared.fetch(job.addr, job.offset, job.len, job.page_size);
-                        crate::sync::lock_std(&done).push(Done { id: job.id, result });
-                        let _ = sys::eventfd_signal(efd.as_fd());
-                    }
-                })?;
+        for _ in 0..workers {
+            pool.add_worker()?;
         }
-        Ok(Self {
-            jobs: Some(tx),
-            done,
-            efd,
-            pending: HashMap::new(),
-            next_id: 0,
-            proactive: 0,
+        Ok(pool)
+    }
+
+    fn add_worker(&self) -> io::Result<()> {
+        let (rx, done, efd, shared) = (
+            self.rx.clone(),
+            self.done.clone(),
+            self.efd.clone(),
+            self.shared.clone(),
+        );
+        let (threads, abandoned) = (self.threads.clone(), self.abandoned.clone());
+        let n = threads.fetch_add(1, AtomicOrdering::AcqRel);
+        let spawned = std::thread::Builder::new()
+            .name(format!("squib-fetch-{n}"))
+            .spawn(move || {
+                loop {
+                    let job = crate::sync::lock_std(&rx).recv();
+                    let Ok(job) = job else { break };
+                    let result = shared.fetch(job.addr, job.offset, job.len, job.page_size);
+                    crate::sync::lock_std(&done).push(Done { id: job.id, result });
+                    let _ = sys::eventfd_signal(efd.as_fd());
+                    if crate::sync::lock_std(&abandoned).remove(&job.id) {
+                        // A replacement took this worker's place while the fetch hung.
+                        break;
+                    }
+                }
+                threads.fetch_sub(1, AtomicOrdering::AcqRel);
+            });
+        spawned.map(drop).inspect_err(|_| {
+            self.threads.fetch_sub(1, AtomicOrdering::AcqRel);
         })
+    }
+
+    /// A fetch timed out and its worker may be stuck in it for good: starts a replacement, so
+    /// healthy pages keep being served, up to [`PagerConfig::max_fetch_threads`] threads.
+    ///
+    /// [`PagerConfig::max_fetch_threads`]: crate::PagerConfig::max_fetch_threads
+    fn replace_hung_worker(&self, id: u64) {
+        let cap = self
+            .shared
+            .config
+            .max_fetch_threads
+            .max(self.shared.config.fetch_workers);
+        if self.threads.load(AtomicOrdering::Acquire) >= cap {
+            tracing::warn!(
+                threads = cap,
+                "every fetch thread is held by a fetch that timed out; faults on other pages \
+                 wait for the fetch timeout"
+            );
+            return;
+        }
+        crate::sync::lock_std(&self.abandoned).insert(id);
+        if self.add_worker().is_ok() {
+            Stats::add(&self.shared.stats.fetch_threads_replaced, 1);
+        } else {
+            crate::sync::lock_std(&self.abandoned).remove(&id);
+        }
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Workers exit when the channel closes; a worker stuck in a hung fetch is left behind.
+        // Workers exit when the channel closes; a worker stuck in a hung fetch exits when the
+        // fetch returns (a fetch cannot be cancelled from outside).
         self.jobs.take();
     }
 }
@@ -646,11 +703,20 @@ impl Server {
         let r = self.regions[run.region].region;
         match run.kind {
             Kind::Demand { tid, addr, .. } => {
-                let pages = &mut self.regions[run.region].pages;
-                for p in &mut pages[run.first + 1..run.first + run.count] {
+                let rp = &mut self.regions[run.region];
+                for p in &mut rp.pages[run.first + 1..run.first + run.count] {
                     if *p == Page::InFlight {
                         *p = Page::Missing;
                     }
+                }
+                if run.count > 1 {
+                    // The readahead may be what failed (a bad page further on, a source that
+                    // ends early, a slow large read): ask for the demanded page alone, and
+                    // start the window over.
+                    Stats::add(&self.shared.stats.readahead_retries, 1);
+                    rp.window = 1;
+                    rp.next_seq = u64::MAX;
+                    return self.fetch_run(Run { count: 1, ..run });
                 }
                 let offset = r.offset_of(addr - addr % r.page_size as u64);
                 self.fail_closed(Some((run.region, run.first)), addr, offset, tid, err)
@@ -911,6 +977,7 @@ impl Server {
             .collect();
         for id in expired {
             if let Some((run, _)) = pool.pending.remove(&id) {
+                pool.replace_hung_worker(id);
                 let r = self.regions[run.region].region;
                 ready.push((
                     run,
@@ -1074,9 +1141,10 @@ impl Server {
                 if tid != 0 && sys::signal_thread(tid, libc::SIGBUS).is_ok() {
                     return Ok(());
                 }
-                eprintln!(
-                    "squib-host: cannot deliver SIGBUS for the fault at {addr:#x}; aborting rather \
-                     than leaving the thread waiting or serving wrong bytes"
+                tracing::error!(
+                    addr = format_args!("{addr:#x}"),
+                    "cannot deliver SIGBUS for a fault that failed closed; aborting rather than \
+                     leaving the thread waiting or serving wrong bytes"
                 );
                 std::process::abort();
             }
@@ -1086,7 +1154,7 @@ impl Server {
                     None => sys::kill(*pid, libc::SIGKILL),
                 };
                 if let Err(e) = killed {
-                    eprintln!("squib-host: cannot kill peer {pid}: {e}");
+                    tracing::error!(pid, error = %e, "cannot kill the peer of a failed fault");
                 }
                 Err(ServeError::PeerKilled { addr, pid: *pid })
             }

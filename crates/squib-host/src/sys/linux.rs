@@ -542,6 +542,15 @@ pub(crate) fn madvise_dontneed(range: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `madvise(MADV_DONTFORK)` over a page-aligned range: a child made by `fork` does not get
+/// the range at all (touching it there faults with `SIGSEGV`).
+pub(crate) fn madvise_dontfork(range: &mut [u8]) -> io::Result<()> {
+    // SAFETY: the range is memory this process owns (a `&mut` slice); MADV_DONTFORK changes
+    // only what a future child inherits, never the contents here.
+    cvt(unsafe { libc::madvise(range.as_mut_ptr().cast(), range.len(), libc::MADV_DONTFORK) })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 //! byte for byte; plus property tests of the parsers and region bookkeeping. Tests that need
 //! userfaultfd or /dev/kvm print a skip line when they are not available.
 
+mod edges;
 mod faults;
 mod kvm;
 mod lifecycle;

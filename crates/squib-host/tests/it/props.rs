@@ -50,8 +50,11 @@ mod handshake {
     use super::*;
     use squib_host::firecracker::parse_handshake;
 
-    fn region_json() -> impl Strategy<Value = (u64, u64, u64, bool, String)> {
-        (0u64..32, 0u64..6, 0u64..32, any::<bool>(), "[a-z_]{0,6}")
+    /// A region: page index, length and offset in pages, the Firecracker generation whose
+    /// page-size fields it carries (0: none, ≤ v1.6; 1: `page_size_kib` in bytes, v1.7 – v1.11;
+    /// 2: both, ≥ v1.12), and the name of an unknown field.
+    fn region_json() -> impl Strategy<Value = (u64, u64, u64, u8, String)> {
+        (0u64..32, 0u64..6, 0u64..32, 0u8..3, "[a-z_]{0,6}")
     }
 
     proptest! {
@@ -71,17 +74,17 @@ mod handshake {
             let mut json = String::from("[");
             let mut valid = !regions.is_empty();
             let mut seen: Vec<(u64, u64)> = Vec::new();
-            for (i, (page, len, off, kib, extra)) in regions.iter().enumerate() {
+            for (i, (page, len, off, generation, extra)) in regions.iter().enumerate() {
                 if i > 0 {
                     json.push(',');
                 }
-                let size_field = if *kib {
-                    format!("\"page_size_kib\":{}", ps / 1024)
-                } else {
-                    format!("\"page_size\":{ps}")
+                let size_field = match generation {
+                    0 => String::new(),
+                    1 => format!("\"page_size_kib\":{ps},"),
+                    _ => format!("\"page_size\":{ps},\"page_size_kib\":{ps},"),
                 };
                 json.push_str(&format!(
-                    "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{},{size_field},\"{extra}x\":1}}",
+                    "{{\"base_host_virt_addr\":{},\"size\":{},\"offset\":{},{size_field}\"{extra}x\":1}}",
                     (page + 1) * ps * 16,
                     len * ps,
                     off * ps

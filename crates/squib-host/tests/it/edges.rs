@@ -1,0 +1,215 @@
+//! The edges of fault serving: a readahead window that runs into a bad page, fetches that hang
+//! for good, and what a fault that failed closed looks like from the kernel's side.
+//!
+//! Pages are read here through the kernel (`write(2)` from the lazy mapping into a pipe): a
+//! missing page makes the write wait for the server exactly as a touch would, and a page that
+//! failed closed (`UFFDIO_POISON`) makes it fail with `EFAULT` instead of raising `SIGBUS`, so
+//! one test can tell, page by page, which faults were served and which failed.
+
+#![cfg(target_os = "linux")]
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use squib_host::{
+    LazyMapping, PageRequest, PageSource, PageSourceError, Pager, PagerConfig, spawn_server,
+};
+
+use crate::support::{ps, snapshot, uffd_or_skip, within};
+
+/// Page `page` of `mem`, read by the kernel; `Err` (EFAULT) if the fault failed closed.
+fn kernel_read(mem: &LazyMapping, page: usize) -> io::Result<Vec<u8>> {
+    let (mut r, mut w) = io::pipe()?;
+    let bytes = &mem.as_slice()[page * ps()..(page + 1) * ps()];
+    w.write_all(bytes)?;
+    drop(w);
+    let mut out = Vec::with_capacity(ps());
+    r.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// Whether the kernel delivers failed faults as poisoned pages (Linux 6.6+), which
+/// `kernel_read` needs; prints the skip line if not.
+fn poison_or_skip(test: &str) -> bool {
+    if !uffd_or_skip(test) {
+        return false;
+    }
+    match squib_host::Uffd::open() {
+        Ok(u) if u.can_poison() => true,
+        _ => {
+            eprintln!("skip: {test}: this kernel has no UFFDIO_POISON (Linux 6.6)");
+            false
+        }
+    }
+}
+
+/// A snapshot whose reads fail past `end` (a truncated file, a page server missing a tail),
+/// and whose reads touching one of the `hang` pages block until released.
+#[derive(Debug)]
+struct Flawed {
+    data: Bytes,
+    end: u64,
+    local: bool,
+    hang: HashSet<u64>,
+    released: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Flawed {
+    fn new(data: Vec<u8>, local: bool) -> Self {
+        let end = data.len() as u64;
+        Self {
+            data: data.into(),
+            end,
+            local,
+            hang: HashSet::new(),
+            released: Arc::new((Mutex::new(false), Condvar::new())),
+        }
+    }
+}
+
+impl PageSource for Flawed {
+    fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        let (first, last) = (req.offset, req.offset + req.len as u64);
+        let ps = ps() as u64;
+        if (first / ps..last.div_ceil(ps)).any(|p| self.hang.contains(&p)) {
+            // Hangs until the test releases it (bounded, so no thread outlives the run long).
+            let (lock, cv) = &*self.released;
+            let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = cv.wait_timeout_while(guard, Duration::from_secs(60), |released| !*released);
+        }
+        if last > self.end {
+            return Err(PageSourceError::Short {
+                offset: req.offset,
+                wanted: req.len,
+                got: self.end.saturating_sub(first) as usize,
+            });
+        }
+        Ok(self.data.slice(first as usize..last as usize))
+    }
+
+    fn is_local(&self) -> bool {
+        self.local
+    }
+}
+
+/// A thread reading pages 2970..2999 in order against a source that fails from page 3000 on:
+/// the readahead windows grow into page 3000, but only page 3000 itself fails.
+fn readahead_into_a_bad_page(local: bool) {
+    let (pages, bad) = (3064usize, 3000usize);
+    let data = snapshot(pages);
+    let mut source = Flawed::new(data.clone(), local);
+    source.end = (bad * ps()) as u64;
+    let pager = Pager::new(
+        source,
+        PagerConfig {
+            poll_interval: Duration::from_millis(50),
+            background: false,
+            fetch_retries: 1,
+            retry_backoff: Duration::from_millis(1),
+            ..PagerConfig::default()
+        },
+    );
+    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
+    let server = spawn_server(&pager).unwrap();
+    let m = mem.clone();
+    let results = within(Duration::from_secs(30), "sequential reads", move || {
+        (bad - 30..=bad)
+            .map(|p| (p, kernel_read(&m, p)))
+            .collect::<Vec<_>>()
+    });
+    for (p, got) in results {
+        match got {
+            Ok(bytes) if p < bad => assert!(
+                bytes == data[p * ps()..(p + 1) * ps()],
+                "page {p} read wrong bytes"
+            ),
+            Err(e) if p == bad => assert_eq!(e.raw_os_error(), Some(libc::EFAULT), "page {p}"),
+            other => panic!("page {p} (the source fails from page {bad}): {other:?}"),
+        }
+    }
+    let s = pager.stats();
+    assert_eq!(s.failed_closed, 1, "{s:?}");
+    assert!(s.readahead_retries >= 1, "{s:?}");
+    pager.request_shutdown();
+    server.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_failed_readahead_window_fails_only_the_bad_page_local_source() {
+    if poison_or_skip("a_failed_readahead_window_fails_only_the_bad_page_local_source") {
+        readahead_into_a_bad_page(true);
+    }
+}
+
+#[test]
+fn a_failed_readahead_window_fails_only_the_bad_page_remote_source() {
+    if poison_or_skip("a_failed_readahead_window_fails_only_the_bad_page_remote_source") {
+        readahead_into_a_bad_page(false);
+    }
+}
+
+/// Five pages whose fetches hang for good, four fetch workers: the five faults fail closed at
+/// the fetch timeout, and every later fault on a healthy page is still served promptly.
+#[test]
+fn hung_fetches_never_starve_faults_on_healthy_pages() {
+    if !poison_or_skip("hung_fetches_never_starve_faults_on_healthy_pages") {
+        return;
+    }
+    let pages = 256;
+    let data = snapshot(pages);
+    let mut source = Flawed::new(data.clone(), false);
+    source.hang = (0..5).collect();
+    let released = source.released.clone();
+    let timeout = Duration::from_millis(300);
+    let pager = Pager::new(
+        source,
+        PagerConfig {
+            poll_interval: Duration::from_millis(50),
+            background: false,
+            readahead_max: 0,
+            fetch_workers: 4,
+            fetch_timeout: timeout,
+            ..PagerConfig::default()
+        },
+    );
+    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
+    let server = spawn_server(&pager).unwrap();
+    let hung: Vec<_> = (0..5)
+        .map(|p| {
+            let m = mem.clone();
+            std::thread::spawn(move || kernel_read(&m, p))
+        })
+        .collect();
+    for (p, t) in hung.into_iter().enumerate() {
+        let got = t.join().unwrap();
+        assert_eq!(
+            got.as_ref().map_err(io::Error::raw_os_error).err(),
+            Some(Some(libc::EFAULT)),
+            "page {p} hangs in the source and must fail closed"
+        );
+    }
+    let m = mem.clone();
+    let slow = within(Duration::from_secs(30), "healthy reads", move || {
+        (100..140)
+            .filter_map(|p| {
+                let t0 = Instant::now();
+                let got = kernel_read(&m, p);
+                let took = t0.elapsed();
+                (got.as_deref().ok() != Some(&data[p * ps()..(p + 1) * ps()]) || took >= timeout)
+                    .then(|| format!("page {p}: {:?} after {took:?}", got.map(|_| ())))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(slow.is_empty(), "healthy pages failed or waited: {slow:?}");
+    let s = pager.stats();
+    assert_eq!(s.failed_closed, 5, "{s:?}");
+    assert!(s.fetch_threads_replaced >= 5, "{s:?}");
+    let (lock, cv) = &*released;
+    *lock.lock().unwrap() = true;
+    cv.notify_all();
+    pager.request_shutdown();
+    server.join().unwrap().unwrap();
+}
