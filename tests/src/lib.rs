@@ -12,6 +12,8 @@
 //! - [`criterion_config!`]: the short criterion configuration every bench uses;
 //! - [`loom_model!`]: the one way the crates' loom suites run a model (preemption bound,
 //!   executions explored);
+//! - [`firecracker`](mod@firecracker): the real Firecracker, its guest and its API, for the
+//!   suites that restore microVMs;
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
 //!   map them, undone when the test ends.
 
@@ -172,6 +174,469 @@ pub mod harness {
         } else {
             ExitCode::FAILURE
         }
+    }
+}
+
+pub mod firecracker {
+    //! Drives the real Firecracker for the suites that restore microVMs: finds the kit (the
+    //! binary, its example UFFD handler and the memory-testing guest, through the
+    //! `FIRECRACKER_BIN` variable `cargo xtask` sets), starts VMMs, talks to their API socket
+    //! (HTTP/1.1, one request per connection), boots the guest, takes snapshots, restores them
+    //! through a UFFD handler or the File backend, and reads the serial console.
+    //!
+    //! The guest, on every pass `k`, prints `P<k as 16 hex digits> `, checks every page it
+    //! wrote in pass `k - 1` and rewrites it, printing `.` per 2 MiB, then ` OK`; a mismatch
+    //! prints `FAIL …`. A snapshot taken mid-pass and restored prints a whole `P… OK` line only
+    //! if every page came back exact: [`Vm::wait_verified`] waits for that line.
+
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// The variable naming the Firecracker binary.
+    pub const ENV: &str = "FIRECRACKER_BIN";
+
+    /// Console bytes kept per VM (the oldest are dropped past this).
+    const CONSOLE_LIMIT: usize = 4 << 20;
+
+    /// The Firecracker kit: binary, example handler, guest.
+    #[derive(Debug, Clone)]
+    pub struct Kit {
+        /// The `firecracker` binary.
+        pub firecracker: PathBuf,
+        /// Firecracker's example `uffd_on_demand_handler SOCKET MEMFILE`.
+        pub example_handler: PathBuf,
+        /// The memory-testing guest for 256 MiB VMs.
+        pub guest: PathBuf,
+    }
+
+    impl Kit {
+        /// Finds the kit and checks that this machine can run it.
+        ///
+        /// # Errors
+        ///
+        /// Why not, for the caller's skip line: the variable is unset, a file is missing, or
+        /// `/dev/kvm` cannot be opened.
+        pub fn find() -> Result<Self, String> {
+            let bin = std::env::var_os(ENV).map(PathBuf::from).ok_or(format!(
+                "{ENV} is not set (cargo xtask sets it when ../shared/firecracker exists)"
+            ))?;
+            let dir = bin.parent().unwrap_or(Path::new("."));
+            let kit = Self {
+                example_handler: dir.join("uffd_on_demand_handler"),
+                guest: dir.join("guest/memtest-256m.elf"),
+                firecracker: bin,
+            };
+            for f in [&kit.firecracker, &kit.example_handler, &kit.guest] {
+                if !f.is_file() {
+                    return Err(format!("{} is missing", f.display()));
+                }
+            }
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .map_err(|e| format!("/dev/kvm: {e}"))?;
+            Ok(kit)
+        }
+    }
+
+    /// A snapshot of a guest taken mid-pass: the VM state file and the memory file.
+    #[derive(Debug, Clone)]
+    pub struct Snapshot {
+        /// Firecracker's VM state file.
+        pub state: PathBuf,
+        /// The guest memory file (`mem_size_mib` MiB).
+        pub mem: PathBuf,
+        /// The guest's memory size.
+        pub mem_mib: u32,
+        /// Whether guest memory used 2 MiB huge pages.
+        pub huge: bool,
+    }
+
+    #[derive(Debug, Default)]
+    struct Console {
+        bytes: Mutex<(Vec<u8>, bool)>,
+        cv: Condvar,
+    }
+
+    /// A running Firecracker process; killed when dropped.
+    #[derive(Debug)]
+    pub struct Vm {
+        child: Child,
+        api: PathBuf,
+        console: Arc<Console>,
+    }
+
+    impl Vm {
+        /// Starts Firecracker with its API socket `dir/<id>.api` (its log in `dir/<id>.log`;
+        /// Firecracker takes ids of letters, digits and `-`),
+        /// a stdin that never closes and the serial console collected from stdout.
+        ///
+        /// # Errors
+        ///
+        /// The spawn failure, or an API socket that did not appear within 5 s.
+        pub fn spawn(kit: &Kit, dir: &Path, id: &str) -> Result<Self, String> {
+            let api = dir.join(format!("{id}.api"));
+            let _ = std::fs::remove_file(&api);
+            let mut child = Command::new(&kit.firecracker)
+                .arg("--api-sock")
+                .arg(&api)
+                .arg("--id")
+                .arg(id)
+                .arg("--log-path")
+                .arg(dir.join(format!("{id}.log")))
+                .arg("--level")
+                .arg("Info")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("spawn {}: {e}", kit.firecracker.display()))?;
+            let console = Arc::new(Console::default());
+            let mut out = child.stdout.take().ok_or("no stdout")?;
+            let sink = Arc::clone(&console);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = out.read(&mut buf).unwrap_or(0);
+                    let mut g = sink.bytes.lock().unwrap_or_else(|p| p.into_inner());
+                    if n == 0 {
+                        g.1 = true;
+                        sink.cv.notify_all();
+                        return;
+                    }
+                    g.0.extend_from_slice(&buf[..n]);
+                    if g.0.len() > CONSOLE_LIMIT {
+                        let cut = g.0.len() - CONSOLE_LIMIT / 2;
+                        g.0.drain(..cut);
+                    }
+                    sink.cv.notify_all();
+                }
+            });
+            let mut vm = Self {
+                child,
+                api,
+                console,
+            };
+            let start = Instant::now();
+            while UnixStream::connect(&vm.api).is_err() {
+                if let Ok(Some(status)) = vm.child.try_wait() {
+                    return Err(format!(
+                        "Firecracker (id {id}) exited at start with {status}: {}",
+                        vm.console()
+                    ));
+                }
+                if start.elapsed() > Duration::from_secs(5) {
+                    return Err(format!("{} did not appear", vm.api.display()));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(vm)
+        }
+
+        /// The VMM's pid.
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Whether the process is still running (not exited, not killed).
+        pub fn is_alive(&mut self) -> bool {
+            matches!(self.child.try_wait(), Ok(None))
+        }
+
+        /// Waits up to `limit` for the process to end; its exit status if it did.
+        pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+            let start = Instant::now();
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(status);
+                }
+                if start.elapsed() > limit {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        /// Sends one API request and returns the status code and body.
+        ///
+        /// # Errors
+        ///
+        /// Connection or protocol failures, or no complete answer within `timeout`.
+        pub fn request(
+            &self,
+            method: &str,
+            path: &str,
+            body: &str,
+            timeout: Duration,
+        ) -> Result<(u16, String), String> {
+            let err = |e: std::io::Error| format!("{method} {path}: {e}");
+            let mut conn = UnixStream::connect(&self.api).map_err(err)?;
+            conn.set_read_timeout(Some(timeout)).map_err(err)?;
+            conn.set_write_timeout(Some(timeout)).map_err(err)?;
+            write!(
+                conn,
+                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .map_err(err)?;
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = conn.read(&mut buf).map_err(err)?;
+                if n == 0 {
+                    return Err(format!("{method} {path}: connection closed mid-answer"));
+                }
+                raw.extend_from_slice(&buf[..n]);
+                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                let status: u16 = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .ok_or(format!("{method} {path}: bad status line in {head:?}"))?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while raw.len() < end + 4 + len {
+                    let n = conn.read(&mut buf).map_err(err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                let body_end = raw.len().min(end + 4 + len);
+                let body = String::from_utf8_lossy(&raw[end + 4..body_end]).to_string();
+                return Ok((status, body));
+            }
+        }
+
+        /// Sends a request that must succeed (2xx) within 30 s.
+        ///
+        /// # Errors
+        ///
+        /// The failure, or the status and body of a refusal.
+        pub fn api(&self, method: &str, path: &str, body: &str) -> Result<(), String> {
+            match self.request(method, path, body, Duration::from_secs(30))? {
+                (200..=299, _) => Ok(()),
+                (code, text) => Err(format!("{method} {path}: {code} {text}")),
+            }
+        }
+
+        /// Configures and starts the guest: `mem_mib` MiB, one vCPU, 2 MiB huge pages if
+        /// `huge`.
+        ///
+        /// # Errors
+        ///
+        /// An API refusal.
+        pub fn boot(&self, kit: &Kit, mem_mib: u32, huge: bool) -> Result<(), String> {
+            let pages = if huge { r#","huge_pages":"2M""# } else { "" };
+            self.api(
+                "PUT",
+                "/machine-config",
+                &format!(r#"{{"vcpu_count":1,"mem_size_mib":{mem_mib}{pages}}}"#),
+            )?;
+            self.api(
+                "PUT",
+                "/boot-source",
+                &format!(
+                    r#"{{"kernel_image_path":"{}","boot_args":"console=ttyS0"}}"#,
+                    kit.guest.display()
+                ),
+            )?;
+            self.api("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)
+        }
+
+        /// Pauses the VM and writes a full snapshot.
+        ///
+        /// # Errors
+        ///
+        /// An API refusal.
+        pub fn snapshot(&self, state: &Path, mem: &Path) -> Result<(), String> {
+            self.api("PATCH", "/vm", r#"{"state":"Paused"}"#)?;
+            self.api(
+                "PUT",
+                "/snapshot/create",
+                &format!(
+                    r#"{{"snapshot_type":"Full","snapshot_path":"{}","mem_file_path":"{}"}}"#,
+                    state.display(),
+                    mem.display()
+                ),
+            )
+        }
+
+        /// Restores `snap` with the UFFD backend through the handler listening at `handler`,
+        /// and resumes the guest. Returns the status and body (the load blocks while the
+        /// handler does not serve, so `timeout` bounds it).
+        ///
+        /// # Errors
+        ///
+        /// Connection failures or the timeout.
+        pub fn load_uffd(
+            &self,
+            snap: &Snapshot,
+            handler: &Path,
+            timeout: Duration,
+        ) -> Result<(u16, String), String> {
+            self.request(
+                "PUT",
+                "/snapshot/load",
+                &format!(
+                    r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"Uffd","backend_path":"{}"}},"resume_vm":true}}"#,
+                    snap.state.display(),
+                    handler.display()
+                ),
+                timeout,
+            )
+        }
+
+        /// Restores `snap` with the File backend (Firecracker maps the memory file itself)
+        /// and resumes the guest.
+        ///
+        /// # Errors
+        ///
+        /// An API refusal.
+        pub fn load_file(&self, snap: &Snapshot) -> Result<(), String> {
+            self.api(
+                "PUT",
+                "/snapshot/load",
+                &format!(
+                    r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"File","backend_path":"{}"}},"resume_vm":true}}"#,
+                    snap.state.display(),
+                    snap.mem.display()
+                ),
+            )
+        }
+
+        /// The console so far, as text.
+        pub fn console(&self) -> String {
+            let g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            String::from_utf8_lossy(&g.0).to_string()
+        }
+
+        /// Waits until `done(console)` holds; `Err` with the console's tail after `limit`, or
+        /// at once if the console shows `FAIL` or closes first.
+        ///
+        /// # Errors
+        ///
+        /// As above.
+        pub fn wait_console(
+            &self,
+            limit: Duration,
+            mut done: impl FnMut(&str) -> bool,
+        ) -> Result<(), String> {
+            let deadline = Instant::now() + limit;
+            let mut g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let text = String::from_utf8_lossy(&g.0);
+                if text.contains("FAIL") {
+                    return Err(format!("the guest failed: {}", tail(&text)));
+                }
+                if done(&text) {
+                    return Ok(());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || g.1 {
+                    let why = if g.1 {
+                        "the console closed"
+                    } else {
+                        "timed out"
+                    };
+                    return Err(format!("{why} after {limit:?}: {}", tail(&text)));
+                }
+                g = self
+                    .console
+                    .cv
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+
+        /// Waits for the guest's first whole verified pass (`P<k> …… OK`); returns how long
+        /// that took from `since`.
+        ///
+        /// # Errors
+        ///
+        /// `FAIL` on the console, the console closing, or `limit` passing.
+        pub fn wait_verified(&self, since: Instant, limit: Duration) -> Result<Duration, String> {
+            self.wait_console(limit, |text| verified_passes(text) > 0)?;
+            Ok(since.elapsed())
+        }
+
+        /// Sends `SIGKILL` and reaps the process.
+        pub fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Vm {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_file(&self.api);
+        }
+    }
+
+    /// Whole verified passes on a console: lines `P<16 hex digits> <dots> OK`.
+    pub fn verified_passes(console: &str) -> usize {
+        console
+            .lines()
+            .filter(|l| {
+                l.len() > 17
+                    && l.starts_with('P')
+                    && l[1..17].bytes().all(|b| b.is_ascii_hexdigit())
+                    && l.ends_with(" OK")
+            })
+            .count()
+    }
+
+    fn tail(text: &str) -> String {
+        let start = text.len().saturating_sub(300);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        format!("{:?}", &text[start..])
+    }
+
+    /// Boots a guest of `mem_mib` MiB, lets it finish one verified pass, pauses it mid-pass
+    /// and snapshots it into `dir` (`<name>.state`, `<name>.mem`); the VMM is then killed.
+    ///
+    /// # Errors
+    ///
+    /// Any step's failure.
+    pub fn take_snapshot(
+        kit: &Kit,
+        dir: &Path,
+        name: &str,
+        mem_mib: u32,
+        huge: bool,
+    ) -> Result<Snapshot, String> {
+        let vm = Vm::spawn(kit, dir, &format!("{name}-boot"))?;
+        vm.boot(kit, mem_mib, huge)?;
+        vm.wait_console(Duration::from_secs(60), |t| verified_passes(t) >= 1)?;
+        // Part of the way into the next pass, so the snapshot holds pages of two passes.
+        std::thread::sleep(Duration::from_millis(15));
+        let snap = Snapshot {
+            state: dir.join(format!("{name}.state")),
+            mem: dir.join(format!("{name}.mem")),
+            mem_mib,
+            huge,
+        };
+        vm.snapshot(&snap.state, &snap.mem)?;
+        Ok(snap)
     }
 }
 

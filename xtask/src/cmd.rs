@@ -44,7 +44,22 @@ pub(crate) fn root() -> PathBuf {
 pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    if std::env::var_os(FIRECRACKER_ENV).is_none()
+        && let Some(bin) = shared_firecracker()
+    {
+        cmd.env(FIRECRACKER_ENV, bin);
+    }
     cmd
+}
+
+/// Where tests and benches look for a Firecracker binary (its example UFFD handler and the
+/// memory-testing guest sit beside it); they skip, saying why, when it is unset.
+const FIRECRACKER_ENV: &str = "FIRECRACKER_BIN";
+
+/// The Firecracker kit in `../shared/firecracker`, when this checkout has one beside it.
+fn shared_firecracker() -> Option<PathBuf> {
+    let bin = root().parent()?.join("shared/firecracker/firecracker");
+    bin.is_file().then_some(bin)
 }
 
 /// Runs `cmd`, echoing its stdout line by line (stderr goes straight through), adding the
