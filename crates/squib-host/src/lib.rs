@@ -48,6 +48,7 @@
 
 mod inflight;
 pub mod mach;
+mod page_server;
 mod pager;
 mod prewarm;
 mod region;
@@ -59,13 +60,11 @@ mod sys;
 #[cfg(target_os = "linux")]
 mod linux;
 
+pub use page_server::{PageServerAddr, PageServerConfig, PageServerSource, serve_pages};
 pub use pager::{FaultFailure, Pager, PagerConfig, PagerError, ServeError, spawn_server};
 pub use prewarm::{PrewarmError, PrewarmList};
 pub use region::{HUGE_PAGE_SIZE, Region, RegionError, RegionSet, host_page_size};
-pub use source::{
-    FilePageSource, MemorySource, PageRequest, PageServerSource, PageSource, PageSourceError,
-    serve_pages,
-};
+pub use source::{FilePageSource, MemorySource, PageRequest, PageSource, PageSourceError};
 pub use stats::{LATENCY_BUCKETS, LatencyHistogram, PagerStatsSnapshot};
 
 #[cfg(target_os = "linux")]

@@ -198,6 +198,14 @@ pub struct FaultFailure {
     pub error: String,
 }
 
+/// Whether a fetch has a thread waiting for it (demand, readahead) or not (background
+/// population, prewarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Demand,
+    Background,
+}
+
 /// An error and its sources, joined with `": "`.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -249,6 +257,19 @@ impl Shared {
         len: usize,
         page_size: usize,
     ) -> Result<Bytes, PagerError> {
+        self.fetch_in(Lane::Demand, addr, offset, len, page_size)
+    }
+
+    /// [`fetch`](Self::fetch) on a lane: background fetches use
+    /// [`PageSource::fetch_background`].
+    pub(crate) fn fetch_in(
+        &self,
+        lane: Lane,
+        addr: u64,
+        offset: u64,
+        len: usize,
+        page_size: usize,
+    ) -> Result<Bytes, PagerError> {
         let req = PageRequest {
             addr,
             offset,
@@ -263,11 +284,11 @@ impl Shared {
                 std::thread::sleep(backoff);
                 backoff = backoff.saturating_mul(2);
             }
-            match self.inflight.run(offset, || self.fetch_once(&req)) {
+            match self.inflight.run(offset, || self.fetch_once(&req, lane)) {
                 Ok((bytes, _)) if bytes.len() == len => return Ok(bytes),
                 Ok((_, _)) => {
                     // A concurrent fetch of a different length at the same offset: fetch our own.
-                    match self.fetch_once(&req) {
+                    match self.fetch_once(&req, lane) {
                         Ok(bytes) => return Ok(bytes),
                         Err(e) => last = Some(e),
                     }
@@ -287,9 +308,17 @@ impl Shared {
     }
 
     /// One attempt: the source's answer, checked for length.
-    pub(crate) fn fetch_once(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+    pub(crate) fn fetch_once(
+        &self,
+        req: &PageRequest,
+        lane: Lane,
+    ) -> Result<Bytes, PageSourceError> {
         Stats::add(&self.stats.fetches, 1);
-        let result = self.source.fetch(req).and_then(|bytes| {
+        let fetched = match lane {
+            Lane::Demand => self.source.fetch(req),
+            Lane::Background => self.source.fetch_background(req),
+        };
+        let result = fetched.and_then(|bytes| {
             if bytes.len() == req.len {
                 Ok(bytes)
             } else {

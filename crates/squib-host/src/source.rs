@@ -10,18 +10,19 @@
 //! - [`MemorySource`]: a snapshot already in memory;
 //! - [`FilePageSource`]: a snapshot file, read with `pread` at the request's offset, with its
 //!   holes found once with `SEEK_DATA`/`SEEK_HOLE`;
-//! - [`PageServerSource`]: a client of a page server on a Unix stream socket, speaking the
-//!   small protocol [`serve_pages`] answers (for snapshots that live on another host or process).
+//! - [`PageServerSource`](crate::PageServerSource): a client of a page server over a Unix or
+//!   TCP stream socket, speaking the small protocol
+//!   [`serve_pages`](crate::serve_pages) answers (for snapshots that live in another process or
+//!   on another host).
 //!
 //! Sources must return exactly the bytes asked for: a short answer is an error
 //! ([`PageSourceError::Short`]), never padding, so the pager can refuse to install wrong data.
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -126,6 +127,16 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     fn is_local(&self) -> bool {
         false
     }
+
+    /// Like [`fetch`](Self::fetch), for pages nobody waits for yet: background population and
+    /// prewarm runs. A source with a priority channel (such as [`PageServerSource`]) sends
+    /// these on a lane of their own so demand fetches never queue behind them. The default
+    /// calls `fetch`.
+    ///
+    /// [`PageServerSource`]: crate::PageServerSource
+    fn fetch_background(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        self.fetch(req)
+    }
 }
 
 impl<T: PageSource + ?Sized> PageSource for Box<T> {
@@ -144,6 +155,9 @@ impl<T: PageSource + ?Sized> PageSource for Box<T> {
     fn is_local(&self) -> bool {
         (**self).is_local()
     }
+    fn fetch_background(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        (**self).fetch_background(req)
+    }
 }
 
 impl<T: PageSource + ?Sized> PageSource for std::sync::Arc<T> {
@@ -161,6 +175,9 @@ impl<T: PageSource + ?Sized> PageSource for std::sync::Arc<T> {
     }
     fn is_local(&self) -> bool {
         (**self).is_local()
+    }
+    fn fetch_background(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        (**self).fetch_background(req)
     }
 }
 
@@ -336,137 +353,6 @@ impl PageSource for FilePageSource {
 
     fn is_local(&self) -> bool {
         true
-    }
-}
-
-/// Status a page server sends before the bytes of a successful reply.
-const STATUS_OK: u32 = 0;
-/// Largest request a page server answers (64 MiB).
-const MAX_SERVED: u64 = 64 << 20;
-
-/// A client of a page server on a Unix stream socket.
-///
-/// The protocol is this crate's own (it is *not* Firecracker's, which sends no per-page
-/// requests): a request is `<u64 offset><u64 len>` little-endian; a reply is `<u32 status><u64
-/// len>` and then `len` bytes when the status is 0. Requests on one connection are serialized.
-#[derive(Debug)]
-pub struct PageServerSource {
-    conn: Mutex<UnixStream>,
-    len: Option<u64>,
-}
-
-impl PageServerSource {
-    /// Connects to the page server at `path`.
-    pub fn connect(path: impl AsRef<Path>) -> Result<Self, PageSourceError> {
-        let path = path.as_ref();
-        let conn = UnixStream::connect(path).map_err(|source| PageSourceError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self::from_stream(conn))
-    }
-
-    /// Wraps an already connected stream.
-    pub fn from_stream(conn: UnixStream) -> Self {
-        Self {
-            conn: Mutex::new(conn),
-            len: None,
-        }
-    }
-
-    /// Tells the pager how long the remote snapshot is (for region size checks).
-    pub fn with_len(mut self, len: u64) -> Self {
-        self.len = Some(len);
-        self
-    }
-}
-
-impl PageSource for PageServerSource {
-    fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
-        let io_err = |source| PageSourceError::Io {
-            offset: req.offset,
-            len: req.len,
-            source,
-        };
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut msg = [0u8; 16];
-        msg[..8].copy_from_slice(&req.offset.to_le_bytes());
-        msg[8..].copy_from_slice(&(req.len as u64).to_le_bytes());
-        conn.write_all(&msg).map_err(io_err)?;
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).map_err(io_err)?;
-        let status = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(&head[4..]);
-        let len = u64::from_le_bytes(len_bytes);
-        if status != STATUS_OK {
-            return Err(PageSourceError::Refused {
-                offset: req.offset,
-                len: req.len,
-                status,
-            });
-        }
-        if len != req.len as u64 {
-            // Drain what was announced (bounded) so the connection stays in step, then refuse.
-            let skip = len.min(MAX_SERVED);
-            io::copy(&mut (&mut *conn).take(skip), &mut io::sink()).map_err(io_err)?;
-            return Err(PageSourceError::Short {
-                offset: req.offset,
-                wanted: req.len,
-                got: len as usize,
-            });
-        }
-        let mut buf = BytesMut::zeroed(req.len);
-        conn.read_exact(&mut buf).map_err(io_err)?;
-        Ok(buf.freeze())
-    }
-
-    fn len_hint(&self) -> Option<u64> {
-        self.len
-    }
-}
-
-/// Answers page-server requests on `conn` from `source` until the peer hangs up.
-///
-/// Each request is answered from `source.fetch`; a failed fetch is answered with status 1 and no
-/// bytes, so the client sees [`PageSourceError::Refused`]. Requests above 64 MiB are refused.
-pub fn serve_pages(mut conn: UnixStream, source: &dyn PageSource) -> io::Result<()> {
-    let mut msg = [0u8; 16];
-    loop {
-        match conn.read_exact(&mut msg) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&msg[..8]);
-        let offset = u64::from_le_bytes(word);
-        word.copy_from_slice(&msg[8..]);
-        let len = u64::from_le_bytes(word);
-        let reply = if len > MAX_SERVED {
-            None
-        } else {
-            source
-                .fetch(&PageRequest {
-                    addr: 0,
-                    offset,
-                    len: len as usize,
-                    page_size: 0,
-                })
-                .ok()
-        };
-        let mut head = [0u8; 12];
-        match reply {
-            Some(bytes) => {
-                head[4..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-                conn.write_all(&head)?;
-                conn.write_all(&bytes)?;
-            }
-            None => {
-                head[..4].copy_from_slice(&1u32.to_le_bytes());
-                conn.write_all(&head)?;
-            }
-        }
     }
 }
 

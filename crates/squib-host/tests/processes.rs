@@ -457,6 +457,26 @@ mod linux {
         Ok(())
     }
 
+    /// A source that has the snapshot's length but whose reads all come up short, as a
+    /// snapshot file truncated after the handshake would.
+    #[derive(Debug)]
+    struct Truncated(u64);
+    impl PageSource for Truncated {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            Err(PageSourceError::Short {
+                offset: req.offset,
+                wanted: req.len,
+                got: 0,
+            })
+        }
+        fn len_hint(&self) -> Option<u64> {
+            Some(self.0)
+        }
+        fn is_local(&self) -> bool {
+            true
+        }
+    }
+
     fn handler_kills_peer() -> Result<(), String> {
         if !uffd_usable()? {
             return Ok(());
@@ -466,16 +486,19 @@ mod linux {
         let pages = 256;
         std::fs::write(&snap_path, snapshot(pages)).map_err(|e| e.to_string())?;
         let sock = dir.join("uffd.sock");
-        let handler = FirecrackerHandler::bind(HandlerConfig {
-            pager: PagerConfig {
-                poll_interval: Duration::from_millis(50),
-                background: false,
-                fetch_retries: 1,
-                retry_backoff: Duration::from_millis(1),
-                ..PagerConfig::default()
+        let handler = FirecrackerHandler::bind_with_source(
+            HandlerConfig {
+                pager: PagerConfig {
+                    poll_interval: Duration::from_millis(50),
+                    background: false,
+                    fetch_retries: 1,
+                    retry_backoff: Duration::from_millis(1),
+                    ..PagerConfig::default()
+                },
+                ..HandlerConfig::new(&sock, &snap_path)
             },
-            ..HandlerConfig::new(&sock, &snap_path)
-        })
+            Arc::new(Truncated((pages * ps()) as u64)),
+        )
         .map_err(|e| e.to_string())?;
         let mut vmm = child(
             "vmm",
@@ -485,14 +508,7 @@ mod linux {
                 ("SQUIB_REGIONS", "1"),
             ],
         )?;
-        // The VMM read the file before connecting; the handshake is checked against the full
-        // size. Truncate the snapshot right after the handshake so the fetches come up short.
         let session = handler.accept().map_err(|e| e.to_string())?;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&snap_path)
-            .and_then(|f| f.set_len(0))
-            .map_err(|e| e.to_string())?;
         let status = wait_for(&mut vmm, Duration::from_secs(30))?;
         if status.signal() != Some(libc::SIGKILL) {
             return Err(format!("the VMM ended with {status:?}; expected SIGKILL"));
@@ -614,7 +630,7 @@ mod linux {
         let snap_path = dir.join("mem.snap");
         std::fs::write(&snap_path, snapshot(256)).map_err(|e| e.to_string())?;
         let sock = dir.join("uffd.sock");
-        let limit = Duration::from_secs(2);
+        let limit = Duration::from_secs(3);
         let handler = FirecrackerHandler::bind(HandlerConfig {
             handshake_timeout: limit,
             ..HandlerConfig::new(&sock, &snap_path)

@@ -45,7 +45,7 @@ use bytes::Bytes;
 use platform_primitives::mem::AnonMapping;
 
 use super::{Uffd, UffdError, UffdEvent};
-use crate::pager::{Pager, PagerError, ServeError, Shared};
+use crate::pager::{Lane, Pager, PagerError, ServeError, Shared};
 use crate::region::{Region, host_page_size};
 use crate::source::is_zero;
 use crate::stats::Stats;
@@ -103,6 +103,17 @@ enum Kind {
     Background,
 }
 
+impl Kind {
+    /// Demand and readahead fetches have a thread waiting; the others go on the background
+    /// lane of sources that have one.
+    fn lane(self) -> Lane {
+        match self {
+            Self::Demand { .. } | Self::Readahead => Lane::Demand,
+            Self::Prewarm | Self::Background => Lane::Background,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Run {
     region: usize,
@@ -121,6 +132,7 @@ struct Deferred {
 #[derive(Debug)]
 struct Job {
     id: u64,
+    lane: Lane,
     addr: u64,
     offset: u64,
     len: usize,
@@ -194,7 +206,8 @@ impl Pool {
                 loop {
                     let job = crate::sync::lock_std(&rx).recv();
                     let Ok(job) = job else { break };
-                    let result = shared.fetch(job.addr, job.offset, job.len, job.page_size);
+                    let result =
+                        shared.fetch_in(job.lane, job.addr, job.offset, job.len, job.page_size);
                     crate::sync::lock_std(&done).push(Done { id: job.id, result });
                     let _ = sys::eventfd_signal(efd.as_fd());
                     if crate::sync::lock_std(&abandoned).remove(&job.id) {
@@ -683,6 +696,7 @@ impl Server {
             }
             let job = Job {
                 id,
+                lane: run.kind.lane(),
                 addr,
                 offset,
                 len,
@@ -693,7 +707,10 @@ impl Server {
             }
             return Ok(());
         }
-        match self.shared.fetch(addr, offset, len, r.page_size) {
+        match self
+            .shared
+            .fetch_in(run.kind.lane(), addr, offset, len, r.page_size)
+        {
             Ok(bytes) => self.place(run, Some(bytes)),
             Err(e) => self.fetch_failed(run, &e),
         }

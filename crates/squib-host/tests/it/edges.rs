@@ -9,31 +9,18 @@
 #![cfg(target_os = "linux")]
 
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use squib_host::{
-    LazyMapping, PageRequest, PageSource, PageSourceError, Pager, PagerConfig, spawn_server,
-};
+use squib_host::{PageRequest, PageSource, PageSourceError, Pager, PagerConfig, spawn_server};
 
-use crate::support::{ps, snapshot, uffd_or_skip, within};
-
-/// Page `page` of `mem`, read by the kernel; `Err` (EFAULT) if the fault failed closed.
-fn kernel_read(mem: &LazyMapping, page: usize) -> io::Result<Vec<u8>> {
-    let (mut r, mut w) = io::pipe()?;
-    let bytes = &mem.as_slice()[page * ps()..(page + 1) * ps()];
-    w.write_all(bytes)?;
-    drop(w);
-    let mut out = Vec::with_capacity(ps());
-    r.read_to_end(&mut out)?;
-    Ok(out)
-}
+use crate::support::{kernel_read, ps, snapshot, uffd_or_skip, within};
 
 /// Whether the kernel delivers failed faults as poisoned pages (Linux 6.6+), which
 /// `kernel_read` needs; prints the skip line if not.
-fn poison_or_skip(test: &str) -> bool {
+pub(crate) fn poison_or_skip(test: &str) -> bool {
     if !uffd_or_skip(test) {
         return false;
     }

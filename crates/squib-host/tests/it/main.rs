@@ -8,6 +8,7 @@ mod edges;
 mod faults;
 mod kvm;
 mod lifecycle;
+mod page_server;
 mod props;
 mod sources;
 mod support;

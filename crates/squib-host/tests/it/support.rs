@@ -91,3 +91,18 @@ pub(crate) fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> 
         thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Page `page` of `mem`, read by the kernel (`write(2)` from the mapping into a pipe): a missing
+/// page makes the write wait for the server as a touch would, and a page that failed closed
+/// (`UFFDIO_POISON`) fails the write with `EFAULT` instead of raising `SIGBUS`.
+#[cfg(target_os = "linux")]
+pub(crate) fn kernel_read(mem: &squib_host::LazyMapping, page: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let (mut r, mut w) = std::io::pipe()?;
+    let bytes = &mem.as_slice()[page * ps()..(page + 1) * ps()];
+    w.write_all(bytes)?;
+    drop(w);
+    let mut out = Vec::with_capacity(ps());
+    r.read_to_end(&mut out)?;
+    Ok(out)
+}
