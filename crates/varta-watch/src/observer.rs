@@ -621,7 +621,7 @@ impl Observer {
 
 /// Watches a newly registered agent for exit: through its pidfd where there is one (the tracker
 /// owns it from here: an agent that leaves the table closes it, which also removes it from the
-/// epoll set), else by polling, with a rate-limited warning.
+/// epoll set), else by polling, with a rate-limited warning when pidfds ran short.
 fn watch_exit(
     tracker: &mut Tracker,
     epoll: &Epoll,
@@ -636,14 +636,17 @@ fn watch_exit(
                 tracker.attach_pidfd(pid, fd);
                 return;
             }
-            Err(e) => e,
+            Err(e) => Some(e),
         },
-        Err(Some(why)) => why,
-        // No pidfd was asked for (a kernel before 6.5): exits show as stalls, as documented.
-        Err(None) => return,
+        Err(why) => why,
     };
     let start = sys::process_start(pid).ok().map(|(start, _)| start);
     unwatched.agents.insert(pid, start);
+    // No pidfd was asked for (a kernel before 6.5): polling is the exit check there, and not a
+    // shortage worth a warning.
+    let Some(why) = why else {
+        return;
+    };
     if unwatched
         .warned_at
         .is_none_or(|at| now.saturating_sub(at) >= PIDFD_WARNING_INTERVAL)
@@ -721,4 +724,34 @@ fn take_token(
     }
     *tokens -= 1.0;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// The polling exit check: a live process runs; one whose start time differs (a recycled
+    /// pid) does not; a zombie does not; a reaped one does not.
+    #[test]
+    fn still_running_tells_live_recycled_zombie_and_gone_apart() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        let (start, _) = sys::process_start(pid).expect("stat");
+        assert!(still_running(pid, Some(start)));
+        assert!(still_running(pid, None));
+        assert!(!still_running(pid, Some(start + 1)), "recycled pid");
+        child.kill().expect("kill");
+        // Not yet reaped: a zombie, which kill(pid, 0) alone would call alive.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sys::process_start(pid).ok().map(|(_, state)| state) != Some(b'Z') {
+            assert!(std::time::Instant::now() < deadline, "no zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sys::pid_exists(pid));
+        assert!(!still_running(pid, Some(start)), "zombie");
+        child.wait().expect("reap");
+        assert!(!still_running(pid, Some(start)), "reaped");
+    }
 }

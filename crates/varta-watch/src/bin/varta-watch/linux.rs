@@ -8,7 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -499,15 +499,9 @@ fn serve_concurrently<S: Send + 'static>(
 }
 
 fn serve_metrics(listener: TcpListener, requests: mpsc::Sender<Request>) {
-    let requests = Mutex::new(requests);
     serve_concurrently(
         || listener.accept().map(|(stream, _)| stream),
-        move |stream| {
-            let requests = requests.lock().map(|r| r.clone());
-            if let Ok(requests) = requests {
-                answer_metrics(stream, &requests);
-            }
-        },
+        move |stream| answer_metrics(stream, &requests),
         |mut stream| {
             let _ = stream.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -550,15 +544,9 @@ fn answer_metrics(mut stream: TcpStream, requests: &mpsc::Sender<Request>) {
 }
 
 fn serve_control(listener: UnixListener, requests: mpsc::Sender<Request>) {
-    let requests = Mutex::new(requests);
     serve_concurrently(
         || listener.accept().map(|(stream, _)| stream),
-        move |stream| {
-            let requests = requests.lock().map(|r| r.clone());
-            if let Ok(requests) = requests {
-                answer_control(stream, &requests);
-            }
-        },
+        move |stream| answer_control(stream, &requests),
         |mut stream| {
             let _ = stream.write_all(b"{\"error\":\"too many control clients\"}");
         },
