@@ -7,6 +7,13 @@
 //! dead agent is reported as `Exited` at once and never confused with a hung one, and no signal
 //! can ever reach a recycled pid through it.
 //!
+//! When no pidfd can be had — the descriptor table is full, so the kernel reports `EMFILE`
+//! instead of installing one — the agent is still tracked and checked for exit every 200 ms
+//! by `kill(pid, 0)` and its `/proc` start time (so a recycled pid is not taken for it); see
+//! [`ObserverCounters::no_pidfd`] and [`Observer::polled_agents`]. A notify message's
+//! `MAINPID=` moves it to that process when the sender may speak for it (root, or that
+//! process's own uid); other claims are refused as an `AuthFailure`.
+//!
 //! ```no_run
 //! use varta_watch::{Observer, ObserverConfig};
 //! use std::time::Duration;

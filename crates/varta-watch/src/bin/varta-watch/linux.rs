@@ -81,7 +81,8 @@ struct RunArgs {
     /// Accept reports only from this uid (repeatable; default: anyone who can write the socket).
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
-    /// Where to write JSON-lines events: a file (appended) or - for stdout.
+    /// Where to write JSON-lines events: a file (appended) or - for stdout. A failed write is
+    /// logged and retried (up to 1 MiB of events are kept), never fatal.
     #[arg(long, default_value = "-")]
     events: String,
     /// Also write an event for every heartbeat (verbose).
