@@ -11,7 +11,9 @@
 //! A datagram socket is an open door: anyone allowed to write to it may attach descriptors to
 //! what they send (`systemd-notify` attaches one to every `BARRIER=1`). The batch receives
 //! with `MSG_CMSG_CLOEXEC` and closes every `SCM_RIGHTS` descriptor before returning, so the
-//! receiver's descriptor table cannot grow, and it reports truncation honestly: `MSG_TRUNC`
+//! receiver's descriptor table cannot grow; a pidfd the kernel could not install (a full
+//! descriptor table) arrives as a typed [`NoPidfd`], never as a negative descriptor; and it
+//! reports truncation honestly: `MSG_TRUNC`
 //! (the data did not fit) and `MSG_CTRUNC` (the control data did not fit) are told apart.
 //!
 //! macOS attaches no credentials to datagrams: there, [`enable_datagram_credentials`] reports
@@ -112,6 +114,29 @@ pub struct CredentialSupport {
 /// Set it before peers send: datagrams queued earlier carry no credentials.
 pub fn enable_datagram_credentials(sock: &impl AsFd) -> io::Result<CredentialSupport> {
     os::enable_credentials(sock.as_fd()).map(|pidfd| CredentialSupport { pidfd })
+}
+
+/// The kernel was asked for a pidfd of a datagram's sender and could not give one.
+///
+/// Linux writes the negated errno into the `SCM_PIDFD` record when it cannot install the pidfd
+/// in the receiver: `EMFILE` when the receiver's descriptor table is full, `ESRCH` when the
+/// sender was already reaped. That number is never treated as a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("no pidfd: {}", io::Error::from_raw_os_error(*.errno))]
+pub struct NoPidfd {
+    errno: i32,
+}
+
+impl NoPidfd {
+    /// The errno the kernel reported (`libc::EMFILE`, …).
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    /// The errno as an [`io::Error`].
+    pub fn to_io_error(&self) -> io::Error {
+        io::Error::from_raw_os_error(self.errno)
+    }
 }
 
 /// Sizes of a [`DatagramBatch`].
@@ -226,6 +251,11 @@ impl<'a> Iterator for Drain<'a> {
             control_truncated: slot.flags & libc::MSG_CTRUNC != 0,
             credentials: slot.control.creds.take(),
             pidfd: slot.control.pidfd.take(),
+            no_pidfd: slot
+                .control
+                .pidfd_errno
+                .take()
+                .map(|errno| NoPidfd { errno }),
             closed_fds: slot.closed_fds,
         })
     }
@@ -248,6 +278,10 @@ pub struct Datagram<'a> {
     pub credentials: Option<Credentials>,
     /// A pidfd of the sender (Linux ≥ 6.5). Dropping it closes it.
     pub pidfd: Option<OwnedFd>,
+    /// Why [`pidfd`](Self::pidfd) is `None` although the kernel was asked for one: it could
+    /// not install a pidfd in the receiver (`EMFILE`: the receiver's descriptor table is full).
+    /// `None` when a pidfd arrived or none was asked for.
+    pub no_pidfd: Option<NoPidfd>,
     /// How many `SCM_RIGHTS` descriptors came with the datagram (all already closed).
     pub closed_fds: usize,
 }

@@ -1,7 +1,8 @@
 //! Checks that need a process with no other threads, so this binary runs without the libtest
 //! harness (which starts threads before the first test): the single-threaded attestation
 //! succeeds, the whole process's descriptor table stays the same size while datagrams with
-//! passed descriptors are received, and unmapped memory really leaves the address space.
+//! passed descriptors are received, a full descriptor table yields a typed "no pidfd" instead
+//! of a negative descriptor, and unmapped memory really leaves the address space.
 //!
 //! It prints a libtest-style summary line so `cargo xtask ci` counts its checks.
 
@@ -24,6 +25,11 @@ fn main() -> ExitCode {
         (
             "descriptor_table_does_not_grow",
             linux::descriptor_table_does_not_grow,
+        ),
+        #[cfg(target_os = "linux")]
+        (
+            "full_descriptor_table_gives_no_pidfd_not_a_negative_fd",
+            linux::full_descriptor_table_gives_no_pidfd_not_a_negative_fd,
         ),
         #[cfg(target_os = "linux")]
         (
@@ -103,6 +109,56 @@ mod linux {
             Ok(())
         } else {
             Err(format!("descriptor table grew from {before} to {after}"))
+        }
+    }
+
+    /// With every descriptor slot taken, the kernel cannot install the sender's pidfd and puts
+    /// `-EMFILE` in the `SCM_PIDFD` record. That number is not a descriptor: the datagram must
+    /// carry no pidfd and say why (wrapping -24 in an `OwnedFd` aborts debug builds on drop).
+    pub(crate) fn full_descriptor_table_gives_no_pidfd_not_a_negative_fd() -> Result<(), String> {
+        let (rx, tx) = UnixDatagram::pair().map_err(|e| e.to_string())?;
+        let support = enable_datagram_credentials(&rx).map_err(|e| e.to_string())?;
+        if !support.pidfd {
+            eprintln!("skip: no SO_PASSPIDFD on this kernel (Linux >= 6.5 needed)");
+            return Ok(());
+        }
+        let mut batch = DatagramBatch::new(BatchConfig::default());
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| e.to_string())?);
+        // Fill the table up to the soft limit (duplicates of one descriptor, all closed below).
+        let mut filler = Vec::new();
+        loop {
+            match null.try_clone() {
+                Ok(fd) => filler.push(fd),
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+                Err(e) => return Err(format!("dup: {e}")),
+            }
+        }
+        let result = (|| {
+            tx.send(b"WATCHDOG=1").map_err(|e| e.to_string())?;
+            batch.recv(&rx, Wait::Block).map_err(|e| e.to_string())?;
+            let dgram = batch.drain().next().ok_or("no datagram")?;
+            if dgram.pidfd.is_some() {
+                return Err(format!("a pidfd with a full table: {dgram:?}"));
+            }
+            match dgram.no_pidfd {
+                Some(why) if why.errno() == libc::EMFILE => {}
+                other => return Err(format!("expected no pidfd (EMFILE), got {other:?}")),
+            }
+            let text = dgram.no_pidfd.map(|w| w.to_string()).unwrap_or_default();
+            if !text.starts_with("no pidfd: ") {
+                return Err(format!("message {text:?}"));
+            }
+            Ok(())
+        })();
+        drop(filler);
+        result?;
+        // With room again, the next datagram carries a real pidfd.
+        tx.send(b"WATCHDOG=1").map_err(|e| e.to_string())?;
+        batch.recv(&rx, Wait::Block).map_err(|e| e.to_string())?;
+        let dgram = batch.drain().next().ok_or("no datagram")?;
+        match (&dgram.pidfd, dgram.no_pidfd) {
+            (Some(_), None) => Ok(()),
+            _ => Err(format!("after freeing descriptors: {dgram:?}")),
         }
     }
 

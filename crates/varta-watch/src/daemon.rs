@@ -19,6 +19,15 @@ pub fn stop_requested() -> bool {
     crate::sys::stop_requested()
 }
 
+/// Raises the soft descriptor limit (`RLIMIT_NOFILE`) to the hard limit and returns the old and
+/// new soft limits.
+///
+/// Every agent watched through a pidfd holds one descriptor, and systemd starts services with a
+/// soft limit of 1024; the hard limit is the administrator's real ceiling.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    crate::sys::raise_fd_limit()
+}
+
 /// The datagram socket systemd passed by socket activation, if this process was activated.
 ///
 /// Call it at start-up, before spawning threads (it reads the environment).

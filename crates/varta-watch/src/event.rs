@@ -60,6 +60,12 @@ pub enum AuthFailure {
     UidNotAllowed,
     /// No credentials were attached (the socket was not set up to receive them).
     NoCredentials,
+    /// A notify message named another process (`MAINPID=`) that the sender may not speak for:
+    /// the sender is neither root nor of the same uid as that process, or it does not exist.
+    MainPidNotPermitted {
+        /// The pid in `MAINPID=`.
+        claimed: u32,
+    },
 }
 
 /// One observation.
@@ -127,11 +133,16 @@ pub enum Event {
         reason: AuthFailure,
     },
     /// A datagram that is neither a valid VLP frame nor valid notify text; it was dropped.
+    ///
+    /// Reports are rate-limited (a sender flooding garbage must not flood the event stream):
+    /// `suppressed` says how many decode errors went unreported since the previous report.
     Decode {
         /// The kernel-attested sender pid (0 if unknown).
         pid: u32,
         /// What was wrong.
         error: String,
+        /// Decode errors not reported since the previous `Decode` event.
+        suppressed: u64,
     },
     /// A stalled agent was dropped to make room for a new one.
     Evicted {
@@ -227,11 +238,20 @@ impl Event {
                     }
                     AuthFailure::UidNotAllowed => s.push_str(",\"reason\":\"uid_not_allowed\""),
                     AuthFailure::NoCredentials => s.push_str(",\"reason\":\"no_credentials\""),
+                    AuthFailure::MainPidNotPermitted { claimed } => {
+                        let _ = write!(
+                            s,
+                            ",\"reason\":\"main_pid_not_permitted\",\"claimed_pid\":{claimed}"
+                        );
+                    }
                 }
             }
-            Self::Decode { error, .. } => {
+            Self::Decode {
+                error, suppressed, ..
+            } => {
                 s.push_str(",\"error\":");
                 json_string(&mut s, error);
+                let _ = write!(s, ",\"suppressed\":{suppressed}");
             }
             Self::Resumed { suspended_for } => {
                 let _ = write!(s, ",\"suspended_ms\":{}", suspended_for.as_millis());
@@ -279,10 +299,11 @@ mod tests {
         let e = Event::Decode {
             pid: 9,
             error: "bad \"magic\"\n".into(),
+            suppressed: 3,
         };
         assert_eq!(
             e.to_json(1),
-            r#"{"ts_ms":1,"event":"decode","pid":9,"error":"bad \"magic\"\n"}"#
+            r#"{"ts_ms":1,"event":"decode","pid":9,"error":"bad \"magic\"\n","suppressed":3}"#
         );
     }
 }

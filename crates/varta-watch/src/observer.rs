@@ -7,6 +7,13 @@
 //! dead agent is reported as `Exited` at once and never confused with a hung one, and no signal
 //! can ever reach a recycled pid through it.
 //!
+//! When no pidfd can be had — the descriptor table is full, so the kernel reports `EMFILE`
+//! instead of installing one — the agent is still tracked and checked for exit every 200 ms
+//! by `kill(pid, 0)` and its `/proc` start time (so a recycled pid is not taken for it); see
+//! [`ObserverCounters::no_pidfd`] and [`Observer::polled_agents`]. A notify message's
+//! `MAINPID=` moves it to that process when the sender may speak for it (root, or that
+//! process's own uid); other claims are refused as an `AuthFailure`.
+//!
 //! ```no_run
 //! use varta_watch::{Observer, ObserverConfig};
 //! use std::time::Duration;
@@ -22,6 +29,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -29,12 +37,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use platform_primitives::clock::{ClockError, ClockSource};
-use platform_primitives::creds::{BatchConfig, DatagramBatch, Wait, enable_datagram_credentials};
+use platform_primitives::creds::{
+    BatchConfig, Credentials, DatagramBatch, Wait, enable_datagram_credentials,
+};
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
 use crate::event::{AuthFailure, Event};
 use crate::notify::{Notification, Watchdog};
-use crate::sys::Epoll;
+use crate::sys::{self, Epoll};
 use crate::tracker::{RateLimit, Sender, Tracker, TrackerConfig};
 use crate::vlp::{Frame, Status, looks_like_frame};
 
@@ -43,6 +53,10 @@ const SOCKET_TOKEN: u64 = u64::MAX;
 const BATCHES_PER_WAKE: usize = 64;
 /// Boottime running ahead of monotonic by more than this between two polls means a suspend.
 const SUSPEND_THRESHOLD: Duration = Duration::from_secs(1);
+/// How often agents without a pidfd are checked for exit.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// At most one warning per this interval that pidfds cannot be had.
+const PIDFD_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How to run an observer.
 #[derive(Debug, Clone)]
@@ -61,11 +75,16 @@ pub struct ObserverConfig {
     pub global_limit: Option<RateLimit>,
     /// Receive batch sizes.
     pub batch: BatchConfig,
+    /// How many `Decode` events may be reported (a sender flooding garbage must not flood the
+    /// event stream); the rest are counted and announced in the next report's `suppressed`.
+    /// `None`: report every one.
+    pub decode_reports: Option<RateLimit>,
 }
 
 impl ObserverConfig {
     /// Defaults: mode 0o600, the tracker defaults, monotonic clock, no uid allow-list, no
-    /// global limit, batches of 64 datagrams of up to 4 KiB.
+    /// global limit, batches of 64 datagrams of up to 4 KiB, 5 decode reports a second (bursts
+    /// of 10).
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
@@ -79,6 +98,10 @@ impl ObserverConfig {
                 max_datagram: 4096,
                 max_fds: 4,
             },
+            decode_reports: Some(RateLimit {
+                rate: 5.0,
+                burst: 10.0,
+            }),
         }
     }
 }
@@ -143,6 +166,13 @@ pub struct ObserverCounters {
     pub global_rate_limited: u64,
     /// Suspends detected.
     pub suspends: u64,
+    /// Datagrams (or `MAINPID=` targets) for which no pidfd could be had — usually `EMFILE`, a
+    /// full descriptor table. Agents registered that way are watched by polling instead.
+    pub no_pidfd: u64,
+    /// Exits noticed by polling (agents without a pidfd).
+    pub polled_exits: u64,
+    /// Decode errors left out of the event stream by the decode report limit.
+    pub decode_reports_suppressed: u64,
 }
 
 /// A liveness observer bound to a socket: it receives datagrams with their senders' kernel
@@ -161,6 +191,51 @@ pub struct Observer {
     global_at: Duration,
     last_clocks: (Duration, Duration),
     counters: ObserverCounters,
+    unwatched: Unwatched,
+    decode_reports: DecodeReports,
+}
+
+/// Agents whose exit no pidfd reports (none could be had: a full descriptor table, or an
+/// epoll set that refused it). They are checked every [`EXIT_POLL_INTERVAL`] with `kill(pid, 0)`
+/// and, where it was readable at registration, their start time, so a recycled pid is noticed.
+#[derive(Debug, Default)]
+struct Unwatched {
+    /// pid → start time at registration (`None` if `/proc` could not be read then).
+    agents: HashMap<u32, Option<u64>>,
+    next_check: Duration,
+    warned_at: Option<Duration>,
+}
+
+/// The token bucket for `Decode` events.
+#[derive(Debug)]
+struct DecodeReports {
+    limit: Option<RateLimit>,
+    tokens: f64,
+    at: Duration,
+    suppressed: u64,
+}
+
+impl DecodeReports {
+    /// Reports a decode error unless the limit says no, in which case it is counted.
+    fn report(
+        &mut self,
+        now: Duration,
+        pid: u32,
+        error: impl FnOnce() -> String,
+        counters: &mut ObserverCounters,
+        events: &mut Vec<Event>,
+    ) {
+        if take_token(self.limit, &mut self.tokens, &mut self.at, now, false) {
+            events.push(Event::Decode {
+                pid,
+                error: error(),
+                suppressed: std::mem::take(&mut self.suppressed),
+            });
+        } else {
+            self.suppressed += 1;
+            counters.decode_reports_suppressed += 1;
+        }
+    }
 }
 
 impl Observer {
@@ -220,6 +295,13 @@ impl Observer {
             global_at: now,
             last_clocks: (mono, boot),
             counters: ObserverCounters::default(),
+            unwatched: Unwatched::default(),
+            decode_reports: DecodeReports {
+                limit: config.decode_reports,
+                tokens: config.decode_reports.map_or(0.0, |l| l.burst),
+                at: now,
+                suppressed: 0,
+            },
         })
     }
 
@@ -246,6 +328,11 @@ impl Observer {
             .unwrap_or(self.global_at)
     }
 
+    /// Agents watched for exit by polling because no pidfd could be had for them.
+    pub fn polled_agents(&self) -> usize {
+        self.unwatched.agents.len()
+    }
+
     /// The pidfd kept for an agent (to hand to a hook), if any.
     pub fn pidfd(&self, pid: u32) -> Option<&OwnedFd> {
         self.tracker.pidfd(pid)
@@ -257,10 +344,13 @@ impl Observer {
     pub fn poll(&mut self, timeout: Duration, events: &mut Vec<Event>) -> io::Result<()> {
         self.check_suspend(events);
         let now = self.now();
-        let wait = match self.tracker.next_deadline() {
+        let mut wait = match self.tracker.next_deadline() {
             Some(at) => timeout.min(at.saturating_sub(now)),
             None => timeout,
         };
+        if !self.unwatched.agents.is_empty() {
+            wait = wait.min(self.unwatched.next_check.saturating_sub(now));
+        }
         let mut socket_ready = false;
         let mut exited = Vec::new();
         for token in self.epoll.wait(wait)? {
@@ -278,8 +368,34 @@ impl Observer {
             // Dropping the agent closes its pidfd, which also leaves the epoll set.
             self.tracker.on_exit(now, pid, events);
         }
+        self.check_unwatched(now, events);
         self.tracker.expire(now, events);
         Ok(())
+    }
+
+    /// Reports the exit of agents watched without a pidfd, at most every
+    /// [`EXIT_POLL_INTERVAL`].
+    fn check_unwatched(&mut self, now: Duration, events: &mut Vec<Event>) {
+        if self.unwatched.agents.is_empty() || now < self.unwatched.next_check {
+            return;
+        }
+        self.unwatched.next_check = now + EXIT_POLL_INTERVAL;
+        let tracker = &self.tracker;
+        let mut gone = Vec::new();
+        for (&pid, &start) in &self.unwatched.agents {
+            if tracker.agent(pid).is_none() {
+                gone.push((pid, false)); // evicted or already reported
+            } else if !still_running(pid, start) {
+                gone.push((pid, true));
+            }
+        }
+        for (pid, exited) in gone {
+            self.unwatched.agents.remove(&pid);
+            if exited {
+                self.counters.polled_exits += 1;
+                self.tracker.on_exit(now, pid, events);
+            }
+        }
     }
 
     /// Receives and handles every queued datagram (up to a bound per call).
@@ -302,11 +418,16 @@ impl Observer {
                 global_limit,
                 global_tokens,
                 global_at,
+                unwatched,
+                decode_reports,
                 ..
             } = self;
             for dgram in batch.drain() {
                 counters.datagrams += 1;
                 counters.fds_closed += dgram.closed_fds as u64;
+                if dgram.no_pidfd.is_some() {
+                    counters.no_pidfd += 1;
+                }
                 if dgram.control_truncated {
                     counters.control_truncated += 1;
                 }
@@ -330,14 +451,14 @@ impl Observer {
                     );
                     counters.truncated += 1;
                     counters.decode_errors += 1;
-                    events.push(Event::Decode {
-                        pid: creds.pid,
-                        error: format!(
-                            "datagram of {} bytes exceeds the {}-byte limit",
-                            dgram.original_len,
-                            dgram.data.len()
-                        ),
-                    });
+                    let (len, limit) = (dgram.original_len, dgram.data.len());
+                    decode_reports.report(
+                        now,
+                        creds.pid,
+                        || format!("datagram of {len} bytes exceeds the {limit}-byte limit"),
+                        counters,
+                        events,
+                    );
                     continue;
                 }
                 if let Some(allowed) = allow_uids.as_deref()
@@ -356,9 +477,14 @@ impl Observer {
                     });
                     continue;
                 }
-                let sender = Sender {
+                let mut sender = Sender {
                     pid: creds.pid,
                     uid: creds.uid,
+                };
+                // The sender's pidfd, or why there is none.
+                let mut pidfd = match (dgram.pidfd, dgram.no_pidfd) {
+                    (Some(fd), _) => Ok(fd),
+                    (None, why) => Err(why.map(|w| w.to_io_error())),
                 };
                 let registered = if looks_like_frame(dgram.data) {
                     let frame = match Frame::decode(dgram.data) {
@@ -366,10 +492,13 @@ impl Observer {
                         Err(e) => {
                             tracing::debug!(pid = creds.pid, error = %e, "dropped an invalid VLP frame");
                             counters.decode_errors += 1;
-                            events.push(Event::Decode {
-                                pid: creds.pid,
-                                error: e.to_string(),
-                            });
+                            decode_reports.report(
+                                now,
+                                creds.pid,
+                                || e.to_string(),
+                                counters,
+                                events,
+                            );
                             continue;
                         }
                     };
@@ -400,10 +529,13 @@ impl Observer {
                         Err(e) => {
                             tracing::debug!(pid = creds.pid, error = %e, "dropped an invalid notify message");
                             counters.decode_errors += 1;
-                            events.push(Event::Decode {
-                                pid: creds.pid,
-                                error: e.to_string(),
-                            });
+                            decode_reports.report(
+                                now,
+                                creds.pid,
+                                || e.to_string(),
+                                counters,
+                                events,
+                            );
                             continue;
                         }
                     };
@@ -414,6 +546,34 @@ impl Observer {
                         // is already closed): nobody new to track.
                         continue;
                     }
+                    if let Some(main) = n.main_pid.filter(|&p| p != creds.pid) {
+                        // MAINPID=: the message speaks for another process (systemd-notify
+                        // --pid=$$ from a shell). Honoured only if the sender may speak for it.
+                        match speak_for(creds, main) {
+                            Some((uid, main_pidfd)) => {
+                                sender = Sender { pid: main, uid };
+                                if main_pidfd.is_err() {
+                                    counters.no_pidfd += 1;
+                                }
+                                pidfd = main_pidfd.map_err(Some);
+                            }
+                            None => {
+                                tracing::debug!(
+                                    pid = creds.pid,
+                                    uid = creds.uid,
+                                    main_pid = main,
+                                    "dropped a notify message for a MAINPID the sender may not speak for"
+                                );
+                                counters.auth_failures += 1;
+                                events.push(Event::AuthFailure {
+                                    pid: creds.pid,
+                                    uid: creds.uid,
+                                    reason: AuthFailure::MainPidNotPermitted { claimed: main },
+                                });
+                                continue;
+                            }
+                        }
+                    }
                     let urgent = n.watchdog == Some(Watchdog::Trigger);
                     if !take_token(*global_limit, global_tokens, global_at, now, urgent) {
                         counters.global_rate_limited += 1;
@@ -421,12 +581,15 @@ impl Observer {
                     }
                     tracker.on_notify(now, sender, &n, events)
                 };
-                if registered && let Some(pidfd) = dgram.pidfd {
-                    // Watch the process for exit; without a pidfd (older kernels) exits are
-                    // noticed only as stalls. The tracker owns it from here: an agent that
-                    // leaves the table closes it, which also removes it from the epoll set.
-                    if epoll.add(pidfd.as_fd(), u64::from(creds.pid)).is_ok() {
-                        tracker.attach_pidfd(creds.pid, pidfd);
+                if registered {
+                    watch_exit(tracker, epoll, unwatched, now, sender.pid, pidfd);
+                } else if let Ok(fd) = pidfd
+                    && unwatched.agents.contains_key(&sender.pid)
+                {
+                    // Descriptors are available again: watch a polled agent by pidfd.
+                    if epoll.add(fd.as_fd(), u64::from(sender.pid)).is_ok() {
+                        tracker.attach_pidfd(sender.pid, fd);
+                        unwatched.agents.remove(&sender.pid);
                     }
                 }
             }
@@ -463,6 +626,90 @@ impl Observer {
     }
 }
 
+/// Watches a newly registered agent for exit: through its pidfd where there is one (the tracker
+/// owns it from here: an agent that leaves the table closes it, which also removes it from the
+/// epoll set), else by polling, with a rate-limited warning when pidfds ran short.
+fn watch_exit(
+    tracker: &mut Tracker,
+    epoll: &Epoll,
+    unwatched: &mut Unwatched,
+    now: Duration,
+    pid: u32,
+    pidfd: Result<OwnedFd, Option<io::Error>>,
+) {
+    let why = match pidfd {
+        Ok(fd) => match epoll.add(fd.as_fd(), u64::from(pid)) {
+            Ok(()) => {
+                tracker.attach_pidfd(pid, fd);
+                return;
+            }
+            Err(e) => Some(e),
+        },
+        Err(why) => why,
+    };
+    let start = sys::process_start(pid).ok().map(|(start, _)| start);
+    unwatched.agents.insert(pid, start);
+    // No pidfd was asked for (a kernel before 6.5): polling is the exit check there, and not a
+    // shortage worth a warning.
+    let Some(why) = why else {
+        return;
+    };
+    if unwatched
+        .warned_at
+        .is_none_or(|at| now.saturating_sub(at) >= PIDFD_WARNING_INTERVAL)
+    {
+        unwatched.warned_at = Some(now);
+        tracing::warn!(
+            pid,
+            polled = unwatched.agents.len(),
+            "cannot watch new agents through a pidfd ({why}); checking them for exit every \
+             {EXIT_POLL_INTERVAL:?} instead. Raise the descriptor limit (LimitNOFILE=) if this \
+             persists"
+        );
+    }
+}
+
+/// Whether the process registered as `pid` (with `start` as its start time, where known)
+/// still runs: it exists, is not a zombie, and its pid was not recycled.
+fn still_running(pid: u32, start: Option<u64>) -> bool {
+    if !sys::pid_exists(pid) {
+        return false;
+    }
+    match sys::process_start(pid) {
+        Ok((_, b'Z' | b'X')) => false,
+        Ok((now, _)) => start.is_none_or(|s| s == now),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        // Cannot read /proc (a full descriptor table): kill(pid, 0) has the last word.
+        Err(_) => true,
+    }
+}
+
+/// Whether a notify message from `creds` may speak for process `main` (`MAINPID=`): the sender
+/// is root, or every uid of `main` is the sender's uid. Checked through a pidfd of `main`, so a
+/// pid recycled during the check is not mistaken for the process it was opened for.
+///
+/// Returns `main`'s uid and its pidfd (or why none could be had), or `None` if the claim is
+/// refused.
+fn speak_for(creds: Credentials, main: u32) -> Option<(u32, io::Result<OwnedFd>)> {
+    let pidfd = sys::pidfd_open(main);
+    if let Err(e) = &pidfd
+        && e.raw_os_error() == Some(libc::ESRCH)
+    {
+        return None;
+    }
+    let uids = sys::process_uids(main).ok();
+    if let Ok(fd) = &pidfd
+        && !sys::pidfd_alive(fd.as_fd())
+    {
+        return None; // exited (the uids read may be a newcomer's)
+    }
+    let permitted = creds.uid == 0 || uids.is_some_and(|u| u.iter().all(|&uid| uid == creds.uid));
+    if !permitted {
+        return None;
+    }
+    Some((uids.map_or(creds.uid, |u| u[0]), pidfd))
+}
+
 /// Takes one token from the global bucket; urgent datagrams always pass.
 fn take_token(
     limit: Option<RateLimit>,
@@ -484,4 +731,34 @@ fn take_token(
     }
     *tokens -= 1.0;
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    /// The polling exit check: a live process runs; one whose start time differs (a recycled
+    /// pid) does not; a zombie does not; a reaped one does not.
+    #[test]
+    fn still_running_tells_live_recycled_zombie_and_gone_apart() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        let (start, _) = sys::process_start(pid).expect("stat");
+        assert!(still_running(pid, Some(start)));
+        assert!(still_running(pid, None));
+        assert!(!still_running(pid, Some(start + 1)), "recycled pid");
+        child.kill().expect("kill");
+        // Not yet reaped: a zombie, which kill(pid, 0) alone would call alive.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sys::process_start(pid).ok().map(|(_, state)| state) != Some(b'Z') {
+            assert!(std::time::Instant::now() < deadline, "no zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(sys::pid_exists(pid));
+        assert!(!still_running(pid, Some(start)), "zombie");
+        child.wait().expect("reap");
+        assert!(!still_running(pid, Some(start)), "reaped");
+    }
 }

@@ -6,13 +6,22 @@ use std::fmt::Write as _;
 use crate::event::json_string;
 use crate::observer::Observer;
 
+/// What the daemon counts beside the observer: its event stream's write failures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkCounters {
+    /// Failed writes of the event stream (each retried later).
+    pub event_write_errors: u64,
+    /// Event lines given up after the retry backlog filled.
+    pub events_dropped: u64,
+}
+
 /// Prometheus text exposition (format 0.0.4) of the observer's counters and every agent.
-pub fn metrics(observer: &Observer) -> String {
+pub fn metrics(observer: &Observer, sink: &SinkCounters) -> String {
     let tracker = observer.tracker();
     let mut out = String::with_capacity(1024 + tracker.len() * 256);
     let c = observer.counters();
     let t = observer.tracker().counters();
-    let counters: [(&str, &str, u64); 19] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("varta_datagrams_total", "Datagrams received.", c.datagrams),
         (
             "varta_batches_total",
@@ -60,6 +69,31 @@ pub fn metrics(observer: &Observer) -> String {
             "Machine suspends detected.",
             c.suspends,
         ),
+        (
+            "varta_no_pidfd_total",
+            "Datagrams for which no pidfd could be had (usually a full descriptor table).",
+            c.no_pidfd,
+        ),
+        (
+            "varta_polled_exits_total",
+            "Exits of agents without a pidfd, noticed by polling.",
+            c.polled_exits,
+        ),
+        (
+            "varta_decode_reports_suppressed_total",
+            "Decode errors left out of the event stream by its rate limit.",
+            c.decode_reports_suppressed,
+        ),
+        (
+            "varta_event_write_errors_total",
+            "Failed writes of the event stream (retried).",
+            sink.event_write_errors,
+        ),
+        (
+            "varta_events_dropped_total",
+            "Event lines given up after the retry backlog filled.",
+            sink.events_dropped,
+        ),
         ("varta_beats_total", "Heartbeats accepted.", t.beats),
         ("varta_stalls_total", "Stalls declared.", t.stalls),
         (
@@ -103,8 +137,10 @@ pub fn metrics(observer: &Observer) -> String {
     let _ = writeln!(
         out,
         "# HELP varta_agents Agents tracked.\n# TYPE varta_agents gauge\nvarta_agents {}\n\
-         # HELP varta_agents_stalled Agents currently stalled.\n# TYPE varta_agents_stalled gauge\nvarta_agents_stalled {stalled}",
-        observer.tracker().len()
+         # HELP varta_agents_stalled Agents currently stalled.\n# TYPE varta_agents_stalled gauge\nvarta_agents_stalled {stalled}\n\
+         # HELP varta_agents_polled Agents watched for exit by polling (no pidfd could be had).\n# TYPE varta_agents_polled gauge\nvarta_agents_polled {}",
+        observer.tracker().len(),
+        observer.polled_agents()
     );
 
     let now = observer.now();
@@ -145,7 +181,7 @@ pub fn metrics(observer: &Observer) -> String {
 
 /// The JSON status snapshot: every agent with its phase, health, silence and `STATUS=` text,
 /// and the counters.
-pub fn status_json(observer: &Observer) -> String {
+pub fn status_json(observer: &Observer, sink: &SinkCounters) -> String {
     let now = observer.now();
     let tracker = observer.tracker();
     let mut agents: Vec<_> = tracker.agents().collect();
@@ -178,7 +214,7 @@ pub fn status_json(observer: &Observer) -> String {
     let t = observer.tracker().counters();
     let _ = write!(
         out,
-        "],\"counters\":{{\"datagrams\":{},\"frames\":{},\"notifications\":{},\"decode_errors\":{},\"auth_failures\":{},\"truncated\":{},\"fds_closed\":{},\"global_rate_limited\":{},\"rate_limited\":{},\"stalls\":{},\"recoveries\":{},\"exits\":{},\"evictions\":{},\"rejections\":{}}}}}",
+        "],\"counters\":{{\"datagrams\":{},\"frames\":{},\"notifications\":{},\"decode_errors\":{},\"auth_failures\":{},\"truncated\":{},\"fds_closed\":{},\"global_rate_limited\":{},\"rate_limited\":{},\"stalls\":{},\"recoveries\":{},\"exits\":{},\"evictions\":{},\"rejections\":{},\"no_pidfd\":{},\"polled_agents\":{},\"polled_exits\":{},\"decode_reports_suppressed\":{},\"event_write_errors\":{},\"events_dropped\":{}}}}}",
         c.datagrams,
         c.frames,
         c.notifications,
@@ -192,7 +228,13 @@ pub fn status_json(observer: &Observer) -> String {
         t.recoveries,
         t.exits,
         t.evictions,
-        t.rejections
+        t.rejections,
+        c.no_pidfd,
+        observer.polled_agents(),
+        c.polled_exits,
+        c.decode_reports_suppressed,
+        sink.event_write_errors,
+        sink.events_dropped
     );
     out
 }

@@ -72,8 +72,15 @@ pub(crate) unsafe fn take_os_cmsg(
         SCM_PIDFD if len >= size_of::<libc::c_int>() => {
             // SAFETY: the record holds one descriptor number.
             let raw = unsafe { ptr::read_unaligned(data.cast::<libc::c_int>()) };
-            // SAFETY: the kernel installed this pidfd for us during this receive.
-            sink.pidfd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+            if raw < 0 {
+                // The kernel could not install a pidfd (-EMFILE with a full descriptor table,
+                // -ESRCH for a sender already reaped) and wrote the negated errno instead.
+                sink.pidfd_errno = Some(raw.saturating_neg());
+            } else {
+                // SAFETY: the kernel installed this non-negative pidfd for us during this
+                // receive; nobody else owns it.
+                sink.pidfd = Some(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
         }
         _ => {}
     }

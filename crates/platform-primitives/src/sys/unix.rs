@@ -158,6 +158,8 @@ pub(crate) struct ControlSink {
     pub(crate) creds: Option<Credentials>,
     /// A pidfd of the sender (`SCM_PIDFD`).
     pub(crate) pidfd: Option<OwnedFd>,
+    /// The errno the kernel put in the `SCM_PIDFD` record instead of a descriptor.
+    pub(crate) pidfd_errno: Option<i32>,
     /// Descriptors passed with `SCM_RIGHTS`, in order.
     pub(crate) fds: Vec<OwnedFd>,
 }
@@ -167,6 +169,7 @@ impl ControlSink {
     pub(crate) fn clear(&mut self) {
         self.creds = None;
         self.pidfd = None;
+        self.pidfd_errno = None;
         self.fds.clear();
     }
 }
@@ -191,7 +194,13 @@ pub(crate) unsafe fn take_control(msg: &libc::msghdr, sink: &mut ControlSink) {
             let payload = unsafe { std::slice::from_raw_parts(data, payload_len) };
             for raw in payload.chunks_exact(size_of::<RawFd>()) {
                 let raw = RawFd::from_ne_bytes(raw.try_into().expect("chunk of fd size"));
-                // SAFETY: the kernel installed this descriptor for us; nobody else owns it.
+                // A negative number is never a descriptor (the kernel stops at the first one it
+                // cannot install and sets MSG_CTRUNC; this guards against any that write an errno).
+                if raw < 0 {
+                    continue;
+                }
+                // SAFETY: the kernel installed this non-negative descriptor for us; nobody else
+                // owns it.
                 sink.fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
             }
         } else {

@@ -193,3 +193,129 @@ pub(crate) fn take_listen_socket() -> io::Result<Option<std::os::unix::net::Unix
     unsafe { libc::fcntl(FIRST, libc::F_SETFD, libc::FD_CLOEXEC) };
     Ok(Some(fd.into()))
 }
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the (old soft, new soft) pair.
+pub(crate) fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let old = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one needs no
+        // privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((old, limit.rlim_cur))
+}
+
+/// A pidfd of process `pid` (`pidfd_open(2)`, Linux 5.3), close-on-exec.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory; a non-negative result is
+    // a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed this descriptor for us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Whether the process a pidfd refers to still runs (not yet exited).
+pub(crate) fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: signal 0 only checks existence and permission; the null siginfo is allowed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)`; a zombie counts as existing).
+pub(crate) fn pid_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing and touches no memory.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The real, effective, saved and filesystem uids of process `pid`, from `/proc/<pid>/status`.
+pub(crate) fn process_uids(pid: u32) -> io::Result<[u32; 4]> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid: line"))?;
+    let mut uids = [0u32; 4];
+    let mut words = line.split_whitespace();
+    for uid in &mut uids {
+        *uid = words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad Uid: line"))?;
+    }
+    Ok(uids)
+}
+
+/// The start time (clock ticks after boot) and state letter of process `pid`, from
+/// `/proc/<pid>/stat`. Together with the pid, the start time names one process: a recycled pid
+/// has a later start time.
+pub(crate) fn process_start(pid: u32) -> io::Result<(u64, u8)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no ')' in stat"))?;
+    let text = std::str::from_utf8(rest)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "stat is not UTF-8"))?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
+    let state = fields.first().and_then(|s| s.bytes().next());
+    let start = fields.get(19).and_then(|s| s.parse::<u64>().ok());
+    match (start, state) {
+        (Some(start), Some(state)) => Ok((start, state)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short stat line",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive_with_a_start_time_and_our_uids() {
+        let me = std::process::id();
+        assert!(pid_exists(me));
+        let (start, state) = process_start(me).expect("stat");
+        assert!(start > 0);
+        assert!(matches!(state, b'R' | b'S'), "{}", state as char);
+        let uids = process_uids(me).expect("uids");
+        // SAFETY: getuid cannot fail and touches no memory.
+        assert_eq!(uids[0], unsafe { libc::getuid() });
+        let pidfd = pidfd_open(me).expect("pidfd_open");
+        assert!(pidfd_alive(pidfd.as_fd()));
+        assert!(!pid_exists(u32::MAX));
+    }
+}

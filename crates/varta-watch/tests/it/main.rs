@@ -7,5 +7,6 @@
 
 mod bind;
 mod daemon;
+mod edges;
 mod interop;
 mod support;

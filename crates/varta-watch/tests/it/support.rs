@@ -209,3 +209,100 @@ pub(crate) fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+impl Daemon {
+    /// Every event line that arrives within `window` (nothing is waited for beyond it).
+    pub(crate) fn collect_for(&mut self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut got = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    got.push(line);
+                }
+                Err(_) => break,
+            }
+        }
+        got
+    }
+}
+
+/// Runs `cmd` to completion with piped output, killing it (and failing) after `limit`.
+pub(crate) fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(_status) = child.try_wait().expect("try_wait") {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} still running after {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `varta-watch status` JSON of the daemon at `control` (5 s deadline).
+pub(crate) fn status(control: &Path) -> String {
+    let out = output_within(
+        Command::new(BIN)
+            .arg("status")
+            .arg("--control")
+            .arg(control),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A free loopback port, as `127.0.0.1:PORT`.
+pub(crate) fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Sets the child's descriptor limits (soft, hard) before it execs.
+pub(crate) fn limit_fds(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    let action = move || {
+        // SAFETY: setrlimit is async-signal-safe and reads the copied, valid `limit`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the closure runs between fork and exec and calls only setrlimit (and reads
+    // errno), allocating nothing.
+    unsafe { cmd.pre_exec(action) };
+}
+
+/// Child processes killed and reaped on drop, so a failing test leaves none behind.
+pub(crate) struct Children(pub(crate) Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,13 +1,15 @@
 //! The daemon proper (Linux): flags, the observer loop, metrics and control servers.
 
-use std::fs::OpenOptions;
+use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use platform_primitives::clock::ClockSource;
@@ -22,7 +24,7 @@ use varta_watch::{Event, Observer, ObserverConfig, report};
 
 /// One observer for the liveness of many local processes.
 #[derive(Debug, Parser)]
-#[command(name = "varta-watch", version, about)]
+#[command(name = "varta-watch", version = env!("CARGO_PKG_VERSION"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -70,8 +72,8 @@ struct RunArgs {
     /// Where to bind the observer's datagram socket (point NOTIFY_SOCKET here).
     #[arg(long, default_value = "/run/varta-watch/observer.sock")]
     socket: PathBuf,
-    /// Silence after which an agent is stalled (e.g. 500ms, 5s, 2m).
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    /// Silence after which an agent is stalled (e.g. 500ms, 5s, 2m; more than zero).
+    #[arg(long, value_parser = parse_positive_duration, default_value = "5s")]
     threshold: Duration,
     /// Permission bits of the socket, in octal.
     #[arg(long, value_parser = parse_mode, default_value = "600")]
@@ -79,7 +81,8 @@ struct RunArgs {
     /// Accept reports only from this uid (repeatable; default: anyone who can write the socket).
     #[arg(long = "allow-uid")]
     allow_uid: Vec<u32>,
-    /// Where to write JSON-lines events: a file (appended) or - for stdout.
+    /// Where to write JSON-lines events: a file (appended) or - for stdout. A failed write is
+    /// logged and retried (up to 1 MiB of events are kept), never fatal.
     #[arg(long, default_value = "-")]
     events: String,
     /// Also write an event for every heartbeat (verbose).
@@ -88,8 +91,8 @@ struct RunArgs {
     /// The clock deadlines run on: monotonic (stops during suspend) or boottime.
     #[arg(long, value_enum, default_value_t = Clock::Monotonic)]
     clock: Clock,
-    /// Most agents tracked at once.
-    #[arg(long, default_value_t = 256)]
+    /// Most agents tracked at once (1 to 1048576).
+    #[arg(long, value_parser = parse_capacity, default_value_t = 256)]
     capacity: usize,
     /// Which agents may be dropped when the table is full.
     #[arg(long, value_enum, default_value_t = Eviction::Strict)]
@@ -98,13 +101,15 @@ struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     startup_grace: Duration,
     /// Stall after this many missed beats of an agent's learned interval (capped by --threshold).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     missed_beats: Option<u32>,
-    /// Per-agent datagrams per second (0: unlimited); Critical datagrams always pass.
-    #[arg(long, default_value_t = 100.0)]
+    /// Per-agent datagrams per second, fractions allowed (0.5: one every 2 s; 0: unlimited).
+    /// Bursts of twice the rate (at least one datagram) pass. Critical datagrams always pass.
+    #[arg(long, value_parser = parse_rate, allow_negative_numbers = true, default_value_t = 100.0)]
     rate_limit: f64,
-    /// Datagrams per second over all agents (default: unlimited).
-    #[arg(long)]
+    /// Datagrams per second over all agents, fractions allowed (0 or absent: unlimited).
+    /// Bursts of the rate (at least one datagram) pass. Critical datagrams always pass.
+    #[arg(long, value_parser = parse_rate, allow_negative_numbers = true)]
     global_rate_limit: Option<f64>,
     /// Command run (by /bin/sh) when an agent stalls; gets VARTA_PID, VARTA_EVENT,
     /// VARTA_SILENT_MS and the agent's pidfd as descriptor 3 (VARTA_PIDFD).
@@ -170,6 +175,43 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("'{text}': {e}"))
 }
 
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be more than zero (an agent would stall the moment it spoke)".into());
+    }
+    Ok(d)
+}
+
+fn parse_capacity(text: &str) -> Result<usize, String> {
+    const MAX: usize = 1 << 20;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a number of agents from 1 to {MAX}"
+        )),
+    }
+}
+
+/// Datagrams per second: finite and not negative (0 means unlimited).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{text}' is not a rate: datagrams per second, 0 or more (0: unlimited)"
+        )),
+    }
+}
+
+/// A token bucket for `rate` datagrams a second (0: none), whose burst holds at least one
+/// datagram so that rates below one a second admit one datagram every `1/rate` seconds.
+fn bucket(rate: f64, burst_seconds: f64) -> Option<RateLimit> {
+    (rate > 0.0).then(|| RateLimit {
+        rate,
+        burst: (rate * burst_seconds).max(1.0),
+    })
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text.trim_start_matches("0o"), 8)
         .ok()
@@ -193,7 +235,18 @@ pub(super) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("varta-watch: {err}");
+            // The whole chain: an error's source holds the OS cause.
+            let mut message = err.to_string();
+            let mut source = err.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !message.contains(&text) {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                source = cause.source();
+            }
+            eprintln!("varta-watch: {message}");
             ExitCode::FAILURE
         }
     }
@@ -270,6 +323,20 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             LogLevel::Trace => tracing::Level::TRACE,
         })
         .init();
+    // Every agent watched through a pidfd holds a descriptor: use all the system allows.
+    match varta_watch::daemon::raise_fd_limit() {
+        Ok((old, new)) if new > old => {
+            tracing::info!(from = old, to = new, "raised the descriptor limit");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
+    if activated.is_none() {
+        create_socket_dir(&args.socket, args.socket_mode)?;
+    }
+    if let Some(control) = &args.control {
+        create_socket_dir(control, args.socket_mode)?;
+    }
 
     let config = ObserverConfig {
         socket_mode: args.socket_mode,
@@ -282,19 +349,14 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Eviction::Strict => EvictionPolicy::Strict,
                 Eviction::Balanced => EvictionPolicy::Balanced,
             },
-            per_agent_limit: (args.rate_limit > 0.0).then_some(RateLimit {
-                rate: args.rate_limit,
-                burst: args.rate_limit * 2.0,
-            }),
+            per_agent_limit: bucket(args.rate_limit, 2.0),
         },
         clock: match args.clock {
             Clock::Monotonic => ClockSource::Monotonic,
             Clock::Boottime => ClockSource::Boottime,
         },
         allow_uids: (!args.allow_uid.is_empty()).then(|| args.allow_uid.clone()),
-        global_limit: args
-            .global_rate_limit
-            .map(|rate| RateLimit { rate, burst: rate }),
+        global_limit: args.global_rate_limit.and_then(|rate| bucket(rate, 1.0)),
         ..ObserverConfig::new(&args.socket)
     };
     let activated_socket = activated.is_some();
@@ -310,17 +372,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         "observing"
     );
 
-    let mut sink: Box<dyn Write> = if args.events == "-" {
-        Box::new(io::stdout())
-    } else {
-        Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&args.events)
-                .map_err(|e| format!("cannot open the event file {}: {e}", args.events))?,
-        )
-    };
+    let mut sink = EventSink::open(&args.events)?;
     let mut hooks = HookRunner::new(Hooks {
         on_stall: args.on_stall.clone(),
         on_exit: args.on_exit.clone(),
@@ -365,7 +417,7 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             if matches!(event, Event::Beat { .. }) && !args.log_beats {
                 continue;
             }
-            writeln!(sink, "{}", event.to_json(ts_ms))?;
+            sink.push(&event.to_json(ts_ms));
             let pidfd = event.pid().and_then(|pid| observer.pidfd(pid));
             if let Err(e) = hooks.run(&event, pidfd) {
                 eprintln!(
@@ -374,18 +426,21 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         }
-        sink.flush()?;
+        sink.flush();
         hooks.reap();
         while let Ok(request) = inbox.try_recv() {
             let _ = match request {
-                Request::Metrics(reply) => reply.send(report::metrics(&observer)),
-                Request::Status(reply) => reply.send(report::status_json(&observer)),
+                Request::Metrics(reply) => reply.send(report::metrics(&observer, &sink.counters)),
+                Request::Status(reply) => {
+                    reply.send(report::status_json(&observer, &sink.counters))
+                }
             };
         }
         if let Some(n) = &mut notify {
             n.ping_if_due()?;
         }
     }
+    sink.flush();
     if let Some(n) = &notify {
         let _ = n.send("STOPPING=1");
     }
@@ -402,51 +457,240 @@ fn ask(
     rx.recv_timeout(Duration::from_secs(5)).ok()
 }
 
-fn serve_metrics(listener: TcpListener, requests: mpsc::Sender<Request>) {
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        // Read the whole request head (request line and headers): closing a TCP socket with
-        // unread bytes makes the kernel reset the connection, and the client loses the reply.
-        let mut line = String::new();
-        let mut reader = BufReader::new(&mut stream);
-        if reader.read_line(&mut line).is_err() {
+/// Most clients served at once by each of the metrics and control servers; more are answered
+/// "busy" at once. Each client has [`CLIENT_TIMEOUT`] to send its request.
+const MAX_CLIENTS: usize = 32;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves each accepted connection on its own thread, at most [`MAX_CLIENTS`] at once, so an
+/// idle or slow client never delays another. `busy` answers a connection over the bound.
+fn serve_concurrently<S: Send + 'static>(
+    mut accept: impl FnMut() -> io::Result<S>,
+    serve: impl Fn(S) + Send + Sync + 'static,
+    busy: impl Fn(S),
+) {
+    let serve = Arc::new(serve);
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match accept() {
+            Ok(stream) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on an accept that fails.
+                tracing::debug!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            busy(stream);
             continue;
         }
-        let mut header = String::new();
-        while matches!(reader.read_line(&mut header), Ok(n) if n > 0) && header.trim_end() != "" {
-            header.clear();
+        let (serve, done) = (Arc::clone(&serve), Arc::clone(&active));
+        let spawned = std::thread::Builder::new()
+            .name("varta-client".into())
+            .spawn(move || {
+                serve(stream);
+                done.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
         }
-        drop(reader);
-        let response = if line.starts_with("GET /metrics ") {
-            match ask(&requests, Request::Metrics) {
-                Some(body) => format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                ),
-                None => "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
-            }
-        } else {
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
-        };
-        let _ = stream.write_all(response.as_bytes());
-        let _ = stream.shutdown(std::net::Shutdown::Write);
     }
 }
 
-fn serve_control(listener: UnixListener, requests: mpsc::Sender<Request>) {
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut line = String::new();
-        if BufReader::new(&mut stream).read_line(&mut line).is_err() {
-            continue;
+fn serve_metrics(listener: TcpListener, requests: mpsc::Sender<Request>) {
+    serve_concurrently(
+        || listener.accept().map(|(stream, _)| stream),
+        move |stream| answer_metrics(stream, &requests),
+        |mut stream| {
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        },
+    );
+}
+
+fn answer_metrics(mut stream: TcpStream, requests: &mpsc::Sender<Request>) {
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    // Read the whole request head (request line and headers): closing a TCP socket with
+    // unread bytes makes the kernel reset the connection, and the client loses the reply.
+    let mut line = String::new();
+    let mut reader = BufReader::new((&mut stream).take(16 * 1024));
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut header = String::new();
+    while matches!(reader.read_line(&mut header), Ok(n) if n > 0) && header.trim_end() != "" {
+        header.clear();
+    }
+    drop(reader);
+    let response = if line.starts_with("GET /metrics ") {
+        match ask(requests, Request::Metrics) {
+            Some(body) => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+            None => {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            }
         }
-        let reply = match line.trim() {
-            "status" => ask(&requests, Request::Status)
-                .unwrap_or_else(|| "{\"error\":\"observer busy\"}".to_owned()),
-            other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
+    } else {
+        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+    };
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+fn serve_control(listener: UnixListener, requests: mpsc::Sender<Request>) {
+    serve_concurrently(
+        || listener.accept().map(|(stream, _)| stream),
+        move |stream| answer_control(stream, &requests),
+        |mut stream| {
+            let _ = stream.write_all(b"{\"error\":\"too many control clients\"}");
+        },
+    );
+}
+
+fn answer_control(mut stream: UnixStream, requests: &mpsc::Sender<Request>) {
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let mut line = String::new();
+    if BufReader::new((&mut stream).take(1024))
+        .read_line(&mut line)
+        .is_err()
+    {
+        return;
+    }
+    let reply = match line.trim() {
+        "status" => ask(requests, Request::Status)
+            .unwrap_or_else(|| "{\"error\":\"observer busy\"}".to_owned()),
+        other => format!("{{\"error\":\"unknown request {other:?}\"}}"),
+    };
+    let _ = stream.write_all(reply.as_bytes());
+}
+
+/// Creates the missing directories above a socket path: 0755 when the socket admits others
+/// (they must reach it), else 0700. Existing directories are left as they are.
+fn create_socket_dir(socket: &Path, socket_mode: u32) -> Result<(), String> {
+    let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let mode = if socket_mode & 0o077 != 0 {
+        0o755
+    } else {
+        0o700
+    };
+    let missing: Vec<&Path> = parent.ancestors().take_while(|d| !d.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        match DirBuilder::new().mode(mode).create(dir) {
+            Ok(()) => {
+                // The umask may have narrowed the mode: set it exactly.
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                    |e| {
+                        format!(
+                            "cannot set the mode of the socket directory {}: {e}",
+                            dir.display()
+                        )
+                    },
+                )?;
+                tracing::info!(dir = %dir.display(), mode = format!("{mode:o}"), "created the socket directory");
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot create the socket directory {}: {e}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where events go: stdout or an appended file. A failed write does not stop the daemon: the
+/// unwritten lines wait in a bounded backlog and are retried on the next loop turn; the
+/// failure is counted and logged (naming the file) at most every [`SINK_WARNING_INTERVAL`].
+struct EventSink {
+    name: String,
+    out: Box<dyn Write>,
+    pending: Vec<u8>,
+    counters: report::SinkCounters,
+    warned_at: Option<Instant>,
+}
+
+/// Unwritten event bytes kept for retrying; older lines are dropped past this.
+const SINK_BACKLOG: usize = 1 << 20;
+const SINK_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+impl EventSink {
+    fn open(events: &str) -> Result<Self, String> {
+        let (name, out): (String, Box<dyn Write>) = if events == "-" {
+            ("standard output".into(), Box::new(io::stdout()))
+        } else {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(events)
+                .map_err(|e| format!("cannot open the event file {events}: {e}"))?;
+            (format!("the event file {events}"), Box::new(file))
         };
-        let _ = stream.write_all(reply.as_bytes());
+        Ok(Self {
+            name,
+            out,
+            pending: Vec::with_capacity(64 * 1024),
+            counters: report::SinkCounters::default(),
+            warned_at: None,
+        })
+    }
+
+    fn push(&mut self, line: &str) {
+        self.pending.extend_from_slice(line.as_bytes());
+        self.pending.push(b'\n');
+        if self.pending.len() > SINK_BACKLOG {
+            // Drop the oldest whole lines.
+            let excess = self.pending.len() - SINK_BACKLOG;
+            let cut = self.pending[excess..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(self.pending.len(), |i| excess + i + 1);
+            let dropped = self.pending[..cut].iter().filter(|&&b| b == b'\n').count();
+            self.counters.events_dropped += dropped as u64;
+            self.pending.drain(..cut);
+        }
+    }
+
+    /// Writes what is pending; on failure keeps the rest for the next call.
+    fn flush(&mut self) {
+        let mut written = 0;
+        let result = loop {
+            if written == self.pending.len() {
+                break self.out.flush();
+            }
+            match self.out.write(&self.pending[written..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.pending.drain(..written);
+        if let Err(e) = result {
+            self.counters.event_write_errors += 1;
+            if self
+                .warned_at
+                .is_none_or(|at| at.elapsed() >= SINK_WARNING_INTERVAL)
+            {
+                self.warned_at = Some(Instant::now());
+                tracing::warn!(
+                    errors = self.counters.event_write_errors,
+                    pending_bytes = self.pending.len(),
+                    "cannot write events to {}: {e}; retrying",
+                    self.name
+                );
+            }
+        }
     }
 }
