@@ -69,7 +69,7 @@ pub use stats::{LATENCY_BUCKETS, LatencyHistogram, PagerStatsSnapshot};
 
 #[cfg(target_os = "linux")]
 pub use linux::{
-    FailTarget, LazyMapping, Uffd, UffdError, UffdEvent, firecracker, spawn_server_for,
+    Copied, FailTarget, LazyMapping, Uffd, UffdError, UffdEvent, firecracker, spawn_server_for,
 };
 
 /// The single-flight table and its deliberately broken twin, exposed for the loom model.

@@ -134,6 +134,22 @@ pub enum UffdEvent {
     Other(u8),
 }
 
+/// What [`Uffd::copy`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Copied {
+    /// Every byte was installed.
+    All,
+    /// The page was already present (`EEXIST`); waiters were woken.
+    AlreadyPresent,
+    /// The kernel deferred the copy (`EAGAIN`: an event is queued and unread). `copied`
+    /// bytes were installed; read the events, then copy the rest.
+    Deferred {
+        /// Bytes installed before the deferral.
+        copied: u64,
+    },
+}
+
 /// A userfaultfd: a descriptor that reports first touches of registered memory.
 #[derive(Debug)]
 pub struct Uffd {
@@ -234,23 +250,26 @@ impl Uffd {
         })
     }
 
-    /// Installs `src` at `dst` (`UFFDIO_COPY`), waking waiters unless `wake` is false. Retries
-    /// short copies and `EAGAIN` up to a few times; `EEXIST` is answered with a wake-up and
-    /// reported as `Ok(false)`; `Ok(true)` means everything was copied.
-    pub fn copy(&self, dst: u64, src: &[u8], wake: bool) -> Result<bool, UffdError> {
+    /// Installs `src` at `dst` (`UFFDIO_COPY`), waking waiters unless `wake` is false.
+    ///
+    /// Never waits: when the kernel defers the copy because an event is queued and unread
+    /// (`EAGAIN`, typically a `REMOVE` from `madvise`), it returns [`Copied::Deferred`] with
+    /// the bytes done so far; the caller reads its events and then copies the rest. `EEXIST`
+    /// (the page is already there) is answered with a wake-up.
+    pub fn copy(&self, dst: u64, src: &[u8], wake: bool) -> Result<Copied, UffdError> {
         let mut done = 0u64;
         let len = src.len() as u64;
-        for _ in 0..64 {
+        while done < len {
             let r = sys::uffd_copy(self.fd.as_fd(), dst + done, &src[done as usize..], !wake);
             done += r.bytes;
             match r.error {
-                None => return Ok(true),
+                None => {}
                 Some(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    std::thread::yield_now();
+                    return Ok(Copied::Deferred { copied: done });
                 }
                 Some(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     self.wake(dst, len)?;
-                    return Ok(false);
+                    return Ok(Copied::AlreadyPresent);
                 }
                 Some(source) => {
                     return Err(UffdError::Install {
@@ -262,12 +281,7 @@ impl Uffd {
                 }
             }
         }
-        Err(UffdError::Install {
-            op: "UFFDIO_COPY",
-            addr: dst + done,
-            len: len - done,
-            source: io::Error::from_raw_os_error(libc::EAGAIN),
-        })
+        Ok(Copied::All)
     }
 
     /// Maps the zero page over `[start, start + len)` (`UFFDIO_ZEROPAGE`).
@@ -403,13 +417,13 @@ pub(crate) fn install_from_caller(shared: &Shared, region: &Region, start: u64, 
         return;
     };
     match uffd.copy(start, bytes, true) {
-        Ok(true) => Stats::add(
+        Ok(Copied::All) => Stats::add(
             &shared.stats.pages_copied,
             (bytes.len() / region.page_size) as u64,
         ),
-        Ok(false) => Stats::add(&shared.stats.eexist, 1),
-        // The page stays missing; the fault server serves it when it is touched.
-        Err(_) => {}
+        Ok(Copied::AlreadyPresent) => Stats::add(&shared.stats.eexist, 1),
+        // The rest stays missing; the fault server serves it when it is touched.
+        Ok(Copied::Deferred { .. }) | Err(_) => {}
     }
 }
 
@@ -472,6 +486,30 @@ impl LazyMapping {
     /// The kernel holds `madvise` until a server has read the event, so a server must be
     /// running.
     pub fn discard(&mut self, offset: usize, len: usize) -> io::Result<()> {
+        let (start, end) = self.page_range(offset, len)?;
+        sys::madvise_dontneed(&mut self.map.as_mut_slice()[start..end])
+    }
+
+    /// [`discard`](Self::discard) through a shared reference, for a balloon thread that runs
+    /// beside readers of other parts of the mapping.
+    ///
+    /// # Safety
+    ///
+    /// While the call runs, no reference into `[offset, offset + len)` (rounded out to whole
+    /// pages) may be live: no slice from [`as_slice`](Self::as_slice) or
+    /// [`as_mut_slice`](Self::as_mut_slice) covering it, in any thread. Its contents change
+    /// to zeros under the call, which a live reference must never observe. Access through raw
+    /// pointers ([`as_ptr`](Self::as_ptr)) is fine.
+    #[allow(unsafe_code)] // A public unsafe API: the caller's promise above is the argument.
+    pub unsafe fn discard_shared(&self, offset: usize, len: usize) -> io::Result<()> {
+        let (start, end) = self.page_range(offset, len)?;
+        // SAFETY: `[start, end)` lies inside this mapping (checked by `page_range`), and the
+        // caller promises no reference into it is live during the call.
+        unsafe { sys::madvise_dontneed_raw(self.map.as_ptr().wrapping_add(start), end - start) }
+    }
+
+    /// `[offset, offset + len)` rounded out to whole pages; an error past the end.
+    fn page_range(&self, offset: usize, len: usize) -> io::Result<(usize, usize)> {
         let ps = self.page_size;
         let start = offset - offset % ps;
         let end = offset
@@ -481,7 +519,7 @@ impl LazyMapping {
             .ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "range beyond the mapping")
             })?;
-        sys::madvise_dontneed(&mut self.map.as_mut_slice()[start..end])
+        Ok((start, end))
     }
 }
 

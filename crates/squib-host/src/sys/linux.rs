@@ -542,6 +542,18 @@ pub(crate) fn madvise_dontneed(range: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `madvise(MADV_DONTNEED)` over `len` bytes at `start`, page-aligned.
+///
+/// # Safety
+///
+/// `[start, start + len)` must be memory of this process that no live reference covers.
+pub(crate) unsafe fn madvise_dontneed_raw(start: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: the caller promises the range is ours and unreferenced, so discarding its
+    // contents is an unobserved overwrite.
+    cvt(unsafe { libc::madvise(start.cast(), len, libc::MADV_DONTNEED) })?;
+    Ok(())
+}
+
 /// `madvise(MADV_DONTFORK)` over a page-aligned range: a child made by `fork` does not get
 /// the range at all (touching it there faults with `SIGSEGV`).
 pub(crate) fn madvise_dontfork(range: &mut [u8]) -> io::Result<()> {

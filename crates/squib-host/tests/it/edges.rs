@@ -200,3 +200,106 @@ fn hung_fetches_never_starve_faults_on_healthy_pages() {
     pager.request_shutdown();
     server.join().unwrap().unwrap();
 }
+
+/// A balloon thread discards pages through a shared reference while another thread reads the
+/// rest of the mapping: discarded pages read zeros, the others the snapshot.
+#[test]
+fn a_balloon_thread_discards_through_a_shared_reference() {
+    if !uffd_or_skip("a_balloon_thread_discards_through_a_shared_reference") {
+        return;
+    }
+    let pages = 256;
+    let data = snapshot(pages);
+    let pager = Pager::new(
+        squib_host::MemorySource::new(data.clone()),
+        PagerConfig {
+            poll_interval: Duration::from_millis(50),
+            ..PagerConfig::default()
+        },
+    );
+    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
+    let server = spawn_server(&pager).unwrap();
+    let balloon = {
+        let mem = mem.clone();
+        std::thread::spawn(move || {
+            for p in (pages / 2..pages).step_by(2) {
+                // SAFETY: nothing holds a reference into the second half: the reader below
+                // reads only the first half, through raw pointers.
+                unsafe { mem.discard_shared(p * ps(), ps()) }.unwrap();
+            }
+        })
+    };
+    let base = mem.as_ptr();
+    let first_half_ok = (0..pages / 2).all(|p| {
+        (0..ps()).step_by(512).all(|i| {
+            // SAFETY: in bounds of the mapping, which outlives this loop; read through a raw
+            // pointer, so no reference overlaps the balloon's range.
+            let b = unsafe { std::ptr::read_volatile(base.wrapping_add(p * ps() + i)) };
+            b == data[p * ps() + i]
+        })
+    });
+    balloon.join().unwrap();
+    assert!(first_half_ok, "the reader saw wrong bytes");
+    for p in pages / 2..pages {
+        let page = &mem.as_slice()[p * ps()..(p + 1) * ps()];
+        if (p - pages / 2) % 2 == 0 {
+            assert!(page.iter().all(|&b| b == 0), "discarded page {p}");
+        } else {
+            assert!(page == &data[p * ps()..(p + 1) * ps()], "page {p}");
+        }
+    }
+    assert!(pager.stats().removes > 0);
+    pager.request_shutdown();
+    server.join().unwrap().unwrap();
+}
+
+/// `Uffd::copy` while a `REMOVE` event sits unread returns at once with the copy deferred
+/// (it cannot succeed until the caller reads its events), and succeeds after the read.
+#[test]
+fn a_copy_deferred_by_an_unread_remove_returns_at_once() {
+    use squib_host::{Copied, Uffd, UffdEvent};
+    if !uffd_or_skip("a_copy_deferred_by_an_unread_remove_returns_at_once") {
+        return;
+    }
+    let uffd = Arc::new(Uffd::open().unwrap());
+    let mut map = platform_primitives::mem::AnonMapping::new(4 * ps()).unwrap();
+    uffd.register_mapping(&mut map).unwrap();
+    let base = map.as_ptr() as u64;
+    // A thread drops page 2: madvise waits until the REMOVE event is read.
+    let remover = std::thread::spawn(move || {
+        // SAFETY: page 2 of a mapping this test owns; nothing references it.
+        let rc = unsafe {
+            libc::madvise(
+                (base as usize + 2 * ps()) as *mut libc::c_void,
+                ps(),
+                libc::MADV_DONTNEED,
+            )
+        };
+        assert_eq!(rc, 0);
+    });
+    let page = vec![7u8; ps()];
+    // Nothing may panic until the event is read: the remover would stay blocked in madvise.
+    let queued = uffd.wait(Some(Duration::from_secs(10)));
+    let t0 = Instant::now();
+    let got = uffd.copy(base, &page, true);
+    let took = t0.elapsed();
+    let mut events = Vec::new();
+    while !remover.is_finished() {
+        let _ = uffd.wait(Some(Duration::from_millis(10)));
+        let _ = uffd.read_events(&mut events);
+    }
+    remover.join().unwrap();
+    assert!(matches!(queued, Ok(true)), "the REMOVE event never came");
+    assert_eq!(got.unwrap(), Copied::Deferred { copied: 0 });
+    assert!(
+        took < Duration::from_millis(100),
+        "the deferral took {took:?}"
+    );
+    assert!(
+        events.iter().any(|e| matches!(e, UffdEvent::Remove { .. })),
+        "{events:?}"
+    );
+    assert_eq!(uffd.copy(base, &page, true).unwrap(), Copied::All);
+    assert_eq!(map.as_slice()[0], 7);
+    uffd.unregister(base, map.len() as u64).unwrap();
+}
