@@ -25,5 +25,6 @@ mod client;
 mod server;
 pub mod wire;
 
-pub use client::{Applied, ClientError, SessionClient, Transcript};
+pub use client::{Applied, ClientError, SessionClient, SessionReader, SessionWriter, Transcript};
 pub use server::{SessionConfig, SessionError, SessionServer, SnapshotMode};
+pub use wire::ProgramExit;
