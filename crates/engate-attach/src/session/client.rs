@@ -400,3 +400,97 @@ impl Transcript {
         self.resumed
     }
 }
+
+/// Follows a session's output for a non-interactive consumer (a tail): each message's new
+/// bytes are written out once, in order, and forgotten, so memory stays at one message
+/// whatever the history.
+///
+/// When the client fell behind and the server resynced it (a snapshot that does not continue
+/// what was written), the follower writes the snapshot's bytes and records the skipped
+/// stream range in [`skipped`](Self::skipped). A screen snapshot (a redraw) is written as is.
+#[derive(Debug, Default)]
+pub struct Follower {
+    transcript: Transcript,
+    /// The stream offset just past the last byte written.
+    written: u64,
+    /// The epoch written in, once known.
+    epoch: Option<u64>,
+    skipped: Vec<(u64, u64)>,
+    resyncs: u64,
+}
+
+impl Follower {
+    /// A follower that has written nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A follower that already wrote the stream up to `position` (an earlier run's).
+    pub fn resume_at(position: Position) -> Self {
+        Self {
+            transcript: Transcript::resume_at(position),
+            written: position.next,
+            epoch: Some(position.epoch),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one server message and writes what it adds to `out`.
+    pub fn apply(&mut self, msg: &ServerMsg, out: &mut impl Write) -> io::Result<Applied> {
+        let applied = self.transcript.apply(msg);
+        if let ServerMsg::Snapshot(s) = msg
+            && s.kind() == SnapshotKind::State
+        {
+            out.write_all(s.bytes())?;
+        }
+        let t = &mut self.transcript;
+        let end = t.base + t.bytes.len() as u64;
+        let epoch = t.position().map(|p| p.epoch);
+        // The transcript holds only what this message added (what was written is forgotten),
+        // so it continues exactly at `written` unless the message jumped: a resync past what
+        // was written, or another epoch.
+        if epoch != self.epoch {
+            // The first snapshot, or another epoch: offsets start over.
+            if self.epoch.is_some() {
+                self.resyncs += 1;
+            }
+            self.skipped.clear();
+            if t.base > 0 {
+                self.skipped.push((0, t.base));
+            }
+        } else if t.base != self.written {
+            self.resyncs += 1;
+            if t.base > self.written {
+                self.skipped.push((self.written, t.base));
+            }
+        }
+        out.write_all(&t.bytes)?;
+        self.written = end;
+        self.epoch = epoch;
+        // Written: forget it (the transcript only needs where it ends).
+        t.base = end;
+        t.bytes.clear();
+        Ok(applied)
+    }
+
+    /// Where to resume from after the connection ends.
+    pub fn position(&self) -> Option<Position> {
+        self.transcript.position()
+    }
+
+    /// Stream ranges of the current epoch that were never written: the history before the
+    /// first snapshot, what resyncs after falling behind and gaps jumped over.
+    pub fn skipped(&self) -> &[(u64, u64)] {
+        &self.skipped
+    }
+
+    /// Snapshots that did not continue what was written (resyncs, a new epoch).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
+    /// How the program ended, once the server said so.
+    pub fn exit_status(&self) -> Option<ProgramExit> {
+        self.transcript.exit_status()
+    }
+}

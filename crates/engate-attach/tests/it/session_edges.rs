@@ -595,3 +595,60 @@ fn a_split_client_reads_and_writes_from_two_threads() {
     }
     drop(server);
 }
+
+/// A tail that falls behind is resynced by the server: the follower writes each byte it
+/// gets once, and what it wrote is exactly the program's output minus the ranges it reports
+/// skipped (the `session_server tail` example is built on it).
+#[test]
+fn a_follower_that_falls_behind_writes_the_output_exactly_minus_what_it_skipped() {
+    use engate_attach::session::{Applied, Follower, SnapshotMode};
+    if !have("a_follower_that_falls_behind", &["seq"]) {
+        return;
+    }
+    const N: u32 = 300_000;
+    let dir = TempDir::new("follow");
+    let socket = dir.path().join("seq.sock");
+    let config = SessionConfig::new(&socket, "seq")
+        .args(["1", &N.to_string()])
+        .hub(HubConfig::new().budget_bytes(64 << 10))
+        .snapshot(SnapshotMode::Tail { bytes: 16 << 10 })
+        .read_chunk(4096);
+    let server = SessionServer::start(config).expect("start");
+    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut follower = Follower::new();
+    let mut out = Vec::new();
+    let mut messages = 0u64;
+    loop {
+        let msg = client.next_message().expect("message");
+        messages += 1;
+        // A slow reader at first, so the program outruns it and it is resynced.
+        if messages < 40 {
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        if follower.apply(&msg, &mut out).expect("write") != Applied::Continue {
+            break;
+        }
+    }
+    let expected: Vec<u8> = (1..=N)
+        .flat_map(|i| format!("{i}\r\n").into_bytes())
+        .collect();
+    assert!(follower.resyncs() >= 1, "the follower was never resynced");
+    assert!(!follower.skipped().is_empty());
+    let mut rebuilt = Vec::new();
+    let mut at = 0usize;
+    for &(from, to) in follower.skipped() {
+        rebuilt.extend_from_slice(&expected[at..from as usize]);
+        at = to as usize;
+    }
+    rebuilt.extend_from_slice(&expected[at..]);
+    assert!(
+        out == rebuilt,
+        "wrote {} bytes, expected {}",
+        out.len(),
+        rebuilt.len()
+    );
+    drop(server);
+}
