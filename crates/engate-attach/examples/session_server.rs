@@ -9,15 +9,16 @@
 //!
 //! The socket is bound by `platform-primitives`' `UdsBinder` (mode 0600 before it is
 //! reachable, a stale socket from a crashed server replaced, a live one refused). The tail
-//! client keeps its position in `<socket>.pos`, so a second `tail` resumes exactly.
+//! client writes through a `Follower` (each byte once; a resync after falling behind is
+//! reported on stderr) and keeps its position in `<socket>.pos`, so a second `tail` resumes
+//! exactly. It exits with the program's status once the program has ended.
 
 use std::error::Error;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use engate_attach::Policy;
-use engate_attach::Position;
-use engate_attach::session::{Applied, SessionClient, SessionConfig, SessionServer, Transcript};
+use engate_attach::session::{Applied, Follower, SessionClient, SessionConfig, SessionServer};
+use engate_attach::{Policy, Position};
 
 fn usage() -> Box<dyn Error> {
     "usage: session_server serve <socket> -- <program> [args...] | tail <socket>".into()
@@ -71,20 +72,32 @@ fn tail(socket: &Path) -> Result<(), Box<dyn Error>> {
             })
         });
     let mut client = SessionClient::connect(socket, Policy::Resync, saved)?;
-    let mut transcript = saved.map_or_else(Transcript::new, Transcript::resume_at);
+    let mut follower = saved.map_or_else(Follower::new, Follower::resume_at);
     let mut out = std::io::stdout().lock();
-    let mut written = 0;
     loop {
         let msg = client.next_message()?;
-        let applied = transcript.apply(&msg);
-        out.write_all(&transcript.bytes()[written..])?;
+        let resyncs = follower.resyncs();
+        let applied = follower.apply(&msg, &mut out)?;
         out.flush()?;
-        written = transcript.bytes().len();
-        if let Some(p) = transcript.position() {
+        if follower.resyncs() > resyncs {
+            eprintln!(
+                "[resynced: fell behind; {:?} skipped]",
+                follower.skipped().last()
+            );
+        }
+        if let Some(p) = follower.position() {
             std::fs::write(position_file(socket), format!("{} {}", p.epoch, p.next))?;
         }
-        if applied != Applied::Continue {
-            return Ok(());
+        match applied {
+            Applied::Continue => {}
+            Applied::Refused => return Err(format!("refused: {msg:?}").into()),
+            Applied::Closed(_) => {
+                if let Some(exit) = follower.exit_status() {
+                    eprintln!("[the program ended: {exit}]");
+                    std::process::exit(exit.shell_status());
+                }
+                return Ok(());
+            }
         }
     }
 }

@@ -1,14 +1,16 @@
-//! The client side of a session: connect, attach or resume, read messages, send input, and
-//! rebuild the program's output exactly once.
+//! The client side of a session: connect, attach or resume, read messages, send input (from
+//! one thread, or from a writing half while a reading half reads on another), learn how the
+//! program ended, and rebuild the program's output exactly once.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::wire::{self, ClientMsg, ServerMsg, WireError};
+use super::wire::{self, ClientMsg, ProgramExit, ServerMsg, WireError};
 use crate::attach::CloseReason;
 use crate::config::Policy;
 use crate::dedup::{Accepted, Dedup};
@@ -46,11 +48,15 @@ pub enum ClientError {
 }
 
 /// A connection to a session server.
+///
+/// It reads messages ([`next_message`](Self::next_message)) and sends input, resizes and a
+/// detach. An interactive client that reads the program's output while it sends keys splits
+/// it with [`into_split`](Self::into_split) into a [`SessionReader`] and a [`SessionWriter`]
+/// and uses them from two threads.
 #[derive(Debug)]
 pub struct SessionClient {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    start: usize,
+    reader: SessionReader,
+    writer: SessionWriter,
 }
 
 impl SessionClient {
@@ -62,23 +68,83 @@ impl SessionClient {
         resume: Option<Position>,
     ) -> Result<Self, ClientError> {
         let path = path.as_ref();
-        let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
         })?;
         let mut hello = Vec::with_capacity(32);
         wire::encode_client(&ClientMsg::Hello { policy, resume }, &mut hello);
-        stream.write_all(&hello).map_err(|source| ClientError::Io {
-            op: "sending the hello",
-            source,
-        })?;
+        (&stream)
+            .write_all(&hello)
+            .map_err(|source| ClientError::Io {
+                op: "sending the hello",
+                source,
+            })?;
+        let stream = Arc::new(stream);
         Ok(Self {
-            stream,
-            buf: Vec::with_capacity(64 << 10),
-            start: 0,
+            reader: SessionReader {
+                stream: Arc::clone(&stream),
+                buf: Vec::with_capacity(64 << 10),
+                start: 0,
+                exit: None,
+            },
+            writer: SessionWriter { stream },
         })
     }
 
+    /// Splits the connection into its reading half and its writing half, each usable from
+    /// its own thread. The connection closes once both are dropped.
+    pub fn into_split(self) -> (SessionReader, SessionWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Limits how long [`next_message`](Self::next_message) waits (`None`: forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.reader.set_read_timeout(timeout)
+    }
+
+    /// The next message from the server, waiting for it.
+    pub fn next_message(&mut self) -> Result<ServerMsg, ClientError> {
+        self.reader.next_message()
+    }
+
+    /// How the program ended, once a [`ServerMsg::Exited`] has been read (it comes right
+    /// before [`ServerMsg::Closed`]; `None` before, and from a server that predates it).
+    pub fn exit_status(&self) -> Option<ProgramExit> {
+        self.reader.exit_status()
+    }
+
+    /// Sends keystrokes to the program (as several frames if longer than
+    /// [`MAX_INPUT`](super::wire::MAX_INPUT)).
+    pub fn send_input(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.writer.send_input(bytes)
+    }
+
+    /// Tells the server this client's terminal now has `size` cells: the program's terminal
+    /// is resized (the program gets `SIGWINCH` and usually redraws) and so is the screen a
+    /// screen-mode server snapshots for later attaches. Each side must be 1 to
+    /// [`MAX_TERMINAL_SIDE`](super::wire::MAX_TERMINAL_SIDE).
+    pub fn send_resize(&mut self, size: PtySize) -> Result<(), ClientError> {
+        self.writer.send_resize(size)
+    }
+
+    /// Leaves politely (the server also notices a connection that simply closes).
+    pub fn detach(self) {
+        self.writer.send_detach();
+        let _ = self.reader.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The reading half of a [`SessionClient`] (from [`SessionClient::into_split`]).
+#[derive(Debug)]
+pub struct SessionReader {
+    stream: Arc<UnixStream>,
+    buf: Vec<u8>,
+    start: usize,
+    exit: Option<ProgramExit>,
+}
+
+impl SessionReader {
     /// Limits how long [`next_message`](Self::next_message) waits (`None`: forever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream
@@ -98,6 +164,9 @@ impl SessionClient {
                     self.buf.clear();
                     self.start = 0;
                 }
+                if let ServerMsg::Exited(exit) = msg {
+                    self.exit = Some(exit);
+                }
                 return Ok(msg);
             }
             if self.start > 0 {
@@ -106,7 +175,7 @@ impl SessionClient {
             }
             let len = self.buf.len();
             self.buf.resize(len + (64 << 10), 0);
-            let n = self.stream.read(&mut self.buf[len..]);
+            let n = (&*self.stream).read(&mut self.buf[len..]);
             self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
             match n {
                 Ok(0) => return Err(ClientError::Disconnected),
@@ -122,39 +191,55 @@ impl SessionClient {
         }
     }
 
-    /// Sends keystrokes to the program.
+    /// How the program ended, once a [`ServerMsg::Exited`] has been read.
+    pub fn exit_status(&self) -> Option<ProgramExit> {
+        self.exit
+    }
+}
+
+/// The writing half of a [`SessionClient`] (from [`SessionClient::into_split`]).
+#[derive(Debug)]
+pub struct SessionWriter {
+    stream: Arc<UnixStream>,
+}
+
+impl SessionWriter {
+    /// Sends keystrokes to the program (as several frames if longer than
+    /// [`MAX_INPUT`](super::wire::MAX_INPUT)).
     pub fn send_input(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        let mut frame = Vec::with_capacity(bytes.len() + 8);
-        wire::encode_client(&ClientMsg::Input(Bytes::copy_from_slice(bytes)), &mut frame);
-        self.stream
-            .write_all(&frame)
-            .map_err(|source| ClientError::Io {
-                op: "sending input",
-                source,
-            })
+        let mut frame = Vec::with_capacity(bytes.len().min(wire::MAX_INPUT) + 8);
+        for piece in bytes.chunks(wire::MAX_INPUT) {
+            frame.clear();
+            wire::encode_client(&ClientMsg::Input(Bytes::copy_from_slice(piece)), &mut frame);
+            self.send(&frame, "sending input")?;
+        }
+        Ok(())
     }
 
-    /// Tells the server this client's terminal now has `size` cells: the program's terminal
-    /// is resized (the program gets `SIGWINCH` and usually redraws) and so is the screen a
-    /// screen-mode server snapshots for later attaches. Each side must be 1 to
-    /// [`MAX_TERMINAL_SIDE`](super::wire::MAX_TERMINAL_SIDE).
+    /// Sends this client's terminal size (see [`SessionClient::send_resize`]).
     pub fn send_resize(&mut self, size: PtySize) -> Result<(), ClientError> {
         let mut frame = Vec::with_capacity(5);
         wire::encode_client(&ClientMsg::Resize(size), &mut frame);
-        self.stream
-            .write_all(&frame)
-            .map_err(|source| ClientError::Io {
-                op: "sending a resize",
-                source,
-            })
+        self.send(&frame, "sending a resize")
     }
 
-    /// Leaves politely (the server also notices a connection that simply closes).
-    pub fn detach(mut self) {
+    /// Leaves politely: the server ends the stream, and the reading half then sees the
+    /// connection close.
+    pub fn detach(self) {
+        self.send_detach();
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn send_detach(&self) {
         let mut frame = Vec::new();
         wire::encode_client(&ClientMsg::Detach, &mut frame);
-        let _ = self.stream.write_all(&frame);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = (&*self.stream).write_all(&frame);
+    }
+
+    fn send(&self, frame: &[u8], op: &'static str) -> Result<(), ClientError> {
+        (&*self.stream)
+            .write_all(frame)
+            .map_err(|source| ClientError::Io { op, source })
     }
 }
 
@@ -185,6 +270,7 @@ pub struct Transcript {
     gaps: Vec<(u64, u64)>,
     snapshots: u64,
     resumed: u64,
+    exit: Option<ProgramExit>,
 }
 
 impl Transcript {
@@ -260,6 +346,10 @@ impl Transcript {
                 self.gaps.push((*from, *to));
                 Applied::Continue
             }
+            ServerMsg::Exited(exit) => {
+                self.exit = Some(*exit);
+                Applied::Continue
+            }
             ServerMsg::Closed(reason) => Applied::Closed(*reason),
             ServerMsg::Refused(_) => Applied::Refused,
         }
@@ -300,8 +390,107 @@ impl Transcript {
         self.snapshots
     }
 
+    /// How the program ended, once the server said so.
+    pub fn exit_status(&self) -> Option<ProgramExit> {
+        self.exit
+    }
+
     /// Resumes that continued exactly where the previous connection stopped.
     pub fn exact_resumes(&self) -> u64 {
         self.resumed
+    }
+}
+
+/// Follows a session's output for a non-interactive consumer (a tail): each message's new
+/// bytes are written out once, in order, and forgotten, so memory stays at one message
+/// whatever the history.
+///
+/// When the client fell behind and the server resynced it (a snapshot that does not continue
+/// what was written), the follower writes the snapshot's bytes and records the skipped
+/// stream range in [`skipped`](Self::skipped). A screen snapshot (a redraw) is written as is.
+#[derive(Debug, Default)]
+pub struct Follower {
+    transcript: Transcript,
+    /// The stream offset just past the last byte written.
+    written: u64,
+    /// The epoch written in, once known.
+    epoch: Option<u64>,
+    skipped: Vec<(u64, u64)>,
+    resyncs: u64,
+}
+
+impl Follower {
+    /// A follower that has written nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A follower that already wrote the stream up to `position` (an earlier run's).
+    pub fn resume_at(position: Position) -> Self {
+        Self {
+            transcript: Transcript::resume_at(position),
+            written: position.next,
+            epoch: Some(position.epoch),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one server message and writes what it adds to `out`.
+    pub fn apply(&mut self, msg: &ServerMsg, out: &mut impl Write) -> io::Result<Applied> {
+        let applied = self.transcript.apply(msg);
+        if let ServerMsg::Snapshot(s) = msg
+            && s.kind() == SnapshotKind::State
+        {
+            out.write_all(s.bytes())?;
+        }
+        let t = &mut self.transcript;
+        let end = t.base + t.bytes.len() as u64;
+        let epoch = t.position().map(|p| p.epoch);
+        // The transcript holds only what this message added (what was written is forgotten),
+        // so it continues exactly at `written` unless the message jumped: a resync past what
+        // was written, or another epoch.
+        if epoch != self.epoch {
+            // The first snapshot, or another epoch: offsets start over.
+            if self.epoch.is_some() {
+                self.resyncs += 1;
+            }
+            self.skipped.clear();
+            if t.base > 0 {
+                self.skipped.push((0, t.base));
+            }
+        } else if t.base != self.written {
+            self.resyncs += 1;
+            if t.base > self.written {
+                self.skipped.push((self.written, t.base));
+            }
+        }
+        out.write_all(&t.bytes)?;
+        self.written = end;
+        self.epoch = epoch;
+        // Written: forget it (the transcript only needs where it ends).
+        t.base = end;
+        t.bytes.clear();
+        Ok(applied)
+    }
+
+    /// Where to resume from after the connection ends.
+    pub fn position(&self) -> Option<Position> {
+        self.transcript.position()
+    }
+
+    /// Stream ranges of the current epoch that were never written: the history before the
+    /// first snapshot, what resyncs after falling behind and gaps jumped over.
+    pub fn skipped(&self) -> &[(u64, u64)] {
+        &self.skipped
+    }
+
+    /// Snapshots that did not continue what was written (resyncs, a new epoch).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
+    /// How the program ended, once the server said so.
+    pub fn exit_status(&self) -> Option<ProgramExit> {
+        self.transcript.exit_status()
     }
 }

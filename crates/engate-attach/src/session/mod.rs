@@ -4,8 +4,15 @@
 //! output over a Unix stream socket bound with `platform-primitives`' `UdsBinder`. Each client
 //! connection is one hub subscriber: it attaches (fenced snapshot, then live items) or resumes
 //! from the position it had when it left, with the policy it asked for, and may send input to
-//! the program. [`SessionClient`] speaks the [`wire`] protocol; [`Transcript`] rebuilds the
-//! program's raw output from what arrives, exactly once.
+//! the program. [`SessionClient`] speaks the [`wire`] protocol (and splits into a
+//! [`SessionReader`] and a [`SessionWriter`] for two threads); [`Transcript`] rebuilds the
+//! program's raw output from what arrives, exactly once, and [`Follower`] writes it out as it
+//! comes (a tail). Clients learn how the program ended ([`ProgramExit`]).
+//!
+//! No client can hang the server: shutdown shuts every connection down from the server's side
+//! and does not depend on the socket file; input frames are small
+//! ([`wire::MAX_INPUT`]) and checked on their header; a bad hello or frame is refused with its
+//! reason and logged with `tracing`.
 //!
 //! ```no_run
 //! use engate_attach::Policy;
@@ -25,5 +32,8 @@ mod client;
 mod server;
 pub mod wire;
 
-pub use client::{Applied, ClientError, SessionClient, Transcript};
+pub use client::{
+    Applied, ClientError, Follower, SessionClient, SessionReader, SessionWriter, Transcript,
+};
 pub use server::{SessionConfig, SessionError, SessionServer, SnapshotMode};
+pub use wire::ProgramExit;

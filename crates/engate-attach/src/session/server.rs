@@ -7,10 +7,19 @@
 //!   end of the program's output it closes the hub and reaps the program;
 //! - the **acceptor** takes connections on the socket (bound with `platform-primitives`'
 //!   [`UdsBinder`]: mode set before it is reachable, stale sockets recovered, a live server
-//!   refused);
+//!   refused); it waits for a connection or for the server's stop signal, so stopping does not
+//!   depend on the socket file still being there;
 //! - per client, a **writer** that attaches with the client's [`Hello`](super::ClientMsg) and
 //!   forwards snapshot and events, coalescing what is ready into one write, and a **reader**
 //!   that forwards the client's input to the program and notices the client leaving.
+//!
+//! A client cannot hang the server or grow its memory: the server keeps every connection it
+//! owns and, on shutdown, shuts each one down from its side (both directions), so a writer
+//! blocked on a client that stopped reading returns at once; an input frame is at most
+//! [`MAX_INPUT`](super::wire::MAX_INPUT) bytes, checked on its header, so a connection buffers
+//! at most one such frame and one read. A bad hello or frame gets a
+//! [`Refused`](super::wire::ServerMsg::Refused) message that says what was wrong, is logged with
+//! `tracing` (target `engate_attach::session::server`), and the connection is closed.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -19,25 +28,31 @@ use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
-use super::wire::{self, ClientMsg, ServerMsg};
-use crate::attach::Event;
+use super::wire::{self, ClientMsg, ProgramExit, ServerMsg, WireError};
+use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
 use crate::hub::{Hub, Producer, channel};
 use crate::pty::{self, Pty, PtyError, PtySize, resize_terminal};
 use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
+use crate::sys;
 
 /// How long a writer waits for events before it looks at the stop and client-gone flags.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// How long a new connection has to send its hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refused client has to take its refusal before its connection is shut down.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a client's input thread, waiting for the program to take its keystrokes, looks
+/// whether it should give up (server stopping, program gone, client gone).
+const INPUT_POLL: Duration = Duration::from_millis(50);
+/// How long the acceptor rests when the process is out of descriptors, before trying again.
+const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 /// What new clients start from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +80,13 @@ pub struct SessionConfig {
     snapshot: SnapshotMode,
     read_chunk: usize,
     mode: u32,
+    hello_timeout: Duration,
 }
 
 impl SessionConfig {
     /// Serve `program` on the Unix socket at `socket`. Defaults: a 24 × 80 terminal with
     /// `TERM=xterm-256color`, the default [`HubConfig`], a 64 KiB tail snapshot, reads of up to
-    /// 64 KiB, socket mode 0o600.
+    /// 64 KiB, socket mode 0o600, 5 s for a new connection to send its hello.
     pub fn new(socket: impl Into<PathBuf>, program: impl Into<OsString>) -> Self {
         Self {
             socket: socket.into(),
@@ -82,6 +98,7 @@ impl SessionConfig {
             snapshot: SnapshotMode::Tail { bytes: 64 << 10 },
             read_chunk: 64 << 10,
             mode: 0o600,
+            hello_timeout: Duration::from_secs(5),
         }
     }
 
@@ -130,6 +147,12 @@ impl SessionConfig {
         self.mode = mode;
         self
     }
+
+    /// How long a new connection has to send its hello before it is refused.
+    pub fn hello_timeout(mut self, timeout: Duration) -> Self {
+        self.hello_timeout = timeout;
+        self
+    }
 }
 
 /// Why a session server could not start.
@@ -145,6 +168,18 @@ pub enum SessionError {
     /// The hub configuration is invalid.
     #[error("invalid hub configuration for the session")]
     Hub(#[from] ConfigError),
+    /// The socket could not be set up for the acceptor (non-blocking mode, its stop signal).
+    #[error("cannot prepare the session socket at {}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The program's terminal could not be set up for non-blocking I/O.
+    #[error("cannot set up the session program's terminal")]
+    Terminal(#[source] io::Error),
     /// A server thread could not be started.
     #[error("cannot start the session's {role} thread")]
     Thread {
@@ -159,12 +194,57 @@ pub enum SessionError {
 /// The program's pid while it has not been reaped, so a hang-up never hits a reused pid.
 type Unreaped = Arc<Mutex<Option<u32>>>;
 
+/// What the server's threads share: the stop flag, the connections to shut down when
+/// stopping, and how the program ended.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    /// Every connection still open, to shut down on stop; a connection's threads hold the
+    /// strong references, so a closed one is just a dead entry, pruned on the next accept.
+    connections: Mutex<Vec<Weak<UnixStream>>>,
+    exit: Mutex<Option<ProgramExit>>,
+    next_client: AtomicU64,
+}
+
+impl Shared {
+    /// Records a new connection; shuts it down at once if the server is stopping.
+    fn register(&self, stream: &Arc<UnixStream>) {
+        let mut list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(stream));
+        // Read under the lock `stop_connections` takes: either it sees this connection, or
+        // this sees the stop.
+        if self.stop.load(Ordering::SeqCst) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Shuts every open connection down, both directions: blocked writes and reads return.
+    fn stop_connections(&self) {
+        let list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        self.stop.store(true, Ordering::SeqCst);
+        for stream in list.iter().filter_map(Weak::upgrade) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn exit(&self) -> Option<ProgramExit> {
+        *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A running session server. Dropping it shuts it down (see [`shutdown`](Self::shutdown)).
 #[derive(Debug)]
 pub struct SessionServer {
     hub: Hub,
     socket: PathBuf,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// Shut down to wake the acceptor (its peer becomes readable).
+    wake: UnixStream,
     unreaped: Unreaped,
     pump: Option<JoinHandle<io::Result<ExitStatus>>>,
     acceptor: Option<JoinHandle<()>>,
@@ -189,6 +269,14 @@ impl SessionServer {
             .bind_listener(&config.socket)?;
         let socket = bound.path().to_owned();
         let (listener, path_guard) = bound.into_parts();
+        let listen_error = |source| SessionError::Listen {
+            path: socket.clone(),
+            source,
+        };
+        // Non-blocking, so a connection that vanished between the wake-up and `accept` does
+        // not block the acceptor.
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let (wake, woken) = UnixStream::pair().map_err(listen_error)?;
 
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args);
@@ -198,29 +286,40 @@ impl SessionServer {
         let pty = Pty::spawn(cmd, config.size)?;
         let reader = pty.reader()?;
         let input = Arc::new(pty.writer()?);
+        // Non-blocking (for the reader too: they share the open file description), so a
+        // client's keystrokes to a program that does not read them wait with a deadline and
+        // never hold up shutdown.
+        sys::unix::set_nonblocking(input.as_fd()).map_err(SessionError::Terminal)?;
         let (master, child) = pty.into_parts();
         drop(master);
         let unreaped: Unreaped = Arc::new(Mutex::new(Some(child.id())));
+        let shared = Arc::new(Shared::default());
 
         let pump = {
-            let unreaped = Arc::clone(&unreaped);
+            let (unreaped, shared) = (Arc::clone(&unreaped), Arc::clone(&shared));
             let chunk = config.read_chunk;
             spawn("pump", move || {
-                pump(reader, producer, child, unreaped, chunk)
+                pump(reader, producer, child, unreaped, &shared, chunk)
             })?
         };
-        let stop = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(Mutex::new(Vec::new()));
         let acceptor = {
-            let (hub, stop, clients) = (hub.clone(), Arc::clone(&stop), Arc::clone(&clients));
-            spawn("acceptor", move || {
-                accept(listener, hub, input, stop, clients)
-            })?
+            let acceptor = Acceptor {
+                listener,
+                woken,
+                hub: hub.clone(),
+                input,
+                shared: Arc::clone(&shared),
+                clients: Arc::clone(&clients),
+                hello_timeout: config.hello_timeout,
+            };
+            spawn("acceptor", move || acceptor.run())?
         };
         Ok(Self {
             hub,
             socket,
-            stop,
+            shared,
+            wake,
             unreaped,
             pump: Some(pump),
             acceptor: Some(acceptor),
@@ -250,19 +349,31 @@ impl SessionServer {
         }
     }
 
+    /// How the program ended, once it has (`None` while it runs). Clients learn it too, as
+    /// [`ServerMsg::Exited`] before their stream closes.
+    pub fn program_exit(&self) -> Option<ProgramExit> {
+        self.shared.exit()
+    }
+
     /// Stops accepting, hangs up the program if it still runs, disconnects every client and
-    /// joins all threads.
+    /// joins all threads. It returns promptly whatever the clients do (a client that stopped
+    /// reading is shut down from the server's side) and whether or not the socket file is
+    /// still there.
     pub fn shutdown(mut self) {
         self.stop_all();
     }
 
     fn stop_all(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the acceptor out of accept().
-        let _ = UnixStream::connect(&self.socket);
+        // Every connection is shut down before any thread is joined: a writer blocked on a
+        // client that does not read would otherwise hold up the join, and a blocking-policy
+        // writer the pump.
+        self.shared.stop_connections();
+        let _ = self.wake.shutdown(std::net::Shutdown::Both);
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();
         }
+        // Connections accepted before the acceptor stopped are all registered by now.
+        self.shared.stop_connections();
         if let Some(pid) = *self.unreaped.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = pty::hang_up(pid);
         }
@@ -298,6 +409,7 @@ fn pump(
     mut producer: Producer,
     mut child: std::process::Child,
     unreaped: Unreaped,
+    shared: &Shared,
     chunk: usize,
 ) -> io::Result<ExitStatus> {
     let mut buf = vec![0u8; chunk];
@@ -314,14 +426,28 @@ fn pump(
             }
             Err(e) if pty::is_end_of_output(&e) => break Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(e) = sys::unix::wait_readable([reader.as_fd()], None)
+                    && e.kind() != io::ErrorKind::Interrupted
+                {
+                    break Err(e);
+                }
+            }
             Err(e) => break Err(e),
         }
     };
-    drop(producer);
     let mut pid = unreaped.lock().unwrap_or_else(|e| e.into_inner());
     *pid = None;
     drop(pid);
-    let status = child.wait()?;
+    // Reaped before the hub closes, so every client's `Closed` can follow the exit status.
+    let status = child.wait();
+    if let Ok(status) = &status {
+        let exit = ProgramExit::from(*status);
+        tracing::debug!(%exit, "the session's program ended");
+        *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+    }
+    drop(producer);
+    let status = status?;
     result.map(|()| status)
 }
 
@@ -339,45 +465,317 @@ fn emit_all(producer: &mut Producer, mut data: Bytes) -> Result<(), crate::hub::
     }
 }
 
-fn accept(
+/// The acceptor thread's state: the listener, the stop signal's receiving end, and what each
+/// client thread gets.
+struct Acceptor {
     listener: UnixListener,
+    /// Readable once the server stops (its peer was shut down).
+    woken: UnixStream,
     hub: Hub,
     input: Arc<File>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     clients: Arc<Mutex<Vec<JoinHandle<()>>>>,
-) {
-    for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
+    hello_timeout: Duration,
+}
+
+impl Acceptor {
+    fn run(self) {
+        loop {
+            if self.shared.stopping() {
+                return;
+            }
+            let ready = sys::unix::wait_readable([self.listener.as_fd(), self.woken.as_fd()], None);
+            match ready {
+                Ok([_, true]) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait for session clients; no longer accepting");
+                    return;
+                }
+            }
+            self.accept_ready();
         }
-        let Ok(stream) = stream else { continue };
-        let (hub, input, stop) = (hub.clone(), Arc::clone(&input), Arc::clone(&stop));
+    }
+
+    /// Accepts every connection that is waiting.
+    fn accept_ready(&self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.serve(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors (or memory): the connection stays queued; rest a
+                    // moment rather than spin, unless the server stops meanwhile.
+                    tracing::warn!(error = %e, "cannot accept a session client");
+                    let _ = sys::unix::wait_readable([self.woken.as_fd()], Some(EXHAUSTED_PAUSE));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&self, stream: UnixStream) {
+        let id = self.shared.next_client.fetch_add(1, Ordering::Relaxed);
+        // Accepted sockets inherit O_NONBLOCK on macOS (not on Linux); the client threads
+        // block.
+        if let Err(e) = stream.set_nonblocking(false) {
+            tracing::warn!(client = id, error = %e, "cannot set up a session client's socket");
+            return;
+        }
+        let stream = Arc::new(stream);
+        self.shared.register(&stream);
+        let client = Client {
+            id,
+            stream,
+            hub: self.hub.clone(),
+            input: Arc::clone(&self.input),
+            shared: Arc::clone(&self.shared),
+        };
+        let hello_timeout = self.hello_timeout;
         let handle = std::thread::Builder::new()
             .name("engate-client".into())
-            .spawn(move || serve_client(stream, hub, input, stop));
-        if let Ok(handle) = handle {
-            let mut list = clients.lock().unwrap_or_else(|e| e.into_inner());
-            list.retain(|h| !h.is_finished());
-            list.push(handle);
+            .spawn(move || client.serve(hello_timeout));
+        match handle {
+            Ok(handle) => {
+                let mut list = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+                list.retain(|h| !h.is_finished());
+                list.push(handle);
+            }
+            Err(e) => {
+                tracing::warn!(client = id, error = %e, "cannot start a session client's thread")
+            }
         }
     }
 }
 
-/// Reads until one client message is complete; returns it and any bytes after it.
-fn read_hello(stream: &mut UnixStream) -> Option<(ClientMsg, Vec<u8>)> {
-    stream.set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 256];
-    loop {
-        if let Some((msg, used)) = wire::decode_client(&buf).ok()? {
-            stream.set_read_timeout(None).ok()?;
-            return Some((msg, buf.split_off(used)));
+/// One connection and what serving it needs.
+struct Client {
+    /// Names the connection in the log.
+    id: u64,
+    stream: Arc<UnixStream>,
+    hub: Hub,
+    input: Arc<File>,
+    shared: Arc<Shared>,
+}
+
+/// How a client's input ended, as the input thread tells its writer.
+#[derive(Debug, Default)]
+struct InputEnd {
+    /// The client left, or must be disconnected.
+    gone: AtomicBool,
+    /// Why the client is disconnected, to send it before closing.
+    refusal: Mutex<Option<String>>,
+}
+
+/// Why the hello did not come.
+enum NoHello {
+    /// The client left (or the connection failed) before sending one.
+    Left,
+    /// The client sent something else, or nothing in time; the text says what.
+    Refuse(String),
+}
+
+/// The client's hello: its policy, where to resume, and the bytes that followed it.
+type Hello = (
+    crate::config::Policy,
+    Option<crate::snapshot::Position>,
+    Vec<u8>,
+);
+
+/// The largest read while waiting for a hello: a hello is 19 bytes, so what follows it and is
+/// read with it stays small.
+const HELLO_READ: usize = 256;
+
+impl Client {
+    /// Sends `why` as a refusal, logs it and closes the connection.
+    fn refuse(&self, why: &str) {
+        tracing::warn!(client = self.id, reason = why, "refused a session client");
+        let mut frame = Vec::with_capacity(why.len() + 3);
+        wire::encode_server(&ServerMsg::Refused(why.to_owned()), &mut frame);
+        // Bounded: a client that does not read its refusal does not hold this thread.
+        let _ = self.stream.set_write_timeout(Some(REFUSAL_TIMEOUT));
+        let _ = (&*self.stream).write_all(&frame);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Reads until the hello is complete, within `timeout`.
+    fn read_hello(&self, timeout: Duration) -> Result<Hello, NoHello> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = Vec::with_capacity(HELLO_READ);
+        let mut chunk = [0u8; HELLO_READ];
+        loop {
+            let tag = buf.first().copied();
+            match wire::decode_client(&buf) {
+                Ok(Some((ClientMsg::Hello { policy, resume }, used))) => {
+                    self.stream
+                        .set_read_timeout(None)
+                        .map_err(|_| NoHello::Left)?;
+                    return Ok((policy, resume, buf.split_off(used)));
+                }
+                Err(e) => return Err(NoHello::Refuse(format!("invalid hello: {e}"))),
+                // Another frame, complete or not: refused without waiting for its payload.
+                _ if tag.is_some_and(|t| t != b'H') => {
+                    let tag = char::from(tag.unwrap_or_default());
+                    return Err(NoHello::Refuse(format!(
+                        "expected a hello first, got a frame with tag {tag:?}"
+                    )));
+                }
+                Ok(_) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let no_hello = || NoHello::Refuse(format!("no hello within {timeout:?}"));
+            if left.is_zero() {
+                return Err(no_hello());
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|_| NoHello::Left)?;
+            match (&*self.stream).read(&mut chunk) {
+                Ok(0) => return Err(NoHello::Left),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(no_hello());
+                }
+                Err(_) => return Err(NoHello::Left),
+            }
         }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
+    }
+
+    fn serve(self, hello_timeout: Duration) {
+        let (policy, resume, rest) = match self.read_hello(hello_timeout) {
+            Ok(hello) => hello,
+            Err(NoHello::Refuse(why)) => return self.refuse(&why),
+            Err(NoHello::Left) => {
+                tracing::debug!(client = self.id, "a session client left before its hello");
+                return;
+            }
+        };
+        tracing::debug!(
+            client = self.id,
+            ?policy,
+            ?resume,
+            "a session client attaches"
+        );
+        let mut out = BufWriter::with_capacity(64 << 10, &*self.stream);
+        let mut frame = Vec::with_capacity(64);
+        let attach = self.hub.attach_with(AttachOptions::new().policy(policy));
+        let subscribed = match resume {
+            Some(p) => attach.resume(p),
+            None => attach.subscribe(),
+        };
+        let subscribed = match subscribed {
+            Ok(s) => s,
+            Err(e) => {
+                drop(out);
+                return self.refuse(&format!("attach refused: {e}"));
+            }
+        };
+        let Ok(synced) = subscribed
+            .try_replay(|s| write_snapshot(&mut out, &mut frame, s).and_then(|()| out.flush()))
+        else {
+            return;
+        };
+        let mut live = synced.live();
+
+        let end = Arc::new(InputEnd::default());
+        let (writer_done, writer_gone) = mpsc::channel::<()>();
+        let reader = {
+            let input = InputForwarder {
+                id: self.id,
+                stream: Arc::clone(&self.stream),
+                input: Arc::clone(&self.input),
+                hub: self.hub.clone(),
+                end: Arc::clone(&end),
+                shared: Arc::clone(&self.shared),
+            };
+            std::thread::Builder::new()
+                .name("engate-client-input".into())
+                .spawn(move || input.run(rest, &writer_gone))
+        };
+        if reader.is_err() {
+            tracing::warn!(
+                client = self.id,
+                "cannot start a session client's input thread"
+            );
+            return;
         }
-        buf.extend_from_slice(&chunk[..n]);
+
+        let mut pending = false;
+        let result: io::Result<()> = loop {
+            if end.gone.load(Ordering::SeqCst) {
+                let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(why) = refusal {
+                    frame.clear();
+                    wire::encode_server(&ServerMsg::Refused(why), &mut frame);
+                    break out.write_all(&frame).and_then(|()| out.flush());
+                }
+                break Ok(());
+            }
+            if self.shared.stopping() {
+                break Ok(());
+            }
+            let event = if pending {
+                live.try_next()
+            } else {
+                live.next_timeout(POLL_INTERVAL)
+            };
+            frame.clear();
+            let written = match event {
+                Event::Empty => {
+                    if pending {
+                        pending = false;
+                        out.flush()
+                    } else {
+                        Ok(())
+                    }
+                }
+                Event::Item(item) => {
+                    pending = true;
+                    wire::encode_item_header(&item, &mut frame);
+                    out.write_all(&frame)
+                        .and_then(|()| out.write_all(&item.bytes))
+                }
+                Event::Gap { from, to } => {
+                    pending = true;
+                    let epoch = live.position().epoch;
+                    wire::encode_server(&ServerMsg::Gap { epoch, from, to }, &mut frame);
+                    out.write_all(&frame)
+                }
+                Event::Resync(history) => {
+                    pending = true;
+                    history.replay(|s| write_snapshot(&mut out, &mut frame, s))
+                }
+                Event::Closed(reason) => {
+                    if let (CloseReason::Finished, Some(exit)) = (reason, self.shared.exit()) {
+                        wire::encode_server(&ServerMsg::Exited(exit), &mut frame);
+                    }
+                    wire::encode_server(&ServerMsg::Closed(reason), &mut frame);
+                    break out.write_all(&frame).and_then(|()| out.flush());
+                }
+            };
+            if let Err(e) = written {
+                break Err(e);
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
+        }
+        drop(out);
+        drop(live);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        drop(writer_done);
+        if let Ok(reader) = reader {
+            let _ = reader.join();
+        }
+        tracing::debug!(client = self.id, "a session client left");
     }
 }
 
@@ -387,136 +785,123 @@ fn write_snapshot(out: &mut impl Write, frame: &mut Vec<u8>, s: &Snapshot) -> io
     out.write_all(frame)
 }
 
-fn serve_client(mut stream: UnixStream, hub: Hub, input: Arc<File>, stop: Arc<AtomicBool>) {
-    let Some((ClientMsg::Hello { policy, resume }, rest)) = read_hello(&mut stream) else {
-        return;
-    };
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
-    let mut out = BufWriter::with_capacity(64 << 10, write_half);
-    let mut frame = Vec::with_capacity(64);
-    let attach = hub.attach_with(AttachOptions::new().policy(policy));
-    let subscribed = match resume {
-        Some(p) => attach.resume(p),
-        None => attach.subscribe(),
-    };
-    let subscribed = match subscribed {
-        Ok(s) => s,
-        Err(e) => {
-            wire::encode_server(&ServerMsg::Refused(e.to_string()), &mut frame);
-            let _ = out.write_all(&frame).and_then(|()| out.flush());
-            return;
-        }
-    };
-    let Ok(synced) = subscribed
-        .try_replay(|s| write_snapshot(&mut out, &mut frame, s).and_then(|()| out.flush()))
-    else {
-        return;
-    };
-    let mut live = synced.live();
+/// A client's input thread: forwards its input frames to the program, and its terminal size
+/// to the program's terminal and the snapshot provider, until the client leaves or sends a
+/// bad frame.
+struct InputForwarder {
+    id: u64,
+    stream: Arc<UnixStream>,
+    input: Arc<File>,
+    hub: Hub,
+    end: Arc<InputEnd>,
+    shared: Arc<Shared>,
+}
 
-    let gone = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (gone, input, hub) = (Arc::clone(&gone), Arc::clone(&input), hub.clone());
-        let Ok(read_half) = stream.try_clone() else {
-            return;
-        };
-        std::thread::Builder::new()
-            .name("engate-client-input".into())
-            .spawn(move || forward_input(read_half, rest, &input, &hub, &gone))
-    };
+/// The most a connection's input buffer holds: one whole input frame and one read.
+const INPUT_BUFFER: usize = 5 + wire::MAX_INPUT + INPUT_READ;
+/// The largest read of a client's input.
+const INPUT_READ: usize = 16 << 10;
 
-    let mut pending = false;
-    let result: io::Result<()> = loop {
-        if stop.load(Ordering::SeqCst) || gone.load(Ordering::SeqCst) {
-            break Ok(());
+impl InputForwarder {
+    /// `buf` holds what arrived with the hello; `writer_gone` is closed once the writer is
+    /// done with the connection.
+    fn run(self, buf: Vec<u8>, writer_gone: &mpsc::Receiver<()>) {
+        let refusal = self.forward(buf, writer_gone);
+        if let Some(why) = &refusal {
+            tracing::warn!(
+                client = self.id,
+                reason = why.as_str(),
+                "refused a session client"
+            );
         }
-        let event = if pending {
-            live.try_next()
-        } else {
-            live.next_timeout(POLL_INTERVAL)
-        };
-        frame.clear();
-        let written = match event {
-            Event::Empty => {
-                if pending {
-                    pending = false;
-                    out.flush()
-                } else {
-                    Ok(())
+        let refused = refusal.is_some();
+        *self.end.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
+        self.end.gone.store(true, Ordering::SeqCst);
+        if refused {
+            // The writer sends the refusal after what it has pending; if the client does not
+            // read, the connection is shut down from here after a moment, which ends the
+            // writer's blocked write.
+            let _ = writer_gone.recv_timeout(REFUSAL_TIMEOUT);
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards until the client leaves (`None`) or must be refused (the reason).
+    fn forward(&self, mut buf: Vec<u8>, writer_gone: &mpsc::Receiver<()>) -> Option<String> {
+        buf.reserve_exact(INPUT_BUFFER.saturating_sub(buf.len()));
+        let input = &*self.input;
+        let mut chunk = vec![0u8; INPUT_READ];
+        loop {
+            loop {
+                match wire::decode_client(&buf) {
+                    Ok(Some((ClientMsg::Input(bytes), used))) => {
+                        buf.drain(..used);
+                        if !self.write_input(&bytes, writer_gone) {
+                            return None;
+                        }
+                    }
+                    Ok(Some((ClientMsg::Resize(size), used))) => {
+                        buf.drain(..used);
+                        // The provider first: the program redraws only once it learns the
+                        // size.
+                        self.hub.resize_provider(size.rows, size.cols);
+                        // It fails only once the program has closed its terminal, when the
+                        // size no longer matters.
+                        let _ = resize_terminal(input.as_fd(), size);
+                    }
+                    Ok(Some((ClientMsg::Detach, _))) => {
+                        tracing::debug!(client = self.id, "a session client detaches");
+                        return None;
+                    }
+                    Ok(Some((ClientMsg::Hello { .. }, _))) => {
+                        return Some("a second hello on one connection".into());
+                    }
+                    Err(e) => return Some(invalid_frame(&e)),
+                    Ok(None) => break,
                 }
             }
-            Event::Item(item) => {
-                pending = true;
-                wire::encode_item_header(&item, &mut frame);
-                out.write_all(&frame)
-                    .and_then(|()| out.write_all(&item.bytes))
+            // `buf` holds less than one frame, and a frame's length was checked on its
+            // header: it stays within INPUT_BUFFER.
+            debug_assert!(buf.len() < 5 + wire::MAX_INPUT);
+            match (&*self.stream).read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
             }
-            Event::Gap { from, to } => {
-                pending = true;
-                let epoch = live.position().epoch;
-                wire::encode_server(&ServerMsg::Gap { epoch, from, to }, &mut frame);
-                out.write_all(&frame)
-            }
-            Event::Resync(history) => {
-                pending = true;
-                history.replay(|s| write_snapshot(&mut out, &mut frame, s))
-            }
-            Event::Closed(reason) => {
-                wire::encode_server(&ServerMsg::Closed(reason), &mut frame);
-                break out.write_all(&frame).and_then(|()| out.flush());
-            }
-        };
-        if let Err(e) = written {
-            break Err(e);
         }
-    };
-    drop(result);
-    drop(live);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let Ok(reader) = reader {
-        let _ = reader.join();
     }
 }
 
-/// Forwards the client's input frames to the program, and its terminal size to the program's
-/// terminal and the snapshot provider, until the client leaves.
-fn forward_input(
-    mut stream: UnixStream,
-    mut buf: Vec<u8>,
-    mut input: &File,
-    hub: &Hub,
-    gone: &AtomicBool,
-) {
-    let mut chunk = [0u8; 4096];
-    'outer: loop {
-        loop {
-            match wire::decode_client(&buf) {
-                Ok(Some((ClientMsg::Input(bytes), used))) => {
-                    buf.drain(..used);
-                    if input.write_all(&bytes).is_err() {
-                        break 'outer;
+impl InputForwarder {
+    /// Writes `bytes` to the program's terminal, waiting while it is full; false if the
+    /// bytes cannot go (the program closed its terminal, the server stops, or the client's
+    /// writer is gone; the client learns the first from the stream's end).
+    fn write_input(&self, mut bytes: &[u8], writer_gone: &mpsc::Receiver<()>) -> bool {
+        let mut input = &*self.input;
+        while !bytes.is_empty() {
+            match input.write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let give_up = self.shared.stopping()
+                        || self.shared.exit().is_some()
+                        || matches!(
+                            writer_gone.try_recv(),
+                            Err(mpsc::TryRecvError::Disconnected)
+                        );
+                    if give_up {
+                        return false;
                     }
+                    let _ = sys::unix::wait_writable(input.as_fd(), INPUT_POLL);
                 }
-                Ok(Some((ClientMsg::Resize(size), used))) => {
-                    buf.drain(..used);
-                    // The provider first: the program redraws only once it learns the size.
-                    hub.resize_provider(size.rows, size.cols);
-                    // It fails only once the program has closed its terminal, when the size no
-                    // longer matters.
-                    let _ = resize_terminal(input.as_fd(), size);
-                }
-                Ok(Some((ClientMsg::Detach | ClientMsg::Hello { .. }, _))) | Err(_) => {
-                    break 'outer;
-                }
-                Ok(None) => break,
+                Err(_) => return false,
             }
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        true
     }
-    gone.store(true, Ordering::SeqCst);
+}
+
+fn invalid_frame(e: &WireError) -> String {
+    format!("invalid frame: {e}")
 }

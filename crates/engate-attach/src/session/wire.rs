@@ -2,24 +2,36 @@
 //!
 //! A client opens with [`ClientMsg::Hello`] (its policy and, to resume, its last position),
 //! then may send [`ClientMsg::Input`] (keystrokes for the program), [`ClientMsg::Resize`]
-//! (its terminal changed size) and [`ClientMsg::Detach`]. The server answers with one [`ServerMsg::Snapshot`] and then live
-//! [`ServerMsg::Item`]s, [`ServerMsg::Gap`]s, further snapshots (resyncs) and finally
-//! [`ServerMsg::Closed`]; or with [`ServerMsg::Refused`] if the attach was refused.
+//! (its terminal changed size) and [`ClientMsg::Detach`]. The server answers with one
+//! [`ServerMsg::Snapshot`] and then live [`ServerMsg::Item`]s, [`ServerMsg::Gap`]s, further
+//! snapshots (resyncs), [`ServerMsg::Exited`] once the program has ended and finally
+//! [`ServerMsg::Closed`]; or with [`ServerMsg::Refused`] if it will not serve the client: the
+//! attach was refused, or the client sent a bad hello or a bad frame (the text says which; the
+//! server then closes the connection).
 //!
 //! | frame | layout |
 //! |---|---|
 //! | Hello | `'H'` policy:u8 has_resume:u8 epoch:u64 next:u64 |
-//! | Input | `'i'` len:u32 bytes |
+//! | Input | `'i'` len:u32 bytes (len at most [`MAX_INPUT`]) |
 //! | Resize | `'W'` rows:u16 cols:u16 (each 1..=[`MAX_TERMINAL_SIDE`]) |
 //! | Detach | `'D'` |
 //! | Snapshot | `'S'` kind:u8 epoch:u64 at:u64 len:u32 bytes |
 //! | Item | `'I'` epoch:u64 offset:u64 len:u32 bytes |
 //! | Gap | `'G'` epoch:u64 from:u64 to:u64 |
+//! | Exited | `'X'` how:u8 (0 exit code, 1 signal) value:i32 |
 //! | Closed | `'C'` reason:u8 at:u64 tail:u64 |
 //! | Refused | `'E'` len:u16 utf-8 |
 //!
-//! Decoding never panics, whatever the bytes: every length is bounded by [`MAX_PAYLOAD`] and
-//! every offset relation (`from <= to`, a suffix no longer than its end offset) is checked.
+//! `Exited` is the newest frame: it comes once, right before `Closed` with reason "finished",
+//! to every client that is still attached when the program ends or attaches after it ended.
+//! The other frames are unchanged, so a newer client reads an older server (it just never
+//! learns the exit status); a client that predates `Exited` meets an unknown tag at the end of
+//! the stream, after all of the program's output.
+//!
+//! Decoding never panics, whatever the bytes: every length is bounded ([`MAX_INPUT`] for a
+//! client's input, [`MAX_PAYLOAD`] for the server's frames) and checked as soon as its header
+//! is in, before any payload is awaited, and every offset relation (`from <= to`, a suffix no
+//! longer than its end offset) is checked.
 
 use bytes::Bytes;
 
@@ -28,8 +40,13 @@ use crate::config::Policy;
 use crate::pty::PtySize;
 use crate::snapshot::{Position, Snapshot, SnapshotKind};
 
-/// The largest payload a frame may carry (64 MiB).
+/// The largest payload a server frame may carry (64 MiB).
 pub const MAX_PAYLOAD: usize = 64 << 20;
+
+/// The largest payload of a client's [`ClientMsg::Input`] frame (64 KiB): keystrokes and
+/// pastes, so a server buffers at most one small frame per connection. Larger input is sent
+/// as several frames ([`SessionClient::send_input`](super::SessionClient::send_input) does).
+pub const MAX_INPUT: usize = 64 << 10;
 
 /// The most rows, and the most columns, a [`ClientMsg::Resize`] may ask for. A screen
 /// provider keeps a cell per position, so the size a client may ask for is bounded (a
@@ -55,6 +72,51 @@ pub enum ClientMsg {
     Detach,
 }
 
+/// How the session's program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProgramExit {
+    /// It exited with this status code.
+    Code(i32),
+    /// This signal ended it.
+    Signal(i32),
+}
+
+impl ProgramExit {
+    /// Whether it exited with status 0.
+    pub fn success(self) -> bool {
+        self == Self::Code(0)
+    }
+
+    /// The status a shell reports for it: the exit code, or 128 plus the signal's number.
+    pub fn shell_status(self) -> i32 {
+        match self {
+            Self::Code(code) => code,
+            Self::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for ProgramExit {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            // Only a stopped or continued status has neither, and `wait` returns neither.
+            (None, None) => Self::Code(status.into_raw()),
+        }
+    }
+}
+
+impl std::fmt::Display for ProgramExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit status {code}"),
+            Self::Signal(signal) => write!(f, "killed by signal {signal}"),
+        }
+    }
+}
+
 /// A message from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMsg {
@@ -71,9 +133,12 @@ pub enum ServerMsg {
         /// First offset that follows.
         to: u64,
     },
+    /// The program ended so (sent once, before [`ServerMsg::Closed`]).
+    Exited(ProgramExit),
     /// The stream ended for this client.
     Closed(CloseReason),
-    /// The attach was refused; the text says why.
+    /// The server will not serve this client (the attach was refused, or the client sent a bad
+    /// hello or frame); the text says why, and the server closes the connection.
     Refused(String),
 }
 
@@ -87,7 +152,7 @@ pub enum WireError {
         /// The tag byte.
         tag: u8,
     },
-    /// A length field exceeds [`MAX_PAYLOAD`].
+    /// A length field exceeds its limit ([`MAX_INPUT`] or [`MAX_PAYLOAD`]).
     #[error("frame payload of {len} bytes exceeds the limit of {max}")]
     TooLarge {
         /// The announced length.
@@ -145,17 +210,14 @@ impl<'a> Cursor<'a> {
             .map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
     }
 
-    /// A `u32` length, checked against the limit before any payload is awaited.
-    fn len(&mut self) -> Result<Option<usize>, WireError> {
+    /// A `u32` length, checked against `max` before any payload is awaited.
+    fn len(&mut self, max: usize) -> Result<Option<usize>, WireError> {
         let Some(len) = self.u32() else {
             return Ok(None);
         };
         let len = len as usize;
-        if len > MAX_PAYLOAD {
-            return Err(WireError::TooLarge {
-                len,
-                max: MAX_PAYLOAD,
-            });
+        if len > max {
+            return Err(WireError::TooLarge { len, max });
         }
         Ok(Some(len))
     }
@@ -215,6 +277,7 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
             out.extend_from_slice(&p.next.to_le_bytes());
         }
         ClientMsg::Input(bytes) => {
+            // A longer input is not a valid frame: the server refuses it.
             out.push(b'i');
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(bytes);
@@ -251,7 +314,7 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError
             ClientMsg::Hello { policy, resume }
         }
         b'i' => {
-            let len = need!(c.len()?);
+            let len = need!(c.len(MAX_INPUT)?);
             ClientMsg::Input(Bytes::copy_from_slice(need!(c.take(len))))
         }
         b'W' => {
@@ -303,6 +366,15 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) {
             out.extend_from_slice(&from.to_le_bytes());
             out.extend_from_slice(&to.to_le_bytes());
         }
+        ServerMsg::Exited(exit) => {
+            out.push(b'X');
+            let (how, value) = match exit {
+                ProgramExit::Code(code) => (0u8, *code),
+                ProgramExit::Signal(signal) => (1, *signal),
+            };
+            out.push(how);
+            out.extend_from_slice(&value.to_le_bytes());
+        }
         ServerMsg::Closed(reason) => {
             out.push(b'C');
             let (code, at, tail) = match reason {
@@ -345,7 +417,7 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError
             };
             let epoch = need!(c.u64());
             let at = need!(c.u64());
-            let len = need!(c.len()?);
+            let len = need!(c.len(MAX_PAYLOAD)?);
             let suffix_too_long = kind != SnapshotKind::State && len as u64 > at;
             if suffix_too_long || (kind == SnapshotKind::Resume && len != 0) {
                 return Err(WireError::BadField {
@@ -359,7 +431,7 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError
         b'I' => {
             let epoch = need!(c.u64());
             let offset = need!(c.u64());
-            let len = need!(c.len()?);
+            let len = need!(c.len(MAX_PAYLOAD)?);
             if offset.checked_add(len as u64).is_none() {
                 return Err(WireError::BadField {
                     field: "offset",
@@ -384,6 +456,20 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError
                 });
             }
             ServerMsg::Gap { epoch, from, to }
+        }
+        b'X' => {
+            let how = need!(c.u8());
+            let value = need!(c.u32()) as i32;
+            ServerMsg::Exited(match how {
+                0 => ProgramExit::Code(value),
+                1 => ProgramExit::Signal(value),
+                v => {
+                    return Err(WireError::BadField {
+                        field: "exit kind",
+                        value: v.into(),
+                    });
+                }
+            })
         }
         b'C' => {
             let code = need!(c.u8());
@@ -453,6 +539,9 @@ mod tests {
         server_roundtrip(ServerMsg::Closed(CloseReason::Overrun { at: 4, tail: 8 }));
         server_roundtrip(ServerMsg::Closed(CloseReason::Finished));
         server_roundtrip(ServerMsg::Refused("too many subscribers".into()));
+        server_roundtrip(ServerMsg::Exited(ProgramExit::Code(7)));
+        server_roundtrip(ServerMsg::Exited(ProgramExit::Code(-1)));
+        server_roundtrip(ServerMsg::Exited(ProgramExit::Signal(9)));
     }
 
     #[test]
@@ -523,5 +612,25 @@ mod tests {
             decode_client(&big),
             Err(WireError::TooLarge { .. })
         ));
+        // Input is bounded by MAX_INPUT, refused from the header alone.
+        let mut over = vec![b'i'];
+        over.extend_from_slice(&(MAX_INPUT as u32 + 1).to_le_bytes());
+        assert_eq!(
+            decode_client(&over),
+            Err(WireError::TooLarge {
+                len: MAX_INPUT + 1,
+                max: MAX_INPUT
+            })
+        );
+        let mut at_limit = vec![b'i'];
+        at_limit.extend_from_slice(&(MAX_INPUT as u32).to_le_bytes());
+        assert_eq!(decode_client(&at_limit), Ok(None));
+        assert_eq!(
+            decode_server(&[b'X', 2, 0, 0, 0, 0]),
+            Err(WireError::BadField {
+                field: "exit kind",
+                value: 2
+            })
+        );
     }
 }

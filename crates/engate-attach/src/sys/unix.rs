@@ -1,10 +1,12 @@
 //! POSIX calls shared by Linux and macOS: the terminal window size, making a child the leader
-//! of a new session with the pseudo-terminal as its controlling terminal, and signals.
+//! of a new session with the pseudo-terminal as its controlling terminal, signals, and waiting
+//! for descriptors to become readable.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 /// Sets the window size of the terminal behind `fd` (either side of a pty pair).
 pub(crate) fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
@@ -55,6 +57,59 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
         libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill takes plain integers and touches no memory.
     if unsafe { libc::kill(pid, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until at least one of `fds` is readable (or hung up, or in error), or `timeout`
+/// passes (`None`: no limit). Returns, for each descriptor, whether it is ready; all false
+/// on a timeout.
+pub(crate) fn wait_readable<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<Duration>,
+) -> io::Result<[bool; N]> {
+    wait(fds, libc::POLLIN, timeout)
+}
+
+/// Waits until `fd` is writable (or hung up, or in error), or `timeout` passes; false on a
+/// timeout.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    wait([fd], libc::POLLOUT, Some(timeout)).map(|[ready]| ready)
+}
+
+fn wait<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> io::Result<[bool; N]> {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    });
+    let timeout = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+    });
+    // SAFETY: `polled` is an initialized array of `N` pollfd structures that outlives the
+    // call, and `N` is its length; every descriptor in it is borrowed for the call.
+    let rc = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, timeout) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(polled.map(|p| p.revents != 0))
+}
+
+/// Puts the open file description behind `fd` (shared by its duplicates) in non-blocking
+/// mode.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `fd` is a valid open descriptor for the call; F_GETFL takes no argument.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; F_SETFL takes the flags as an integer.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

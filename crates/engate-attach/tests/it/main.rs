@@ -5,4 +5,5 @@ mod hub;
 mod model;
 mod pty;
 mod session;
+mod session_edges;
 mod support;

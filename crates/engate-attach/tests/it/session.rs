@@ -188,6 +188,7 @@ fn apply_screen(parser: &mut vt100::Parser, msg: &ServerMsg) -> bool {
             parser.process(&item.bytes);
             true
         }
+        ServerMsg::Exited(_) => true,
         ServerMsg::Closed(_) => false,
         other => panic!("unexpected message {other:?}"),
     }
