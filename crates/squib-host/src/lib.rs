@@ -16,8 +16,9 @@
 //! - [`spawn_server`] starts the platform server. On **Linux** it is a userfaultfd server that
 //!   installs pages with `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` and handles `REMOVE` events; the
 //!   [`firecracker`] module serves a Firecracker VMM's uffd after its snapshot-restore
-//!   handshake. On **macOS** it is a Mach exception-port server whose policy ([`mach`]) is
-//!   portable and tested everywhere; its thin FFI layer has not yet been compiled on macOS.
+//!   handshake (every Firecracker generation; a refused handshake kills the VMM). On **macOS** it is a Mach exception-port server whose policy ([`mach`]) is
+//!   portable and tested everywhere; its thin FFI layer is compiled and linted for macOS in CI
+//!   but has not yet run on a Mac.
 //!
 //! ```no_run
 //! # #[cfg(target_os = "linux")]
