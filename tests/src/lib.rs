@@ -374,53 +374,7 @@ pub mod firecracker {
             body: &str,
             timeout: Duration,
         ) -> Result<(u16, String), String> {
-            let err = |e: std::io::Error| format!("{method} {path}: {e}");
-            let mut conn = UnixStream::connect(&self.api).map_err(err)?;
-            conn.set_read_timeout(Some(timeout)).map_err(err)?;
-            conn.set_write_timeout(Some(timeout)).map_err(err)?;
-            write!(
-                conn,
-                "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .map_err(err)?;
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = conn.read(&mut buf).map_err(err)?;
-                if n == 0 {
-                    return Err(format!("{method} {path}: connection closed mid-answer"));
-                }
-                raw.extend_from_slice(&buf[..n]);
-                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&raw[..end]).to_string();
-                let status: u16 = head
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|c| c.parse().ok())
-                    .ok_or(format!("{method} {path}: bad status line in {head:?}"))?;
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse().ok())?
-                    })
-                    .unwrap_or(0);
-                while raw.len() < end + 4 + len {
-                    let n = conn.read(&mut buf).map_err(err)?;
-                    if n == 0 {
-                        break;
-                    }
-                    raw.extend_from_slice(&buf[..n]);
-                }
-                let body_end = raw.len().min(end + 4 + len);
-                let body = String::from_utf8_lossy(&raw[end + 4..body_end]).to_string();
-                return Ok((status, body));
-            }
+            http(&self.api, method, path, body, timeout)
         }
 
         /// Sends a request that must succeed (2xx) within 30 s.
@@ -587,6 +541,68 @@ pub mod firecracker {
         fn drop(&mut self) {
             self.kill();
             let _ = std::fs::remove_file(&self.api);
+        }
+    }
+
+    /// One HTTP/1.1 request over the Unix socket at `socket` (Firecracker's API, or any
+    /// server in its style); returns the status code and body.
+    ///
+    /// # Errors
+    ///
+    /// Connection or protocol failures, or no complete answer within `timeout`.
+    pub fn http(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let err = |e: std::io::Error| format!("{method} {path}: {e}");
+        let mut conn = UnixStream::connect(socket).map_err(err)?;
+        conn.set_read_timeout(Some(timeout)).map_err(err)?;
+        conn.set_write_timeout(Some(timeout)).map_err(err)?;
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .map_err(err)?;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                return Err(format!("{method} {path}: connection closed mid-answer"));
+            }
+            raw.extend_from_slice(&buf[..n]);
+            let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_string();
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or(format!("{method} {path}: bad status line in {head:?}"))?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while raw.len() < end + 4 + len {
+                let n = conn.read(&mut buf).map_err(err)?;
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let body_end = raw.len().min(end + 4 + len);
+            let body = String::from_utf8_lossy(&raw[end + 4..body_end]).to_string();
+            return Ok((status, body));
         }
     }
 

@@ -101,11 +101,17 @@ fn format(_: &mut Tally) -> Result<(), String> {
         .map_err(|e| format!("{e}; run `cargo fmt --all` and commit"))
 }
 
+/// The features that build the workspace's programs (they are off for library users, so a
+/// plain `--workspace` build would leave the binaries and their tests out).
+const PROGRAM_FEATURES: &str = "squib-host/service";
+
 fn clippy(_: &mut Tally) -> Result<(), String> {
     cmd::run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        PROGRAM_FEATURES,
         "--locked",
         "--",
         "-D",
@@ -181,6 +187,8 @@ fn tests(tally: &mut Tally) -> Result<(), String> {
             "--workspace",
             "--exclude",
             "workspace-tests",
+            "--features",
+            PROGRAM_FEATURES,
             "--locked",
             "--no-fail-fast",
         ]),

@@ -44,6 +44,7 @@ pub mod clock;
 pub mod creds;
 pub mod fdpass;
 pub mod mem;
+pub mod notify;
 pub mod sync;
 pub mod threads;
 pub mod uds;

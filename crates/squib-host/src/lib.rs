@@ -47,6 +47,7 @@
 
 #![deny(unsafe_code)]
 
+mod cache;
 mod inflight;
 pub mod mach;
 mod page_server;
@@ -61,6 +62,7 @@ mod sys;
 #[cfg(target_os = "linux")]
 mod linux;
 
+pub use cache::{CacheConfig, CacheError, CacheStats, CachedSource};
 pub use page_server::{PageServerAddr, PageServerConfig, PageServerSource, serve_pages};
 pub use pager::{FaultFailure, Pager, PagerConfig, PagerError, ServeError, spawn_server};
 pub use prewarm::{PrewarmError, PrewarmList};

@@ -71,6 +71,10 @@ mod linux {
             handler_kills_peer,
         ),
         (
+            "a_vmm_reading_below_a_truncated_end_is_served_not_killed",
+            truncated_end,
+        ),
+        (
             "every_firecracker_handshake_generation_is_served",
             handshake_generations,
         ),
@@ -306,6 +310,22 @@ mod linux {
         let conn = UnixStream::connect(&socket).expect("connect");
         send_with_fds(&conn, json.as_bytes(), &[uffd.as_fd()]).expect("send handshake");
         println!("sent");
+        // SQUIB_TOUCH_BELOW=N: one thread reads pages 0..N of the first region in order, and
+        // nothing else (a guest that never goes near the end of its memory).
+        if let Some(n) = std::env::var("SQUIB_TOUCH_BELOW")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let ok = (0..n).all(|p| {
+                maps[0].as_slice()[p * page..(p + 1) * page] == snap[p * page..(p + 1) * page]
+            });
+            drop(conn);
+            return if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            };
+        }
         let maps = Arc::new(maps);
         let snap = Arc::new(snap);
         let threads: Vec<_> = (0..2u64)
@@ -522,6 +542,85 @@ mod linux {
         if s.failed_closed != 1 || s.source_errors < 2 || pager.failures().is_empty() {
             return Err(format!("unexpected stats {s:?}"));
         }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// The handler's source: the snapshot's length, but reads past `end` come up short (a
+    /// memory file truncated after the handshake).
+    #[derive(Debug)]
+    struct EndsEarly {
+        data: Bytes,
+        end: u64,
+    }
+    impl PageSource for EndsEarly {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            let last = req.offset + req.len as u64;
+            if last > self.end {
+                return Err(PageSourceError::Short {
+                    offset: req.offset,
+                    wanted: req.len,
+                    got: self.end.saturating_sub(req.offset) as usize,
+                });
+            }
+            Ok(self.data.slice(req.offset as usize..last as usize))
+        }
+        fn len_hint(&self) -> Option<u64> {
+            Some(self.data.len() as u64)
+        }
+        fn is_local(&self) -> bool {
+            true
+        }
+    }
+
+    /// A VMM reading only pages below where its memory file ends, in order: the readahead
+    /// windows grow past the end, but the VMM is served every page it reads.
+    fn truncated_end() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        let dir = temp_dir("fc-trunc");
+        let snap_path = dir.join("mem.snap");
+        let pages = 1024;
+        let data = snapshot(pages);
+        std::fs::write(&snap_path, &data).map_err(|e| e.to_string())?;
+        let end = 1000;
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind_with_source(
+            HandlerConfig {
+                pager: PagerConfig {
+                    background: false,
+                    ..PagerConfig::default()
+                },
+                ..HandlerConfig::new(&sock, &snap_path)
+            },
+            Arc::new(EndsEarly {
+                data: data.into(),
+                end: (end * ps()) as u64,
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut vmm = child(
+            "vmm",
+            &[
+                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+                ("SQUIB_REGIONS", "1"),
+                ("SQUIB_TOUCH_BELOW", &end.to_string()),
+            ],
+        )?;
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        let status = wait_for(&mut vmm, Duration::from_secs(30))?;
+        if !status.success() {
+            return Err(format!(
+                "the VMM ended with {status:?}; it read only good pages"
+            ));
+        }
+        let s = session.pager().stats();
+        if s.failed_closed != 0 || s.readahead_retries == 0 {
+            return Err(format!("unexpected stats {s:?}"));
+        }
+        session.shutdown().map_err(|e| e.to_string())?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -2,9 +2,7 @@
 //! and its own sd_notify client (so systemd can supervise the supervisor).
 
 use std::io;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::time::{Duration, Instant};
+use std::os::unix::net::UnixDatagram;
 
 pub use crate::hook::{HookRunner, Hooks};
 
@@ -35,59 +33,4 @@ pub fn take_activated_socket() -> io::Result<Option<UnixDatagram>> {
     crate::sys::take_listen_socket()
 }
 
-/// A client of the supervisor's `NOTIFY_SOCKET`: `READY=1`, `STATUS=`, `STOPPING=1`, and
-/// `WATCHDOG=1` at half the supervisor's `WATCHDOG_USEC`.
-#[derive(Debug)]
-pub struct SelfNotify {
-    socket: UnixDatagram,
-    addr: SocketAddr,
-    watchdog: Option<Duration>,
-    last_ping: Instant,
-}
-
-impl SelfNotify {
-    /// From `NOTIFY_SOCKET` (a path, or `@name` for an abstract socket); `None` if unset.
-    pub fn from_env() -> Option<io::Result<Self>> {
-        let target = std::env::var_os("NOTIFY_SOCKET")?;
-        let watchdog_for_us = std::env::var("WATCHDOG_PID")
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok())
-            .is_none_or(|pid| pid == std::process::id());
-        let watchdog = std::env::var("WATCHDOG_USEC")
-            .ok()
-            .and_then(|us| us.parse::<u64>().ok())
-            .filter(|&us| us > 0 && watchdog_for_us)
-            .map(Duration::from_micros);
-        Some((|| {
-            let bytes = target.as_encoded_bytes();
-            let addr = match bytes.strip_prefix(b"@") {
-                Some(name) => SocketAddr::from_abstract_name(name)?,
-                None => SocketAddr::from_pathname(std::path::Path::new(&target))?,
-            };
-            Ok(Self {
-                socket: UnixDatagram::unbound()?,
-                addr,
-                watchdog,
-                last_ping: Instant::now(),
-            })
-        })())
-    }
-
-    /// Sends one message.
-    pub fn send(&self, message: &str) -> io::Result<()> {
-        self.socket
-            .send_to_addr(message.as_bytes(), &self.addr)
-            .map(drop)
-    }
-
-    /// Sends `WATCHDOG=1` if half the supervisor's watchdog interval has passed.
-    pub fn ping_if_due(&mut self) -> io::Result<()> {
-        if let Some(interval) = self.watchdog
-            && self.last_ping.elapsed() >= interval / 2
-        {
-            self.last_ping = Instant::now();
-            self.send("WATCHDOG=1")?;
-        }
-        Ok(())
-    }
-}
+pub use platform_primitives::notify::SelfNotify;

@@ -417,8 +417,10 @@ pub struct Session {
     generation: HandshakeGeneration,
     peer_pid: u32,
     server: JoinHandle<Result<(), ServeError>>,
+    /// The VMM's pidfd (a copy of the server's), to kill it on request.
+    pidfd: Option<OwnedFd>,
     /// Kept open: Firecracker never closes its end, and neither does the handler.
-    _conn: UnixStream,
+    _conn: Option<UnixStream>,
 }
 
 impl Session {
@@ -455,6 +457,15 @@ impl Session {
                 source: io::Error::other("fault server panicked"),
             })
         })
+    }
+
+    /// Kills the VMM (`SIGKILL`, through its pidfd when there is one): for a session that
+    /// must end while its guest still runs, which would otherwise freeze on its next fault.
+    pub fn kill_vmm(&self) -> io::Result<()> {
+        match &self.pidfd {
+            Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
+            None => sys::kill(self.peer_pid, libc::SIGKILL),
+        }
     }
 
     /// Stops serving and waits for the server thread.
@@ -540,38 +551,182 @@ fn serve_peer(
     config: &HandlerConfig,
     source: Arc<dyn PageSource>,
 ) -> Result<Session, HandshakeError> {
-    let started = (|| {
-        let handshake = Handshake::read(&conn, config.handshake_timeout, config.max_handshake)?;
-        handshake.check(source.len_hint())?;
-        let (mappings, generation, fd) = handshake.into_parts();
-        let uffd = Uffd::from_owned_fd(fd)?;
-        let pager = Pager::new(source, config.pager.clone());
+    Accepted::read(conn, peer, config, source.len_hint())?.serve(source, config)
+}
+
+/// Reads and checks the handshake on an accepted connection against a source of
+/// `source_len` bytes, without serving it yet: the step a pager service takes to keep copies of
+/// the VMM's descriptors ([`Accepted::duplicate`]) before it serves ([`Accepted::serve`]). A
+/// refused handshake kills the peer ([`HandshakeError::Refused`]).
+pub fn accept_handshake(
+    conn: UnixStream,
+    config: &HandlerConfig,
+    source_len: Option<u64>,
+) -> Result<Accepted, HandshakeError> {
+    let peer = Peer::of(&conn)?;
+    Accepted::read(conn, peer, config, source_len)
+}
+
+/// A VMM whose handshake was read and checked, not yet served.
+#[derive(Debug)]
+pub struct Accepted {
+    mappings: Vec<GuestRegionUffdMapping>,
+    generation: HandshakeGeneration,
+    uffd: OwnedFd,
+    peer: Peer,
+    conn: UnixStream,
+}
+
+/// Copies of the descriptors that keep a VMM's restore alive, for a process that outlives the
+/// pager (see [`Session::adopt`]).
+#[derive(Debug)]
+pub struct VmmFds {
+    /// The VMM's userfaultfd.
+    pub uffd: OwnedFd,
+    /// A pidfd of the VMM.
+    pub pidfd: OwnedFd,
+    /// The handler connection (Firecracker never closes it; keeping it open keeps the VMM's
+    /// view unchanged).
+    pub conn: OwnedFd,
+}
+
+impl Accepted {
+    fn read(
+        conn: UnixStream,
+        peer: Peer,
+        config: &HandlerConfig,
+        source_len: Option<u64>,
+    ) -> Result<Self, HandshakeError> {
+        let read = Handshake::read(&conn, config.handshake_timeout, config.max_handshake)
+            .and_then(|h| h.check(source_len).map(|()| h));
+        match read {
+            Ok(h) => {
+                let (mappings, generation, uffd) = h.into_parts();
+                Ok(Self {
+                    mappings,
+                    generation,
+                    uffd,
+                    peer,
+                    conn,
+                })
+            }
+            Err(reason) => Err(peer.refuse(config, reason)),
+        }
+    }
+
+    /// The VMM's pid.
+    pub fn pid(&self) -> u32 {
+        self.peer.pid
+    }
+
+    /// The regions from the handshake.
+    pub fn mappings(&self) -> &[GuestRegionUffdMapping] {
+        &self.mappings
+    }
+
+    /// Copies of the uffd, a pidfd and the connection (`EINVAL` if the kernel gave no pidfd).
+    pub fn duplicate(&self) -> io::Result<VmmFds> {
+        let pidfd =
+            self.peer.pidfd.as_ref().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "no pidfd of the VMM")
+            })?;
+        Ok(VmmFds {
+            uffd: self.uffd.try_clone()?,
+            pidfd: pidfd.try_clone()?,
+            conn: OwnedFd::from(self.conn.try_clone()?),
+        })
+    }
+
+    /// Starts serving the VMM from `source`. A pager that cannot start kills the VMM.
+    pub fn serve(
+        self,
+        source: Arc<dyn PageSource>,
+        config: &HandlerConfig,
+    ) -> Result<Session, HandshakeError> {
+        let started = (|| {
+            let uffd = Uffd::from_owned_fd(self.uffd)?;
+            let pager = Pager::new(source, config.pager.clone());
+            for m in &self.mappings {
+                pager.register(m.region()).map_err(PagerError::from)?;
+            }
+            Ok((pager, uffd))
+        })();
+        let (pager, uffd) = match started {
+            Ok(parts) => parts,
+            Err(reason) => return Err(self.peer.refuse(config, reason)),
+        };
+        let pid = self.peer.pid;
+        let pidfd = self.peer.pidfd.as_ref().and_then(|fd| fd.try_clone().ok());
+        let server = super::spawn_server_for(
+            &pager,
+            uffd,
+            FailTarget::Peer {
+                pid,
+                pidfd: self.peer.pidfd,
+            },
+        )?;
+        Ok(Session {
+            pager,
+            mappings: self.mappings,
+            generation: self.generation,
+            peer_pid: pid,
+            server,
+            pidfd,
+            _conn: Some(self.conn),
+        })
+    }
+}
+
+impl Session {
+    /// Takes over a VMM that another pager process was serving, from copies of its
+    /// descriptors ([`Accepted::duplicate`]) and its regions.
+    ///
+    /// The new pager knows nothing of what was installed: missing pages are served as they
+    /// fault, and installs over present pages are refused by the kernel (`EEXIST`), so nothing
+    /// is installed twice. Every region is woken first (`UFFDIO_WAKE`): a fault the old process
+    /// read but never served is raised again, for this pager to serve.
+    pub fn adopt(
+        mappings: Vec<GuestRegionUffdMapping>,
+        fds: VmmFds,
+        source: Arc<dyn PageSource>,
+        pager_config: PagerConfig,
+    ) -> Result<Self, HandshakeError> {
+        let pid = platform_primitives::creds::pidfd_pid(&fds.pidfd)
+            .map_err(|source| HandshakeError::Io {
+                op: "read the VMM's pid from its pidfd",
+                source,
+            })?
+            .ok_or_else(|| HandshakeError::Io {
+                op: "adopt the VMM",
+                source: io::Error::new(io::ErrorKind::NotFound, "the VMM has exited"),
+            })?;
+        let uffd = Uffd::from_owned_fd(fds.uffd)?;
+        let pager = Pager::new(source, pager_config);
         for m in &mappings {
             pager.register(m.region()).map_err(PagerError::from)?;
         }
-        Ok((pager, mappings, generation, uffd))
-    })();
-    let (pager, mappings, generation, uffd) = match started {
-        Ok(parts) => parts,
-        Err(reason) => return Err(peer.refuse(config, reason)),
-    };
-    let pid = peer.pid;
-    let server = super::spawn_server_for(
-        &pager,
-        uffd,
-        FailTarget::Peer {
-            pid,
-            pidfd: peer.pidfd,
-        },
-    )?;
-    Ok(Session {
-        pager,
-        mappings,
-        generation,
-        peer_pid: pid,
-        server,
-        _conn: conn,
-    })
+        for m in &mappings {
+            uffd.wake(m.base_host_virt_addr, m.size)?;
+        }
+        let pidfd = fds.pidfd.try_clone().ok();
+        let server = super::spawn_server_for(
+            &pager,
+            uffd,
+            FailTarget::Peer {
+                pid,
+                pidfd: Some(fds.pidfd),
+            },
+        )?;
+        Ok(Self {
+            pager,
+            mappings,
+            generation: HandshakeGeneration::PageSize,
+            peer_pid: pid,
+            server,
+            pidfd,
+            _conn: Some(UnixStream::from(fds.conn)),
+        })
+    }
 }
 
 /// One Firecracker handshake: its regions and the userfaultfd that came with them.

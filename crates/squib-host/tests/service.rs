@@ -1,0 +1,478 @@
+//! The `squib-host serve` pager service, run as a person would run it, with the real
+//! Firecracker: several microVMs restored at once from one template (each page read from the
+//! snapshot once), the pager process killed mid-restore and restarted by its keeper, a
+//! graceful upgrade, and a control API that refuses bad requests without harm.
+//!
+//! The Firecracker kit comes through `FIRECRACKER_BIN` (set by `cargo xtask`); without it,
+//! `/dev/kvm` or userfaultfd the VM checks print why they skip. The API checks need none of
+//! them.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    {
+        let code = workspace_tests::harness::run(linux::CHECKS);
+        linux::remove_work_dir();
+        code
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        eprintln!("skip: service: the pager service is Linux-only");
+        workspace_tests::harness::report(&[])
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+    use workspace_tests::firecracker::{Kit, Snapshot, Vm, http, take_snapshot, verified_passes};
+    use workspace_tests::harness::Check;
+
+    pub(super) const CHECKS: &[Check] = &[
+        (
+            "the_control_api_refuses_bad_requests_and_stays_up",
+            bad_requests,
+        ),
+        (
+            "four_vms_restore_at_once_from_one_template_reading_each_page_once",
+            four_at_once,
+        ),
+        (
+            "a_pager_killed_mid_restore_is_restarted_and_every_guest_verifies",
+            killed_mid_restore,
+        ),
+        (
+            "a_graceful_upgrade_hands_live_sessions_to_a_new_pager",
+            upgrade_mid_restore,
+        ),
+    ];
+
+    const MEM_MIB: u64 = 256;
+
+    fn work_dir() -> &'static Path {
+        static DIR: OnceLock<PathBuf> = OnceLock::new();
+        DIR.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("squib-svc-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("work dir");
+            dir
+        })
+    }
+
+    pub(super) fn remove_work_dir() {
+        let _ = std::fs::remove_dir_all(work_dir());
+    }
+
+    /// A running service (the keeper and its pager); killed when dropped.
+    struct Service {
+        keeper: Child,
+        api: PathBuf,
+    }
+
+    impl Service {
+        fn start(name: &str) -> Result<Self, String> {
+            let dir = work_dir().join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let api = dir.join("api.sock");
+            let keeper = Command::new(env!("CARGO_BIN_EXE_squib-host"))
+                .arg("serve")
+                .arg("--api")
+                .arg(&api)
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            let service = Self { keeper, api };
+            service.wait_up(Duration::from_secs(10))?;
+            Ok(service)
+        }
+
+        /// Waits until the API answers; returns the pager process's pid.
+        fn wait_up(&self, limit: Duration) -> Result<u32, String> {
+            let start = Instant::now();
+            loop {
+                if let Ok((200, body)) = self.call("GET", "/", "") {
+                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    return v["pid"]
+                        .as_u64()
+                        .map(|p| p as u32)
+                        .ok_or(format!("no pid in {body}"));
+                }
+                if start.elapsed() > limit {
+                    return Err(format!("the service did not answer within {limit:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+            http(&self.api, method, path, body, Duration::from_secs(10))
+        }
+
+        fn ok(&self, method: &str, path: &str, body: &str) -> Result<Value, String> {
+            match self.call(method, path, body)? {
+                (200..=299, text) if text.is_empty() => Ok(Value::Null),
+                (200..=299, text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
+                (code, text) => Err(format!("{method} {path}: {code} {text}")),
+            }
+        }
+    }
+
+    impl Drop for Service {
+        fn drop(&mut self) {
+            if let Ok((200, body)) = self.call("GET", "/", "")
+                && let Ok(v) = serde_json::from_str::<Value>(&body)
+                && let Some(pid) = v["pid"].as_u64()
+            {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = self.keeper.kill();
+            let _ = self.keeper.wait();
+        }
+    }
+
+    fn kit_or_skip(test: &str) -> Option<Kit> {
+        match Kit::find().and_then(|k| {
+            squib_host::Uffd::open()
+                .map(|_| k)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(kit) => Some(kit),
+            Err(why) => {
+                eprintln!("skip: {test}: {why}");
+                None
+            }
+        }
+    }
+
+    fn snapshot(kit: &Kit) -> Result<Snapshot, String> {
+        static SNAP: OnceLock<Result<Snapshot, String>> = OnceLock::new();
+        SNAP.get_or_init(|| take_snapshot(kit, work_dir(), "tmpl", MEM_MIB as u32, false))
+            .clone()
+    }
+
+    fn bad_requests() -> Result<(), String> {
+        let svc = Service::start("api")?;
+        let dir = work_dir().join("api");
+        let mem = dir.join("mem");
+        std::fs::write(&mem, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
+        let template = format!(r#"{{"mem_file":"{}"}}"#, mem.display());
+        svc.ok("PUT", "/templates/base", &template)?;
+        let foreign = dir.join("foreign");
+        std::fs::create_dir_all(&foreign).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).map_err(|e| e.to_string())?;
+        let session =
+            |socket: &Path| format!(r#"{{"template":"base","socket":"{}"}}"#, socket.display());
+        svc.ok("PUT", "/sessions/one", &session(&dir.join("one.sock")))?;
+        let cases: Vec<(&str, &str, String, u16, Option<&str>)> = vec![
+            ("PUT", "/templates/x", "{not json".into(), 400, None),
+            ("PUT", "/templates/x", "[]".into(), 400, None),
+            (
+                "PUT",
+                "/templates/x",
+                r#"{"mem_file":"/nonexistent/mem"}"#.into(),
+                400,
+                Some("mem_file"),
+            ),
+            (
+                "PUT",
+                "/templates/x",
+                r#"{"mem_file":"/tmp","extra":1}"#.into(),
+                400,
+                Some("extra"),
+            ),
+            (
+                "PUT",
+                "/templates/x",
+                r#"{"page_server":"unix:/nope"}"#.into(),
+                400,
+                Some("len"),
+            ),
+            (
+                "PUT",
+                "/templates/bad%20name",
+                template.clone(),
+                400,
+                Some("name"),
+            ),
+            (
+                "PUT",
+                "/templates/base",
+                template.clone(),
+                409,
+                Some("name"),
+            ),
+            (
+                "PUT",
+                "/sessions/two",
+                r#"{"template":"nope","socket":"/tmp/x.sock"}"#.into(),
+                404,
+                Some("template"),
+            ),
+            (
+                "PUT",
+                "/sessions/two",
+                r#"{"template":"base","socket":"relative.sock"}"#.into(),
+                400,
+                Some("socket"),
+            ),
+            (
+                "PUT",
+                "/sessions/two",
+                r#"{"template":"base","socket":"/tmp/x.sock","prewarm":"yes"}"#.into(),
+                400,
+                Some("prewarm"),
+            ),
+            (
+                "PUT",
+                "/sessions/two",
+                session(&dir.join("one.sock")),
+                409,
+                Some("socket"),
+            ),
+            (
+                "PUT",
+                "/sessions/one",
+                session(&dir.join("other.sock")),
+                409,
+                Some("id"),
+            ),
+            (
+                "PUT",
+                "/sessions/two",
+                session(&foreign.join("s.sock")),
+                403,
+                Some("socket"),
+            ),
+            ("DELETE", "/sessions/nope", String::new(), 404, Some("id")),
+            (
+                "DELETE",
+                "/templates/base",
+                String::new(),
+                409,
+                Some("name"),
+            ),
+            ("GET", "/nowhere", String::new(), 404, None),
+            ("POST", "/templates", String::new(), 405, None),
+        ];
+        for (method, path, body, code, field) in cases {
+            let (got, text) = svc.call(method, path, &body)?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if got != code
+                || v["error"].as_str().is_none()
+                || field.is_some_and(|f| v["field"] != f)
+            {
+                return Err(format!(
+                    "{method} {path} {body:?}: expected {code} naming {field:?}, got {got} {text}"
+                ));
+            }
+        }
+        // A client that sends half a request and stalls, and a garbage request, harm nothing.
+        let mut stalled =
+            std::os::unix::net::UnixStream::connect(&svc.api).map_err(|e| e.to_string())?;
+        std::io::Write::write_all(
+            &mut stalled,
+            b"PUT /templates/y HTTP/1.1\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .map_err(|e| e.to_string())?;
+        let (code, _) = http(&svc.api, "GARBAGE\r\n\r\n", "", "", Duration::from_secs(5))
+            .unwrap_or((400, String::new()));
+        if !(400..500).contains(&code) {
+            return Err(format!("a garbage request got {code}"));
+        }
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        if sessions.as_array().map(Vec::len) != Some(1) {
+            return Err(format!("sessions after the bad requests: {sessions}"));
+        }
+        svc.ok("DELETE", "/sessions/one", "")?;
+        let metrics = svc.call("GET", "/metrics", "")?;
+        if metrics.0 != 200
+            || !metrics
+                .1
+                .contains("squib_template_source_reads_total{template=\"base\"}")
+        {
+            return Err(format!("metrics: {metrics:?}"));
+        }
+        drop(stalled);
+        Ok(())
+    }
+
+    /// Starts `n` VMMs restoring `snap` through sessions of template `base`; returns them with
+    /// the instant their loads were sent.
+    fn restore_many(
+        svc: &Service,
+        kit: &Kit,
+        dir: &Path,
+        snap: &Snapshot,
+        n: usize,
+        options: &str,
+    ) -> Result<(Vec<Arc<Vm>>, Instant), String> {
+        let mut vms = Vec::new();
+        for i in 0..n {
+            let sock = dir.join(format!("vm{i}.sock"));
+            svc.ok(
+                "PUT",
+                &format!("/sessions/vm{i}"),
+                &format!(
+                    r#"{{"template":"base","socket":"{}"{options}}}"#,
+                    sock.display()
+                ),
+            )?;
+            vms.push((Arc::new(Vm::spawn(kit, dir, &format!("vm{i}"))?), sock));
+        }
+        let t0 = Instant::now();
+        let loads: Vec<_> = vms
+            .iter()
+            .map(|(vm, sock)| {
+                let (vm, snap, sock) = (vm.clone(), snap.clone(), sock.clone());
+                std::thread::spawn(move || vm.load_uffd(&snap, &sock, Duration::from_secs(60)))
+            })
+            .collect();
+        for load in loads {
+            match load.join().map_err(|_| "loader panicked")?? {
+                (200..=299, _) => {}
+                other => return Err(format!("snapshot load answered {other:?}")),
+            }
+        }
+        Ok((vms.into_iter().map(|(vm, _)| vm).collect(), t0))
+    }
+
+    fn four_at_once() -> Result<(), String> {
+        let Some(kit) = kit_or_skip("four_at_once") else {
+            return Ok(());
+        };
+        let snap = snapshot(&kit)?;
+        let svc = Service::start("four")?;
+        let dir = work_dir().join("four");
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
+        )?;
+        let (vms, t0) = restore_many(&svc, &kit, &dir, &snap, 4, "")?;
+        for vm in &vms {
+            vm.wait_verified(t0, Duration::from_secs(120))?;
+        }
+        let took = t0.elapsed();
+        let templates = svc.ok("GET", "/templates", "")?;
+        let read = templates[0]["source_bytes"].as_u64().unwrap_or(u64::MAX);
+        let one = MEM_MIB << 20;
+        println!(
+            "four VMs verified {took:?} after their loads; {read} bytes read from the snapshot \
+             ({:.2}x one snapshot)",
+            read as f64 / one as f64
+        );
+        if read as f64 > 1.1 * one as f64 {
+            return Err(format!("{read} bytes read for 4 restores of {one}"));
+        }
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        let serving = sessions
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|s| s["state"] == "serving").count());
+        if serving != 4 {
+            return Err(format!("sessions: {sessions}"));
+        }
+        Ok(())
+    }
+
+    /// Restores two VMs with demand paging only (slow on this machine's KVM), interrupts the
+    /// pager with `interrupt` while the guests are still on their first pass, and checks that
+    /// every guest still verifies and no VMM was killed.
+    fn interrupted(
+        name: &str,
+        interrupt: &dyn Fn(&Service, u32) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let Some(kit) = kit_or_skip(name) else {
+            return Ok(());
+        };
+        let snap = snapshot(&kit)?;
+        let svc = Service::start(name)?;
+        let dir = work_dir().join(name);
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
+        )?;
+        let pager = svc.wait_up(Duration::from_secs(5))?;
+        let (vms, t0) = restore_many(
+            &svc,
+            &kit,
+            &dir,
+            &snap,
+            2,
+            r#","background":false,"prewarm":false"#,
+        )?;
+        std::thread::sleep(Duration::from_millis(100));
+        let before: Vec<usize> = vms
+            .iter()
+            .map(|vm| verified_passes(&vm.console()))
+            .collect();
+        if before.iter().any(|&n| n > 0) {
+            return Err(format!(
+                "the guests verified before the interruption: {before:?}"
+            ));
+        }
+        interrupt(&svc, pager)?;
+        let new_pager = svc.wait_up(Duration::from_secs(20))?;
+        if new_pager == pager {
+            return Err("the pager process was not replaced".into());
+        }
+        for vm in &vms {
+            vm.wait_verified(t0, Duration::from_secs(120))?;
+        }
+        println!(
+            "{name}: verified passes at the interruption {before:?}; every guest verified {:?} \
+             after its load",
+            t0.elapsed()
+        );
+        let mut vms: Vec<Vm> = vms
+            .into_iter()
+            .map(|vm| Arc::try_unwrap(vm).map_err(|_| "a VM is still shared".to_string()))
+            .collect::<Result<_, _>>()?;
+        if vms.iter_mut().any(|vm| !vm.is_alive()) {
+            return Err("a VMM died".into());
+        }
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        let serving = sessions
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|s| s["state"] == "serving").count());
+        if serving != 2 {
+            return Err(format!("sessions after the restart: {sessions}"));
+        }
+        Ok(())
+    }
+
+    fn killed_mid_restore() -> Result<(), String> {
+        interrupted("killed", &|_, pid| {
+            let status = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("kill -KILL {pid} failed"))
+            }
+        })
+    }
+
+    fn upgrade_mid_restore() -> Result<(), String> {
+        interrupted(
+            "upgrade",
+            &|svc, _| match svc.call("POST", "/upgrade", "")? {
+                (202, _) => Ok(()),
+                other => Err(format!("upgrade answered {other:?}")),
+            },
+        )
+    }
+}
