@@ -261,7 +261,12 @@ pub mod firecracker {
     struct Console {
         bytes: Mutex<(Vec<u8>, bool)>,
         cv: Condvar,
+        /// When each progress mark (`.`) arrived, up to `MARKS_LIMIT`.
+        marks: Mutex<Vec<Instant>>,
     }
+
+    /// Progress-mark arrival times kept per VM.
+    const MARKS_LIMIT: usize = 1 << 20;
 
     /// A running Firecracker process; killed when dropped.
     #[derive(Debug)]
@@ -310,6 +315,13 @@ pub mod firecracker {
                         return;
                     }
                     g.0.extend_from_slice(&buf[..n]);
+                    let now = Instant::now();
+                    let dots = buf[..n].iter().filter(|&&b| b == b'.').count();
+                    if dots > 0 {
+                        let mut marks = sink.marks.lock().unwrap_or_else(|p| p.into_inner());
+                        let room = MARKS_LIMIT.saturating_sub(marks.len());
+                        marks.extend(std::iter::repeat_n(now, dots.min(room)));
+                    }
                     if g.0.len() > CONSOLE_LIMIT {
                         let cut = g.0.len() - CONSOLE_LIMIT / 2;
                         g.0.drain(..cut);
@@ -472,6 +484,18 @@ pub mod firecracker {
                     snap.mem.display()
                 ),
             )
+        }
+
+        /// The longest gap between consecutive progress marks (`.`, one per 2 MiB the guest
+        /// checks) ending after `since`, counting from the last mark before it: how long the
+        /// guest stalled at worst from then on.
+        pub fn longest_stall(&self, since: Instant) -> Option<Duration> {
+            let marks = self.console.marks.lock().unwrap_or_else(|p| p.into_inner());
+            marks
+                .windows(2)
+                .filter(|w| w[1] >= since)
+                .map(|w| w[1].duration_since(w[0]))
+                .max()
         }
 
         /// The console so far, as text.

@@ -36,11 +36,14 @@ pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
     let mut verdicts = Vec::new();
     for krate in &selected {
         println!("\n==> bench: {krate}");
-        let lines = cmd::run_counting(
-            cargo().args(["bench", "--locked", "-p", krate]),
-            &mut Tally::default(),
-            |line| line.starts_with("bench: "),
-        )?;
+        let mut bench = cargo();
+        bench.args(["bench", "--locked", "-p", krate]);
+        if let Some(features) = crate::ci::program_features(krate) {
+            bench.args(["--features", features]);
+        }
+        let lines = cmd::run_counting(&mut bench, &mut Tally::default(), |line| {
+            line.starts_with("bench: ")
+        })?;
         if lines.is_empty() {
             return Err(format!("{krate}'s benches printed no verdict line"));
         }

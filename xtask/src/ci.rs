@@ -105,6 +105,13 @@ fn format(_: &mut Tally) -> Result<(), String> {
 /// plain `--workspace` build would leave the binaries and their tests out).
 const PROGRAM_FEATURES: &str = "squib-host/service";
 
+/// The feature that builds a crate's program, for `cargo bench -p <crate>`.
+pub(crate) fn program_features(krate: &str) -> Option<&'static str> {
+    PROGRAM_FEATURES
+        .split(',')
+        .find_map(|f| f.strip_prefix(krate)?.strip_prefix('/'))
+}
+
 fn clippy(_: &mut Tally) -> Result<(), String> {
     cmd::run(cargo().args([
         "clippy",

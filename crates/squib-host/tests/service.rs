@@ -9,6 +9,10 @@
 
 use std::process::ExitCode;
 
+#[cfg(target_os = "linux")]
+#[path = "support/service.rs"]
+mod support;
+
 fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
@@ -26,15 +30,22 @@ fn main() -> ExitCode {
 #[cfg(target_os = "linux")]
 mod linux {
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
     use serde_json::Value;
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, http, take_snapshot, verified_passes};
+
+    use crate::support::Service;
     use workspace_tests::harness::Check;
 
     pub(super) const CHECKS: &[Check] = &[
+        (
+            "the_service_tells_its_supervisor_it_is_ready_over_sd_notify",
+            notifies,
+        ),
+        ("the_systemd_unit_verifies", unit_verifies),
         (
             "the_control_api_refuses_bad_requests_and_stays_up",
             bad_requests,
@@ -69,78 +80,6 @@ mod linux {
         let _ = std::fs::remove_dir_all(work_dir());
     }
 
-    /// A running service (the keeper and its pager); killed when dropped.
-    struct Service {
-        keeper: Child,
-        api: PathBuf,
-    }
-
-    impl Service {
-        fn start(name: &str) -> Result<Self, String> {
-            let dir = work_dir().join(name);
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let api = dir.join("api.sock");
-            let keeper = Command::new(env!("CARGO_BIN_EXE_squib-host"))
-                .arg("serve")
-                .arg("--api")
-                .arg(&api)
-                .arg("--state-dir")
-                .arg(dir.join("state"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .map_err(|e| e.to_string())?;
-            let service = Self { keeper, api };
-            service.wait_up(Duration::from_secs(10))?;
-            Ok(service)
-        }
-
-        /// Waits until the API answers; returns the pager process's pid.
-        fn wait_up(&self, limit: Duration) -> Result<u32, String> {
-            let start = Instant::now();
-            loop {
-                if let Ok((200, body)) = self.call("GET", "/", "") {
-                    let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-                    return v["pid"]
-                        .as_u64()
-                        .map(|p| p as u32)
-                        .ok_or(format!("no pid in {body}"));
-                }
-                if start.elapsed() > limit {
-                    return Err(format!("the service did not answer within {limit:?}"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-
-        fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-            http(&self.api, method, path, body, Duration::from_secs(10))
-        }
-
-        fn ok(&self, method: &str, path: &str, body: &str) -> Result<Value, String> {
-            match self.call(method, path, body)? {
-                (200..=299, text) if text.is_empty() => Ok(Value::Null),
-                (200..=299, text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
-                (code, text) => Err(format!("{method} {path}: {code} {text}")),
-            }
-        }
-    }
-
-    impl Drop for Service {
-        fn drop(&mut self) {
-            if let Ok((200, body)) = self.call("GET", "/", "")
-                && let Ok(v) = serde_json::from_str::<Value>(&body)
-                && let Some(pid) = v["pid"].as_u64()
-            {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            let _ = self.keeper.kill();
-            let _ = self.keeper.wait();
-        }
-    }
-
     fn kit_or_skip(test: &str) -> Option<Kit> {
         match Kit::find().and_then(|k| {
             squib_host::Uffd::open()
@@ -162,7 +101,7 @@ mod linux {
     }
 
     fn bad_requests() -> Result<(), String> {
-        let svc = Service::start("api")?;
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "api")?;
         let dir = work_dir().join("api");
         let mem = dir.join("mem");
         std::fs::write(&mem, vec![0u8; 1 << 20]).map_err(|e| e.to_string())?;
@@ -307,28 +246,101 @@ mod linux {
         Ok(())
     }
 
+    /// With `NOTIFY_SOCKET` set, the service sends `READY=1` and a `STATUS=` once its API
+    /// answers.
+    fn notifies() -> Result<(), String> {
+        let dir = work_dir().join("notify");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let svc = Service::start_with_env(
+            env!("CARGO_BIN_EXE_squib-host"),
+            work_dir(),
+            "notify",
+            &[("NOTIFY_SOCKET", &path)],
+        )?;
+        let mut buf = [0u8; 4096];
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| format!("no sd_notify message: {e}"))?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !text.lines().any(|l| l == "READY=1") || !text.contains("STATUS=") {
+            return Err(format!("first message {text:?}"));
+        }
+        svc.ok("GET", "/", "")?;
+        Ok(())
+    }
+
+    /// `systemd-analyze verify` accepts the shipped unit (with `ExecStart` pointing at the
+    /// binary just built).
+    fn unit_verifies() -> Result<(), String> {
+        let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+            eprintln!("skip: the_systemd_unit_verifies: systemd-analyze is not installed");
+            return Ok(());
+        };
+        if !out.status.success() {
+            eprintln!("skip: the_systemd_unit_verifies: systemd-analyze does not run here");
+            return Ok(());
+        }
+        let unit = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/systemd/squib-host.service"
+        ))
+        .map_err(|e| e.to_string())?;
+        let unit = unit.replace(
+            "/usr/local/bin/squib-host",
+            env!("CARGO_BIN_EXE_squib-host"),
+        );
+        let dir = work_dir().join("unit");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join("squib-host.service");
+        std::fs::write(&path, unit).map_err(|e| e.to_string())?;
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        // Complaints about this machine (systemd not running as PID 1, other units) are not
+        // about the file; any line naming it is.
+        let about_unit: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("squib-host.service"))
+            .collect();
+        if !about_unit.is_empty() {
+            return Err(format!("systemd-analyze verify: {text}"));
+        }
+        Ok(())
+    }
+
     /// Starts `n` VMMs restoring `snap` through sessions of template `base`; returns them with
     /// the instant their loads were sent.
     fn restore_many(
         svc: &Service,
         kit: &Kit,
-        dir: &Path,
+        (dir, prefix): (&Path, &str),
         snap: &Snapshot,
         n: usize,
         options: &str,
     ) -> Result<(Vec<Arc<Vm>>, Instant), String> {
         let mut vms = Vec::new();
         for i in 0..n {
-            let sock = dir.join(format!("vm{i}.sock"));
+            let sock = dir.join(format!("{prefix}{i}.sock"));
             svc.ok(
                 "PUT",
-                &format!("/sessions/vm{i}"),
+                &format!("/sessions/{prefix}{i}"),
                 &format!(
                     r#"{{"template":"base","socket":"{}"{options}}}"#,
                     sock.display()
                 ),
             )?;
-            vms.push((Arc::new(Vm::spawn(kit, dir, &format!("vm{i}"))?), sock));
+            vms.push((
+                Arc::new(Vm::spawn(kit, dir, &format!("{prefix}{i}"))?),
+                sock,
+            ));
         }
         let t0 = Instant::now();
         let loads: Vec<_> = vms
@@ -352,14 +364,14 @@ mod linux {
             return Ok(());
         };
         let snap = snapshot(&kit)?;
-        let svc = Service::start("four")?;
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "four")?;
         let dir = work_dir().join("four");
         svc.ok(
             "PUT",
             "/templates/base",
             &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
         )?;
-        let (vms, t0) = restore_many(&svc, &kit, &dir, &snap, 4, "")?;
+        let (vms, t0) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 4, "")?;
         for vm in &vms {
             vm.wait_verified(t0, Duration::from_secs(120))?;
         }
@@ -382,6 +394,33 @@ mod linux {
         if serving != 4 {
             return Err(format!("sessions: {sessions}"));
         }
+        // The first session to end leaves its first-touch order with the template; the next
+        // restore replays it as prewarm.
+        drop(vms);
+        let start = Instant::now();
+        loop {
+            let t = svc.ok("GET", "/templates", "")?;
+            if t[0]["working_set_pages"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!("no working set recorded: {t}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (again, t1) = restore_many(&svc, &kit, (&dir, "again"), &snap, 1, "")?;
+        again[0].wait_verified(t1, Duration::from_secs(120))?;
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        let prewarmed = sessions
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["state"] == "serving"))
+            .and_then(|s| s["prewarmed"].as_u64())
+            .unwrap_or(0);
+        if prewarmed == 0 {
+            return Err(format!(
+                "the next restore replayed no working set: {sessions}"
+            ));
+        }
         Ok(())
     }
 
@@ -396,7 +435,7 @@ mod linux {
             return Ok(());
         };
         let snap = snapshot(&kit)?;
-        let svc = Service::start(name)?;
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), name)?;
         let dir = work_dir().join(name);
         svc.ok(
             "PUT",
@@ -407,7 +446,7 @@ mod linux {
         let (vms, t0) = restore_many(
             &svc,
             &kit,
-            &dir,
+            (&dir, "vm"),
             &snap,
             2,
             r#","background":false,"prewarm":false"#,

@@ -87,6 +87,9 @@ impl Keeper {
         let child = Command::new(&self.binary)
             .arg("pager")
             .args(&self.args)
+            // systemd's watchdog names the keeper (the main process); the pager is the one that
+            // pings (NotifyAccess=all), so the interval is its own.
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
