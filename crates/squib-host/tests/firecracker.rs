@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return linux::role(&role);
         }
         let code = workspace_tests::harness::run(linux::CHECKS);
-        linux::remove_work_dir();
+        fc::remove_work_dir();
         code
     }
     #[cfg(not(target_os = "linux"))]
@@ -25,6 +25,10 @@ fn main() -> ExitCode {
         workspace_tests::harness::report(&[])
     }
 }
+
+#[cfg(target_os = "linux")]
+#[path = "support/fc.rs"]
+mod fc;
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -36,9 +40,11 @@ mod linux {
 
     use bytes::Bytes;
     use squib_host::firecracker::{FirecrackerHandler, HandlerConfig, HandshakeError, Session};
-    use squib_host::{FilePageSource, PageRequest, PageSource, PageSourceError, PagerConfig, Uffd};
+    use squib_host::{FilePageSource, PageRequest, PageSource, PageSourceError, PagerConfig};
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, take_snapshot, verified_passes};
     use workspace_tests::harness::Check;
+
+    use crate::fc::{kit_or_skip, work_dir};
 
     pub(super) const CHECKS: &[Check] = &[
         (
@@ -60,36 +66,6 @@ mod linux {
     ];
 
     const MEM_MIB: u32 = 256;
-
-    fn work_dir() -> &'static Path {
-        static DIR: OnceLock<PathBuf> = OnceLock::new();
-        DIR.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("squib-fc-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("work dir");
-            dir
-        })
-    }
-
-    /// Removes the snapshots and sockets of this run.
-    pub(super) fn remove_work_dir() {
-        let _ = std::fs::remove_dir_all(work_dir());
-    }
-
-    /// The kit, or `None` after printing why `test` skips.
-    fn kit_or_skip(test: &str) -> Option<Kit> {
-        let found = Kit::find().and_then(|kit| match Uffd::open() {
-            Ok(_) => Ok(kit),
-            Err(e) => Err(e.to_string()),
-        });
-        match found {
-            Ok(kit) => Some(kit),
-            Err(why) => {
-                eprintln!("skip: {test}: {why}");
-                None
-            }
-        }
-    }
 
     /// One 4 KiB-page snapshot for every check that needs one.
     fn snapshot_4k(kit: &Kit) -> Result<Snapshot, String> {

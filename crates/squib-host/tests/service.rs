@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
         let code = workspace_tests::harness::run(linux::CHECKS);
-        linux::remove_work_dir();
+        fc::remove_work_dir();
         code
     }
     #[cfg(not(target_os = "linux"))]
@@ -28,8 +28,12 @@ fn main() -> ExitCode {
 }
 
 #[cfg(target_os = "linux")]
+#[path = "support/fc.rs"]
+mod fc;
+
+#[cfg(target_os = "linux")]
 mod linux {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
@@ -39,6 +43,8 @@ mod linux {
 
     use crate::support::Service;
     use workspace_tests::harness::Check;
+
+    use crate::fc::{kit_or_skip, work_dir};
 
     pub(super) const CHECKS: &[Check] = &[
         (
@@ -65,34 +71,6 @@ mod linux {
     ];
 
     const MEM_MIB: u64 = 256;
-
-    fn work_dir() -> &'static Path {
-        static DIR: OnceLock<PathBuf> = OnceLock::new();
-        DIR.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("squib-svc-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("work dir");
-            dir
-        })
-    }
-
-    pub(super) fn remove_work_dir() {
-        let _ = std::fs::remove_dir_all(work_dir());
-    }
-
-    fn kit_or_skip(test: &str) -> Option<Kit> {
-        match Kit::find().and_then(|k| {
-            squib_host::Uffd::open()
-                .map(|_| k)
-                .map_err(|e| e.to_string())
-        }) {
-            Ok(kit) => Some(kit),
-            Err(why) => {
-                eprintln!("skip: {test}: {why}");
-                None
-            }
-        }
-    }
 
     fn snapshot(kit: &Kit) -> Result<Snapshot, String> {
         static SNAP: OnceLock<Result<Snapshot, String>> = OnceLock::new();

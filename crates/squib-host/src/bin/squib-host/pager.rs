@@ -126,6 +126,26 @@ struct SessionEntry {
 }
 
 impl SessionEntry {
+    fn new(
+        id: &str,
+        template: Arc<Template>,
+        socket: PathBuf,
+        prewarm: bool,
+        background: bool,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            template,
+            socket,
+            prewarm,
+            background,
+            created: Instant::now(),
+            pid: Mutex::new(None),
+            state: Mutex::new(State::Waiting),
+            stop: AtomicBool::new(false),
+        }
+    }
+
     fn meta(&self, mappings: &[GuestRegionUffdMapping]) -> Value {
         json!({
             "id": self.id,
@@ -476,17 +496,7 @@ impl Pager {
             Ok(l) => l,
             Err(e) => return Response::error(409, e.to_string(), Some("socket")),
         };
-        let entry = Arc::new(SessionEntry {
-            id: id.to_owned(),
-            template,
-            socket,
-            prewarm,
-            background,
-            created: Instant::now(),
-            pid: Mutex::new(None),
-            state: Mutex::new(State::Waiting),
-            stop: AtomicBool::new(false),
-        });
+        let entry = Arc::new(SessionEntry::new(id, template, socket, prewarm, background));
         sessions.insert(id.to_owned(), entry.clone());
         drop(sessions);
         let pager = self.clone();
@@ -602,17 +612,9 @@ impl Pager {
             let _ = vault::send(&self.vault, &json!({"op": "forget", "id": id}), &[]);
             return false;
         };
-        let entry = Arc::new(SessionEntry {
-            id: id.clone(),
-            template,
-            socket,
-            prewarm,
-            background,
-            created: Instant::now(),
-            pid: Mutex::new(None),
-            state: Mutex::new(State::Waiting),
-            stop: AtomicBool::new(false),
-        });
+        let entry = Arc::new(SessionEntry::new(
+            &id, template, socket, prewarm, background,
+        ));
         let source: Arc<dyn PageSource> = entry.template.source.clone();
         let config = PagerConfig {
             // The restore is under way: the pages it needs next are what its faults ask for.

@@ -1,0 +1,38 @@
+//! What the real-Firecracker test binaries share: their work directory and the skip check.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use workspace_tests::firecracker::Kit;
+
+/// This test process's scratch directory (snapshots, sockets, logs), made on first use.
+pub(crate) fn work_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("squib-fc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("work dir");
+        dir
+    })
+}
+
+/// Removes the snapshots and sockets of this run.
+pub(crate) fn remove_work_dir() {
+    let _ = std::fs::remove_dir_all(work_dir());
+}
+
+/// The kit, or `None` after printing why `test` skips (no kit, no `/dev/kvm`, no
+/// userfaultfd).
+pub(crate) fn kit_or_skip(test: &str) -> Option<Kit> {
+    let found = Kit::find().and_then(|kit| match squib_host::Uffd::open() {
+        Ok(_) => Ok(kit),
+        Err(e) => Err(e.to_string()),
+    });
+    match found {
+        Ok(kit) => Some(kit),
+        Err(why) => {
+            eprintln!("skip: {test}: {why}");
+            None
+        }
+    }
+}
