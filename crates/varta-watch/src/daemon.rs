@@ -6,7 +6,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
-pub use crate::hook::{HookRunner, Hooks};
+pub use crate::hook::{HookConfig, HookRunner, Hooks};
 
 /// Makes SIGTERM and SIGINT request a clean stop (see [`stop_requested`]) instead of killing
 /// the process; a blocking [`Observer::poll`](crate::Observer::poll) returns at once.

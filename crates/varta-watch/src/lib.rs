@@ -32,6 +32,7 @@
 pub mod beacon;
 pub mod event;
 pub mod notify;
+pub mod service;
 pub mod tracker;
 pub mod vlp;
 

@@ -8,5 +8,6 @@
 mod bind;
 mod daemon;
 mod edges;
+mod hooks;
 mod interop;
 mod support;

@@ -16,7 +16,8 @@ use platform_primitives::clock::ClockSource;
 use platform_primitives::uds::{BoundSocket, UdsBinder};
 use varta_watch::beacon::Beacon;
 use varta_watch::daemon::{
-    HookRunner, Hooks, SelfNotify, install_stop_signals, stop_requested, take_activated_socket,
+    HookConfig, HookRunner, Hooks, SelfNotify, install_stop_signals, stop_requested,
+    take_activated_socket,
 };
 use varta_watch::tracker::{EvictionPolicy, RateLimit, TrackerConfig};
 use varta_watch::vlp::Status;
@@ -112,7 +113,9 @@ struct RunArgs {
     #[arg(long, value_parser = parse_rate, allow_negative_numbers = true)]
     global_rate_limit: Option<f64>,
     /// Command run (by /bin/sh) when an agent stalls; gets VARTA_PID, VARTA_EVENT,
-    /// VARTA_SILENT_MS and the agent's pidfd as descriptor 3 (VARTA_PIDFD).
+    /// VARTA_SILENT_MS, the agent's pidfd as descriptor 3 (VARTA_PIDFD), VARTA_SERVICE (and
+    /// VARTA_UNIT, VARTA_COMM when known), PATH, HOME and LANG, and nothing else of the
+    /// daemon's environment. Its output is logged, never mixed into the events.
     #[arg(long)]
     on_stall: Option<String>,
     /// Command run when an agent exits.
@@ -121,6 +124,21 @@ struct RunArgs {
     /// Command run when an agent reports itself critical.
     #[arg(long)]
     on_critical: Option<String>,
+    /// Hooks running at once, at most (1 to 1024); more wait in the queue.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), default_value_t = 4)]
+    hook_concurrency: u32,
+    /// Hooks waiting for a slot, at most (0 to 65536); more are dropped, counted and warned
+    /// about.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65536), default_value_t = 256)]
+    hook_queue: u32,
+    /// A hook still running after this gets SIGTERM (with everything it started: its process
+    /// group), and SIGKILL 5 s later.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "30s")]
+    hook_timeout: Duration,
+    /// The same event of the same agent runs its hook at most once per this window (0s: every
+    /// time).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    hook_debounce: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback addresses only).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
@@ -373,11 +391,20 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut sink = EventSink::open(&args.events)?;
-    let mut hooks = HookRunner::new(Hooks {
-        on_stall: args.on_stall.clone(),
-        on_exit: args.on_exit.clone(),
-        on_critical: args.on_critical.clone(),
-    });
+    let mut hooks = HookRunner::with_config(
+        Hooks {
+            on_stall: args.on_stall.clone(),
+            on_exit: args.on_exit.clone(),
+            on_critical: args.on_critical.clone(),
+        },
+        HookConfig {
+            concurrency: args.hook_concurrency as usize,
+            queue: args.hook_queue as usize,
+            timeout: args.hook_timeout,
+            debounce: args.hook_debounce,
+            ..HookConfig::default()
+        },
+    );
 
     let (requests, inbox) = mpsc::channel::<Request>();
     if let Some(addr) = args.metrics_addr {
@@ -419,21 +446,19 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             sink.push(&event.to_json(ts_ms));
             let pidfd = event.pid().and_then(|pid| observer.pidfd(pid));
-            if let Err(e) = hooks.run(&event, pidfd) {
-                eprintln!(
-                    "varta-watch: hook for {} failed to start: {e}",
-                    event.name()
-                );
-            }
+            hooks.run(&event, pidfd);
         }
         sink.flush();
-        hooks.reap();
+        hooks.tick();
+        let view = report::DaemonView {
+            sink: &sink.counters,
+            hooks: Some(&hooks),
+            services: None,
+        };
         while let Ok(request) = inbox.try_recv() {
             let _ = match request {
-                Request::Metrics(reply) => reply.send(report::metrics(&observer, &sink.counters)),
-                Request::Status(reply) => {
-                    reply.send(report::status_json(&observer, &sink.counters))
-                }
+                Request::Metrics(reply) => reply.send(report::metrics(&observer, &view)),
+                Request::Status(reply) => reply.send(report::status_json(&observer, &view)),
             };
         }
         if let Some(n) = &mut notify {
