@@ -35,6 +35,12 @@ pub fn take_activated_socket() -> io::Result<Option<UnixDatagram>> {
     crate::sys::take_listen_socket()
 }
 
+/// Whether `SO_PASSCRED` is on for a socket (a socket passed by activation has it only with
+/// `PassCredentials=yes`; datagrams queued without it carry no sender credentials).
+pub fn passes_credentials(socket: &UnixDatagram) -> io::Result<bool> {
+    crate::sys::passcred_enabled(std::os::fd::AsFd::as_fd(socket))
+}
+
 /// A client of the supervisor's `NOTIFY_SOCKET`: `READY=1`, `STATUS=`, `STOPPING=1`, and
 /// `WATCHDOG=1` at half the supervisor's `WATCHDOG_USEC`.
 #[derive(Debug)]

@@ -10,4 +10,6 @@ mod daemon;
 mod edges;
 mod hooks;
 mod interop;
+mod services;
 mod support;
+mod systemd;

@@ -19,6 +19,8 @@ use varta_watch::daemon::{
     HookConfig, HookRunner, Hooks, SelfNotify, install_stop_signals, stop_requested,
     take_activated_socket,
 };
+use varta_watch::event::json_string;
+use varta_watch::service::{Identity, ServiceRule, Services, SignalDecision, signal_name};
 use varta_watch::tracker::{EvictionPolicy, RateLimit, TrackerConfig};
 use varta_watch::vlp::Status;
 use varta_watch::{Event, Observer, ObserverConfig, report};
@@ -145,6 +147,10 @@ struct RunArgs {
     /// Serve the status snapshot on this Unix socket (for `varta-watch status`).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// A TOML file of services: per-service thresholds, hooks and a stall signal, matched by
+    /// systemd unit, cgroup path or command name (see the README).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Diagnostics on stderr at this level and above (events go to --events regardless).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -171,7 +177,7 @@ enum Eviction {
     Balanced,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
@@ -193,7 +199,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("'{text}': {e}"))
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d.is_zero() {
         return Err("must be more than zero (an agent would stall the moment it spoke)".into());
@@ -253,6 +259,12 @@ pub(super) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A config file that cannot work is a usage error, as a bad flag is.
+            let code = if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
             // The whole chain: an error's source holds the OS cause.
             let mut message = err.to_string();
             let mut source = err.source();
@@ -265,7 +277,7 @@ pub(super) fn main() -> ExitCode {
                 source = cause.source();
             }
             eprintln!("varta-watch: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
@@ -326,6 +338,11 @@ enum Request {
 }
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // A config file that cannot work stops the daemon before it binds anything.
+    let rules: Vec<ServiceRule> = match &args.config {
+        Some(path) => crate::config::load(path)?,
+        None => Vec::new(),
+    };
     // Before any thread exists: signal dispositions and the activation environment.
     install_stop_signals()?;
     let activated = take_activated_socket()?;
@@ -348,6 +365,19 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
+    if let Some(socket) = &activated {
+        match varta_watch::daemon::passes_credentials(socket) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                socket = %args.socket.display(),
+                "the socket passed by socket activation lacks SO_PASSCRED: datagrams queued \
+                 before varta-watch started carry no sender credentials and are dropped \
+                 (auth_failure, reason no_credentials). Add PassCredentials=yes to the .socket \
+                 unit; turning it on now for later datagrams"
+            ),
+            Err(e) => tracing::warn!("cannot read SO_PASSCRED of the activated socket: {e}"),
+        }
     }
     if activated.is_none() {
         create_socket_dir(&args.socket, args.socket_mode)?;
@@ -406,6 +436,11 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     );
 
+    let mut services = Services::new(rules);
+    if !services.rules().is_empty() {
+        tracing::info!(services = services.rules().len(), "service rules loaded");
+    }
+
     let (requests, inbox) = mpsc::channel::<Request>();
     if let Some(addr) = args.metrics_addr {
         if !addr.ip().is_loopback() {
@@ -441,19 +476,22 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         for event in events.drain(..) {
-            if matches!(event, Event::Beat { .. }) && !args.log_beats {
-                continue;
-            }
-            sink.push(&event.to_json(ts_ms));
-            let pidfd = event.pid().and_then(|pid| observer.pidfd(pid));
-            hooks.run(&event, pidfd);
+            handle_event(
+                &event,
+                ts_ms,
+                args.log_beats,
+                &mut observer,
+                &mut services,
+                &mut hooks,
+                &mut sink,
+            );
         }
         sink.flush();
         hooks.tick();
         let view = report::DaemonView {
             sink: &sink.counters,
             hooks: Some(&hooks),
-            services: None,
+            services: Some(&services),
         };
         while let Ok(request) = inbox.try_recv() {
             let _ = match request {
@@ -471,6 +509,120 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!(agents = observer.tracker().len(), "stopping on signal");
     Ok(())
+}
+
+/// One event: label (a new agent is classified and given its service's threshold), write,
+/// signal (a stalled agent of a service with `signal`), run hooks, forget (a departed agent).
+fn handle_event(
+    event: &Event,
+    ts_ms: u128,
+    log_beats: bool,
+    observer: &mut Observer,
+    services: &mut Services,
+    hooks: &mut HookRunner,
+    sink: &mut EventSink,
+) {
+    let pid = event.pid();
+    if let (Event::Registered { .. }, Some(pid)) = (event, pid) {
+        let threshold = services
+            .classify(pid, Identity::of_process(pid))
+            .and_then(|rule| rule.threshold);
+        if let Some(threshold) = threshold {
+            observer.set_agent_limit(pid, threshold);
+        }
+    }
+    if !matches!(event, Event::Beat { .. }) || log_beats {
+        let mut line = event.to_json(ts_ms);
+        if let Some(label) = pid.and_then(|pid| services.label(pid)) {
+            line.pop(); // the closing brace
+            line.push_str(",\"service\":");
+            json_string(&mut line, &label.service);
+            if matches!(event, Event::Registered { .. }) {
+                let id = &label.identity;
+                for (key, value) in [
+                    ("unit", &id.unit),
+                    ("cgroup", &id.cgroup),
+                    ("comm", &id.comm),
+                ] {
+                    if let Some(value) = value {
+                        line.push_str(&format!(",\"{key}\":"));
+                        json_string(&mut line, value);
+                    }
+                }
+            }
+            line.push('}');
+        }
+        sink.push(&line);
+    }
+    let Some(pid) = pid else {
+        return;
+    };
+    if matches!(event, Event::Stalled { .. }) {
+        let (signal, result, error) = match services.on_stall(pid, Instant::now()) {
+            SignalDecision::None => (None, "", None),
+            SignalDecision::Limited(signal) => (Some(signal), "flap_limited", None),
+            SignalDecision::Send(signal) => match observer.signal_agent(pid, signal) {
+                Ok(()) => {
+                    services.signal_result(pid, true);
+                    (Some(signal), "sent", None)
+                }
+                Err(e) => {
+                    services.signal_result(pid, false);
+                    (Some(signal), "failed", Some(e.to_string()))
+                }
+            },
+        };
+        if let Some(signal) = signal {
+            let service = services
+                .label(pid)
+                .map_or("unknown", |l| l.service.as_str());
+            let name = signal_name(signal);
+            match (result, &error) {
+                ("sent", _) => tracing::info!(pid, service, "stalled: sent {name}"),
+                ("flap_limited", _) => tracing::warn!(
+                    pid,
+                    service,
+                    "stalled: {name} not sent, the service had its signal_limit within its \
+                     signal_window (flap control)"
+                ),
+                (_, e) => tracing::warn!(pid, service, "stalled: cannot send {name}: {e:?}"),
+            }
+            let mut line =
+                format!("{{\"ts_ms\":{ts_ms},\"event\":\"signal\",\"pid\":{pid},\"service\":");
+            json_string(&mut line, service);
+            line.push_str(&format!(",\"signal\":\"{name}\",\"result\":\"{result}\""));
+            if let Some(e) = &error {
+                line.push_str(",\"error\":");
+                json_string(&mut line, e);
+            }
+            line.push('}');
+            sink.push(&line);
+        }
+    }
+    let command = services
+        .rule_of(pid)
+        .and_then(|rule| rule.hooks.for_event(event))
+        .or_else(|| hooks.hooks().for_event(event))
+        .map(str::to_owned);
+    if let Some(command) = command {
+        let mut labels = Vec::new();
+        if let Some(label) = services.label(pid) {
+            labels.push(("VARTA_SERVICE", label.service.as_str()));
+            if let Some(unit) = &label.identity.unit {
+                labels.push(("VARTA_UNIT", unit.as_str()));
+            }
+            if let Some(comm) = &label.identity.comm {
+                labels.push(("VARTA_COMM", comm.as_str()));
+            }
+        }
+        hooks.submit(event, &command, observer.pidfd(pid), &labels);
+    }
+    if matches!(
+        event,
+        Event::Exited { .. } | Event::Evicted { .. } | Event::Rejected { .. }
+    ) {
+        services.forget(pid);
+    }
 }
 
 fn ask(
