@@ -4,7 +4,7 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 
-pub use crate::hook::{HookRunner, Hooks};
+pub use crate::hook::{HookConfig, HookRunner, Hooks};
 
 /// Makes SIGTERM and SIGINT request a clean stop (see [`stop_requested`]) instead of killing
 /// the process; a blocking [`Observer::poll`](crate::Observer::poll) returns at once.
@@ -34,3 +34,9 @@ pub fn take_activated_socket() -> io::Result<Option<UnixDatagram>> {
 }
 
 pub use platform_primitives::notify::SelfNotify;
+
+/// Whether `SO_PASSCRED` is on for a socket (a socket passed by activation has it only with
+/// `PassCredentials=yes`; datagrams queued without it carry no sender credentials).
+pub fn passes_credentials(socket: &UnixDatagram) -> io::Result<bool> {
+    crate::sys::passcred_enabled(std::os::fd::AsFd::as_fd(socket))
+}

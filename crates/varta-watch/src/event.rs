@@ -263,8 +263,9 @@ impl Event {
     }
 }
 
-/// Appends `text` as a JSON string literal.
-pub(crate) fn json_string(out: &mut String, text: &str) {
+/// Appends `text` as a JSON string literal (quotes, backslashes and control characters
+/// escaped).
+pub fn json_string(out: &mut String, text: &str) {
     out.push('"');
     for c in text.chars() {
         match c {

@@ -26,12 +26,15 @@
 //! Works today: the VLP v0.2 codec, the sd_notify parser, the tracker (per-agent timeouts,
 //! startup grace, missed-beat rule, eviction policies, rate limits, suspend handling) and the
 //! observer with kernel-attested senders and pidfd exit detection, the agent-side [`beacon`],
-//! and the `varta-watch` daemon (JSON-lines events, exec hooks with the agent's pidfd,
-//! Prometheus metrics, a status control socket, socket activation, its own sd_notify).
+//! services by name ([`service`]: unit, cgroup and command labels, per-service thresholds and
+//! a stall signal through the pidfd with flap control), and the `varta-watch` daemon
+//! (JSON-lines events, bounded exec hooks with the agent's pidfd, Prometheus metrics, a status
+//! control socket, socket activation, its own sd_notify, systemd unit files).
 
 pub mod beacon;
 pub mod event;
 pub mod notify;
+pub mod service;
 pub mod tracker;
 pub mod vlp;
 

@@ -338,6 +338,26 @@ impl Observer {
         self.tracker.pidfd(pid)
     }
 
+    /// Gives agent `pid` its own silence limit (a per-service threshold); see
+    /// [`Tracker::set_limit`].
+    pub fn set_agent_limit(&mut self, pid: u32, limit: Duration) {
+        self.tracker.set_limit(pid, limit);
+    }
+
+    /// Sends `signal` to agent `pid` through its pidfd, so a recycled pid is never hit.
+    ///
+    /// Fails with `NotFound` for an agent not tracked or watched without a pidfd (it is then
+    /// not signalled at all: a plain pid could have been recycled).
+    pub fn signal_agent(&self, pid: u32, signal: i32) -> io::Result<()> {
+        let pidfd = self.tracker.pidfd(pid).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no pidfd is held for this agent (not tracked, or watched by polling)",
+            )
+        })?;
+        sys::pidfd_send_signal(pidfd.as_fd(), signal)
+    }
+
     /// Waits up to `timeout` for something to happen and appends what happened to `events`.
     ///
     /// Returns early, with whatever was observed, when a signal interrupts the wait.

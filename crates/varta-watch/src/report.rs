@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 
 use crate::event::json_string;
+use crate::hook::HookRunner;
 use crate::observer::Observer;
+use crate::service::Services;
 
 /// What the daemon counts beside the observer: its event stream's write failures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -15,8 +17,39 @@ pub struct SinkCounters {
     pub events_dropped: u64,
 }
 
+/// What the daemon holds beside the observer, for the renderings.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonView<'a> {
+    /// The event stream's counters.
+    pub sink: &'a SinkCounters,
+    /// The hook runner, if hooks are configured.
+    pub hooks: Option<&'a HookRunner>,
+    /// Service labels and rules.
+    pub services: Option<&'a Services>,
+}
+
+/// Appends `value` as a Prometheus label value (backslash, quote and newline escaped).
+fn label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The service label of agent `pid` (`unknown` when it was never classified).
+fn service_of<'a>(view: &DaemonView<'a>, pid: u32) -> &'a str {
+    view.services
+        .and_then(|s| s.label(pid))
+        .map_or("unknown", |l| l.service.as_str())
+}
+
 /// Prometheus text exposition (format 0.0.4) of the observer's counters and every agent.
-pub fn metrics(observer: &Observer, sink: &SinkCounters) -> String {
+pub fn metrics(observer: &Observer, view: &DaemonView<'_>) -> String {
+    let sink = view.sink;
     let tracker = observer.tracker();
     let mut out = String::with_capacity(1024 + tracker.len() * 256);
     let c = observer.counters();
@@ -148,9 +181,11 @@ pub fn metrics(observer: &Observer, sink: &SinkCounters) -> String {
     agents.sort_by_key(|a| a.pid());
     out.push_str("# HELP varta_agent_silent_seconds Time since the agent last spoke.\n# TYPE varta_agent_silent_seconds gauge\n");
     for a in &agents {
+        let _ = write!(out, "varta_agent_silent_seconds{{service=\"");
+        label_value(&mut out, service_of(view, a.pid()));
         let _ = writeln!(
             out,
-            "varta_agent_silent_seconds{{pid=\"{}\",protocol=\"{}\",phase=\"{}\",health=\"{}\"}} {:.3}",
+            "\",pid=\"{}\",protocol=\"{}\",phase=\"{}\",health=\"{}\"}} {:.3}",
             a.pid(),
             a.protocol().as_str(),
             a.phase().as_str(),
@@ -160,28 +195,105 @@ pub fn metrics(observer: &Observer, sink: &SinkCounters) -> String {
     }
     out.push_str("# HELP varta_agent_stalled Whether the agent is stalled.\n# TYPE varta_agent_stalled gauge\n");
     for a in &agents {
-        let _ = writeln!(
-            out,
-            "varta_agent_stalled{{pid=\"{}\"}} {}",
-            a.pid(),
-            u8::from(a.is_stalled())
-        );
+        let _ = write!(out, "varta_agent_stalled{{service=\"");
+        label_value(&mut out, service_of(view, a.pid()));
+        let _ = writeln!(out, "\",pid=\"{}\"}} {}", a.pid(), u8::from(a.is_stalled()));
     }
     out.push_str("# HELP varta_agent_beats_total Heartbeats accepted from the agent.\n# TYPE varta_agent_beats_total counter\n");
     for a in &agents {
+        let _ = write!(out, "varta_agent_beats_total{{service=\"");
+        label_value(&mut out, service_of(view, a.pid()));
+        let _ = writeln!(out, "\",pid=\"{}\"}} {}", a.pid(), a.beats());
+    }
+    if let Some(hooks) = view.hooks {
+        let h = hooks.counters();
+        for (name, help, value) in [
+            ("varta_hooks_started_total", "Hooks started.", h.started),
+            (
+                "varta_hooks_failed_total",
+                "Hooks that could not be started.",
+                h.failed,
+            ),
+            (
+                "varta_hooks_unsuccessful_total",
+                "Hooks that exited unsuccessfully.",
+                h.unsuccessful,
+            ),
+            (
+                "varta_hooks_timed_out_total",
+                "Hooks stopped at --hook-timeout.",
+                h.timed_out,
+            ),
+            (
+                "varta_hooks_dropped_total",
+                "Hooks dropped: the queue was full.",
+                h.dropped,
+            ),
+            (
+                "varta_hooks_debounced_total",
+                "Hooks not run: the same event of the agent ran one within --hook-debounce.",
+                h.debounced,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
         let _ = writeln!(
             out,
-            "varta_agent_beats_total{{pid=\"{}\"}} {}",
-            a.pid(),
-            a.beats()
+            "# HELP varta_hooks_running Hooks running.\n# TYPE varta_hooks_running gauge\nvarta_hooks_running {}\n\
+             # HELP varta_hooks_queued Hooks waiting for a slot.\n# TYPE varta_hooks_queued gauge\nvarta_hooks_queued {}",
+            hooks.running(),
+            hooks.queued()
         );
+    }
+    if let Some(services) = view.services {
+        out.push_str("# HELP varta_service_agents Agents tracked per service.\n# TYPE varta_service_agents gauge\n");
+        for (service, n) in services.agents_per_service() {
+            out.push_str("varta_service_agents{service=\"");
+            label_value(&mut out, service);
+            let _ = writeln!(out, "\"}} {n}");
+        }
+        type Get = fn(&crate::service::ServiceCounters) -> u64;
+        let per_rule: [(&str, &str, Get); 4] = [
+            (
+                "varta_service_stalls_total",
+                "Stalls of the service's agents.",
+                |c| c.stalls,
+            ),
+            (
+                "varta_service_signals_total",
+                "Signals sent to the service's stalled agents.",
+                |c| c.signals,
+            ),
+            (
+                "varta_service_signals_limited_total",
+                "Signals not sent: flap control.",
+                |c| c.signals_limited,
+            ),
+            (
+                "varta_service_signals_failed_total",
+                "Signals that could not be sent.",
+                |c| c.signals_failed,
+            ),
+        ];
+        for (name, help, get) in per_rule {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (service, counters) in services.counters() {
+                let _ = write!(out, "{name}{{service=\"");
+                label_value(&mut out, service);
+                let _ = writeln!(out, "\"}} {}", get(counters));
+            }
+        }
     }
     out
 }
 
 /// The JSON status snapshot: every agent with its phase, health, silence and `STATUS=` text,
 /// and the counters.
-pub fn status_json(observer: &Observer, sink: &SinkCounters) -> String {
+pub fn status_json(observer: &Observer, view: &DaemonView<'_>) -> String {
+    let sink = view.sink;
     let now = observer.now();
     let tracker = observer.tracker();
     let mut agents: Vec<_> = tracker.agents().collect();
@@ -191,10 +303,22 @@ pub fn status_json(observer: &Observer, sink: &SinkCounters) -> String {
         if i > 0 {
             out.push(',');
         }
+        let _ = write!(out, "{{\"pid\":{},\"service\":", a.pid());
+        json_string(&mut out, service_of(view, a.pid()));
+        if let Some(label) = view.services.and_then(|s| s.label(a.pid())) {
+            for (key, value) in [
+                ("unit", &label.identity.unit),
+                ("comm", &label.identity.comm),
+            ] {
+                if let Some(value) = value {
+                    let _ = write!(out, ",\"{key}\":");
+                    json_string(&mut out, value);
+                }
+            }
+        }
         let _ = write!(
             out,
-            "{{\"pid\":{},\"uid\":{},\"protocol\":\"{}\",\"phase\":\"{}\",\"health\":\"{}\",\"stalled\":{},\"silent_ms\":{},\"beats\":{},\"limit_ms\":{},\"status\":",
-            a.pid(),
+            ",\"uid\":{},\"protocol\":\"{}\",\"phase\":\"{}\",\"health\":\"{}\",\"stalled\":{},\"silent_ms\":{},\"beats\":{},\"limit_ms\":{},\"status\":",
             a.uid(),
             a.protocol().as_str(),
             a.phase().as_str(),
@@ -236,5 +360,22 @@ pub fn status_json(observer: &Observer, sink: &SinkCounters) -> String {
         sink.event_write_errors,
         sink.events_dropped
     );
+    if let Some(hooks) = view.hooks {
+        let h = hooks.counters();
+        // Inside the counters object: drop its closing brace, add, close again.
+        out.truncate(out.len() - 2);
+        let _ = write!(
+            out,
+            ",\"hooks_started\":{},\"hooks_failed\":{},\"hooks_unsuccessful\":{},\"hooks_timed_out\":{},\"hooks_dropped\":{},\"hooks_debounced\":{},\"hooks_running\":{},\"hooks_queued\":{}}}}}",
+            h.started,
+            h.failed,
+            h.unsuccessful,
+            h.timed_out,
+            h.dropped,
+            h.debounced,
+            hooks.running(),
+            hooks.queued()
+        );
+    }
     out
 }

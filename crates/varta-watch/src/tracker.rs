@@ -364,6 +364,27 @@ impl Tracker {
         }
     }
 
+    /// Gives agent `pid` a silence limit of its own (a per-service threshold), as
+    /// `WATCHDOG_USEC=` does; a later `WATCHDOG_USEC=` from the agent replaces it. The agent's
+    /// current deadline moves to its last beat plus the new limit (plus the startup grace if
+    /// it has spoken only once).
+    pub fn set_limit(&mut self, pid: u32, limit: Duration) {
+        let Some(slot) = self.slot(pid) else {
+            return;
+        };
+        let grace = grace_ms(&self.config);
+        let agent = &mut self.slab[slot as usize];
+        agent.own_limit = ms(limit);
+        let grace = if agent.beats <= 1 { grace } else { 0 };
+        agent.deadline = agent.last_seen + agent.own_limit + grace;
+        // An earlier deadline needs its own heap entry; a later one is found by re-queueing.
+        if agent.flags & F_QUEUED == 0 || agent.queued_at > agent.deadline {
+            agent.queued_at = agent.deadline;
+            agent.set(F_QUEUED, true);
+            self.deadlines.push(Reverse((agent.deadline, agent.pid)));
+        }
+    }
+
     /// The pidfd kept for an agent.
     pub fn pidfd(&self, pid: u32) -> Option<&OwnedFd> {
         self.agent(pid)?.pidfd.as_ref()

@@ -244,6 +244,61 @@ pub(crate) fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Sends `signal` to process group `pgid` (`kill(-pgid, signal)`). Errors are ignored: the
+/// group may have emptied since the caller looked.
+pub(crate) fn signal_process_group(pgid: u32, signal: i32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    if pgid <= 1 {
+        return; // never "every process" (-1) or the caller's own group (0)
+    }
+    // SAFETY: kill takes two integers and touches no memory.
+    unsafe { libc::kill(-pgid, signal) };
+}
+
+/// Sends `signal` to the process a pidfd refers to (`pidfd_send_signal(2)`, Linux 5.1): it
+/// cannot reach a process that merely inherited the pid.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in SI_USER); flags must be 0; the
+    // descriptor is open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `SO_PASSCRED` is on for a socket.
+pub(crate) fn passcred_enabled(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the out-pointers are a valid c_int and its size; the descriptor is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&raw mut on).cast(),
+            &raw mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(on != 0)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether a process with this pid exists (`kill(pid, 0)`; a zombie counts as existing).
 pub(crate) fn pid_exists(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

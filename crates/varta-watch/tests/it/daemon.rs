@@ -292,12 +292,18 @@ fn metrics_are_served_over_loopback_http() {
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("# TYPE varta_frames_total counter"), "{body}");
     assert!(
-        body.contains(&format!("varta_agent_stalled{{pid=\"{pid}\"}} 0")),
+        body.contains(&format!(
+            "varta_agent_stalled{{service=\"varta-watch\",pid=\"{pid}\"}} 0"
+        )),
         "{body}"
     );
     let beats = body
         .lines()
-        .find(|l| l.starts_with(&format!("varta_agent_beats_total{{pid=\"{pid}\"}}")))
+        .find(|l| {
+            l.starts_with(&format!(
+                "varta_agent_beats_total{{service=\"varta-watch\",pid=\"{pid}\"}}"
+            ))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<u64>().ok())
         .expect("per-agent beats line");

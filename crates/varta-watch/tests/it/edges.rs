@@ -477,3 +477,44 @@ fn uncreatable_socket_directory_is_a_clear_error() {
     );
     assert!(err.contains("Not a directory"), "gives the OS cause: {err}");
 }
+
+/// An activated socket without `SO_PASSCRED` (systemd-socket-activate sets none; a `.socket`
+/// unit without `PassCredentials=yes` neither): the datagrams queued before the daemon started
+/// carry no credentials and are dropped. The daemon says so at start, naming the fix, and
+/// turns the option on so later datagrams are attributed.
+#[test]
+fn activated_socket_without_passcred_is_warned_about() {
+    let Some(activate) = which("systemd-socket-activate") else {
+        return skip(
+            "activation without SO_PASSCRED",
+            "systemd-socket-activate is not installed",
+        );
+    };
+    let dir = TempDir::new("passcred");
+    let path = dir.path("activated.sock");
+    let log = dir.path("stderr.log");
+    let mut cmd = Command::new(activate);
+    cmd.arg("--datagram")
+        .arg("--listen")
+        .arg(&path)
+        .arg(BIN)
+        .arg("--socket")
+        .arg(dir.path("unused.sock"))
+        .stderr(std::fs::File::create(&log).expect("stderr file"));
+    let mut d = Daemon::spawn(cmd, path.clone());
+    let mut agent = Children(vec![beacon(&path, &["--interval", "20ms"])]);
+    let pid = agent.0[0].id();
+    // The datagram that woke the activator was queued before credentials were on.
+    d.expect("the unattributable first datagram", WAIT, |l| {
+        l.contains("\"event\":\"auth_failure\"") && l.contains("no_credentials")
+    });
+    d.expect_event("registered", pid, WAIT);
+    agent.0[0].kill().expect("kill");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("SO_PASSCRED"))
+        .unwrap_or_else(|| panic!("no SO_PASSCRED warning: {text}"));
+    assert!(warning.contains("PassCredentials=yes"), "{warning}");
+    assert!(warning.contains("dropped"), "says what happened: {warning}");
+}

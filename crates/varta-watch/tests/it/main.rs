@@ -8,5 +8,8 @@
 mod bind;
 mod daemon;
 mod edges;
+mod hooks;
 mod interop;
+mod services;
 mod support;
+mod systemd;

@@ -306,3 +306,16 @@ impl Drop for Children {
         }
     }
 }
+
+/// Waits (up to `limit`) until `path` exists.
+pub(crate) fn wait_for_file(path: &Path, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no {} within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

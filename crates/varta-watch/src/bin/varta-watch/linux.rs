@@ -16,8 +16,11 @@ use platform_primitives::clock::ClockSource;
 use platform_primitives::uds::{BoundSocket, UdsBinder};
 use varta_watch::beacon::Beacon;
 use varta_watch::daemon::{
-    HookRunner, Hooks, SelfNotify, install_stop_signals, stop_requested, take_activated_socket,
+    HookConfig, HookRunner, Hooks, SelfNotify, install_stop_signals, stop_requested,
+    take_activated_socket,
 };
+use varta_watch::event::json_string;
+use varta_watch::service::{Identity, ServiceRule, Services, SignalDecision, signal_name};
 use varta_watch::tracker::{EvictionPolicy, RateLimit, TrackerConfig};
 use varta_watch::vlp::Status;
 use varta_watch::{Event, Observer, ObserverConfig, report};
@@ -112,7 +115,9 @@ struct RunArgs {
     #[arg(long, value_parser = parse_rate, allow_negative_numbers = true)]
     global_rate_limit: Option<f64>,
     /// Command run (by /bin/sh) when an agent stalls; gets VARTA_PID, VARTA_EVENT,
-    /// VARTA_SILENT_MS and the agent's pidfd as descriptor 3 (VARTA_PIDFD).
+    /// VARTA_SILENT_MS, the agent's pidfd as descriptor 3 (VARTA_PIDFD), VARTA_SERVICE (and
+    /// VARTA_UNIT, VARTA_COMM when known), PATH, HOME and LANG, and nothing else of the
+    /// daemon's environment. Its output is logged, never mixed into the events.
     #[arg(long)]
     on_stall: Option<String>,
     /// Command run when an agent exits.
@@ -121,12 +126,31 @@ struct RunArgs {
     /// Command run when an agent reports itself critical.
     #[arg(long)]
     on_critical: Option<String>,
+    /// Hooks running at once, at most (1 to 1024); more wait in the queue.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), default_value_t = 4)]
+    hook_concurrency: u32,
+    /// Hooks waiting for a slot, at most (0 to 65536); more are dropped, counted and warned
+    /// about.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=65536), default_value_t = 256)]
+    hook_queue: u32,
+    /// A hook still running after this gets SIGTERM (with everything it started: its process
+    /// group), and SIGKILL 5 s later.
+    #[arg(long, value_parser = parse_positive_duration, default_value = "30s")]
+    hook_timeout: Duration,
+    /// The same event of the same agent runs its hook at most once per this window (0s: every
+    /// time).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    hook_debounce: Duration,
     /// Serve Prometheus metrics at http://ADDR/metrics (loopback addresses only).
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
     /// Serve the status snapshot on this Unix socket (for `varta-watch status`).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// A TOML file of services: per-service thresholds, hooks and a stall signal, matched by
+    /// systemd unit, cgroup path or command name (see the README).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// Diagnostics on stderr at this level and above (events go to --events regardless).
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -153,7 +177,7 @@ enum Eviction {
     Balanced,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
@@ -175,7 +199,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("'{text}': {e}"))
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
     if d.is_zero() {
         return Err("must be more than zero (an agent would stall the moment it spoke)".into());
@@ -235,6 +259,12 @@ pub(super) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A config file that cannot work is a usage error, as a bad flag is.
+            let code = if err.downcast_ref::<crate::config::ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
             // The whole chain: an error's source holds the OS cause.
             let mut message = err.to_string();
             let mut source = err.source();
@@ -247,7 +277,7 @@ pub(super) fn main() -> ExitCode {
                 source = cause.source();
             }
             eprintln!("varta-watch: {message}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
@@ -308,6 +338,11 @@ enum Request {
 }
 
 fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // A config file that cannot work stops the daemon before it binds anything.
+    let rules: Vec<ServiceRule> = match &args.config {
+        Some(path) => crate::config::load(path)?,
+        None => Vec::new(),
+    };
     // Before any thread exists: signal dispositions and the activation environment.
     install_stop_signals()?;
     let activated = take_activated_socket()?;
@@ -330,6 +365,19 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
+    if let Some(socket) = &activated {
+        match varta_watch::daemon::passes_credentials(socket) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                socket = %args.socket.display(),
+                "the socket passed by socket activation lacks SO_PASSCRED: datagrams queued \
+                 before varta-watch started carry no sender credentials and are dropped \
+                 (auth_failure, reason no_credentials). Add PassCredentials=yes to the .socket \
+                 unit; turning it on now for later datagrams"
+            ),
+            Err(e) => tracing::warn!("cannot read SO_PASSCRED of the activated socket: {e}"),
+        }
     }
     if activated.is_none() {
         create_socket_dir(&args.socket, args.socket_mode)?;
@@ -373,11 +421,25 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut sink = EventSink::open(&args.events)?;
-    let mut hooks = HookRunner::new(Hooks {
-        on_stall: args.on_stall.clone(),
-        on_exit: args.on_exit.clone(),
-        on_critical: args.on_critical.clone(),
-    });
+    let mut hooks = HookRunner::with_config(
+        Hooks {
+            on_stall: args.on_stall.clone(),
+            on_exit: args.on_exit.clone(),
+            on_critical: args.on_critical.clone(),
+        },
+        HookConfig {
+            concurrency: args.hook_concurrency as usize,
+            queue: args.hook_queue as usize,
+            timeout: args.hook_timeout,
+            debounce: args.hook_debounce,
+            ..HookConfig::default()
+        },
+    );
+
+    let mut services = Services::new(rules);
+    if !services.rules().is_empty() {
+        tracing::info!(services = services.rules().len(), "service rules loaded");
+    }
 
     let (requests, inbox) = mpsc::channel::<Request>();
     if let Some(addr) = args.metrics_addr {
@@ -414,26 +476,27 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         for event in events.drain(..) {
-            if matches!(event, Event::Beat { .. }) && !args.log_beats {
-                continue;
-            }
-            sink.push(&event.to_json(ts_ms));
-            let pidfd = event.pid().and_then(|pid| observer.pidfd(pid));
-            if let Err(e) = hooks.run(&event, pidfd) {
-                eprintln!(
-                    "varta-watch: hook for {} failed to start: {e}",
-                    event.name()
-                );
-            }
+            handle_event(
+                &event,
+                ts_ms,
+                args.log_beats,
+                &mut observer,
+                &mut services,
+                &mut hooks,
+                &mut sink,
+            );
         }
         sink.flush();
-        hooks.reap();
+        hooks.tick();
+        let view = report::DaemonView {
+            sink: &sink.counters,
+            hooks: Some(&hooks),
+            services: Some(&services),
+        };
         while let Ok(request) = inbox.try_recv() {
             let _ = match request {
-                Request::Metrics(reply) => reply.send(report::metrics(&observer, &sink.counters)),
-                Request::Status(reply) => {
-                    reply.send(report::status_json(&observer, &sink.counters))
-                }
+                Request::Metrics(reply) => reply.send(report::metrics(&observer, &view)),
+                Request::Status(reply) => reply.send(report::status_json(&observer, &view)),
             };
         }
         if let Some(n) = &mut notify {
@@ -446,6 +509,120 @@ fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!(agents = observer.tracker().len(), "stopping on signal");
     Ok(())
+}
+
+/// One event: label (a new agent is classified and given its service's threshold), write,
+/// signal (a stalled agent of a service with `signal`), run hooks, forget (a departed agent).
+fn handle_event(
+    event: &Event,
+    ts_ms: u128,
+    log_beats: bool,
+    observer: &mut Observer,
+    services: &mut Services,
+    hooks: &mut HookRunner,
+    sink: &mut EventSink,
+) {
+    let pid = event.pid();
+    if let (Event::Registered { .. }, Some(pid)) = (event, pid) {
+        let threshold = services
+            .classify(pid, Identity::of_process(pid))
+            .and_then(|rule| rule.threshold);
+        if let Some(threshold) = threshold {
+            observer.set_agent_limit(pid, threshold);
+        }
+    }
+    if !matches!(event, Event::Beat { .. }) || log_beats {
+        let mut line = event.to_json(ts_ms);
+        if let Some(label) = pid.and_then(|pid| services.label(pid)) {
+            line.pop(); // the closing brace
+            line.push_str(",\"service\":");
+            json_string(&mut line, &label.service);
+            if matches!(event, Event::Registered { .. }) {
+                let id = &label.identity;
+                for (key, value) in [
+                    ("unit", &id.unit),
+                    ("cgroup", &id.cgroup),
+                    ("comm", &id.comm),
+                ] {
+                    if let Some(value) = value {
+                        line.push_str(&format!(",\"{key}\":"));
+                        json_string(&mut line, value);
+                    }
+                }
+            }
+            line.push('}');
+        }
+        sink.push(&line);
+    }
+    let Some(pid) = pid else {
+        return;
+    };
+    if matches!(event, Event::Stalled { .. }) {
+        let (signal, result, error) = match services.on_stall(pid, Instant::now()) {
+            SignalDecision::None => (None, "", None),
+            SignalDecision::Limited(signal) => (Some(signal), "flap_limited", None),
+            SignalDecision::Send(signal) => match observer.signal_agent(pid, signal) {
+                Ok(()) => {
+                    services.signal_result(pid, true);
+                    (Some(signal), "sent", None)
+                }
+                Err(e) => {
+                    services.signal_result(pid, false);
+                    (Some(signal), "failed", Some(e.to_string()))
+                }
+            },
+        };
+        if let Some(signal) = signal {
+            let service = services
+                .label(pid)
+                .map_or("unknown", |l| l.service.as_str());
+            let name = signal_name(signal);
+            match (result, &error) {
+                ("sent", _) => tracing::info!(pid, service, "stalled: sent {name}"),
+                ("flap_limited", _) => tracing::warn!(
+                    pid,
+                    service,
+                    "stalled: {name} not sent, the service had its signal_limit within its \
+                     signal_window (flap control)"
+                ),
+                (_, e) => tracing::warn!(pid, service, "stalled: cannot send {name}: {e:?}"),
+            }
+            let mut line =
+                format!("{{\"ts_ms\":{ts_ms},\"event\":\"signal\",\"pid\":{pid},\"service\":");
+            json_string(&mut line, service);
+            line.push_str(&format!(",\"signal\":\"{name}\",\"result\":\"{result}\""));
+            if let Some(e) = &error {
+                line.push_str(",\"error\":");
+                json_string(&mut line, e);
+            }
+            line.push('}');
+            sink.push(&line);
+        }
+    }
+    let command = services
+        .rule_of(pid)
+        .and_then(|rule| rule.hooks.for_event(event))
+        .or_else(|| hooks.hooks().for_event(event))
+        .map(str::to_owned);
+    if let Some(command) = command {
+        let mut labels = Vec::new();
+        if let Some(label) = services.label(pid) {
+            labels.push(("VARTA_SERVICE", label.service.as_str()));
+            if let Some(unit) = &label.identity.unit {
+                labels.push(("VARTA_UNIT", unit.as_str()));
+            }
+            if let Some(comm) = &label.identity.comm {
+                labels.push(("VARTA_COMM", comm.as_str()));
+            }
+        }
+        hooks.submit(event, &command, observer.pidfd(pid), &labels);
+    }
+    if matches!(
+        event,
+        Event::Exited { .. } | Event::Evicted { .. } | Event::Rejected { .. }
+    ) {
+        services.forget(pid);
+    }
 }
 
 fn ask(

@@ -5,6 +5,8 @@
 //! `varta-watch status --control PATH` prints the running daemon's JSON status snapshot.
 
 #[cfg(target_os = "linux")]
+mod config;
+#[cfg(target_os = "linux")]
 mod linux;
 
 #[cfg(target_os = "linux")]
