@@ -41,6 +41,8 @@
 //!
 //! - `screen` (default): `ScreenProvider` and the session server's screen mode (`vt100`).
 //! - `tokio`: `impl futures_core::Stream for Attach<Live>`, for tokio or any executor.
+//! - `cli`: the `engate` program (new, attach, list, kill, tail), a dtach-like terminal tool
+//!   whose re-attach replays exactly the missed output.
 //! - `loom`: the hub's locks, condition variables and atomics become loom's (model checking
 //!   only; see `tests/loom.rs`).
 //!

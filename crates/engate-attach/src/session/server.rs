@@ -246,6 +246,7 @@ pub struct SessionServer {
     /// Shut down to wake the acceptor (its peer becomes readable).
     wake: UnixStream,
     unreaped: Unreaped,
+    program_pid: u32,
     pump: Option<JoinHandle<io::Result<ExitStatus>>>,
     acceptor: Option<JoinHandle<()>>,
     clients: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -292,7 +293,8 @@ impl SessionServer {
         sys::unix::set_nonblocking(input.as_fd()).map_err(SessionError::Terminal)?;
         let (master, child) = pty.into_parts();
         drop(master);
-        let unreaped: Unreaped = Arc::new(Mutex::new(Some(child.id())));
+        let program_pid = child.id();
+        let unreaped: Unreaped = Arc::new(Mutex::new(Some(program_pid)));
         let shared = Arc::new(Shared::default());
 
         let pump = {
@@ -321,6 +323,7 @@ impl SessionServer {
             shared,
             wake,
             unreaped,
+            program_pid,
             pump: Some(pump),
             acceptor: Some(acceptor),
             clients,
@@ -347,6 +350,11 @@ impl SessionServer {
                 .unwrap_or_else(|_| Err(io::Error::other("the pump thread panicked"))),
             None => Err(io::Error::other("the program was already waited for")),
         }
+    }
+
+    /// The program's process id (it may have ended; see [`program_exit`](Self::program_exit)).
+    pub fn program_pid(&self) -> u32 {
+        self.program_pid
     }
 
     /// How the program ended, once it has (`None` while it runs). Clients learn it too, as

@@ -1,6 +1,8 @@
 //! Integration tests of engate-attach against real threads, real pseudo-terminals, real Unix
-//! sockets and real programs (`seq`, `cat`, `less`).
+//! sockets and real programs (`seq`, `cat`, `less`), and the `engate` program driven through
+//! tmux.
 
+mod cli;
 mod hub;
 mod model;
 mod pty;

@@ -1,0 +1,492 @@
+//! `engate attach` (a terminal on a session) and `engate tail` (its output, non-interactive).
+//!
+//! Attach runs three threads. The main one waits on standard input and on an event pipe:
+//! keystrokes go to the program until the detach key; the pipe brings signals (taken by a
+//! signal thread with `sigwait`, never by a handler) and the news that the output has ended.
+//! The output thread reads the session through a [`Follower`], which writes each byte to the
+//! terminal once and remembers the position written up to. On the way out the position is
+//! saved beside the socket, so the next attach from this user asks the server for exactly the
+//! bytes it missed; when the server no longer holds them (or with `--redraw`), it gets the
+//! screen redrawn instead.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use engate_attach::session::{
+    Applied, ClientError, Follower, ProgramExit, SessionClient, SessionReader, SessionWriter,
+};
+use engate_attach::{Policy, Position};
+
+use crate::store::{Probe, Session};
+use crate::term::{self, RawMode};
+use crate::{Failure, daemon, sys};
+
+/// How long a leaving client waits for the output thread to finish what it was writing.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How often `tail` looks at signals and saves its position while no output comes.
+const TAIL_TICK: Duration = Duration::from_millis(200);
+
+/// The event-pipe byte that says the output thread has ended.
+const OUTPUT_ENDED: u8 = 0;
+
+/// The `attach` command's options.
+#[derive(Debug)]
+pub(crate) struct AttachOptions {
+    /// Start the session with this program if it does not exist (`-A`, `--create`).
+    pub(crate) create: Option<Vec<std::ffi::OsString>>,
+    /// The byte that detaches (`-e`).
+    pub(crate) detach_key: u8,
+    /// Send no input and no size (`-r`, `--read-only`).
+    pub(crate) read_only: bool,
+    /// Ask for a redraw of the screen instead of the missed bytes (`--redraw`).
+    pub(crate) redraw: bool,
+}
+
+/// How the output side ended.
+#[derive(Debug)]
+enum OutputEnd {
+    /// The program ended (with this status, if the server said).
+    Finished(Option<ProgramExit>),
+    /// The server refused the client.
+    Refused(String),
+    /// The connection ended without an end of stream.
+    Lost(String),
+    /// The terminal could not be written.
+    Terminal(io::Error),
+}
+
+/// Why the client leaves.
+#[derive(Debug)]
+enum Leave {
+    Detached,
+    Output(OutputEnd),
+    Signal(libc::c_int),
+}
+
+/// Parses a detach key: `^X` (control-X, `^?` is DEL), or one ASCII character.
+pub(crate) fn parse_key(spec: &str) -> Option<u8> {
+    match spec.as_bytes() {
+        [b'^', b'?'] => Some(0x7f),
+        [b'^', c] if c.is_ascii_alphabetic() || b"@[\\]^_".contains(c) => {
+            Some(c.to_ascii_uppercase() & 0x1f)
+        }
+        [c] if c.is_ascii() => Some(*c),
+        _ => None,
+    }
+}
+
+/// Shows a detach key the way `-e` takes it.
+fn show_key(key: u8) -> String {
+    match key {
+        0x7f => "^?".into(),
+        k if k < 0x20 => format!("^{}", char::from(k | 0x40)),
+        k => char::from(k).to_string(),
+    }
+}
+
+/// `engate attach`: returns the process's exit status.
+pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, Failure> {
+    if std::env::var_os("ENGATE").is_some_and(|s| s == session.socket.as_os_str()) {
+        return Err(Failure::new(format!(
+            "this terminal is inside session {} already; attaching would feed it its own output",
+            session.name
+        )));
+    }
+    // Blocked before any thread starts, so the signal thread alone takes them.
+    let signals = sys::Signals::block(&[
+        libc::SIGWINCH,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGCONT,
+    ])
+    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    match (session.probe(), &options.create) {
+        (Probe::Live, _) => {}
+        (_, Some(program)) => {
+            daemon::start(session, program, term::size().unwrap_or_default())?;
+        }
+        (Probe::Stale, None) => {
+            return Err(Failure::new(format!(
+                "session {} is not running (its server is gone; stale socket {}); `engate list` cleans it up",
+                session.name,
+                session.socket.display()
+            )));
+        }
+        (Probe::Absent, None) => {
+            return Err(Failure::new(format!(
+                "no session {} (no socket {}); start it with `engate new {} PROGRAM` or `engate attach -A {}`",
+                session.name,
+                session.socket.display(),
+                session.name,
+                session.name
+            )));
+        }
+    }
+    let resume = if options.redraw {
+        None
+    } else {
+        session.attach_position()
+    };
+    let client = SessionClient::connect(&session.socket, Policy::Resync, resume).map_err(|e| {
+        Failure::from_error(format!("cannot attach to session {}", session.name), &e)
+    })?;
+    let (reader, mut writer) = client.into_split();
+
+    let (events, events_in) =
+        io::pipe().map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
+    let signal_events = events_in
+        .try_clone()
+        .map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
+    std::thread::Builder::new()
+        .name("engate-signals".into())
+        .spawn(move || {
+            let mut out = signal_events;
+            while let Ok(signal) = signals.wait() {
+                if out.write_all(&[signal as u8]).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Failure::from_io("cannot start the signal thread", &e))?;
+
+    let raw = RawMode::enter()
+        .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
+    let send_size = |writer: &mut SessionWriter| {
+        if raw.is_some()
+            && !options.read_only
+            && let Some(size) = term::size()
+        {
+            let _ = writer.send_resize(size);
+        }
+    };
+    send_size(&mut writer);
+
+    let position = Arc::new(Mutex::new(resume));
+    let end = Arc::new(Mutex::new(None::<OutputEnd>));
+    let output = {
+        let (position, end) = (Arc::clone(&position), Arc::clone(&end));
+        std::thread::Builder::new()
+            .name("engate-output".into())
+            .spawn(move || {
+                // Tells the main thread on every way out, a panic included.
+                struct Ended(io::PipeWriter);
+                impl Drop for Ended {
+                    fn drop(&mut self) {
+                        let _ = self.0.write_all(&[OUTPUT_ENDED]);
+                    }
+                }
+                let _ended = Ended(events_in);
+                let outcome = forward_output(reader, resume, &position);
+                *end.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+            })
+            .map_err(|e| Failure::from_io("cannot start the output thread", &e))?
+    };
+
+    let leave = input_loop(options, raw.as_ref(), &mut writer, &events, &send_size);
+    let output_ended = matches!(leave, Leave::Output(_));
+    if !output_ended {
+        // Polite: the server ends the stream, and the output thread sees it close.
+        writer.detach();
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        wait_event(&events, deadline, |b| b == OUTPUT_ENDED);
+    } else {
+        drop(writer);
+    }
+    // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
+    drop(output);
+    let position = *position.lock().unwrap_or_else(|e| e.into_inner());
+    let leave = match leave {
+        Leave::Output(_) => Leave::Output(
+            end.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or(OutputEnd::Lost("the output thread stopped".into())),
+        ),
+        other => other,
+    };
+    let finished = matches!(leave, Leave::Output(OutputEnd::Finished(_)));
+    // A finished session's offsets mean nothing to its successor of the same name.
+    let _ = session.save_attach_position(if finished { None } else { position });
+
+    let mut stdout = io::stdout().lock();
+    let _ = stdout.write_all(term::RESET_MODES);
+    let _ = stdout.flush();
+    drop(stdout);
+    drop(raw);
+    let name = &session.name;
+    match leave {
+        Leave::Detached => {
+            eprintln!("\r\n[engate: detached from {name}]");
+            Ok(0)
+        }
+        Leave::Signal(signal) => {
+            eprintln!("\r\n[engate: left {name} on signal {signal}]");
+            Ok(128 + signal)
+        }
+        Leave::Output(OutputEnd::Finished(exit)) => {
+            match exit {
+                Some(exit) => eprintln!("\r\n[engate: {name} ended: {exit}]"),
+                None => eprintln!("\r\n[engate: {name} ended]"),
+            }
+            Ok(exit.map_or(0, ProgramExit::shell_status))
+        }
+        Leave::Output(OutputEnd::Refused(why)) => Err(Failure::new(format!(
+            "session {name} refused the client: {why}"
+        ))),
+        Leave::Output(OutputEnd::Lost(why)) => Err(Failure::new(format!(
+            "lost session {name} ({}): {why}",
+            session.socket.display()
+        ))),
+        Leave::Output(OutputEnd::Terminal(e)) => Err(Failure::from_io(
+            format!("left session {name}: cannot write to the terminal"),
+            &e,
+        )),
+    }
+}
+
+/// Reads the session and writes it to standard output until the stream ends.
+fn forward_output(
+    mut reader: SessionReader,
+    resume: Option<Position>,
+    position: &Mutex<Option<Position>>,
+) -> OutputEnd {
+    let mut follower = resume.map_or_else(Follower::new, Follower::resume_at);
+    let stdout = io::stdout();
+    loop {
+        let msg = match reader.next_message() {
+            Ok(msg) => msg,
+            Err(ClientError::Disconnected) => {
+                return OutputEnd::Lost("the server closed the connection".into());
+            }
+            Err(e) => return OutputEnd::Lost(crate::chain(&e)),
+        };
+        let mut out = stdout.lock();
+        let applied = follower
+            .apply(&msg, &mut out)
+            .and_then(|applied| out.flush().map(|()| applied));
+        drop(out);
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e) => return OutputEnd::Terminal(e),
+        };
+        // Recorded only once written: a later attach resumes after what the terminal shows.
+        if let Some(p) = follower.position() {
+            *position.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        }
+        match applied {
+            Applied::Continue => {}
+            Applied::Closed(_) => return OutputEnd::Finished(follower.exit_status()),
+            Applied::Refused => {
+                let why = match msg {
+                    engate_attach::session::wire::ServerMsg::Refused(why) => why,
+                    other => format!("{other:?}"),
+                };
+                return OutputEnd::Refused(why);
+            }
+        }
+    }
+}
+
+/// Forwards keystrokes until the detach key, the end of the output or a signal.
+fn input_loop(
+    options: &AttachOptions,
+    raw: Option<&RawMode>,
+    writer: &mut SessionWriter,
+    events: &io::PipeReader,
+    send_size: &dyn Fn(&mut SessionWriter),
+) -> Leave {
+    let stdin = io::stdin();
+    let mut stdin_open = true;
+    let mut buf = [0u8; 4096];
+    loop {
+        let ready = sys::wait_readable(
+            [stdin_open.then(|| stdin.as_fd()), Some(events.as_fd())],
+            None,
+        );
+        let [keys, event] = match ready {
+            Ok(r) => r,
+            Err(_) => return Leave::Output(OutputEnd::Lost("poll failed".into())),
+        };
+        if event {
+            let mut got = [0u8; 64];
+            let n = (&*events).read(&mut got).unwrap_or(0);
+            for &b in &got[..n] {
+                match b as libc::c_int {
+                    // What ended it is in the output thread's outcome.
+                    0 => return Leave::Output(OutputEnd::Lost(String::new())),
+                    libc::SIGWINCH => send_size(writer),
+                    libc::SIGCONT => {
+                        if let Some(raw) = raw {
+                            raw.reapply();
+                        }
+                        send_size(writer);
+                    }
+                    signal => return Leave::Signal(signal),
+                }
+            }
+        }
+        if keys {
+            let n = match stdin.lock().read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    // Input is over (a pipe, not a terminal): keep showing the output.
+                    stdin_open = false;
+                    continue;
+                }
+                Ok(n) => n,
+            };
+            let keys = &buf[..n];
+            let (send, detach) = match keys.iter().position(|&b| b == options.detach_key) {
+                Some(at) => (&keys[..at], true),
+                None => (keys, false),
+            };
+            if !options.read_only && !send.is_empty() {
+                // A failed send means the connection is ending; the output side says why.
+                let _ = writer.send_input(send);
+            }
+            if detach {
+                return Leave::Detached;
+            }
+        }
+    }
+}
+
+/// Reads event bytes until `done` accepts one or `deadline` passes.
+fn wait_event(events: &io::PipeReader, deadline: Instant, done: impl Fn(u8) -> bool) {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match sys::wait_readable([Some(events.as_fd())], Some(left)) {
+            Ok([true]) => {
+                let mut got = [0u8; 64];
+                let n = (&*events).read(&mut got).unwrap_or(0);
+                if n == 0 || got[..n].iter().any(|&b| done(b)) {
+                    return;
+                }
+            }
+            Ok([false]) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// `engate tail`: writes the session's output to standard output as it comes, resuming
+/// where the previous tail of this session stopped; returns the process's exit status.
+pub(crate) fn tail(session: &Session) -> Result<i32, Failure> {
+    let signals = sys::Signals::block(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT])
+        .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let caught = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    {
+        let caught = Arc::clone(&caught);
+        std::thread::Builder::new()
+            .name("engate-signals".into())
+            .spawn(move || {
+                if let Ok(signal) = signals.wait() {
+                    caught.store(signal, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+            .map_err(|e| Failure::from_io("cannot start the signal thread", &e))?;
+    }
+    let saved = session.tail_position();
+    let connect_error =
+        |e: ClientError| Failure::from_error(format!("cannot follow session {}", session.name), &e);
+    let mut client =
+        SessionClient::connect(&session.socket, Policy::Resync, saved).map_err(connect_error)?;
+    client
+        .set_read_timeout(Some(TAIL_TICK))
+        .map_err(connect_error)?;
+    let mut follower = saved.map_or_else(Follower::new, Follower::resume_at);
+    let mut out = io::stdout().lock();
+    let mut stored = saved;
+    let store = |follower: &Follower, stored: &mut Option<Position>| {
+        if follower.position() != *stored {
+            *stored = follower.position();
+            let _ = session.save_tail_position(*stored);
+        }
+    };
+    loop {
+        let signal = caught.load(std::sync::atomic::Ordering::SeqCst);
+        if signal != 0 {
+            store(&follower, &mut stored);
+            return Ok(128 + signal);
+        }
+        let msg = match client.next_message() {
+            Ok(msg) => msg,
+            Err(ClientError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                store(&follower, &mut stored);
+                continue;
+            }
+            Err(e) => {
+                store(&follower, &mut stored);
+                return Err(Failure::from_error(
+                    format!(
+                        "lost session {} ({})",
+                        session.name,
+                        session.socket.display()
+                    ),
+                    &e,
+                ));
+            }
+        };
+        let resyncs = follower.resyncs();
+        let applied = follower
+            .apply(&msg, &mut out)
+            .and_then(|a| out.flush().map(|()| a))
+            .map_err(|e| Failure::from_io("cannot write the output", &e))?;
+        if follower.resyncs() > resyncs
+            && let Some((from, to)) = follower.skipped().last()
+        {
+            eprintln!(
+                "[engate: {} fell behind: bytes {from}..{to} skipped]",
+                session.name
+            );
+        }
+        match applied {
+            Applied::Continue => {}
+            Applied::Refused => {
+                return Err(Failure::new(format!(
+                    "session {} refused the tail: {msg:?}",
+                    session.name
+                )));
+            }
+            Applied::Closed(_) => {
+                let _ = session.save_tail_position(None);
+                return Ok(follower.exit_status().map_or(0, ProgramExit::shell_status));
+            }
+        }
+    }
+}
+
+/// Shows the detach key, for the usage text.
+pub(crate) fn default_key_name() -> String {
+    show_key(crate::DEFAULT_DETACH_KEY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_parse_like_dtach() {
+        assert_eq!(parse_key("^\\"), Some(0x1c));
+        assert_eq!(parse_key("^a"), Some(0x01));
+        assert_eq!(parse_key("^A"), Some(0x01));
+        assert_eq!(parse_key("^?"), Some(0x7f));
+        assert_eq!(parse_key("q"), Some(b'q'));
+        assert_eq!(parse_key("^1"), None);
+        assert_eq!(parse_key(""), None);
+        assert_eq!(parse_key("ab"), None);
+        for key in [0x01, 0x1c, 0x7f, b'q'] {
+            assert_eq!(parse_key(&show_key(key)), Some(key));
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! The `engate` program, driven the way a person uses it: a real tmux runs `engate attach` in
+//! a pane, types into the shell inside the session with `send-keys`, reads the screen with
+//! `capture-pane`, detaches with the key, comes back, resizes the window and exits the shell.
+//! `list`, `kill`, `tail` and stale sockets are checked against the real binary too.
+//!
+//! Every test has its own session directory (`XDG_RUNTIME_DIR` is a temp dir) and its own
+//! tmux server (`tmux -L`), killed at the end. Every wait polls with a deadline; a test that
+//! needs tmux skips, saying so, where it is not installed.
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{TempDir, which};
+
+const ENGATE: &str = env!("CARGO_BIN_EXE_engate");
+/// How long any one thing may take to show up.
+const PATIENCE: Duration = Duration::from_secs(15);
+/// How long one tmux or engate command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits for `child` with a deadline; kills it and panics if it is late.
+fn wait_with_deadline(mut child: Child, what: &str, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait") {
+            Some(_) => return child.wait_with_output().expect("collect output"),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "{what} did not finish within {limit:?}; stdout {:?} stderr {:?}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Runs `cmd` to the end with a deadline (output read by the OS into files, so a full pipe
+/// cannot stall it).
+fn run(mut cmd: Command, what: &str) -> Output {
+    let dir = TempDir::new("cli-out");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out).expect("stdout file"))
+        .stderr(File::create(&err).expect("stderr file"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut output = wait_with_deadline(child, what, COMMAND_LIMIT);
+    output.stdout = std::fs::read(&out).expect("read stdout");
+    output.stderr = std::fs::read(&err).expect("read stderr");
+    output
+}
+
+/// Polls `probe` until it returns `Some`, or panics after [`PATIENCE`] with `describe()`.
+fn eventually<T>(
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+    describe: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("{what}: not within {PATIENCE:?}; {}", describe());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A session directory and the `engate` commands run against it.
+struct Engate {
+    runtime: TempDir,
+}
+
+impl Engate {
+    fn new(tag: &str) -> Self {
+        Self {
+            runtime: TempDir::new(tag),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.runtime.path().join("engate")
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(ENGATE);
+        cmd.env("XDG_RUNTIME_DIR", self.runtime.path())
+            .env_remove("ENGATE")
+            .env("TERM", "xterm-256color");
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run(cmd, &format!("engate {}", args.join(" ")))
+    }
+
+    /// `engate list`'s standard output.
+    fn list(&self) -> String {
+        let out = self.run(&["list"]);
+        assert!(out.status.success(), "engate list: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the session's server is gone and its files are cleaned up.
+    fn wait_gone(&self, name: &str) {
+        let socket = self.dir().join(format!("{name}.sock"));
+        let info = self.dir().join(format!("{name}.info"));
+        eventually(
+            &format!("session {name} ends"),
+            || (!socket.exists() && !info.exists()).then_some(()),
+            || format!("list: {}", self.list()),
+        );
+    }
+}
+
+impl Drop for Engate {
+    fn drop(&mut self) {
+        // Whatever a failed test left running: end its servers.
+        let Ok(entries) = std::fs::read_dir(self.dir()) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(session) = name.strip_suffix(".sock") {
+                let _ = self.run(&["kill", session]);
+            }
+        }
+    }
+}
+
+/// A tmux server of our own with one 80 × 24 window running `sh`.
+struct Tmux {
+    socket_name: String,
+}
+
+impl Tmux {
+    fn start(test: &str, engate: &Engate) -> Option<Self> {
+        if which("tmux").is_none() {
+            eprintln!("skip: {test}: tmux is not installed");
+            return None;
+        }
+        let socket_name = format!("engate-it-{}-{test}", std::process::id());
+        let tmux = Self { socket_name };
+        let mut cmd = tmux.command();
+        // A clean, predictable environment for the shell in the pane.
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", engate.runtime.path())
+            .env("XDG_RUNTIME_DIR", engate.runtime.path())
+            .env("TERM", "xterm-256color")
+            .env("SHELL", "/bin/sh")
+            .args(["new-session", "-d", "-x", "80", "-y", "24", "-s", "t", "sh"]);
+        let out = run(cmd, "tmux new-session");
+        assert!(out.status.success(), "tmux new-session: {out:?}");
+        Some(tmux)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.args(["-L", &self.socket_name, "-f", "/dev/null"]);
+        cmd
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let out = run(cmd, &format!("tmux {}", args.join(" ")));
+        assert!(out.status.success(), "tmux {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `line` and Enter.
+    fn type_line(&self, line: &str) {
+        self.tmux(&["send-keys", "-t", "t", "-l", line]);
+        self.tmux(&["send-keys", "-t", "t", "Enter"]);
+    }
+
+    /// Presses a key by tmux's name for it (`C-\`, `C-a`).
+    fn key(&self, key: &str) {
+        self.tmux(&["send-keys", "-t", "t", key]);
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    /// Waits until the screen satisfies `ok`, and returns it.
+    fn wait_screen(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        eventually(
+            what,
+            || {
+                let s = self.screen();
+                ok(&s).then_some(s)
+            },
+            || format!("the screen:\n{}", self.screen()),
+        )
+    }
+
+    /// Clears the pane's screen and its history, so what shows next is new.
+    fn clear(&self) {
+        self.type_line("clear");
+        self.wait_screen("the screen clears", |s| {
+            s.trim().is_empty() || s.trim() == "#" || s.trim() == "$"
+        });
+        self.tmux(&["clear-history", "-t", "t"]);
+    }
+
+    /// The pid of the pane's shell.
+    fn pane_pid(&self) -> u32 {
+        self.tmux(&["display-message", "-p", "-t", "t", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .expect("pane pid")
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let mut cmd = self.command();
+        cmd.arg("kill-server");
+        let _ = run(cmd, "tmux kill-server");
+    }
+}
+
+/// The shell line that attaches (creating the session with `sh` and a recognisable prompt),
+/// then prints the exit status.
+fn attach_line(extra: &str, name: &str) -> String {
+    let program = if extra.contains("-A") {
+        " -- env PS1='in$ ' sh"
+    } else {
+        ""
+    };
+    format!("{ENGATE} attach {extra} {name}{program}; echo \"rc=$?\"")
+}
+
+/// The `engate attach` process among `pid`'s descendants (Linux `/proc`).
+fn attach_client_under(pid: u32) -> Option<u32> {
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let mut words = cmdline.split(|&b| b == 0);
+        if words.next() == Some(ENGATE.as_bytes()) && words.next() == Some(b"attach") {
+            return Some(p);
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        queue.extend(
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    None
+}
+
+/// Lines of `screen` that are exactly `line` (after trailing blanks).
+fn count_lines(screen: &str, line: &str) -> usize {
+    screen.lines().filter(|l| l.trim_end() == line).count()
+}
+
+#[test]
+fn attach_detach_resume_redraw_resize_and_exit_status_in_tmux() {
+    let engate = Engate::new("cli-tmux");
+    let Some(tmux) = Tmux::start(
+        "attach_detach_resume_redraw_resize_and_exit_status_in_tmux",
+        &engate,
+    ) else {
+        return;
+    };
+    let before = engate.runtime.path().join("tty-before");
+    tmux.type_line(&format!("stty -g > {}", before.display()));
+    tmux.type_line(&attach_line("-A", "work"));
+    tmux.wait_screen("the shell in the session prompts", |s| s.contains("in$"));
+
+    // Private directory and socket.
+    let dir_mode = std::fs::metadata(engate.dir())
+        .expect("session dir")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    let sock_mode = std::fs::metadata(engate.dir().join("work.sock"))
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(sock_mode & 0o777, 0o600);
+
+    tmux.type_line("echo hello-$((6*7))");
+    tmux.wait_screen("the command runs in the session", |s| {
+        count_lines(s, "hello-42") == 1
+    });
+    // Output that arrives while detached: the exact bytes come back on re-attach.
+    tmux.type_line("(sleep 1; echo late-$((7*7))) &");
+    tmux.wait_screen("the background job starts", |s| s.contains("in$ (sleep 1"));
+    tmux.key("C-\\");
+    let s = tmux.wait_screen("detaching prints the status", |s| s.contains("rc=0"));
+    assert!(s.contains("[engate: detached from work]"), "{s}");
+
+    // The outer terminal is exactly as before: raw mode undone.
+    tmux.type_line(&format!(
+        "stty -g | cmp - {} && echo SAME-TTY",
+        before.display()
+    ));
+    tmux.wait_screen("the terminal modes are restored after detaching", |s| {
+        count_lines(s, "SAME-TTY") == 1
+    });
+    let list = eventually(
+        "list shows the detached session",
+        || {
+            let l = engate.list();
+            l.lines()
+                .any(|r| {
+                    r.starts_with("work ")
+                        && r.contains("running")
+                        && r.split_whitespace().nth(5) == Some("0")
+                })
+                .then_some(l)
+        },
+        || engate.list(),
+    );
+    assert!(list.starts_with("NAME"), "{list}");
+    assert!(list.contains("env PS1=in$  sh"), "{list}");
+    // Wait for the late line to be written inside the session (its byte count grows past it).
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // Re-attach on a cleared screen: only the missed bytes are replayed, not a redraw.
+    tmux.clear();
+    tmux.type_line(&attach_line("", "work"));
+    let s = tmux.wait_screen("the missed output is replayed", |s| {
+        count_lines(s, "late-49") == 1
+    });
+    assert!(
+        !s.contains("hello-42"),
+        "an exact resume replays only what was missed, not the screen:\n{s}"
+    );
+    tmux.key("C-\\");
+    tmux.wait_screen("detached again", |s| s.contains("rc=0"));
+
+    // With --redraw, the screen comes back as it is in the session.
+    tmux.clear();
+    tmux.type_line(&attach_line("--redraw", "work"));
+    let s = tmux.wait_screen("the screen is redrawn", |s| {
+        // The job printed after the prompt that followed it.
+        count_lines(s, "hello-42") == 1 && count_lines(s, "in$ late-49") == 1
+    });
+    assert!(s.contains("in$ echo hello-$((6*7))"), "{s}");
+
+    // The program's terminal follows the window.
+    tmux.tmux(&["resize-window", "-t", "t", "-x", "100", "-y", "30"]);
+    tmux.type_line("stty size");
+    tmux.wait_screen("the session's terminal is resized", |s| {
+        count_lines(s, "30 100") == 1
+    });
+
+    // The shell's exit status becomes attach's.
+    tmux.type_line("exit 3");
+    let s = tmux.wait_screen("attach ends with the program", |s| s.contains("rc=3"));
+    assert!(s.contains("[engate: work ended: exit status 3]"), "{s}");
+    tmux.type_line(&format!(
+        "stty -g | cmp - {} && echo SAME-TTY-2",
+        before.display()
+    ));
+    tmux.wait_screen(
+        "the terminal modes are restored at the program's end",
+        |s| count_lines(s, "SAME-TTY-2") == 1,
+    );
+    // The server leaves once its last client has seen the end.
+    engate.wait_gone("work");
+}
+
+#[test]
+fn detach_key_option_read_only_and_signals_in_tmux() {
+    let engate = Engate::new("cli-keys");
+    let Some(tmux) = Tmux::start("detach_key_option_read_only_and_signals_in_tmux", &engate) else {
+        return;
+    };
+    let before = engate.runtime.path().join("tty-before");
+    tmux.type_line(&format!("stty -g > {}", before.display()));
+    // -e ^a: Ctrl-\ is then an ordinary key (it reaches the program), Ctrl-A detaches.
+    tmux.type_line(&attach_line("-A -e ^a", "keys"));
+    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    tmux.type_line("echo first-$((2+3))");
+    tmux.wait_screen("the command runs", |s| count_lines(s, "first-5") == 1);
+    tmux.key("C-a");
+    tmux.wait_screen("Ctrl-A detaches", |s| {
+        s.contains("[engate: detached from keys]") && s.contains("rc=0")
+    });
+
+    // Read-only: the screen is shown, keys do not reach the program; the detach key works.
+    tmux.clear();
+    tmux.type_line(&format!("{ENGATE} attach -r --redraw keys; echo \"rc=$?\""));
+    tmux.wait_screen("the read-only client redraws", |s| {
+        count_lines(s, "first-5") == 1
+    });
+    tmux.type_line("echo typed-$((3+4))");
+    std::thread::sleep(Duration::from_millis(500));
+    tmux.key("C-\\");
+    tmux.wait_screen("the read-only client detaches", |s| s.contains("rc=0"));
+    tmux.clear();
+    tmux.type_line(&format!("{ENGATE} attach --redraw keys; echo \"rc=$?\""));
+    let s = tmux.wait_screen("a writing client redraws", |s| {
+        count_lines(s, "first-5") == 1
+    });
+    assert!(
+        !s.contains("typed-7"),
+        "read-only keys reached the program:\n{s}"
+    );
+
+    // A SIGTERM to the client: it leaves with 128 + 15 and the terminal restored.
+    let shell = tmux.pane_pid();
+    if Path::new(&format!("/proc/{shell}/task/{shell}/children")).exists() {
+        let client = eventually(
+            "the attach client runs under the pane's shell",
+            || attach_client_under(shell),
+            || "no `engate attach` process under the pane".into(),
+        );
+        let status = Command::new("kill")
+            .args(["-TERM", &client.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let s = tmux.wait_screen("the client leaves on SIGTERM", |s| s.contains("rc=143"));
+        assert!(s.contains("[engate: left keys on signal 15]"), "{s}");
+        tmux.type_line(&format!(
+            "stty -g | cmp - {} && echo SAME-TTY",
+            before.display()
+        ));
+        tmux.wait_screen("the terminal modes are restored after SIGTERM", |s| {
+            count_lines(s, "SAME-TTY") == 1
+        });
+    } else {
+        eprintln!("skip part: no /proc children lists (not Linux): the SIGTERM check needs them");
+        tmux.key("C-\\");
+    }
+    // The session outlived its clients.
+    assert!(engate.list().lines().any(|l| l.starts_with("keys ")));
+    let out = engate.run(&["kill", "keys"]);
+    assert!(out.status.success(), "{out:?}");
+    engate.wait_gone("keys");
+}
+
+#[test]
+fn list_kill_stale_sockets_and_errors() {
+    let engate = Engate::new("cli-list");
+    let out = engate.run(&["new", "k1", "--", "sleep", "60"]);
+    assert!(out.status.success(), "engate new: {out:?}");
+    let list = engate.list();
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("k1 "))
+        .unwrap_or_else(|| panic!("k1 listed: {list}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // NAME PID PROGRAM... CLIENTS AGE BYTES STATUS
+    assert_eq!(cells[2..4], ["sleep", "60"], "{row}");
+    let server: u32 = cells[1].parse().expect("pid");
+    assert!(Path::new(&format!("/proc/{server}")).exists() || !Path::new("/proc").exists());
+    assert_eq!(cells[4], "0", "no client: {row}");
+    assert_eq!(cells.last(), Some(&"running"), "{row}");
+
+    // A second `new` of the same name is refused, naming the session.
+    let out = engate.run(&["new", "k1", "--", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("session k1 already exists"), "{err}");
+
+    let out = engate.run(&["kill", "k1"]);
+    assert!(out.status.success(), "kill: {out:?}");
+    engate.wait_gone("k1");
+    assert!(!engate.list().contains("k1"));
+
+    // A socket nobody serves (its server died): `list` removes it and says so.
+    let stale = engate.dir().join("st.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    assert!(stale.exists());
+    let out = engate.run(&["list"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("removed session st") && err.contains("st.sock"),
+        "{err}"
+    );
+    assert!(!stale.exists(), "the stale socket is gone");
+
+    // Errors name the session and the path.
+    let out = engate.run(&["attach", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = engate.dir().join("nosuch.sock");
+    assert!(
+        err.contains("no session nosuch") && err.contains(&*path.to_string_lossy()),
+        "{err}"
+    );
+    let out = engate.run(&["kill", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
+    let out = engate.run(&["new", "../x", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid session name"));
+    let out = engate.run(&["new", "bad", "--", "/nonexistent/program"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("session bad did not start"), "{err}");
+    assert!(err.contains("/nonexistent/program"), "{err}");
+}
+
+/// `line-N` tokens in order of appearance.
+fn line_numbers(bytes: &[u8]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(bytes);
+    text.split("line-")
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn tail_resumes_by_offset_and_exits_with_the_program() {
+    let engate = Engate::new("cli-tail");
+    let script = "i=0; while [ $i -lt 40 ]; do echo line-$i; i=$((i+1)); sleep 0.05; done; exit 4";
+    let out = engate.run(&["new", "tl", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "engate new: {out:?}");
+
+    // The first tail is stopped part way (SIGTERM), saving its position.
+    let first_out = engate.runtime.path().join("tail-1");
+    let mut cmd = engate.command();
+    cmd.args(["tail", "tl"])
+        .stdin(Stdio::null())
+        .stdout(File::create(&first_out).expect("file"))
+        .stderr(Stdio::inherit());
+    let first = cmd.spawn().expect("tail");
+    eventually(
+        "the first tail sees some lines",
+        || (line_numbers(&std::fs::read(&first_out).ok()?).len() >= 5).then_some(()),
+        || format!("{:?}", std::fs::read_to_string(&first_out)),
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status();
+    let status = wait_with_deadline(first, "the first tail", COMMAND_LIMIT).status;
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "SIGTERM ends a tail with 143"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The second tail resumes exactly: no redraw, no line twice, none missing; it exits with
+    // the program's status.
+    let second = engate.run(&["tail", "tl"]);
+    assert_eq!(second.status.code(), Some(4), "{second:?}");
+    let mut all = std::fs::read(&first_out).expect("first output");
+    let first_lines = line_numbers(&all).len();
+    all.extend_from_slice(&second.stdout);
+    assert_eq!(
+        line_numbers(&all),
+        (0..40).collect::<Vec<_>>(),
+        "first tail {:?}, second {:?}",
+        String::from_utf8_lossy(&std::fs::read(&first_out).unwrap_or_default()),
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert!(first_lines < 40, "the first tail stopped part way");
+    assert!(
+        !second.stdout.starts_with(b"\x1b["),
+        "an exact resume starts with the missed bytes, not a redraw: {:?}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    engate.wait_gone("tl");
+}
