@@ -203,6 +203,8 @@ pub struct FaultFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Lane {
     Demand,
+    // Only the userfaultfd server populates in the background; the Mach server serves faults.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Background,
 }
 

@@ -34,6 +34,7 @@
 pub mod beacon;
 pub mod event;
 pub mod notify;
+#[cfg(target_os = "linux")]
 pub mod service;
 pub mod tracker;
 pub mod vlp;
