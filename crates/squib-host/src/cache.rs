@@ -85,7 +85,8 @@ struct Blocks {
     bytes: u64,
 }
 
-/// A page source with a shared block cache in front (see the [module docs](self)).
+/// A page source with a shared block cache in front: each block is read from the source once
+/// while it is cached, however many pagers ask for it.
 #[derive(Debug)]
 pub struct CachedSource<S> {
     inner: S,

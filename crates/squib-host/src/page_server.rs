@@ -180,7 +180,8 @@ struct Lane {
     retry_at: Option<Instant>,
 }
 
-/// A client of a page server (see the [module docs](self)).
+/// A client of a page server, with a demand lane and a background lane (two connections),
+/// a deadline on every request, and reconnection with backoff.
 #[derive(Debug)]
 pub struct PageServerSource {
     /// `None` for a source made from a connected stream: it cannot reconnect.
