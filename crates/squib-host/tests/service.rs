@@ -68,6 +68,10 @@ mod linux {
             "a_graceful_upgrade_hands_live_sessions_to_a_new_pager",
             upgrade_mid_restore,
         ),
+        (
+            "a_session_waiting_for_its_vmm_survives_a_pager_restart",
+            waiting_survives,
+        ),
     ];
 
     const MEM_MIB: u64 = 256;
@@ -491,5 +495,52 @@ mod linux {
                 other => Err(format!("upgrade answered {other:?}")),
             },
         )
+    }
+
+    /// A session created before a pager restart, whose VMM connects only after it, is served
+    /// by the new pager (the keeper held its listening socket).
+    fn waiting_survives() -> Result<(), String> {
+        let Some(kit) = kit_or_skip("waiting_survives") else {
+            return Ok(());
+        };
+        let snap = snapshot(&kit)?;
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "waiting")?;
+        let dir = work_dir().join("waiting");
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
+        )?;
+        let sock = dir.join("w0.sock");
+        svc.ok(
+            "PUT",
+            "/sessions/w0",
+            &format!(r#"{{"template":"base","socket":"{}"}}"#, sock.display()),
+        )?;
+        let pager = svc.wait_up(Duration::from_secs(5))?;
+        Command::new("kill")
+            .args(["-KILL", &pager.to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        // Give the keeper a moment to notice, so the API answers from the new pager.
+        let start = Instant::now();
+        while svc.wait_up(Duration::from_secs(20))? == pager {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err("the pager was not replaced".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        if sessions[0]["state"] != "waiting" {
+            return Err(format!("after the restart: {sessions}"));
+        }
+        let vm = Vm::spawn(&kit, &dir, "w0")?;
+        let t0 = Instant::now();
+        match vm.load_uffd(&snap, &sock, Duration::from_secs(60))? {
+            (200..=299, _) => {}
+            other => return Err(format!("snapshot load answered {other:?}")),
+        }
+        vm.wait_verified(t0, Duration::from_secs(120))?;
+        Ok(())
     }
 }

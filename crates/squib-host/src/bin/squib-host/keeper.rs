@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 
 use crate::vault;
 
-/// A session the keeper holds: its description and its three descriptors.
+/// A session the keeper holds: its description and its descriptors (uffd, pidfd and
+/// connection; or the listening socket of a session still waiting for its VMM).
 struct Kept {
     meta: Value,
     fds: Vec<OwnedFd>,
@@ -100,11 +101,12 @@ impl Keeper {
             &json!({"op": "api"}),
             &[std::os::fd::AsFd::as_fd(&self.api)],
         )?;
-        // Sessions whose VMM is gone are not handed over.
+        // Sessions whose VMM is gone are not handed over (waiting ones have no VMM yet).
         self.kept.retain(|_, k| {
-            k.fds
-                .get(1)
-                .is_some_and(|p| matches!(pidfd_pid(p), Ok(Some(_))))
+            k.meta["waiting"] == true
+                || k.fds
+                    .get(1)
+                    .is_some_and(|p| matches!(pidfd_pid(p), Ok(Some(_))))
         });
         for k in self.kept.values() {
             send(
@@ -120,22 +122,9 @@ impl Keeper {
     fn serve(&mut self, child: &mut Child, vault: &UnixDatagram) -> bool {
         let mut upgrade = false;
         loop {
-            match vault::recv(vault, Some(Duration::from_millis(200))) {
-                Ok(Some(msg)) => match msg.body["op"].as_str() {
-                    Some("keep") if msg.fds.len() == 3 => {
-                        let meta = msg.body["session"].clone();
-                        if let Some(id) = meta["id"].as_str() {
-                            self.kept.insert(id.to_owned(), Kept { meta, fds: msg.fds });
-                        }
-                    }
-                    Some("forget") => {
-                        if let Some(id) = msg.body["id"].as_str() {
-                            self.kept.remove(id);
-                        }
-                    }
-                    Some("upgrade") => upgrade = true,
-                    other => tracing::warn!(?other, "unknown message from the pager"),
-                },
+            // A short wait: a dead pager is noticed (and replaced) within it.
+            match vault::recv(vault, Some(Duration::from_millis(10))) {
+                Ok(Some(msg)) => upgrade |= self.take(msg),
                 Ok(None) => {}
                 // The pager closed its end: it is exiting.
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -143,24 +132,32 @@ impl Keeper {
             if let Ok(Some(_)) = child.try_wait() {
                 // Take what it sent just before it exited.
                 while let Ok(Some(msg)) = vault::recv(vault, Some(Duration::from_millis(1))) {
-                    if msg.body["op"] == "upgrade" {
-                        upgrade = true;
-                    }
-                    if msg.body["op"] == "keep"
-                        && msg.fds.len() == 3
-                        && let Some(id) = msg.body["session"]["id"].as_str()
-                    {
-                        self.kept.insert(
-                            id.to_owned(),
-                            Kept {
-                                meta: msg.body["session"].clone(),
-                                fds: msg.fds,
-                            },
-                        );
-                    }
+                    upgrade |= self.take(msg);
                 }
                 return upgrade;
             }
         }
+    }
+
+    /// Applies one message from the pager; returns whether it asks for an upgrade.
+    fn take(&mut self, msg: vault::Message) -> bool {
+        match msg.body["op"].as_str() {
+            // A served session brings its uffd, pidfd and connection; one still waiting for
+            // its VMM brings its listening socket.
+            Some("keep") if matches!(msg.fds.len(), 1 | 3) => {
+                let meta = msg.body["session"].clone();
+                if let Some(id) = meta["id"].as_str() {
+                    self.kept.insert(id.to_owned(), Kept { meta, fds: msg.fds });
+                }
+            }
+            Some("forget") => {
+                if let Some(id) = msg.body["id"].as_str() {
+                    self.kept.remove(id);
+                }
+            }
+            Some("upgrade") => return true,
+            other => tracing::warn!(?other, "unknown message from the pager"),
+        }
+        false
     }
 }

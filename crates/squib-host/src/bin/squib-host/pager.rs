@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use platform_primitives::creds::peer_credentials;
 use platform_primitives::notify::SelfNotify;
-use platform_primitives::uds::UdsBinder;
+use platform_primitives::uds::{SocketPath, UdsBinder};
 use serde_json::{Map, Value, json};
 use squib_host::firecracker::{
     GuestRegionUffdMapping, HandlerConfig, Session, VmmFds, accept_handshake,
@@ -492,35 +492,51 @@ impl Pager {
         if sessions.len() >= MAX_SESSIONS {
             return Response::error(409, "too many sessions", None);
         }
-        let listener = match UdsBinder::new("squib-host session").bind_listener(&socket) {
-            Ok(l) => l,
+        let (listener, path) = match UdsBinder::new("squib-host session").bind_listener(&socket) {
+            Ok(l) => l.into_parts(),
             Err(e) => return Response::error(409, e.to_string(), Some("socket")),
         };
         let entry = Arc::new(SessionEntry::new(id, template, socket, prewarm, background));
+        // The keeper holds the listener too, so a VMM that connects while the pager restarts
+        // waits in the backlog for the next one.
+        let mut meta = entry.meta(&[]);
+        meta["waiting"] = json!(true);
+        if let Err(e) = vault::send(
+            &self.vault,
+            &json!({"op": "keep", "session": meta}),
+            &[listener.as_fd()],
+        ) {
+            tracing::error!(session = %id, error = %e, "cannot hand the session's socket to the keeper");
+        }
         sessions.insert(id.to_owned(), entry.clone());
         drop(sessions);
         let pager = self.clone();
-        std::thread::spawn(move || pager.run_session(entry, listener));
+        std::thread::spawn(move || pager.run_session(entry, listener, Some(path)));
         Response::json(201, &json!({ "id": id }))
     }
 
     /// Waits for the session's VMM, hands copies of its descriptors to the keeper, serves it
     /// until it exits.
+    ///
+    /// `path` removes the socket file once the VMM has connected; a session taken over from
+    /// the keeper has none (its socket was bound by an earlier pager), so the file is removed
+    /// by path.
     fn run_session(
         self: Arc<Self>,
         entry: Arc<SessionEntry>,
-        listener: platform_primitives::uds::BoundSocket<UnixListener>,
+        listener: UnixListener,
+        path: Option<SocketPath>,
     ) {
         let config = HandlerConfig {
             pager: entry.pager_config(),
             ..HandlerConfig::new(&entry.socket, "")
         };
-        let _ = listener.socket().set_nonblocking(true);
+        let _ = listener.set_nonblocking(true);
         let conn = loop {
             if entry.stop.load(Ordering::Acquire) {
                 return self.end(&entry, "deleted before its VMM connected".into());
             }
-            match listener.socket().accept() {
+            match listener.accept() {
                 Ok((conn, _)) => break conn,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -531,6 +547,12 @@ impl Pager {
         let _ = conn.set_nonblocking(false);
         // One VMM per session: the socket goes away once it has connected.
         drop(listener);
+        match path {
+            Some(path) => drop(path),
+            None => {
+                let _ = std::fs::remove_file(&entry.socket);
+            }
+        }
         let accepted = match accept_handshake(conn, &config, entry.template.source.len_hint()) {
             Ok(a) => a,
             Err(e) => {
@@ -593,6 +615,9 @@ impl Pager {
                 mappings,
             ))
         };
+        if meta["waiting"] == true {
+            return self.adopt_waiting(meta, fds);
+        }
         let parsed = parse();
         let fds = <[OwnedFd; 3]>::try_from(fds);
         let (Some((id, template, socket, prewarm, background, mappings)), Ok([uffd, pidfd, conn])) =
@@ -637,6 +662,38 @@ impl Pager {
                 false
             }
         }
+    }
+
+    /// Takes over a session whose VMM had not connected yet: its listening socket.
+    fn adopt_waiting(self: &Arc<Self>, meta: &Value, fds: Vec<OwnedFd>) -> bool {
+        let id = meta["id"].as_str().unwrap_or_default().to_owned();
+        let template = self
+            .templates
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(meta["template"].as_str().unwrap_or_default())
+            .cloned();
+        let (Some(template), Some(socket), Ok([listener])) = (
+            template,
+            meta["socket"].as_str().map(PathBuf::from),
+            <[OwnedFd; 1]>::try_from(fds),
+        ) else {
+            tracing::error!(?meta, "cannot take over a waiting session");
+            let _ = vault::send(&self.vault, &json!({"op": "forget", "id": id}), &[]);
+            return false;
+        };
+        let flag = |k: &str| meta[k].as_bool().unwrap_or(true);
+        let entry = Arc::new(SessionEntry::new(
+            &id,
+            template,
+            socket,
+            flag("prewarm"),
+            flag("background"),
+        ));
+        lock(&self.sessions).insert(id, entry.clone());
+        let pager = self.clone();
+        std::thread::spawn(move || pager.run_session(entry, UnixListener::from(listener), None));
+        true
     }
 
     /// Waits until the session's VMM exits (or the session is deleted), then ends it.
