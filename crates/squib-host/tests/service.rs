@@ -72,6 +72,7 @@ mod linux {
             "a_session_waiting_for_its_vmm_survives_a_pager_restart",
             waiting_survives,
         ),
+        ("a_page_server_template_restores_a_vm", page_server_template),
     ];
 
     const MEM_MIB: u64 = 256;
@@ -541,6 +542,46 @@ mod linux {
             other => return Err(format!("snapshot load answered {other:?}")),
         }
         vm.wait_verified(t0, Duration::from_secs(120))?;
+        Ok(())
+    }
+
+    /// A template whose pages come from a page server (here one in this test process, over a
+    /// Unix socket) restores a real VM.
+    fn page_server_template() -> Result<(), String> {
+        use squib_host::{FilePageSource, PageSource, serve_pages};
+        let Some(kit) = kit_or_skip("page_server_template") else {
+            return Ok(());
+        };
+        let snap = snapshot(&kit)?;
+        let dir = work_dir().join("paged");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let pages = dir.join("pages.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&pages).map_err(|e| e.to_string())?;
+        let source: Arc<dyn PageSource> =
+            Arc::new(FilePageSource::open(&snap.mem).map_err(|e| e.to_string())?);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let source = source.clone();
+                std::thread::spawn(move || serve_pages(conn, &*source));
+            }
+        });
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "paged")?;
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(
+                r#"{{"page_server":"unix:{}","len":{}}}"#,
+                pages.display(),
+                MEM_MIB << 20
+            ),
+        )?;
+        let (vms, t0) = restore_many(&svc, &kit, (&dir, "p"), &snap, 1, "")?;
+        vms[0].wait_verified(t0, Duration::from_secs(120))?;
+        let templates = svc.ok("GET", "/templates", "")?;
+        if templates[0]["source_bytes"].as_u64().unwrap_or(0) == 0 {
+            return Err(format!("nothing read from the page server: {templates}"));
+        }
         Ok(())
     }
 }
