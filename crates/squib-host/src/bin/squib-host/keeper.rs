@@ -121,9 +121,10 @@ impl Keeper {
     /// Keeps what the pager sends until it exits; returns whether it asked for an upgrade.
     fn serve(&mut self, child: &mut Child, vault: &UnixDatagram) -> bool {
         let mut upgrade = false;
+        let mut buf = vault::buffer();
         loop {
             // A short wait: a dead pager is noticed (and replaced) within it.
-            match vault::recv(vault, Some(Duration::from_millis(10))) {
+            match vault::recv(vault, &mut buf, Some(Duration::from_millis(10))) {
                 Ok(Some(msg)) => upgrade |= self.take(msg),
                 Ok(None) => {}
                 // The pager closed its end: it is exiting.
@@ -131,7 +132,9 @@ impl Keeper {
             }
             if let Ok(Some(_)) = child.try_wait() {
                 // Take what it sent just before it exited.
-                while let Ok(Some(msg)) = vault::recv(vault, Some(Duration::from_millis(1))) {
+                while let Ok(Some(msg)) =
+                    vault::recv(vault, &mut buf, Some(Duration::from_millis(1)))
+                {
                     upgrade |= self.take(msg);
                 }
                 return upgrade;

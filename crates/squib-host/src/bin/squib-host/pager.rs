@@ -221,8 +221,9 @@ impl Pager {
         pager.load_templates();
         let mut api = None;
         let mut adopted = 0;
+        let mut buf = vault::buffer();
         loop {
-            let msg = vault::recv(&pager.vault, Some(Duration::from_secs(10)))
+            let msg = vault::recv(&pager.vault, &mut buf, Some(Duration::from_secs(10)))
                 .map_err(|e| format!("the keeper: {e}"))?
                 .ok_or("the keeper sent nothing for 10 s")?;
             match msg.body["op"].as_str() {

@@ -29,11 +29,20 @@ pub(crate) fn send(sock: &UnixDatagram, body: &Value, fds: &[BorrowedFd<'_>]) ->
     send_with_fds(sock, body.to_string().as_bytes(), fds).map(drop)
 }
 
-/// Receives one message, waiting at most `timeout` (`None`: forever). `Ok(None)` on timeout.
-pub(crate) fn recv(sock: &UnixDatagram, timeout: Option<Duration>) -> io::Result<Option<Message>> {
+/// A buffer for [`recv`], made once per receiver.
+pub(crate) fn buffer() -> Vec<u8> {
+    vec![0u8; MAX_MESSAGE]
+}
+
+/// Receives one message into `buf` (from [`buffer`]), waiting at most `timeout` (`None`:
+/// forever). `Ok(None)` on timeout.
+pub(crate) fn recv(
+    sock: &UnixDatagram,
+    buf: &mut [u8],
+    timeout: Option<Duration>,
+) -> io::Result<Option<Message>> {
     sock.set_read_timeout(timeout)?;
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    let got = match recv_with_fds(sock, &mut buf, 4) {
+    let got = match recv_with_fds(sock, buf, 4) {
         Ok(got) => got,
         Err(e)
             if matches!(
