@@ -477,26 +477,6 @@ mod linux {
         Ok(())
     }
 
-    /// A source that has the snapshot's length but whose reads all come up short, as a
-    /// snapshot file truncated after the handshake would.
-    #[derive(Debug)]
-    struct Truncated(u64);
-    impl PageSource for Truncated {
-        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
-            Err(PageSourceError::Short {
-                offset: req.offset,
-                wanted: req.len,
-                got: 0,
-            })
-        }
-        fn len_hint(&self) -> Option<u64> {
-            Some(self.0)
-        }
-        fn is_local(&self) -> bool {
-            true
-        }
-    }
-
     fn handler_kills_peer() -> Result<(), String> {
         if !uffd_usable()? {
             return Ok(());
@@ -517,7 +497,11 @@ mod linux {
                 },
                 ..HandlerConfig::new(&sock, &snap_path)
             },
-            Arc::new(Truncated((pages * ps()) as u64)),
+            // Every read comes up short, as from a snapshot truncated after the handshake.
+            Arc::new(EndsEarly {
+                data: snapshot(pages).into(),
+                end: 0,
+            }),
         )
         .map_err(|e| e.to_string())?;
         let mut vmm = child(

@@ -2,7 +2,6 @@
 //! clients on the servers, bad flags, an events file that cannot be written, floods of garbage,
 //! and a socket directory that does not exist yet.
 
-use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     BIN, Children, Daemon, TempDir, beacon, field, free_loopback_addr, is_root, limit_fds,
-    output_within, skip, status, which,
+    output_within, register_and_kill, skip, status, which,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -37,46 +36,7 @@ fn every_exit_is_reported_when_pidfds_run_out() {
     limit_fds(&mut cmd, 64, 64);
     let mut d = Daemon::spawn(cmd, socket);
 
-    let mut agents = Children(
-        (0..AGENTS)
-            .map(|_| beacon(&d.socket, &["--interval", "100ms"]))
-            .collect(),
-    );
-    let pids: HashSet<u32> = agents.0.iter().map(|a| a.id()).collect();
-    let mut registered = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while registered.len() < AGENTS {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {AGENTS} registered",
-            registered.len()
-        );
-        let line = d.expect("registered", WAIT, |l| {
-            l.contains("\"event\":\"registered\"")
-        });
-        let pid = field(&line, "pid").expect("pid") as u32;
-        if pids.contains(&pid) {
-            registered.insert(pid);
-        }
-    }
-    for agent in &mut agents.0 {
-        agent.kill().expect("kill agent");
-    }
-    for agent in &mut agents.0 {
-        agent.wait().expect("reap agent");
-    }
-    let mut exited = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while exited.len() < AGENTS {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {AGENTS} exits reported",
-            exited.len()
-        );
-        let line = d.expect("exited", WAIT, |l| l.contains("\"event\":\"exited\""));
-        exited.insert(field(&line, "pid").expect("pid") as u32);
-    }
-    assert_eq!(exited, pids);
+    register_and_kill(&mut d, AGENTS, "100ms");
     assert!(
         d.child.try_wait().expect("try_wait").is_none(),
         "the daemon died"

@@ -3,13 +3,13 @@
 //! killed with its process group, repeated events of one agent run a hook once per
 //! `--hook-debounce`, and a hook sees only a minimal environment plus the `VARTA_*` variables.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Children, Daemon, TempDir, beacon, field, send_signal, status, wait_for_file,
+    BIN, Children, Daemon, TempDir, beacon, field, register_and_kill, send_signal, status,
+    wait_for_file,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,46 +28,6 @@ fn daemon_with_log(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Daemon
         wait_for_file(Path::new(args[i + 1]), WAIT);
     }
     d
-}
-
-/// Starts `n` beacons, waits until each is registered, kills them all and waits for each exit.
-fn register_and_kill(d: &mut Daemon, n: usize) -> HashSet<u32> {
-    let mut agents = Children(
-        (0..n)
-            .map(|_| beacon(&d.socket, &["--interval", "200ms"]))
-            .collect(),
-    );
-    let pids: HashSet<u32> = agents.0.iter().map(|a| a.id()).collect();
-    let mut registered = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while registered.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} registered",
-            registered.len()
-        );
-        let line = d.expect("registered", WAIT, |l| {
-            l.contains("\"event\":\"registered\"")
-        });
-        let pid = field(&line, "pid").expect("pid") as u32;
-        if pids.contains(&pid) {
-            registered.insert(pid);
-        }
-    }
-    for agent in &mut agents.0 {
-        agent.kill().expect("kill agent");
-    }
-    for agent in &mut agents.0 {
-        agent.wait().expect("reap agent");
-    }
-    let mut exited = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while exited.len() < n {
-        assert!(Instant::now() < deadline, "{} of {n} exits", exited.len());
-        let line = d.expect("exited", WAIT, |l| l.contains("\"event\":\"exited\""));
-        exited.insert(field(&line, "pid").expect("pid") as u32);
-    }
-    pids
 }
 
 /// Reads `path` until `done` holds for its text (deadline `limit`); returns the text.
@@ -94,7 +54,7 @@ fn hook_output_goes_to_the_log_not_the_event_stream() {
     let dir = TempDir::new("hookout");
     let hook = "echo HOOK-STDOUT-$VARTA_PID; echo HOOK-STDERR-$VARTA_PID >&2";
     let mut d = daemon_with_log(&dir, &["--on-exit", hook], &[]);
-    let pids = register_and_kill(&mut d, 1);
+    let pids = register_and_kill(&mut d, 1, "200ms");
     let pid = *pids.iter().next().expect("one agent");
     let log = dir.path("stderr.log");
     let text = read_until(&log, WAIT, |t| {
@@ -136,7 +96,7 @@ fn hooks_never_exceed_the_concurrency_cap() {
         ],
         &[],
     );
-    register_and_kill(&mut d, AGENTS);
+    register_and_kill(&mut d, AGENTS, "200ms");
     let text = read_until(&record, Duration::from_secs(60), |t| {
         t.lines().filter(|l| l.starts_with("stop ")).count() == AGENTS
     });
@@ -190,7 +150,7 @@ fn hook_queue_overflow_is_counted_and_warned() {
         ],
         &[],
     );
-    register_and_kill(&mut d, AGENTS);
+    register_and_kill(&mut d, AGENTS, "200ms");
     let deadline = Instant::now() + Duration::from_secs(20);
     let snapshot = loop {
         let s = status(&control);
@@ -232,7 +192,7 @@ fn hook_past_its_timeout_is_killed_with_its_process_group() {
         ],
         &[],
     );
-    register_and_kill(&mut d, 1);
+    register_and_kill(&mut d, 1, "200ms");
     let text = read_until(&pidfile, WAIT, |t| t.ends_with('\n'));
     let sleeper: u32 = text.trim().parse().expect("sleeper pid");
     let started = Instant::now();
@@ -281,7 +241,7 @@ fn hook_environment_is_minimal() {
             ("WATCHDOG_USEC", "0"),
         ],
     );
-    let pids = register_and_kill(&mut d, 1);
+    let pids = register_and_kill(&mut d, 1, "200ms");
     let pid = *pids.iter().next().expect("one agent");
     let text = read_until(&out, WAIT, |t| !t.is_empty());
     // What the shell itself adds (dash and bash set these when they start).

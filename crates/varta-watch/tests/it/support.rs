@@ -319,3 +319,57 @@ pub(crate) fn wait_for_file(path: &Path, limit: Duration) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Starts `n` beacons beating every `interval`, waits until the daemon registered each, kills
+/// them all and waits until it reported each one's exit; returns their pids.
+pub(crate) fn register_and_kill(
+    d: &mut Daemon,
+    n: usize,
+    interval: &str,
+) -> std::collections::HashSet<u32> {
+    use std::collections::HashSet;
+    const WAIT: Duration = Duration::from_secs(10);
+    let mut agents = Children(
+        (0..n)
+            .map(|_| beacon(&d.socket, &["--interval", interval]))
+            .collect(),
+    );
+    let pids: HashSet<u32> = agents.0.iter().map(Child::id).collect();
+    let mut registered = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registered.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} registered",
+            registered.len()
+        );
+        let line = d.expect("registered", WAIT, |l| {
+            l.contains("\"event\":\"registered\"")
+        });
+        let pid = field(&line, "pid").expect("pid") as u32;
+        if pids.contains(&pid) {
+            registered.insert(pid);
+        }
+    }
+    for agent in &mut agents.0 {
+        agent.kill().expect("kill agent");
+    }
+    for agent in &mut agents.0 {
+        agent.wait().expect("reap agent");
+    }
+    let mut exited = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exited != pids {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} exits reported",
+            exited.len()
+        );
+        let line = d.expect("exited", WAIT, |l| l.contains("\"event\":\"exited\""));
+        let pid = field(&line, "pid").expect("pid") as u32;
+        if pids.contains(&pid) {
+            exited.insert(pid);
+        }
+    }
+    pids
+}

@@ -810,6 +810,11 @@ impl Pager {
     fn serve_api(self: &Arc<Self>, mut conn: UnixStream) {
         let uid = peer_credentials(&conn).map_or(u32::MAX, |c| c.uid);
         let resp = match read_request(&mut conn) {
+            // Once an upgrade is under way, the new pager answers: this one may still accept a
+            // connection on the shared listener before it exits.
+            Ok(_) if self.upgrading.load(Ordering::Acquire) => {
+                Response::error(503, "handing over to a new pager process; retry", None)
+            }
             Ok(req) => self.route(&req, uid),
             Err(resp) => resp,
         };
