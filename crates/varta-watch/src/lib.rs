@@ -31,6 +31,8 @@
 //! (JSON-lines events, bounded exec hooks with the agent's pidfd, Prometheus metrics, a status
 //! control socket, socket activation, its own sd_notify, systemd unit files).
 
+#![deny(unsafe_code)]
+
 pub mod beacon;
 pub mod event;
 pub mod notify;

@@ -13,6 +13,8 @@
 //!     target/release/libpolyplug_runtime_capi.a -lpthread -ldl -lm -o host
 //! ```
 
+#![forbid(unsafe_code)]
+
 // Links the runtime, and with it every `#[no_mangle]` function of its C API, into the
 // libraries this crate produces.
 pub use polyplug_runtime;
