@@ -58,12 +58,27 @@ const STAGES: &[(&str, StageFn)] = &[
     ("platform-gated suites", platform_gated),
 ];
 
-pub(crate) fn run() -> Result<(), String> {
+/// Runs every stage, or only the one named `only`.
+pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
+    let stages: Vec<&(&str, StageFn)> = match only {
+        None => STAGES.iter().collect(),
+        Some(name) => {
+            let found: Vec<_> = STAGES.iter().filter(|(n, _)| *n == name).collect();
+            if found.is_empty() {
+                let names: Vec<&str> = STAGES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "no CI stage named {name:?}; the stages are: {}",
+                    names.join(", ")
+                ));
+            }
+            found
+        }
+    };
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut times: Vec<(&str, Duration)> = Vec::new();
     let mut failure = None;
-    for (name, stage) in STAGES {
+    for (name, stage) in stages {
         println!("\n==> ci stage: {name}");
         let t = Instant::now();
         let result = stage(&mut tally);

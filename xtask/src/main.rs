@@ -2,7 +2,8 @@
 //!
 //! - `ci` — every suite, in order, stopping at the first failure: formatting, clippy, tests,
 //!   docs, loom models, cross-crate suites, dependency policy and platform-gated suites. Ends
-//!   with one `N passed, N failed` line. `.ci/run` calls exactly this.
+//!   with one `N passed, N failed` line. `.ci/run` calls exactly this. `ci --stage NAME` runs
+//!   one stage.
 //! - `demo` — one scenario per crate on real OS parts, with measured figures.
 //! - `bench [crate]` — the benchmarks, with `bench: …` verdict lines and a summary.
 //!
@@ -20,6 +21,7 @@ usage: cargo xtask <command>
 
 commands:
   ci              run every suite (what CI runs), ending with 'N passed, N failed'
+  ci --stage NAME run one stage (format, clippy, tests, loom, …; a wrong name lists them)
   demo            run the demo scenarios on real OS parts
   bench [crate]   run benchmarks (all crates, or one) and print their verdicts
 ";
@@ -27,7 +29,8 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("ci") if args.len() == 1 => ci::run(),
+        Some("ci") if args.len() == 1 => ci::run(None),
+        Some("ci") if args.len() == 3 && args[1] == "--stage" => ci::run(Some(&args[2])),
         Some("demo") if args.len() == 1 => demo::run(),
         Some("bench") if args.len() <= 2 => bench::run(args.get(1).map(String::as_str)),
         Some("help" | "--help" | "-h") => {
