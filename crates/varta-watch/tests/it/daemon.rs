@@ -1,6 +1,5 @@
 //! The real daemon against real senders and real signals.
 
-use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -9,7 +8,9 @@ use std::time::{Duration, Instant};
 use platform_primitives::fdpass::send_with_fds;
 use varta_watch::vlp::{Frame, Status};
 
-use crate::support::{BIN, Daemon, TempDir, beacon, field, is_root, send_signal, skip, which};
+use crate::support::{
+    BIN, Daemon, TempDir, activated, beacon, field, is_root, scrape, send_signal, skip, which,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -281,12 +282,7 @@ fn metrics_are_served_over_loopback_http() {
     let pid = agent.id();
     d.expect_event("registered", pid, WAIT);
     std::thread::sleep(Duration::from_millis(200));
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
+    let body = scrape(&addr);
     agent.kill().expect("kill");
     agent.wait().expect("reap");
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
@@ -358,14 +354,7 @@ fn socket_activation_serves_the_passed_socket() {
     };
     let dir = TempDir::new("activate");
     let path = dir.path("activated.sock");
-    let mut cmd = Command::new(activate);
-    cmd.arg("--datagram")
-        .arg("--listen")
-        .arg(&path)
-        .arg(BIN)
-        .arg("--socket")
-        .arg(dir.path("unused.sock"))
-        .stderr(Stdio::null());
+    let cmd = activated(&activate, &path, &dir.path("unused.sock"), Stdio::null());
     let mut d = Daemon::spawn(cmd, path.clone());
     // systemd-socket-activate starts the daemon on the first datagram.
     let mut agent = beacon(&path, &["--interval", "20ms"]);

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Children, Daemon, TempDir, beacon, field, free_loopback_addr, is_root, limit_fds,
-    output_within, register_and_kill, skip, status, which,
+    BIN, Children, Daemon, TempDir, activated, beacon, field, free_loopback_addr, is_root,
+    limit_fds, output_within, register_and_kill, scrape, skip, status, which,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -189,15 +189,7 @@ fn idle_clients_never_delay_a_scrape_or_a_status() {
     std::thread::sleep(Duration::from_millis(100));
 
     let started = Instant::now();
-    let mut stream = std::net::TcpStream::connect(&addr).expect("connect metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
+    let body = scrape(&addr);
     let took = started.elapsed();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(took < Duration::from_millis(500), "scrape took {took:?}");
@@ -453,14 +445,8 @@ fn activated_socket_without_passcred_is_warned_about() {
     let dir = TempDir::new("passcred");
     let path = dir.path("activated.sock");
     let log = dir.path("stderr.log");
-    let mut cmd = Command::new(activate);
-    cmd.arg("--datagram")
-        .arg("--listen")
-        .arg(&path)
-        .arg(BIN)
-        .arg("--socket")
-        .arg(dir.path("unused.sock"))
-        .stderr(std::fs::File::create(&log).expect("stderr file"));
+    let stderr = std::fs::File::create(&log).expect("stderr file");
+    let cmd = activated(&activate, &path, &dir.path("unused.sock"), stderr.into());
     let mut d = Daemon::spawn(cmd, path.clone());
     let mut agent = Children(vec![beacon(&path, &["--interval", "20ms"])]);
     let pid = agent.0[0].id();

@@ -7,14 +7,13 @@
 //! through a symlink with a distinctive name, which becomes their `comm`. Matching by unit and
 //! cgroup is unit-tested on real-format `/proc/<pid>/cgroup` samples (`service::tests`).
 
-use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Children, Daemon, TempDir, field, free_loopback_addr, output_within, wait_for_file,
+    BIN, Children, Daemon, TempDir, field, free_loopback_addr, output_within, scrape, wait_for_file,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,19 +34,6 @@ fn agent(program: &Path, socket: &Path, interval: &str) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn agent")
-}
-
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    let _ = stream.read_to_string(&mut body);
-    body
 }
 
 /// Three agents of one service stall past the service's own threshold (the global one is a

@@ -373,3 +373,34 @@ pub(crate) fn register_and_kill(
     }
     pids
 }
+
+/// One Prometheus scrape of the daemon's metrics at `addr` (a 10 s read deadline): the whole
+/// HTTP response, head and body.
+pub(crate) fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    let _ = stream.read_to_string(&mut body);
+    body
+}
+
+/// `systemd-socket-activate --datagram --listen <path> varta-watch --socket <unused>`: the
+/// daemon started with a datagram socket passed by activation (at `path`), its own socket
+/// flag pointing where nothing listens.
+pub(crate) fn activated(activate: &Path, path: &Path, unused: &Path, stderr: Stdio) -> Command {
+    let mut cmd = Command::new(activate);
+    cmd.arg("--datagram")
+        .arg("--listen")
+        .arg(path)
+        .arg(BIN)
+        .arg("--socket")
+        .arg(unused)
+        .stderr(stderr);
+    cmd
+}
