@@ -271,15 +271,7 @@ impl<S: PageSource> PageSource for CachedSource<S> {
 mod tests {
     use super::*;
     use crate::source::MemorySource;
-
-    fn req(offset: u64, len: usize) -> PageRequest {
-        PageRequest {
-            addr: 0,
-            offset,
-            len,
-            page_size: 4096,
-        }
-    }
+    use crate::source::tests::req;
 
     #[test]
     fn every_range_reads_back_exactly_and_each_block_once() {

@@ -377,10 +377,11 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn req(offset: u64, len: usize) -> PageRequest {
+    /// A request for `len` bytes at `offset`, of 4 KiB pages.
+    pub(crate) fn req(offset: u64, len: usize) -> PageRequest {
         PageRequest {
             addr: 0,
             offset,

@@ -57,19 +57,8 @@ pub(crate) fn start(session: &Session, program: &[OsString], size: PtySize) -> R
             session.name
         )));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::from_io("cannot find the engate program to start a server", &e))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .arg("--daemon")
-        .arg("--size")
-        .arg(format!("{}x{}", size.rows, size.cols))
-        .arg(&session.name)
-        .arg("--")
-        .args(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = serve_command("--daemon", session, program, size)?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     sys::new_session_in_child(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         Failure::from_io(
@@ -242,17 +231,7 @@ pub(crate) fn serve(
 
 /// The intermediate process of the double fork: starts the server and exits.
 fn orphan_server(session: &Session, program: &[OsString], size: PtySize) -> Result<i32, Failure> {
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::from_io("cannot find the engate program to start a server", &e))?;
-    Command::new(exe)
-        .arg("serve")
-        .arg("--daemonized")
-        .arg("--size")
-        .arg(format!("{}x{}", size.rows, size.cols))
-        .arg(&session.name)
-        .arg("--")
-        .args(program)
-        .stdin(Stdio::null())
+    serve_command("--daemonized", session, program, size)?
         .spawn()
         .map_err(|e| {
             Failure::from_io(
@@ -261,4 +240,26 @@ fn orphan_server(session: &Session, program: &[OsString], size: PtySize) -> Resu
             )
         })?;
     Ok(0)
+}
+
+/// `engate serve <stage> --size RxC NAME -- PROGRAM…` with no standard input: this program
+/// started again as a session server, at one stage of going into the background.
+fn serve_command(
+    stage: &str,
+    session: &Session,
+    program: &[OsString],
+    size: PtySize,
+) -> Result<Command, Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::from_io("cannot find the engate program to start a server", &e))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg(stage)
+        .arg("--size")
+        .arg(format!("{}x{}", size.rows, size.cols))
+        .arg(&session.name)
+        .arg("--")
+        .args(program)
+        .stdin(Stdio::null());
+    Ok(cmd)
 }
