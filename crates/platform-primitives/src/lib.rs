@@ -16,6 +16,10 @@
 //!   every received datagram, with a pidfd of the sender where the kernel offers one;
 //! - [`fdpass`] sends and receives descriptors with `SCM_RIGHTS` as [`OwnedFd`]s;
 //! - [`mem`] gives the host page size and RAII anonymous mappings with any alignment;
+//! - [`notify`] sends sd_notify messages (`READY=1`, `STATUS=`, `WATCHDOG=1`) to the service
+//!   manager named by `NOTIFY_SOCKET`;
+//! - [`prom`] writes Prometheus text exposition, so every daemon's metrics are escaped and
+//!   formatted alike;
 //! - [`sync`] is a `parking_lot`-shaped mutex and condition variable that loom can model, for
 //!   the crates whose protocols are model-checked.
 //!
@@ -45,6 +49,7 @@ pub mod creds;
 pub mod fdpass;
 pub mod mem;
 pub mod notify;
+pub mod prom;
 pub mod sync;
 pub mod threads;
 pub mod uds;
