@@ -14,8 +14,12 @@
 //!   executions explored);
 //! - [`firecracker`](mod@firecracker): the real Firecracker, its guest and its API, for the
 //!   suites that restore microVMs;
+//! - [`support`]: a temporary directory removed on drop, the `skip:` line, `is_root`, `which`,
+//!   an error with its causes, and a counting global allocator;
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
 //!   map them, undone when the test ends.
+
+pub mod support;
 
 pub mod bench {
     //! Benchmark bookkeeping: criterion measures, these helpers keep the timings and print
