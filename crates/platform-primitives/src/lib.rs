@@ -14,6 +14,9 @@
 //! - [`clock`] reads a monotonic clock that either stops or keeps counting across suspend;
 //! - [`creds`] reports kernel-attested peer credentials for stream peers and, in batches, for
 //!   every received datagram, with a pidfd of the sender where the kernel offers one;
+//! - [`fd`] sets and clears `O_NONBLOCK` and `FD_CLOEXEC`;
+//! - [`process`] signals processes by pidfd, by pid (refusing ids that name groups) and by
+//!   group, and says whether a pid exists;
 //! - [`fdpass`] sends and receives descriptors with `SCM_RIGHTS` as [`OwnedFd`]s;
 //! - [`mem`] gives the host page size and RAII anonymous mappings with any alignment;
 //! - [`notify`] sends sd_notify messages (`READY=1`, `STATUS=`, `WATCHDOG=1`) to the service
@@ -46,9 +49,11 @@
 
 pub mod clock;
 pub mod creds;
+pub mod fd;
 pub mod fdpass;
 pub mod mem;
 pub mod notify;
+pub mod process;
 pub mod prom;
 pub mod sync;
 pub mod threads;

@@ -84,7 +84,7 @@ fn live_datagram_listener_is_refused_with_addr_in_use() {
     );
     assert!(err.to_string().contains(&path.display().to_string()));
 
-    // The io::Error conversion keeps kind and message (what callers of the seed API saw).
+    // The io::Error conversion keeps kind and message (what callers of varta-watch 0.2.0's `Observer::bind` matched on).
     let io_err = std::io::Error::from(err);
     assert_eq!(io_err.kind(), ErrorKind::AddrInUse);
     assert!(io_err.to_string().contains("already running"));
