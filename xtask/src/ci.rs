@@ -357,15 +357,19 @@ fn loom(tally: &mut Tally) -> Result<(), String> {
     Ok(())
 }
 
+/// The cross-crate suites (`tests/`). They drive the workspace's programs, which the tests
+/// stage has just built; a missing program fails the suite here instead of skipping it.
 fn cross_crate(tally: &mut Tally) -> Result<(), String> {
     cmd::run_counting(
-        cargo().args([
-            "test",
-            "-p",
-            "workspace-tests",
-            "--locked",
-            "--no-fail-fast",
-        ]),
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "workspace-tests",
+                "--locked",
+                "--no-fail-fast",
+            ])
+            .env("WORKSPACE_PROGRAMS_REQUIRED", "1"),
         tally,
         |_| false,
     )

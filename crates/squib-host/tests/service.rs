@@ -9,10 +9,6 @@
 
 use std::process::ExitCode;
 
-#[cfg(target_os = "linux")]
-#[path = "support/service.rs"]
-mod support;
-
 fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
@@ -41,8 +37,8 @@ mod linux {
     use serde_json::Value;
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, http, take_snapshot, verified_passes};
 
-    use crate::support::Service;
     use workspace_tests::harness::Check;
+    use workspace_tests::pager_service::Service;
 
     use crate::fc::{kit_or_skip, work_dir};
 
