@@ -59,6 +59,23 @@ impl Service {
         Ok(service)
     }
 
+    /// A service started by the caller (`keeper` runs `squib-host serve --api API …`), waited
+    /// for as [`start`](Self::start) does; killed when dropped.
+    ///
+    /// # Errors
+    ///
+    /// An API that did not answer within 10 s.
+    pub fn from_child(keeper: Child, api: PathBuf) -> Result<Self, String> {
+        let service = Self { keeper, api };
+        service.wait_up(Duration::from_secs(10))?;
+        Ok(service)
+    }
+
+    /// The keeper's (the main process's) pid.
+    pub fn keeper_pid(&self) -> u32 {
+        self.keeper.id()
+    }
+
     /// Waits until the API answers; returns the pager process's pid.
     ///
     /// # Errors

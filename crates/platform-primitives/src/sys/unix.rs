@@ -510,3 +510,26 @@ pub(crate) fn update_fd_flag(
     }
     Ok(())
 }
+
+/// Takes ownership of descriptor `raw`, inherited at exec (`LISTEN_FDS`), marking it
+/// close-on-exec. Fails if it is not open.
+///
+/// The caller guarantees that nothing else in the process owns `raw` (the service manager's
+/// descriptors are taken once, before anything else is opened).
+pub(crate) fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD takes no argument; it only reports whether `raw` is open.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is open, and by the caller's guarantee owned by nobody else in this
+    // process: it was passed at exec and is taken once.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    update_fd_flag(
+        std::os::fd::AsFd::as_fd(&fd),
+        libc::F_GETFD,
+        libc::F_SETFD,
+        libc::FD_CLOEXEC,
+        true,
+    )?;
+    Ok(fd)
+}
