@@ -652,7 +652,12 @@ mod linux {
 
         /// Starts `binary serve …` as systemd restarts a service: the stored descriptors at
         /// 3, 4, … with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` naming the new process.
-        fn restart(&self, binary: &str, api: &Path, state: &Path) -> Result<std::process::Child, String> {
+        fn restart(
+            &self,
+            binary: &str,
+            api: &Path,
+            state: &Path,
+        ) -> Result<std::process::Child, String> {
             use std::os::fd::AsRawFd;
             use std::os::unix::process::CommandExt;
             let store = self.stored.lock().map_err(|_| "store poisoned")?;
