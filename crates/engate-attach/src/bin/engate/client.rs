@@ -264,7 +264,7 @@ fn forward_output(
             Err(ClientError::Disconnected) => {
                 return OutputEnd::Lost("the server closed the connection".into());
             }
-            Err(e) => return OutputEnd::Lost(crate::chain(&e)),
+            Err(e) => return OutputEnd::Lost(platform_primitives::error::chain(&e)),
         };
         let mut out = stdout.lock();
         let applied = follower

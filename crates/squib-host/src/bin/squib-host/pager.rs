@@ -10,7 +10,6 @@
 //! the handshake is accepted, so a new pager process can take the session over.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -558,7 +557,7 @@ impl Pager {
         let accepted = match accept_handshake(conn, &config, entry.template.source.len_hint()) {
             Ok(a) => a,
             Err(e) => {
-                let why = squib_host_error_chain(&e);
+                let why = platform_primitives::error::chain(&e);
                 tracing::warn!(session = %entry.id, error = %why, "handshake refused");
                 return self.end(&entry, format!("handshake refused: {why}"));
             }
@@ -586,7 +585,7 @@ impl Pager {
             Err(e) => {
                 return self.end(
                     &entry,
-                    format!("cannot serve: {}", squib_host_error_chain(&e)),
+                    format!("cannot serve: {}", platform_primitives::error::chain(&e)),
                 );
             }
         }
@@ -659,7 +658,7 @@ impl Pager {
                 true
             }
             Err(e) => {
-                tracing::warn!(session = %id, error = %squib_host_error_chain(&e), "cannot adopt");
+                tracing::warn!(session = %id, error = %platform_primitives::error::chain(&e), "cannot adopt");
                 let _ = vault::send(&self.vault, &json!({"op": "forget", "id": id}), &[]);
                 false
             }
@@ -724,7 +723,7 @@ impl Pager {
                 match result {
                     Ok(()) if deleted => "deleted".to_owned(),
                     Ok(()) => "the VMM exited".to_owned(),
-                    Err(e) => squib_host_error_chain(&e),
+                    Err(e) => platform_primitives::error::chain(&e),
                 }
             }
             _ => "ended".to_owned(),
@@ -980,16 +979,6 @@ impl Pager {
 }
 
 /// An error and its causes on one line.
-fn squib_host_error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let _ = write!(text, ": {c}");
-        cause = c.source();
-    }
-    text
-}
-
 /// Names and ids: 1–64 of letters, digits, `.`, `_`, `-`.
 fn valid_name(name: &str, field: &str) -> Result<(), Response> {
     let ok = !name.is_empty()
