@@ -443,7 +443,8 @@ pub mod firecracker {
         /// Starts Firecracker inside an engate session named `id`
         /// (`engate new ID -- firecracker …`, with `XDG_RUNTIME_DIR=runtime`), so its serial
         /// console is the session's output; the console is read by an `engate tail` of the
-        /// session. Dropping the VM ends the session (`engate kill`).
+        /// session. `env` goes to the session's server (`NOTIFY_SOCKET`, say). Dropping the VM
+        /// ends the session (`engate kill`).
         ///
         /// # Errors
         ///
@@ -455,11 +456,13 @@ pub mod firecracker {
             id: &str,
             engate: &Path,
             runtime: &Path,
+            env: &[(&str, &Path)],
         ) -> Result<Self, String> {
             let api = dir.join(format!("{id}.api"));
             let _ = std::fs::remove_file(&api);
             let new = Command::new(engate)
                 .env("XDG_RUNTIME_DIR", runtime)
+                .envs(env.iter().copied())
                 .args(["new", id, "--"])
                 .arg(&kit.firecracker)
                 .args(firecracker_args(dir, id))
@@ -528,6 +531,22 @@ pub mod firecracker {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(())
+        }
+
+        /// The pid of the engate session server a VM runs in (`None` for one started by
+        /// [`Vm::spawn`]).
+        pub fn session_server_pid(&self) -> Option<u32> {
+            let Process::Session(session) = &self.process else {
+                return None;
+            };
+            let info = session
+                .runtime
+                .join("engate")
+                .join(format!("{}.info", session.name));
+            std::fs::read_to_string(info)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("pid=").and_then(|p| p.trim().parse().ok()))
         }
 
         /// The VMM's pid.

@@ -40,6 +40,22 @@ impl Service {
         name: &str,
         env: &[(&str, &Path)],
     ) -> Result<Self, String> {
+        Self::start_with(binary, root, name, env, &[])
+    }
+
+    /// [`start_with_env`](Self::start_with_env) with extra flags for `serve` (for example
+    /// `--restart on-signal`).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_with(
+        binary: impl AsRef<OsStr>,
+        root: &Path,
+        name: &str,
+        env: &[(&str, &Path)],
+        flags: &[&str],
+    ) -> Result<Self, String> {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let api = dir.join("api.sock");
@@ -49,6 +65,7 @@ impl Service {
             .arg(&api)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(flags)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

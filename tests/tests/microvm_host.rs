@@ -6,9 +6,10 @@
 //!   serial console is the session's output, read by `engate tail`; one reader detaches
 //!   mid-restore and re-attaches, and the console still holds every byte exactly once.
 //! - **Supervision**: the pager reports to varta-watch over sd_notify (`NOTIFY_SOCKET`);
-//!   `SIGSTOP` of the pager gives a `stalled` event, `SIGKILL` an `exited` event whose hook
-//!   runs, the service's keeper starts a new pager that re-adopts every session, and every
-//!   guest goes on verifying its memory.
+//!   so does every engate session server. `SIGSTOP` of the pager gives a `stalled` event;
+//!   `SIGKILL` an `exited` event whose hook tells the service's keeper (`--restart on-signal`)
+//!   to start a new pager, which re-adopts every session, and every guest goes on verifying
+//!   its memory.
 //! - **Memory**: restores are admitted by sqry-admission against a budget with room for three
 //!   VMs (each reservation its memory size, trued up to the bytes the pager really installed):
 //!   the fourth waits in the queue until the first VM exits, and the ledger never goes above
@@ -132,8 +133,10 @@ mod linux {
                 .arg("0s")
                 .arg("--on-exit")
                 .arg(format!(
-                    "echo \"$VARTA_PID $VARTA_EVENT\" >> '{}'",
-                    hook_log.display()
+                    "echo \"$VARTA_PID $VARTA_EVENT $VARTA_COMM\" >> '{log}'; \
+                     if [ \"$VARTA_COMM\" = squib-host ]; then kill -USR1 \"$(cat '{keeper}')\"; fi",
+                    log = hook_log.display(),
+                    keeper = dir.join("keeper.pid").display()
                 ))
                 .arg("--log-level")
                 .arg("warn")
@@ -245,7 +248,20 @@ mod linux {
             &format!("/sessions/{key}"),
             &format!(r#"{{"template":"base","socket":"{}"}}"#, sock.display()),
         )?;
-        let vm = Vm::spawn_in_session(env.kit, env.dir, &key, &env.programs.engate, env.runtime)?;
+        let vm = Vm::spawn_in_session(
+            env.kit,
+            env.dir,
+            &key,
+            &env.programs.engate,
+            env.runtime,
+            &[("NOTIFY_SOCKET", env.supervisor)],
+        )?;
+        let server = vm
+            .session_server_pid()
+            .ok_or(format!("{key}: no session server pid"))?;
+        env.varta
+            .wait_event("ready", server, Duration::from_secs(10))
+            .map_err(|e| format!("{key}'s session server: {e}"))?;
         let loaded_at = Instant::now();
         match vm.load_uffd(env.snap, &sock, Duration::from_secs(60))? {
             (200..=299, _) => {}
@@ -274,6 +290,8 @@ mod linux {
 
     struct Env<'a> {
         kit: &'a Kit,
+        varta: &'a Varta,
+        supervisor: &'a Path,
         dir: &'a Path,
         runtime: &'a Path,
         programs: &'a Programs,
@@ -412,12 +430,17 @@ mod linux {
 
         // Supervision: varta-watch first, then the pager service reporting to it.
         let varta = Varta::start(&programs.varta, &dir)?;
-        let svc = Service::start_with_env(
+        // The keeper restarts a dead pager only when told (SIGUSR1): varta-watch's exit hook
+        // tells it.
+        let svc = Service::start_with(
             &programs.squib,
             &dir,
             "pager",
             &[("NOTIFY_SOCKET", &varta.socket)],
+            &["--restart", "on-signal"],
         )?;
+        std::fs::write(dir.join("keeper.pid"), svc.keeper_pid().to_string())
+            .map_err(|e| e.to_string())?;
         let pager = svc.wait_up(Duration::from_secs(10))?;
         varta.wait_event("ready", pager, Duration::from_secs(10))?;
         println!("varta-watch sees the pager (pid {pager}) ready");
@@ -430,6 +453,8 @@ mod linux {
         )?;
         let env = Env {
             kit: &kit,
+            varta: &varta,
+            supervisor: &varta.socket,
             dir: &dir,
             runtime: &runtime,
             programs: &programs,
@@ -552,7 +577,10 @@ mod linux {
             return Err("the pager was not replaced".into());
         }
         varta.wait_event("ready", new_pager, Duration::from_secs(10))?;
-        println!("a killed pager was reported, its hook ran, pid {new_pager} took over");
+        println!(
+            "a killed pager was reported, its exit hook told the keeper to start a new one, \
+             pid {new_pager} took over"
+        );
 
         let last = guests.len() - 1;
         guests[last].restore = Some(

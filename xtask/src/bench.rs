@@ -1,7 +1,8 @@
 //! `cargo xtask bench [crate]`: runs the crates' criterion benches and collects their verdict
-//! lines (`bench: <crate>/<metric> = <value> <unit> (target <op> <value>) ok|FAIL`). Run for
-//! every crate (no argument), it also writes `docs/benchmarks.md`: every figure with its
-//! target, baseline and verdict, and the machine it was measured on.
+//! lines (`bench: <crate>/<metric> = <value> <unit> (target <op> <value>) ok|FAIL`), and writes
+//! them into `docs/benchmarks.md`: every figure with its target, baseline and verdict, the
+//! date each crate was measured and the machine. Benching one crate replaces that crate's rows
+//! and keeps the others'.
 
 use std::process::Command;
 
@@ -62,6 +63,7 @@ pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
         None => available,
     };
     let mut verdicts = Vec::new();
+    let mut measured: Vec<(String, String)> = Vec::new();
     for krate in &selected {
         println!("\n==> bench: {krate}");
         if krate == "engate-attach" {
@@ -78,18 +80,29 @@ pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
         if lines.is_empty() {
             return Err(format!("{krate}'s benches printed no verdict line"));
         }
+        measured.extend(lines.iter().map(|l| (krate.clone(), l.clone())));
         verdicts.extend(lines);
     }
     println!("\n==> bench verdicts");
     for line in &verdicts {
         println!("{line}");
     }
-    if only.is_none() {
-        let path = root().join("docs/benchmarks.md");
-        std::fs::write(&path, table(&verdicts))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
+    let path = root().join("docs/benchmarks.md");
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    let today = utc_date(std::time::SystemTime::now());
+    let mut entries: Vec<Entry> = raw_entries(&previous)
+        .into_iter()
+        .filter(|e| !selected.contains(&e.krate))
+        .collect();
+    entries.extend(measured.into_iter().map(|(krate, line)| Entry {
+        krate,
+        date: today.clone(),
+        line,
+    }));
+    entries.sort_by(|a, b| a.krate.cmp(&b.krate));
+    std::fs::write(&path, table(&entries))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
     let failed = verdicts
         .iter()
         .filter(|l| l.starts_with("bench: ") && l.trim_end().ends_with("FAIL"))
@@ -164,43 +177,107 @@ fn machine() -> String {
     format!("{model}, {cores} cores, {} {kernel}", std::env::consts::OS)
 }
 
+/// One collected line: the crate it came from, the day it was measured, the line.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    krate: String,
+    date: String,
+    line: String,
+}
+
+/// Where the table keeps its raw lines, so one crate's rows can be replaced later.
+const RAW_START: &str =
+    "<!-- raw verdict lines (crate, date, line), read back by cargo xtask bench";
+const RAW_END: &str = "-->";
+
+/// The raw lines kept at the end of a previous `docs/benchmarks.md`.
+fn raw_entries(text: &str) -> Vec<Entry> {
+    let Some(start) = text.find(RAW_START) else {
+        return Vec::new();
+    };
+    let body = &text[start + RAW_START.len()..];
+    let body = &body[..body.find(RAW_END).unwrap_or(body.len())];
+    body.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            Some(Entry {
+                krate: parts.next()?.trim().to_owned(),
+                date: parts.next()?.to_owned(),
+                line: parts.next()?.to_owned(),
+            })
+        })
+        .filter(|e| !e.krate.is_empty())
+        .collect()
+}
+
+/// `YYYY-MM-DD` (UTC) of `time`.
+fn utc_date(time: std::time::SystemTime) -> String {
+    let days = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 /// `docs/benchmarks.md` from the collected verdict and skip lines.
-fn table(lines: &[String]) -> String {
+fn table(entries: &[Entry]) -> String {
     let mut out = String::from(
         "# Benchmarks\n\n\
-         Written by `cargo xtask bench` (every crate) — do not edit by hand. Each ratio is \
-         measured against its baseline in the same run (the bench's own doc comment says what \
-         the baseline is and why it is the best alternative); absolute figures are noted as \
-         such. The crates' READMEs quote their numbers from this file.\n\n",
+         Written by `cargo xtask bench` — do not edit by hand (benching one crate replaces its \
+         rows). Each ratio is measured against its baseline in the same run (the bench's own \
+         doc comment says what the baseline is and why it is the best alternative); absolute \
+         figures are noted as such. The crates' READMEs quote their numbers from this file.\n\n",
     );
     out.push_str(&format!("Machine: {}.\n\n", machine()));
-    out.push_str("| crate | metric | value | unit | target | baseline | verdict |\n");
-    out.push_str("|---|---|---|---|---|---|---|\n");
+    out.push_str("| crate | metric | value | unit | target | baseline | verdict | measured |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
     let mut failed = 0;
-    for v in lines.iter().filter_map(|l| parse(l)) {
+    let mut figures = 0;
+    for e in entries {
+        let Some(v) = parse(&e.line) else { continue };
+        figures += 1;
         failed += usize::from(!v.ok);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             v.krate,
             v.metric,
             v.value,
             v.unit,
             v.target,
             baseline(v.metric),
-            if v.ok { "ok" } else { "**FAIL**" }
+            if v.ok { "ok" } else { "**FAIL**" },
+            e.date
         ));
     }
-    let skips: Vec<&String> = lines.iter().filter(|l| l.starts_with("skip: ")).collect();
+    let skips: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.line.starts_with("skip: "))
+        .collect();
     if !skips.is_empty() {
         out.push_str("\nNot measured on this machine:\n\n");
         for s in skips {
-            out.push_str(&format!("- {}\n", s.trim_start_matches("skip: ")));
+            out.push_str(&format!("- {}\n", s.line.trim_start_matches("skip: ")));
         }
     }
     out.push_str(&format!(
-        "\n{} figures, {failed} missing their target.\n",
-        lines.iter().filter_map(|l| parse(l)).count()
+        "\n{figures} figures, {failed} missing their target.\n\n"
     ));
+    out.push_str(RAW_START);
+    out.push('\n');
+    for e in entries {
+        out.push_str(&format!("{}\t{}\t{}\n", e.krate, e.date, e.line));
+    }
+    out.push_str(RAW_END);
+    out.push('\n');
     out
 }
 
@@ -226,9 +303,31 @@ mod tests {
         assert_eq!(baseline(v.metric), "dtach");
         assert_eq!(baseline("memory_per_agent"), "absolute");
         assert!(parse("bench: nonsense").is_none());
-        let md = table(&[line.to_owned(), "skip: x: no dtach".to_owned()]);
-        assert!(md.contains("| engate-attach | cat_64MiB_throughput_vs_dtach | 0.55 | x | >= 1 | dtach | **FAIL** |"), "{md}");
+        let entry = |line: &str| Entry {
+            krate: "engate-attach".into(),
+            date: "2026-12-04".into(),
+            line: line.into(),
+        };
+        let entries = [entry(line), entry("skip: x: no dtach")];
+        let md = table(&entries);
+        assert!(
+            md.contains(
+                "| engate-attach | cat_64MiB_throughput_vs_dtach | 0.55 | x | >= 1 | dtach | \
+                 **FAIL** | 2026-12-04 |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("- x: no dtach"), "{md}");
         assert!(md.contains("1 figures, 1 missing"), "{md}");
+        // The raw lines come back, so one crate's rows can be replaced later.
+        assert_eq!(raw_entries(&md), entries);
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        assert_eq!(utc_date(at(0)), "1970-01-01");
+        assert_eq!(utc_date(at(951_782_400)), "2000-02-29");
+        assert_eq!(utc_date(at(1_796_342_400)), "2026-12-04");
     }
 }

@@ -24,6 +24,8 @@
 //!   manager named by `NOTIFY_SOCKET`;
 //! - [`prom`] writes Prometheus text exposition, so every daemon's metrics are escaped and
 //!   formatted alike;
+//! - [`signals`] blocks signals in every thread (proved single-threaded first) and takes
+//!   them one at a time, with or without a deadline;
 //! - [`sync`] is a `parking_lot`-shaped mutex and condition variable that loom can model, for
 //!   the crates whose protocols are model-checked.
 //!
@@ -57,6 +59,7 @@ pub mod mem;
 pub mod notify;
 pub mod process;
 pub mod prom;
+pub mod signals;
 pub mod sync;
 pub mod threads;
 pub mod uds;

@@ -75,6 +75,7 @@ pub struct SessionConfig {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    env_removed: Vec<OsString>,
     size: PtySize,
     hub: HubConfig,
     snapshot: SnapshotMode,
@@ -93,6 +94,7 @@ impl SessionConfig {
             program: program.into(),
             args: Vec::new(),
             env: vec![("TERM".into(), "xterm-256color".into())],
+            env_removed: Vec::new(),
             size: PtySize::default(),
             hub: HubConfig::default(),
             snapshot: SnapshotMode::Tail { bytes: 64 << 10 },
@@ -115,6 +117,15 @@ impl SessionConfig {
     /// Sets an environment variable for the program.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Keeps an environment variable of the server from the program (for example the
+    /// server's own `NOTIFY_SOCKET`, so the program cannot report in the server's name).
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env_removed.push(key);
         self
     }
 
@@ -281,6 +292,9 @@ impl SessionServer {
 
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args);
+        for k in &config.env_removed {
+            cmd.env_remove(k);
+        }
         for (k, v) in &config.env {
             cmd.env(k, v);
         }

@@ -533,3 +533,62 @@ pub(crate) fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
     )?;
     Ok(fd)
 }
+
+// ---- signal sets ----------------------------------------------------------------------------
+
+/// A signal set holding `signals`.
+pub(crate) fn sigset(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initializes the set it is given.
+    if unsafe { libc::sigemptyset(set.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigemptyset succeeded, so the set is initialized.
+    let mut set = unsafe { set.assume_init() };
+    for &signal in signals {
+        // SAFETY: `set` is an initialized signal set.
+        if unsafe { libc::sigaddset(&raw mut set, signal) } < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{signal} is not a signal number"),
+            ));
+        }
+    }
+    Ok(set)
+}
+
+/// Adds `set` to the calling thread's blocked signals.
+pub(crate) fn block_signals(set: &libc::sigset_t) -> io::Result<()> {
+    // SAFETY: `set` is initialized; the old mask is not asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Takes one signal of `set`, waiting until one is pending.
+pub(crate) fn sigwait(set: &libc::sigset_t) -> io::Result<libc::c_int> {
+    let mut signal = 0;
+    // SAFETY: the set is initialized and `signal` is a writable integer.
+    let rc = unsafe { libc::sigwait(set, &raw mut signal) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(signal)
+}
+
+/// Whether one of `signals` is pending for the process or this thread.
+pub(crate) fn any_pending(signals: &[libc::c_int]) -> io::Result<bool> {
+    let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigpending fills the set it is given.
+    if unsafe { libc::sigpending(pending.as_mut_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigpending succeeded, so the set is initialized.
+    let pending = unsafe { pending.assume_init() };
+    Ok(signals
+        .iter()
+        // SAFETY: `pending` is an initialized set; sigismember only reads it.
+        .any(|&s| unsafe { libc::sigismember(&raw const pending, s) } == 1))
+}

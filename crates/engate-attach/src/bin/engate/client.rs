@@ -95,17 +95,13 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
         )));
     }
     // Blocked before any thread starts, so the signal thread alone takes them.
-    let signals = sys::Signals::block(
-        &sys::single_threaded()?,
-        &[
-            libc::SIGWINCH,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGINT,
-            libc::SIGCONT,
-        ],
-    )
-    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let signals = sys::block_signals(&[
+        libc::SIGWINCH,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGCONT,
+    ])?;
     match (session.probe(), &options.create) {
         (Probe::Live, _) => {}
         (_, Some(program)) => {
@@ -380,11 +376,7 @@ fn wait_event(events: &io::PipeReader, deadline: Instant, done: impl Fn(u8) -> b
 /// `engate tail`: writes the session's output to standard output as it comes, resuming
 /// where the previous tail of this session stopped; returns the process's exit status.
 pub(crate) fn tail(session: &Session) -> Result<i32, Failure> {
-    let signals = sys::Signals::block(
-        &sys::single_threaded()?,
-        &[libc::SIGTERM, libc::SIGHUP, libc::SIGINT],
-    )
-    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let signals = sys::block_signals(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT])?;
     let caught = Arc::new(std::sync::atomic::AtomicI32::new(0));
     {
         let caught = Arc::clone(&caught);

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use engate_attach::pty::PtySize;
 use engate_attach::session::{SessionConfig, SessionServer, SnapshotMode};
+use platform_primitives::notify::SelfNotify;
 
 use crate::store::{Info, Probe, Session};
 use crate::{Failure, sys};
@@ -33,6 +34,8 @@ use crate::{Failure, sys};
 const START_LIMIT: Duration = Duration::from_secs(10);
 /// How often the server refreshes its status file and looks whether it should end.
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a supervised server reports its status (its heartbeat).
+const NOTIFY_INTERVAL: Duration = Duration::from_secs(1);
 /// What the server prints on its standard output once it serves.
 const READY: &str = "ready";
 
@@ -132,17 +135,17 @@ pub(crate) fn serve(
         return Err(Failure::new("serve: no program given"));
     };
     // Blocked before the server starts its threads, so only `wait` below takes them.
-    let signals = sys::Signals::block(
-        &sys::single_threaded()?,
-        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
-    )
-    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let signals = sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
     let mut config = SessionConfig::new(&session.socket, name)
         .args(args)
         .size(size)
         .snapshot(SnapshotMode::Screen)
         .env("ENGATE", &session.socket)
-        .env("ENGATE_SESSION", &session.name);
+        .env("ENGATE_SESSION", &session.name)
+        // The supervisor's socket is the server's: the program does not report in its name.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
     if let Some(term) = std::env::var_os("TERM").filter(|t| !t.is_empty()) {
         config = config.env("TERM", term);
     }
@@ -197,6 +200,33 @@ pub(crate) fn serve(
         })
         .map_err(|e| Failure::from_io("cannot start the signal thread", &e))?;
 
+    // Under a supervisor (`NOTIFY_SOCKET`), the server says it is ready and then reports its
+    // status every second: the reports are its heartbeat.
+    let mut notify = match SelfNotify::from_env().transpose() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable");
+            None
+        }
+    };
+    let status = |info: &Info| {
+        format!(
+            "STATUS=session {}: {} clients, {} bytes, {}",
+            session.name,
+            info.clients,
+            info.bytes,
+            info.exit.map_or("running".to_owned(), |e| e.to_string())
+        )
+    };
+    if let Some(n) = &notify {
+        let _ = n.send(&format!(
+            "READY=1\nMAINPID={}\n{}",
+            std::process::id(),
+            status(&info)
+        ));
+    }
+    let mut last_report = std::time::Instant::now();
+
     // Whether a client was attached when the program ended (it saw the exit), judged from the
     // last look before the end: clients attached then, or attaches since.
     let (mut clients_before, mut attaches_before) = (0, 0);
@@ -217,6 +247,13 @@ pub(crate) fn serve(
             info = now;
             let _ = session.write_info(&info);
         }
+        if let Some(n) = &mut notify
+            && last_report.elapsed() >= NOTIFY_INTERVAL
+        {
+            last_report = std::time::Instant::now();
+            let _ = n.send(&status(&info));
+            let _ = n.ping_if_due();
+        }
         match exit {
             None => (clients_before, attaches_before) = (m.subscribers, m.attaches),
             Some(_) => {
@@ -226,6 +263,9 @@ pub(crate) fn serve(
                 }
             }
         }
+    }
+    if let Some(n) = &notify {
+        let _ = n.send("STOPPING=1");
     }
     server.shutdown();
     session.remove_state();

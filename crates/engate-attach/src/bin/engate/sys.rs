@@ -1,5 +1,5 @@
-//! The program's system calls, all in one place: terminal modes and window size, blocking and
-//! waiting for signals, starting a new session in a child, sending signals, and waiting for
+//! The program's system calls, all in one place: terminal modes and window size, blocking
+//! signals (through platform-primitives' `SignalSet`), starting a new session in a child, sending signals, and waiting for
 //! descriptors. The modules above this one are safe code.
 
 use std::io;
@@ -8,6 +8,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
+
+use platform_primitives::signals::SignalSet;
+use platform_primitives::threads::PreThreadAttestation;
 
 /// A terminal's modes, as `tcgetattr` reports them.
 #[derive(Clone, Copy)]
@@ -64,65 +67,13 @@ pub(crate) fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
     Ok((size.ws_row, size.ws_col))
 }
 
-/// Proof that no other thread exists yet, for [`Signals::block`]; a clear error otherwise
-/// (a signal mask set after threads started would leave them taking the signals).
-pub(crate) fn single_threaded()
--> Result<platform_primitives::threads::PreThreadAttestation, crate::Failure> {
-    platform_primitives::threads::PreThreadAttestation::new()
-        .map_err(|e| crate::Failure::new(format!("cannot block signals: {e}")))
-}
-
-/// A set of signals blocked in the calling thread (and every thread it starts afterwards), to
-/// be taken one at a time with [`wait`](Self::wait) instead of by a handler.
-#[derive(Clone, Copy)]
-pub(crate) struct Signals(libc::sigset_t);
-
-impl std::fmt::Debug for Signals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Signals { .. }")
-    }
-}
-
-impl Signals {
-    /// Blocks `signals` in the calling thread. It must run before any other thread exists, so
-    /// that none of them takes the signals either: the attestation is the proof. Children
-    /// started with `std::process::Command` begin with an empty mask again.
-    pub(crate) fn block(
-        _single_threaded: &platform_primitives::threads::PreThreadAttestation,
-        signals: &[libc::c_int],
-    ) -> io::Result<Self> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initializes the set it is given.
-        if unsafe { libc::sigemptyset(set.as_mut_ptr()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sigemptyset succeeded, so the set is initialized.
-        let mut set = unsafe { set.assume_init() };
-        for &signal in signals {
-            // SAFETY: `set` is an initialized signal set; `signal` is a signal number.
-            if unsafe { libc::sigaddset(&raw mut set, signal) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        // SAFETY: `set` is initialized; the old mask is not asked for.
-        let rc =
-            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(Self(set))
-    }
-
-    /// Waits for one of the signals to be delivered and returns its number.
-    pub(crate) fn wait(&self) -> io::Result<libc::c_int> {
-        let mut signal = 0;
-        // SAFETY: the set is initialized and `signal` is a writable integer.
-        let rc = unsafe { libc::sigwait(&raw const self.0, &raw mut signal) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(signal)
-    }
+/// Blocks `signals` in every thread, proving first that no other thread exists yet (a mask
+/// set after threads started would leave them taking the signals).
+pub(crate) fn block_signals(signals: &[libc::c_int]) -> Result<SignalSet, crate::Failure> {
+    let single = PreThreadAttestation::new()
+        .map_err(|e| crate::Failure::new(format!("cannot block signals: {e}")))?;
+    SignalSet::block(&single, signals)
+        .map_err(|e| crate::Failure::from_io("cannot block signals", &e))
 }
 
 /// Makes the spawned child the leader of a new session with no controlling terminal, so the

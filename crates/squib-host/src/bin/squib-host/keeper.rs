@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use platform_primitives::creds::pidfd_pid;
 use platform_primitives::notify::{SelfNotify, take_listen_fds};
+use platform_primitives::signals::SignalSet;
 use platform_primitives::uds::{SocketPath, UdsBinder};
 use serde_json::{Value, json};
 
@@ -174,17 +175,42 @@ impl Keeper {
         })
     }
 
-    /// Runs the pager, restarting it whenever it ends, until the keeper is killed.
-    pub(crate) fn run(mut self) -> Result<(), String> {
+    /// Runs the pager, restarting it whenever it ends, until the keeper is killed. With
+    /// `restart_signal` (`--restart on-signal`), a pager that died is restarted only when one
+    /// of those signals arrives (an upgrade restarts at once either way).
+    pub(crate) fn run(mut self, restart_signal: Option<SignalSet>) -> Result<(), String> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let started = Instant::now();
             let (mut child, vault) = self.start()?;
+            if let Some(signals) = &restart_signal {
+                // A signal sent while a pager was running asks for nothing.
+                while signals
+                    .wait_timeout(Duration::ZERO)
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {}
+            }
             let upgrade = self.serve(&mut child, &vault);
             let status = child.wait().map_err(|e| e.to_string())?;
             if upgrade {
                 tracing::info!(%status, "pager exited for an upgrade; starting the new binary");
                 backoff = Duration::from_millis(50);
+                continue;
+            }
+            if let Some(signals) = &restart_signal {
+                tracing::warn!(%status, sessions = self.kept.len(),
+                    "pager exited; waiting for SIGUSR1 to start a new one");
+                while signals
+                    .wait_timeout(Duration::from_secs(60))
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    tracing::warn!(
+                        sessions = self.kept.len(),
+                        "still no pager: their guests wait; send SIGUSR1 to start one"
+                    );
+                }
                 continue;
             }
             tracing::warn!(%status, sessions = self.kept.len(), "pager exited; restarting it");

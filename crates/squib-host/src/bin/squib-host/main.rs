@@ -11,6 +11,8 @@
 //! holds a copy of every live session's userfaultfd and VMM pidfd, so when the pager process
 //! dies it starts a new one that takes every session over, and no VM notices beyond a pause.
 //! `POST /upgrade` makes the pager hand over to whatever binary is at the keeper's path now.
+//! With `--restart on-signal` the keeper does not restart a dead pager by itself: it waits for
+//! `SIGUSR1`, so a supervisor (varta-watch's exit hook, say) decides when.
 //!
 //! The control API speaks HTTP/1.1 with JSON bodies on a Unix socket, as Firecracker's does:
 //!
@@ -34,7 +36,8 @@ mod vault;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: squib-host serve --api PATH [--state-dir DIR] [--cache-mib N]";
+const USAGE: &str = "usage: squib-host serve --api PATH [--state-dir DIR] [--cache-mib N] \
+                     [--restart auto|on-signal]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +69,8 @@ struct Flags {
     api: Option<PathBuf>,
     state_dir: PathBuf,
     cache_mib: u64,
+    /// Restart a dead pager at once (`auto`), or on `SIGUSR1` (`on-signal`).
+    restart_on_signal: bool,
 }
 
 fn parse(args: &[String]) -> Result<Flags, String> {
@@ -73,6 +78,7 @@ fn parse(args: &[String]) -> Result<Flags, String> {
         api: None,
         state_dir: PathBuf::from("/var/lib/squib-host"),
         cache_mib: 1024,
+        restart_on_signal: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -92,6 +98,17 @@ fn parse(args: &[String]) -> Result<Flags, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--cache-mib {v:?} is not a positive number"))?;
             }
+            "--restart" => {
+                flags.restart_on_signal = match value()?.as_str() {
+                    "auto" => false,
+                    "on-signal" => true,
+                    v => {
+                        return Err(format!(
+                            "--restart {v:?}: expected `auto` or `on-signal`\n{USAGE}"
+                        ));
+                    }
+                };
+            }
             other => return Err(format!("unknown flag {other:?}\n{USAGE}")),
         }
     }
@@ -103,11 +120,24 @@ fn run(cmd: &str, args: &[String]) -> Result<(), String> {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixDatagram;
 
+    use platform_primitives::signals::SignalSet;
+    use platform_primitives::threads::PreThreadAttestation;
+
+    let flags = parse(args)?;
+    // Blocked before anything starts a thread, so the keeper alone takes it.
+    let restart_signal = if cmd == "serve" && flags.restart_on_signal {
+        let single = PreThreadAttestation::new().map_err(|e| e.to_string())?;
+        Some(
+            SignalSet::block(&single, &[libc::SIGUSR1])
+                .map_err(|e| format!("cannot block SIGUSR1: {e}"))?,
+        )
+    } else {
+        None
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
         .init();
-    let flags = parse(args)?;
     if cmd == "serve" {
         let api = flags.api.ok_or(format!("--api is required\n{USAGE}"))?;
         let binary =
@@ -118,7 +148,7 @@ fn run(cmd: &str, args: &[String]) -> Result<(), String> {
             "--cache-mib".to_owned(),
             flags.cache_mib.to_string(),
         ];
-        return keeper::Keeper::bind(binary, pass, &api, &flags.state_dir)?.run();
+        return keeper::Keeper::bind(binary, pass, &api, &flags.state_dir)?.run(restart_signal);
     }
     // The pager: its standard input is the keeper's end of the vault.
     let vault = std::io::stdin()
