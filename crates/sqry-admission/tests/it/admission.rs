@@ -373,3 +373,33 @@ async fn dropping_an_async_waiter_leaves_the_queue() {
     assert!(matches!(err, ReserveError::NotRegistered { .. }));
     let _ = blob(0);
 }
+
+/// A `ReserveFuture` polled again after it returned `Ready` panics, as futures do, instead of
+/// inventing a result (it used to answer `ManagerGone` while the manager was alive).
+#[test]
+fn reserve_future_polled_after_completion_panics() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let m = manager(1_000);
+    m.register(key("a"), false);
+    let mut fut = Box::pin(m.reserve_async(&key("a"), ReserveRequest::new(100)));
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(first) = fut.as_mut().poll(&mut cx) else {
+        panic!("a request that fits is granted on the first poll");
+    };
+    let reservation = first.expect("fits");
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = fut.as_mut().poll(&mut cx);
+    }));
+    let payload = again.expect_err("polling a completed future panics");
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(text.contains("after completion"), "panic message: {text:?}");
+    assert_eq!(m.ledger().snapshot().reserved, reservation.bytes());
+    drop(reservation);
+    assert_eq!(m.ledger().snapshot().reserved, 0);
+}
