@@ -184,6 +184,21 @@ pub enum LoadError {
         /// The state that blocked this call.
         state: EntryState,
     },
+    /// `rebuild` of a key that was never loaded: there is nothing to rebuild.
+    #[error("cannot rebuild {key}: it was never loaded (load it with get_or_load first)")]
+    NotLoaded {
+        /// The key.
+        key: String,
+    },
+    /// This call joined another caller's load of the key and the load was still running at
+    /// the request's deadline.
+    #[error("gave up waiting for the load of {key} this call joined ({state}) at its deadline")]
+    JoinTimeout {
+        /// The key.
+        key: String,
+        /// The state of the load in flight.
+        state: EntryState,
+    },
     /// This call joined another caller's load of the key, and that load failed.
     #[error("the load of {key} this call joined failed")]
     JoinedFailed {

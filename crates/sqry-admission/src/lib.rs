@@ -79,6 +79,12 @@ mod config;
 mod entry;
 mod error;
 mod failpoint;
+#[cfg(not(feature = "loom"))]
+mod flight;
+/// The single-flight gate, public only for the loom suite.
+#[cfg(feature = "loom")]
+#[doc(hidden)]
+pub mod flight;
 mod housekeeper;
 pub mod ledger;
 pub mod manager;
@@ -95,9 +101,9 @@ pub use ledger::{
     RetireCause,
 };
 pub use manager::{
-    AdmissionManager, ClassEstimate, EntryState, EntryStatus, EvictionPlan, LoadOptions, Overflow,
-    PublishHook, Reservation, ReserveFuture, ReserveRequest, ServeVerdict, SingleFlight, Status,
-    WeakManager,
+    AdmissionManager, BuildContext, Cancellation, Cancelled, ClassEstimate, EntryState,
+    EntryStatus, EvictionPlan, LoadOptions, Overflow, PublishHook, Reservation, ReserveFuture,
+    ReserveRequest, ServeVerdict, SingleFlight, Status, WeakManager,
 };
 
 /// The heap memory a value owns, as the budget counts it.

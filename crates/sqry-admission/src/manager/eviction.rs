@@ -7,6 +7,7 @@ use std::sync::Arc as StdArc;
 use std::sync::atomic::Ordering;
 
 use crate::HeapSize;
+use crate::entry::Cancelled;
 use crate::entry::{EntryState, SLOT_REFS};
 use crate::ledger::{LedgerSnapshot, RetireCause};
 use crate::sync::Arc;
@@ -153,7 +154,11 @@ where
         };
         let bytes = taken.as_ref().map_or(0, |v| v.bytes());
         drop(taken);
-        entry.finish_flight();
+        // Wakes joiners, and tells a build in flight why it should stop.
+        entry.signal_cancel(match cause {
+            RetireCause::Explicit => Cancelled::Unloaded,
+            _ => Cancelled::Evicted,
+        });
         if let Some(hook) = self.hook() {
             hook.on_evict(&entry.key, cause);
         }

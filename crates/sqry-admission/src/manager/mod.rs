@@ -68,6 +68,7 @@ use entries::Entries;
 use estimates::ClassStats;
 
 pub(crate) mod admission;
+mod context;
 mod entries;
 mod estimates;
 mod eviction;
@@ -78,8 +79,10 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+pub use crate::entry::Cancelled;
 pub use crate::entry::EntryState;
 pub use admission::{Overflow, Reservation, ReserveFuture, ReserveRequest};
+pub use context::{BuildContext, Cancellation};
 pub use estimates::ClassEstimate;
 pub use eviction::EvictionPlan;
 pub use load::{LoadOptions, SingleFlight};

@@ -164,3 +164,19 @@ fn unknown_key_cannot_be_rebuilt() {
         .expect_err("not registered");
     assert!(err.to_string().contains("not registered"), "{err}");
 }
+
+/// `rebuild` of a registered key that was never loaded says so, instead of claiming a load is
+/// in progress.
+#[test]
+fn rebuild_of_a_never_loaded_key_says_it_was_never_loaded() {
+    let m = manager(10_000);
+    m.register(key("k"), false);
+    let err = m
+        .rebuild(&key("k"), ReserveRequest::new(100), |_| Ok(blob(10)))
+        .expect_err("nothing to rebuild");
+    assert!(matches!(err, LoadError::NotLoaded { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("never loaded"), "{text}");
+    assert!(!text.contains("in progress"), "{text}");
+    assert_eq!(m.state(&key("k")), Some(EntryState::Unloaded));
+}

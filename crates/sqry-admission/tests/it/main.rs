@@ -3,6 +3,7 @@
 //! model-based property test and a million-operation stress test.
 
 mod admission;
+mod async_loading;
 mod contracts;
 mod ledger;
 mod loading;
