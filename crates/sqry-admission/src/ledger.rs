@@ -145,6 +145,8 @@ pub struct Metrics {
     pub rejected_at_publish: u64,
     /// Evictions by cause.
     pub evictions: EvictionCounts,
+    /// Versions published (committed to the loaded tier).
+    pub published: u64,
     /// Versions replaced by a newer publish (moved to retained).
     pub replaced: u64,
     /// Retained versions credited back by their last handle's drop.
@@ -737,6 +739,7 @@ impl Ledger {
         let reserved = std::mem::take(&mut grant.bytes);
         st.reserved -= reserved;
         st.loaded += bytes;
+        st.metrics.published += 1;
         if let Some(old) = replaces {
             st.retire(old, RetireCause::Replaced);
         }

@@ -95,7 +95,8 @@ impl<K: fmt::Debug, V> LoadingGuard<'_, K, V> {
     pub(super) fn fail(&mut self, error: LoadError) -> LoadError {
         self.armed = false;
         self.entry.record_failure(StdArc::new(error.clone()));
-        self.entry.set_state(EntryState::Failed);
+        // An eviction that happened meanwhile keeps its `Evicted`, so joiners look again.
+        self.entry.gate.restore(self.held, EntryState::Failed);
         self.entry.finish_flight();
         error
     }
@@ -132,7 +133,22 @@ pub(super) enum Enter<V> {
     Lead(EntryState),
     /// Another caller holds the gate in this state: wait for it, then try again.
     Join(EntryState),
+    /// The entry was evicted and has left the map: look the key up again.
+    Gone,
 }
+
+/// What a joiner found when the load it joined finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Joined {
+    /// Try the same entry again.
+    Again,
+    /// The entry was evicted: look the key up again.
+    Gone,
+}
+
+/// How many times one load looks its key up again after finding its entry evicted, before it
+/// gives up with `EvictedMidLoad` (each time, some other load or eviction made progress).
+const MAX_LOOKUPS: u32 = 16;
 
 /// Which lifecycle a load runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,11 +208,12 @@ where
         if let Some(handle) = self.loaded_now(key) {
             return Ok(handle);
         }
-        let entry = self.entry_or_insert(key);
+        let mut entry = self.entry_or_insert(key);
         let deadline = match options.request.overflow {
             Overflow::Wait { deadline } => Some(deadline),
             Overflow::FailFast => None,
         };
+        let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, options.single_flight)? {
                 Enter::Serve(handle) => return Ok(handle),
@@ -208,9 +225,13 @@ where
                             state,
                         });
                     }
-                    self.after_join(&entry)?;
+                    if self.after_join(&entry)? == Joined::Again {
+                        continue;
+                    }
                 }
+                Enter::Gone => {}
             }
+            entry = self.look_up_again(key, &mut lookups)?;
         };
         let mut guard = self.guard(&entry, Kind::Load, prior);
         let reservation = self.lead_admission(&entry, &mut guard, options.request, |bytes| {
@@ -267,16 +288,21 @@ where
         if let Some(handle) = self.loaded_now(key) {
             return Ok(handle);
         }
-        let entry = self.entry_or_insert(key);
+        let mut entry = self.entry_or_insert(key);
+        let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, options.single_flight)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
                 Enter::Join(state) => {
                     JoinFlight::new(&entry, state).await;
-                    self.after_join(&entry)?;
+                    if self.after_join(&entry)? == Joined::Again {
+                        continue;
+                    }
                 }
+                Enter::Gone => {}
             }
+            entry = self.look_up_again(key, &mut lookups)?;
         };
         self.lead_async(&entry, Kind::Load, prior, options.request, build)
             .await
@@ -361,7 +387,7 @@ where
                     return Ok(Enter::Serve(Handle::from_arc(version)));
                 }
                 if state == EntryState::Evicted {
-                    return Err(LoadError::EvictedMidLoad { key: key_text(key) });
+                    return Ok(Enter::Gone);
                 }
                 if single_flight == SingleFlight::Refuse {
                     return Err(LoadError::InProgress {
@@ -374,9 +400,20 @@ where
         }
     }
 
-    /// What a joiner does once the load it joined finished: report its failure or eviction,
-    /// or go round again (to serve the published version, or to take an abandoned gate).
-    fn after_join(&self, entry: &Entry<K, V>) -> Result<(), LoadError> {
+    /// The entry this load was looking at left the map (evicted, perhaps just after the load
+    /// it joined published): look the key up again, a bounded number of times.
+    fn look_up_again(&self, key: &K, lookups: &mut u32) -> Result<StdArc<Entry<K, V>>, LoadError> {
+        *lookups += 1;
+        if *lookups > MAX_LOOKUPS {
+            return Err(LoadError::EvictedMidLoad { key: key_text(key) });
+        }
+        Ok(self.entry_or_insert(key))
+    }
+
+    /// What a joiner does once the load it joined finished: report its failure, or go round
+    /// again (to serve the published version, or to take an abandoned gate), or look the key
+    /// up again if the entry was evicted.
+    fn after_join(&self, entry: &Entry<K, V>) -> Result<Joined, LoadError> {
         let key = &entry.key;
         match entry.state() {
             EntryState::Failed => {
@@ -389,8 +426,8 @@ where
                     None => LoadError::EvictedMidLoad { key: key_text(key) },
                 })
             }
-            EntryState::Evicted => Err(LoadError::EvictedMidLoad { key: key_text(key) }),
-            _ => Ok(()),
+            EntryState::Evicted => Ok(Joined::Gone),
+            _ => Ok(Joined::Again),
         }
     }
 

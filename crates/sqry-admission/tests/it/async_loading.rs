@@ -249,3 +249,64 @@ async fn unloading_mid_build_cancels_the_build_context() {
     assert_eq!(*seen.lock(), Some(Cancelled::Unloaded));
     assert_eq!(m.ledger().snapshot().total(), 0);
 }
+
+/// Unloads its key on the first publish it sees (an eviction right after a load).
+struct UnloadOnFirstPublish {
+    manager: sqry_admission::WeakManager<String, Vec<u8>>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl PublishHook<String, Vec<u8>> for UnloadOnFirstPublish {
+    fn on_publish(&self, key: &String, _value: &Handle<Vec<u8>>) {
+        if !self.done.swap(true, Ordering::AcqRel)
+            && let Some(m) = self.manager.upgrade()
+        {
+            m.unload(key);
+        }
+    }
+}
+
+/// A joiner whose entry was evicted right after the load it joined published (the daemon's
+/// budget does this all the time) looks the key up again and loads it, instead of failing
+/// with `EvictedMidLoad`.
+#[tokio::test(flavor = "current_thread")]
+async fn a_joiner_whose_entry_was_evicted_after_the_load_looks_again() {
+    let m = manager(10_000);
+    m.set_hook(Arc::new(UnloadOnFirstPublish {
+        manager: m.downgrade(),
+        done: std::sync::atomic::AtomicBool::new(false),
+    }));
+    let k = key("k");
+    let release = Arc::new(tokio::sync::Notify::new());
+    let leader = tokio::spawn({
+        let (m, k, release) = (m.clone(), k.clone(), Arc::clone(&release));
+        async move {
+            m.get_or_load_async(&k, LoadOptions::new(100), |_ctx| async move {
+                release.notified().await;
+                Ok(blob(100))
+            })
+            .await
+            .map(|h| h.len())
+        }
+    });
+    tokio::task::yield_now().await;
+    let joiner = tokio::spawn({
+        let (m, k) = (m.clone(), k.clone());
+        async move {
+            m.get_or_load_async(
+                &k,
+                LoadOptions::new(100),
+                |_ctx| async move { Ok(blob(60)) },
+            )
+            .await
+            .map(|h| h.len())
+        }
+    });
+    tokio::task::yield_now().await;
+    // The leader publishes and its hook unloads the key before the joiner runs again.
+    release.notify_one();
+    assert_eq!(leader.await.expect("task").expect("loads"), 100);
+    let joined = joiner.await.expect("task");
+    assert_eq!(joined.expect("looked the key up again and loaded it"), 60);
+    assert_eq!(m.ledger().snapshot().reserved, 0);
+}
