@@ -131,8 +131,10 @@ pub(super) enum Enter<V> {
     Serve(Handle<V>),
     /// This caller took the gate (it came from the given state) and must run the load.
     Lead(EntryState),
-    /// Another caller holds the gate in this state: wait for it, then try again.
-    Join(EntryState),
+    /// Another caller holds the gate in this state: wait for it, then try again. The count
+    /// is the entry's consecutive failures before the gate was tried, so the joiner can tell
+    /// a load that failed from one that was abandoned (which records nothing).
+    Join(EntryState, u32),
     /// The entry was evicted and has left the map: look the key up again.
     Gone,
 }
@@ -218,14 +220,14 @@ where
             match self.enter(&entry, Kind::Load, options.single_flight)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
-                Enter::Join(state) => {
+                Enter::Join(state, failures) => {
                     if !entry.gate.wait(state, deadline) {
                         return Err(LoadError::JoinTimeout {
                             key: key_text(key),
                             state,
                         });
                     }
-                    if self.after_join(&entry)? == Joined::Again {
+                    if self.after_join(&entry, failures)? == Joined::Again {
                         continue;
                     }
                 }
@@ -294,9 +296,9 @@ where
             match self.enter(&entry, Kind::Load, options.single_flight)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
-                Enter::Join(state) => {
+                Enter::Join(state, failures) => {
                     JoinFlight::new(&entry, state).await;
-                    if self.after_join(&entry)? == Joined::Again {
+                    if self.after_join(&entry, failures)? == Joined::Again {
                         continue;
                     }
                 }
@@ -377,6 +379,7 @@ where
         single_flight: SingleFlight,
     ) -> Result<Enter<V>, LoadError> {
         let key = &entry.key;
+        let failures = entry.retry_count.load(Ordering::Acquire);
         match entry.gate.try_transition(kind.from(), kind.gate()) {
             Ok(prior) => Ok(Enter::Lead(prior)),
             Err(state) => {
@@ -395,7 +398,7 @@ where
                         state,
                     });
                 }
-                Ok(Enter::Join(state))
+                Ok(Enter::Join(state, failures))
             }
         }
     }
@@ -413,9 +416,14 @@ where
     /// What a joiner does once the load it joined finished: report its failure, or go round
     /// again (to serve the published version, or to take an abandoned gate), or look the key
     /// up again if the entry was evicted.
-    fn after_join(&self, entry: &Entry<K, V>) -> Result<Joined, LoadError> {
+    fn after_join(&self, entry: &Entry<K, V>, failures: u32) -> Result<Joined, LoadError> {
         let key = &entry.key;
         match entry.state() {
+            // Failed, but not by the load this call joined: that one was abandoned and put
+            // the entry back as it was. Try the gate again.
+            EntryState::Failed if entry.retry_count.load(Ordering::Acquire) == failures => {
+                Ok(Joined::Again)
+            }
             EntryState::Failed => {
                 let source = entry.history.lock().last_error.clone();
                 Err(match source {
