@@ -43,8 +43,12 @@ pub struct AdmissionConfig {
     /// `None` runs no scan (async deadlines still get a timer thread when first needed).
     /// Default 1 s.
     pub audit_interval: Option<Duration>,
-    /// Backoff after consecutive failed loads, reported in status: the n-th consecutive failure
-    /// waits the n-th entry (the last entry repeats). Default 30, 60, 120, 300, 600 s.
+    /// Backoff after consecutive failed loads: the n-th consecutive failure waits the n-th
+    /// entry (the last entry repeats). Inside the window `get_or_load` returns
+    /// [`LoadError::BackingOff`](crate::LoadError::BackingOff), carrying the last error, without
+    /// running the builder (unless the load asks to
+    /// [`retry_now`](crate::LoadOptions::retry_now)); status reports the time left. An empty
+    /// schedule never backs off. Default 30, 60, 120, 300, 600 s.
     pub failure_backoff: Vec<Duration>,
     /// Learn a multiplier per estimate class from measured / estimated bytes at publish and
     /// apply it to later reservations of that class. Default on.

@@ -20,7 +20,7 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc as StdArc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::ops::{Deref, DerefMut};
 
@@ -115,6 +115,9 @@ pub(crate) struct History {
     pub(crate) last_good_at: Option<SystemTime>,
     pub(crate) last_error: Option<StdArc<dyn Error + Send + Sync>>,
     pub(crate) last_failure_at: Option<Instant>,
+    /// Whether the last failure was the builder's own (an error or a panic): only those open a
+    /// backoff window. A refusal by the budget does not — memory may be freed any moment.
+    pub(crate) builder_failed: bool,
 }
 
 /// One key's entry in the manager's map.
@@ -186,6 +189,23 @@ impl<K, V> Entry<K, V> {
         Cancelled::from_u8(self.cancel_reason.load(Ordering::Acquire))
     }
 
+    /// How long a retry must still wait after the latest consecutive failure under `schedule`
+    /// (the n-th consecutive failure waits the n-th step; the last step repeats), if at all.
+    pub(crate) fn backoff_remaining(&self, schedule: &[Duration]) -> Option<Duration> {
+        let failures = self.retry_count.load(Ordering::Acquire);
+        if failures == 0 || schedule.is_empty() {
+            return None;
+        }
+        let history = self.history.lock();
+        if !history.builder_failed {
+            return None;
+        }
+        let at = history.last_failure_at?;
+        drop(history);
+        let step = schedule[(failures as usize - 1).min(schedule.len() - 1)];
+        step.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
+    }
+
     /// Records a read: a relaxed store, no lock.
     pub(crate) fn touch(&self, now_ns: u64) {
         let last = self.last_access.load(Ordering::Relaxed);
@@ -201,9 +221,10 @@ impl<K, V> Entry<K, V> {
     }
 
     /// Records a failure: error text, failure time, one more consecutive failure.
-    pub(crate) fn record_failure(&self, error: StdArc<dyn Error + Send + Sync>) {
+    pub(crate) fn record_failure(&self, error: StdArc<dyn Error + Send + Sync>, builder: bool) {
         let mut h = self.history.lock();
         h.last_error = Some(error);
+        h.builder_failed = builder;
         h.last_failure_at = Some(Instant::now());
         drop(h);
         self.retry_count.fetch_add(1, Ordering::AcqRel);

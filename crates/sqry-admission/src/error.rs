@@ -184,6 +184,22 @@ pub enum LoadError {
         /// The state that blocked this call.
         state: EntryState,
     },
+    /// The key failed recently and its backoff window is still open: the builder was not run.
+    /// Retry after `retry_after`, or ask for an immediate retry with `LoadOptions::retry_now`.
+    #[error(
+        "not rebuilding {key} for another {retry_after:?} after {failures} consecutive failures"
+    )]
+    BackingOff {
+        /// The key.
+        key: String,
+        /// Time left in the backoff window.
+        retry_after: Duration,
+        /// Consecutive failures so far.
+        failures: u32,
+        /// The last failure's error.
+        #[source]
+        source: Arc<dyn Error + Send + Sync>,
+    },
     /// `rebuild` of a key that was never loaded: there is nothing to rebuild.
     #[error("cannot rebuild {key}: it was never loaded (load it with get_or_load first)")]
     NotLoaded {

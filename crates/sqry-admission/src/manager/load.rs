@@ -38,11 +38,14 @@ pub enum SingleFlight {
 
 /// Options of [`AdmissionManager::get_or_load`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LoadOptions {
     /// The reservation to make before building.
     pub request: ReserveRequest,
     /// What to do if a load is already in flight.
     pub single_flight: SingleFlight,
+    /// Build even inside the failure backoff window (an operator's explicit retry).
+    pub retry_now: bool,
 }
 
 impl LoadOptions {
@@ -52,6 +55,7 @@ impl LoadOptions {
         Self {
             request: ReserveRequest::new(estimate),
             single_flight: SingleFlight::Join,
+            retry_now: false,
         }
     }
 
@@ -66,6 +70,14 @@ impl LoadOptions {
     #[must_use]
     pub fn single_flight(mut self, single_flight: SingleFlight) -> Self {
         self.single_flight = single_flight;
+        self
+    }
+
+    /// Builds even if the key failed recently and its backoff window is still open (by
+    /// default such a load returns [`LoadError::BackingOff`] without building).
+    #[must_use]
+    pub fn retry_now(mut self) -> Self {
+        self.retry_now = true;
         self
     }
 }
@@ -94,7 +106,9 @@ pub(super) struct LoadingGuard<'a, K: fmt::Debug, V> {
 impl<K: fmt::Debug, V> LoadingGuard<'_, K, V> {
     pub(super) fn fail(&mut self, error: LoadError) -> LoadError {
         self.armed = false;
-        self.entry.record_failure(StdArc::new(error.clone()));
+        let builder = matches!(error, LoadError::Build { .. });
+        self.entry
+            .record_failure(StdArc::new(error.clone()), builder);
         // An eviction that happened meanwhile keeps its `Evicted`, so joiners look again.
         self.entry.gate.restore(self.held, EntryState::Failed);
         self.entry.finish_flight();
@@ -113,9 +127,12 @@ impl<K: fmt::Debug, V> Drop for LoadingGuard<'_, K, V> {
             return;
         }
         if std::thread::panicking() {
-            self.entry.record_failure(StdArc::new(LoadAborted {
-                key: key_text(&self.entry.key),
-            }));
+            self.entry.record_failure(
+                StdArc::new(LoadAborted {
+                    key: key_text(&self.entry.key),
+                }),
+                true,
+            );
             self.entry.set_state(EntryState::Failed);
         } else {
             // Abandoned: an eviction that happened meanwhile keeps its `Evicted`.
@@ -217,7 +234,7 @@ where
         };
         let mut lookups = 1;
         let prior = loop {
-            match self.enter(&entry, Kind::Load, options.single_flight)? {
+            match self.enter(&entry, Kind::Load, &options)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
                 Enter::Join(state, failures) => {
@@ -293,7 +310,7 @@ where
         let mut entry = self.entry_or_insert(key);
         let mut lookups = 1;
         let prior = loop {
-            match self.enter(&entry, Kind::Load, options.single_flight)? {
+            match self.enter(&entry, Kind::Load, &options)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
                 Enter::Join(state, failures) => {
@@ -376,10 +393,22 @@ where
         &self,
         entry: &StdArc<Entry<K, V>>,
         kind: Kind,
-        single_flight: SingleFlight,
+        options: &LoadOptions,
     ) -> Result<Enter<V>, LoadError> {
         let key = &entry.key;
         let failures = entry.retry_count.load(Ordering::Acquire);
+        if !options.retry_now
+            && entry.state() == EntryState::Failed
+            && let Some(retry_after) = entry.backoff_remaining(&self.shared.config.failure_backoff)
+            && let Some(source) = entry.history.lock().last_error.clone()
+        {
+            return Err(LoadError::BackingOff {
+                key: key_text(key),
+                retry_after,
+                failures,
+                source,
+            });
+        }
         match entry.gate.try_transition(kind.from(), kind.gate()) {
             Ok(prior) => Ok(Enter::Lead(prior)),
             Err(state) => {
@@ -392,7 +421,7 @@ where
                 if state == EntryState::Evicted {
                     return Ok(Enter::Gone);
                 }
-                if single_flight == SingleFlight::Refuse {
+                if options.single_flight == SingleFlight::Refuse {
                     return Err(LoadError::InProgress {
                         key: key_text(key),
                         state,

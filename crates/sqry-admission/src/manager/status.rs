@@ -83,14 +83,8 @@ where
                         .as_ref()
                         .map_or(0, |v| Arc::strong_count(v).saturating_sub(SLOT_REFS));
                     let retry_count = e.retry_count.load(Ordering::Acquire);
+                    let retry_after = e.backoff_remaining(backoff);
                     let history = e.history.lock();
-                    let retry_after = match (retry_count, history.last_failure_at) {
-                        (n, Some(at)) if n > 0 && !backoff.is_empty() => {
-                            let step = backoff[(n as usize - 1).min(backoff.len() - 1)];
-                            step.checked_sub(at.elapsed())
-                        }
-                        _ => None,
-                    };
                     EntryStatus {
                         key: e.key.clone(),
                         state: e.state(),

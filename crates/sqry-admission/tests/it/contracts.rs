@@ -414,9 +414,13 @@ fn builder_panic_leaves_entry_failed_with_error_and_retry() {
     );
     assert!(e.retry_count >= 1);
     assert_eq!(m.ledger().snapshot().reserved, 0, "refunded on unwind");
-    // And the entry can be loaded again.
-    let v = m
+    // Inside the backoff window a load backs off; an explicit retry loads it again.
+    let err = m
         .get_or_load(&k, LoadOptions::new(1_000), |_| Ok(blob(10)))
+        .expect_err("backing off");
+    assert!(matches!(err, LoadError::BackingOff { .. }), "{err:?}");
+    let v = m
+        .get_or_load(&k, LoadOptions::new(1_000).retry_now(), |_| Ok(blob(10)))
         .expect("retry succeeds");
     assert_eq!(v.len(), 10);
     assert_eq!(m.status().entries[0].retry_count, 0);

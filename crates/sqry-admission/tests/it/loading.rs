@@ -180,3 +180,91 @@ fn rebuild_of_a_never_loaded_key_says_it_was_never_loaded() {
     assert!(!text.contains("in progress"), "{text}");
     assert_eq!(m.state(&key("k")), Some(EntryState::Unloaded));
 }
+
+/// Inside the failure backoff window, `get_or_load` of a failed key returns the cached error
+/// at once instead of running the builder again (10 back-to-back calls used to build 10
+/// times while status said `retry_after 599 s`).
+#[test]
+fn backoff_returns_the_cached_error_inside_the_window() {
+    let m = manager(10_000);
+    let builds = std::sync::atomic::AtomicUsize::new(0);
+    let mut errors = Vec::new();
+    for _ in 0..10 {
+        let err = m
+            .get_or_load(&key("k"), LoadOptions::new(100), |_| {
+                builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err("index corrupt".into())
+            })
+            .expect_err("fails");
+        errors.push(err);
+    }
+    assert_eq!(builds.into_inner(), 1, "the builder ran once: {errors:?}");
+    for e in &errors[1..] {
+        let LoadError::BackingOff {
+            retry_after,
+            failures,
+            source,
+            ..
+        } = e
+        else {
+            panic!("backing off: {e:?}");
+        };
+        assert_eq!(*failures, 1);
+        assert!(*retry_after > Duration::ZERO && *retry_after <= Duration::from_secs(30));
+        assert!(
+            source.to_string().contains("building"),
+            "the cached error: {source}"
+        );
+        assert!(
+            std::error::Error::source(&**source)
+                .is_some_and(|s| s.to_string().contains("index corrupt")),
+            "the builder's own error is the cached error's source"
+        );
+    }
+    let status = m.status();
+    assert_eq!(status.entries[0].retry_count, 1, "one failure counted");
+    assert!(status.entries[0].retry_after.is_some());
+    // An explicit retry builds at once.
+    let v = m
+        .get_or_load(&key("k"), LoadOptions::new(100).retry_now(), |_| {
+            Ok(blob(10))
+        })
+        .expect("the explicit retry builds");
+    assert_eq!(v.len(), 10);
+    assert_eq!(m.status().entries[0].retry_count, 0);
+}
+
+/// The schedule is configurable: a short window reopens the gate once it passes, and an empty
+/// schedule never backs off. The async path backs off too.
+#[tokio::test(flavor = "current_thread")]
+async fn backoff_window_follows_the_configured_schedule() {
+    let m = crate::support::manager_with(
+        crate::support::config(10_000).failure_backoff(vec![Duration::from_millis(50)]),
+    );
+    let builds = std::sync::atomic::AtomicUsize::new(0);
+    let fail = || {
+        builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err::<Vec<u8>, _>("flaky".into())
+    };
+    let _ = m.get_or_load(&key("k"), LoadOptions::new(100), |_| fail());
+    let err = m
+        .get_or_load_async(&key("k"), LoadOptions::new(100), |_| async { fail() })
+        .await
+        .expect_err("backs off");
+    assert!(matches!(err, LoadError::BackingOff { .. }), "{err:?}");
+    assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 1);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let _ = m.get_or_load(&key("k"), LoadOptions::new(100), |_| fail());
+    assert_eq!(
+        builds.load(std::sync::atomic::Ordering::Relaxed),
+        2,
+        "the window passed: built again"
+    );
+
+    let never =
+        crate::support::manager_with(crate::support::config(10_000).failure_backoff(Vec::new()));
+    for _ in 0..3 {
+        let _ = never.get_or_load(&key("k"), LoadOptions::new(100), |_| fail());
+    }
+    assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 5);
+}

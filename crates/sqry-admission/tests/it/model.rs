@@ -140,6 +140,8 @@ struct Ent {
     state: EntryState,
     current: Option<u64>,
     generation: u64,
+    /// The builder failed (panicked): loads back off until a publish succeeds.
+    backing_off: bool,
 }
 
 struct Res {
@@ -193,6 +195,7 @@ impl World {
                     state: EntryState::Unloaded,
                     current: None,
                     generation: self.next_generation,
+                    backing_off: false,
                 },
             );
         }
@@ -469,6 +472,26 @@ impl World {
         }
     }
 
+    /// A key whose builder failed is not built again inside its backoff window (the default
+    /// schedule's 30 s outlast any run): the load returns the cached error and changes nothing.
+    fn backs_off(&mut self, key: &str, est: u64) -> bool {
+        if !self.ents[key].backing_off {
+            return false;
+        }
+        let err = self
+            .m
+            .get_or_load(
+                &key.to_string(),
+                LoadOptions::new(est),
+                |_| -> Result<Vec<u8>, _> {
+                    panic!("a load inside the backoff window never builds")
+                },
+            )
+            .expect_err("backing off");
+        assert!(matches!(err, LoadError::BackingOff { .. }), "{err:?}");
+        true
+    }
+
     fn load_async(&mut self, k: usize, est: u64, bytes: u64, keep: bool, drop_leader: bool) {
         let key = KEYS[k].to_string();
         if matches!(
@@ -481,6 +504,9 @@ impl World {
             return self.load(k, est, LoadKind::Builds(bytes, keep));
         }
         self.register_model(&key, false);
+        if self.backs_off(&key, est) {
+            return;
+        }
         let prior = self.ents[&key].state;
         let m = self.m.clone();
         let released = Cell::new(false);
@@ -583,6 +609,7 @@ impl World {
             .expect("published entries are registered");
         e.current = Some(h.version_id());
         e.state = EntryState::Loaded;
+        e.backing_off = false;
         if keep {
             self.readers.push(h);
         }
@@ -609,6 +636,9 @@ impl World {
             return;
         }
         self.register_model(&key, false);
+        if self.backs_off(&key, est) {
+            return;
+        }
         let predicted = self.predict(est, &key);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.m
@@ -630,7 +660,9 @@ impl World {
                     admitted && matches!(kind, LoadKind::Panics),
                     "unexpected panic"
                 );
-                self.ents.get_mut(&key).expect("registered").state = EntryState::Failed;
+                let e = self.ents.get_mut(&key).expect("registered");
+                e.state = EntryState::Failed;
+                e.backing_off = true;
             }
             Ok(Err(LoadError::Admission(e))) => {
                 check_admission(predicted, Some(e));

@@ -16,6 +16,11 @@ pub(crate) fn manager(limit: u64) -> Manager {
     AdmissionManager::new(config(limit))
 }
 
+/// A manager with `config`.
+pub(crate) fn manager_with(config: AdmissionConfig) -> Manager {
+    AdmissionManager::new(config)
+}
+
 pub(crate) fn config(limit: u64) -> AdmissionConfig {
     AdmissionConfig::new(limit).audit_interval(None)
 }
