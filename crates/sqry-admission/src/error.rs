@@ -200,6 +200,13 @@ pub enum LoadError {
         #[source]
         source: Arc<dyn Error + Send + Sync>,
     },
+    /// The builder of `key` asked for `key` itself: waiting for its own load would never end.
+    /// A builder must not load (or join the load of) the key it is building.
+    #[error("the builder of {key} tried to load {key} itself; it would wait for itself for ever")]
+    SelfJoin {
+        /// The key.
+        key: String,
+    },
     /// `rebuild` of a key that was never loaded: there is nothing to rebuild.
     #[error("cannot rebuild {key}: it was never loaded (load it with get_or_load first)")]
     NotLoaded {

@@ -156,6 +156,55 @@ pub(super) enum Enter<V> {
     Gone,
 }
 
+thread_local! {
+    /// The entries whose builders are running on this thread right now (their addresses): a
+    /// blocking builder for the whole call, an async one during each poll of its future.
+    static BUILDING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Marks an entry as being built on this thread while it lives (unwind-safe).
+struct Building(usize);
+
+impl Building {
+    fn enter<K, V>(entry: &Entry<K, V>) -> Self {
+        let id = std::ptr::from_ref(entry) as usize;
+        BUILDING.with(|b| b.borrow_mut().push(id));
+        Self(id)
+    }
+
+    /// Whether this thread is inside the builder of `entry`.
+    fn active<K, V>(entry: &Entry<K, V>) -> bool {
+        let id = std::ptr::from_ref(entry) as usize;
+        BUILDING.with(|b| b.borrow().contains(&id))
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        BUILDING.with(|b| {
+            let mut b = b.borrow_mut();
+            if let Some(pos) = b.iter().rposition(|&id| id == self.0) {
+                b.remove(pos);
+            }
+        });
+    }
+}
+
+/// A builder's future, polled with its entry marked as being built on the polling thread.
+struct Marked<'a, K, V, F> {
+    entry: &'a Entry<K, V>,
+    future: Pin<Box<F>>,
+}
+
+impl<K, V, F: Future> Future for Marked<'_, K, V, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _building = Building::enter(self.entry);
+        self.future.as_mut().poll(cx)
+    }
+}
+
 /// What a joiner found when the load it joined finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Joined {
@@ -214,7 +263,12 @@ where
     /// # Errors
     ///
     /// [`LoadError`]: admission refused, the builder failed, the value did not fit, the entry
-    /// was evicted mid-load, or the joined load failed.
+    /// was evicted mid-load, the joined load failed, the key is inside its failure backoff
+    /// window ([`LoadError::BackingOff`]), or `build` itself asked for its own key
+    /// ([`LoadError::SelfJoin`]: detected when the nested call runs on the builder's thread —
+    /// a blocking builder's, or the thread polling an async builder; a builder that hands the
+    /// nested call to another thread is not detected, and its wait ends only at the request's
+    /// deadline).
     pub fn get_or_load<F>(
         &self,
         key: &K,
@@ -256,7 +310,10 @@ where
         let reservation = self.lead_admission(&entry, &mut guard, options.request, |bytes| {
             self.admit(key, bytes, options.request.overflow)
         })?;
-        let built = build(&BuildContext::new(&entry));
+        let built = {
+            let _building = Building::enter(&entry);
+            build(&BuildContext::new(&entry))
+        };
         self.finish_load(&entry, guard, reservation, built)
     }
 
@@ -351,7 +408,10 @@ where
         let reservation = self.lead_admission(&entry, &mut guard, request, |bytes| {
             self.admit(key, bytes, request.overflow)
         })?;
-        let built = build(&BuildContext::new(&entry));
+        let built = {
+            let _building = Building::enter(&entry);
+            build(&BuildContext::new(&entry))
+        };
         self.finish_load(&entry, guard, reservation, built)
     }
 
@@ -420,6 +480,9 @@ where
                 }
                 if state == EntryState::Evicted {
                     return Ok(Enter::Gone);
+                }
+                if Building::active(entry) {
+                    return Err(LoadError::SelfJoin { key: key_text(key) });
                 }
                 if options.single_flight == SingleFlight::Refuse {
                     return Err(LoadError::InProgress {
@@ -555,7 +618,15 @@ where
             Err(e) => return Err(guard.fail(LoadError::Admission(e))),
         };
         let reservation = self.reservation(grant, StdArc::clone(entry), &request, bytes);
-        let built = build(BuildContext::new(entry)).await;
+        let future = {
+            let _building = Building::enter(entry);
+            Box::pin(build(BuildContext::new(entry)))
+        };
+        let built = Marked {
+            entry: &**entry,
+            future,
+        }
+        .await;
         self.finish_load(entry, guard, reservation, built)
     }
 

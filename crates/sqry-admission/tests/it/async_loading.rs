@@ -310,3 +310,33 @@ async fn a_joiner_whose_entry_was_evicted_after_the_load_looks_again() {
     assert_eq!(joined.expect("looked the key up again and loaded it"), 60);
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
+
+/// An async builder awaiting a load of its own key gets `SelfJoin` instead of waiting for
+/// itself for ever.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_builder_loading_its_own_key_gets_an_error() {
+    let m = manager(10_000);
+    let k = key("k");
+    let inner = Arc::new(parking_lot::Mutex::new(None));
+    let outer = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.get_or_load_async(&k, LoadOptions::new(100), |ctx| {
+            let (m, inner) = (m.clone(), Arc::clone(&inner));
+            async move {
+                let nested = m
+                    .get_or_load_async(ctx.key(), LoadOptions::new(100), |_| async { Ok(blob(1)) })
+                    .await;
+                *inner.lock() = Some(nested.map(|h| h.len()));
+                Ok(blob(10))
+            }
+        }),
+    )
+    .await
+    .expect("no self-wait");
+    assert_eq!(outer.expect("the outer load publishes").len(), 10);
+    let inner = inner.lock().take().expect("the builder ran");
+    assert!(
+        matches!(inner, Err(LoadError::SelfJoin { .. })),
+        "{inner:?}"
+    );
+}

@@ -268,3 +268,34 @@ async fn backoff_window_follows_the_configured_schedule() {
     }
     assert_eq!(builds.load(std::sync::atomic::Ordering::Relaxed), 5);
 }
+
+/// A builder that calls `get_or_load` on its own key gets a typed error instead of waiting for
+/// itself for ever (and leaving every later caller of the key hanging behind it).
+#[test]
+fn a_builder_loading_its_own_key_gets_an_error_not_a_hang() {
+    let m = manager(10_000);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let loader = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let inner = std::sync::Mutex::new(None);
+            let outer = m.get_or_load(&key("k"), LoadOptions::new(100), |ctx| {
+                let nested = m.get_or_load(ctx.key(), LoadOptions::new(100), |_| Ok(blob(1)));
+                *inner.lock().expect("inner") = Some(nested.map(|h| h.len()));
+                Ok(blob(10))
+            });
+            let _ = tx.send((inner.into_inner().expect("inner"), outer.map(|h| h.len())));
+        })
+    };
+    let (inner, outer) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the nested load returned instead of waiting for itself");
+    let inner = inner.expect("the builder ran");
+    assert!(
+        matches!(inner, Err(LoadError::SelfJoin { .. })),
+        "{inner:?}"
+    );
+    assert_eq!(outer.expect("the outer load still publishes"), 10);
+    loader.join().expect("loader");
+    assert_eq!(m.state(&key("k")), Some(EntryState::Loaded));
+}
