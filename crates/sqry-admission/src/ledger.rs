@@ -208,6 +208,9 @@ struct Waiter {
     slept: bool,
     enqueued_at: Instant,
     waker: Option<Waker>,
+    /// Growth of a reservation whose work is finished (a publish), queued at the front: not a
+    /// new admission, so it is not counted as one.
+    growth: bool,
 }
 
 #[derive(Debug)]
@@ -342,6 +345,9 @@ impl State {
 
     /// Counts a request leaving the queue: a grant, and a wait if it had to wait.
     fn leave_queue(&mut self, w: &Waiter) {
+        if w.growth {
+            return;
+        }
         if w.granted {
             self.metrics.admitted += 1;
             if w.slept {
@@ -796,10 +802,99 @@ impl Ledger {
             slept: false,
             enqueued_at: Instant::now(),
             waker: None,
+            growth: false,
         });
         st.pump();
         drop(st);
         ticket
+    }
+
+    /// Grows `grant` by `extra` for work that is already done (a publish whose measured value
+    /// is larger than its reservation), ahead of every queued newcomer: the growth is queued
+    /// at the *front*, `make_room` runs (it evicts what can be freed now), and the credits
+    /// those evictions bring go to the growth first. A finished build is not thrown away for
+    /// a request that has not started.
+    ///
+    /// # Errors
+    ///
+    /// The ledger when even after `make_room` the growth does not fit; the grant is unchanged.
+    pub fn grow_ahead_of_queue(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+    ) -> Result<(), LedgerSnapshot> {
+        self.grow_queued(grant, extra, make_room, true)
+    }
+
+    /// [`Self::grow_ahead_of_queue`] queued at the back instead, behind newcomers: the bug the
+    /// loom suite's negative control must catch.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn grow_behind_queue(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+    ) -> Result<(), LedgerSnapshot> {
+        self.grow_queued(grant, extra, make_room, false)
+    }
+
+    fn grow_queued(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+        front: bool,
+    ) -> Result<(), LedgerSnapshot> {
+        if self.try_grow(grant, extra).is_ok() {
+            return Ok(());
+        }
+        let ticket = {
+            let mut st = self.core.lock();
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            let waiter = Waiter {
+                ticket,
+                bytes: extra,
+                granted: false,
+                slept: false,
+                enqueued_at: Instant::now(),
+                waker: None,
+                growth: true,
+            };
+            if front {
+                st.queue.push_front(waiter);
+            } else {
+                st.queue.push_back(waiter);
+            }
+            st.pump();
+            ticket
+        };
+        make_room();
+        match self.cancel_ticket(ticket) {
+            Some(more) => {
+                grant.absorb(more);
+                Ok(())
+            }
+            None => Err(self.snapshot()),
+        }
+    }
+
+    /// Queues a request for `bytes` at the back of the admission queue (granted at once if it
+    /// fits and nobody is ahead); the loom suite's newcomer.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn enqueue_request(&self, bytes: u64) -> u64 {
+        self.enqueue(bytes)
+    }
+
+    /// Leaves the queue, returning the grant if the request was granted meanwhile; the loom
+    /// suite's newcomer.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn leave_queue(&self, ticket: u64) -> Option<Grant> {
+        self.cancel_ticket(ticket)
     }
 
     /// Where a ticket stands. Registers `waker` (async waiters) to be woken by the next event.

@@ -1,7 +1,8 @@
 //! Loom models of the ledger — concurrent admissions against one budget, and a publish that
 //! replaces a version while a reader still holds it, racing that reader's drop (the drop
 //! notification) and a competing admission — and of the single-flight gate: a leader that
-//! gives up (its future dropped) while a joiner, blocking or async, waits for it.
+//! gives up (its future dropped) while a joiner, blocking or async, waits for it — and of a
+//! publish growing its reservation while a newcomer queues: the finished build is served first.
 //!
 //! Run with `LOOM_MAX_PREEMPTIONS=2 cargo test --release -p sqry-admission --features loom
 //! --test loom`. Each model has a negative control — the same scenario with a deliberately
@@ -348,4 +349,59 @@ fn racing_callers_build_once() {
         assert!(me ^ them, "exactly one caller built (me {me}, them {them})");
         assert_eq!(gate.state(), Loaded);
     });
+}
+
+/// Limit 1000: a 500-byte victim is loaded and a finished build holds a 300-byte reservation
+/// it must grow by 300 to publish. A newcomer queues for 500 at any moment. The growth evicts
+/// the victim to make room; whatever the interleaving, the freed bytes serve the growth first
+/// and the newcomer gets nothing it would take from it.
+fn growth_racing_a_newcomer(behind: bool) {
+    model(move || {
+        let ledger = Ledger::new(1_000);
+        let grant = ledger.try_reserve(500).expect("fits");
+        let victim = ledger.publish(grant, [0u8; 4], 500, None).expect("fits");
+        let mut finished = ledger.try_reserve(300).expect("fits");
+        let newcomer = {
+            let ledger = ledger.clone();
+            thread::spawn(move || {
+                let ticket = ledger.enqueue_request(500);
+                ledger.leave_queue(ticket)
+            })
+        };
+        let evict = {
+            let ledger = ledger.clone();
+            move || {
+                ledger.retire(&victim);
+                drop(victim);
+            }
+        };
+        let grown = if behind {
+            ledger.grow_behind_queue(&mut finished, 300, evict)
+        } else {
+            ledger.grow_ahead_of_queue(&mut finished, 300, evict)
+        };
+        let newcomer = newcomer.join().expect("newcomer");
+        assert!(
+            grown.is_ok(),
+            "the finished build lost its growth to a queued newcomer"
+        );
+        assert_eq!(finished.bytes(), 600);
+        assert!(newcomer.is_none(), "600 + 500 > 1000");
+        let s = ledger.snapshot();
+        assert!(s.high_water <= s.limit, "over budget: {s}");
+        drop(finished);
+        assert_eq!(ledger.snapshot().total(), 0);
+    });
+}
+
+#[test]
+fn growth_at_publish_is_served_before_a_queued_newcomer() {
+    growth_racing_a_newcomer(false);
+}
+
+/// Negative control: growth queued behind newcomers loses the victim's bytes to them.
+#[test]
+#[should_panic(expected = "the finished build lost its growth to a queued newcomer")]
+fn negative_control_growth_behind_the_queue_is_caught() {
+    growth_racing_a_newcomer(true);
 }

@@ -80,18 +80,20 @@ where
         let measured = value.heap_bytes() as u64;
         if measured > grant.bytes() {
             let extra = measured - grant.bytes();
-            if ledger.try_grow(&mut grant, extra).is_err() {
+            // The growth queues ahead of newcomers, so the bytes the evictions free go to this
+            // finished build first.
+            let grown = ledger.grow_ahead_of_queue(&mut grant, extra, || {
                 let snapshot = ledger.snapshot();
                 self.evict_for(extra, &snapshot, Some(&entry.key));
-                if let Err(snapshot) = ledger.try_grow(&mut grant, extra) {
-                    ledger.count_rejection(Rejection::AtPublish);
-                    return Err(PublishError::Oversize {
-                        key: key_text(&entry.key),
-                        measured,
-                        reserved: grant.bytes(),
-                        ledger: Box::new(snapshot),
-                    });
-                }
+            });
+            if let Err(snapshot) = grown {
+                ledger.count_rejection(Rejection::AtPublish);
+                return Err(PublishError::Oversize {
+                    key: key_text(&entry.key),
+                    measured,
+                    reserved: grant.bytes(),
+                    ledger: Box::new(snapshot),
+                });
             }
         }
         self.learn(class, estimate, initial, measured);

@@ -1,6 +1,8 @@
 //! Publishing: true-up to the measured size, the oversize check counting every tier, learned
 //! estimate multipliers, and publishes racing evictions.
 
+use std::time::Duration;
+
 use sqry_admission::{PublishError, ReserveRequest};
 
 use crate::support::{blob, key, load, manager};
@@ -161,4 +163,45 @@ fn a_reservation_of_another_manager_is_refused() {
         m1.ledger().snapshot().total() + m2.ledger().snapshot().total(),
         0
     );
+}
+
+/// A finished build growing at publish is served before a newcomer queued meanwhile: limit
+/// 1000, a 500-byte victim held by a reader, reservation A of 300, a waiter for 500 queued,
+/// the reader drops, `publish(A, 600)` — the victim is evicted for A's growth, A publishes
+/// 600, and the waiter keeps waiting (it used to take the victim's bytes and fail A with
+/// `Oversize`).
+#[test]
+fn growth_at_publish_is_served_before_a_queued_newcomer() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let m = manager(1_000);
+    let victim = load(&m, "victim", 500);
+    m.register(key("a"), false);
+    m.register(key("b"), false);
+    let a = m
+        .reserve(&key("a"), ReserveRequest::new(300))
+        .expect("fits");
+    let mut waiter = Box::pin(m.reserve_async(
+        &key("b"),
+        ReserveRequest::new(500).wait_for(Duration::from_secs(30)),
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        waiter.as_mut().poll(&mut cx).is_pending(),
+        "the victim is held"
+    );
+    assert_eq!(m.ledger().snapshot().queue_depth, 1);
+    drop(victim);
+    let published = m.publish(a, blob(600)).expect("A's growth is served first");
+    assert_eq!(published.bytes(), 600);
+    assert!(!m.contains(&key("victim")), "evicted for A's growth");
+    assert!(
+        waiter.as_mut().poll(&mut cx).is_pending(),
+        "600 + 500 > 1000"
+    );
+    drop(waiter);
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.queue_depth), (600, 0, 0), "{s}");
+    assert!(s.high_water <= s.limit, "{s}");
 }
