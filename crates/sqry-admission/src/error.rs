@@ -207,6 +207,12 @@ pub enum LoadError {
         /// The key.
         key: String,
     },
+    /// The manager is shutting down and starts no new load.
+    #[error("not loading {key}: the admission manager is shutting down")]
+    ShuttingDown {
+        /// The key.
+        key: String,
+    },
     /// `rebuild` of a key that was never loaded: there is nothing to rebuild.
     #[error("cannot rebuild {key}: it was never loaded (load it with get_or_load first)")]
     NotLoaded {

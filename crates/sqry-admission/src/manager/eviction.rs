@@ -83,9 +83,12 @@ where
 
     /// Least recently used first, among unpinned entries whose version no reader holds (so
     /// evicting frees its bytes at once), until `soft` is reached or candidates run out.
+    /// Entries with a load or rebuild in flight come after all the others: evicting one
+    /// throws its build away as well.
     pub(super) fn plan(&self, hard: u64, soft: u64, exclude: Option<&K>) -> EvictionPlan<K> {
         let map = self.shared.entries.read();
-        let mut candidates: Vec<(u64, u64, u64, &K)> = Vec::with_capacity(map.len());
+        // (build in flight, last access, registration order, bytes, key)
+        let mut candidates: Vec<(bool, u64, u64, u64, &K)> = Vec::with_capacity(map.len());
         for (key, entry) in map.iter() {
             if exclude == Some(key) || entry.pinned.load(Ordering::Acquire) {
                 continue;
@@ -98,16 +101,17 @@ where
                 continue;
             }
             candidates.push((
+                matches!(entry.state(), EntryState::Loading | EntryState::Rebuilding),
                 entry.last_access.load(Ordering::Relaxed),
                 entry.seq,
                 version.bytes(),
                 key,
             ));
         }
-        candidates.sort_unstable_by_key(|&(at, seq, _, _)| (at, seq));
+        candidates.sort_unstable_by_key(|&(building, at, seq, _, _)| (building, at, seq));
         let mut victims = Vec::new();
         let mut freeable = 0u64;
-        for (_, _, bytes, key) in candidates {
+        for (_, _, _, bytes, key) in candidates {
             if freeable >= soft {
                 break;
             }

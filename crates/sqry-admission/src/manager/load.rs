@@ -281,6 +281,7 @@ where
         if let Some(handle) = self.loaded_now(key) {
             return Ok(handle);
         }
+        self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
         let deadline = match options.request.overflow {
             Overflow::Wait { deadline } => Some(deadline),
@@ -364,6 +365,7 @@ where
         if let Some(handle) = self.loaded_now(key) {
             return Ok(handle);
         }
+        self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
         let mut lookups = 1;
         let prior = loop {
@@ -531,7 +533,15 @@ where
         }
     }
 
+    fn refuse_if_shutting_down(&self, key: &K) -> Result<(), LoadError> {
+        if self.is_shutting_down() {
+            return Err(LoadError::ShuttingDown { key: key_text(key) });
+        }
+        Ok(())
+    }
+
     fn enter_rebuild(&self, key: &K) -> Result<(StdArc<Entry<K, V>>, EntryState), LoadError> {
+        self.refuse_if_shutting_down(key)?;
         let entry = self
             .entry(key)
             .ok_or_else(|| ReserveError::NotRegistered { key: key_text(key) })?;

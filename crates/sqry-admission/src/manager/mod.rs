@@ -51,7 +51,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc as StdArc, Weak};
 use std::time::Instant;
 
@@ -113,6 +113,8 @@ pub(crate) struct Shared<K, V> {
     next_seq: AtomicU64,
     probe_last_ns: AtomicU64,
     housekeeper: Housekeeper,
+    /// Set by [`AdmissionManager::shutdown`]: no new load starts.
+    shutting_down: AtomicBool,
 }
 
 impl<K, V> Drop for Shared<K, V> {
@@ -214,6 +216,7 @@ where
                 next_seq: AtomicU64::new(0),
                 probe_last_ns: AtomicU64::new(0),
                 housekeeper: Housekeeper::default(),
+                shutting_down: AtomicBool::new(false),
                 config,
             }),
         };
@@ -352,6 +355,25 @@ where
         let version = entry.slot.load()?;
         entry.touch(self.now_ns());
         Some(Handle::from_arc(version))
+    }
+
+    /// Begins shutting down: every build in flight is told to stop
+    /// ([`BuildContext::cancelled`] returns [`Cancelled::ShuttingDown`]) and no new load or
+    /// rebuild starts ([`LoadError::ShuttingDown`](crate::LoadError::ShuttingDown)). Serving,
+    /// reservations and publishes go on, so work that finishes anyway is not lost.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        let entries: Vec<StdArc<Entry<K, V>>> =
+            self.shared.entries.read().values().cloned().collect();
+        for entry in entries {
+            entry.signal_cancel(Cancelled::ShuttingDown);
+        }
+    }
+
+    /// Whether [`Self::shutdown`] was called.
+    #[must_use]
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::Acquire)
     }
 
     /// Installs the hook (replacing any previous one).

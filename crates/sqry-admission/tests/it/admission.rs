@@ -403,3 +403,43 @@ fn reserve_future_polled_after_completion_panics() {
     drop(reservation);
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
+
+/// The planner prefers victims with no build in flight: evicting an entry that is being
+/// rebuilt throws its rebuild away too. "a" is the least recently used but is rebuilding, so
+/// admission evicts "b" instead.
+#[test]
+fn planner_prefers_victims_without_a_build_in_flight() {
+    let m = manager(1_000);
+    drop(load(&m, "a", 400));
+    thread::sleep(Duration::from_millis(2));
+    drop(load(&m, "b", 400));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let rebuild = {
+        let m = m.clone();
+        thread::spawn(move || {
+            m.rebuild(&key("a"), ReserveRequest::new(100), |_| {
+                started_tx.send(()).expect("started");
+                finish_rx.recv().expect("finish");
+                Ok(blob(100))
+            })
+            .map(|h| h.len())
+        })
+    };
+    started_rx.recv().expect("the rebuild started");
+    m.register(key("c"), false);
+    let plan = m.plan_eviction(400, Some(&key("c")));
+    assert_eq!(
+        plan.victims.first().map(|(k, _)| k.as_str()),
+        Some("b"),
+        "{plan:?}"
+    );
+    let r = m
+        .reserve(&key("c"), ReserveRequest::new(400))
+        .expect("evicts b");
+    assert!(m.contains(&key("a")), "the rebuilding entry was spared");
+    assert!(!m.contains(&key("b")));
+    finish_tx.send(()).expect("finish");
+    assert_eq!(rebuild.join().expect("rebuild").expect("published"), 100);
+    drop(r);
+}

@@ -299,3 +299,66 @@ fn a_builder_loading_its_own_key_gets_an_error_not_a_hang() {
     loader.join().expect("loader");
     assert_eq!(m.state(&key("k")), Some(EntryState::Loaded));
 }
+
+/// A blocking builder sees its entry evicted mid-build through its context, and stops.
+#[test]
+fn eviction_mid_build_is_visible_to_the_builder() {
+    let m = manager(10_000);
+    drop(load(&m, "a", 400));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let rebuild = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let mut seen = None;
+            let result = m.rebuild(&key("a"), ReserveRequest::new(100), |ctx| {
+                started_tx.send(()).expect("started");
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while seen.is_none() && std::time::Instant::now() < deadline {
+                    seen = ctx.cancelled();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(format!("stopped: {seen:?}").into())
+            });
+            (seen, result.map(|h| h.len()))
+        })
+    };
+    started_rx.recv().expect("the rebuild started");
+    assert_eq!(m.evict_lru(), Some(key("a")));
+    let (seen, result) = rebuild.join().expect("rebuild");
+    assert_eq!(seen, Some(sqry_admission::Cancelled::Evicted));
+    assert!(result.is_err());
+    assert_eq!(m.ledger().snapshot().total(), 0);
+}
+
+/// `shutdown` tells every build in flight to stop and refuses new loads.
+#[test]
+fn shutdown_cancels_builds_in_flight_and_refuses_new_loads() {
+    let m = manager(10_000);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let loader = {
+        let m = m.clone();
+        thread::spawn(move || {
+            let mut seen = None;
+            let result = m.get_or_load(&key("k"), LoadOptions::new(100), |ctx| {
+                started_tx.send(()).expect("started");
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while seen.is_none() && std::time::Instant::now() < deadline {
+                    seen = ctx.cancelled();
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err("stopped".into())
+            });
+            (seen, result.is_err())
+        })
+    };
+    started_rx.recv().expect("the load started");
+    m.shutdown();
+    let (seen, failed) = loader.join().expect("loader");
+    assert_eq!(seen, Some(sqry_admission::Cancelled::ShuttingDown));
+    assert!(failed);
+    let err = m
+        .get_or_load(&key("other"), LoadOptions::new(100), |_| Ok(blob(1)))
+        .expect_err("refused");
+    assert!(matches!(err, LoadError::ShuttingDown { .. }), "{err:?}");
+    assert_eq!(m.ledger().snapshot().total(), 0);
+}
