@@ -102,8 +102,8 @@ pub use ledger::{
 };
 pub use manager::{
     AdmissionManager, BuildContext, Cancellation, Cancelled, ClassEstimate, EntryState,
-    EntryStatus, EvictionPlan, LoadOptions, Overflow, PublishHook, Reservation, ReserveFuture,
-    ReserveRequest, ServeVerdict, SingleFlight, Status, WeakManager,
+    EntryStatus, EvictionPlan, LimitReport, LoadOptions, Overflow, PublishHook, Reservation,
+    ReserveFuture, ReserveRequest, ServeVerdict, SingleFlight, Status, WeakManager,
 };
 
 /// The heap memory a value owns, as the budget counts it.

@@ -14,6 +14,19 @@ use crate::sync::Arc;
 
 use super::AdmissionManager;
 
+/// What [`AdmissionManager::set_limit`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitReport {
+    /// Entries evicted to get under the new limit.
+    pub evicted: usize,
+    /// Bytes their eviction freed at once.
+    pub freed: u64,
+    /// Bytes still committed above the new limit: versions readers hold, pinned entries,
+    /// reservations in flight. New admissions wait until they are released.
+    pub still_over: u64,
+}
+
 /// A dry-run eviction plan (see [`AdmissionManager::plan_eviction`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvictionPlan<K> {
@@ -167,6 +180,30 @@ where
             hook.on_evict(&entry.key, cause);
         }
         Some(bytes)
+    }
+
+    /// Changes the budget. Lowering it below what is committed evicts — least recently used
+    /// first, only versions no reader holds, pinned entries never — until the total fits the
+    /// new limit or nothing more can be freed; the report says what could not be. Raising it
+    /// admits queued requests that now fit.
+    pub fn set_limit(&self, limit: u64) -> LimitReport {
+        let ledger = &self.shared.ledger;
+        ledger.set_limit(limit);
+        let mut report = LimitReport::default();
+        let snapshot = ledger.snapshot();
+        let over = snapshot.total().saturating_sub(snapshot.effective_limit);
+        if over > 0 {
+            let plan = self.plan(over, over, None);
+            for (key, _) in &plan.victims {
+                if let Some(bytes) = self.evict_key(key, RetireCause::Admission, true) {
+                    report.evicted += 1;
+                    report.freed += bytes;
+                }
+            }
+        }
+        let snapshot = ledger.snapshot();
+        report.still_over = snapshot.total().saturating_sub(snapshot.effective_limit);
+        report
     }
 
     /// Evicts `key` whatever its state (pinned included). Returns whether it was registered.

@@ -84,7 +84,7 @@ pub use crate::entry::EntryState;
 pub use admission::{Overflow, Reservation, ReserveFuture, ReserveRequest};
 pub use context::{BuildContext, Cancellation};
 pub use estimates::ClassEstimate;
-pub use eviction::EvictionPlan;
+pub use eviction::{EvictionPlan, LimitReport};
 pub use load::{LoadOptions, SingleFlight};
 pub use serve::ServeVerdict;
 pub use status::{EntryStatus, Status};

@@ -443,3 +443,29 @@ fn planner_prefers_victims_without_a_build_in_flight() {
     assert_eq!(rebuild.join().expect("rebuild").expect("published"), 100);
     drop(r);
 }
+
+/// Lowering the limit evicts down to it, and reports what it could not free (versions readers
+/// hold stay counted). `Ledger::set_limit` alone evicted nothing.
+#[test]
+fn shrinking_the_limit_evicts_down_to_it_and_reports_the_rest() {
+    let m = manager(1_000);
+    let held = load(&m, "held", 300);
+    drop(load(&m, "a", 300));
+    drop(load(&m, "b", 300));
+    let report = m.set_limit(700);
+    assert_eq!(report.evicted, 1, "{report:?}");
+    assert_eq!(report.freed, 300);
+    assert_eq!(report.still_over, 0);
+    let s = m.ledger().snapshot();
+    assert!(s.total() <= 700 && s.limit == 700, "{s}");
+    // Only the held version is left to free: it cannot be, and the report says by how much.
+    drop(load(&m, "c", 300));
+    let report = m.set_limit(200);
+    assert_eq!(report.evicted, 1, "c, not the held one: {report:?}");
+    assert_eq!(report.still_over, 100, "{report:?}");
+    assert!(m.contains(&key("held")));
+    drop(held);
+    let report = m.set_limit(200);
+    assert_eq!((report.evicted, report.still_over), (1, 0), "{report:?}");
+    assert_eq!(m.ledger().snapshot().total(), 0);
+}
