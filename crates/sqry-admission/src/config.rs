@@ -150,6 +150,10 @@ pub struct ProbeConfig {
     pub margin: u64,
     /// The probe is read at most this often on the admission path (and by the audit thread).
     pub refresh_every: Duration,
+    /// Memory pressure (PSI `some avg10`, percent) at or above which new admissions get no
+    /// headroom beyond what is already committed, if the probe reports pressure. `None`
+    /// ignores pressure.
+    pub pressure_threshold: Option<f64>,
 }
 
 impl ProbeConfig {
@@ -161,6 +165,7 @@ impl ProbeConfig {
             ceiling: None,
             margin: 0,
             refresh_every: Duration::from_millis(100),
+            pressure_threshold: None,
         }
     }
 
@@ -175,6 +180,13 @@ impl ProbeConfig {
     #[must_use]
     pub fn margin(mut self, bytes: u64) -> Self {
         self.margin = bytes;
+        self
+    }
+
+    /// Sets [`Self::pressure_threshold`] (percent of `some avg10`).
+    #[must_use]
+    pub fn pressure_threshold(mut self, percent: f64) -> Self {
+        self.pressure_threshold = Some(percent);
         self
     }
 
@@ -204,6 +216,7 @@ impl fmt::Debug for ProbeConfig {
             .field("ceiling", &self.ceiling)
             .field("margin", &self.margin)
             .field("refresh_every", &self.refresh_every)
+            .field("pressure_threshold", &self.pressure_threshold)
             .finish()
     }
 }

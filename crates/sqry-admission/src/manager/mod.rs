@@ -410,7 +410,14 @@ where
         };
         let sample = config.probe.sample()?;
         let (total, limit) = self.shared.ledger.total_and_limit();
-        let reduction = config.reduction(sample.current, sample.max, total, limit);
+        let mut reduction = config.reduction(sample.current, sample.max, total, limit);
+        if let Some(threshold) = config.pressure_threshold
+            && let Some(pressure) = config.probe.pressure()
+            && pressure?.some_avg10 >= threshold
+        {
+            // Under memory pressure: no growth beyond what is committed now.
+            reduction = reduction.max(limit.saturating_sub(total));
+        }
         self.shared.ledger.set_reduction(reduction);
         Ok(reduction)
     }
