@@ -55,6 +55,25 @@ pub struct AdmissionConfig {
     pub learn_estimates: bool,
     /// An optional measured-memory probe that reduces the headroom for new admissions.
     pub probe: Option<ProbeConfig>,
+    /// Whether small requests that fit may pass a queued one that does not. Default FIFO.
+    pub queue_policy: QueuePolicy,
+}
+
+/// The admission queue's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueuePolicy {
+    /// Strict first come, first served: while a request waits, no later one is granted — not
+    /// even a small one that fits (a fail-fast one is refused with `queued_ahead`).
+    #[default]
+    Fifo,
+    /// A request that fits now may be granted past queued ones that do not, but each queued
+    /// request lets at most `max_overtakes` pass; after that it is served first, so a large
+    /// request cannot starve.
+    Overtake {
+        /// How many later requests may pass one queued request.
+        max_overtakes: u32,
+    },
 }
 
 impl Default for AdmissionConfig {
@@ -79,6 +98,7 @@ impl AdmissionConfig {
                 .collect(),
             learn_estimates: true,
             probe: None,
+            queue_policy: QueuePolicy::Fifo,
         }
     }
 
@@ -121,6 +141,13 @@ impl AdmissionConfig {
     #[must_use]
     pub fn learn_estimates(mut self, learn: bool) -> Self {
         self.learn_estimates = learn;
+        self
+    }
+
+    /// Sets [`Self::queue_policy`].
+    #[must_use]
+    pub fn queue_policy(mut self, policy: QueuePolicy) -> Self {
+        self.queue_policy = policy;
         self
     }
 

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub evictions: EvictionCounts,
     /// Versions published (committed to the loaded tier).
     pub published: u64,
+    /// Requests granted past a queued request that did not fit (overtaking policy).
+    pub overtakes: u64,
     /// Versions replaced by a newer publish (moved to retained).
     pub replaced: u64,
     /// Retained versions credited back by their last handle's drop.
@@ -209,8 +211,10 @@ struct Waiter {
     enqueued_at: Instant,
     waker: Option<Waker>,
     /// Growth of a reservation whose work is finished (a publish), queued at the front: not a
-    /// new admission, so it is not counted as one.
+    /// new admission, so it is not counted as one, and never overtaken.
     growth: bool,
+    /// Later requests granted while this one waited (see [`Ledger::set_overtaking`]).
+    overtaken: u32,
 }
 
 #[derive(Debug)]
@@ -232,6 +236,8 @@ struct State {
     pending_wakes: Vec<Waker>,
     notify: bool,
     metrics: Metrics,
+    /// How many later requests may be granted past one blocked request (`None`: strict FIFO).
+    overtaking: Option<u32>,
 }
 
 impl State {
@@ -294,26 +300,56 @@ impl State {
         }
     }
 
-    /// Grants queued requests from the front, in order, while they fit.
+    /// Grants queued requests from the front, in order, while they fit. With overtaking, a
+    /// request that fits is granted past blocked ones ahead of it, each of which counts it;
+    /// a blocked request that has been overtaken its share of times (or a publish's growth)
+    /// stops everything behind it.
     fn pump(&mut self) {
         let mut granted = false;
         let effective = self.effective_limit();
         let mut total = self.total();
-        for w in self.queue.iter_mut().filter(|w| !w.granted) {
+        let bound = self.overtaking;
+        let mut blocked = 0usize;
+        for i in 0..self.queue.len() {
+            let w = &self.queue[i];
+            if w.granted {
+                continue;
+            }
             match total.checked_add(w.bytes) {
                 Some(t) if t <= effective => {
                     total = t;
                     self.reserved += w.bytes;
-                    w.granted = true;
+                    self.queue[i].granted = true;
                     granted = true;
+                    if blocked > 0 {
+                        self.metrics.overtakes += 1;
+                        for ahead in self.queue.iter_mut().take(i) {
+                            if !ahead.granted {
+                                ahead.overtaken += 1;
+                            }
+                        }
+                    }
                 }
-                _ => break,
+                _ => match bound {
+                    Some(max) if !w.growth && w.overtaken < max => blocked += 1,
+                    _ => break,
+                },
             }
         }
         if granted {
             self.bump_high_water();
             self.event();
         }
+    }
+
+    /// Whether a new request may be granted past every ungranted queued one.
+    fn may_overtake(&self) -> bool {
+        self.overtaking.is_some_and(|max| {
+            self.queue
+                .iter()
+                .filter(|w| !w.granted)
+                .all(|w| !w.growth && w.overtaken < max)
+        })
     }
 
     /// Bytes came back: hand them to the queue and tell waiters.
@@ -504,6 +540,7 @@ impl Ledger {
                     pending_wakes: Vec::new(),
                     notify: false,
                     metrics: Metrics::default(),
+                    overtaking: None,
                 }),
                 cond: Condvar::new(),
                 waiting: AtomicUsize::new(0),
@@ -533,6 +570,15 @@ impl Ledger {
         st.credited();
     }
 
+    /// Lets a request that fits be granted past queued requests that do not, at most
+    /// `max_overtakes` times per queued request (after which it is served first, so a large
+    /// request cannot starve); `None` is strict FIFO.
+    pub fn set_overtaking(&self, max_overtakes: Option<u32>) {
+        let mut st = self.core.lock();
+        st.overtaking = max_overtakes;
+        st.credited();
+    }
+
     /// Sets how many bytes a memory probe takes away from the budget for new admissions.
     pub(crate) fn set_reduction(&self, reduction: u64) {
         let mut st = self.core.lock();
@@ -549,15 +595,22 @@ impl Ledger {
         (st.total(), st.limit)
     }
 
-    /// Reserves `bytes` if they fit now and nobody is queued ahead; one critical section checks
-    /// and commits.
+    /// Reserves `bytes` if they fit now and nobody is queued ahead (or, with overtaking, every
+    /// queued request may still be passed); one critical section checks and commits.
     ///
     /// # Errors
     ///
     /// The ledger as it was when the request was refused.
     pub fn try_reserve(&self, bytes: u64) -> Result<Grant, LedgerSnapshot> {
         let mut st = self.core.lock();
-        if st.ungranted() == 0 && st.fits(bytes) {
+        let queued = st.ungranted() > 0;
+        if st.fits(bytes) && (!queued || st.may_overtake()) {
+            if queued {
+                st.metrics.overtakes += 1;
+                for w in st.queue.iter_mut().filter(|w| !w.granted) {
+                    w.overtaken += 1;
+                }
+            }
             st.reserved += bytes;
             st.metrics.admitted += 1;
             st.bump_high_water();
@@ -803,6 +856,7 @@ impl Ledger {
             enqueued_at: Instant::now(),
             waker: None,
             growth: false,
+            overtaken: 0,
         });
         st.pump();
         drop(st);
@@ -862,6 +916,7 @@ impl Ledger {
                 enqueued_at: Instant::now(),
                 waker: None,
                 growth: true,
+                overtaken: 0,
             };
             if front {
                 st.queue.push_front(waiter);

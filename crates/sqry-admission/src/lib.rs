@@ -91,7 +91,7 @@ pub mod manager;
 pub mod probe;
 mod sync;
 
-pub use config::{AdmissionConfig, ProbeConfig};
+pub use config::{AdmissionConfig, ProbeConfig, QueuePolicy};
 pub use error::{
     BuildError, CODE_BUDGET_EXCEEDED, CODE_BUILD_FAILED, CODE_EVICTED, CODE_STALE_EXPIRED,
     LoadError, PublishError, ReserveError, ServeError,

@@ -58,7 +58,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::HeapSize;
-use crate::config::AdmissionConfig;
+use crate::config::{AdmissionConfig, QueuePolicy};
 use crate::entry::Entry;
 use crate::housekeeper::Housekeeper;
 use crate::ledger::{AuditReport, Handle, Ledger, RetireCause};
@@ -205,6 +205,9 @@ where
     #[must_use]
     pub fn new(config: AdmissionConfig) -> Self {
         let ledger = Ledger::new(config.limit_bytes);
+        if let QueuePolicy::Overtake { max_overtakes } = config.queue_policy {
+            ledger.set_overtaking(Some(max_overtakes));
+        }
         let start_thread = config.audit_interval.is_some();
         let manager = Self {
             shared: StdArc::new(Shared {

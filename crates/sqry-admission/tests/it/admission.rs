@@ -469,3 +469,57 @@ fn shrinking_the_limit_evicts_down_to_it_and_reports_the_rest() {
     assert_eq!((report.evicted, report.still_over), (1, 0), "{report:?}");
     assert_eq!(m.ledger().snapshot().total(), 0);
 }
+
+/// One queued 600-byte request made all 19 small fail-fast requests fail although they fit.
+/// FIFO (the default) still does; with overtaking they pass it — at most `max_overtakes` of
+/// them — and the large request is granted once memory comes back (it does not starve).
+#[test]
+fn small_requests_may_overtake_a_queued_large_one_within_a_bound() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    for (policy, expect_admitted) in [
+        (sqry_admission::QueuePolicy::Fifo, 0),
+        (
+            sqry_admission::QueuePolicy::Overtake { max_overtakes: 100 },
+            19,
+        ),
+        (
+            sqry_admission::QueuePolicy::Overtake { max_overtakes: 5 },
+            5,
+        ),
+    ] {
+        let m = crate::support::manager_with(config(1_000).queue_policy(policy));
+        let held = load(&m, "held", 500);
+        m.register(key("large"), false);
+        let mut large = Box::pin(m.reserve_async(
+            &key("large"),
+            ReserveRequest::new(600).wait_for(Duration::from_secs(30)),
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(large.as_mut().poll(&mut cx).is_pending(), "{policy:?}");
+        let mut small = Vec::new();
+        for i in 0..19 {
+            let k = key(&format!("small-{i}"));
+            m.register(k.clone(), false);
+            if let Ok(r) = m.reserve(&k, ReserveRequest::new(20)) {
+                small.push(r);
+            }
+        }
+        assert_eq!(small.len(), expect_admitted, "{policy:?}");
+        assert_eq!(
+            m.ledger().metrics().overtakes,
+            expect_admitted as u64,
+            "{policy:?}"
+        );
+        // Memory comes back: the large request is served.
+        drop((held, small));
+        assert!(m.unload(&key("held")));
+        let std::task::Poll::Ready(granted) = large.as_mut().poll(&mut cx) else {
+            panic!("{policy:?}: the large request starved");
+        };
+        assert_eq!(granted.expect("granted").bytes(), 600);
+        let s = m.ledger().snapshot();
+        assert!(s.high_water <= s.limit, "{s}");
+    }
+}
