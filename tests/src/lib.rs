@@ -14,8 +14,26 @@
 //!   executions explored);
 //! - [`firecracker`](mod@firecracker): the real Firecracker, its guest and its API, for the
 //!   suites that restore microVMs;
+//! - [`support`]: a temporary directory removed on drop, the `skip:` line, `is_root`, `which`,
+//!   an error with its causes, and a counting global allocator;
+//! - [`pager_service`]: squib-host's pager service (`squib-host serve`) started, called and
+//!   killed;
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
 //!   map them, undone when the test ends.
+
+pub mod pager_service;
+pub mod support;
+
+/// Whether process `pid` exists and is not a zombie (its `/proc` state is not `Z`).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
 
 pub mod bench {
     //! Benchmark bookkeeping: criterion measures, these helpers keep the timings and print
@@ -260,6 +278,9 @@ pub mod firecracker {
     #[derive(Debug, Default)]
     struct Console {
         bytes: Mutex<(Vec<u8>, bool)>,
+        /// Bumped when the reader is replaced on purpose, so the old reader's end of file
+        /// does not mark the console closed.
+        generation: std::sync::atomic::AtomicU64,
         cv: Condvar,
         /// When each progress mark (`.`) arrived, up to `MARKS_LIMIT`.
         marks: Mutex<Vec<Instant>>,
@@ -271,9 +292,95 @@ pub mod firecracker {
     /// A running Firecracker process; killed when dropped.
     #[derive(Debug)]
     pub struct Vm {
-        child: Child,
+        process: Process,
         api: PathBuf,
         console: Arc<Console>,
+    }
+
+    /// How the VMM runs: as this process's child with its console on a pipe, or inside an
+    /// engate session whose output a `engate tail` follows.
+    #[derive(Debug)]
+    enum Process {
+        Child(Child),
+        Session(Session),
+    }
+
+    /// A Firecracker inside an engate session (`engate new ID -- firecracker …`).
+    #[derive(Debug)]
+    pub struct Session {
+        engate: PathBuf,
+        runtime: PathBuf,
+        name: String,
+        pid: u32,
+        tail: Child,
+    }
+
+    impl Session {
+        fn command(&self) -> Command {
+            let mut cmd = Command::new(&self.engate);
+            cmd.env("XDG_RUNTIME_DIR", &self.runtime);
+            cmd
+        }
+
+        fn alive(&self) -> bool {
+            crate::process_alive(self.pid)
+        }
+    }
+
+    /// Starts a thread that keeps what `out` yields (the serial console) with the arrival
+    /// time of every progress mark.
+    fn collect_console(out: impl Read + Send + 'static) -> Arc<Console> {
+        let console = Arc::new(Console::default());
+        append_console(&console, out);
+        console
+    }
+
+    /// Starts a thread appending what `out` yields to `console`.
+    fn append_console(console: &Arc<Console>, mut out: impl Read + Send + 'static) {
+        use std::sync::atomic::Ordering;
+        let sink = Arc::clone(console);
+        let generation = sink.generation.load(Ordering::SeqCst);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = out.read(&mut buf).unwrap_or(0);
+                let mut g = sink.bytes.lock().unwrap_or_else(|p| p.into_inner());
+                if n == 0 {
+                    if sink.generation.load(Ordering::SeqCst) == generation {
+                        g.1 = true;
+                    }
+                    sink.cv.notify_all();
+                    return;
+                }
+                g.0.extend_from_slice(&buf[..n]);
+                let now = Instant::now();
+                let dots = buf[..n].iter().filter(|&&b| b == b'.').count();
+                if dots > 0 {
+                    let mut marks = sink.marks.lock().unwrap_or_else(|p| p.into_inner());
+                    let room = MARKS_LIMIT.saturating_sub(marks.len());
+                    marks.extend(std::iter::repeat_n(now, dots.min(room)));
+                }
+                if g.0.len() > CONSOLE_LIMIT {
+                    let cut = g.0.len() - CONSOLE_LIMIT / 2;
+                    g.0.drain(..cut);
+                }
+                sink.cv.notify_all();
+            }
+        });
+    }
+
+    /// The arguments that start Firecracker with its API socket and log in `dir`.
+    fn firecracker_args(dir: &Path, id: &str) -> Vec<std::ffi::OsString> {
+        vec![
+            "--api-sock".into(),
+            dir.join(format!("{id}.api")).into(),
+            "--id".into(),
+            id.into(),
+            "--log-path".into(),
+            dir.join(format!("{id}.log")).into(),
+            "--level".into(),
+            "Info".into(),
+        ]
     }
 
     impl Vm {
@@ -288,83 +395,137 @@ pub mod firecracker {
             let api = dir.join(format!("{id}.api"));
             let _ = std::fs::remove_file(&api);
             let mut child = Command::new(&kit.firecracker)
-                .arg("--api-sock")
-                .arg(&api)
-                .arg("--id")
-                .arg(id)
-                .arg("--log-path")
-                .arg(dir.join(format!("{id}.log")))
-                .arg("--level")
-                .arg("Info")
+                .args(firecracker_args(dir, id))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("spawn {}: {e}", kit.firecracker.display()))?;
-            let console = Arc::new(Console::default());
-            let mut out = child.stdout.take().ok_or("no stdout")?;
-            let sink = Arc::clone(&console);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = out.read(&mut buf).unwrap_or(0);
-                    let mut g = sink.bytes.lock().unwrap_or_else(|p| p.into_inner());
-                    if n == 0 {
-                        g.1 = true;
-                        sink.cv.notify_all();
-                        return;
-                    }
-                    g.0.extend_from_slice(&buf[..n]);
-                    let now = Instant::now();
-                    let dots = buf[..n].iter().filter(|&&b| b == b'.').count();
-                    if dots > 0 {
-                        let mut marks = sink.marks.lock().unwrap_or_else(|p| p.into_inner());
-                        let room = MARKS_LIMIT.saturating_sub(marks.len());
-                        marks.extend(std::iter::repeat_n(now, dots.min(room)));
-                    }
-                    if g.0.len() > CONSOLE_LIMIT {
-                        let cut = g.0.len() - CONSOLE_LIMIT / 2;
-                        g.0.drain(..cut);
-                    }
-                    sink.cv.notify_all();
-                }
-            });
+            let out = child.stdout.take().ok_or("no stdout")?;
             let mut vm = Self {
-                child,
+                console: collect_console(out),
+                process: Process::Child(child),
                 api,
-                console,
             };
+            vm.wait_api(id)?;
+            Ok(vm)
+        }
+
+        /// Starts Firecracker inside an engate session named `id`
+        /// (`engate new ID -- firecracker …`, with `XDG_RUNTIME_DIR=runtime`), so its serial
+        /// console is the session's output; the console is read by an `engate tail` of the
+        /// session. Dropping the VM ends the session (`engate kill`).
+        ///
+        /// # Errors
+        ///
+        /// `engate new` failing, the session's status file not naming the program's pid, or
+        /// the API socket not appearing within 5 s.
+        pub fn spawn_in_session(
+            kit: &Kit,
+            dir: &Path,
+            id: &str,
+            engate: &Path,
+            runtime: &Path,
+        ) -> Result<Self, String> {
+            let api = dir.join(format!("{id}.api"));
+            let _ = std::fs::remove_file(&api);
+            let new = Command::new(engate)
+                .env("XDG_RUNTIME_DIR", runtime)
+                .args(["new", id, "--"])
+                .arg(&kit.firecracker)
+                .args(firecracker_args(dir, id))
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("spawn {}: {e}", engate.display()))?;
+            if !new.status.success() {
+                return Err(format!(
+                    "engate new {id}: {}: {}",
+                    new.status,
+                    String::from_utf8_lossy(&new.stderr)
+                ));
+            }
+            let info = runtime.join("engate").join(format!("{id}.info"));
             let start = Instant::now();
-            while UnixStream::connect(&vm.api).is_err() {
-                if let Ok(Some(status)) = vm.child.try_wait() {
+            let pid = loop {
+                let pid = std::fs::read_to_string(&info).ok().and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("program_pid="))
+                        .and_then(|p| p.trim().parse::<u32>().ok())
+                });
+                if let Some(pid) = pid.filter(|&p| p > 0) {
+                    break pid;
+                }
+                if start.elapsed() > Duration::from_secs(5) {
+                    return Err(format!("{} names no program pid", info.display()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            let mut tail = Command::new(engate)
+                .env("XDG_RUNTIME_DIR", runtime)
+                .args(["tail", id])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("engate tail {id}: {e}"))?;
+            let out = tail.stdout.take().ok_or("no stdout")?;
+            let mut vm = Self {
+                console: collect_console(out),
+                process: Process::Session(Session {
+                    engate: engate.to_owned(),
+                    runtime: runtime.to_owned(),
+                    name: id.to_owned(),
+                    pid,
+                    tail,
+                }),
+                api,
+            };
+            vm.wait_api(id)?;
+            Ok(vm)
+        }
+
+        fn wait_api(&mut self, id: &str) -> Result<(), String> {
+            let start = Instant::now();
+            while UnixStream::connect(&self.api).is_err() {
+                if !self.is_alive() {
                     return Err(format!(
-                        "Firecracker (id {id}) exited at start with {status}: {}",
-                        vm.console()
+                        "Firecracker (id {id}) exited at start: {}",
+                        self.console()
                     ));
                 }
                 if start.elapsed() > Duration::from_secs(5) {
-                    return Err(format!("{} did not appear", vm.api.display()));
+                    return Err(format!("{} did not appear", self.api.display()));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Ok(vm)
+            Ok(())
         }
 
         /// The VMM's pid.
         pub fn pid(&self) -> u32 {
-            self.child.id()
+            match &self.process {
+                Process::Child(child) => child.id(),
+                Process::Session(session) => session.pid,
+            }
         }
 
         /// Whether the process is still running (not exited, not killed).
         pub fn is_alive(&mut self) -> bool {
-            matches!(self.child.try_wait(), Ok(None))
+            match &mut self.process {
+                Process::Child(child) => matches!(child.try_wait(), Ok(None)),
+                Process::Session(session) => session.alive(),
+            }
         }
 
-        /// Waits up to `limit` for the process to end; its exit status if it did.
+        /// Waits up to `limit` for a VMM started by [`Vm::spawn`] to end; its exit status if
+        /// it did (`None` for one in a session, whose status its server keeps).
         pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+            let Process::Child(child) = &mut self.process else {
+                return None;
+            };
             let start = Instant::now();
             loop {
-                if let Ok(Some(status)) = self.child.try_wait() {
+                if let Ok(Some(status)) = child.try_wait() {
                     return Some(status);
                 }
                 if start.elapsed() > limit {
@@ -498,6 +659,55 @@ pub mod firecracker {
                 .max()
         }
 
+        /// Detaches the console's reader from the VM's engate session and attaches a new one:
+        /// the `engate tail` is stopped with `SIGTERM` (it saves where it stopped) and, after
+        /// `away`, a new `engate tail` resumes from there, appending to the same console. The
+        /// console must then hold every byte exactly once.
+        ///
+        /// # Errors
+        ///
+        /// The VM is not in a session, or the tails cannot be stopped or started.
+        pub fn reattach_console(&mut self, away: Duration) -> Result<(), String> {
+            let Process::Session(session) = &mut self.process else {
+                return Err("only a VM in an engate session has a console to re-attach".into());
+            };
+            self.console
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = Command::new("kill")
+                .args(["-TERM", &session.tail.id().to_string()])
+                .status();
+            let start = Instant::now();
+            loop {
+                match session.tail.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if start.elapsed() < Duration::from_secs(5) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    _ => return Err(format!("engate tail {} did not stop", session.name)),
+                }
+            }
+            std::thread::sleep(away);
+            let mut tail = session
+                .command()
+                .args(["tail", &session.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("engate tail {}: {e}", session.name))?;
+            let out = tail.stdout.take().ok_or("no stdout")?;
+            append_console(&self.console, out);
+            session.tail = tail;
+            Ok(())
+        }
+
+        /// The console's bytes so far.
+        pub fn console_bytes(&self) -> Vec<u8> {
+            let g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            g.0.clone()
+        }
+
         /// The console so far, as text.
         pub fn console(&self) -> String {
             let g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
@@ -554,10 +764,31 @@ pub mod firecracker {
             Ok(since.elapsed())
         }
 
-        /// Sends `SIGKILL` and reaps the process.
+        /// Sends `SIGKILL` and reaps the process; for a VMM in an engate session, ends the
+        /// session (`engate kill`, which hangs the program up and waits for the server) and
+        /// stops the tail.
         pub fn kill(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            match &mut self.process {
+                Process::Child(child) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                Process::Session(session) => {
+                    let _ = session
+                        .command()
+                        .args(["kill", &session.name])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                    if session.alive() {
+                        let _ = Command::new("kill")
+                            .args(["-KILL", &session.pid.to_string()])
+                            .status();
+                    }
+                    let _ = session.tail.kill();
+                    let _ = session.tail.wait();
+                }
+            }
         }
     }
 
@@ -634,6 +865,7 @@ pub mod firecracker {
     pub fn verified_passes(console: &str) -> usize {
         console
             .lines()
+            .map(|l| l.trim_end_matches('\r'))
             .filter(|l| {
                 l.len() > 17
                     && l.starts_with('P')

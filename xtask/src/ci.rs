@@ -55,6 +55,7 @@ const STAGES: &[(&str, StageFn)] = &[
     ("loom", loom),
     ("cross-crate", cross_crate),
     ("dependency policy", dependency_policy),
+    ("packaging", packaging),
     ("platform-gated suites", platform_gated),
 ];
 
@@ -127,13 +128,70 @@ pub(crate) fn program_features(krate: &str) -> Option<&'static str> {
         .find_map(|f| f.strip_prefix(krate)?.strip_prefix('/'))
 }
 
+/// Every feature a user of a published crate may turn on, as `crate/feature,…`: all features
+/// of the crates under `crates/` except `default` and the test-only `loom`. Read from the
+/// manifests, so a feature added to a crate is linted from the day it lands.
+fn shipped_features() -> Result<String, String> {
+    let mut manifests = vec![cmd::root().join("crates/polyplug-runtime/capi/Cargo.toml")];
+    let crates = std::fs::read_dir(cmd::root().join("crates"))
+        .map_err(|e| format!("cannot list crates/: {e}"))?;
+    for entry in crates.flatten() {
+        let manifest = entry.path().join("Cargo.toml");
+        if manifest.is_file() {
+            manifests.push(manifest);
+        }
+    }
+    manifests.sort();
+    let mut features = Vec::new();
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+        let name = manifest_value(&text, "package", "name")
+            .ok_or_else(|| format!("{}: no [package] name", manifest.display()))?;
+        let mut in_features = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_features = line == "[features]";
+            } else if in_features && let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && !key.starts_with('#') && key != "default" && key != "loom" {
+                    features.push(format!("{name}/{key}"));
+                }
+            }
+        }
+    }
+    Ok(features.join(","))
+}
+
+/// The string value of `key` in `[section]` of a manifest (enough TOML for `name = "…"`).
+fn manifest_value<'a>(text: &'a str, section: &str, key: &str) -> Option<&'a str> {
+    let header = format!("[{section}]");
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == header;
+        } else if inside
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().trim_matches('"'));
+        }
+    }
+    None
+}
+
+/// Lints every target with every shipped feature on (not `--all-features`, which would turn
+/// on the test-only `loom` features and lint a model-checking build as if it shipped).
 fn clippy(_: &mut Tally) -> Result<(), String> {
+    let features = shipped_features()?;
     cmd::run(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
         "--features",
-        PROGRAM_FEATURES,
+        &features,
         "--locked",
         "--",
         "-D",
@@ -183,6 +241,7 @@ fn macos_build_check(_: &mut Tally) -> Result<(), String> {
             return Ok(());
         }
     }
+    let features = shipped_features()?;
     cmd::run(cargo().args([
         "clippy",
         "--workspace",
@@ -192,7 +251,8 @@ fn macos_build_check(_: &mut Tally) -> Result<(), String> {
         MACOS_TARGET,
         "--lib",
         "--bins",
-        "--all-features",
+        "--features",
+        &features,
         "--locked",
         "--",
         "-D",
@@ -269,6 +329,21 @@ fn loom(tally: &mut Tally) -> Result<(), String> {
         println!("no loom suites yet: crates register theirs in xtask/src/ci.rs as they land");
         return Ok(());
     }
+    // The loom builds are linted too: their code is compiled nowhere else.
+    let mut lint = cargo();
+    lint.args(["clippy", "--locked", "--lib"]);
+    let mut tests: Vec<&str> = Vec::new();
+    for suite in LOOM_SUITES {
+        lint.args(["-p", suite.package, "--features"])
+            .arg(format!("{}/{}", suite.package, suite.feature));
+        if !tests.contains(&suite.test) {
+            tests.push(suite.test);
+        }
+    }
+    for test in tests {
+        lint.args(["--test", test]);
+    }
+    cmd::run(lint.args(["--", "-D", "warnings"]))?;
     for suite in LOOM_SUITES {
         cmd::run_counting(
             cargo()
@@ -282,15 +357,19 @@ fn loom(tally: &mut Tally) -> Result<(), String> {
     Ok(())
 }
 
+/// The cross-crate suites (`tests/`). They drive the workspace's programs, which the tests
+/// stage has just built; a missing program fails the suite here instead of skipping it.
 fn cross_crate(tally: &mut Tally) -> Result<(), String> {
     cmd::run_counting(
-        cargo().args([
-            "test",
-            "-p",
-            "workspace-tests",
-            "--locked",
-            "--no-fail-fast",
-        ]),
+        cargo()
+            .args([
+                "test",
+                "-p",
+                "workspace-tests",
+                "--locked",
+                "--no-fail-fast",
+            ])
+            .env("WORKSPACE_PROGRAMS_REQUIRED", "1"),
         tally,
         |_| false,
     )
@@ -307,6 +386,50 @@ fn dependency_policy(_: &mut Tally) -> Result<(), String> {
          bans, licenses and sources are checked offline"
     );
     cmd::run(cargo().args(["deny", "--locked", "check", "bans", "licenses", "sources"]))
+}
+
+/// `cargo package` for every published crate, verifying that each one builds from its
+/// packaged files alone (path dependencies replaced by the packaged versions), so a missing
+/// file, a path-only dependency or absent metadata is found here rather than at release.
+fn packaging(_: &mut Tally) -> Result<(), String> {
+    let mut package = cargo();
+    package.args(["package", "--workspace", "--locked", "--allow-dirty"]);
+    for name in unpublished_members()? {
+        package.args(["--exclude", &name]);
+    }
+    cmd::run(&mut package)
+}
+
+/// The names of the workspace members marked `publish = false` (xtask, the test library, the
+/// plugin fixtures).
+fn unpublished_members() -> Result<Vec<String>, String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "target") {
+                walk(&path, out);
+            } else if path.file_name().is_some_and(|n| n == "Cargo.toml") {
+                out.push(path);
+            }
+        }
+    }
+    let root = cmd::root();
+    let mut manifests = vec![root.join("xtask/Cargo.toml"), root.join("tests/Cargo.toml")];
+    walk(&root.join("crates"), &mut manifests);
+    let mut names = Vec::new();
+    for manifest in manifests {
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+        if manifest_value(&text, "package", "publish") == Some("false")
+            && let Some(name) = manifest_value(&text, "package", "name")
+        {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 fn platform_gated(tally: &mut Tally) -> Result<(), String> {

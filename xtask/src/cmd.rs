@@ -100,6 +100,7 @@ pub(crate) fn run_counting(
 /// Runs `cmd` with inherited output; an error names the command.
 pub(crate) fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = describe(cmd);
+    println!("$ {shown}");
     let status = cmd
         .status()
         .map_err(|e| format!("cannot start `{shown}`: {e}"))?;

@@ -14,7 +14,6 @@
 //!   ≤ 50 µs, and the two medians within 1.5× of each other (attach cost is independent of the
 //!   history's length).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,35 +25,10 @@ use engate_attach::{
     AttachOptions, Event, Hub, HubConfig, Policy, Producer, TailProvider, channel,
 };
 use workspace_tests::bench::Target;
-
-/// Counts every allocation of the process.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: defers every call to the system allocator unchanged; the counter has no effect on
-// the memory returned.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's layout contract is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: as for `dealloc` and `alloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use workspace_tests::support::CountingAlloc;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const CHUNK: usize = 4096;
 const CHUNKS: usize = 4096;
@@ -260,12 +234,12 @@ fn allocations_per_chunk_per_subscriber() -> f64 {
             producer.emit(pool[i % pool.len()].clone()).expect("emit");
         }
         wait_for(WARM as u64);
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let before = CountingAlloc::allocations();
         for i in 0..MEASURED {
             producer.emit(pool[i % pool.len()].clone()).expect("emit");
         }
         wait_for((WARM + MEASURED) as u64);
-        let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        let allocations = CountingAlloc::allocations() - before;
         drop(producer);
         allocations as f64 / (MEASURED * SUBS) as f64
     })

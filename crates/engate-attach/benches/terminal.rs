@@ -31,11 +31,12 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use workspace_tests::bench::{Target, median, verdict};
+use workspace_tests::support::{TempDir, which};
 
 const ENGATE: &str = env!("CARGO_BIN_EXE_engate");
 const FILE_BYTES: usize = 64 << 20;
@@ -408,15 +409,6 @@ fn tmux(file: &Path) -> io::Result<Tool> {
     )
 }
 
-/// Where `program` is on PATH.
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 /// 64 MiB of numbered 80-column text lines.
 fn write_file(path: &Path) -> io::Result<()> {
     let mut out = io::BufWriter::new(File::create(path)?);
@@ -436,14 +428,6 @@ fn write_file(path: &Path) -> io::Result<()> {
     out.flush()
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; a filter that names another bench skips this one.
     let filters: Vec<String> = std::env::args()
@@ -453,16 +437,15 @@ fn main() {
     if !filters.is_empty() && !filters.iter().any(|f| "terminal".contains(f.as_str())) {
         return;
     }
-    let dir = TempDir(std::env::temp_dir().join(format!("engate-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("bench directory");
-    let file = dir.0.join("cat-64MiB.txt");
+    let dir = TempDir::new("engate-bench");
+    let file = dir.path().join("cat-64MiB.txt");
     write_file(&file).expect("write the 64 MiB file");
 
     let mut tools: Vec<Tool> = Vec::new();
-    tools.push(engate(&dir.0, &file).expect("engate sessions"));
+    tools.push(engate(dir.path(), &file).expect("engate sessions"));
     let mut skipped = Vec::new();
     match which("dtach") {
-        Some(_) => match dtach(&dir.0, &file) {
+        Some(_) => match dtach(dir.path(), &file) {
             Ok(t) => tools.push(t),
             Err(e) => skipped.push(("dtach", format!("dtach sessions failed: {e}"))),
         },

@@ -179,5 +179,5 @@ pub fn is_end_of_output(err: &io::Error) -> bool {
 
 /// Sends `SIGHUP` to a child that has not been reaped (the terminal hung up).
 pub(crate) fn hang_up(pid: u32) -> io::Result<()> {
-    sys::unix::kill(pid, libc::SIGHUP)
+    platform_primitives::process::signal(pid, libc::SIGHUP)
 }

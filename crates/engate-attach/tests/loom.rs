@@ -254,8 +254,8 @@ fn negative_control_subscribe_then_snapshot_duplicates() {
     attach_emit_detach_resume(Shape::Unfenced(UnfencedOrder::SubscribeThenSnapshot), 64);
 }
 
-/// Negative control: snapshot, then subscribe ("the race that broke mado"). Emits in the
-/// window are in neither.
+/// Negative control: snapshot, then subscribe (the order a naive attach takes: output emitted
+/// between reading the snapshot and joining the live stream reaches the client by neither).
 #[test]
 #[should_panic(expected = "lost bytes")]
 fn negative_control_snapshot_then_subscribe_loses() {

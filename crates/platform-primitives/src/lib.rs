@@ -14,8 +14,15 @@
 //! - [`clock`] reads a monotonic clock that either stops or keeps counting across suspend;
 //! - [`creds`] reports kernel-attested peer credentials for stream peers and, in batches, for
 //!   every received datagram, with a pidfd of the sender where the kernel offers one;
+//! - [`fd`] sets and clears `O_NONBLOCK` and `FD_CLOEXEC`;
+//! - [`process`] signals processes by pidfd, by pid (refusing ids that name groups) and by
+//!   group, and says whether a pid exists;
 //! - [`fdpass`] sends and receives descriptors with `SCM_RIGHTS` as [`OwnedFd`]s;
 //! - [`mem`] gives the host page size and RAII anonymous mappings with any alignment;
+//! - [`notify`] sends sd_notify messages (`READY=1`, `STATUS=`, `WATCHDOG=1`) to the service
+//!   manager named by `NOTIFY_SOCKET`;
+//! - [`prom`] writes Prometheus text exposition, so every daemon's metrics are escaped and
+//!   formatted alike;
 //! - [`sync`] is a `parking_lot`-shaped mutex and condition variable that loom can model, for
 //!   the crates whose protocols are model-checked.
 //!
@@ -42,9 +49,12 @@
 
 pub mod clock;
 pub mod creds;
+pub mod fd;
 pub mod fdpass;
 pub mod mem;
 pub mod notify;
+pub mod process;
+pub mod prom;
 pub mod sync;
 pub mod threads;
 pub mod uds;

@@ -22,9 +22,11 @@
 //! ```
 
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 #[cfg(target_os = "linux")]
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A client of the supervisor's `NOTIFY_SOCKET`: `READY=1`, `STATUS=`, `STOPPING=1`, and
@@ -80,6 +82,20 @@ impl SelfNotify {
             .map(drop)
     }
 
+    /// Sends one message with descriptors attached (`SCM_RIGHTS`), as `sd_pid_notify_with_fds`
+    /// does: `FDSTORE=1\nFDNAME=name` hands them to systemd's file-descriptor store, which
+    /// keeps them across a restart of the service and passes them back in `LISTEN_FDS` (see
+    /// [`take_listen_fds`]).
+    ///
+    /// # Errors
+    ///
+    /// The socket cannot be reached or the message is refused (`EMSGSIZE`, `ETOOMANYREFS`).
+    pub fn send_with_fds(&self, message: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect_addr(&self.addr)?;
+        crate::fdpass::send_with_fds(&socket, message.as_bytes(), fds).map(drop)
+    }
+
     /// Sends `WATCHDOG=1` if half the supervisor's watchdog interval has passed.
     pub fn ping_if_due(&mut self) -> io::Result<()> {
         if let Some(interval) = self.watchdog
@@ -90,4 +106,53 @@ impl SelfNotify {
         }
         Ok(())
     }
+}
+
+/// Whether [`take_listen_fds`] has run in this process.
+static LISTEN_FDS_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The descriptors the service manager passed to this process at start (`LISTEN_FDS`
+/// descriptors from 3 on, meant for this process if `LISTEN_PID` is its pid), each with its
+/// name from `LISTEN_FDNAMES` (`"unknown"` where none was given). systemd passes this way the
+/// sockets of socket activation and the contents of the service's file-descriptor store. Each
+/// is marked close-on-exec.
+///
+/// Only the first call takes them (later calls return nothing), so no descriptor is owned
+/// twice. Take them before opening any other descriptor. The variables stay in the
+/// environment: remove them from the environment of any child you start.
+///
+/// # Errors
+///
+/// `LISTEN_FDS` is not a number, or a descriptor it announces is not open.
+pub fn take_listen_fds() -> io::Result<Vec<(String, OwnedFd)>> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let Some(count) = std::env::var("LISTEN_FDS").ok().filter(|_| for_us) else {
+        return Ok(Vec::new());
+    };
+    if LISTEN_FDS_TAKEN.swap(true, Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let count: i32 = count.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("LISTEN_FDS={count:?} is not a number of descriptors"),
+        )
+    })?;
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    let mut fds = Vec::new();
+    for raw in 3..3_i32.saturating_add(count.max(0)) {
+        let fd = crate::sys::unix::take_inherited(raw).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("LISTEN_FDS announces descriptor {raw}, which is not open: {e}"),
+            )
+        })?;
+        let name = names.next().filter(|n| !n.is_empty()).unwrap_or("unknown");
+        fds.push((name.to_owned(), fd));
+    }
+    Ok(fds)
 }

@@ -14,10 +14,6 @@
 //! Skipped with the reason where the Firecracker kit (`FIRECRACKER_BIN`), `/dev/kvm` or
 //! userfaultfd is missing.
 
-#[cfg(target_os = "linux")]
-#[path = "../tests/support/service.rs"]
-mod support;
-
 fn main() {
     #[cfg(target_os = "linux")]
     if let Err(e) = linux::run() {
@@ -36,7 +32,7 @@ mod linux {
     use workspace_tests::bench::{Target, median, verdict};
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, take_snapshot};
 
-    use crate::support::Service;
+    use workspace_tests::pager_service::Service;
 
     const LIMIT: Duration = Duration::from_secs(180);
     const MEM_MIB: u64 = 256;

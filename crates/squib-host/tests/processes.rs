@@ -31,7 +31,6 @@ mod linux {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use std::os::unix::process::ExitStatusExt;
-    use std::path::PathBuf;
     use std::process::{Child, Command, ExitCode, Stdio};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
@@ -135,11 +134,8 @@ mod linux {
         }
     }
 
-    fn temp_dir(label: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("squib-proc-{}-{label}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir
+    fn temp_dir(label: &str) -> workspace_tests::support::TempDir {
+        workspace_tests::support::TempDir::new(&format!("squib-proc-{label}"))
     }
 
     fn child(role: &str, envs: &[(&str, &str)]) -> Result<Child, String> {
@@ -421,7 +417,6 @@ mod linux {
         if s.pages_copied + s.zero_pages == 0 || s.failed_closed != 0 {
             return Err(format!("unexpected stats {s:?}"));
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -473,7 +468,6 @@ mod linux {
             return Err(format!("unexpected failures {s:?}"));
         }
         drop(reservation);
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -526,7 +520,6 @@ mod linux {
         if s.failed_closed != 1 || s.source_errors < 2 || pager.failures().is_empty() {
             return Err(format!("unexpected stats {s:?}"));
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -605,7 +598,6 @@ mod linux {
             return Err(format!("unexpected stats {s:?}"));
         }
         session.shutdown().map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -638,7 +630,6 @@ mod linux {
             }
             session.shutdown().map_err(|e| e.to_string())?;
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -681,7 +672,6 @@ mod linux {
             },
             other => return Err(format!("accept gave {other:?}")),
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -769,7 +759,6 @@ mod linux {
                 "the slow VMM ended with {status:?}; expected SIGKILL"
             ));
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 
@@ -847,7 +836,6 @@ mod linux {
                 "descriptors leaked: {before} open before, {after} after"
             ));
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 

@@ -9,10 +9,6 @@
 
 use std::process::ExitCode;
 
-#[cfg(target_os = "linux")]
-#[path = "support/service.rs"]
-mod support;
-
 fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
@@ -41,8 +37,8 @@ mod linux {
     use serde_json::Value;
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, http, take_snapshot, verified_passes};
 
-    use crate::support::Service;
     use workspace_tests::harness::Check;
+    use workspace_tests::pager_service::Service;
 
     use crate::fc::{kit_or_skip, work_dir};
 
@@ -73,6 +69,10 @@ mod linux {
             waiting_survives,
         ),
         ("a_page_server_template_restores_a_vm", page_server_template),
+        (
+            "a_crashed_keeper_loses_no_vm_through_the_systemd_fd_store",
+            fd_store_restart,
+        ),
     ];
 
     const MEM_MIB: u64 = 256;
@@ -582,6 +582,202 @@ mod linux {
         if templates[0]["source_bytes"].as_u64().unwrap_or(0) == 0 {
             return Err(format!("nothing read from the page server: {templates}"));
         }
+        Ok(())
+    }
+
+    /// systemd's side of sd_notify, as far as the descriptor store goes: a datagram socket
+    /// that keeps every descriptor sent with `FDSTORE=1` under its `FDNAME` and drops it on
+    /// `FDSTOREREMOVE=1`. (systemd is not PID 1 on the test machines, so its protocol is
+    /// played here.)
+    struct FdStore {
+        path: std::path::PathBuf,
+        stored: Arc<std::sync::Mutex<std::collections::BTreeMap<String, std::os::fd::OwnedFd>>>,
+    }
+
+    impl FdStore {
+        fn bind(path: &Path) -> Result<Self, String> {
+            let sock = std::os::unix::net::UnixDatagram::bind(path).map_err(|e| e.to_string())?;
+            let stored = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+            let sink = Arc::clone(&stored);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let Ok(got) = platform_primitives::fdpass::recv_with_fds(&sock, &mut buf, 16)
+                    else {
+                        return;
+                    };
+                    let text = String::from_utf8_lossy(&buf[..got.len]).to_string();
+                    let field = |key: &str| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(key))
+                            .map(str::to_owned)
+                    };
+                    let mut store = sink.lock().unwrap_or_else(|p| p.into_inner());
+                    if field("FDSTORE=") == Some("1".into())
+                        && let Some(name) = field("FDNAME=")
+                    {
+                        for fd in got.fds {
+                            store.insert(name.clone(), fd);
+                        }
+                    } else if field("FDSTOREREMOVE=") == Some("1".into())
+                        && let Some(name) = field("FDNAME=")
+                    {
+                        store.remove(&name);
+                    }
+                }
+            });
+            Ok(Self {
+                path: path.to_owned(),
+                stored,
+            })
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.stored
+                .lock()
+                .map(|s| s.keys().cloned().collect())
+                .unwrap_or_default()
+        }
+
+        fn wait_names(&self, what: &str, ok: impl Fn(&[String]) -> bool) -> Result<(), String> {
+            let start = Instant::now();
+            while !ok(&self.names()) {
+                if start.elapsed() > Duration::from_secs(10) {
+                    return Err(format!("{what}: the store holds {:?}", self.names()));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        }
+
+        /// Starts `binary serve …` as systemd restarts a service: the stored descriptors at
+        /// 3, 4, … with `LISTEN_FDS`, `LISTEN_FDNAMES` and `LISTEN_PID` naming the new process.
+        fn restart(&self, binary: &str, api: &Path, state: &Path) -> Result<std::process::Child, String> {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let store = self.stored.lock().map_err(|_| "store poisoned")?;
+            let names: Vec<String> = store.keys().cloned().collect();
+            let raw: Vec<i32> = store.values().map(AsRawFd::as_raw_fd).collect();
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+                .arg(binary)
+                .arg("serve")
+                .arg("--api")
+                .arg(api)
+                .arg("--state-dir")
+                .arg(state)
+                .env("NOTIFY_SOCKET", &self.path)
+                .env("LISTEN_FDS", raw.len().to_string())
+                .env("LISTEN_FDNAMES", names.join(":"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null());
+            // Each descriptor goes to a high number first, so moving one to its place never
+            // overwrites another still to be moved.
+            let place = move || -> std::io::Result<()> {
+                let dup2 = |from: i32, to: i32| {
+                    // SAFETY: dup2 on descriptors this process owns (they stay open in the
+                    // parent while the child starts); it is async-signal-safe.
+                    if unsafe { libc::dup2(from, to) } < 0 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                };
+                for (i, &fd) in raw.iter().enumerate() {
+                    dup2(fd, 200 + i as i32)?;
+                }
+                for i in 0..raw.len() as i32 {
+                    dup2(200 + i, 3 + i)?;
+                    // SAFETY: 200 + i is the copy made above, owned by this child alone.
+                    unsafe { libc::close(200 + i) };
+                }
+                Ok(())
+            };
+            // SAFETY: between fork and exec the closure only calls dup2 and close, which are
+            // async-signal-safe, and allocates nothing.
+            unsafe { cmd.pre_exec(place) };
+            let child = cmd.spawn().map_err(|e| format!("restart: {e}"))?;
+            drop(store);
+            Ok(child)
+        }
+    }
+
+    /// Under systemd the keeper hands every session's descriptors to the fd store. When the
+    /// whole service dies (keeper and pager killed, as systemd does before restarting a
+    /// crashed service), the restarted keeper takes them back from `LISTEN_FDS` and the guest,
+    /// frozen meanwhile, goes on and verifies; the VMM is never killed. An ended session
+    /// leaves the store.
+    fn fd_store_restart() -> Result<(), String> {
+        let Some(kit) = kit_or_skip("fd_store_restart") else {
+            return Ok(());
+        };
+        let snap = snapshot(&kit)?;
+        let dir = work_dir().join("fdstore");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let store = FdStore::bind(&dir.join("notify.sock"))?;
+        let binary = env!("CARGO_BIN_EXE_squib-host");
+        let svc = Service::start_with_env(
+            binary,
+            work_dir(),
+            "fdstore",
+            &[("NOTIFY_SOCKET", &store.path)],
+        )?;
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
+        )?;
+        let (vms, t0) = restore_many(
+            &svc,
+            &kit,
+            (&dir, "vm"),
+            &snap,
+            1,
+            r#","background":false,"prewarm":false"#,
+        )?;
+        store.wait_names("the session's uffd, pidfd and connection are stored", |n| {
+            n == ["s.vm0.0", "s.vm0.1", "s.vm0.2"]
+        })?;
+        if verified_passes(&vms[0].console()) > 0 {
+            return Err("the guest verified before the service died".into());
+        }
+        // The whole service dies.
+        let pager = svc.wait_up(Duration::from_secs(5))?;
+        for pid in [svc.keeper_pid(), pager] {
+            Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .map_err(|e| e.to_string())?;
+        }
+        let api = svc.api.clone();
+        drop(svc);
+        let frozen = vms[0].console().len();
+        std::thread::sleep(Duration::from_millis(500));
+        if vms[0].console().len() != frozen {
+            return Err("the guest made progress with no pager at all".into());
+        }
+        // systemd restarts it with the stored descriptors.
+        let keeper = store.restart(binary, &api, &work_dir().join("fdstore").join("state"))?;
+        let svc = Service::from_child(keeper, api)?;
+        vms[0].wait_verified(t0, Duration::from_secs(120))?;
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        if sessions[0]["state"] != "serving" {
+            return Err(format!("after the restart: {sessions}"));
+        }
+        let mut vm = Arc::try_unwrap(vms.into_iter().next().ok_or("no VM")?)
+            .map_err(|_| "the VM is still shared")?;
+        if !vm.is_alive() {
+            return Err("the VMM died".into());
+        }
+        println!(
+            "fd store: the guest verified {:?} after its load, across a restart of the whole \
+             service",
+            t0.elapsed()
+        );
+        // The VM ends: its session leaves the store.
+        drop(vm);
+        store.wait_names("the ended session left the store", |n| n.is_empty())?;
         Ok(())
     }
 }

@@ -21,12 +21,11 @@
 //! The 4096 agents are real processes (`sleep`), which the bench — as root — vouches for with
 //! explicit `SCM_CREDENTIALS`, so the kernel attests a distinct live pid on every frame.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,35 +37,10 @@ use varta_watch::tracker::{Sender, Tracker, TrackerConfig};
 use varta_watch::vlp::{Frame, Status};
 use varta_watch::{Event, Observer, ObserverConfig};
 use workspace_tests::bench::{Samples, Target, median, percentile, verdict};
-
-/// Counts live heap bytes so memory is measured, not computed.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to the system allocator with the caller's arguments unchanged
-// and only adds bookkeeping on an atomic counter.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout, which satisfies alloc's contract.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size, Ordering::Relaxed);
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: forwarded unchanged; the caller upholds realloc's contract.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use workspace_tests::support::{CountingAlloc, TempDir, is_root};
 
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 const AGENTS: usize = 4096;
 
@@ -133,17 +107,8 @@ struct Rig {
     _dir: TempDir,
 }
 
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn rig(label: &str, threshold: Duration) -> Rig {
-    let dir = std::env::temp_dir().join(format!("vw-bench-{}-{label}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("bench dir");
+    let dir = TempDir::new(&format!("vw-bench-{label}"));
     let mut config = ObserverConfig::new(dir.join("observer.sock"));
     config.tracker = TrackerConfig {
         timeout: threshold,
@@ -158,7 +123,7 @@ fn rig(label: &str, threshold: Duration) -> Rig {
     Rig {
         observer,
         tx,
-        _dir: TempDir(dir),
+        _dir: dir,
     }
 }
 
@@ -256,8 +221,7 @@ struct FloorRig {
 
 impl FloorRig {
     fn new(label: &str, pids: Vec<u32>) -> FloorRig {
-        let dir = std::env::temp_dir().join(format!("vw-bench-{}-{label}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("bench dir");
+        let dir = TempDir::new(&format!("vw-bench-{label}"));
         let path = dir.join("floor.sock");
         let rx = UnixDatagram::bind(&path).expect("bind floor socket");
         enable_datagram_credentials(&rx).expect("SO_PASSCRED and SO_PASSPIDFD");
@@ -270,7 +234,7 @@ impl FloorRig {
             pids: Arc::new(pids),
             nonces: Arc::new(Mutex::new(nonces)),
             batch: ObserverConfig::new("unused").batch,
-            _dir: TempDir(dir),
+            _dir: dir,
         }
     }
 
@@ -444,7 +408,7 @@ fn bench_ingest(c: &mut Criterion) {
 
 /// Registers `AGENTS` agents in a tracker and counts the heap it grew by.
 fn memory_per_agent() -> f64 {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = CountingAlloc::live_bytes();
     let mut tracker = Tracker::new(TrackerConfig {
         capacity: AGENTS,
         per_agent_limit: None,
@@ -469,7 +433,7 @@ fn memory_per_agent() -> f64 {
         events.clear();
     }
     assert_eq!(tracker.len(), AGENTS);
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    let grown = CountingAlloc::live_bytes() - before;
     drop(events);
     black_box(&tracker);
     grown as f64 / AGENTS as f64
@@ -575,17 +539,6 @@ fn verdicts(_: &mut Criterion) {
         "bytes",
         Target::AtMost(64.0),
     );
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 criterion_group! {

@@ -303,11 +303,11 @@ impl HookRunner {
                     "hook still running after {:?} (--hook-timeout); stopping its process group",
                     config.timeout
                 );
-                crate::sys::signal_process_group(hook.child.id(), libc::SIGTERM);
+                let _ = platform_primitives::process::signal_group(hook.child.id(), libc::SIGTERM);
             } else if hook.term_sent && !hook.kill_sent && ran >= config.timeout + config.kill_grace
             {
                 hook.kill_sent = true;
-                crate::sys::signal_process_group(hook.child.id(), libc::SIGKILL);
+                let _ = platform_primitives::process::signal_group(hook.child.id(), libc::SIGKILL);
             }
             true
         });

@@ -355,7 +355,7 @@ impl Observer {
                 "no pidfd is held for this agent (not tracked, or watched by polling)",
             )
         })?;
-        sys::pidfd_send_signal(pidfd.as_fd(), signal)
+        platform_primitives::process::pidfd_signal(pidfd.as_fd(), signal)
     }
 
     /// Waits up to `timeout` for something to happen and appends what happened to `events`.
@@ -692,7 +692,7 @@ fn watch_exit(
 /// Whether the process registered as `pid` (with `start` as its start time, where known)
 /// still runs: it exists, is not a zombie, and its pid was not recycled.
 fn still_running(pid: u32, start: Option<u64>) -> bool {
-    if !sys::pid_exists(pid) {
+    if !platform_primitives::process::exists(pid) {
         return false;
     }
     match sys::process_start(pid) {
@@ -719,7 +719,7 @@ fn speak_for(creds: Credentials, main: u32) -> Option<(u32, io::Result<OwnedFd>)
     }
     let uids = sys::process_uids(main).ok();
     if let Ok(fd) = &pidfd
-        && !sys::pidfd_alive(fd.as_fd())
+        && !platform_primitives::process::pidfd_alive(fd.as_fd())
     {
         return None; // exited (the uids read may be a newcomer's)
     }
@@ -776,7 +776,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no zombie");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(sys::pid_exists(pid));
+        assert!(platform_primitives::process::exists(pid));
         assert!(!still_running(pid, Some(start)), "zombie");
         child.wait().expect("reap");
         assert!(!still_running(pid, Some(start)), "reaped");

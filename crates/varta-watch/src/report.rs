@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use platform_primitives::prom::Exposition;
+
 use crate::event::json_string;
 use crate::hook::HookRunner;
 use crate::observer::Observer;
@@ -28,18 +30,6 @@ pub struct DaemonView<'a> {
     pub services: Option<&'a Services>,
 }
 
-/// Appends `value` as a Prometheus label value (backslash, quote and newline escaped).
-fn label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// The service label of agent `pid` (`unknown` when it was never classified).
 fn service_of<'a>(view: &DaemonView<'a>, pid: u32) -> &'a str {
     view.services
@@ -51,7 +41,6 @@ fn service_of<'a>(view: &DaemonView<'a>, pid: u32) -> &'a str {
 pub fn metrics(observer: &Observer, view: &DaemonView<'_>) -> String {
     let sink = view.sink;
     let tracker = observer.tracker();
-    let mut out = String::with_capacity(1024 + tracker.len() * 256);
     let c = observer.counters();
     let t = observer.tracker().counters();
     let counters: [(&str, &str, u64); 24] = [
@@ -156,54 +145,56 @@ pub fn metrics(observer: &Observer, view: &DaemonView<'_>) -> String {
             t.stale_nonces,
         ),
     ];
+    let mut page = Exposition::with_capacity(1024 + tracker.len() * 256);
     for (name, help, value) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
+        page.counter(name, help).value(value);
     }
-    let stalled = observer
-        .tracker()
-        .agents()
-        .filter(|a| a.is_stalled())
-        .count();
-    let _ = writeln!(
-        out,
-        "# HELP varta_agents Agents tracked.\n# TYPE varta_agents gauge\nvarta_agents {}\n\
-         # HELP varta_agents_stalled Agents currently stalled.\n# TYPE varta_agents_stalled gauge\nvarta_agents_stalled {stalled}\n\
-         # HELP varta_agents_polled Agents watched for exit by polling (no pidfd could be had).\n# TYPE varta_agents_polled gauge\nvarta_agents_polled {}",
-        observer.tracker().len(),
-        observer.polled_agents()
-    );
+    let stalled = tracker.agents().filter(|a| a.is_stalled()).count();
+    page.gauge("varta_agents", "Agents tracked.")
+        .value(tracker.len());
+    page.gauge("varta_agents_stalled", "Agents currently stalled.")
+        .value(stalled);
+    page.gauge(
+        "varta_agents_polled",
+        "Agents watched for exit by polling (no pidfd could be had).",
+    )
+    .value(observer.polled_agents());
 
     let now = observer.now();
     let mut agents: Vec<_> = tracker.agents().collect();
     agents.sort_by_key(|a| a.pid());
-    out.push_str("# HELP varta_agent_silent_seconds Time since the agent last spoke.\n# TYPE varta_agent_silent_seconds gauge\n");
+    let mut silent = page.gauge(
+        "varta_agent_silent_seconds",
+        "Time since the agent last spoke.",
+    );
     for a in &agents {
-        let _ = write!(out, "varta_agent_silent_seconds{{service=\"");
-        label_value(&mut out, service_of(view, a.pid()));
-        let _ = writeln!(
-            out,
-            "\",pid=\"{}\",protocol=\"{}\",phase=\"{}\",health=\"{}\"}} {:.3}",
-            a.pid(),
-            a.protocol().as_str(),
-            a.phase().as_str(),
-            a.health().as_str(),
-            tracker.silent_for(a, now).as_secs_f64()
+        silent.sample(
+            &[
+                ("service", &service_of(view, a.pid())),
+                ("pid", &a.pid()),
+                ("protocol", &a.protocol().as_str()),
+                ("phase", &a.phase().as_str()),
+                ("health", &a.health().as_str()),
+            ],
+            tracker.silent_for(a, now),
         );
     }
-    out.push_str("# HELP varta_agent_stalled Whether the agent is stalled.\n# TYPE varta_agent_stalled gauge\n");
+    let mut stalled = page.gauge("varta_agent_stalled", "Whether the agent is stalled.");
     for a in &agents {
-        let _ = write!(out, "varta_agent_stalled{{service=\"");
-        label_value(&mut out, service_of(view, a.pid()));
-        let _ = writeln!(out, "\",pid=\"{}\"}} {}", a.pid(), u8::from(a.is_stalled()));
+        stalled.sample(
+            &[("service", &service_of(view, a.pid())), ("pid", &a.pid())],
+            a.is_stalled(),
+        );
     }
-    out.push_str("# HELP varta_agent_beats_total Heartbeats accepted from the agent.\n# TYPE varta_agent_beats_total counter\n");
+    let mut beats = page.counter(
+        "varta_agent_beats_total",
+        "Heartbeats accepted from the agent.",
+    );
     for a in &agents {
-        let _ = write!(out, "varta_agent_beats_total{{service=\"");
-        label_value(&mut out, service_of(view, a.pid()));
-        let _ = writeln!(out, "\",pid=\"{}\"}} {}", a.pid(), a.beats());
+        beats.sample(
+            &[("service", &service_of(view, a.pid())), ("pid", &a.pid())],
+            a.beats(),
+        );
     }
     if let Some(hooks) = view.hooks {
         let h = hooks.counters();
@@ -235,25 +226,17 @@ pub fn metrics(observer: &Observer, view: &DaemonView<'_>) -> String {
                 h.debounced,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            page.counter(name, help).value(value);
         }
-        let _ = writeln!(
-            out,
-            "# HELP varta_hooks_running Hooks running.\n# TYPE varta_hooks_running gauge\nvarta_hooks_running {}\n\
-             # HELP varta_hooks_queued Hooks waiting for a slot.\n# TYPE varta_hooks_queued gauge\nvarta_hooks_queued {}",
-            hooks.running(),
-            hooks.queued()
-        );
+        page.gauge("varta_hooks_running", "Hooks running.")
+            .value(hooks.running());
+        page.gauge("varta_hooks_queued", "Hooks waiting for a slot.")
+            .value(hooks.queued());
     }
     if let Some(services) = view.services {
-        out.push_str("# HELP varta_service_agents Agents tracked per service.\n# TYPE varta_service_agents gauge\n");
+        let mut per_service = page.gauge("varta_service_agents", "Agents tracked per service.");
         for (service, n) in services.agents_per_service() {
-            out.push_str("varta_service_agents{service=\"");
-            label_value(&mut out, service);
-            let _ = writeln!(out, "\"}} {n}");
+            per_service.sample(&[("service", &service)], n);
         }
         type Get = fn(&crate::service::ServiceCounters) -> u64;
         let per_rule: [(&str, &str, Get); 4] = [
@@ -279,15 +262,13 @@ pub fn metrics(observer: &Observer, view: &DaemonView<'_>) -> String {
             ),
         ];
         for (name, help, get) in per_rule {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let mut family = page.counter(name, help);
             for (service, counters) in services.counters() {
-                let _ = write!(out, "{name}{{service=\"");
-                label_value(&mut out, service);
-                let _ = writeln!(out, "\"}} {}", get(counters));
+                family.sample(&[("service", &service)], get(counters));
             }
         }
     }
-    out
+    page.into_string()
 }
 
 /// The JSON status snapshot: every agent with its phase, health, silence and `STATUS=` text,

@@ -290,7 +290,8 @@ impl SessionServer {
         // Non-blocking (for the reader too: they share the open file description), so a
         // client's keystrokes to a program that does not read them wait with a deadline and
         // never hold up shutdown.
-        sys::unix::set_nonblocking(input.as_fd()).map_err(SessionError::Terminal)?;
+        platform_primitives::fd::set_nonblocking(input.as_fd(), true)
+            .map_err(SessionError::Terminal)?;
         let (master, child) = pty.into_parts();
         drop(master);
         let program_pid = child.id();

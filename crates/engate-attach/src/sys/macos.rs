@@ -5,16 +5,8 @@
 //! them (the window is a few instructions long).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::ptr;
-
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: `fd` is open for the duration of the call; F_SETFD takes an integer.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// Opens a pty pair: `(master, slave)`, both close-on-exec.
 pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -38,7 +30,7 @@ pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     let master = unsafe { OwnedFd::from_raw_fd(master) };
     // SAFETY: likewise for `slave`.
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-    set_cloexec(&master)?;
-    set_cloexec(&slave)?;
+    platform_primitives::fd::set_cloexec(master.as_fd(), true)?;
+    platform_primitives::fd::set_cloexec(slave.as_fd(), true)?;
     Ok((master, slave))
 }

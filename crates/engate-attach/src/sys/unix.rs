@@ -48,20 +48,6 @@ pub(crate) fn control_terminal_in_child(cmd: &mut Command) {
     }
 }
 
-/// Sends `signal` to process `pid`.
-///
-/// The caller guarantees `pid` names its own child that has not been reaped yet, so the id
-/// cannot have been reused.
-pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill takes plain integers and touches no memory.
-    if unsafe { libc::kill(pid, signal) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Waits until at least one of `fds` is readable (or hung up, or in error), or `timeout`
 /// passes (`None`: no limit). Returns, for each descriptor, whether it is ready; all false
 /// on a timeout.
@@ -98,19 +84,4 @@ fn wait<const N: usize>(
         return Err(io::Error::last_os_error());
     }
     Ok(polled.map(|p| p.revents != 0))
-}
-
-/// Puts the open file description behind `fd` (shared by its duplicates) in non-blocking
-/// mode.
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: `fd` is a valid open descriptor for the call; F_GETFL takes no argument.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above; F_SETFL takes the flags as an integer.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

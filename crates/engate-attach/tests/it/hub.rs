@@ -40,7 +40,8 @@ fn drain(live: &mut engate_attach::Attach<engate_attach::Live>, replica: &mut Re
     while replica.apply(live.try_next()) {}
 }
 
-/// The seed's lifecycle contract: Spawned → Subscribed → Synced → Live, with the snapshot
+/// engate-attach 0.1.1's lifecycle contract (its `tests/loom_attach.rs`): Spawned → Subscribed →
+/// Synced → Live, with the snapshot
 /// taken when subscribing and live items starting exactly at its `at`.
 #[test]
 fn lifecycle_goes_spawned_subscribed_synced_live() {
@@ -69,7 +70,8 @@ fn lifecycle_goes_spawned_subscribed_synced_live() {
     assert!(matches!(live.try_next(), Event::Empty));
 }
 
-/// The seed's invariant, "every emitted item is observed", made exact: subscribers attaching
+/// engate-attach 0.1.1's invariant "every emitted item is observed" (`tests/loom_attach.rs`),
+/// made exact: subscribers attaching
 /// at staggered moments while the producer emits at full speed each rebuild the journal
 /// exactly — no byte missing, none twice.
 #[test]

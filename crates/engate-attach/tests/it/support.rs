@@ -1,8 +1,5 @@
 //! Shared helpers: a consumer that rebuilds the stream from events, journals, temp dirs.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use engate_attach::{Event, Snapshot, SnapshotKind};
 
 /// A consumer's copy of the stream (`base..base + bytes.len()` of one epoch), rebuilt from a
@@ -86,34 +83,4 @@ pub(crate) fn numbered_chunk(i: usize) -> Vec<u8> {
     v
 }
 
-/// A directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ea-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The path of `program` if it is installed.
-pub(crate) fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
-}
+pub(crate) use workspace_tests::support::{TempDir, which};

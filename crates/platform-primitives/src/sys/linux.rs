@@ -311,6 +311,25 @@ pub(crate) fn recv_batch(
     Ok(n)
 }
 
+/// `pidfd_send_signal(pidfd, signal, NULL, 0)` (Linux 5.1).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo is allowed (the kernel fills in SI_USER); flags must be 0; the
+    // descriptor is open for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

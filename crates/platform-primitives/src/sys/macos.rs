@@ -30,16 +30,9 @@ fn set_fd_flag(
     set: libc::c_int,
     flag: libc::c_int,
 ) -> io::Result<()> {
-    // SAFETY: fcntl with F_GETFD/F_GETFL takes no pointer.
-    let old = unsafe { libc::fcntl(fd, get) };
-    if old < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fcntl with F_SETFD/F_SETFL takes an integer argument.
-    if unsafe { libc::fcntl(fd, set, old | flag) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: `fd` is open for the call (the callers own it); the borrow ends with the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    super::unix::update_fd_flag(fd, get, set, flag, true)
 }
 
 /// A new `AF_UNIX` socket of type `ty`, close-on-exec, optionally non-blocking.

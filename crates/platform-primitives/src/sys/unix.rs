@@ -473,3 +473,63 @@ impl BatchBuffers {
         self.filled = 0;
     }
 }
+
+// ---- processes and descriptor flags -----------------------------------------------------------
+
+/// `kill(pid, signal)`; `pid` is a plain positive process id (the caller has refused 0 and
+/// anything that would name a group).
+pub(crate) fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no memory.
+    if unsafe { libc::kill(pid, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets (`on`) or clears `flag` in the descriptor flags (`F_GETFD`/`F_SETFD`) or the status
+/// flags (`F_GETFL`/`F_SETFL`) of `fd`.
+pub(crate) fn update_fd_flag(
+    fd: BorrowedFd<'_>,
+    get: libc::c_int,
+    set: libc::c_int,
+    flag: libc::c_int,
+    on: bool,
+) -> io::Result<()> {
+    // SAFETY: `fd` is open for the call; F_GETFD/F_GETFL take no argument.
+    let old = unsafe { libc::fcntl(fd.as_raw_fd(), get) };
+    if old < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on { old | flag } else { old & !flag };
+    if new == old {
+        return Ok(());
+    }
+    // SAFETY: as above; F_SETFD/F_SETFL take the flags as an integer.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), set, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Takes ownership of descriptor `raw`, inherited at exec (`LISTEN_FDS`), marking it
+/// close-on-exec. Fails if it is not open.
+///
+/// The caller guarantees that nothing else in the process owns `raw` (the service manager's
+/// descriptors are taken once, before anything else is opened).
+pub(crate) fn take_inherited(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD takes no argument; it only reports whether `raw` is open.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is open, and by the caller's guarantee owned by nobody else in this
+    // process: it was passed at exec and is taken once.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    update_fd_flag(
+        std::os::fd::AsFd::as_fd(&fd),
+        libc::F_GETFD,
+        libc::F_SETFD,
+        libc::FD_CLOEXEC,
+        true,
+    )?;
+    Ok(fd)
+}

@@ -158,7 +158,7 @@ fn real_systemd_notify_is_attested_and_its_barrier_fd_closed() {
         return skip("systemd-notify", "systemd-notify is not installed");
     };
     let dir = TempDir::new("notify");
-    let path = dir.path("notify.sock");
+    let path = dir.join("notify.sock");
     let bound = UdsBinder::new("notify-test")
         .bind_datagram(&path)
         .expect("bind");

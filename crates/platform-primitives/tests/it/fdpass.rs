@@ -11,7 +11,7 @@ use crate::support::{TempDir, Tracer};
 #[test]
 fn a_file_descriptor_arrives_usable() {
     let dir = TempDir::new("fdpass");
-    let path = dir.path("data.bin");
+    let path = dir.join("data.bin");
     let mut file = std::fs::File::options()
         .create(true)
         .truncate(true)

@@ -26,7 +26,7 @@ fn mode_of(path: &std::path::Path) -> u32 {
 #[test]
 fn bind_on_clean_path_creates_socket_with_mode_and_drop_removes_it() {
     let dir = TempDir::new("clean");
-    let path = dir.path("obs.sock");
+    let path = dir.join("obs.sock");
     let bound = binder().bind_datagram(&path).expect("bind on a clean path");
 
     let meta = std::fs::metadata(&path).expect("metadata");
@@ -49,7 +49,7 @@ fn bind_on_clean_path_creates_socket_with_mode_and_drop_removes_it() {
 fn mode_is_exact_and_umask_is_untouched() {
     let before = umask_of_self();
     let dir = TempDir::new("mode");
-    let path = dir.path("wide.sock");
+    let path = dir.join("wide.sock");
     let _bound = UdsBinder::new("t")
         .mode(0o666)
         .bind_listener(&path)
@@ -70,7 +70,7 @@ fn umask_of_self() -> Option<String> {
 #[test]
 fn live_datagram_listener_is_refused_with_addr_in_use() {
     let dir = TempDir::new("live");
-    let path = dir.path("obs.sock");
+    let path = dir.join("obs.sock");
     let first = binder().bind_datagram(&path).expect("first bind");
 
     let err = binder()
@@ -84,7 +84,7 @@ fn live_datagram_listener_is_refused_with_addr_in_use() {
     );
     assert!(err.to_string().contains(&path.display().to_string()));
 
-    // The io::Error conversion keeps kind and message (what callers of the seed API saw).
+    // The io::Error conversion keeps kind and message (what callers of varta-watch 0.2.0's `Observer::bind` matched on).
     let io_err = std::io::Error::from(err);
     assert_eq!(io_err.kind(), ErrorKind::AddrInUse);
     assert!(io_err.to_string().contains("already running"));
@@ -100,7 +100,7 @@ fn live_datagram_listener_is_refused_with_addr_in_use() {
 #[test]
 fn live_stream_listener_is_refused_too() {
     let dir = TempDir::new("live-stream");
-    let path = dir.path("ctl.sock");
+    let path = dir.join("ctl.sock");
     let _first = binder().bind_listener(&path).expect("first bind");
     let err = binder().bind_listener(&path).expect_err("second bind");
     assert!(matches!(err, BindError::AlreadyRunning { .. }), "{err}");
@@ -112,7 +112,7 @@ fn live_stream_listener_is_refused_too() {
 #[test]
 fn stale_datagram_socket_is_replaced() {
     let dir = TempDir::new("stale");
-    let path = dir.path("obs.sock");
+    let path = dir.join("obs.sock");
     let stale = UnixDatagram::bind(&path).expect("stale socket");
     let stale_ino = std::fs::metadata(&path).expect("meta").ino();
     drop(stale);
@@ -144,7 +144,7 @@ fn stale_datagram_socket_is_replaced() {
 #[test]
 fn stale_stream_socket_is_replaced() {
     let dir = TempDir::new("stale-stream");
-    let path = dir.path("ctl.sock");
+    let path = dir.join("ctl.sock");
     drop(UnixListener::bind(&path).expect("stale listener"));
     let bound = binder().bind_listener(&path).expect("bind over stale");
     let _client = UnixStream::connect(&path).expect("connect to the new listener");
@@ -154,7 +154,7 @@ fn stale_stream_socket_is_replaced() {
 #[test]
 fn regular_file_is_never_touched() {
     let dir = TempDir::new("regular");
-    let path = dir.path("obs.sock");
+    let path = dir.join("obs.sock");
     std::fs::write(&path, b"do not delete").expect("write file");
 
     let err = binder().bind_datagram(&path).expect_err("bind over a file");
@@ -171,7 +171,7 @@ fn regular_file_is_never_touched() {
 #[test]
 fn directory_and_symlink_occupants_are_never_touched() {
     let dir = TempDir::new("occupants");
-    let sub = dir.path("a-dir");
+    let sub = dir.join("a-dir");
     std::fs::create_dir(&sub).expect("mkdir");
     let err = binder()
         .bind_datagram(&sub)
@@ -180,9 +180,9 @@ fn directory_and_symlink_occupants_are_never_touched() {
     assert!(sub.is_dir());
 
     // A symlink, even one pointing at a stale socket, is not ours to remove.
-    let target = dir.path("target.sock");
+    let target = dir.join("target.sock");
     drop(UnixDatagram::bind(&target).expect("stale target"));
-    let link = dir.path("link.sock");
+    let link = dir.join("link.sock");
     std::os::unix::fs::symlink(&target, &link).expect("symlink");
     let err = binder()
         .bind_datagram(&link)
@@ -199,7 +199,7 @@ fn directory_and_symlink_occupants_are_never_touched() {
 #[test]
 fn missing_parent_directory_is_named() {
     let dir = TempDir::new("noparent");
-    let path = dir.path("missing/obs.sock");
+    let path = dir.join("missing/obs.sock");
     let err = binder().bind_datagram(&path).expect_err("no parent");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     let msg = err.to_string();
@@ -213,7 +213,7 @@ fn missing_parent_directory_is_named() {
 #[test]
 fn overlong_path_is_rejected_by_name() {
     let dir = TempDir::new("long");
-    let path = dir.path(&"s".repeat(120));
+    let path = dir.join("s".repeat(120));
     let err = binder().bind_datagram(&path).expect_err("too long");
     assert!(matches!(err, BindError::PathTooLong { .. }), "{err}");
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -225,7 +225,7 @@ fn overlong_path_is_rejected_by_name() {
 fn directory_fsync_succeeds_on_clean_bind() {
     let dir = TempDir::new("fsync");
     let pre = drain_dir_fsync_failures();
-    let bound = binder().bind_datagram(dir.path("a.sock")).expect("bind");
+    let bound = binder().bind_datagram(dir.join("a.sock")).expect("bind");
     assert_eq!(drain_dir_fsync_failures(), 0, "earlier failures: {pre}");
     drop(bound);
 }
@@ -233,7 +233,7 @@ fn directory_fsync_succeeds_on_clean_bind() {
 #[test]
 fn directory_fsync_succeeds_after_stale_recovery() {
     let dir = TempDir::new("fsync-stale");
-    let path = dir.path("a.sock");
+    let path = dir.join("a.sock");
     drop(UnixDatagram::bind(&path).expect("stale"));
     let _ = drain_dir_fsync_failures();
     let _bound = binder().bind_datagram(&path).expect("bind");
@@ -243,7 +243,7 @@ fn directory_fsync_succeeds_after_stale_recovery() {
 #[test]
 fn drop_tolerates_a_path_removed_by_someone_else() {
     let dir = TempDir::new("removed");
-    let path = dir.path("a.sock");
+    let path = dir.join("a.sock");
     let bound = binder().bind_datagram(&path).expect("bind");
     std::fs::remove_file(&path).expect("manual remove");
     drop(bound);
@@ -253,7 +253,7 @@ fn drop_tolerates_a_path_removed_by_someone_else() {
 #[test]
 fn drop_never_removes_a_newer_instances_socket() {
     let dir = TempDir::new("foreign");
-    let path = dir.path("a.sock");
+    let path = dir.join("a.sock");
     let old = binder().bind_datagram(&path).expect("first");
     std::fs::remove_file(&path).expect("operator removes the path");
     let new = binder().bind_datagram(&path).expect("second instance");
@@ -278,7 +278,7 @@ fn drop_never_removes_a_newer_instances_socket() {
 fn racing_binds_over_a_stale_socket_have_exactly_one_winner() {
     const RACERS: usize = 6;
     let dir = TempDir::new("race");
-    let path = dir.path("a.sock");
+    let path = dir.join("a.sock");
     for round in 0..400 {
         drop(UnixDatagram::bind(&path).expect("stale"));
         let barrier = Arc::new(Barrier::new(RACERS));
@@ -322,7 +322,7 @@ fn racing_binds_over_a_stale_socket_have_exactly_one_winner() {
 #[test]
 fn setup_runs_before_the_socket_is_reachable() {
     let dir = TempDir::new("setup");
-    let path = dir.path("a.sock");
+    let path = dir.join("a.sock");
     let seen_path = path.clone();
     let bound = binder()
         .bind_with(&path, move |_: &UnixDatagram| {

@@ -463,8 +463,8 @@ impl Session {
     /// must end while its guest still runs, which would otherwise freeze on its next fault.
     pub fn kill_vmm(&self) -> io::Result<()> {
         match &self.pidfd {
-            Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
-            None => sys::kill(self.peer_pid, libc::SIGKILL),
+            Some(fd) => platform_primitives::process::pidfd_signal(fd.as_fd(), libc::SIGKILL),
+            None => platform_primitives::process::signal(self.peer_pid, libc::SIGKILL),
         }
     }
 
@@ -499,8 +499,8 @@ impl Peer {
         let ourselves = self.pid == std::process::id();
         let killed = config.kill_on_refusal && !ourselves && {
             let sent = match &self.pidfd {
-                Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
-                None => sys::kill(self.pid, libc::SIGKILL),
+                Some(fd) => platform_primitives::process::pidfd_signal(fd.as_fd(), libc::SIGKILL),
+                None => platform_primitives::process::signal(self.pid, libc::SIGKILL),
             };
             if let Err(e) = &sent {
                 tracing::error!(pid = self.pid, error = %e, "cannot kill the refused VMM");

@@ -214,9 +214,11 @@ impl Uffd {
     /// Switches between non-blocking reads (the default: [`read_events`](Self::read_events)
     /// returns 0 when nothing is queued) and blocking ones (it waits for the first event).
     pub fn set_nonblocking(&self, nonblocking: bool) -> Result<(), UffdError> {
-        sys::set_nonblocking(self.fd.as_fd(), nonblocking).map_err(|source| UffdError::Io {
-            op: "change O_NONBLOCK",
-            source,
+        platform_primitives::fd::set_nonblocking(self.fd.as_fd(), nonblocking).map_err(|source| {
+            UffdError::Io {
+                op: "change O_NONBLOCK",
+                source,
+            }
         })
     }
 
@@ -364,7 +366,7 @@ fn raw_open() -> Result<OwnedFd, UffdError> {
 }
 
 fn sys_set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    sys::set_nonblocking(fd, true)
+    platform_primitives::fd::set_nonblocking(fd, true)
 }
 
 /// Per-pager Linux state: the in-process uffd (made on first use) and the shutdown eventfd.

@@ -1167,8 +1167,10 @@ impl Server {
             }
             FailTarget::Peer { pid, pidfd } => {
                 let killed = match pidfd {
-                    Some(fd) => sys::pidfd_signal(fd.as_fd(), libc::SIGKILL),
-                    None => sys::kill(*pid, libc::SIGKILL),
+                    Some(fd) => {
+                        platform_primitives::process::pidfd_signal(fd.as_fd(), libc::SIGKILL)
+                    }
+                    None => platform_primitives::process::signal(*pid, libc::SIGKILL),
                 };
                 if let Err(e) = killed {
                     tracing::error!(pid, error = %e, "cannot kill the peer of a failed fault");

@@ -371,20 +371,6 @@ pub(crate) fn uffd_read(uffd: BorrowedFd<'_>, buf: &mut [UffdMsg]) -> io::Result
     Ok(n as usize / size_of::<UffdMsg>())
 }
 
-/// Sets or clears `O_NONBLOCK` on a descriptor (on its open file description).
-pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL takes no pointer argument.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    let flags = if on {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    // SAFETY: F_SETFL takes an integer argument.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
-    Ok(())
-}
-
 // ---- eventfd, poll ---------------------------------------------------------------------------
 
 /// A non-blocking, close-on-exec eventfd.
@@ -504,31 +490,6 @@ pub(crate) fn signal_thread(tid: u32, sig: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
-}
-
-/// Sends `sig` to the process a pidfd refers to (`pidfd_send_signal`, Linux 5.1).
-pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: pidfd_send_signal with a null siginfo pointer and zero flags reads no memory.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd() as libc::c_long,
-            sig as libc::c_long,
-            std::ptr::null::<libc::siginfo_t>(),
-            0 as libc::c_long,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sends `sig` to process `pid` (used only when no pidfd could be obtained).
-pub(crate) fn kill(pid: u32, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: kill takes integers only.
-    cvt(unsafe { libc::kill(pid as libc::pid_t, sig) })?;
     Ok(())
 }
 

@@ -14,9 +14,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use squib_host::{PageRequest, PageSource, PageSourceError, Pager, PagerConfig, spawn_server};
+use squib_host::{PageRequest, PageSource, PageSourceError, Pager, PagerConfig};
 
-use crate::support::{kernel_read, ps, snapshot, uffd_or_skip, within};
+use crate::support::{Served, kernel_read, ps, snapshot, uffd_or_skip, within};
 
 /// Whether the kernel delivers failed faults as poisoned pages (Linux 6.6+), which
 /// `kernel_read` needs; prints the skip line if not.
@@ -100,7 +100,7 @@ fn readahead_into_a_bad_page(local: bool) {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     let results = within(Duration::from_secs(30), "sequential reads", move || {
         (bad - 30..=bad)
@@ -120,8 +120,7 @@ fn readahead_into_a_bad_page(local: bool) {
     let s = pager.stats();
     assert_eq!(s.failed_closed, 1, "{s:?}");
     assert!(s.readahead_retries >= 1, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -163,7 +162,7 @@ fn hung_fetches_never_starve_faults_on_healthy_pages() {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let hung: Vec<_> = (0..5)
         .map(|p| {
             let m = mem.clone();
@@ -197,8 +196,7 @@ fn hung_fetches_never_starve_faults_on_healthy_pages() {
     let (lock, cv) = &*released;
     *lock.lock().unwrap() = true;
     cv.notify_all();
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 /// A balloon thread discards pages through a shared reference while another thread reads the
@@ -218,7 +216,7 @@ fn a_balloon_thread_discards_through_a_shared_reference() {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let balloon = {
         let mem = mem.clone();
         std::thread::spawn(move || {
@@ -249,8 +247,7 @@ fn a_balloon_thread_discards_through_a_shared_reference() {
         }
     }
     assert!(pager.stats().removes > 0);
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 /// `Uffd::copy` while a `REMOVE` event sits unread returns at once with the copy deferred

@@ -12,7 +12,7 @@ use squib_host::{
     PagerConfig, PrewarmList, spawn_server,
 };
 
-use crate::support::{eventually, ps, snapshot, temp_dir, uffd_or_skip, within};
+use crate::support::{Served, eventually, ps, snapshot, temp_dir, uffd_or_skip, within};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -133,7 +133,7 @@ fn sparse_snapshot_files_serve_holes_as_zero_pages() {
     );
     let pager = Pager::new(source, quiet());
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     let mismatch = within(LIMIT, "reading the sparse snapshot", move || {
         first_mismatch(&m, &expected)
@@ -143,9 +143,7 @@ fn sparse_snapshot_files_serve_holes_as_zero_pages() {
     // Pages in holes are never read from the file.
     assert!(s.zero_pages >= (pages - 32) as u64 * 7 / 10, "{s:?}");
     assert!(s.fetches <= 64, "holes must not be fetched: {s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -157,7 +155,7 @@ fn removed_pages_read_as_zeros_on_the_next_touch() {
     let data = snapshot(pages);
     let pager = Pager::new(MemorySource::new(data.clone()), quiet());
     let mut mem = pager.map_lazy(pages * ps(), 0).unwrap();
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let (mem, data) = within(LIMIT, "remove then touch", move || {
         assert_eq!(mem.as_slice()[3 * ps() + 5], data[3 * ps() + 5]);
         assert_eq!(mem.as_slice()[4 * ps() + 5], data[4 * ps() + 5]);
@@ -178,8 +176,7 @@ fn removed_pages_read_as_zeros_on_the_next_touch() {
     assert_eq!(mem.as_slice()[7 * ps()..8 * ps()], data[7 * ps()..8 * ps()]);
     let s = pager.stats();
     assert!(s.removes >= 1, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -197,7 +194,7 @@ fn background_population_fills_untouched_memory_in_growing_chunks() {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     eventually(LIMIT, "background population", || {
         pager.stats().background_pages == pages as u64
     });
@@ -213,8 +210,7 @@ fn background_population_fills_untouched_memory_in_growing_chunks() {
     );
     // 64 KiB doubling to 4 MiB covers 16 MiB in far fewer fetches than pages.
     assert!(s.fetches < 20, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -226,7 +222,7 @@ fn sequential_faults_trigger_readahead() {
     let data = snapshot(pages);
     let pager = Pager::new(MemorySource::new(data.clone()), quiet());
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     let mismatch = within(LIMIT, "sequential walk", move || {
         (0..pages).find(|&p| m.as_slice()[p * ps()] != data[p * ps()])
@@ -239,8 +235,7 @@ fn sequential_faults_trigger_readahead() {
         "readahead must absorb most faults: {s:?}"
     );
     assert_eq!(s.readahead_pages + s.faults, pages as u64, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -261,7 +256,7 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
     // First run: record.
     let pager = Pager::new(MemorySource::new(data.clone()), no_readahead.clone());
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let (m, t, d) = (mem.clone(), touched.clone(), data.clone());
     within(LIMIT, "first run", move || {
         for p in t {
@@ -272,8 +267,7 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
     let expected: Vec<u64> = touched.iter().map(|&p| (p * ps()) as u64).collect();
     assert_eq!(ws.offsets(), &expected[..]);
     ws.save(&ws_path).unwrap();
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
     drop(mem);
 
     // Second run: replay; the same touches take no fault.
@@ -285,7 +279,7 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     eventually(LIMIT, "prewarm", || {
         pager.stats().prewarmed == touched.len() as u64
     });
@@ -300,9 +294,7 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
     });
     let s = pager.stats();
     assert_eq!(s.faults, 0, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    pager.finish();
 }
 
 /// A slow source: page 0 takes 1.5 s, every other page is immediate.
@@ -347,7 +339,7 @@ fn a_slow_fetch_does_not_hold_up_faults_on_other_pages() {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let slow: Vec<_> = (0..3)
         .map(|_| {
             let m = mem.clone();
@@ -377,8 +369,7 @@ fn a_slow_fetch_does_not_hold_up_faults_on_other_pages() {
         1,
         "page 0 fetched twice at once"
     );
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -389,7 +380,7 @@ fn mappings_come_and_go_while_the_server_runs() {
     let pages = 256;
     let data = snapshot(2 * pages);
     let pager = Pager::new(MemorySource::new(data.clone()), quiet());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     // Made after the server started: it picks new regions up.
     let first = pager.map_lazy(pages * ps(), 0).unwrap();
     let second = Arc::new(pager.map_lazy(pages * ps(), (pages * ps()) as u64).unwrap());
@@ -411,8 +402,7 @@ fn mappings_come_and_go_while_the_server_runs() {
             assert_eq!(m.as_slice(), &d[pages * ps()..]);
         },
     );
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 #[test]
@@ -425,7 +415,7 @@ fn serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake()
     let data = snapshot(pages);
     let pager = Pager::new(MemorySource::new(data.clone()), quiet());
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let base = mem.as_ptr() as u64;
     // Installed by the caller before anyone touches it: the touch takes no fault.
     let bytes = pager.serve_fault(base + 5 * ps() as u64, 1).unwrap();
@@ -448,8 +438,7 @@ fn serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake()
     // The page is present now: installing it again is answered with EEXIST and a wake-up.
     pager.serve_fault(base + 7 * ps() as u64, 1).unwrap();
     assert_eq!(pager.stats().eexist, 1);
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 /// A snapshot of `pages` 2 MiB pages; pages 2 and 5 are all zeros.
@@ -485,7 +474,7 @@ fn huge_pages_are_served_whole_with_zero_pages_copied_from_zeros() {
     let mut mem = pager.map_lazy_huge(pages * hp, 0).unwrap();
     assert_eq!(mem.page_size(), hp);
     assert_eq!(pager.regions()[0].page_size, hp);
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let (mem, data) = within(LIMIT, "huge page faults", move || {
         // Two threads touch every page in opposite orders, at offsets inside the pages.
         std::thread::scope(|s| {
@@ -518,8 +507,7 @@ fn huge_pages_are_served_whole_with_zero_pages_copied_from_zeros() {
     assert_eq!(s.bytes_served, (pages as u64 + 1) * hp as u64, "{s:?}");
     assert_eq!(s.source_errors + s.failed_closed, 0, "{s:?}");
     assert!(s.removes >= 1, "{s:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
     drop((mem, data));
     drop(reservation);
 }
@@ -543,7 +531,7 @@ fn installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes() {
             ..quiet()
         },
     );
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let started = Instant::now();
     let mut rounds = 0;
     while pager.stats().eagain_retries == 0 && started.elapsed() < Duration::from_secs(20) {
@@ -588,6 +576,5 @@ fn installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes() {
         "{test}: {} EAGAIN retries in {rounds} round(s)",
         s.eagain_retries
     );
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use squib_host::{
     MemorySource, PageRequest, PageServerAddr, PageServerConfig, PageServerSource, PageSource,
-    PageSourceError, Pager, PagerConfig, serve_pages, spawn_server,
+    PageSourceError, Pager, PagerConfig, serve_pages,
 };
 
 use crate::edges::poison_or_skip;
-use crate::support::{kernel_read, ps, snapshot, temp_dir, within};
+use crate::support::{Served, kernel_read, ps, snapshot, temp_dir, within};
 
 /// Closes one connection from the server's side.
 type Closer = Box<dyn Fn() + Send>;
@@ -133,7 +133,7 @@ fn a_page_server_over_tcp_serves_faults_byte_for_byte() {
             .with_len(data.len() as u64);
     let pager = pager_over(source, true);
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     let bad = within(Duration::from_secs(30), "tcp reads", move || {
         (0..pages)
@@ -144,8 +144,7 @@ fn a_page_server_over_tcp_serves_faults_byte_for_byte() {
             .count()
     });
     assert_eq!(bad, 0, "pages read wrong over TCP");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
+    pager.finish();
 }
 
 /// A source that takes 1 ms per 16 KiB asked for, as a page server behind a link of 16 MB/s
@@ -185,7 +184,7 @@ fn demand_median_us(background: bool) -> (u64, u64) {
         },
     );
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     within(Duration::from_secs(60), "demand reads", move || {
         let mut x = 0x9E37_79B9u64;
@@ -200,9 +199,7 @@ fn demand_median_us(background: bool) -> (u64, u64) {
         }
     });
     let s = pager.stats();
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    pager.finish();
     (s.latency.quantile_upper_us(0.5).unwrap_or(0), s.faults)
 }
 
@@ -264,7 +261,7 @@ fn a_stalled_request_times_out_and_its_lane_reconnects() {
     .with_len(data.len() as u64);
     let pager = pager_over(source, false);
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let m = mem.clone();
     let (got, took) = within(Duration::from_secs(30), "stalled read", move || {
         let t0 = Instant::now();
@@ -276,9 +273,7 @@ fn a_stalled_request_times_out_and_its_lane_reconnects() {
         got.map(|_| ())
     );
     assert!(took < Duration::from_secs(2), "served only after {took:?}");
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    pager.finish();
 }
 
 #[test]
@@ -299,7 +294,7 @@ fn a_restarted_page_server_is_reconnected_to() {
     .with_len(data.len() as u64);
     let pager = pager_over(source, false);
     let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let server = spawn_server(&pager).unwrap();
+    let pager = Served::start(pager);
     let page = |p: usize| &data[p * ps()..(p + 1) * ps()];
     assert!(kernel_read(&mem, 1).ok().as_deref() == Some(page(1)));
     first.stop();
@@ -314,7 +309,5 @@ fn a_restarted_page_server_is_reconnected_to() {
         "page 40 after the server restarted: {:?}",
         got.map(|_| ())
     );
-    pager.request_shutdown();
-    server.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    pager.finish();
 }

@@ -41,7 +41,6 @@ proptest! {
         let list = PrewarmList::new(offsets);
         list.save(&path).unwrap();
         prop_assert_eq!(PrewarmList::load(&path).unwrap(), list);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

@@ -62,7 +62,6 @@ fn file_source_reads_at_the_offset_and_refuses_short_files() {
         .unwrap_err()
         .to_string();
     assert!(missing.contains("nope"), "{missing}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Shared helpers: snapshot contents, skip checks, deadline joins.
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
+
+use workspace_tests::support::TempDir;
 
 /// The host page size.
 pub(crate) fn ps() -> usize {
@@ -55,12 +56,9 @@ pub(crate) fn snapshot(pages: usize) -> Vec<u8> {
     v
 }
 
-/// A fresh temporary directory for one test.
-pub(crate) fn temp_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("squib-it-{}-{label}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh temporary directory for one test, removed when it is dropped.
+pub(crate) fn temp_dir(label: &str) -> TempDir {
+    TempDir::new(&format!("squib-it-{label}"))
 }
 
 /// Runs `f` on a thread and waits at most `limit` for it. A pager bug would leave a faulting
@@ -105,4 +103,59 @@ pub(crate) fn kernel_read(mem: &squib_host::LazyMapping, page: usize) -> std::io
     let mut out = Vec::with_capacity(ps());
     r.read_to_end(&mut out)?;
     Ok(out)
+}
+
+/// A pager with its userfaultfd server running on its own thread. It derefs to the [`Pager`];
+/// [`Served::finish`] stops the server and requires a clean exit, and dropping it (a test that
+/// panicked) still stops and joins the server, so no faulting thread is left asleep.
+///
+/// [`Pager`]: squib_host::Pager
+#[cfg(target_os = "linux")]
+pub(crate) struct Served {
+    pager: squib_host::Pager,
+    server: Option<thread::JoinHandle<Result<(), squib_host::ServeError>>>,
+}
+
+#[cfg(target_os = "linux")]
+impl Served {
+    /// Starts serving `pager`'s mappings (map them first).
+    pub(crate) fn start(pager: squib_host::Pager) -> Self {
+        let server = squib_host::spawn_server(&pager).expect("spawn the userfaultfd server");
+        Self {
+            pager,
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server and asserts that it ended without an error.
+    pub(crate) fn finish(mut self) {
+        if let Some(Err(e)) = self.stop() {
+            panic!("the server ended with an error: {e}");
+        }
+    }
+
+    fn stop(&mut self) -> Option<Result<(), squib_host::ServeError>> {
+        let server = self.server.take()?;
+        self.pager.request_shutdown();
+        Some(server.join().expect("the server thread panicked"))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl std::ops::Deref for Served {
+    type Target = squib_host::Pager;
+
+    fn deref(&self) -> &squib_host::Pager {
+        &self.pager
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pager.request_shutdown();
+            let _ = server.join();
+        }
+    }
 }

@@ -229,55 +229,6 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Whether the process a pidfd refers to still runs (not yet exited).
-pub(crate) fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
-    // SAFETY: signal 0 only checks existence and permission; the null siginfo is allowed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            0,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Sends `signal` to process group `pgid` (`kill(-pgid, signal)`). Errors are ignored: the
-/// group may have emptied since the caller looked.
-pub(crate) fn signal_process_group(pgid: u32, signal: i32) {
-    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
-        return;
-    };
-    if pgid <= 1 {
-        return; // never "every process" (-1) or the caller's own group (0)
-    }
-    // SAFETY: kill takes two integers and touches no memory.
-    unsafe { libc::kill(-pgid, signal) };
-}
-
-/// Sends `signal` to the process a pidfd refers to (`pidfd_send_signal(2)`, Linux 5.1): it
-/// cannot reach a process that merely inherited the pid.
-pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
-    // SAFETY: a null siginfo is allowed (the kernel fills in SI_USER); flags must be 0; the
-    // descriptor is open for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// Whether `SO_PASSCRED` is on for a socket.
 pub(crate) fn passcred_enabled(socket: BorrowedFd<'_>) -> io::Result<bool> {
     let mut on: libc::c_int = 0;
@@ -297,16 +248,6 @@ pub(crate) fn passcred_enabled(socket: BorrowedFd<'_>) -> io::Result<bool> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Whether a process with this pid exists (`kill(pid, 0)`; a zombie counts as existing).
-pub(crate) fn pid_exists(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: kill with signal 0 sends nothing and touches no memory.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// The real, effective, saved and filesystem uids of process `pid`, from `/proc/<pid>/status`.
@@ -360,9 +301,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_process_is_alive_with_a_start_time_and_our_uids() {
+    fn own_process_has_a_start_time_our_uids_and_a_live_pidfd() {
         let me = std::process::id();
-        assert!(pid_exists(me));
         let (start, state) = process_start(me).expect("stat");
         assert!(start > 0);
         assert!(matches!(state, b'R' | b'S'), "{}", state as char);
@@ -370,7 +310,6 @@ mod tests {
         // SAFETY: getuid cannot fail and touches no memory.
         assert_eq!(uids[0], unsafe { libc::getuid() });
         let pidfd = pidfd_open(me).expect("pidfd_open");
-        assert!(pidfd_alive(pidfd.as_fd()));
-        assert!(!pid_exists(u32::MAX));
+        assert!(platform_primitives::process::pidfd_alive(pidfd.as_fd()));
     }
 }

@@ -9,19 +9,19 @@ use varta_watch::{Observer, ObserverConfig};
 use crate::support::TempDir;
 
 fn config(dir: &TempDir) -> ObserverConfig {
-    ObserverConfig::new(dir.path("observer.sock"))
+    ObserverConfig::new(dir.join("observer.sock"))
 }
 
 #[test]
 fn clean_bind_has_mode_0600_and_drop_unlinks() {
     let dir = TempDir::new("clean");
     let obs = Observer::bind(config(&dir)).expect("bind");
-    let meta = std::fs::metadata(dir.path("observer.sock")).expect("meta");
+    let meta = std::fs::metadata(dir.join("observer.sock")).expect("meta");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert!(obs.owns_path());
     drop(obs);
-    assert!(!dir.path("observer.sock").exists());
+    assert!(!dir.join("observer.sock").exists());
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn second_observer_is_refused_while_the_first_lives() {
 #[test]
 fn stale_socket_is_replaced_and_regular_file_kept() {
     let dir = TempDir::new("stale");
-    let path = dir.path("observer.sock");
+    let path = dir.join("observer.sock");
     drop(UnixDatagram::bind(&path).expect("stale"));
     let old = std::fs::metadata(&path).expect("meta").ino();
     let obs = Observer::bind(config(&dir)).expect("bind over stale");
@@ -60,7 +60,7 @@ fn stale_socket_is_replaced_and_regular_file_kept() {
 #[test]
 fn drop_spares_a_newer_observers_socket() {
     let dir = TempDir::new("foreign");
-    let path = dir.path("observer.sock");
+    let path = dir.join("observer.sock");
     let a = Observer::bind(config(&dir)).expect("a");
     std::fs::remove_file(&path).expect("remove");
     let b = Observer::bind(config(&dir)).expect("b");

@@ -67,7 +67,7 @@ fn real_systemd_notify_is_watched_and_never_waits() {
         &dir,
         &[
             "--control",
-            dir.path("control.sock").to_str().expect("utf8"),
+            dir.join("control.sock").to_str().expect("utf8"),
         ],
     );
     let started = Instant::now();
@@ -87,7 +87,7 @@ fn real_systemd_notify_is_watched_and_never_waits() {
 
     let out = Command::new(BIN)
         .args(["status", "--control"])
-        .arg(dir.path("control.sock"))
+        .arg(dir.join("control.sock"))
         .output()
         .expect("varta-watch status");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -154,7 +154,7 @@ fn terminal_frame_is_critical() {
 #[test]
 fn bad_input_is_counted_and_leaks_nothing() {
     let dir = TempDir::new("bad");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let d = Daemon::start(
         &dir,
         &[
@@ -310,7 +310,7 @@ fn metrics_are_served_over_loopback_http() {
 #[test]
 fn sigterm_stops_cleanly_and_removes_the_sockets() {
     let dir = TempDir::new("term");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let mut d = Daemon::start(&dir, &["--control", control.to_str().expect("utf8")]);
     assert!(control.exists());
     d.signal(libc::SIGTERM);
@@ -324,17 +324,17 @@ fn sigterm_stops_cleanly_and_removes_the_sockets() {
 #[test]
 fn daemon_notifies_its_own_supervisor() {
     let dir = TempDir::new("selfnotify");
-    let supervisor_path = dir.path("supervisor.sock");
+    let supervisor_path = dir.join("supervisor.sock");
     let supervisor = UnixDatagram::bind(&supervisor_path).expect("supervisor socket");
     supervisor
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket")
-        .arg(dir.path("observer.sock"))
+        .arg(dir.join("observer.sock"))
         .env("NOTIFY_SOCKET", &supervisor_path)
         .env("WATCHDOG_USEC", "200000");
-    let _d = Daemon::spawn(cmd, dir.path("observer.sock"));
+    let _d = Daemon::spawn(cmd, dir.join("observer.sock"));
     let mut buf = [0u8; 256];
     let n = supervisor.recv(&mut buf).expect("READY from the daemon");
     assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
@@ -353,8 +353,8 @@ fn socket_activation_serves_the_passed_socket() {
         );
     };
     let dir = TempDir::new("activate");
-    let path = dir.path("activated.sock");
-    let cmd = activated(&activate, &path, &dir.path("unused.sock"), Stdio::null());
+    let path = dir.join("activated.sock");
+    let cmd = activated(&activate, &path, &dir.join("unused.sock"), Stdio::null());
     let mut d = Daemon::spawn(cmd, path.clone());
     // systemd-socket-activate starts the daemon on the first datagram.
     let mut agent = beacon(&path, &["--interval", "20ms"]);
@@ -363,7 +363,7 @@ fn socket_activation_serves_the_passed_socket() {
     agent.kill().expect("kill");
     agent.wait().expect("reap");
     assert!(
-        !dir.path("unused.sock").exists(),
+        !dir.join("unused.sock").exists(),
         "an activated daemon binds nothing itself"
     );
 }
@@ -372,7 +372,7 @@ fn socket_activation_serves_the_passed_socket() {
 #[test]
 fn stall_hook_receives_the_agents_pidfd() {
     let dir = TempDir::new("hook");
-    let out = dir.path("hook.out");
+    let out = dir.join("hook.out");
     let hook = format!(
         "echo \"$VARTA_EVENT $VARTA_PID $VARTA_SILENT_MS $VARTA_PIDFD $(grep '^Pid:' /proc/self/fdinfo/3 | tr -d '\\t ')\" > {}",
         out.display()
@@ -432,7 +432,7 @@ fn notify_agents_are_the_kernel_attested_pid() {
 #[test]
 fn global_rate_limit_drops_floods_but_not_critical_frames() {
     let dir = TempDir::new("global");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let mut d = Daemon::start(
         &dir,
         &[
@@ -471,7 +471,7 @@ fn global_rate_limit_drops_floods_but_not_critical_frames() {
 #[test]
 fn diagnostics_are_logged_at_the_chosen_level() {
     let dir = TempDir::new("logs");
-    let socket = dir.path("observer.sock");
+    let socket = dir.join("observer.sock");
     let child = Command::new(BIN)
         .arg("--socket")
         .arg(&socket)
@@ -520,7 +520,7 @@ fn diagnostics_are_logged_at_the_chosen_level() {
 fn events_file_socket_mode_and_boottime_clock() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("eventsfile");
-    let events = dir.path("events.jsonl");
+    let events = dir.join("events.jsonl");
     let d = Daemon::start(
         &dir,
         &[

@@ -24,9 +24,9 @@ const WAIT: Duration = Duration::from_secs(10);
 fn every_exit_is_reported_when_pidfds_run_out() {
     const AGENTS: usize = 120;
     let dir = TempDir::new("nofile");
-    let control = dir.path("control.sock");
-    let stderr_path = dir.path("stderr.log");
-    let socket = dir.path("observer.sock");
+    let control = dir.join("control.sock");
+    let stderr_path = dir.join("stderr.log");
+    let socket = dir.join("observer.sock");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket")
         .arg(&socket)
@@ -66,7 +66,7 @@ fn every_exit_is_reported_when_pidfds_run_out() {
 #[test]
 fn soft_descriptor_limit_is_raised_to_the_hard_limit() {
     let dir = TempDir::new("rlimit");
-    let socket = dir.path("observer.sock");
+    let socket = dir.join("observer.sock");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket").arg(&socket);
     limit_fds(&mut cmd, 64, 4096);
@@ -93,7 +93,7 @@ fn unprivileged_systemd_notify_pid_tracks_the_shell() {
         return skip("MAINPID", "switching to uid 65534 needs root");
     }
     let dir = TempDir::new("mainpid");
-    std::fs::set_permissions(dir.path("."), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(dir.join("."), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut d = Daemon::start(
         &dir,
         &["--socket-mode", "666", "--threshold", "60s", "--log-beats"],
@@ -170,7 +170,7 @@ fn unprivileged_systemd_notify_pid_tracks_the_shell() {
 fn idle_clients_never_delay_a_scrape_or_a_status() {
     let addr = free_loopback_addr();
     let dir = TempDir::new("idle");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let _d = Daemon::start(
         &dir,
         &[
@@ -214,7 +214,7 @@ fn idle_clients_never_delay_a_scrape_or_a_status() {
 #[test]
 fn impossible_flag_values_are_refused_by_name() {
     let dir = TempDir::new("flags");
-    let socket = dir.path("observer.sock");
+    let socket = dir.join("observer.sock");
     let cases: &[(&[&str], &str)] = &[
         (&["--threshold", "0s"], "--threshold"),
         (&["--threshold", "0ms"], "--threshold"),
@@ -275,9 +275,9 @@ fn version_is_the_crate_version() {
 #[test]
 fn events_file_write_errors_are_counted_not_fatal() {
     let dir = TempDir::new("devfull");
-    let control = dir.path("control.sock");
-    let socket = dir.path("observer.sock");
-    let stderr_path = dir.path("stderr.log");
+    let control = dir.join("control.sock");
+    let socket = dir.join("observer.sock");
+    let stderr_path = dir.join("stderr.log");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket")
         .arg(&socket)
@@ -334,7 +334,7 @@ fn events_file_write_errors_are_counted_not_fatal() {
 fn decode_error_events_are_rate_limited_with_counts() {
     const SENT: u64 = 3000;
     let dir = TempDir::new("decodeflood");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let mut d = Daemon::start(
         &dir,
         &[
@@ -389,13 +389,13 @@ fn decode_error_events_are_rate_limited_with_counts() {
 fn missing_socket_directory_is_created_with_a_safe_mode() {
     for (mode, dir_mode) in [("600", 0o700), ("666", 0o755)] {
         let dir = TempDir::new("mkdir");
-        let socket = dir.path("run/varta-watch/observer.sock");
+        let socket = dir.join("run/varta-watch/observer.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("--socket")
             .arg(&socket)
             .args(["--socket-mode", mode]);
         let _d = Daemon::spawn(cmd, socket.clone());
-        for created in [dir.path("run/varta-watch"), dir.path("run")] {
+        for created in [dir.join("run/varta-watch"), dir.join("run")] {
             let got = std::fs::metadata(&created)
                 .expect("created")
                 .permissions()
@@ -415,8 +415,8 @@ fn missing_socket_directory_is_created_with_a_safe_mode() {
 #[test]
 fn uncreatable_socket_directory_is_a_clear_error() {
     let dir = TempDir::new("nodir");
-    std::fs::write(dir.path("file"), b"not a directory").expect("file");
-    let socket = dir.path("file/sub/observer.sock");
+    std::fs::write(dir.join("file"), b"not a directory").expect("file");
+    let socket = dir.join("file/sub/observer.sock");
     let out = output_within(
         Command::new(BIN).arg("--socket").arg(&socket),
         Duration::from_secs(5),
@@ -424,7 +424,7 @@ fn uncreatable_socket_directory_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains(&dir.path("file/sub").display().to_string()),
+        err.contains(&dir.join("file/sub").display().to_string()),
         "names the directory: {err}"
     );
     assert!(err.contains("Not a directory"), "gives the OS cause: {err}");
@@ -443,10 +443,10 @@ fn activated_socket_without_passcred_is_warned_about() {
         );
     };
     let dir = TempDir::new("passcred");
-    let path = dir.path("activated.sock");
-    let log = dir.path("stderr.log");
+    let path = dir.join("activated.sock");
+    let log = dir.join("stderr.log");
     let stderr = std::fs::File::create(&log).expect("stderr file");
-    let cmd = activated(&activate, &path, &dir.path("unused.sock"), stderr.into());
+    let cmd = activated(&activate, &path, &dir.join("unused.sock"), stderr.into());
     let mut d = Daemon::spawn(cmd, path.clone());
     let mut agent = Children(vec![beacon(&path, &["--interval", "20ms"])]);
     let pid = agent.0[0].id();

@@ -16,13 +16,13 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts a daemon whose stderr (the log) goes to `<dir>/stderr.log`.
 fn daemon_with_log(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-    let socket = dir.path("observer.sock");
+    let socket = dir.join("observer.sock");
     let mut cmd = Command::new(BIN);
     cmd.arg("--socket")
         .arg(&socket)
         .args(args)
         .envs(env.iter().copied())
-        .stderr(std::fs::File::create(dir.path("stderr.log")).expect("stderr file"));
+        .stderr(std::fs::File::create(dir.join("stderr.log")).expect("stderr file"));
     let d = Daemon::spawn(cmd, socket);
     if let Some(i) = args.iter().position(|a| *a == "--control") {
         wait_for_file(Path::new(args[i + 1]), WAIT);
@@ -56,7 +56,7 @@ fn hook_output_goes_to_the_log_not_the_event_stream() {
     let mut d = daemon_with_log(&dir, &["--on-exit", hook], &[]);
     let pids = register_and_kill(&mut d, 1, "200ms");
     let pid = *pids.iter().next().expect("one agent");
-    let log = dir.path("stderr.log");
+    let log = dir.join("stderr.log");
     let text = read_until(&log, WAIT, |t| {
         t.contains(&format!("HOOK-STDOUT-{pid}")) && t.contains(&format!("HOOK-STDERR-{pid}"))
     });
@@ -78,12 +78,12 @@ fn hooks_never_exceed_the_concurrency_cap() {
     const AGENTS: usize = 150;
     const CAP: usize = 4;
     let dir = TempDir::new("hookcap");
-    let record = dir.path("record");
+    let record = dir.join("record");
     let hook = format!(
         "echo \"start $(date +%s%N)\" >> {r}; sleep 0.05; echo \"stop $(date +%s%N)\" >> {r}",
         r = record.display()
     );
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let mut d = daemon_with_log(
         &dir,
         &[
@@ -135,7 +135,7 @@ fn hooks_never_exceed_the_concurrency_cap() {
 fn hook_queue_overflow_is_counted_and_warned() {
     const AGENTS: usize = 8;
     let dir = TempDir::new("hookqueue");
-    let control = dir.path("control.sock");
+    let control = dir.join("control.sock");
     let mut d = daemon_with_log(
         &dir,
         &[
@@ -164,7 +164,7 @@ fn hook_queue_overflow_is_counted_and_warned() {
     };
     let dropped = field(&snapshot, "hooks_dropped").expect("hooks_dropped");
     assert!(dropped >= 3, "1 running + 2 queued of {AGENTS}: {snapshot}");
-    let log = std::fs::read_to_string(dir.path("stderr.log")).expect("log");
+    let log = std::fs::read_to_string(dir.join("stderr.log")).expect("log");
     assert!(
         log.lines()
             .any(|l| l.contains("WARN") && l.contains("hook queue")),
@@ -177,8 +177,8 @@ fn hook_queue_overflow_is_counted_and_warned() {
 #[test]
 fn hook_past_its_timeout_is_killed_with_its_process_group() {
     let dir = TempDir::new("hooktimeout");
-    let pidfile = dir.path("sleeper.pid");
-    let control = dir.path("control.sock");
+    let pidfile = dir.join("sleeper.pid");
+    let control = dir.join("control.sock");
     let hook = format!("sleep 1000 & echo $! > {}; wait", pidfile.display());
     let mut d = daemon_with_log(
         &dir,
@@ -216,7 +216,7 @@ fn hook_past_its_timeout_is_killed_with_its_process_group() {
     let snapshot = status(&control);
     assert_eq!(field(&snapshot, "hooks_timed_out"), Some(1), "{snapshot}");
     assert_eq!(field(&snapshot, "hooks_running"), Some(0), "{snapshot}");
-    let log = std::fs::read_to_string(dir.path("stderr.log")).expect("log");
+    let log = std::fs::read_to_string(dir.join("stderr.log")).expect("log");
     assert!(
         log.contains("--hook-timeout"),
         "the warning names the flag: {log}"
@@ -228,7 +228,7 @@ fn hook_past_its_timeout_is_killed_with_its_process_group() {
 #[test]
 fn hook_environment_is_minimal() {
     let dir = TempDir::new("hookenv");
-    let out = dir.path("env.out");
+    let out = dir.join("env.out");
     let hook = format!("env > {out}.tmp && mv {out}.tmp {out}", out = out.display());
     let mut d = daemon_with_log(
         &dir,
@@ -269,8 +269,8 @@ fn hook_environment_is_minimal() {
 #[test]
 fn repeated_events_of_one_agent_are_debounced() {
     let dir = TempDir::new("hookdebounce");
-    let out = dir.path("runs");
-    let control = dir.path("control.sock");
+    let out = dir.join("runs");
+    let control = dir.join("control.sock");
     let hook = format!("echo $VARTA_PID >> {}", out.display());
     let mut d = daemon_with_log(
         &dir,

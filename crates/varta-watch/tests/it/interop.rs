@@ -93,7 +93,7 @@ for line in sys.stdin:
     print(theirs, int(f.status), f.pid, f.timestamp, f.nonce, f.payload)
 "#;
     let dir = TempDir::new("interop");
-    let input_path = dir.path("frames.txt");
+    let input_path = dir.join("frames.txt");
     std::fs::write(&input_path, input).expect("write frames");
     let out = Command::new(&python)
         .args(["-c", script])

@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `varta-watch` under another name (its `comm`), via a symlink in `dir`.
 fn renamed_binary(dir: &TempDir, name: &str) -> PathBuf {
-    let link = dir.path(name);
+    let link = dir.join(name);
     std::os::unix::fs::symlink(BIN, &link).expect("symlink");
     link
 }
@@ -44,8 +44,8 @@ fn agent(program: &Path, socket: &Path, interval: &str) -> Child {
 fn stalled_agents_get_their_services_signal_within_the_flap_limit() {
     let dir = TempDir::new("svcsignal");
     let program = renamed_binary(&dir, "vw-usr1-agent");
-    let hook_out = dir.path("hook.out");
-    let config = dir.path("varta-watch.toml");
+    let hook_out = dir.join("hook.out");
+    let config = dir.join("varta-watch.toml");
     std::fs::write(
         &config,
         format!(
@@ -175,7 +175,7 @@ on_stall = "echo $VARTA_SERVICE $VARTA_COMM >> {}"
 #[test]
 fn config_errors_name_the_file_and_the_key() {
     let dir = TempDir::new("svcconfig");
-    let socket = dir.path("observer.sock");
+    let socket = dir.join("observer.sock");
     let cases: &[(&str, &str)] = &[
         (
             "[[service]]\nname = \"a\"\ncommand = \"x\"\nthresold = \"1s\"\n",
@@ -203,7 +203,7 @@ fn config_errors_name_the_file_and_the_key() {
         ("frobnicate = 1\n", "frobnicate"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
-        let config = dir.path(&format!("bad-{i}.toml"));
+        let config = dir.join(format!("bad-{i}.toml"));
         std::fs::write(&config, text).expect("config");
         let out = output_within(
             Command::new(BIN)
@@ -222,7 +222,7 @@ fn config_errors_name_the_file_and_the_key() {
         assert!(err.contains(key), "{text:?}: names {key}: {err}");
         assert!(!socket.exists(), "{text:?} bound the socket");
     }
-    let missing = dir.path("missing.toml");
+    let missing = dir.join("missing.toml");
     let out = output_within(
         Command::new(BIN)
             .arg("--socket")

@@ -3,35 +3,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_varta-watch");
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh directory, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(label: &str) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vw-it-{}-{label}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        Self(dir)
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) use workspace_tests::support::{TempDir, is_root, skip, which};
 
 /// The daemon as a child process, its stdout events delivered line by line.
 pub(crate) struct Daemon {
@@ -44,7 +21,7 @@ pub(crate) struct Daemon {
 impl Daemon {
     /// Starts `varta-watch --socket <dir>/observer.sock <extra...>` and waits for the socket.
     pub(crate) fn start(dir: &TempDir, extra: &[&str]) -> Daemon {
-        let socket = dir.path("observer.sock");
+        let socket = dir.join("observer.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("--socket").arg(&socket).args(extra);
         let daemon = Self::spawn(cmd, socket);
@@ -187,27 +164,6 @@ pub(crate) fn beacon(socket: &Path, extra: &[&str]) -> Child {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn beacon")
-}
-
-pub(crate) fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
-pub(crate) fn skip(test: &str, why: &str) {
-    eprintln!("skip: {test}: {why}");
-}
-
-pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 impl Daemon {

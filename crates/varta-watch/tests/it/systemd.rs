@@ -64,13 +64,13 @@ fn unit_files_pass_systemd_analyze_verify() {
     let dir = TempDir::new("units");
     for name in ["varta-watch.service", "varta-watch.socket"] {
         let text = unit(name).replace(INSTALLED_BIN, BIN);
-        std::fs::write(dir.path(name), text).expect("copy unit");
+        std::fs::write(dir.join(name), text).expect("copy unit");
     }
     let out = output_within(
         Command::new(analyze)
             .arg("verify")
-            .arg(dir.path("varta-watch.socket"))
-            .arg(dir.path("varta-watch.service")),
+            .arg(dir.join("varta-watch.socket"))
+            .arg(dir.join("varta-watch.service")),
         Duration::from_secs(60),
     );
     let err = String::from_utf8_lossy(&out.stderr);

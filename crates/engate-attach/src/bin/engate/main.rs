@@ -23,6 +23,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use engate_attach::pty::PtySize;
+use platform_primitives::process;
 
 use crate::store::{Probe, Sessions};
 
@@ -284,7 +285,7 @@ fn list(sessions: &Sessions) -> Result<i32, Failure> {
             continue;
         };
         let info = session.read_info();
-        let server_alive = info.as_ref().is_some_and(|i| sys::alive(i.pid));
+        let server_alive = info.as_ref().is_some_and(|i| process::exists(i.pid));
         match session.probe() {
             Probe::Live => {}
             Probe::Stale | Probe::Absent if !server_alive => {
@@ -392,14 +393,14 @@ fn kill(sessions: &Sessions, name: &str) -> Result<i32, Failure> {
             session.info.display()
         )));
     };
-    if !sys::alive(info.pid) {
+    if !process::exists(info.pid) {
         session.remove_files();
         return Err(Failure::new(format!(
             "session {name} was not running (its server {} is gone); removed its files",
             info.pid
         )));
     }
-    sys::kill(info.pid, libc::SIGTERM).map_err(|e| {
+    process::signal(info.pid, libc::SIGTERM).map_err(|e| {
         Failure::from_io(
             format!("cannot stop session {name} (server pid {})", info.pid),
             &e,
@@ -408,9 +409,9 @@ fn kill(sessions: &Sessions, name: &str) -> Result<i32, Failure> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     // A server adopted by an init that does not reap stays a zombie that looks alive: its
     // files going away says it is done too.
-    while sys::alive(info.pid) && (session.socket.exists() || session.info.exists()) {
+    while process::exists(info.pid) && (session.socket.exists() || session.info.exists()) {
         if std::time::Instant::now() >= deadline {
-            let _ = sys::kill(info.pid, libc::SIGKILL);
+            let _ = process::signal(info.pid, libc::SIGKILL);
             session.remove_files();
             eprintln!("engate: session {name} did not stop within 5 s; killed its server");
             return Ok(0);

@@ -151,28 +151,6 @@ pub(crate) fn user_id() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// Sends `signal` to process `pid` (0: only checks that it exists and may be signalled).
-pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    if pid <= 0 {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    // SAFETY: kill takes plain integers and touches no memory.
-    if unsafe { libc::kill(pid, signal) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Whether process `pid` exists (signalling it may still be forbidden).
-pub(crate) fn alive(pid: u32) -> bool {
-    match kill(pid, 0) {
-        Ok(()) => true,
-        Err(e) => e.raw_os_error() == Some(libc::EPERM),
-    }
-}
-
 /// Waits until at least one of `fds` is readable (or hung up), or `timeout` passes (`None`:
 /// no limit). Returns, for each descriptor, whether it is ready.
 pub(crate) fn wait_readable<const N: usize>(

@@ -41,7 +41,7 @@ impl Response {
     pub(crate) fn text(status: u16, body: String) -> Self {
         Self {
             status,
-            content_type: "text/plain; version=0.0.4",
+            content_type: platform_primitives::prom::CONTENT_TYPE,
             body: body.into_bytes(),
         }
     }

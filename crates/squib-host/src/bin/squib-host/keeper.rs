@@ -6,6 +6,14 @@
 //! every session back; the VMMs' faults wait in their userfaultfds meanwhile (a userfaultfd
 //! with an open descriptor anywhere never resolves faults by itself). Sessions whose VMM has
 //! exited are dropped.
+//!
+//! Under systemd (`NOTIFY_SOCKET` set) every kept session's descriptors also go to the
+//! service's file-descriptor store (`FDSTORE=1`, named `s.<session>.<n>`; the unit sets
+//! `FileDescriptorStoreMax=`), and its description to `<state-dir>/kept/<session>.json`. If the
+//! keeper itself dies, systemd restarts the service and passes the stored descriptors back
+//! (`LISTEN_FDS`, `LISTEN_FDNAMES`): the new keeper rebuilds every session from them and its
+//! pager adopts them, so the VMs survive even that. An ended session is removed from the store
+//! (`FDSTOREREMOVE=1`).
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -15,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use platform_primitives::creds::pidfd_pid;
+use platform_primitives::notify::{SelfNotify, take_listen_fds};
 use platform_primitives::uds::{SocketPath, UdsBinder};
 use serde_json::{Value, json};
 
@@ -36,6 +45,95 @@ pub(crate) struct Keeper {
     /// Removes the API socket when the keeper ends.
     _api_path: SocketPath,
     kept: BTreeMap<String, Kept>,
+    /// The service manager's descriptor store, under systemd.
+    store: Option<FdStore>,
+}
+
+/// systemd's file-descriptor store for the kept sessions, and the descriptions beside it.
+struct FdStore {
+    notify: SelfNotify,
+    /// `<state-dir>/kept`: one `<session>.json` per stored session.
+    dir: PathBuf,
+}
+
+impl FdStore {
+    fn names(id: &str, count: usize) -> impl Iterator<Item = String> + '_ {
+        (0..count).map(move |n| format!("s.{id}.{n}"))
+    }
+
+    /// Stores a session's descriptors (one message each: a name covers every descriptor of
+    /// its message) after writing its description.
+    fn keep(&self, id: &str, kept: &Kept) {
+        let path = self.dir.join(format!("{id}.json"));
+        let aside = self.dir.join(format!(".{id}.json.new"));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&aside, kept.meta.to_string()))
+            .and_then(|()| std::fs::rename(&aside, &path));
+        if let Err(e) = written {
+            tracing::warn!(session = id, path = %path.display(), error = %e,
+                "cannot record the session for the descriptor store; it will not survive a keeper restart");
+            return;
+        }
+        for (name, fd) in Self::names(id, kept.fds.len()).zip(&kept.fds) {
+            let message = format!("FDSTORE=1\nFDNAME={name}");
+            if let Err(e) = self
+                .notify
+                .send_with_fds(&message, &[std::os::fd::AsFd::as_fd(fd)])
+            {
+                tracing::warn!(session = id, error = %e, "the descriptor store refused a descriptor");
+            }
+        }
+    }
+
+    fn forget(&self, id: &str, count: usize) {
+        for name in Self::names(id, count) {
+            let _ = self.notify.send(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{id}.json")));
+    }
+
+    /// The sessions in descriptors systemd passed back, with their recorded descriptions.
+    fn restore(&self, fds: Vec<(String, OwnedFd)>) -> BTreeMap<String, Kept> {
+        let mut by_session: BTreeMap<String, BTreeMap<usize, OwnedFd>> = BTreeMap::new();
+        for (name, fd) in fds {
+            let parsed = name
+                .strip_prefix("s.")
+                .and_then(|rest| rest.rsplit_once('.'))
+                .and_then(|(id, n)| Some((id.to_owned(), n.parse::<usize>().ok()?)));
+            match parsed {
+                Some((id, n)) => {
+                    by_session.entry(id).or_default().insert(n, fd);
+                }
+                None => tracing::warn!(name, "a stored descriptor that is not a session's; closed"),
+            }
+        }
+        let mut kept = BTreeMap::new();
+        for (id, fds) in by_session {
+            let path = self.dir.join(format!("{id}.json"));
+            let meta = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            let complete = fds.keys().copied().eq(0..fds.len()) && matches!(fds.len(), 1 | 3);
+            match meta {
+                Some(meta) if complete && meta["id"] == id.as_str() => {
+                    tracing::info!(session = id, "restored from the descriptor store");
+                    kept.insert(
+                        id,
+                        Kept {
+                            meta,
+                            fds: fds.into_values().collect(),
+                        },
+                    );
+                }
+                _ => {
+                    tracing::warn!(session = id, path = %path.display(),
+                        "stored descriptors without a usable description; dropped");
+                    self.forget(&id, fds.len());
+                }
+            }
+        }
+        kept
+    }
 }
 
 impl Keeper {
@@ -43,7 +141,24 @@ impl Keeper {
         binary: PathBuf,
         args: Vec<String>,
         api_path: &std::path::Path,
+        state_dir: &std::path::Path,
     ) -> Result<Self, String> {
+        // Taken first: nothing else may own descriptors 3.. when they are claimed.
+        let passed = take_listen_fds().map_err(|e| format!("cannot take LISTEN_FDS: {e}"))?;
+        let store = match SelfNotify::from_env().transpose() {
+            Ok(notify) => notify.map(|notify| FdStore {
+                notify,
+                dir: state_dir.join("kept"),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "NOTIFY_SOCKET is unusable; no descriptor store");
+                None
+            }
+        };
+        let kept = match &store {
+            Some(store) => store.restore(passed),
+            None => BTreeMap::new(),
+        };
         let bound = UdsBinder::new("squib-host")
             .bind_listener(api_path)
             .map_err(|e| format!("cannot bind the control API at {}: {e}", api_path.display()))?;
@@ -54,7 +169,8 @@ impl Keeper {
             args,
             api,
             _api_path: api_path,
-            kept: BTreeMap::new(),
+            kept,
+            store,
         })
     }
 
@@ -91,6 +207,10 @@ impl Keeper {
             // systemd's watchdog names the keeper (the main process); the pager is the one that
             // pings (NotifyAccess=all), so the interval is its own.
             .env_remove("WATCHDOG_PID")
+            // The descriptors systemd passed were the keeper's.
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES")
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
@@ -102,11 +222,16 @@ impl Keeper {
             &[std::os::fd::AsFd::as_fd(&self.api)],
         )?;
         // Sessions whose VMM is gone are not handed over (waiting ones have no VMM yet).
-        self.kept.retain(|_, k| {
-            k.meta["waiting"] == true
+        let store = &self.store;
+        self.kept.retain(|id, k| {
+            let live = k.meta["waiting"] == true
                 || k.fds
                     .get(1)
-                    .is_some_and(|p| matches!(pidfd_pid(p), Ok(Some(_))))
+                    .is_some_and(|p| matches!(pidfd_pid(p), Ok(Some(_))));
+            if !live && let Some(store) = store {
+                store.forget(id, k.fds.len());
+            }
+            live
         });
         for k in self.kept.values() {
             send(
@@ -150,12 +275,25 @@ impl Keeper {
             Some("keep") if matches!(msg.fds.len(), 1 | 3) => {
                 let meta = msg.body["session"].clone();
                 if let Some(id) = meta["id"].as_str() {
-                    self.kept.insert(id.to_owned(), Kept { meta, fds: msg.fds });
+                    let kept = Kept {
+                        meta: meta.clone(),
+                        fds: msg.fds,
+                    };
+                    if let Some(store) = &self.store {
+                        if let Some(old) = self.kept.get(id) {
+                            store.forget(id, old.fds.len());
+                        }
+                        store.keep(id, &kept);
+                    }
+                    self.kept.insert(id.to_owned(), kept);
                 }
             }
             Some("forget") => {
-                if let Some(id) = msg.body["id"].as_str() {
-                    self.kept.remove(id);
+                if let Some(id) = msg.body["id"].as_str()
+                    && let Some(old) = self.kept.remove(id)
+                    && let Some(store) = &self.store
+                {
+                    store.forget(id, old.fds.len());
                 }
             }
             Some("upgrade") => return true,

@@ -118,7 +118,7 @@ fn run(cmd: &str, args: &[String]) -> Result<(), String> {
             "--cache-mib".to_owned(),
             flags.cache_mib.to_string(),
         ];
-        return keeper::Keeper::bind(binary, pass, &api)?.run();
+        return keeper::Keeper::bind(binary, pass, &api, &flags.state_dir)?.run();
     }
     // The pager: its standard input is the keeper's end of the vault.
     let vault = std::io::stdin()

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use platform_primitives::creds::peer_credentials;
 use platform_primitives::notify::SelfNotify;
+use platform_primitives::prom::Exposition;
 use platform_primitives::uds::{SocketPath, UdsBinder};
 use serde_json::{Map, Value, json};
 use squib_host::firecracker::{
@@ -871,53 +872,49 @@ impl Pager {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::new();
+        let mut page = Exposition::new();
         let templates = self.templates.read().unwrap_or_else(|p| p.into_inner());
-        let counter = |out: &mut String, name: &str, help: &str, kind: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         type TemplateFigure = fn(&squib_host::CacheStats) -> u64;
-        let per_template: [(&str, &str, &str, TemplateFigure); 5] = [
+        let per_template: [(&str, &str, bool, TemplateFigure); 5] = [
             (
                 "squib_template_source_reads_total",
                 "Reads from the template's source.",
-                "counter",
+                true,
                 |s| s.source_reads,
             ),
             (
                 "squib_template_source_bytes_total",
                 "Bytes read from the template's source.",
-                "counter",
+                true,
                 |s| s.source_bytes,
             ),
             (
                 "squib_template_cache_hits_total",
                 "Block lookups served from the shared cache.",
-                "counter",
+                true,
                 |s| s.hits,
             ),
             (
                 "squib_template_cache_misses_total",
                 "Block lookups that read the source.",
-                "counter",
+                true,
                 |s| s.misses,
             ),
             (
                 "squib_template_cached_bytes",
                 "Bytes held in the shared cache.",
-                "gauge",
+                false,
                 |s| s.cached_bytes,
             ),
         ];
-        for (name, help, kind, get) in per_template {
-            counter(&mut out, name, help, kind);
+        for (name, help, is_counter, get) in per_template {
+            let mut family = if is_counter {
+                page.counter(name, help)
+            } else {
+                page.gauge(name, help)
+            };
             for t in templates.values() {
-                let _ = writeln!(
-                    out,
-                    "{name}{{template=\"{}\"}} {}",
-                    t.name,
-                    get(&t.source.stats())
-                );
+                family.sample(&[("template", &t.name)], get(&t.source.stats()));
             }
         }
         drop(templates);
@@ -951,53 +948,34 @@ impl Pager {
             ),
         ];
         for (name, help, get) in per_session {
-            counter(&mut out, name, help, "counter");
+            let mut family = page.counter(name, help);
             for (s, st) in &live {
-                let _ = writeln!(
-                    out,
-                    "{name}{{session=\"{}\",template=\"{}\"}} {}",
-                    s.id,
-                    s.template.name,
-                    get(st)
+                family.sample(
+                    &[("session", &s.id), ("template", &s.template.name)],
+                    get(st),
                 );
             }
         }
-        counter(
-            &mut out,
+        let mut latency = page.histogram(
             "squib_session_fault_latency_seconds",
             "Time from reading a fault to installing its page.",
-            "histogram",
         );
+        // Bucket i holds faults under 2^i µs; the last one is the overflow bucket.
+        let bounds: Vec<f64> = (0..squib_host::LATENCY_BUCKETS - 1)
+            .map(|i| (1u64 << i) as f64 / 1e6)
+            .collect();
         for (s, st) in &live {
-            let mut cumulative = 0;
-            for (i, n) in st.latency.buckets.iter().enumerate() {
-                cumulative += n;
-                let le = if i + 1 == st.latency.buckets.len() {
-                    "+Inf".to_owned()
-                } else {
-                    format!("{}", (1u64 << i) as f64 / 1e6)
-                };
-                let _ = writeln!(
-                    out,
-                    "squib_session_fault_latency_seconds_bucket{{session=\"{}\",le=\"{le}\"}} {cumulative}",
-                    s.id
-                );
-            }
-            let _ = writeln!(
-                out,
-                "squib_session_fault_latency_seconds_count{{session=\"{}\"}} {cumulative}",
-                s.id
-            );
+            latency.observe(&[("session", &s.id)], &bounds, &st.latency.buckets, None);
         }
-        counter(&mut out, "squib_sessions", "Sessions by state.", "gauge");
+        let mut by_state = page.gauge("squib_sessions", "Sessions by state.");
         for state in ["waiting", "serving", "ended"] {
             let n = sessions
                 .iter()
                 .filter(|s| s.state_name().starts_with(state))
                 .count();
-            let _ = writeln!(out, "squib_sessions{{state=\"{state}\"}} {n}");
+            by_state.sample(&[("state", &state)], n);
         }
-        out
+        page.into_string()
     }
 }
 

@@ -706,7 +706,8 @@ fn answer_metrics(mut stream: TcpStream, requests: &mpsc::Sender<Request>) {
     let response = if line.starts_with("GET /metrics ") {
         match ask(requests, Request::Metrics) {
             Some(body) => format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                platform_primitives::prom::CONTENT_TYPE,
                 body.len()
             ),
             None => {

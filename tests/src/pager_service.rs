@@ -1,28 +1,41 @@
-//! A running `squib-host serve` for the service tests and benches: start it, call its API,
-//! and kill it (keeper and pager) when done.
+//! A running `squib-host serve` (squib-host's pager service) for the suites that use it:
+//! start it, call its control API, and kill it (keeper and pager) when done.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use workspace_tests::firecracker::http;
+
+use crate::firecracker::http;
 
 /// A running service (the keeper and its pager); killed when dropped.
-pub(crate) struct Service {
+#[derive(Debug)]
+pub struct Service {
     keeper: Child,
-    pub(crate) api: PathBuf,
+    /// The control API's socket.
+    pub api: PathBuf,
 }
 
 impl Service {
-    /// Starts `binary serve` with its API and state under `root/name`.
-    pub(crate) fn start(binary: &str, root: &Path, name: &str) -> Result<Self, String> {
+    /// Starts `binary serve` with its API and state under `root/name` and waits (10 s at
+    /// most) until the API answers.
+    ///
+    /// # Errors
+    ///
+    /// The spawn failure, or an API that did not answer in time.
+    pub fn start(binary: impl AsRef<OsStr>, root: &Path, name: &str) -> Result<Self, String> {
         Self::start_with_env(binary, root, name, &[])
     }
 
     /// [`start`](Self::start) with extra environment variables.
-    pub(crate) fn start_with_env(
-        binary: &str,
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start).
+    pub fn start_with_env(
+        binary: impl AsRef<OsStr>,
         root: &Path,
         name: &str,
         env: &[(&str, &Path)],
@@ -46,8 +59,29 @@ impl Service {
         Ok(service)
     }
 
+    /// A service started by the caller (`keeper` runs `squib-host serve --api API …`), waited
+    /// for as [`start`](Self::start) does; killed when dropped.
+    ///
+    /// # Errors
+    ///
+    /// An API that did not answer within 10 s.
+    pub fn from_child(keeper: Child, api: PathBuf) -> Result<Self, String> {
+        let service = Self { keeper, api };
+        service.wait_up(Duration::from_secs(10))?;
+        Ok(service)
+    }
+
+    /// The keeper's (the main process's) pid.
+    pub fn keeper_pid(&self) -> u32 {
+        self.keeper.id()
+    }
+
     /// Waits until the API answers; returns the pager process's pid.
-    pub(crate) fn wait_up(&self, limit: Duration) -> Result<u32, String> {
+    ///
+    /// # Errors
+    ///
+    /// No answer within `limit`, or an answer without the pid.
+    pub fn wait_up(&self, limit: Duration) -> Result<u32, String> {
         let start = Instant::now();
         loop {
             if let Ok((200, body)) = self.call("GET", "/", "") {
@@ -64,16 +98,21 @@ impl Service {
         }
     }
 
-    pub(crate) fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> Result<(u16, String), String> {
+    /// One request to the control API: the status code and the body.
+    ///
+    /// # Errors
+    ///
+    /// Connection or protocol failures (10 s deadline).
+    pub fn call(&self, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
         http(&self.api, method, path, body, Duration::from_secs(10))
     }
 
-    pub(crate) fn ok(&self, method: &str, path: &str, body: &str) -> Result<Value, String> {
+    /// A request that must succeed (2xx): its JSON body (`Null` when empty).
+    ///
+    /// # Errors
+    ///
+    /// The failure, or the status and body of a refusal.
+    pub fn ok(&self, method: &str, path: &str, body: &str) -> Result<Value, String> {
         match self.call(method, path, body)? {
             (200..=299, text) if text.is_empty() => Ok(Value::Null),
             (200..=299, text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
