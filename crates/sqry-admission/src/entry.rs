@@ -33,6 +33,7 @@ use crate::sync::{Arc, Published};
 
 /// Where an entry is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[repr(u8)]
 pub enum EntryState {
     /// Registered, never loaded (or reset).
@@ -50,6 +51,16 @@ pub enum EntryState {
 }
 
 impl EntryState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::Unloaded,
+        Self::Loading,
+        Self::Loaded,
+        Self::Rebuilding,
+        Self::Failed,
+        Self::Evicted,
+    ];
+
     pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Unloaded,

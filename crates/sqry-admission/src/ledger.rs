@@ -41,6 +41,7 @@ use crate::sync::{
 ///
 /// Errors that refuse memory carry one, so a refusal always says where the budget went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LedgerSnapshot {
     /// The configured budget in bytes: `loaded + reserved + retained` never exceeds it.
     pub limit: u64,
@@ -101,6 +102,7 @@ impl fmt::Display for LedgerSnapshot {
 /// Why a version left the loaded tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum RetireCause {
     /// A newer version of the same key was published.
     Replaced,
@@ -114,6 +116,7 @@ pub enum RetireCause {
 
 /// Eviction counts by cause.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EvictionCounts {
     /// Evicted to admit a reservation.
     pub admission: u64,
@@ -129,6 +132,7 @@ pub struct EvictionCounts {
 /// tiers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Metrics {
     /// Reservations granted (immediately or after waiting).
     pub admitted: u64,

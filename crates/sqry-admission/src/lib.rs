@@ -78,6 +78,7 @@
 mod config;
 mod entry;
 mod error;
+mod export;
 mod failpoint;
 #[cfg(not(feature = "loom"))]
 mod flight;

@@ -11,6 +11,7 @@ use super::admission::ReserveRequest;
 
 /// A learned estimate multiplier for one class.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct ClassEstimate {
     /// The class.
     pub class: &'static str,

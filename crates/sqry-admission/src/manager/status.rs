@@ -17,6 +17,7 @@ use super::estimates::ClassEstimate;
 /// One entry in [`Status`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EntryStatus<K> {
     /// The key.
     pub key: K,
@@ -45,6 +46,7 @@ pub struct EntryStatus<K> {
 /// A point-in-time report of the manager.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Status<K> {
     /// This crate's version.
     pub version: &'static str,

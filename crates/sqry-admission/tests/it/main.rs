@@ -5,6 +5,7 @@
 mod admission;
 mod async_loading;
 mod contracts;
+mod export;
 mod ledger;
 mod loading;
 mod model;
