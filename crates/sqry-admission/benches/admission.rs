@@ -62,7 +62,7 @@ fn bench_paths(c: &mut Criterion) {
     let mut group = c.benchmark_group("admission");
 
     let m = manager(1 << 30);
-    m.register(1, false);
+    m.register(1);
     group.bench_function("reserve_publish_release", |b| {
         b.iter_custom(|iters| {
             let t = Instant::now();
@@ -76,7 +76,7 @@ fn bench_paths(c: &mut Criterion) {
     });
 
     for k in 0..64u64 {
-        m.register(k, false);
+        m.register(k);
         let r = m.reserve(&k, ReserveRequest::new(1024)).expect("fits");
         drop(m.publish(r, Index(1024)).expect("publish"));
     }
@@ -94,7 +94,7 @@ fn bench_paths(c: &mut Criterion) {
 
     let big = manager(10_000 * 1000);
     for k in 0..10_000u64 {
-        big.register(k, false);
+        big.register(k);
         let r = big.reserve(&k, ReserveRequest::new(1000)).expect("fits");
         drop(big.publish(r, Index(1000)).expect("publish"));
     }

@@ -12,7 +12,7 @@
 //! use sqry_admission::{AdmissionConfig, AdmissionManager, ReserveRequest};
 //!
 //! let m = AdmissionManager::<String, Vec<u8>>::new(AdmissionConfig::new(1000).audit_interval(None));
-//! m.register("repo".to_string(), false);
+//! m.register("repo".to_string());
 //! let r = m.reserve(&"repo".to_string(), ReserveRequest::new(600)).unwrap();
 //! let _v = m.publish(r, vec![0; 600]).unwrap();
 //! let text = m.status().prometheus();

@@ -50,8 +50,8 @@
 //! }
 //!
 //! let manager = AdmissionManager::<&str, Index>::new(AdmissionConfig::new(1000).audit_interval(None));
-//! manager.register("a", false);
-//! manager.register("b", false);
+//! manager.register("a");
+//! manager.register("b");
 //!
 //! // Reserve, build, publish: the reservation is trued up to the measured 600 bytes.
 //! let r = manager.reserve(&"a", ReserveRequest::new(700))?;

@@ -277,8 +277,30 @@ where
 
     // ----- entries -----
 
-    /// Registers `key` (unloaded). Returns `false` if it was already registered.
-    pub fn register(&self, key: K, pinned: bool) -> bool {
+    /// Registers `key`, unloaded; admission may evict it once it is loaded. Returns `false`
+    /// (and changes nothing) if it was already registered.
+    ///
+    /// ```
+    /// use sqry_admission::{AdmissionConfig, AdmissionManager};
+    ///
+    /// let m = AdmissionManager::<&str, Vec<u8>>::new(AdmissionConfig::new(1 << 20));
+    /// assert!(m.register("cache"));
+    /// assert!(m.register_pinned("always-needed"));
+    /// assert!(!m.register("cache"), "already registered");
+    /// assert!(m.status().entries.iter().any(|e| e.key == "always-needed" && e.pinned));
+    /// ```
+    pub fn register(&self, key: K) -> bool {
+        self.register_entry(key, false)
+    }
+
+    /// Registers `key`, unloaded and pinned: admission never evicts it (an explicit `unload`
+    /// still does; [`Self::set_pinned`] changes it later). Returns `false` (and changes
+    /// nothing) if it was already registered.
+    pub fn register_pinned(&self, key: K) -> bool {
+        self.register_entry(key, true)
+    }
+
+    fn register_entry(&self, key: K, pinned: bool) -> bool {
         let mut map = self.shared.entries.write();
         if map.contains_key(&key) {
             return false;

@@ -25,7 +25,7 @@ fn key(path: &str) -> String {
 
 /// Publishes a value of exactly `bytes` heap bytes for `k` (registered first).
 fn load(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
-    m.register(key(k), false);
+    m.register(key(k));
     let r = m
         .reserve(&key(k), ReserveRequest::new(bytes as u64))
         .expect("fits");
@@ -62,7 +62,7 @@ fn serve_reads_do_not_wait_for_writers() {
 fn reserve_rejects_cancelled_entry() {
     let m = manager();
     let k = key("/repos/cancelled");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     m.entry(&k)
         .expect("registered")
         .cancelled
@@ -195,7 +195,7 @@ fn get_or_load_honours_cancellation_left_before_the_gate() {
 fn classify_reports_not_ready_for_unloaded_and_loading() {
     let m = manager();
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let now = SystemTime::now();
     assert!(matches!(
         m.classify_for_serve(&k, now),

@@ -15,7 +15,7 @@ fn planning_counts_only_victims_no_reader_holds() {
     let m = manager(1_000);
     let held = load(&m, "a", 400);
     drop(load(&m, "b", 400));
-    m.register(key("c"), false);
+    m.register(key("c"));
     let plan = m.plan_eviction(500, Some(&key("c")));
     assert_eq!(plan.victims, vec![(key("b"), 400)], "a is held by a reader");
     assert!(plan.sufficient, "need 300, b frees 400");
@@ -31,7 +31,7 @@ fn admission_evicts_nothing_when_victims_would_not_suffice() {
     let m = manager(1_000);
     let held = load(&m, "a", 500);
     drop(load(&m, "b", 300));
-    m.register(key("c"), false);
+    m.register(key("c"));
     let plan = m.plan_eviction(800, Some(&key("c")));
     assert!(!plan.sufficient, "need 600, only b (300) is freeable");
     let err = m
@@ -56,7 +56,7 @@ fn admission_evicts_down_to_the_low_watermark() {
         thread::sleep(Duration::from_millis(1 + i as u64));
     }
     assert_eq!(m.ledger().snapshot().loaded, 1_000);
-    m.register(key("f"), false);
+    m.register(key("f"));
     let r = m
         .reserve(&key("f"), ReserveRequest::new(200))
         .expect("fits");
@@ -70,7 +70,7 @@ fn admission_evicts_down_to_the_low_watermark() {
     assert_eq!(m.ledger().metrics().evictions.admission, 3);
     drop(r);
     // The next admission fits without evicting again.
-    m.register(key("g"), false);
+    m.register(key("g"));
     let r = m
         .reserve(&key("g"), ReserveRequest::new(200))
         .expect("fits");
@@ -86,7 +86,7 @@ fn recently_read_entries_are_evicted_last() {
     drop(load(&m, "new", 400));
     thread::sleep(Duration::from_millis(2));
     drop(m.get(&key("old")).expect("loaded")); // a read refreshes recency, lock-free
-    m.register(key("x"), false);
+    m.register(key("x"));
     let r = m
         .reserve(&key("x"), ReserveRequest::new(300))
         .expect("fits");
@@ -99,8 +99,8 @@ fn recently_read_entries_are_evicted_last() {
 fn queued_request_is_admitted_when_bytes_are_released() {
     let m = manager(1_000);
     let (a, b) = (key("a"), key("b"));
-    m.register(a.clone(), false);
-    m.register(b.clone(), false);
+    m.register(a.clone());
+    m.register(b.clone());
     let first = m.reserve(&a, ReserveRequest::new(800)).expect("fits");
     let waiter = {
         let (m, b) = (m.clone(), b.clone());
@@ -134,7 +134,7 @@ fn queued_request_is_admitted_when_bytes_are_released() {
 #[test]
 fn queued_request_times_out_with_the_whole_ledger() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -162,7 +162,7 @@ fn queued_request_times_out_with_the_whole_ledger() {
 fn queue_is_fifo_and_fail_fast_requests_do_not_overtake_it() {
     let m = manager(1_000);
     for k in ["a", "w1", "w2", "late"] {
-        m.register(key(k), false);
+        m.register(key(k));
     }
     let first = m
         .reserve(&key("a"), ReserveRequest::new(1_000))
@@ -219,7 +219,7 @@ fn queue_is_fifo_and_fail_fast_requests_do_not_overtake_it() {
 fn waiting_request_evicts_a_victim_once_its_reader_lets_go() {
     let m = manager(1_000);
     let reader = load(&m, "a", 800);
-    m.register(key("b"), false);
+    m.register(key("b"));
     let waiter = {
         let m = m.clone();
         thread::spawn(move || {
@@ -246,7 +246,7 @@ fn waiting_request_evicts_a_victim_once_its_reader_lets_go() {
 fn reservation_grows_through_admission_and_shrinks() {
     let m = manager(1_000);
     drop(load(&m, "victim", 600));
-    m.register(key("k"), false);
+    m.register(key("k"));
     let mut r = m
         .reserve(&key("k"), ReserveRequest::new(300))
         .expect("fits");
@@ -265,7 +265,7 @@ fn reservation_grows_through_admission_and_shrinks() {
 #[test]
 fn rejections_and_evictions_are_counted_by_cause() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let _ = m.reserve(&key("k"), ReserveRequest::new(5_000));
     let hold = m
         .reserve(&key("k"), ReserveRequest::new(900))
@@ -292,8 +292,8 @@ fn rejections_and_evictions_are_counted_by_cause() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_waiter_is_admitted_after_a_release_without_blocking_the_runtime() {
     let m = manager(1_000);
-    m.register(key("a"), false);
-    m.register(key("b"), false);
+    m.register(key("a"));
+    m.register(key("b"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -318,7 +318,7 @@ async fn async_waiter_is_admitted_after_a_release_without_blocking_the_runtime()
 #[tokio::test(flavor = "current_thread")]
 async fn async_waiter_times_out_at_its_deadline() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -343,7 +343,7 @@ async fn async_waiter_times_out_at_its_deadline() {
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_an_async_waiter_leaves_the_queue() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -382,7 +382,7 @@ fn reserve_future_polled_after_completion_panics() {
     use std::task::{Context, Poll, Waker};
 
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let mut fut = Box::pin(m.reserve_async(&key("a"), ReserveRequest::new(100)));
     let mut cx = Context::from_waker(Waker::noop());
     let Poll::Ready(first) = fut.as_mut().poll(&mut cx) else {
@@ -427,7 +427,7 @@ fn planner_prefers_victims_without_a_build_in_flight() {
         })
     };
     started_rx.recv().expect("the rebuild started");
-    m.register(key("c"), false);
+    m.register(key("c"));
     let plan = m.plan_eviction(400, Some(&key("c")));
     assert_eq!(
         plan.victims.first().map(|(k, _)| k.as_str()),
@@ -491,7 +491,7 @@ fn small_requests_may_overtake_a_queued_large_one_within_a_bound() {
     ] {
         let m = crate::support::manager_with(config(1_000).queue_policy(policy));
         let held = load(&m, "held", 500);
-        m.register(key("large"), false);
+        m.register(key("large"));
         let mut large = Box::pin(m.reserve_async(
             &key("large"),
             ReserveRequest::new(600).wait_for(Duration::from_secs(30)),
@@ -501,7 +501,7 @@ fn small_requests_may_overtake_a_queued_large_one_within_a_bound() {
         let mut small = Vec::new();
         for i in 0..19 {
             let k = key(&format!("small-{i}"));
-            m.register(k.clone(), false);
+            m.register(k.clone());
             if let Ok(r) = m.reserve(&k, ReserveRequest::new(20)) {
                 small.push(r);
             }

@@ -20,7 +20,7 @@ use crate::support::{MIB, Manager, RecordingHook, blob, key, load, load_pinned, 
 fn reserve_succeeds_when_headroom_available() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(500_000)).expect("fits");
     assert_eq!(r.bytes(), 500_000);
     assert_eq!(m.ledger().snapshot().reserved, 500_000);
@@ -33,7 +33,7 @@ fn reserve_succeeds_when_headroom_available() {
 fn reserve_rejects_request_larger_than_the_budget() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let err = m
         .reserve(&k, ReserveRequest::new(10 * MIB))
         .expect_err("larger than the budget");
@@ -56,7 +56,7 @@ fn reserve_rejects_request_larger_than_the_budget() {
 fn reserve_rejects_when_running_total_would_exceed_budget() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let first = m.reserve(&k, ReserveRequest::new(600_000)).expect("fits");
     let err = m
         .reserve(&k, ReserveRequest::new(600_000))
@@ -154,7 +154,7 @@ fn retained_version_with_a_reader_survives_audits_until_dropped() {
 fn unconsumed_reservation_refunds_on_drop_and_on_panic() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(250_000)).expect("fits");
     assert_eq!(m.ledger().snapshot().reserved, 250_000);
     let outcome = catch_unwind(AssertUnwindSafe(move || {
@@ -170,7 +170,7 @@ fn unconsumed_reservation_refunds_on_drop_and_on_panic() {
 fn publish_drains_the_reservation_exactly_once() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(100_000)).expect("fits");
     let v = m.publish(r, Vec::new()).expect("publish");
     assert_eq!(m.ledger().snapshot().reserved, 0);
@@ -307,7 +307,7 @@ fn reserve_evicts_when_budget_is_tight() {
     let m = manager(MIB);
     drop(load(&m, "/repos/victim", 700_000));
     let new = key("/repos/new");
-    m.register(new.clone(), false);
+    m.register(new.clone());
     let r = m
         .reserve(&new, ReserveRequest::new(600_000))
         .expect("eviction frees headroom");
@@ -324,7 +324,7 @@ fn reserve_rejects_when_only_pinned_entries_remain() {
     let m = manager(MIB);
     drop(load_pinned(&m, "/repos/pinned", 900_000));
     let new = key("/repos/new");
-    m.register(new.clone(), false);
+    m.register(new.clone());
     let err = m
         .reserve(&new, ReserveRequest::new(600_000))
         .expect_err("pinned bytes cannot be evicted");
@@ -603,7 +603,7 @@ fn reservations_and_handles_outliving_the_manager_settle_their_bytes() {
     let m = manager(MIB);
     let ledger = m.ledger().clone();
     let reader = load(&m, "/repos/example", 1_000);
-    m.register(key("/repos/other"), false);
+    m.register(key("/repos/other"));
     let r = m
         .reserve(&key("/repos/other"), ReserveRequest::new(500))
         .expect("fits");

@@ -17,7 +17,7 @@ fn prometheus_page_reports_the_ledger_counters_and_entries() {
         .reserve(&key("repo \"a\""), ReserveRequest::new(300))
         .expect("fits beside the old version");
     let new = m.publish(r, crate::support::blob(300)).expect("publish");
-    m.register(key("b"), false);
+    m.register(key("b"));
     let pending = m.reserve(&key("b"), ReserveRequest::new(50)).expect("fits");
     let _ = m
         .reserve(&key("b"), ReserveRequest::new(900))

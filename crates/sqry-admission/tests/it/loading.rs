@@ -170,7 +170,7 @@ fn unknown_key_cannot_be_rebuilt() {
 #[test]
 fn rebuild_of_a_never_loaded_key_says_it_was_never_loaded() {
     let m = manager(10_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let err = m
         .rebuild(&key("k"), ReserveRequest::new(100), |_| Ok(blob(10)))
         .expect_err("nothing to rebuild");

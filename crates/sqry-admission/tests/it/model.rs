@@ -310,7 +310,12 @@ impl World {
             Op::Register { k, pinned } => {
                 let key = KEYS[k].to_string();
                 let fresh = !self.ents.contains_key(&key);
-                assert_eq!(self.m.register(key.clone(), pinned), fresh);
+                let registered = if pinned {
+                    self.m.register_pinned(key.clone())
+                } else {
+                    self.m.register(key.clone())
+                };
+                assert_eq!(registered, fresh);
                 self.register_model(&key, pinned);
             }
             Op::Reserve { k, bytes } => {

@@ -54,7 +54,7 @@ fn untracked_memory_reduces_headroom_and_its_release_restores_it() {
                 .refresh_every(Duration::ZERO),
         ),
     );
-    m.register(key("k"), false);
+    m.register(key("k"));
     // Nothing untracked: min(8000, 10000 - 500) = 8000.
     assert_eq!(m.refresh_probe().expect("reads"), 0);
     // 4000 bytes the ledger does not count: the effective limit falls to 10000 - 4500.
@@ -69,7 +69,7 @@ fn untracked_memory_reduces_headroom_and_its_release_restores_it() {
         .reserve(&key("k"), ReserveRequest::new(5_000))
         .expect("fits");
     dial.current.store(0, Ordering::SeqCst);
-    m.register(key("j"), false);
+    m.register(key("j"));
     let r2 = m
         .reserve(&key("j"), ReserveRequest::new(3_000))
         .expect("headroom restored (the probe refreshes on the admission path)");
@@ -302,7 +302,7 @@ fn memory_pressure_above_the_threshold_stops_growth() {
                 .refresh_every(Duration::ZERO),
         ),
     );
-    m.register(key("k"), false);
+    m.register(key("k"));
     let first = m
         .reserve(&key("k"), ReserveRequest::new(3_000))
         .expect("no pressure");

@@ -10,7 +10,7 @@ use crate::support::{blob, key, load, manager};
 #[test]
 fn publish_trues_a_reservation_down_to_the_measured_size() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(800))
         .expect("fits");
@@ -23,7 +23,7 @@ fn publish_trues_a_reservation_down_to_the_measured_size() {
 #[test]
 fn publish_trues_a_reservation_up_when_the_budget_allows() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(100))
         .expect("fits");
@@ -56,7 +56,7 @@ fn publish_true_up_evicts_freeable_victims_but_never_its_own_key() {
 fn oversize_at_publish_counts_the_old_version_and_other_reservations() {
     let m = manager(1_000);
     let old = load(&m, "k", 400);
-    m.register(key("other"), false);
+    m.register(key("other"));
     let other = m
         .reserve(&key("other"), ReserveRequest::new(300))
         .expect("fits");
@@ -95,7 +95,7 @@ fn oversize_at_publish_counts_the_old_version_and_other_reservations() {
 #[test]
 fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(200))
         .expect("fits");
@@ -104,7 +104,7 @@ fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
     assert!(matches!(err, PublishError::Evicted { .. }), "{err:?}");
     assert_eq!(m.ledger().snapshot().total(), 0);
     // Re-registering does not let the stale reservation's entry come back either.
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r2 = m
         .reserve(&key("k"), ReserveRequest::new(200))
         .expect("fits");
@@ -114,7 +114,7 @@ fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
 #[test]
 fn estimate_multiplier_is_learned_per_class() {
     let m = manager(1_000_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     for _ in 0..6 {
         let r = m
             .reserve(&key("k"), ReserveRequest::new(1_000).class("tree"))
@@ -149,8 +149,8 @@ fn estimate_multiplier_is_learned_per_class() {
 #[test]
 fn a_reservation_of_another_manager_is_refused() {
     let (m1, m2) = (manager(1_000), manager(1_000));
-    m1.register(key("k"), false);
-    m2.register(key("k"), false);
+    m1.register(key("k"));
+    m2.register(key("k"));
     let r = m1
         .reserve(&key("k"), ReserveRequest::new(100))
         .expect("fits");
@@ -177,8 +177,8 @@ fn growth_at_publish_is_served_before_a_queued_newcomer() {
 
     let m = manager(1_000);
     let victim = load(&m, "victim", 500);
-    m.register(key("a"), false);
-    m.register(key("b"), false);
+    m.register(key("a"));
+    m.register(key("b"));
     let a = m
         .reserve(&key("a"), ReserveRequest::new(300))
         .expect("fits");
