@@ -57,7 +57,7 @@ fn serve_reads_do_not_wait_for_writers() {
     t.join().expect("reader");
 }
 
-/// seed: reserve_rebuild_rejects_cancelled_workspace
+/// sqry's `reserve_rebuild_rejects_cancelled_workspace`
 #[test]
 fn reserve_rejects_cancelled_entry() {
     let m = manager();
@@ -75,7 +75,7 @@ fn reserve_rejects_cancelled_entry() {
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
 
-/// seed: rollback_guard_restores_workspace_on_panic_path
+/// sqry's `rollback_guard_restores_workspace_on_panic_path`
 #[test]
 fn slot_txn_restores_previous_version_and_bytes_when_dropped_armed() {
     let m = manager();
@@ -95,7 +95,7 @@ fn slot_txn_restores_previous_version_and_bytes_when_dropped_armed() {
     assert_eq!(m.ledger().snapshot().loaded, 10_000, "ledger untouched");
 }
 
-/// seed: rollback_guard_disarmed_is_noop
+/// sqry's `rollback_guard_disarmed_is_noop`
 #[test]
 fn slot_txn_committed_keeps_the_new_version() {
     let m = manager();
@@ -112,7 +112,7 @@ fn slot_txn_committed_keeps_the_new_version() {
     assert!(Arc::ptr_eq(&entry.current().expect("a version"), &stomped));
 }
 
-/// seed: unwind_after_swap_before_admission_commit_restores_full_state — a panic between the
+/// sqry's `unwind_after_swap_before_admission_commit_restores_full_state` — a panic between the
 /// slot swap and the ledger commit (or inside the commit's fallible insert) leaves
 /// everything exactly as before the publish.
 #[test]
@@ -144,7 +144,7 @@ fn unwind_after_swap_before_ledger_commit_restores_full_state() {
     }
 }
 
-/// seed: get_or_load_state_cas_rejects_concurrent_load (with `SingleFlight::Refuse`; the
+/// sqry's `get_or_load_state_cas_rejects_concurrent_load` (with `SingleFlight::Refuse`; the
 /// default joins instead — see the integration test `concurrent_loads_run_one_build…`)
 #[test]
 fn get_or_load_refuses_concurrent_load_when_asked_to() {
@@ -168,7 +168,7 @@ fn get_or_load_refuses_concurrent_load_when_asked_to() {
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
 
-/// seed: get_or_load_detects_cancellation_between_cas_and_publish
+/// sqry's `get_or_load_detects_cancellation_between_cas_and_publish`
 #[test]
 fn get_or_load_honours_cancellation_left_before_the_gate() {
     let m = manager();
