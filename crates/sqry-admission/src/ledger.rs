@@ -566,8 +566,9 @@ impl Ledger {
         self.core.lock().metrics.clone()
     }
 
-    /// Changes the budget. Lowering it below what is committed evicts nothing by itself: new
-    /// admissions are refused until the total falls under the new limit.
+    /// Changes the budget. Lowering it below what is committed evicts nothing by itself (the
+    /// ledger holds no entries; `AdmissionManager::set_limit` evicts): new admissions are
+    /// refused until the total falls under the new limit.
     pub fn set_limit(&self, limit: u64) {
         let mut st = self.core.lock();
         st.limit = limit;

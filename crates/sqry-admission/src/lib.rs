@@ -27,13 +27,19 @@
 //!   swaps the version in under a rollback guard and keeps the old one counted until its last
 //!   reader drops it;
 //! - [`get_or_load`](AdmissionManager::get_or_load) and [`rebuild`](AdmissionManager::rebuild)
-//!   run one loader per key (others join its result), never publish into an evicted entry, and
-//!   turn builder panics into a `Failed` state with the error recorded;
+//!   — and their futures [`get_or_load_async`](AdmissionManager::get_or_load_async) and
+//!   [`rebuild_async`](AdmissionManager::rebuild_async), which take an async builder and need
+//!   no runtime — run one loader per key (others join its result), never publish into an
+//!   evicted entry, tell the builder through its [`BuildContext`] when it should stop, back off
+//!   after builder failures, and turn builder panics into a `Failed` state with the error
+//!   recorded;
 //! - [`get`](AdmissionManager::get) and [`classify_for_serve`](AdmissionManager::classify_for_serve)
 //!   serve without touching the ledger's mutex (`get` takes no lock at all), with fresh /
 //!   stale / not-ready verdicts;
 //! - [`status`](AdmissionManager::status) reports every tier, high-water marks, the queue,
-//!   evictions by cause, rejections, learned estimate multipliers and every entry.
+//!   evictions by cause, rejections, learned estimate multipliers and every entry — as
+//!   Prometheus text ([`Status::prometheus`]) or, with the `serde` feature, anything serde
+//!   writes.
 //!
 //! An optional [memory probe](probe) (cgroup `memory.current`/`memory.max`, or RSS) takes
 //! headroom away when memory the ledger does not count grows.

@@ -18,10 +18,12 @@
 //!   check counts every tier, the old version included), swaps the slot and commits the ledger
 //!   under a rollback guard, and drops the old version outside every lock: it stays counted,
 //!   as retained, until its last reader lets go.
-//! - **Load** (`get_or_load`, `rebuild`) takes a lifecycle gate (one loader wins; others join
-//!   its result or are refused, by choice), reserves, builds with no lock held, and publishes
-//!   only if the entry was not evicted meanwhile. A loading guard turns a builder panic into
-//!   `Failed` with the error recorded and the retry count raised.
+//! - **Load** (`get_or_load`, `rebuild`, and their async forms) takes a lifecycle gate (one
+//!   loader wins; others join its result — blocking, or as futures — or are refused, by
+//!   choice), reserves, builds with no lock held, and publishes only if the entry was not
+//!   evicted meanwhile. A loading guard turns a builder panic into `Failed` with the error
+//!   recorded and the retry count raised, and a dropped async leader back into the state it
+//!   took the gate from, so a joiner takes over.
 //! - **Serve** reads (`get`) take no lock: the key's shard of a copy of the map and the slot's
 //!   published version are `arc-swap` loads, kept in step by the writers under their locks;
 //!   then reference-count increments and a relaxed timestamp store. No writer can make a read
@@ -42,7 +44,7 @@
 //!    slots at once;
 //! 3. the ledger's mutex, innermost.
 //!
-//! An entry's history and single-flight mutexes, the estimate classes' mutex and the hook's
+//! An entry's history mutex and its gate's waiter mutex, the estimate classes' mutex and the hook's
 //! `RwLock` are leaves: nothing is acquired while one is held, and hooks are called with no lock
 //! held at all. A version's destructor takes the ledger's mutex, so no version is ever dropped
 //! while that mutex is held — the ledger keeps no strong reference to any version, and every
