@@ -340,3 +340,63 @@ async fn an_async_builder_loading_its_own_key_gets_an_error() {
         "{inner:?}"
     );
 }
+
+/// Many tasks load eight keys through a budget for three, each giving up after a random
+/// short time (dropping leaders and joiners mid-build and mid-admission). Afterwards no entry
+/// is left `Loading`, nothing is reserved or queued, the budget was never exceeded, and once
+/// every key is unloaded the ledger is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_async_loads_never_leak_or_leave_an_entry_loading() {
+    const SIZE: u64 = 1_000;
+    let m = manager(3 * SIZE);
+    let tasks: Vec<_> = (0..16u64)
+        .map(|t| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let mut rng = t * 7 + 3;
+                let mut served = 0u32;
+                for _ in 0..150 {
+                    let k = key(&format!("k{}", next(&mut rng) % 8));
+                    let give_up = Duration::from_micros(next(&mut rng) % 3_000);
+                    let build_for = Duration::from_micros(next(&mut rng) % 2_000);
+                    let options = LoadOptions::new(SIZE)
+                        .request(ReserveRequest::new(SIZE).wait_for(Duration::from_millis(50)));
+                    let load = m.get_or_load_async(&k, options, move |_ctx| async move {
+                        tokio::task::spawn_blocking(move || {
+                            std::thread::sleep(build_for);
+                            blob(SIZE as usize)
+                        })
+                        .await
+                        .map_err(Into::into)
+                    });
+                    if let Ok(Ok(h)) = tokio::time::timeout(give_up, load).await {
+                        served += 1;
+                        drop(h);
+                    }
+                    let s = m.ledger().snapshot();
+                    assert!(s.total() <= s.limit, "{s}");
+                }
+                served
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for t in tasks {
+        served += t.await.expect("task");
+    }
+    for i in 0..8 {
+        let state = m.state(&key(&format!("k{i}")));
+        assert!(
+            !matches!(state, Some(EntryState::Loading | EntryState::Rebuilding)),
+            "k{i} left {state:?}"
+        );
+    }
+    let s = m.ledger().snapshot();
+    assert_eq!((s.reserved, s.queue_depth), (0, 0), "{s}");
+    assert!(s.high_water <= s.limit, "{s}");
+    assert!(served > 0, "some loads finished in time");
+    for i in 0..8 {
+        m.unload(&key(&format!("k{i}")));
+    }
+    assert_eq!(m.ledger().snapshot().total(), 0);
+}
