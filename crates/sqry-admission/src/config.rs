@@ -60,6 +60,14 @@ pub struct AdmissionConfig {
 }
 
 /// The admission queue's order.
+///
+/// ```
+/// use sqry_admission::{AdmissionConfig, QueuePolicy};
+///
+/// // Up to 8 small requests may pass a queued large one; then it is served first.
+/// let config = AdmissionConfig::new(1 << 30).queue_policy(QueuePolicy::Overtake { max_overtakes: 8 });
+/// assert_ne!(config.queue_policy, QueuePolicy::default());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum QueuePolicy {

@@ -98,6 +98,13 @@ impl<K> Deref for BuildContext<K> {
     }
 }
 
+/// Displays the key, so a builder's messages can name what it builds.
+impl<K: fmt::Display> fmt::Display for BuildContext<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.key.fmt(f)
+    }
+}
+
 impl<K: fmt::Debug> fmt::Debug for BuildContext<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BuildContext")

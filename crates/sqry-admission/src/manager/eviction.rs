@@ -186,6 +186,22 @@ where
     /// first, only versions no reader holds, pinned entries never — until the total fits the
     /// new limit or nothing more can be freed; the report says what could not be. Raising it
     /// admits queued requests that now fit.
+    ///
+    /// ```
+    /// use sqry_admission::{AdmissionConfig, AdmissionManager, ReserveRequest};
+    ///
+    /// let m = AdmissionManager::<&str, Vec<u8>>::new(AdmissionConfig::new(1000).audit_interval(None));
+    /// for k in ["a", "b"] {
+    ///     m.register(k);
+    ///     let r = m.reserve(&k, ReserveRequest::new(400)).unwrap();
+    ///     drop(m.publish(r, vec![0; 400]).unwrap());
+    /// }
+    /// let reader = m.get(&"b").unwrap(); // "b" cannot be freed while this is held
+    /// let report = m.set_limit(300);
+    /// assert_eq!((report.evicted, report.freed, report.still_over), (1, 400, 100));
+    /// drop(reader);
+    /// assert_eq!(m.set_limit(300).still_over, 0);
+    /// ```
     pub fn set_limit(&self, limit: u64) -> LimitReport {
         let ledger = &self.shared.ledger;
         ledger.set_limit(limit);
