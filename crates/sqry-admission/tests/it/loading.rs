@@ -362,3 +362,50 @@ fn shutdown_cancels_builds_in_flight_and_refuses_new_loads() {
     assert!(matches!(err, LoadError::ShuttingDown { .. }), "{err:?}");
     assert_eq!(m.ledger().snapshot().total(), 0);
 }
+
+/// A blocking join waits at most until its request's deadline, then says why it gave up; the
+/// load it joined carries on.
+#[test]
+fn a_blocking_join_gives_up_at_its_deadline() {
+    let m = manager(10_000);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let leader = {
+        let m = m.clone();
+        thread::spawn(move || {
+            m.get_or_load(&key("k"), LoadOptions::new(100), |_| {
+                started_tx.send(()).expect("started");
+                finish_rx.recv().expect("finish");
+                Ok(blob(10))
+            })
+            .map(|h| h.len())
+        })
+    };
+    started_rx.recv().expect("the load started");
+    let started = std::time::Instant::now();
+    let err = m
+        .get_or_load(
+            &key("k"),
+            LoadOptions::new(100)
+                .request(ReserveRequest::new(100).wait_for(Duration::from_millis(50))),
+            |_| Ok(blob(1)),
+        )
+        .expect_err("the leader is still building");
+    let waited = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            LoadError::JoinTimeout {
+                state: EntryState::Loading,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(50) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    finish_tx.send(()).expect("finish");
+    assert_eq!(leader.join().expect("leader").expect("loads"), 10);
+}
