@@ -275,6 +275,35 @@ pub mod firecracker {
         pub huge: bool,
     }
 
+    impl Snapshot {
+        /// Drops the memory file's pages from the kernel's page cache (after writing back any
+        /// dirty ones), so the next restores read it from storage and a process's storage
+        /// reads (`read_bytes` in `/proc/<pid>/io`) show how much of it they fetched.
+        ///
+        /// # Errors
+        ///
+        /// The file cannot be opened or synced, or the kernel refuses the advice.
+        pub fn drop_from_page_cache(&self) -> Result<(), String> {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&self.mem)
+                .map_err(|e| format!("{}: {e}", self.mem.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("{}: {e}", self.mem.display()))?;
+            // SAFETY: advice on an open descriptor; the kernel touches none of our memory.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "posix_fadvise({}): {}",
+                    self.mem.display(),
+                    std::io::Error::from_raw_os_error(rc)
+                ))
+            }
+        }
+    }
+
     #[derive(Debug, Default)]
     struct Console {
         bytes: Mutex<(Vec<u8>, bool)>,

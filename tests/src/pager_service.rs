@@ -107,6 +107,17 @@ impl Service {
         http(&self.api, method, path, body, Duration::from_secs(10))
     }
 
+    /// Bytes the current pager process has read from storage (page-cache hits not counted).
+    ///
+    /// # Errors
+    ///
+    /// The API did not answer or gave no figure.
+    pub fn storage_read_bytes(&self) -> Result<u64, String> {
+        self.ok("GET", "/", "")?["storage_read_bytes"]
+            .as_u64()
+            .ok_or_else(|| "the service reported no storage_read_bytes".to_owned())
+    }
+
     /// A request that must succeed (2xx): its JSON body (`Null` when empty).
     ///
     /// # Errors

@@ -111,17 +111,9 @@ pub fn which(program: &str) -> Option<PathBuf> {
 }
 
 /// `error` followed by each of its sources, joined with `": "` — what a test prints or
-/// searches when a message must name a path or key anywhere in the chain.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// searches when a message must name a path or key anywhere in the chain (the crates' own
+/// [`platform_primitives::error::chain`]).
+pub use platform_primitives::error::chain as error_chain;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);

@@ -14,6 +14,7 @@
 //! - [`clock`] reads a monotonic clock that either stops or keeps counting across suspend;
 //! - [`creds`] reports kernel-attested peer credentials for stream peers and, in batches, for
 //!   every received datagram, with a pidfd of the sender where the kernel offers one;
+//! - [`error`] writes an error and its causes as one line;
 //! - [`fd`] sets and clears `O_NONBLOCK` and `FD_CLOEXEC`;
 //! - [`process`] signals processes by pidfd, by pid (refusing ids that name groups) and by
 //!   group, and says whether a pid exists;
@@ -49,6 +50,7 @@
 
 pub mod clock;
 pub mod creds;
+pub mod error;
 pub mod fd;
 pub mod fdpass;
 pub mod mem;

@@ -208,18 +208,6 @@ pub(crate) enum Lane {
     Background,
 }
 
-/// An error and its sources, joined with `": "`.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
-
 /// The shared state behind a [`Pager`] handle.
 pub(crate) struct Shared {
     pub(crate) source: Box<dyn PageSource>,
@@ -347,7 +335,7 @@ impl Shared {
     /// Counts and logs a fault that failed closed.
     pub(crate) fn log_failure(&self, addr: u64, offset: u64, error: &dyn std::error::Error) {
         Stats::add(&self.stats.failed_closed, 1);
-        let text = error_chain(error);
+        let text = platform_primitives::error::chain(error);
         tracing::error!(
             addr = format_args!("{addr:#x}"),
             offset = format_args!("{offset:#x}"),

@@ -510,7 +510,7 @@ impl Peer {
         tracing::warn!(
             pid = self.pid,
             killed,
-            reason = %crate::pager::error_chain(&reason),
+            reason = %platform_primitives::error::chain(&reason),
             "refused a Firecracker handshake"
         );
         HandshakeError::Refused {

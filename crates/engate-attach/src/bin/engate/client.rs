@@ -95,13 +95,16 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
         )));
     }
     // Blocked before any thread starts, so the signal thread alone takes them.
-    let signals = sys::Signals::block(&[
-        libc::SIGWINCH,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGINT,
-        libc::SIGCONT,
-    ])
+    let signals = sys::Signals::block(
+        &sys::single_threaded()?,
+        &[
+            libc::SIGWINCH,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGCONT,
+        ],
+    )
     .map_err(|e| Failure::from_io("cannot block signals", &e))?;
     match (session.probe(), &options.create) {
         (Probe::Live, _) => {}
@@ -261,7 +264,7 @@ fn forward_output(
             Err(ClientError::Disconnected) => {
                 return OutputEnd::Lost("the server closed the connection".into());
             }
-            Err(e) => return OutputEnd::Lost(crate::chain(&e)),
+            Err(e) => return OutputEnd::Lost(platform_primitives::error::chain(&e)),
         };
         let mut out = stdout.lock();
         let applied = follower
@@ -377,8 +380,11 @@ fn wait_event(events: &io::PipeReader, deadline: Instant, done: impl Fn(u8) -> b
 /// `engate tail`: writes the session's output to standard output as it comes, resuming
 /// where the previous tail of this session stopped; returns the process's exit status.
 pub(crate) fn tail(session: &Session) -> Result<i32, Failure> {
-    let signals = sys::Signals::block(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT])
-        .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let signals = sys::Signals::block(
+        &sys::single_threaded()?,
+        &[libc::SIGTERM, libc::SIGHUP, libc::SIGINT],
+    )
+    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
     let caught = Arc::new(std::sync::atomic::AtomicI32::new(0));
     {
         let caught = Arc::clone(&caught);

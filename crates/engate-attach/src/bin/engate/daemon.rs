@@ -132,8 +132,11 @@ pub(crate) fn serve(
         return Err(Failure::new("serve: no program given"));
     };
     // Blocked before the server starts its threads, so only `wait` below takes them.
-    let signals = sys::Signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
-        .map_err(|e| Failure::from_io("cannot block signals", &e))?;
+    let signals = sys::Signals::block(
+        &sys::single_threaded()?,
+        &[libc::SIGTERM, libc::SIGINT, libc::SIGHUP],
+    )
+    .map_err(|e| Failure::from_io("cannot block signals", &e))?;
     let mut config = SessionConfig::new(&session.socket, name)
         .args(args)
         .size(size)

@@ -46,7 +46,11 @@ impl Failure {
 
     /// `message`, then the error and its sources.
     pub(crate) fn from_error(message: impl Into<String>, e: &dyn std::error::Error) -> Self {
-        Self(format!("{}: {}", message.into(), chain(e)))
+        Self(format!(
+            "{}: {}",
+            message.into(),
+            platform_primitives::error::chain(e)
+        ))
     }
 }
 
@@ -54,18 +58,6 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// An error and its sources, joined with ": ".
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn usage() -> String {

@@ -64,6 +64,14 @@ pub(crate) fn window_size(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
     Ok((size.ws_row, size.ws_col))
 }
 
+/// Proof that no other thread exists yet, for [`Signals::block`]; a clear error otherwise
+/// (a signal mask set after threads started would leave them taking the signals).
+pub(crate) fn single_threaded()
+-> Result<platform_primitives::threads::PreThreadAttestation, crate::Failure> {
+    platform_primitives::threads::PreThreadAttestation::new()
+        .map_err(|e| crate::Failure::new(format!("cannot block signals: {e}")))
+}
+
 /// A set of signals blocked in the calling thread (and every thread it starts afterwards), to
 /// be taken one at a time with [`wait`](Self::wait) instead of by a handler.
 #[derive(Clone, Copy)]
@@ -76,10 +84,13 @@ impl std::fmt::Debug for Signals {
 }
 
 impl Signals {
-    /// Blocks `signals` in the calling thread. Call it before starting threads, so that none
-    /// of them takes the signals either. Children started with `std::process::Command` begin
-    /// with an empty mask again.
-    pub(crate) fn block(signals: &[libc::c_int]) -> io::Result<Self> {
+    /// Blocks `signals` in the calling thread. It must run before any other thread exists, so
+    /// that none of them takes the signals either: the attestation is the proof. Children
+    /// started with `std::process::Command` begin with an empty mask again.
+    pub(crate) fn block(
+        _single_threaded: &platform_primitives::threads::PreThreadAttestation,
+        signals: &[libc::c_int],
+    ) -> io::Result<Self> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: sigemptyset initializes the set it is given.
         if unsafe { libc::sigemptyset(set.as_mut_ptr()) } < 0 {

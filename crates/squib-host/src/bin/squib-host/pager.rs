@@ -10,15 +10,15 @@
 //! the handshake is accepted, so a new pager process can take the session over.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use platform_primitives::creds::peer_credentials;
 use platform_primitives::notify::SelfNotify;
 use platform_primitives::prom::Exposition;
@@ -28,8 +28,9 @@ use squib_host::firecracker::{
     GuestRegionUffdMapping, HandlerConfig, Session, VmmFds, accept_handshake,
 };
 use squib_host::{
-    CacheConfig, CachedSource, FilePageSource, PageServerAddr, PageServerConfig, PageServerSource,
-    PageSource, PagerConfig, PagerStatsSnapshot, PrewarmList,
+    CacheConfig, CacheStats, CachedSource, FilePageSource, PageRequest, PageServerAddr,
+    PageServerConfig, PageServerSource, PageSource, PageSourceError, PagerConfig,
+    PagerStatsSnapshot, PrewarmList,
 };
 
 use crate::http::{Request, Response, read_request, write_response};
@@ -50,16 +51,115 @@ pub(crate) struct Options {
     pub(crate) cache_budget: u64,
 }
 
+/// Where a template's pages come from: the shared block cache in front of its source, or —
+/// for a local memory file with `"cache": false` — the file itself, whose pages the kernel's
+/// page cache shares between sessions.
+#[derive(Debug)]
+enum TemplateSource {
+    Cached(CachedSource<Box<dyn PageSource>>),
+    File {
+        file: FilePageSource,
+        reads: AtomicU64,
+        bytes: AtomicU64,
+    },
+}
+
+impl TemplateSource {
+    fn stats(&self) -> CacheStats {
+        match self {
+            Self::Cached(cache) => cache.stats(),
+            Self::File { reads, bytes, .. } => {
+                let mut stats = CacheStats::default();
+                stats.source_reads = reads.load(Ordering::Relaxed);
+                stats.source_bytes = bytes.load(Ordering::Relaxed);
+                stats
+            }
+        }
+    }
+
+    fn source(&self) -> &dyn PageSource {
+        match self {
+            Self::Cached(cache) => cache,
+            Self::File { file, .. } => file,
+        }
+    }
+
+    fn counted(&self, len: usize) {
+        if let Self::File { reads, bytes, .. } = self {
+            reads.fetch_add(1, Ordering::Relaxed);
+            bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PageSource for TemplateSource {
+    fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        self.counted(req.len);
+        self.source().fetch(req)
+    }
+
+    fn fetch_background(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+        self.counted(req.len);
+        self.source().fetch_background(req)
+    }
+
+    fn known_zero(&self, offset: u64, len: usize) -> bool {
+        self.source().known_zero(offset, len)
+    }
+
+    fn len_hint(&self) -> Option<u64> {
+        self.source().len_hint()
+    }
+
+    fn recycle(&self, bytes: Bytes) {
+        self.source().recycle(bytes);
+    }
+
+    fn is_local(&self) -> bool {
+        self.source().is_local()
+    }
+}
+
 struct Template {
     name: String,
     spec: Value,
-    source: Arc<CachedSource<Box<dyn PageSource>>>,
+    source: Arc<TemplateSource>,
     /// The first-touch order recorded from the first session that finished.
     working_set: Mutex<Option<PrewarmList>>,
 }
 
 impl Template {
     fn open(name: &str, spec: &Value, budget: u64) -> Result<Self, Response> {
+        // A local file is read through the kernel's page cache by default: measured faster
+        // for concurrent restores than the block cache (squib-host's service bench), with no
+        // second copy of the snapshot in this process. A page server always goes through the
+        // block cache, which is then the only thing that keeps its pages from being fetched
+        // once per session.
+        let cached = spec["cache"]
+            .as_bool()
+            .unwrap_or(spec["mem_file"].is_null());
+        if !cached {
+            let Some(path) = spec["mem_file"].as_str() else {
+                return Err(Response::error(
+                    400,
+                    "\"cache\": false needs a mem_file (a page server has no page cache of its own)",
+                    Some("cache"),
+                ));
+            };
+            let file = FilePageSource::open(path).map_err(|e| {
+                Response::error(400, format!("cannot open {path}: {e}"), Some("mem_file"))
+            })?;
+            return Ok(Self {
+                name: name.to_owned(),
+                spec: spec.clone(),
+                source: Arc::new(TemplateSource::File {
+                    file,
+                    reads: AtomicU64::new(0),
+                    bytes: AtomicU64::new(0),
+                }),
+                working_set: Mutex::new(None),
+            });
+        }
         let inner: Box<dyn PageSource> = if let Some(path) = spec["mem_file"].as_str() {
             Box::new(FilePageSource::open(path).map_err(|e| {
                 Response::error(400, format!("cannot open {path}: {e}"), Some("mem_file"))
@@ -101,7 +201,7 @@ impl Template {
         Ok(Self {
             name: name.to_owned(),
             spec: spec.clone(),
-            source: Arc::new(source),
+            source: Arc::new(TemplateSource::Cached(source)),
             working_set: Mutex::new(None),
         })
     }
@@ -345,9 +445,12 @@ impl Pager {
         };
         if let Some(k) = obj
             .keys()
-            .find(|k| !["mem_file", "page_server", "len"].contains(&k.as_str()))
+            .find(|k| !["mem_file", "page_server", "len", "cache"].contains(&k.as_str()))
         {
             return Response::error(400, format!("unknown field `{k}`"), Some(k));
+        }
+        if obj.get("cache").is_some_and(|c| !c.is_boolean()) {
+            return Response::error(400, "must be true or false", Some("cache"));
         }
         match (obj.get("mem_file"), obj.get("page_server")) {
             (Some(Value::String(path)), None) => {
@@ -558,7 +661,7 @@ impl Pager {
         let accepted = match accept_handshake(conn, &config, entry.template.source.len_hint()) {
             Ok(a) => a,
             Err(e) => {
-                let why = squib_host_error_chain(&e);
+                let why = platform_primitives::error::chain(&e);
                 tracing::warn!(session = %entry.id, error = %why, "handshake refused");
                 return self.end(&entry, format!("handshake refused: {why}"));
             }
@@ -586,7 +689,7 @@ impl Pager {
             Err(e) => {
                 return self.end(
                     &entry,
-                    format!("cannot serve: {}", squib_host_error_chain(&e)),
+                    format!("cannot serve: {}", platform_primitives::error::chain(&e)),
                 );
             }
         }
@@ -659,7 +762,7 @@ impl Pager {
                 true
             }
             Err(e) => {
-                tracing::warn!(session = %id, error = %squib_host_error_chain(&e), "cannot adopt");
+                tracing::warn!(session = %id, error = %platform_primitives::error::chain(&e), "cannot adopt");
                 let _ = vault::send(&self.vault, &json!({"op": "forget", "id": id}), &[]);
                 false
             }
@@ -724,7 +827,7 @@ impl Pager {
                 match result {
                     Ok(()) if deleted => "deleted".to_owned(),
                     Ok(()) => "the VMM exited".to_owned(),
-                    Err(e) => squib_host_error_chain(&e),
+                    Err(e) => platform_primitives::error::chain(&e),
                 }
             }
             _ => "ended".to_owned(),
@@ -843,6 +946,7 @@ impl Pager {
                     "status": self.status_line(),
                     "pid": std::process::id(),
                     "uptime_s": self.started.elapsed().as_secs(),
+                    "storage_read_bytes": storage_read_bytes(),
                 }),
             ),
             ("PUT", ["templates", name]) => match (valid_name(name, "name"), body()) {
@@ -967,6 +1071,11 @@ impl Pager {
         for (s, st) in &live {
             latency.observe(&[("session", &s.id)], &bounds, &st.latency.buckets, None);
         }
+        page.counter(
+            "squib_pager_storage_read_bytes_total",
+            "Bytes this pager process read from storage (page-cache hits not counted).",
+        )
+        .value(storage_read_bytes());
         let mut by_state = page.gauge("squib_sessions", "Sessions by state.");
         for state in ["waiting", "serving", "ended"] {
             let n = sessions
@@ -980,14 +1089,18 @@ impl Pager {
 }
 
 /// An error and its causes on one line.
-fn squib_host_error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let _ = write!(text, ": {c}");
-        cause = c.source();
-    }
-    text
+/// Bytes this process has caused to be read from storage (`read_bytes` of `/proc/self/io`):
+/// page-cache hits are not counted, so with templates read through the kernel's page cache
+/// this is how much of the snapshots really came off the disk.
+fn storage_read_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("read_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Names and ids: 1–64 of letters, digits, `.`, `_`, `-`.
