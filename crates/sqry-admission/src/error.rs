@@ -290,15 +290,3 @@ impl ServeError {
 pub(crate) fn key_text(key: &impl std::fmt::Debug) -> String {
     format!("{key:?}")
 }
-
-/// An error and its sources, joined with `": "` (how `last_error` is reported).
-pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        next = e.source();
-    }
-    text
-}

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::HeapSize;
 use crate::entry::EntryState;
-use crate::error::{ServeError, chain, key_text};
+use platform_primitives::error::chain;
+
+use crate::error::{ServeError, key_text};
 use crate::ledger::Handle;
 
 use super::AdmissionManager;

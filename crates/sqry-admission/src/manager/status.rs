@@ -5,9 +5,10 @@ use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use platform_primitives::error::chain;
+
 use crate::HeapSize;
 use crate::entry::{EntryState, SLOT_REFS};
-use crate::error::chain;
 use crate::ledger::{LedgerSnapshot, Metrics};
 use crate::sync::Arc;
 
