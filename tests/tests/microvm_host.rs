@@ -466,7 +466,7 @@ mod linux {
         let manager: AdmissionManager<String, GuestMemory> =
             AdmissionManager::new(AdmissionConfig::new(ROOM * MEM));
         for i in 0..VMS {
-            manager.register(format!("vm{i}"), true);
+            manager.register_pinned(format!("vm{i}"));
         }
         let mut guests = Vec::new();
         let mut handles = Vec::new();

@@ -266,7 +266,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let need = (next_files as u64 * GUESS_PER_FILE)
         .max(manager.ledger().snapshot().headroom() + 1)
         .min(budget);
-    manager.register(next.clone(), false);
+    manager.register(next.clone());
     let waiter = {
         let (m, next) = (manager.clone(), next.clone());
         thread::spawn(move || {

@@ -43,14 +43,45 @@ pub struct AdmissionConfig {
     /// `None` runs no scan (async deadlines still get a timer thread when first needed).
     /// Default 1 s.
     pub audit_interval: Option<Duration>,
-    /// Backoff after consecutive failed loads, reported in status: the n-th consecutive failure
-    /// waits the n-th entry (the last entry repeats). Default 30, 60, 120, 300, 600 s.
+    /// Backoff after consecutive failed loads: the n-th consecutive failure waits the n-th
+    /// entry (the last entry repeats). Inside the window `get_or_load` returns
+    /// [`LoadError::BackingOff`](crate::LoadError::BackingOff), carrying the last error, without
+    /// running the builder (unless the load asks to
+    /// [`retry_now`](crate::LoadOptions::retry_now)); status reports the time left. An empty
+    /// schedule never backs off. Default 30, 60, 120, 300, 600 s.
     pub failure_backoff: Vec<Duration>,
     /// Learn a multiplier per estimate class from measured / estimated bytes at publish and
     /// apply it to later reservations of that class. Default on.
     pub learn_estimates: bool,
     /// An optional measured-memory probe that reduces the headroom for new admissions.
     pub probe: Option<ProbeConfig>,
+    /// Whether small requests that fit may pass a queued one that does not. Default FIFO.
+    pub queue_policy: QueuePolicy,
+}
+
+/// The admission queue's order.
+///
+/// ```
+/// use sqry_admission::{AdmissionConfig, QueuePolicy};
+///
+/// // Up to 8 small requests may pass a queued large one; then it is served first.
+/// let config = AdmissionConfig::new(1 << 30).queue_policy(QueuePolicy::Overtake { max_overtakes: 8 });
+/// assert_ne!(config.queue_policy, QueuePolicy::default());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum QueuePolicy {
+    /// Strict first come, first served: while a request waits, no later one is granted — not
+    /// even a small one that fits (a fail-fast one is refused with `queued_ahead`).
+    #[default]
+    Fifo,
+    /// A request that fits now may be granted past queued ones that do not, but each queued
+    /// request lets at most `max_overtakes` pass; after that it is served first, so a large
+    /// request cannot starve.
+    Overtake {
+        /// How many later requests may pass one queued request.
+        max_overtakes: u32,
+    },
 }
 
 impl Default for AdmissionConfig {
@@ -75,6 +106,7 @@ impl AdmissionConfig {
                 .collect(),
             learn_estimates: true,
             probe: None,
+            queue_policy: QueuePolicy::Fifo,
         }
     }
 
@@ -120,6 +152,13 @@ impl AdmissionConfig {
         self
     }
 
+    /// Sets [`Self::queue_policy`].
+    #[must_use]
+    pub fn queue_policy(mut self, policy: QueuePolicy) -> Self {
+        self.queue_policy = policy;
+        self
+    }
+
     /// Sets [`Self::probe`].
     #[must_use]
     pub fn probe(mut self, probe: ProbeConfig) -> Self {
@@ -146,6 +185,10 @@ pub struct ProbeConfig {
     pub margin: u64,
     /// The probe is read at most this often on the admission path (and by the audit thread).
     pub refresh_every: Duration,
+    /// Memory pressure (PSI `some avg10`, percent) at or above which new admissions get no
+    /// headroom beyond what is already committed, if the probe reports pressure. `None`
+    /// ignores pressure.
+    pub pressure_threshold: Option<f64>,
 }
 
 impl ProbeConfig {
@@ -157,6 +200,7 @@ impl ProbeConfig {
             ceiling: None,
             margin: 0,
             refresh_every: Duration::from_millis(100),
+            pressure_threshold: None,
         }
     }
 
@@ -171,6 +215,13 @@ impl ProbeConfig {
     #[must_use]
     pub fn margin(mut self, bytes: u64) -> Self {
         self.margin = bytes;
+        self
+    }
+
+    /// Sets [`Self::pressure_threshold`] (percent of `some avg10`).
+    #[must_use]
+    pub fn pressure_threshold(mut self, percent: f64) -> Self {
+        self.pressure_threshold = Some(percent);
         self
     }
 
@@ -200,6 +251,7 @@ impl fmt::Debug for ProbeConfig {
             .field("ceiling", &self.ceiling)
             .field("margin", &self.margin)
             .field("refresh_every", &self.refresh_every)
+            .field("pressure_threshold", &self.pressure_threshold)
             .finish()
     }
 }

@@ -20,17 +20,20 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc as StdArc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::ops::{Deref, DerefMut};
 
-use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::flight::Gate;
 
 use crate::ledger::Version;
 use crate::sync::{Arc, Published};
 
 /// Where an entry is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[repr(u8)]
 pub enum EntryState {
     /// Registered, never loaded (or reset).
@@ -48,7 +51,17 @@ pub enum EntryState {
 }
 
 impl EntryState {
-    fn from_u8(v: u8) -> Self {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::Unloaded,
+        Self::Loading,
+        Self::Loaded,
+        Self::Rebuilding,
+        Self::Failed,
+        Self::Evicted,
+    ];
+
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Unloaded,
             1 => Self::Loading,
@@ -73,12 +86,49 @@ impl fmt::Display for EntryState {
     }
 }
 
+/// Why a build was told to stop (see `BuildContext`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Cancelled {
+    /// Admission evicted the entry to make room (or it was evicted as least recently used).
+    Evicted = 1,
+    /// The entry was unloaded explicitly.
+    Unloaded = 2,
+    /// The manager is shutting down.
+    ShuttingDown = 3,
+}
+
+impl Cancelled {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Evicted),
+            2 => Some(Self::Unloaded),
+            3 => Some(Self::ShuttingDown),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Evicted => "evicted",
+            Self::Unloaded => "unloaded",
+            Self::ShuttingDown => "the manager is shutting down",
+        })
+    }
+}
+
 /// Successes and failures, for status and stale serving.
 #[derive(Debug, Default)]
 pub(crate) struct History {
     pub(crate) last_good_at: Option<SystemTime>,
     pub(crate) last_error: Option<StdArc<dyn Error + Send + Sync>>,
     pub(crate) last_failure_at: Option<Instant>,
+    /// Whether the last failure was the builder's own (an error or a panic): only those open a
+    /// backoff window. A refusal by the budget does not — memory may be freed any moment.
+    pub(crate) builder_failed: bool,
 }
 
 /// One key's entry in the manager's map.
@@ -88,9 +138,12 @@ pub(crate) struct Entry<K, V> {
     /// Registration order, to break recency ties.
     pub(crate) seq: u64,
     pub(crate) pinned: AtomicBool,
-    state: AtomicU8,
+    /// The lifecycle state and the callers waiting on a load in flight.
+    pub(crate) gate: Gate,
     /// Set when the entry is evicted; a load or rebuild in flight sees it and publishes nothing.
     pub(crate) cancelled: AtomicBool,
+    /// Why a load in flight should stop: 0 while it should not, else a [`Cancelled`] code.
+    cancel_reason: AtomicU8,
     pub(crate) slot: Slot<V>,
     /// Bytes of the version in the slot (0 if none).
     pub(crate) bytes: AtomicU64,
@@ -99,9 +152,6 @@ pub(crate) struct Entry<K, V> {
     pub(crate) last_access: AtomicU64,
     pub(crate) retry_count: AtomicU32,
     pub(crate) history: Mutex<History>,
-    /// Single-flight: bumped (and waiters notified) each time a load or rebuild finishes.
-    flight: Mutex<u64>,
-    flight_done: Condvar,
 }
 
 /// Reads closer together than this do not rewrite the timestamp (keeps hot entries' cache line
@@ -114,48 +164,57 @@ impl<K, V> Entry<K, V> {
             key,
             seq,
             pinned: AtomicBool::new(pinned),
-            state: AtomicU8::new(EntryState::Unloaded as u8),
+            gate: Gate::new(),
             cancelled: AtomicBool::new(false),
+            cancel_reason: AtomicU8::new(0),
             slot: Slot::new(),
             bytes: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
             last_access: AtomicU64::new(now_ns),
             retry_count: AtomicU32::new(0),
             history: Mutex::new(History::default()),
-            flight: Mutex::new(0),
-            flight_done: Condvar::new(),
         }
     }
 
     pub(crate) fn state(&self) -> EntryState {
-        EntryState::from_u8(self.state.load(Ordering::Acquire))
+        self.gate.state()
     }
 
     pub(crate) fn set_state(&self, state: EntryState) {
-        self.state.store(state as u8, Ordering::Release);
+        self.gate.set_state(state);
     }
 
-    /// Takes the gate: moves from one of `from` to `to`. Exactly one caller wins.
-    pub(crate) fn try_transition(
-        &self,
-        from: &[EntryState],
-        to: EntryState,
-    ) -> Result<(), EntryState> {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
-            if !from.iter().any(|s| *s as u8 == current) {
-                return Err(EntryState::from_u8(current));
-            }
-            match self.state.compare_exchange_weak(
-                current,
-                to as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(seen) => current = seen,
-            }
+    /// Tells a load in flight to stop (the first reason wins) and wakes its build context.
+    pub(crate) fn signal_cancel(&self, reason: Cancelled) {
+        let _ = self.cancel_reason.compare_exchange(
+            0,
+            reason as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.gate.finish();
+    }
+
+    /// Why a load in flight should stop, if it should.
+    pub(crate) fn cancel_reason(&self) -> Option<Cancelled> {
+        Cancelled::from_u8(self.cancel_reason.load(Ordering::Acquire))
+    }
+
+    /// How long a retry must still wait after the latest consecutive failure under `schedule`
+    /// (the n-th consecutive failure waits the n-th step; the last step repeats), if at all.
+    pub(crate) fn backoff_remaining(&self, schedule: &[Duration]) -> Option<Duration> {
+        let failures = self.retry_count.load(Ordering::Acquire);
+        if failures == 0 || schedule.is_empty() {
+            return None;
         }
+        let history = self.history.lock();
+        if !history.builder_failed {
+            return None;
+        }
+        let at = history.last_failure_at?;
+        drop(history);
+        let step = schedule[(failures as usize - 1).min(schedule.len() - 1)];
+        step.checked_sub(at.elapsed()).filter(|d| !d.is_zero())
     }
 
     /// Records a read: a relaxed store, no lock.
@@ -173,9 +232,10 @@ impl<K, V> Entry<K, V> {
     }
 
     /// Records a failure: error text, failure time, one more consecutive failure.
-    pub(crate) fn record_failure(&self, error: StdArc<dyn Error + Send + Sync>) {
+    pub(crate) fn record_failure(&self, error: StdArc<dyn Error + Send + Sync>, builder: bool) {
         let mut h = self.history.lock();
         h.last_error = Some(error);
+        h.builder_failed = builder;
         h.last_failure_at = Some(Instant::now());
         drop(h);
         self.retry_count.fetch_add(1, Ordering::AcqRel);
@@ -188,22 +248,10 @@ impl<K, V> Entry<K, V> {
         self.retry_count.store(0, Ordering::Release);
     }
 
-    /// Wakes every caller that joined the load in flight. The state has already moved out of
-    /// the gate, so a joiner that checks the state under this mutex cannot miss the wake.
+    /// Wakes every caller that joined the load in flight (and every build context waiting
+    /// for a cancellation). The state has already moved out of the gate.
     pub(crate) fn finish_flight(&self) {
-        let mut generation = self.flight.lock();
-        *generation += 1;
-        drop(generation);
-        self.flight_done.notify_all();
-    }
-
-    /// Waits until the load or rebuild in flight finishes (the state leaves `gate`).
-    pub(crate) fn join_flight(&self, gate: EntryState) {
-        let mut generation = self.flight.lock();
-        let start = *generation;
-        while self.state() == gate && *generation == start {
-            self.flight_done.wait(&mut generation);
-        }
+        self.gate.finish();
     }
 }
 

@@ -184,6 +184,50 @@ pub enum LoadError {
         /// The state that blocked this call.
         state: EntryState,
     },
+    /// The key failed recently and its backoff window is still open: the builder was not run.
+    /// Retry after `retry_after`, or ask for an immediate retry with `LoadOptions::retry_now`.
+    #[error(
+        "not rebuilding {key} for another {retry_after:?} after {failures} consecutive failures"
+    )]
+    BackingOff {
+        /// The key.
+        key: String,
+        /// Time left in the backoff window.
+        retry_after: Duration,
+        /// Consecutive failures so far.
+        failures: u32,
+        /// The last failure's error.
+        #[source]
+        source: Arc<dyn Error + Send + Sync>,
+    },
+    /// The builder of `key` asked for `key` itself: waiting for its own load would never end.
+    /// A builder must not load (or join the load of) the key it is building.
+    #[error("the builder of {key} tried to load {key} itself; it would wait for itself for ever")]
+    SelfJoin {
+        /// The key.
+        key: String,
+    },
+    /// The manager is shutting down and starts no new load.
+    #[error("not loading {key}: the admission manager is shutting down")]
+    ShuttingDown {
+        /// The key.
+        key: String,
+    },
+    /// `rebuild` of a key that was never loaded: there is nothing to rebuild.
+    #[error("cannot rebuild {key}: it was never loaded (load it with get_or_load first)")]
+    NotLoaded {
+        /// The key.
+        key: String,
+    },
+    /// This call joined another caller's load of the key and the load was still running at
+    /// the request's deadline.
+    #[error("gave up waiting for the load of {key} this call joined ({state}) at its deadline")]
+    JoinTimeout {
+        /// The key.
+        key: String,
+        /// The state of the load in flight.
+        state: EntryState,
+    },
     /// This call joined another caller's load of the key, and that load failed.
     #[error("the load of {key} this call joined failed")]
     JoinedFailed {
@@ -245,16 +289,4 @@ impl ServeError {
 /// The `Debug` form of a key, as error messages show it.
 pub(crate) fn key_text(key: &impl std::fmt::Debug) -> String {
     format!("{key:?}")
-}
-
-/// An error and its sources, joined with `": "` (how `last_error` is reported).
-pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        next = e.source();
-    }
-    text
 }

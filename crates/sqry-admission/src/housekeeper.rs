@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::manager::REPLAN_INTERVAL;
+use crate::manager::admission::REPLAN_INTERVAL;
 
 /// What a tick should do.
 #[derive(Debug, Clone, Copy)]

@@ -41,6 +41,7 @@ use crate::sync::{
 ///
 /// Errors that refuse memory carry one, so a refusal always says where the budget went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct LedgerSnapshot {
     /// The configured budget in bytes: `loaded + reserved + retained` never exceeds it.
     pub limit: u64,
@@ -101,6 +102,7 @@ impl fmt::Display for LedgerSnapshot {
 /// Why a version left the loaded tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub enum RetireCause {
     /// A newer version of the same key was published.
     Replaced,
@@ -114,6 +116,7 @@ pub enum RetireCause {
 
 /// Eviction counts by cause.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct EvictionCounts {
     /// Evicted to admit a reservation.
     pub admission: u64,
@@ -129,6 +132,7 @@ pub struct EvictionCounts {
 /// tiers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Metrics {
     /// Reservations granted (immediately or after waiting).
     pub admitted: u64,
@@ -145,6 +149,10 @@ pub struct Metrics {
     pub rejected_at_publish: u64,
     /// Evictions by cause.
     pub evictions: EvictionCounts,
+    /// Versions published (committed to the loaded tier).
+    pub published: u64,
+    /// Requests granted past a queued request that did not fit (overtaking policy).
+    pub overtakes: u64,
     /// Versions replaced by a newer publish (moved to retained).
     pub replaced: u64,
     /// Retained versions credited back by their last handle's drop.
@@ -206,6 +214,11 @@ struct Waiter {
     slept: bool,
     enqueued_at: Instant,
     waker: Option<Waker>,
+    /// Growth of a reservation whose work is finished (a publish), queued at the front: not a
+    /// new admission, so it is not counted as one, and never overtaken.
+    growth: bool,
+    /// Later requests granted while this one waited (see [`Ledger::set_overtaking`]).
+    overtaken: u32,
 }
 
 #[derive(Debug)]
@@ -227,6 +240,8 @@ struct State {
     pending_wakes: Vec<Waker>,
     notify: bool,
     metrics: Metrics,
+    /// How many later requests may be granted past one blocked request (`None`: strict FIFO).
+    overtaking: Option<u32>,
 }
 
 impl State {
@@ -289,26 +304,56 @@ impl State {
         }
     }
 
-    /// Grants queued requests from the front, in order, while they fit.
+    /// Grants queued requests from the front, in order, while they fit. With overtaking, a
+    /// request that fits is granted past blocked ones ahead of it, each of which counts it;
+    /// a blocked request that has been overtaken its share of times (or a publish's growth)
+    /// stops everything behind it.
     fn pump(&mut self) {
         let mut granted = false;
         let effective = self.effective_limit();
         let mut total = self.total();
-        for w in self.queue.iter_mut().filter(|w| !w.granted) {
+        let bound = self.overtaking;
+        let mut blocked = 0usize;
+        for i in 0..self.queue.len() {
+            let w = &self.queue[i];
+            if w.granted {
+                continue;
+            }
             match total.checked_add(w.bytes) {
                 Some(t) if t <= effective => {
                     total = t;
                     self.reserved += w.bytes;
-                    w.granted = true;
+                    self.queue[i].granted = true;
                     granted = true;
+                    if blocked > 0 {
+                        self.metrics.overtakes += 1;
+                        for ahead in self.queue.iter_mut().take(i) {
+                            if !ahead.granted {
+                                ahead.overtaken += 1;
+                            }
+                        }
+                    }
                 }
-                _ => break,
+                _ => match bound {
+                    Some(max) if !w.growth && w.overtaken < max => blocked += 1,
+                    _ => break,
+                },
             }
         }
         if granted {
             self.bump_high_water();
             self.event();
         }
+    }
+
+    /// Whether a new request may be granted past every ungranted queued one.
+    fn may_overtake(&self) -> bool {
+        self.overtaking.is_some_and(|max| {
+            self.queue
+                .iter()
+                .filter(|w| !w.granted)
+                .all(|w| !w.growth && w.overtaken < max)
+        })
     }
 
     /// Bytes came back: hand them to the queue and tell waiters.
@@ -340,6 +385,9 @@ impl State {
 
     /// Counts a request leaving the queue: a grant, and a wait if it had to wait.
     fn leave_queue(&mut self, w: &Waiter) {
+        if w.growth {
+            return;
+        }
         if w.granted {
             self.metrics.admitted += 1;
             if w.slept {
@@ -496,6 +544,7 @@ impl Ledger {
                     pending_wakes: Vec::new(),
                     notify: false,
                     metrics: Metrics::default(),
+                    overtaking: None,
                 }),
                 cond: Condvar::new(),
                 waiting: AtomicUsize::new(0),
@@ -517,11 +566,21 @@ impl Ledger {
         self.core.lock().metrics.clone()
     }
 
-    /// Changes the budget. Lowering it below what is committed evicts nothing by itself: new
-    /// admissions are refused until the total falls under the new limit.
+    /// Changes the budget. Lowering it below what is committed evicts nothing by itself (the
+    /// ledger holds no entries; `AdmissionManager::set_limit` evicts): new admissions are
+    /// refused until the total falls under the new limit.
     pub fn set_limit(&self, limit: u64) {
         let mut st = self.core.lock();
         st.limit = limit;
+        st.credited();
+    }
+
+    /// Lets a request that fits be granted past queued requests that do not, at most
+    /// `max_overtakes` times per queued request (after which it is served first, so a large
+    /// request cannot starve); `None` is strict FIFO.
+    pub fn set_overtaking(&self, max_overtakes: Option<u32>) {
+        let mut st = self.core.lock();
+        st.overtaking = max_overtakes;
         st.credited();
     }
 
@@ -541,15 +600,22 @@ impl Ledger {
         (st.total(), st.limit)
     }
 
-    /// Reserves `bytes` if they fit now and nobody is queued ahead; one critical section checks
-    /// and commits.
+    /// Reserves `bytes` if they fit now and nobody is queued ahead (or, with overtaking, every
+    /// queued request may still be passed); one critical section checks and commits.
     ///
     /// # Errors
     ///
     /// The ledger as it was when the request was refused.
     pub fn try_reserve(&self, bytes: u64) -> Result<Grant, LedgerSnapshot> {
         let mut st = self.core.lock();
-        if st.ungranted() == 0 && st.fits(bytes) {
+        let queued = st.ungranted() > 0;
+        if st.fits(bytes) && (!queued || st.may_overtake()) {
+            if queued {
+                st.metrics.overtakes += 1;
+                for w in st.queue.iter_mut().filter(|w| !w.granted) {
+                    w.overtaken += 1;
+                }
+            }
             st.reserved += bytes;
             st.metrics.admitted += 1;
             st.bump_high_water();
@@ -737,6 +803,7 @@ impl Ledger {
         let reserved = std::mem::take(&mut grant.bytes);
         st.reserved -= reserved;
         st.loaded += bytes;
+        st.metrics.published += 1;
         if let Some(old) = replaces {
             st.retire(old, RetireCause::Replaced);
         }
@@ -793,10 +860,101 @@ impl Ledger {
             slept: false,
             enqueued_at: Instant::now(),
             waker: None,
+            growth: false,
+            overtaken: 0,
         });
         st.pump();
         drop(st);
         ticket
+    }
+
+    /// Grows `grant` by `extra` for work that is already done (a publish whose measured value
+    /// is larger than its reservation), ahead of every queued newcomer: the growth is queued
+    /// at the *front*, `make_room` runs (it evicts what can be freed now), and the credits
+    /// those evictions bring go to the growth first. A finished build is not thrown away for
+    /// a request that has not started.
+    ///
+    /// # Errors
+    ///
+    /// The ledger when even after `make_room` the growth does not fit; the grant is unchanged.
+    pub fn grow_ahead_of_queue(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+    ) -> Result<(), LedgerSnapshot> {
+        self.grow_queued(grant, extra, make_room, true)
+    }
+
+    /// [`Self::grow_ahead_of_queue`] queued at the back instead, behind newcomers: the bug the
+    /// loom suite's negative control must catch.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn grow_behind_queue(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+    ) -> Result<(), LedgerSnapshot> {
+        self.grow_queued(grant, extra, make_room, false)
+    }
+
+    fn grow_queued(
+        &self,
+        grant: &mut Grant,
+        extra: u64,
+        make_room: impl FnOnce(),
+        front: bool,
+    ) -> Result<(), LedgerSnapshot> {
+        if self.try_grow(grant, extra).is_ok() {
+            return Ok(());
+        }
+        let ticket = {
+            let mut st = self.core.lock();
+            let ticket = st.next_ticket;
+            st.next_ticket += 1;
+            let waiter = Waiter {
+                ticket,
+                bytes: extra,
+                granted: false,
+                slept: false,
+                enqueued_at: Instant::now(),
+                waker: None,
+                growth: true,
+                overtaken: 0,
+            };
+            if front {
+                st.queue.push_front(waiter);
+            } else {
+                st.queue.push_back(waiter);
+            }
+            st.pump();
+            ticket
+        };
+        make_room();
+        match self.cancel_ticket(ticket) {
+            Some(more) => {
+                grant.absorb(more);
+                Ok(())
+            }
+            None => Err(self.snapshot()),
+        }
+    }
+
+    /// Queues a request for `bytes` at the back of the admission queue (granted at once if it
+    /// fits and nobody is ahead); the loom suite's newcomer.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn enqueue_request(&self, bytes: u64) -> u64 {
+        self.enqueue(bytes)
+    }
+
+    /// Leaves the queue, returning the grant if the request was granted meanwhile; the loom
+    /// suite's newcomer.
+    #[cfg(feature = "loom")]
+    #[doc(hidden)]
+    pub fn leave_queue(&self, ticket: u64) -> Option<Grant> {
+        self.cancel_ticket(ticket)
     }
 
     /// Where a ticket stands. Registers `waker` (async waiters) to be woken by the next event.

@@ -27,13 +27,19 @@
 //!   swaps the version in under a rollback guard and keeps the old one counted until its last
 //!   reader drops it;
 //! - [`get_or_load`](AdmissionManager::get_or_load) and [`rebuild`](AdmissionManager::rebuild)
-//!   run one loader per key (others join its result), never publish into an evicted entry, and
-//!   turn builder panics into a `Failed` state with the error recorded;
+//!   — and their futures [`get_or_load_async`](AdmissionManager::get_or_load_async) and
+//!   [`rebuild_async`](AdmissionManager::rebuild_async), which take an async builder and need
+//!   no runtime — run one loader per key (others join its result), never publish into an
+//!   evicted entry, tell the builder through its [`BuildContext`] when it should stop, back off
+//!   after builder failures, and turn builder panics into a `Failed` state with the error
+//!   recorded;
 //! - [`get`](AdmissionManager::get) and [`classify_for_serve`](AdmissionManager::classify_for_serve)
 //!   serve without touching the ledger's mutex (`get` takes no lock at all), with fresh /
 //!   stale / not-ready verdicts;
 //! - [`status`](AdmissionManager::status) reports every tier, high-water marks, the queue,
-//!   evictions by cause, rejections, learned estimate multipliers and every entry.
+//!   evictions by cause, rejections, learned estimate multipliers and every entry — as
+//!   Prometheus text ([`Status::prometheus`]) or, with the `serde` feature, anything serde
+//!   writes.
 //!
 //! An optional [memory probe](probe) (cgroup `memory.current`/`memory.max`, or RSS) takes
 //! headroom away when memory the ledger does not count grows.
@@ -50,8 +56,8 @@
 //! }
 //!
 //! let manager = AdmissionManager::<&str, Index>::new(AdmissionConfig::new(1000).audit_interval(None));
-//! manager.register("a", false);
-//! manager.register("b", false);
+//! manager.register("a");
+//! manager.register("b");
 //!
 //! // Reserve, build, publish: the reservation is trued up to the measured 600 bytes.
 //! let r = manager.reserve(&"a", ReserveRequest::new(700))?;
@@ -78,14 +84,21 @@
 mod config;
 mod entry;
 mod error;
+mod export;
 mod failpoint;
+#[cfg(not(feature = "loom"))]
+mod flight;
+/// The single-flight gate, public only for the loom suite.
+#[cfg(feature = "loom")]
+#[doc(hidden)]
+pub mod flight;
 mod housekeeper;
 pub mod ledger;
 pub mod manager;
 pub mod probe;
 mod sync;
 
-pub use config::{AdmissionConfig, ProbeConfig};
+pub use config::{AdmissionConfig, ProbeConfig, QueuePolicy};
 pub use error::{
     BuildError, CODE_BUDGET_EXCEEDED, CODE_BUILD_FAILED, CODE_EVICTED, CODE_STALE_EXPIRED,
     LoadError, PublishError, ReserveError, ServeError,
@@ -95,9 +108,9 @@ pub use ledger::{
     RetireCause,
 };
 pub use manager::{
-    AdmissionManager, ClassEstimate, EntryState, EntryStatus, EvictionPlan, LoadOptions, Overflow,
-    PublishHook, Reservation, ReserveFuture, ReserveRequest, ServeVerdict, SingleFlight, Status,
-    WeakManager,
+    AdmissionManager, BuildContext, Cancellation, Cancelled, ClassEstimate, EntryState,
+    EntryStatus, EvictionPlan, LimitReport, LoadOptions, Overflow, PublishHook, Reservation,
+    ReserveFuture, ReserveRequest, ServeVerdict, SingleFlight, Status, WeakManager,
 };
 
 /// The heap memory a value owns, as the budget counts it.

@@ -17,7 +17,7 @@ mod imp {
     use std::any::Any;
 
     pub(crate) use std::sync::Arc;
-    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
     /// A liveness probe for a version: lets the audit scan see whether any handle still exists
     /// without keeping the value alive (dropping a `Weak` never runs the value's destructor).
@@ -56,7 +56,7 @@ mod imp {
 mod imp {
 
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
     /// Loom has no `Weak`: the audit scan cannot see liveness under loom and never reclaims.
     #[derive(Debug)]

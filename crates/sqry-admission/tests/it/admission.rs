@@ -15,7 +15,7 @@ fn planning_counts_only_victims_no_reader_holds() {
     let m = manager(1_000);
     let held = load(&m, "a", 400);
     drop(load(&m, "b", 400));
-    m.register(key("c"), false);
+    m.register(key("c"));
     let plan = m.plan_eviction(500, Some(&key("c")));
     assert_eq!(plan.victims, vec![(key("b"), 400)], "a is held by a reader");
     assert!(plan.sufficient, "need 300, b frees 400");
@@ -31,7 +31,7 @@ fn admission_evicts_nothing_when_victims_would_not_suffice() {
     let m = manager(1_000);
     let held = load(&m, "a", 500);
     drop(load(&m, "b", 300));
-    m.register(key("c"), false);
+    m.register(key("c"));
     let plan = m.plan_eviction(800, Some(&key("c")));
     assert!(!plan.sufficient, "need 600, only b (300) is freeable");
     let err = m
@@ -56,7 +56,7 @@ fn admission_evicts_down_to_the_low_watermark() {
         thread::sleep(Duration::from_millis(1 + i as u64));
     }
     assert_eq!(m.ledger().snapshot().loaded, 1_000);
-    m.register(key("f"), false);
+    m.register(key("f"));
     let r = m
         .reserve(&key("f"), ReserveRequest::new(200))
         .expect("fits");
@@ -70,7 +70,7 @@ fn admission_evicts_down_to_the_low_watermark() {
     assert_eq!(m.ledger().metrics().evictions.admission, 3);
     drop(r);
     // The next admission fits without evicting again.
-    m.register(key("g"), false);
+    m.register(key("g"));
     let r = m
         .reserve(&key("g"), ReserveRequest::new(200))
         .expect("fits");
@@ -86,7 +86,7 @@ fn recently_read_entries_are_evicted_last() {
     drop(load(&m, "new", 400));
     thread::sleep(Duration::from_millis(2));
     drop(m.get(&key("old")).expect("loaded")); // a read refreshes recency, lock-free
-    m.register(key("x"), false);
+    m.register(key("x"));
     let r = m
         .reserve(&key("x"), ReserveRequest::new(300))
         .expect("fits");
@@ -99,8 +99,8 @@ fn recently_read_entries_are_evicted_last() {
 fn queued_request_is_admitted_when_bytes_are_released() {
     let m = manager(1_000);
     let (a, b) = (key("a"), key("b"));
-    m.register(a.clone(), false);
-    m.register(b.clone(), false);
+    m.register(a.clone());
+    m.register(b.clone());
     let first = m.reserve(&a, ReserveRequest::new(800)).expect("fits");
     let waiter = {
         let (m, b) = (m.clone(), b.clone());
@@ -134,7 +134,7 @@ fn queued_request_is_admitted_when_bytes_are_released() {
 #[test]
 fn queued_request_times_out_with_the_whole_ledger() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -162,7 +162,7 @@ fn queued_request_times_out_with_the_whole_ledger() {
 fn queue_is_fifo_and_fail_fast_requests_do_not_overtake_it() {
     let m = manager(1_000);
     for k in ["a", "w1", "w2", "late"] {
-        m.register(key(k), false);
+        m.register(key(k));
     }
     let first = m
         .reserve(&key("a"), ReserveRequest::new(1_000))
@@ -219,7 +219,7 @@ fn queue_is_fifo_and_fail_fast_requests_do_not_overtake_it() {
 fn waiting_request_evicts_a_victim_once_its_reader_lets_go() {
     let m = manager(1_000);
     let reader = load(&m, "a", 800);
-    m.register(key("b"), false);
+    m.register(key("b"));
     let waiter = {
         let m = m.clone();
         thread::spawn(move || {
@@ -246,7 +246,7 @@ fn waiting_request_evicts_a_victim_once_its_reader_lets_go() {
 fn reservation_grows_through_admission_and_shrinks() {
     let m = manager(1_000);
     drop(load(&m, "victim", 600));
-    m.register(key("k"), false);
+    m.register(key("k"));
     let mut r = m
         .reserve(&key("k"), ReserveRequest::new(300))
         .expect("fits");
@@ -265,7 +265,7 @@ fn reservation_grows_through_admission_and_shrinks() {
 #[test]
 fn rejections_and_evictions_are_counted_by_cause() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let _ = m.reserve(&key("k"), ReserveRequest::new(5_000));
     let hold = m
         .reserve(&key("k"), ReserveRequest::new(900))
@@ -292,8 +292,8 @@ fn rejections_and_evictions_are_counted_by_cause() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_waiter_is_admitted_after_a_release_without_blocking_the_runtime() {
     let m = manager(1_000);
-    m.register(key("a"), false);
-    m.register(key("b"), false);
+    m.register(key("a"));
+    m.register(key("b"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -318,7 +318,7 @@ async fn async_waiter_is_admitted_after_a_release_without_blocking_the_runtime()
 #[tokio::test(flavor = "current_thread")]
 async fn async_waiter_times_out_at_its_deadline() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -343,7 +343,7 @@ async fn async_waiter_times_out_at_its_deadline() {
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_an_async_waiter_leaves_the_queue() {
     let m = manager(1_000);
-    m.register(key("a"), false);
+    m.register(key("a"));
     let first = m
         .reserve(&key("a"), ReserveRequest::new(900))
         .expect("fits");
@@ -372,4 +372,154 @@ async fn dropping_an_async_waiter_leaves_the_queue() {
         .expect_err("not registered");
     assert!(matches!(err, ReserveError::NotRegistered { .. }));
     let _ = blob(0);
+}
+
+/// A `ReserveFuture` polled again after it returned `Ready` panics, as futures do, instead of
+/// inventing a result (it used to answer `ManagerGone` while the manager was alive).
+#[test]
+fn reserve_future_polled_after_completion_panics() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let m = manager(1_000);
+    m.register(key("a"));
+    let mut fut = Box::pin(m.reserve_async(&key("a"), ReserveRequest::new(100)));
+    let mut cx = Context::from_waker(Waker::noop());
+    let Poll::Ready(first) = fut.as_mut().poll(&mut cx) else {
+        panic!("a request that fits is granted on the first poll");
+    };
+    let reservation = first.expect("fits");
+    let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = fut.as_mut().poll(&mut cx);
+    }));
+    let payload = again.expect_err("polling a completed future panics");
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(text.contains("after completion"), "panic message: {text:?}");
+    assert_eq!(m.ledger().snapshot().reserved, reservation.bytes());
+    drop(reservation);
+    assert_eq!(m.ledger().snapshot().reserved, 0);
+}
+
+/// The planner prefers victims with no build in flight: evicting an entry that is being
+/// rebuilt throws its rebuild away too. "a" is the least recently used but is rebuilding, so
+/// admission evicts "b" instead.
+#[test]
+fn planner_prefers_victims_without_a_build_in_flight() {
+    let m = manager(1_000);
+    drop(load(&m, "a", 400));
+    thread::sleep(Duration::from_millis(2));
+    drop(load(&m, "b", 400));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+    let rebuild = {
+        let m = m.clone();
+        thread::spawn(move || {
+            m.rebuild(&key("a"), ReserveRequest::new(100), |_| {
+                started_tx.send(()).expect("started");
+                finish_rx.recv().expect("finish");
+                Ok(blob(100))
+            })
+            .map(|h| h.len())
+        })
+    };
+    started_rx.recv().expect("the rebuild started");
+    m.register(key("c"));
+    let plan = m.plan_eviction(400, Some(&key("c")));
+    assert_eq!(
+        plan.victims.first().map(|(k, _)| k.as_str()),
+        Some("b"),
+        "{plan:?}"
+    );
+    let r = m
+        .reserve(&key("c"), ReserveRequest::new(400))
+        .expect("evicts b");
+    assert!(m.contains(&key("a")), "the rebuilding entry was spared");
+    assert!(!m.contains(&key("b")));
+    finish_tx.send(()).expect("finish");
+    assert_eq!(rebuild.join().expect("rebuild").expect("published"), 100);
+    drop(r);
+}
+
+/// Lowering the limit evicts down to it, and reports what it could not free (versions readers
+/// hold stay counted). `Ledger::set_limit` alone evicted nothing.
+#[test]
+fn shrinking_the_limit_evicts_down_to_it_and_reports_the_rest() {
+    let m = manager(1_000);
+    let held = load(&m, "held", 300);
+    drop(load(&m, "a", 300));
+    drop(load(&m, "b", 300));
+    let report = m.set_limit(700);
+    assert_eq!(report.evicted, 1, "{report:?}");
+    assert_eq!(report.freed, 300);
+    assert_eq!(report.still_over, 0);
+    let s = m.ledger().snapshot();
+    assert!(s.total() <= 700 && s.limit == 700, "{s}");
+    // Only the held version is left to free: it cannot be, and the report says by how much.
+    drop(load(&m, "c", 300));
+    let report = m.set_limit(200);
+    assert_eq!(report.evicted, 1, "c, not the held one: {report:?}");
+    assert_eq!(report.still_over, 100, "{report:?}");
+    assert!(m.contains(&key("held")));
+    drop(held);
+    let report = m.set_limit(200);
+    assert_eq!((report.evicted, report.still_over), (1, 0), "{report:?}");
+    assert_eq!(m.ledger().snapshot().total(), 0);
+}
+
+/// One queued 600-byte request made all 19 small fail-fast requests fail although they fit.
+/// FIFO (the default) still does; with overtaking they pass it — at most `max_overtakes` of
+/// them — and the large request is granted once memory comes back (it does not starve).
+#[test]
+fn small_requests_may_overtake_a_queued_large_one_within_a_bound() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    for (policy, expect_admitted) in [
+        (sqry_admission::QueuePolicy::Fifo, 0),
+        (
+            sqry_admission::QueuePolicy::Overtake { max_overtakes: 100 },
+            19,
+        ),
+        (
+            sqry_admission::QueuePolicy::Overtake { max_overtakes: 5 },
+            5,
+        ),
+    ] {
+        let m = crate::support::manager_with(config(1_000).queue_policy(policy));
+        let held = load(&m, "held", 500);
+        m.register(key("large"));
+        let mut large = Box::pin(m.reserve_async(
+            &key("large"),
+            ReserveRequest::new(600).wait_for(Duration::from_secs(30)),
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(large.as_mut().poll(&mut cx).is_pending(), "{policy:?}");
+        let mut small = Vec::new();
+        for i in 0..19 {
+            let k = key(&format!("small-{i}"));
+            m.register(k.clone());
+            if let Ok(r) = m.reserve(&k, ReserveRequest::new(20)) {
+                small.push(r);
+            }
+        }
+        assert_eq!(small.len(), expect_admitted, "{policy:?}");
+        assert_eq!(
+            m.ledger().metrics().overtakes,
+            expect_admitted as u64,
+            "{policy:?}"
+        );
+        // Memory comes back: the large request is served.
+        drop((held, small));
+        assert!(m.unload(&key("held")));
+        let std::task::Poll::Ready(granted) = large.as_mut().poll(&mut cx) else {
+            panic!("{policy:?}: the large request starved");
+        };
+        assert_eq!(granted.expect("granted").bytes(), 600);
+        let s = m.ledger().snapshot();
+        assert!(s.high_water <= s.limit, "{s}");
+    }
 }

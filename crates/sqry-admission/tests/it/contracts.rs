@@ -1,7 +1,8 @@
-//! The original daemon's contracts (seed 004, `manager.rs` and its unit tests), asserted
-//! against this crate's API. Each test names the seed test it stands for. Seed tests that need
-//! internals (cancellation flags, hand-set states, the rollback guard, panics injected between
-//! publish steps) are unit tests in `src/manager.rs`.
+//! The contracts of sqry's daemon (the code-search daemon this crate comes from: its
+//! `manager.rs` and that file's unit tests), asserted against this crate's API. Each test names
+//! the sqry test it stands for. Those that need internals (cancellation flags, hand-set states,
+//! the rollback guard, panics injected between publish steps) are unit tests in
+//! `src/manager/tests.rs`.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Barrier};
@@ -15,12 +16,12 @@ use sqry_admission::{
 
 use crate::support::{MIB, Manager, RecordingHook, blob, key, load, load_pinned, manager};
 
-/// seed: reserve_rebuild_succeeds_when_headroom_available
+/// sqry's `reserve_rebuild_succeeds_when_headroom_available`
 #[test]
 fn reserve_succeeds_when_headroom_available() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(500_000)).expect("fits");
     assert_eq!(r.bytes(), 500_000);
     assert_eq!(m.ledger().snapshot().reserved, 500_000);
@@ -28,12 +29,12 @@ fn reserve_succeeds_when_headroom_available() {
     assert_eq!(m.ledger().snapshot().reserved, 0, "drop refunds");
 }
 
-/// seed: reserve_rebuild_rejects_oversized_request
+/// sqry's `reserve_rebuild_rejects_oversized_request`
 #[test]
 fn reserve_rejects_request_larger_than_the_budget() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let err = m
         .reserve(&k, ReserveRequest::new(10 * MIB))
         .expect_err("larger than the budget");
@@ -51,12 +52,12 @@ fn reserve_rejects_request_larger_than_the_budget() {
     assert_eq!(m.ledger().snapshot().reserved, 0, "ledger unchanged");
 }
 
-/// seed: reserve_rebuild_rejects_when_running_total_would_exceed_budget
+/// sqry's `reserve_rebuild_rejects_when_running_total_would_exceed_budget`
 #[test]
 fn reserve_rejects_when_running_total_would_exceed_budget() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let first = m.reserve(&k, ReserveRequest::new(600_000)).expect("fits");
     let err = m
         .reserve(&k, ReserveRequest::new(600_000))
@@ -71,7 +72,7 @@ fn reserve_rejects_when_running_total_would_exceed_budget() {
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
 
-/// seed: reserve_rebuild_rejects_unknown_key
+/// sqry's `reserve_rebuild_rejects_unknown_key`
 #[test]
 fn reserve_rejects_unknown_key() {
     let m = manager(MIB);
@@ -89,7 +90,7 @@ fn reserve_rejects_unknown_key() {
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
 
-/// seed: publish_and_retain_moves_bytes_and_retains_old_arc — the old version stays counted,
+/// sqry's `publish_and_retain_moves_bytes_and_retains_old_arc` — the old version stays counted,
 /// as retained, exactly while a reader holds it, and is credited back by that reader's drop.
 #[test]
 fn publish_moves_reservation_to_loaded_and_retains_old_version() {
@@ -111,7 +112,7 @@ fn publish_moves_reservation_to_loaded_and_retains_old_version() {
     drop(new);
 }
 
-/// seed: reap_once_drops_last_holder_entries — with no reader, the old version is credited
+/// sqry's `reap_once_drops_last_holder_entries` — with no reader, the old version is credited
 /// back at publish time, without any reaper pass.
 #[test]
 fn replaced_version_without_readers_is_credited_at_once() {
@@ -129,7 +130,7 @@ fn replaced_version_without_readers_is_credited_at_once() {
     assert!(audit.consistent);
 }
 
-/// seed: reap_once_retains_entries_with_outstanding_holders
+/// sqry's `reap_once_retains_entries_with_outstanding_holders`
 #[test]
 fn retained_version_with_a_reader_survives_audits_until_dropped() {
     let m = manager(MIB);
@@ -149,12 +150,12 @@ fn retained_version_with_a_reader_survives_audits_until_dropped() {
     assert_eq!(m.ledger().snapshot().retained_count, 0);
 }
 
-/// seed: unconsumed_reservation_refunds_reserved_bytes_on_drop (including on unwind)
+/// sqry's `unconsumed_reservation_refunds_reserved_bytes_on_drop` (including on unwind)
 #[test]
 fn unconsumed_reservation_refunds_on_drop_and_on_panic() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(250_000)).expect("fits");
     assert_eq!(m.ledger().snapshot().reserved, 250_000);
     let outcome = catch_unwind(AssertUnwindSafe(move || {
@@ -165,12 +166,12 @@ fn unconsumed_reservation_refunds_on_drop_and_on_panic() {
     assert_eq!(m.ledger().snapshot().reserved, 0, "refunded on unwind");
 }
 
-/// seed: publish_and_retain_leaves_reservation_fully_disarmed_on_success
+/// sqry's `publish_and_retain_leaves_reservation_fully_disarmed_on_success`
 #[test]
 fn publish_drains_the_reservation_exactly_once() {
     let m = manager(MIB);
     let k = key("/repos/example");
-    m.register(k.clone(), false);
+    m.register(k.clone());
     let r = m.reserve(&k, ReserveRequest::new(100_000)).expect("fits");
     let v = m.publish(r, Vec::new()).expect("publish");
     assert_eq!(m.ledger().snapshot().reserved, 0);
@@ -182,7 +183,7 @@ fn publish_drains_the_reservation_exactly_once() {
     drop(v);
 }
 
-/// seed: get_or_load_builds_on_miss_and_caches
+/// sqry's `get_or_load_builds_on_miss_and_caches`
 #[test]
 fn get_or_load_builds_on_miss_and_caches() {
     let m = manager(MIB);
@@ -204,7 +205,7 @@ fn get_or_load_builds_on_miss_and_caches() {
     assert_eq!(builds, 1);
 }
 
-/// seed: get_or_load_surfaces_builder_failures_and_sets_failed_state
+/// sqry's `get_or_load_surfaces_builder_failures_and_sets_failed_state`
 #[test]
 fn get_or_load_surfaces_builder_failure_and_sets_failed_state() {
     let m = manager(MIB);
@@ -228,7 +229,7 @@ fn get_or_load_surfaces_builder_failure_and_sets_failed_state() {
     assert_eq!(m.ledger().snapshot().reserved, 0, "no leaked reservation");
 }
 
-/// seed: evict_lru_picks_oldest_non_pinned_workspace
+/// sqry's `evict_lru_picks_oldest_non_pinned_workspace`
 #[test]
 fn evict_lru_picks_the_least_recently_used() {
     let m = manager(MIB);
@@ -241,13 +242,13 @@ fn evict_lru_picks_the_least_recently_used() {
     assert!(m.contains(&b), "non-victim stays");
 }
 
-/// seed: evict_lru_returns_none_when_no_candidates
+/// sqry's `evict_lru_returns_none_when_no_candidates`
 #[test]
 fn evict_lru_returns_none_when_empty() {
     assert_eq!(manager(MIB).evict_lru(), None);
 }
 
-/// seed: evict_lru_skips_pinned_workspaces
+/// sqry's `evict_lru_skips_pinned_workspaces`
 #[test]
 fn evict_lru_skips_pinned_entries() {
     let m = manager(MIB);
@@ -259,7 +260,7 @@ fn evict_lru_skips_pinned_entries() {
     assert_eq!(m.evict_lru(), None, "only the pinned entry is left");
 }
 
-/// seed: unload_removes_workspace_and_reclaims_bytes
+/// sqry's `unload_removes_workspace_and_reclaims_bytes`
 #[test]
 fn unload_removes_entry_and_reclaims_bytes() {
     let m = manager(MIB);
@@ -277,7 +278,7 @@ fn unload_removes_entry_and_reclaims_bytes() {
     assert!(!m.unload(&k), "already gone");
 }
 
-/// seed: status_reflects_loaded_workspaces_and_memory
+/// sqry's `status_reflects_loaded_workspaces_and_memory`
 #[test]
 fn status_reflects_entries_and_memory() {
     let m = manager(MIB);
@@ -301,13 +302,13 @@ fn status_reflects_entries_and_memory() {
     );
 }
 
-/// seed: reserve_rebuild_triggers_eviction_when_budget_tight
+/// sqry's `reserve_rebuild_triggers_eviction_when_budget_tight`
 #[test]
 fn reserve_evicts_when_budget_is_tight() {
     let m = manager(MIB);
     drop(load(&m, "/repos/victim", 700_000));
     let new = key("/repos/new");
-    m.register(new.clone(), false);
+    m.register(new.clone());
     let r = m
         .reserve(&new, ReserveRequest::new(600_000))
         .expect("eviction frees headroom");
@@ -318,13 +319,13 @@ fn reserve_evicts_when_budget_is_tight() {
     drop(r);
 }
 
-/// seed: reserve_rebuild_rejects_when_only_pinned_workspaces_remain
+/// sqry's `reserve_rebuild_rejects_when_only_pinned_workspaces_remain`
 #[test]
 fn reserve_rejects_when_only_pinned_entries_remain() {
     let m = manager(MIB);
     drop(load_pinned(&m, "/repos/pinned", 900_000));
     let new = key("/repos/new");
-    m.register(new.clone(), false);
+    m.register(new.clone());
     let err = m
         .reserve(&new, ReserveRequest::new(600_000))
         .expect_err("pinned bytes cannot be evicted");
@@ -340,7 +341,7 @@ fn reserve_rejects_when_only_pinned_entries_remain() {
     assert!(m.contains(&key("/repos/pinned")));
 }
 
-/// seed: execute_eviction_routes_bytes_through_retained_old
+/// sqry's `execute_eviction_routes_bytes_through_retained_old`
 #[test]
 fn eviction_moves_bytes_from_loaded_to_retained() {
     let m = manager(MIB);
@@ -363,7 +364,7 @@ fn eviction_moves_bytes_from_loaded_to_retained() {
     assert_eq!(m.ledger().snapshot().retained, 0, "credited by the drop");
 }
 
-/// seed: get_or_load_state_cas_rejects_concurrent_load — exactly one loader runs the build;
+/// sqry's `get_or_load_state_cas_rejects_concurrent_load` — exactly one loader runs the build;
 /// here the others join it (single flight) and get its result.
 #[test]
 fn concurrent_loads_run_one_build_and_share_its_result() {
@@ -394,7 +395,7 @@ fn concurrent_loads_run_one_build_and_share_its_result() {
     assert_eq!(m.ledger().snapshot().reserved, 0);
 }
 
-/// seed: get_or_load_loading_guard_recovers_from_builder_panic
+/// sqry's `get_or_load_loading_guard_recovers_from_builder_panic`
 #[test]
 fn builder_panic_leaves_entry_failed_with_error_and_retry() {
     let m = manager(MIB);
@@ -414,15 +415,19 @@ fn builder_panic_leaves_entry_failed_with_error_and_retry() {
     );
     assert!(e.retry_count >= 1);
     assert_eq!(m.ledger().snapshot().reserved, 0, "refunded on unwind");
-    // And the entry can be loaded again.
-    let v = m
+    // Inside the backoff window a load backs off; an explicit retry loads it again.
+    let err = m
         .get_or_load(&k, LoadOptions::new(1_000), |_| Ok(blob(10)))
+        .expect_err("backing off");
+    assert!(matches!(err, LoadError::BackingOff { .. }), "{err:?}");
+    let v = m
+        .get_or_load(&k, LoadOptions::new(1_000).retry_now(), |_| Ok(blob(10)))
         .expect("retry succeeds");
     assert_eq!(v.len(), 10);
     assert_eq!(m.status().entries[0].retry_count, 0);
 }
 
-/// seed: concurrent_load_and_evict_never_publishes_into_evicted_workspace
+/// sqry's `concurrent_load_and_evict_never_publishes_into_evicted_workspace`
 #[test]
 fn concurrent_load_and_unload_never_publish_into_an_evicted_entry() {
     for iter in 0..64u64 {
@@ -464,7 +469,7 @@ fn concurrent_load_and_unload_never_publish_into_an_evicted_entry() {
     }
 }
 
-/// seed: publish_fires_installed_hook
+/// sqry's `publish_fires_installed_hook`
 #[test]
 fn publish_fires_the_installed_hook_once() {
     let m = manager(MIB);
@@ -475,7 +480,7 @@ fn publish_fires_the_installed_hook_once() {
     assert_eq!(*hook.published.lock(), vec![k]);
 }
 
-/// seed: set_hook_replaces_prior_hook_for_subsequent_publishes
+/// sqry's `set_hook_replaces_prior_hook_for_subsequent_publishes`
 #[test]
 fn set_hook_replaces_the_previous_hook() {
     let m = manager(MIB);
@@ -506,7 +511,7 @@ impl PublishHook<String, Vec<u8>> for UnloadingHook {
     }
 }
 
-/// seed: hook_can_call_manager_unload_without_deadlock
+/// sqry's `hook_can_call_manager_unload_without_deadlock`
 #[test]
 fn hook_can_unload_the_key_it_was_told_about_without_deadlock() {
     let m = manager(MIB);
@@ -534,7 +539,7 @@ fn hook_can_unload_the_key_it_was_told_about_without_deadlock() {
     assert!(!m.contains(&k), "the hook's unload removed the entry");
 }
 
-/// seed: retention_reaper_task_eventually_drops_free_entries — retained bytes come back when
+/// sqry's `retention_reaper_task_eventually_drops_free_entries` — retained bytes come back when
 /// the last reader drops, on its own task, with no reaper; the audit thread runs beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_bytes_return_when_a_reader_task_drops_its_handle() {
@@ -599,7 +604,7 @@ fn reservations_and_handles_outliving_the_manager_settle_their_bytes() {
     let m = manager(MIB);
     let ledger = m.ledger().clone();
     let reader = load(&m, "/repos/example", 1_000);
-    m.register(key("/repos/other"), false);
+    m.register(key("/repos/other"));
     let r = m
         .reserve(&key("/repos/other"), ReserveRequest::new(500))
         .expect("fits");

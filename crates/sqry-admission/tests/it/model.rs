@@ -1,5 +1,6 @@
 //! A model-based property test: random sequences of reserve / grow / shrink / publish / drop /
-//! read / unload / evict / load / builder panic / re-entrant hook against a simple model.
+//! read / unload / evict / load / builder panic / re-entrant hook / async single-flight load
+//! (with a joiner, and with the leader's future dropped mid-build) against a simple model.
 //!
 //! The model knows which versions exist and who holds them; from that alone it derives what
 //! the ledger must say — loaded is the bytes of the versions in the slots, retained the bytes
@@ -10,9 +11,12 @@
 //! it) and that a refused request evicted nothing. After every step the ledger must match the
 //! model exactly and never have exceeded the limit.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -76,6 +80,16 @@ enum Op {
         k: usize,
         est: u64,
     },
+    /// `get_or_load_async` by a leader whose build is pending while a joiner polls; then the
+    /// build finishes (both get the one version) or the leader's future is dropped (the joiner
+    /// takes over with its own builder).
+    AsyncLoad {
+        k: usize,
+        est: u64,
+        smaller_by: u64,
+        keep: bool,
+        drop_leader: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -98,7 +112,16 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (k.clone(), bytes.clone(), 0u64..200, keep)
             .prop_map(|(k, est, smaller_by, keep)| Op::Load { k, est, smaller_by, keep }),
         1 => (k.clone(), bytes.clone()).prop_map(|(k, est)| Op::BuilderPanic { k, est }),
-        1 => (k, bytes).prop_map(|(k, est)| Op::LoadWithUnloadingHook { k, est }),
+        1 => (k.clone(), bytes.clone()).prop_map(|(k, est)| Op::LoadWithUnloadingHook { k, est }),
+        3 => (k, bytes, 0u64..200, keep, any::<bool>()).prop_map(
+            |(k, est, smaller_by, keep, drop_leader)| Op::AsyncLoad {
+                k,
+                est,
+                smaller_by,
+                keep,
+                drop_leader,
+            }
+        ),
     ]
 }
 
@@ -117,6 +140,8 @@ struct Ent {
     state: EntryState,
     current: Option<u64>,
     generation: u64,
+    /// The builder failed (panicked): loads back off until a publish succeeds.
+    backing_off: bool,
 }
 
 struct Res {
@@ -170,6 +195,7 @@ impl World {
                     state: EntryState::Unloaded,
                     current: None,
                     generation: self.next_generation,
+                    backing_off: false,
                 },
             );
         }
@@ -284,7 +310,12 @@ impl World {
             Op::Register { k, pinned } => {
                 let key = KEYS[k].to_string();
                 let fresh = !self.ents.contains_key(&key);
-                assert_eq!(self.m.register(key.clone(), pinned), fresh);
+                let registered = if pinned {
+                    self.m.register_pinned(key.clone())
+                } else {
+                    self.m.register(key.clone())
+                };
+                assert_eq!(registered, fresh);
                 self.register_model(&key, pinned);
             }
             Op::Reserve { k, bytes } => {
@@ -408,7 +439,146 @@ impl World {
                 self.load(k, est, LoadKind::UnloadedByHook);
                 self.m.clear_hook();
             }
+            Op::AsyncLoad {
+                k,
+                est,
+                smaller_by,
+                keep,
+                drop_leader,
+            } => self.load_async(k, est, est - smaller_by.min(est), keep, drop_leader),
         }
+    }
+
+    /// Records the outcome of an async load polled to completion by `poll`.
+    fn async_outcome(
+        &mut self,
+        key: &str,
+        predicted: Predicted,
+        outcome: Poll<Result<Handle<Vec<u8>>, LoadError>>,
+        bytes: u64,
+        keep: bool,
+    ) -> Option<Handle<Vec<u8>>> {
+        self.observe_evictions(predicted == Predicted::FitsAfterEviction, key);
+        let admitted = matches!(predicted, Predicted::Fits | Predicted::FitsAfterEviction);
+        match outcome {
+            Poll::Ready(Ok(h)) => {
+                assert!(admitted, "{predicted:?}");
+                let id = h.version_id();
+                self.install(key, h.clone(), bytes, keep);
+                assert_eq!(self.ents[key].current, Some(id));
+                Some(h)
+            }
+            Poll::Ready(Err(LoadError::Admission(e))) => {
+                check_admission(predicted, Some(e));
+                self.ents.get_mut(key).expect("registered").state = EntryState::Failed;
+                None
+            }
+            other => panic!("unexpected async load outcome: {other:?}"),
+        }
+    }
+
+    /// A key whose builder failed is not built again inside its backoff window (the default
+    /// schedule's 30 s outlast any run): the load returns the cached error and changes nothing.
+    fn backs_off(&mut self, key: &str, est: u64) -> bool {
+        if !self.ents[key].backing_off {
+            return false;
+        }
+        let err = self
+            .m
+            .get_or_load(
+                &key.to_string(),
+                LoadOptions::new(est),
+                |_| -> Result<Vec<u8>, _> {
+                    panic!("a load inside the backoff window never builds")
+                },
+            )
+            .expect_err("backing off");
+        assert!(matches!(err, LoadError::BackingOff { .. }), "{err:?}");
+        true
+    }
+
+    fn load_async(&mut self, k: usize, est: u64, bytes: u64, keep: bool, drop_leader: bool) {
+        let key = KEYS[k].to_string();
+        if matches!(
+            self.ents.get(&key),
+            Some(Ent {
+                state: EntryState::Loaded,
+                ..
+            })
+        ) {
+            return self.load(k, est, LoadKind::Builds(bytes, keep));
+        }
+        self.register_model(&key, false);
+        if self.backs_off(&key, est) {
+            return;
+        }
+        let prior = self.ents[&key].state;
+        let m = self.m.clone();
+        let released = Cell::new(false);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut leader = Box::pin(m.get_or_load_async(&key, LoadOptions::new(est), |_ctx| {
+            let released = &released;
+            std::future::poll_fn(move |_| {
+                if released.get() {
+                    Poll::Ready(Ok(blob(bytes as usize)))
+                } else {
+                    Poll::Pending
+                }
+            })
+        }));
+        let mut joiner = Box::pin(m.get_or_load_async(&key, LoadOptions::new(est), |_ctx| {
+            std::future::ready(Ok(blob(bytes as usize)))
+        }));
+        let predicted = self.predict(est, &key);
+        let first = leader.as_mut().poll(&mut cx);
+        if first.is_ready() {
+            // Refused at admission: nothing was built and the joiner never ran.
+            drop(joiner);
+            assert!(
+                self.async_outcome(&key, predicted, first, bytes, keep)
+                    .is_none()
+            );
+            return;
+        }
+        self.observe_evictions(predicted == Predicted::FitsAfterEviction, &key);
+        assert_eq!(
+            self.m.ledger().snapshot().reserved,
+            self.reserved() + est,
+            "the leader holds its reservation while it builds"
+        );
+        assert_eq!(self.m.state(&key), Some(EntryState::Loading));
+        assert!(
+            joiner.as_mut().poll(&mut cx).is_pending(),
+            "the joiner waits"
+        );
+        if drop_leader {
+            drop(leader);
+            assert_eq!(
+                self.m.ledger().snapshot().reserved,
+                self.reserved(),
+                "a dropped leader's reservation is refunded"
+            );
+            assert_eq!(self.m.state(&key), Some(prior), "not left Loading");
+            self.check();
+            let predicted = self.predict(est, &key);
+            let outcome = joiner.as_mut().poll(&mut cx);
+            drop(self.async_outcome(&key, predicted, outcome, bytes, keep));
+        } else {
+            released.set(true);
+            let outcome = leader.as_mut().poll(&mut cx);
+            let led = self
+                .async_outcome(&key, Predicted::Fits, outcome, bytes, keep)
+                .expect("admitted at the first poll");
+            let Poll::Ready(Ok(joined)) = joiner.as_mut().poll(&mut cx) else {
+                panic!("the joiner receives the leader's result");
+            };
+            assert_eq!(
+                joined.version_id(),
+                led.version_id(),
+                "one build, one version"
+            );
+        }
+        self.gc();
     }
 
     fn admission_outcome(
@@ -444,6 +614,7 @@ impl World {
             .expect("published entries are registered");
         e.current = Some(h.version_id());
         e.state = EntryState::Loaded;
+        e.backing_off = false;
         if keep {
             self.readers.push(h);
         }
@@ -470,6 +641,9 @@ impl World {
             return;
         }
         self.register_model(&key, false);
+        if self.backs_off(&key, est) {
+            return;
+        }
         let predicted = self.predict(est, &key);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.m
@@ -491,7 +665,9 @@ impl World {
                     admitted && matches!(kind, LoadKind::Panics),
                     "unexpected panic"
                 );
-                self.ents.get_mut(&key).expect("registered").state = EntryState::Failed;
+                let e = self.ents.get_mut(&key).expect("registered");
+                e.state = EntryState::Failed;
+                e.backing_off = true;
             }
             Ok(Err(LoadError::Admission(e))) => {
                 check_admission(predicted, Some(e));

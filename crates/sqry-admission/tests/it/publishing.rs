@@ -1,6 +1,8 @@
 //! Publishing: true-up to the measured size, the oversize check counting every tier, learned
 //! estimate multipliers, and publishes racing evictions.
 
+use std::time::Duration;
+
 use sqry_admission::{PublishError, ReserveRequest};
 
 use crate::support::{blob, key, load, manager};
@@ -8,7 +10,7 @@ use crate::support::{blob, key, load, manager};
 #[test]
 fn publish_trues_a_reservation_down_to_the_measured_size() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(800))
         .expect("fits");
@@ -21,7 +23,7 @@ fn publish_trues_a_reservation_down_to_the_measured_size() {
 #[test]
 fn publish_trues_a_reservation_up_when_the_budget_allows() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(100))
         .expect("fits");
@@ -54,7 +56,7 @@ fn publish_true_up_evicts_freeable_victims_but_never_its_own_key() {
 fn oversize_at_publish_counts_the_old_version_and_other_reservations() {
     let m = manager(1_000);
     let old = load(&m, "k", 400);
-    m.register(key("other"), false);
+    m.register(key("other"));
     let other = m
         .reserve(&key("other"), ReserveRequest::new(300))
         .expect("fits");
@@ -93,7 +95,7 @@ fn oversize_at_publish_counts_the_old_version_and_other_reservations() {
 #[test]
 fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
     let m = manager(1_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r = m
         .reserve(&key("k"), ReserveRequest::new(200))
         .expect("fits");
@@ -102,7 +104,7 @@ fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
     assert!(matches!(err, PublishError::Evicted { .. }), "{err:?}");
     assert_eq!(m.ledger().snapshot().total(), 0);
     // Re-registering does not let the stale reservation's entry come back either.
-    m.register(key("k"), false);
+    m.register(key("k"));
     let r2 = m
         .reserve(&key("k"), ReserveRequest::new(200))
         .expect("fits");
@@ -112,7 +114,7 @@ fn publish_into_an_entry_evicted_meanwhile_publishes_nothing() {
 #[test]
 fn estimate_multiplier_is_learned_per_class() {
     let m = manager(1_000_000);
-    m.register(key("k"), false);
+    m.register(key("k"));
     for _ in 0..6 {
         let r = m
             .reserve(&key("k"), ReserveRequest::new(1_000).class("tree"))
@@ -147,8 +149,8 @@ fn estimate_multiplier_is_learned_per_class() {
 #[test]
 fn a_reservation_of_another_manager_is_refused() {
     let (m1, m2) = (manager(1_000), manager(1_000));
-    m1.register(key("k"), false);
-    m2.register(key("k"), false);
+    m1.register(key("k"));
+    m2.register(key("k"));
     let r = m1
         .reserve(&key("k"), ReserveRequest::new(100))
         .expect("fits");
@@ -161,4 +163,45 @@ fn a_reservation_of_another_manager_is_refused() {
         m1.ledger().snapshot().total() + m2.ledger().snapshot().total(),
         0
     );
+}
+
+/// A finished build growing at publish is served before a newcomer queued meanwhile: limit
+/// 1000, a 500-byte victim held by a reader, reservation A of 300, a waiter for 500 queued,
+/// the reader drops, `publish(A, 600)` — the victim is evicted for A's growth, A publishes
+/// 600, and the waiter keeps waiting (it used to take the victim's bytes and fail A with
+/// `Oversize`).
+#[test]
+fn growth_at_publish_is_served_before_a_queued_newcomer() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let m = manager(1_000);
+    let victim = load(&m, "victim", 500);
+    m.register(key("a"));
+    m.register(key("b"));
+    let a = m
+        .reserve(&key("a"), ReserveRequest::new(300))
+        .expect("fits");
+    let mut waiter = Box::pin(m.reserve_async(
+        &key("b"),
+        ReserveRequest::new(500).wait_for(Duration::from_secs(30)),
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(
+        waiter.as_mut().poll(&mut cx).is_pending(),
+        "the victim is held"
+    );
+    assert_eq!(m.ledger().snapshot().queue_depth, 1);
+    drop(victim);
+    let published = m.publish(a, blob(600)).expect("A's growth is served first");
+    assert_eq!(published.bytes(), 600);
+    assert!(!m.contains(&key("victim")), "evicted for A's growth");
+    assert!(
+        waiter.as_mut().poll(&mut cx).is_pending(),
+        "600 + 500 > 1000"
+    );
+    drop(waiter);
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.queue_depth), (600, 0, 0), "{s}");
+    assert!(s.high_water <= s.limit, "{s}");
 }

@@ -39,7 +39,11 @@ fn million_operations_stay_within_the_budget_and_settle_exactly() {
     let m = manager(LIMIT);
     let keys: Vec<String> = (0..KEYS).map(|i| key(&format!("/idx/{i:02}"))).collect();
     for (i, k) in keys.iter().enumerate() {
-        m.register(k.clone(), i == 0);
+        if i == 0 {
+            m.register_pinned(k.clone());
+        } else {
+            m.register(k.clone());
+        }
     }
     let observations = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -117,12 +121,12 @@ fn million_operations_stay_within_the_budget_and_settle_exactly() {
                         }
                         950..=969 => {
                             if m.unload(k) {
-                                m.register(k.clone(), false);
+                                m.register(k.clone());
                             }
                         }
                         970..=979 => {
                             if let Some(k) = m.evict_lru() {
-                                m.register(k, false);
+                                m.register(k);
                             }
                         }
                         _ => {
@@ -137,7 +141,7 @@ fn million_operations_stay_within_the_budget_and_settle_exactly() {
                     }
                     // Keys evicted and not re-registered by their evictor come back here.
                     if !m.contains(k) {
-                        m.register(k.clone(), false);
+                        m.register(k.clone());
                     }
                 }
                 ok

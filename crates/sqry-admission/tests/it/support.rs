@@ -16,6 +16,11 @@ pub(crate) fn manager(limit: u64) -> Manager {
     AdmissionManager::new(config(limit))
 }
 
+/// A manager with `config`.
+pub(crate) fn manager_with(config: AdmissionConfig) -> Manager {
+    AdmissionManager::new(config)
+}
+
 pub(crate) fn config(limit: u64) -> AdmissionConfig {
     AdmissionConfig::new(limit).audit_interval(None)
 }
@@ -31,7 +36,7 @@ pub(crate) fn blob(bytes: usize) -> Vec<u8> {
 
 /// Registers `k` and publishes a value of `bytes` bytes under a reservation of that size.
 pub(crate) fn load(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
-    m.register(key(k), false);
+    m.register(key(k));
     let r = m
         .reserve(&key(k), ReserveRequest::new(bytes as u64))
         .unwrap_or_else(|e| panic!("reserve {k}: {e}"));
@@ -41,7 +46,7 @@ pub(crate) fn load(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
 
 /// Like [`load`] but the entry is pinned.
 pub(crate) fn load_pinned(m: &Manager, k: &str, bytes: usize) -> Handle<Vec<u8>> {
-    m.register(key(k), true);
+    m.register_pinned(key(k));
     load(m, k, bytes)
 }
 
