@@ -111,6 +111,15 @@ pub enum LoadError {
         /// The missing dependency.
         dependency: String,
     },
+    /// A contract in the manifest's `requires` is not provided, at that major and at least
+    /// that minor, by any loaded bundle (nor by this one); load a provider first.
+    #[error("bundle `{bundle}` requires contract `{contract}`, which no loaded bundle provides")]
+    RequiredContractMissing {
+        /// The bundle.
+        bundle: String,
+        /// The required contract (`name@major.minor`, the minor a minimum).
+        contract: String,
+    },
     /// Loading this version would make bundles depend on each other in a cycle.
     #[error("bundle `{bundle}`: dependency cycle {}", chain.join(" -> "))]
     DependencyCycle {
@@ -256,6 +265,20 @@ pub enum ReloadError {
         #[source]
         source: Box<LoadError>,
     },
+    /// The new version does not provide a contract another loaded bundle requires (and no
+    /// other bundle provides it); the old version stays live. Reload or unload the dependent
+    /// first, or keep providing the contract.
+    #[error(
+        "bundle `{bundle}`: the new version does not provide `{contract}`, which bundle `{dependent}` requires; the old version stays live"
+    )]
+    ContractRequired {
+        /// The bundle being reloaded.
+        bundle: String,
+        /// The loaded bundle that requires the contract.
+        dependent: String,
+        /// The required contract (`name@major.minor`).
+        contract: String,
+    },
     /// The post-swap validation hook refused the new version; the swap was rolled back.
     #[error(
         "bundle `{bundle}`: post-swap validation failed ({reason}); rolled back to the old version"
@@ -275,6 +298,7 @@ impl ReloadError {
             ReloadError::UnknownBundle { .. } => status::NOT_FOUND,
             ReloadError::HotReloadDisabled { .. } => status::HOT_RELOAD_DISABLED,
             ReloadError::ReloadInProgress { .. } => status::RELOAD_IN_PROGRESS,
+            ReloadError::ContractRequired { .. } => status::DEPENDENCY_IN_USE,
             ReloadError::Load { .. } | ReloadError::ValidationFailed { .. } => {
                 status::RELOAD_FAILED
             }
@@ -299,6 +323,17 @@ pub enum UnloadError {
         /// The loaded bundles that depend on it.
         dependents: Vec<String>,
     },
+    /// Another loaded bundle requires a contract only this bundle provides; unload that one
+    /// first.
+    #[error("bundle `{bundle}` provides `{contract}`, which bundle `{dependent}` requires")]
+    ContractRequired {
+        /// The bundle.
+        bundle: String,
+        /// The loaded bundle that requires the contract.
+        dependent: String,
+        /// The required contract (`name@major.minor`).
+        contract: String,
+    },
 }
 
 impl UnloadError {
@@ -306,7 +341,9 @@ impl UnloadError {
     pub fn status(&self) -> i32 {
         match self {
             UnloadError::UnknownBundle { .. } => status::NOT_FOUND,
-            UnloadError::DependencyInUse { .. } => status::DEPENDENCY_IN_USE,
+            UnloadError::DependencyInUse { .. } | UnloadError::ContractRequired { .. } => {
+                status::DEPENDENCY_IN_USE
+            }
         }
     }
 }

@@ -26,8 +26,8 @@
 //!
 //! # Locks
 //!
-//! Lock order: a bundle's reload gate (dependencies before dependents) → the bundle map →
-//! a bundle's state → the registry's writer mutex. Callbacks run with only the gate held; no
+//! Lock order: a bundle's reload gate (dependencies before dependents) → the topology lock →
+//! the bundle map → a bundle's state → the registry's writer mutex. Callbacks run with only the gate held; no
 //! lock is ever taken on the call path ([`Runtime::find`], [`Runtime::resolve`]).
 
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ use crate::abi::{
 use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
 use crate::ids::{BundleId, ContractRef};
 use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
-use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::manifest::{MANIFEST_FILE, Manifest, RequiredContract};
 use crate::registry::{
     InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
     ReloadTransaction,
@@ -208,6 +208,7 @@ impl RuntimeBuilder {
             validator: self.validator,
             bundles: RwLock::new(HashMap::new()),
             graveyard: Mutex::new(Vec::new()),
+            topology: Mutex::new(()),
             next_copy: AtomicU64::new(1),
             copy_dir,
         })
@@ -357,6 +358,10 @@ pub struct Runtime {
     bundles: RwLock<HashMap<BundleId, Arc<BundleSlot>>>,
     /// Old libraries whose readers outlived the drain timeout.
     graveyard: Mutex<Vec<Arc<Library>>>,
+    /// Serializes "check the contract requirements, commit, record the new manifest" across
+    /// loads, reloads and unloads of different bundles, so two concurrent changes cannot each
+    /// pass the check and together leave a requirement unmet. Never taken on the call path.
+    topology: Mutex<()>,
     next_copy: AtomicU64,
     // Declared last: dropped after every library above is closed.
     copy_dir: CopyDir,
@@ -583,6 +588,14 @@ impl Runtime {
         out
     }
 
+    /// The manifests of the loaded bundles.
+    fn manifests(bundles: &HashMap<BundleId, Arc<BundleSlot>>) -> Vec<Manifest> {
+        bundles
+            .values()
+            .filter_map(|s| s.state.lock().as_ref().map(|state| state.manifest.clone()))
+            .collect()
+    }
+
     /// Loads the bundle in directory `dir` and publishes its contracts.
     ///
     /// # Errors
@@ -613,6 +626,14 @@ impl Runtime {
                 dependency,
             });
         }
+        // Checked here to fail before opening the library, and again before the commit.
+        let loaded_manifests = Self::manifests(&self.bundles.read());
+        if let Some(required) = unmet_requirement(&manifest, &loaded_manifests) {
+            return Err(LoadError::RequiredContractMissing {
+                bundle: manifest.name.clone(),
+                contract: required.to_string(),
+            });
+        }
         let registry_error = |source| LoadError::Registry {
             bundle: manifest.name.clone(),
             path: library.clone(),
@@ -638,6 +659,7 @@ impl Runtime {
         })?;
         stage_registrations(&mut txn, &loaded).map_err(registry_error)?;
         {
+            let _topology = self.topology.lock();
             let mut bundles = self.bundles.write();
             if let Some(slot) = bundles.get(&id) {
                 return Err(already(slot));
@@ -650,6 +672,12 @@ impl Runtime {
                 return Err(LoadError::MissingDependency {
                     bundle: manifest.name.clone(),
                     dependency: dependency.clone(),
+                });
+            }
+            if let Some(required) = unmet_requirement(&manifest, &Self::manifests(&bundles)) {
+                return Err(LoadError::RequiredContractMissing {
+                    bundle: manifest.name.clone(),
+                    contract: required.to_string(),
                 });
             }
             txn.commit().map_err(registry_error)?;
@@ -822,6 +850,8 @@ impl Runtime {
                 chain,
             }));
         }
+        // Checked here to fail before opening the library, and again before the commit.
+        self.check_reload_requirements(slot, &manifest)?;
         phases.push((ReloadStep::Manifest, started.elapsed()));
 
         let loaded = loader::load(LoadRequest {
@@ -848,12 +878,15 @@ impl Runtime {
             })
         };
         stage_registrations(txn, &loaded).map_err(registry_error)?;
+        let topology = self.topology.lock();
+        self.check_reload_requirements(slot, &manifest)?;
         let started = Instant::now();
         let summary = txn.commit().map_err(registry_error)?;
         phases.push((ReloadStep::Swap, started.elapsed()));
 
         let new_library = loaded.library;
         let old_library = {
+            let _topology = topology;
             let mut state = slot.state.lock();
             let Some(state) = state.as_mut() else {
                 return Err(Box::new((
@@ -1024,6 +1057,7 @@ impl Runtime {
             .map_err(|_| unknown())?;
         self.emit(ReloadPhaseType::Unloading, &slot, "unload requested");
         let (library, retired) = {
+            let _topology = self.topology.lock();
             let mut bundles = self.bundles.write();
             if !bundles.get(&slot.id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                 return Err(unknown());
@@ -1043,6 +1077,15 @@ impl Runtime {
                 .collect();
             if !dependents.is_empty() {
                 return Err(in_use(dependents));
+            }
+            if let Some((dependent, required)) =
+                broken_requirement(&Self::manifests(&bundles), &slot.name, None)
+            {
+                return Err(UnloadError::ContractRequired {
+                    bundle: slot.name.clone(),
+                    dependent,
+                    contract: required.to_string(),
+                });
             }
             let summary = txn.commit().map_err(|_| unknown())?;
             txn.remove_bundle_on_finish();
@@ -1102,6 +1145,91 @@ impl Runtime {
             .map(|name| self.unload(name))
             .collect()
     }
+}
+
+impl Runtime {
+    /// Refuses a reload of `slot` to `manifest` if the new version's own requirements are
+    /// unmet, or if it would leave another loaded bundle's requirement unmet.
+    fn check_reload_requirements(
+        &self,
+        slot: &BundleSlot,
+        manifest: &Manifest,
+    ) -> Result<(), Box<ReloadFailure>> {
+        let loaded = Self::manifests(&self.bundles.read());
+        let others: Vec<Manifest> = loaded
+            .iter()
+            .filter(|m| m.name != slot.name)
+            .cloned()
+            .collect();
+        if let Some(required) = unmet_requirement(manifest, &others) {
+            return Err(Box::new((
+                ReloadError::Load {
+                    bundle: slot.name.clone(),
+                    source: Box::new(LoadError::RequiredContractMissing {
+                        bundle: slot.name.clone(),
+                        contract: required.to_string(),
+                    }),
+                },
+                None,
+            )));
+        }
+        if let Some((dependent, required)) = broken_requirement(&loaded, &slot.name, Some(manifest))
+        {
+            return Err(Box::new((
+                ReloadError::ContractRequired {
+                    bundle: slot.name.clone(),
+                    dependent,
+                    contract: required.to_string(),
+                },
+                None,
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a bundle among `providers` meets `required`.
+fn is_provided(required: &RequiredContract, providers: &[&Manifest]) -> bool {
+    providers
+        .iter()
+        .any(|m| m.provides.iter().any(|p| required.is_met_by(p)))
+}
+
+/// The first requirement of `manifest` that neither it nor any of `others` meets.
+fn unmet_requirement<'m>(
+    manifest: &'m Manifest,
+    others: &[Manifest],
+) -> Option<&'m RequiredContract> {
+    let providers: Vec<&Manifest> = others.iter().chain([manifest]).collect();
+    manifest
+        .requires
+        .iter()
+        .find(|r| !is_provided(r, &providers))
+}
+
+/// The first requirement of a loaded bundle other than `changed` that the `loaded` bundles
+/// meet now and would no longer meet if `changed` were replaced by `replacement` (`None`: if
+/// it were unloaded), with the name of the bundle that requires it.
+fn broken_requirement(
+    loaded: &[Manifest],
+    changed: &str,
+    replacement: Option<&Manifest>,
+) -> Option<(String, RequiredContract)> {
+    let before: Vec<&Manifest> = loaded.iter().collect();
+    let after: Vec<&Manifest> = loaded
+        .iter()
+        .filter(|m| m.name != changed)
+        .chain(replacement)
+        .collect();
+    let mut dependents: Vec<&Manifest> = loaded.iter().filter(|m| m.name != changed).collect();
+    dependents.sort_by(|a, b| a.name.cmp(&b.name));
+    dependents.iter().find_map(|dependent| {
+        dependent
+            .requires
+            .iter()
+            .find(|r| is_provided(r, &before) && !is_provided(r, &after))
+            .map(|r| (dependent.name.clone(), r.clone()))
+    })
 }
 
 /// Stages every contract a freshly loaded library registered, each keeping the library alive.

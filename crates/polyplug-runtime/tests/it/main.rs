@@ -14,3 +14,4 @@ mod lifecycle;
 mod proptests;
 mod registry;
 mod reload;
+mod requires;

@@ -286,6 +286,8 @@ pub(crate) struct BundleSpec {
     pub(crate) library: PathBuf,
     pub(crate) provides: Vec<String>,
     pub(crate) depends: Vec<String>,
+    /// Contracts required from other bundles (`name@major.minor`); written only if any.
+    pub(crate) requires: Vec<String>,
     pub(crate) reload_with_dependencies: bool,
 }
 
@@ -297,12 +299,18 @@ impl BundleSpec {
             library: library.to_owned(),
             provides: provides.iter().map(|s| s.to_string()).collect(),
             depends: Vec::new(),
+            requires: Vec::new(),
             reload_with_dependencies: false,
         }
     }
 
     pub(crate) fn depends(mut self, bundle: &str) -> Self {
         self.depends.push(bundle.to_owned());
+        self
+    }
+
+    pub(crate) fn requires(mut self, contract: &str) -> Self {
+        self.requires.push(contract.to_owned());
         self
     }
 
@@ -324,9 +332,14 @@ impl BundleSpec {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let requires = if self.requires.is_empty() {
+            String::new()
+        } else {
+            format!("requires = [{}]\n", list(&self.requires))
+        };
         format!(
             "# written by polyplug-runtime's test fixtures\n\
-             name = {:?}\nversion = {:?}\nprovides = [{}]\ndepends = [{}]\n\
+             name = {:?}\nversion = {:?}\nprovides = [{}]\ndepends = [{}]\n{requires}\
              reload_with_dependencies = {}\n\n[library]\nlinux = {file:?}\nmacos = {file:?}\n",
             self.name,
             self.version,
