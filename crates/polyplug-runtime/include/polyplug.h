@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define POLYPLUG_ABI_VERSION 1u
+#define POLYPLUG_ABI_VERSION 2u
 #define POLYPLUG_DISPATCH_FUNCTION_TABLE 0u
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -91,6 +91,10 @@ typedef struct PolyplugGuestContractInterface {
     void *(*create_instance)(void);
     void (*destroy_instance)(void *instance);
     PolyplugDispatchTable dispatch;
+    /* The functions' canonical signature text (POLYPLUG_DEFINE_CONTRACT's <Type>_signature()),
+     * or {NULL, 0} for none. The host refuses a version whose signatures differ from the ones
+     * it serves for the same contract and major. */
+    PolyplugStringView signature;
 } PolyplugGuestContractInterface;
 
 typedef struct PolyplugGuestContractHandle {
@@ -161,6 +165,60 @@ static inline uint64_t polyplug_contract_id(const char *name, uint32_t major) {
     while (n > 0) {
         n--;
         hash = polyplug_fnv1a64_extend(hash, &digits[n], 1);
+    }
+    return hash;
+}
+
+/* ─── Contracts: one definition gives the table type and its signature ─────────────────── *
+ *
+ * List a contract's functions once, in table order, as X(return type, name, argument types…)
+ * (`void` for no arguments; spell byte pointers uint8_t * or int8_t *, never char *, and put
+ * qualifiers first: const uint8_t *):
+ *
+ *     #define CALC_FUNCTIONS(X)                  \
+ *         X(uint32_t, add, uint32_t, uint32_t)   \
+ *         X(uint32_t, version, void)
+ *     POLYPLUG_DEFINE_CONTRACT(Calc, CALC_FUNCTIONS)
+ *
+ * defines
+ *
+ *     typedef struct Calc { uint32_t (*add)(uint32_t, uint32_t); uint32_t (*version)(void); } Calc;
+ *     Calc_FUNCTION_COUNT                           (2)
+ *     PolyplugStringView Calc_signature(void)       ("add(uint32_t, uint32_t)->uint32_t;version(void)->uint32_t;")
+ *     uint64_t Calc_fingerprint(void)               (polyplug_signature_fingerprint of that text)
+ *
+ * A guest fills a static const Calc, points its interface's dispatch at it with
+ * POLYPLUG_TABLE(Calc, table) and sets signature = Calc_signature(). The Rust macro
+ * polyplug_runtime::contract! renders the same text from the same list written in Rust, so a
+ * C and a Rust provider of one contract carry equal fingerprints. */
+#define POLYPLUG_CONTRACT_FIELD_(ret, name, ...) ret (*name)(__VA_ARGS__);
+#define POLYPLUG_CONTRACT_TEXT_(ret, name, ...) #name "(" #__VA_ARGS__ ")->" #ret ";"
+#define POLYPLUG_DEFINE_CONTRACT(type, FUNCTIONS)                                            \
+    typedef struct type {                                                                    \
+        FUNCTIONS(POLYPLUG_CONTRACT_FIELD_)                                                  \
+    } type;                                                                                  \
+    enum { type##_FUNCTION_COUNT = sizeof(type) / sizeof(PolyplugFn) };                      \
+    static inline PolyplugStringView type##_signature(void) {                                \
+        static const char text[] = FUNCTIONS(POLYPLUG_CONTRACT_TEXT_);                       \
+        PolyplugStringView view = {(const uint8_t *)text, sizeof text - 1};                  \
+        return view;                                                                         \
+    }                                                                                        \
+    static inline uint64_t type##_fingerprint(void) {                                        \
+        PolyplugStringView text = type##_signature();                                        \
+        return polyplug_signature_fingerprint((const char *)text.ptr, text.len);             \
+    }
+/* The dispatch table of a static table struct defined with POLYPLUG_DEFINE_CONTRACT. */
+#define POLYPLUG_TABLE(type, table) \
+    ((PolyplugDispatchTable){type##_FUNCTION_COUNT, (const PolyplugFn *)(const void *)&(table)})
+
+/* The fingerprint of a signature text: FNV-1a-64 of its bytes, whitespace skipped. */
+static inline uint64_t polyplug_signature_fingerprint(const char *text, size_t len) {
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f') continue;
+        hash ^= (uint8_t)c;
+        hash *= 0x00000100000001b3ull;
     }
     return hash;
 }

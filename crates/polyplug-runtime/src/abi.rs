@@ -22,7 +22,7 @@ use core::fmt;
 use crate::ids::ContractId;
 
 /// The ABI version this crate speaks; a guest's `polyplug_abi_version` must equal it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the exported ABI-version sentinel (`const uint32_t polyplug_abi_version`).
 pub const ABI_VERSION_SYMBOL: &str = "polyplug_abi_version";
@@ -43,6 +43,9 @@ pub const MAX_FUNCTIONS: usize = 4096;
 
 /// Upper bound on a name a guest passes through a [`StringView`].
 pub const MAX_NAME_LEN: usize = 4096;
+
+/// The longest signature text the host reads (see [`crate::signature`]).
+pub const MAX_SIGNATURE_LEN: usize = 1 << 20;
 
 /// Status codes of the C boundary (guest entry points, host callbacks and the C API).
 ///
@@ -213,7 +216,9 @@ impl DispatchTable {
 /// `extern "C"` function pointers (not `Option`), in the contract's order.
 ///
 /// Hosts view a resolved interface through it (`InterfaceGuard::functions`), guests publish
-/// one with [`DispatchTable::from_static`].
+/// one with [`DispatchTable::from_static`] or [`GuestContractInterface::for_table`]. Define it
+/// with [`contract!`](crate::contract), which also computes [`SIGNATURE`](Self::SIGNATURE) from
+/// the same definition.
 ///
 /// # Safety
 ///
@@ -224,6 +229,16 @@ impl DispatchTable {
 pub unsafe trait FunctionTable: Sized + 'static {
     /// Number of functions in the table.
     const LEN: usize = core::mem::size_of::<Self>() / core::mem::size_of::<GuestFn>();
+
+    /// The fingerprint of the functions' signatures (see [`signature`](crate::signature));
+    /// 0 for a hand-written table that declares none. When it is not 0, a host view of an
+    /// interface whose first [`LEN`](Self::LEN) functions have another fingerprint is refused
+    /// (an interface that declares no signature is not checked).
+    const SIGNATURE: u64 = 0;
+
+    /// The canonical signature text [`SIGNATURE`](Self::SIGNATURE) hashes (empty if none),
+    /// which [`GuestContractInterface::for_table`] publishes for the host to check.
+    const SIGNATURE_TEXT: &'static str = "";
 }
 
 /// What a guest registers for one contract it provides.
@@ -245,6 +260,11 @@ pub struct GuestContractInterface {
     pub destroy_instance: Option<unsafe extern "C" fn(instance: *mut c_void)>,
     /// The functions.
     pub dispatch: DispatchTable,
+    /// The functions' canonical signature text (see [`signature`](crate::signature)): one
+    /// `name(args)->ret;` per table entry, in order; empty if the guest declares none. The
+    /// host fingerprints it and refuses a version whose signatures differ from the ones served
+    /// for the same contract and major (on the functions both have).
+    pub signature: StringView,
 }
 
 impl GuestContractInterface {
@@ -256,9 +276,11 @@ impl GuestContractInterface {
         create_instance: None,
         destroy_instance: None,
         dispatch: DispatchTable::EMPTY,
+        signature: StringView::EMPTY,
     };
 
-    /// A function-table interface without instances.
+    /// A function-table interface without instances and without a signature fingerprint
+    /// (prefer [`for_table`](Self::for_table)).
     pub const fn new(id: ContractId, version: Version, dispatch: DispatchTable) -> Self {
         Self {
             contract_id: id.id(),
@@ -267,7 +289,37 @@ impl GuestContractInterface {
             create_instance: None,
             destroy_instance: None,
             dispatch,
+            signature: StringView::EMPTY,
         }
+    }
+
+    /// The interface of a static table, with the table type's signature fingerprint.
+    ///
+    /// ```
+    /// use polyplug_runtime::abi::{FunctionTable, GuestContractInterface, Version};
+    /// use polyplug_runtime::ids::ContractId;
+    ///
+    /// polyplug_runtime::contract! {
+    ///     pub struct Answer {
+    ///         pub fn answer() -> u32;
+    ///     }
+    /// }
+    /// extern "C" fn answer() -> u32 {
+    ///     42
+    /// }
+    /// static TABLE: Answer = Answer { answer };
+    /// static INTERFACE: GuestContractInterface =
+    ///     GuestContractInterface::for_table(ContractId::new("answer", 1), Version::new(1, 0, 0), &TABLE);
+    /// assert_eq!(INTERFACE.signature.len, Answer::SIGNATURE_TEXT.len());
+    /// ```
+    pub const fn for_table<T: FunctionTable>(
+        id: ContractId,
+        version: Version,
+        table: &'static T,
+    ) -> Self {
+        let mut interface = Self::new(id, version, DispatchTable::from_static(table));
+        interface.signature = StringView::from_static(T::SIGNATURE_TEXT.as_bytes());
+        interface
     }
 }
 
@@ -432,7 +484,8 @@ mod tests {
         assert_eq!(size_of::<DispatchTable>(), 2 * ptr);
         assert_eq!(size_of::<ReloadPhaseType>(), 4);
         if ptr == 8 {
-            assert_eq!(size_of::<GuestContractInterface>(), 56);
+            assert_eq!(size_of::<GuestContractInterface>(), 72);
+            assert_eq!(offset_of!(GuestContractInterface, signature), 56);
             assert_eq!(offset_of!(GuestContractInterface, contract_version), 8);
             assert_eq!(offset_of!(GuestContractInterface, dispatch_type), 20);
             assert_eq!(offset_of!(GuestContractInterface, create_instance), 24);

@@ -222,6 +222,28 @@ pub enum LoadError {
         /// The contract (`name@major.minor`).
         contract: String,
     },
+    /// A contract's signature fingerprint (the hash of its functions' signatures, see
+    /// [`signature`](crate::signature)) differs from the one already served for the same
+    /// contract and major — by this bundle's old version on a reload, or by another provider:
+    /// calling it would be undefined behaviour. Bump the major for an incompatible change.
+    #[error(
+        "bundle `{bundle}` ({}): contract `{contract}` has signature fingerprint {found:#018x}, but `{provider}` serves it with {expected:#018x} (an incompatible change needs a new major)",
+        path.display()
+    )]
+    SignatureMismatch {
+        /// The bundle.
+        bundle: String,
+        /// The library path.
+        path: PathBuf,
+        /// The contract (`name@major`).
+        contract: String,
+        /// The bundle that serves the contract now.
+        provider: String,
+        /// The fingerprint served now (0: none declared).
+        expected: u64,
+        /// The new version's fingerprint (0: none declared).
+        found: u64,
+    },
     /// The registry refused the bundle's contracts (an id collision with another bundle's).
     #[error("bundle `{bundle}` ({}): the registry refused its contracts", path.display())]
     Registry {

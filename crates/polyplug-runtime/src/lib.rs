@@ -75,6 +75,7 @@
 pub mod abi;
 pub mod guest;
 pub mod ids;
+pub mod signature;
 
 #[cfg(feature = "host")]
 pub mod error;

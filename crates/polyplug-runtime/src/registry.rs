@@ -56,8 +56,8 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use crate::abi::{
-    DISPATCH_FUNCTION_TABLE, DispatchTable, FunctionTable, GuestContractHandle,
-    GuestContractInterface, MAX_FUNCTIONS, Version,
+    DISPATCH_FUNCTION_TABLE, FunctionTable, GuestContractHandle, GuestContractInterface,
+    MAX_FUNCTIONS, Version,
 };
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::sync::{ArcCell, AtomicU64, CellGuard, Condvar, Mutex, Ordering};
@@ -231,8 +231,14 @@ pub struct Interface {
     bundle: BundleId,
     bundle_name: Arc<str>,
     plugin_version: Version,
+    /// The signature fingerprint of each prefix of the table: `signature[k]` covers functions
+    /// `0..=k` (see [`crate::signature`]); empty if the provider declares none.
+    pub(crate) signature: Signature,
     _keep_alive: Option<KeepAlive>,
 }
+
+/// Prefix fingerprints of an interface's functions (see [`Interface`]).
+pub(crate) type Signature = Arc<[u64]>;
 
 impl Interface {
     fn vacant(index: u32, generation: u32) -> Self {
@@ -245,7 +251,24 @@ impl Interface {
             bundle: BundleId::from_u64(0),
             bundle_name: Arc::from(""),
             plugin_version: Version::default(),
+            signature: Arc::from([]),
             _keep_alive: None,
+        }
+    }
+
+    /// The fingerprint of the functions' signatures (see [`crate::signature`]), or 0 if the
+    /// provider declares none.
+    pub fn signature(&self) -> u64 {
+        self.signature.last().copied().unwrap_or(0)
+    }
+
+    /// Whether two providers' signatures agree on the functions both have: both declare
+    /// none, or the fingerprints of their common prefix are equal.
+    pub(crate) fn signature_compatible(a: &[u64], b: &[u64]) -> bool {
+        match (a.len(), b.len()) {
+            (0, 0) => true,
+            (0, _) | (_, 0) => false,
+            (x, y) => a[x.min(y) - 1] == b[x.min(y) - 1],
         }
     }
 
@@ -474,6 +497,7 @@ struct Staged {
     name: Arc<str>,
     plugin_version: Version,
     interface: GuestContractInterface,
+    signature: Signature,
     keep_alive: Option<KeepAlive>,
 }
 
@@ -823,7 +847,9 @@ impl Registry {
     /// `registration.interface.dispatch` must point to `function_count` non-null function
     /// pointers with the contract's signatures, valid for as long as this registry — or any
     /// guard, owned interface or cache obtained from it — may hand the interface out (for a
-    /// guest library: until it is unloaded; for Rust code: `static`s).
+    /// guest library: until it is unloaded; for Rust code: `static`s); and
+    /// `registration.interface.signature` must be empty or point to `len` readable bytes
+    /// during the call.
     #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
     pub unsafe fn register(
         &self,
@@ -846,10 +872,10 @@ impl Registry {
         bundle_name: &str,
         table: &'static T,
     ) -> Result<GuestContractHandle, RegistryError> {
-        let interface = GuestContractInterface::new(
+        let interface = GuestContractInterface::for_table(
             ContractId::new(contract_name, version.major),
             version,
-            DispatchTable::from_static(table),
+            table,
         );
         let registration = Registration {
             contract_name,
@@ -868,7 +894,7 @@ impl Registry {
         registration: Registration<'_>,
         keep_alive: Option<KeepAlive>,
     ) -> Result<GuestContractHandle, RegistryError> {
-        check_interface(registration.contract_name, &registration.interface)?;
+        let signature = check_interface(registration.contract_name, &registration.interface)?;
         let contract = ContractId::from_u64(registration.interface.contract_id);
         let mut w = self.writer.lock();
         check_collision(&w, contract, registration.contract_name)?;
@@ -892,6 +918,7 @@ impl Registry {
             name: Arc::from(registration.contract_name),
             plugin_version: registration.plugin_version,
             interface: registration.interface,
+            signature,
             keep_alive,
         };
         let handle = self.occupy(&mut w, registration.bundle, bundle_name, staged)?;
@@ -940,7 +967,7 @@ impl Registry {
         if !current.occupied {
             return Err(invalid);
         }
-        check_interface(&current.contract_name, &interface)?;
+        let signature = check_interface(&current.contract_name, &interface)?;
         if interface.contract_id != current.interface.contract_id {
             return Err(RegistryError::ContractMismatch {
                 index,
@@ -957,6 +984,7 @@ impl Registry {
             bundle: current.bundle,
             bundle_name: Arc::clone(&current.bundle_name),
             plugin_version: current.plugin_version,
+            signature,
             _keep_alive: keep_alive,
         };
         let old = cell.swap(Arc::new(next));
@@ -1178,6 +1206,7 @@ impl Registry {
             bundle,
             bundle_name,
             plugin_version: staged.plugin_version,
+            signature: staged.signature,
             _keep_alive: staged.keep_alive,
         };
         drop(cell.swap(Arc::new(entry)));
@@ -1257,23 +1286,42 @@ fn select(policy: &ProviderPolicy, providers: &[ProviderInfo]) -> Selection {
     }
 }
 
-fn check_interface(
+/// Checks an interface before it enters the registry and returns its signature's prefix
+/// fingerprints (every way in — `register`, `swap_interface`, `stage` and their crate-internal
+/// forms — passes here).
+pub(crate) fn check_interface(
     contract: &str,
     interface: &GuestContractInterface,
-) -> Result<(), RegistryError> {
-    let reason = if interface.dispatch_type != DISPATCH_FUNCTION_TABLE {
-        "unknown dispatch type"
-    } else if interface.dispatch.function_count > MAX_FUNCTIONS {
-        "more functions than MAX_FUNCTIONS"
-    } else if interface.dispatch.function_count > 0 && interface.dispatch.functions.is_null() {
-        "null function table"
-    } else {
-        return Ok(());
-    };
-    Err(RegistryError::InvalidInterface {
+) -> Result<Signature, RegistryError> {
+    let invalid = |reason| RegistryError::InvalidInterface {
         contract: contract.to_owned(),
         reason,
-    })
+    };
+    if interface.dispatch_type != DISPATCH_FUNCTION_TABLE {
+        return Err(invalid("unknown dispatch type"));
+    }
+    if interface.dispatch.function_count > MAX_FUNCTIONS {
+        return Err(invalid("more functions than MAX_FUNCTIONS"));
+    }
+    if interface.dispatch.function_count > 0 && interface.dispatch.functions.is_null() {
+        return Err(invalid("null function table"));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: an interface reaches the registry only with its views valid: the public entry
+    // points (`register`, `swap_interface`, `stage`) require it of their callers, the
+    // table forms build it from a `'static` table and its type's `'static` text, and a guest's
+    // interface is checked during staging while its library is loaded (the loader holds it).
+    let text = unsafe { crate::sys::abi::signature_text(interface) }
+        .ok_or_else(|| invalid("malformed signature view"))?;
+    let text = core::str::from_utf8(text).map_err(|_| invalid("signature is not UTF-8"))?;
+    let prefixes = crate::signature::prefix_fingerprints(text)
+        .ok_or_else(|| invalid("signature text does not end with `;`"))?;
+    if !prefixes.is_empty() && prefixes.len() != interface.dispatch.function_count {
+        return Err(invalid(
+            "the signature lists another number of functions than the table holds",
+        ));
+    }
+    Ok(Arc::from(prefixes))
 }
 
 fn check_collision(w: &WriterState, id: ContractId, name: &str) -> Result<(), RegistryError> {
@@ -1395,10 +1443,10 @@ impl ReloadTransaction<'_> {
         version: Version,
         table: &'static T,
     ) -> Result<(), RegistryError> {
-        let interface = GuestContractInterface::new(
+        let interface = GuestContractInterface::for_table(
             ContractId::new(contract_name, version.major),
             version,
-            DispatchTable::from_static(table),
+            table,
         );
         self.stage_entry(contract_name, version, interface, None)
     }
@@ -1411,7 +1459,7 @@ impl ReloadTransaction<'_> {
         interface: GuestContractInterface,
         keep_alive: Option<KeepAlive>,
     ) -> Result<(), RegistryError> {
-        check_interface(contract_name, &interface)?;
+        let signature = check_interface(contract_name, &interface)?;
         let contract = ContractId::from_u64(interface.contract_id);
         if self.staged.iter().any(|s| s.contract == contract) {
             return Err(RegistryError::DuplicateProvider {
@@ -1424,6 +1472,7 @@ impl ReloadTransaction<'_> {
             name: Arc::from(contract_name),
             plugin_version,
             interface,
+            signature,
             keep_alive,
         });
         Ok(())
@@ -1498,6 +1547,7 @@ impl ReloadTransaction<'_> {
                     bundle: self.bundle,
                     bundle_name: Arc::clone(&bundle_name),
                     plugin_version: staged.plugin_version,
+                    signature: staged.signature,
                     _keep_alive: staged.keep_alive,
                 };
                 let before = cell.swap(Arc::new(next));
@@ -1921,7 +1971,7 @@ mod tests {
                         let interface = GuestContractInterface::new(
                             current.contract_id(),
                             v(*minor),
-                            DispatchTable::from_static(&TABLE),
+                            crate::abi::DispatchTable::from_static(&TABLE),
                         );
                         drop(current);
                         registry

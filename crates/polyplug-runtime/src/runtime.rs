@@ -43,11 +43,11 @@ use crate::abi::{
     GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level,
 };
 use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
-use crate::ids::{BundleId, ContractRef};
+use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
 use crate::manifest::{MANIFEST_FILE, Manifest, RequiredContract};
 use crate::registry::{
-    InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
+    Interface, InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
     ReloadTransaction,
 };
 use crate::report::{CascadeOutcome, ReloadReport, ReloadStep, UnloadReport};
@@ -680,6 +680,7 @@ impl Runtime {
                     contract: required.to_string(),
                 });
             }
+            self.check_signatures(&manifest.name, &library, &loaded)?;
             txn.commit().map_err(registry_error)?;
             bundles.insert(
                 id,
@@ -880,6 +881,8 @@ impl Runtime {
         stage_registrations(txn, &loaded).map_err(registry_error)?;
         let topology = self.topology.lock();
         self.check_reload_requirements(slot, &manifest)?;
+        self.check_signatures(&slot.name, &library, &loaded)
+            .map_err(failed)?;
         let started = Instant::now();
         let summary = txn.commit().map_err(registry_error)?;
         phases.push((ReloadStep::Swap, started.elapsed()));
@@ -1183,6 +1186,49 @@ impl Runtime {
                 },
                 None,
             )));
+        }
+        Ok(())
+    }
+}
+
+impl Runtime {
+    /// Refuses a freshly loaded version of `bundle` if one of its contracts' signatures
+    /// disagrees with a provider served now (its own old version on a reload, or another
+    /// bundle) on the functions both have.
+    fn check_signatures(
+        &self,
+        bundle: &str,
+        library: &Path,
+        loaded: &loader::Loaded,
+    ) -> Result<(), LoadError> {
+        for registration in &loaded.registrations {
+            let interface = &registration.interface;
+            let registry_error = |source| LoadError::Registry {
+                bundle: bundle.to_owned(),
+                path: library.to_owned(),
+                source,
+            };
+            let new = crate::registry::check_interface(&registration.contract_name, interface)
+                .map_err(registry_error)?;
+            let contract = ContractId::from_u64(interface.contract_id);
+            for provider in self.registry.providers(contract) {
+                let Ok(current) = self.registry.resolve(provider.handle) else {
+                    continue;
+                };
+                if !Interface::signature_compatible(&current.signature, &new) {
+                    return Err(LoadError::SignatureMismatch {
+                        bundle: bundle.to_owned(),
+                        path: library.to_owned(),
+                        contract: format!(
+                            "{}@{}",
+                            registration.contract_name, interface.contract_version.major
+                        ),
+                        provider: provider.bundle_name.clone(),
+                        expected: current.signature(),
+                        found: new.last().copied().unwrap_or(0),
+                    });
+                }
+            }
         }
         Ok(())
     }

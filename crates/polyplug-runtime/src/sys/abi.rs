@@ -154,6 +154,27 @@ pub(crate) unsafe fn view<'a>(view: StringView) -> Option<&'a [u8]> {
     Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
 }
 
+/// The signature text of an interface (its canonical function list; empty if it declares
+/// none), or `None` for a malformed view (null with a length, or longer than
+/// [`MAX_SIGNATURE_LEN`](crate::abi::MAX_SIGNATURE_LEN)).
+///
+/// # Safety
+///
+/// `interface.signature` must be empty or point to `len` readable bytes, valid for `'a`.
+#[cfg(feature = "host")]
+pub(crate) unsafe fn signature_text<'a>(interface: &GuestContractInterface) -> Option<&'a [u8]> {
+    let view = interface.signature;
+    if view.len == 0 {
+        return Some(&[]);
+    }
+    if view.ptr.is_null() || view.len > crate::abi::MAX_SIGNATURE_LEN {
+        return None;
+    }
+    // SAFETY: non-null, `len` readable bytes valid for 'a (caller's contract), and len is
+    // bounded well below isize::MAX.
+    Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
+}
+
 /// The dispatch table of a registry entry viewed as `T`, when it has at least `T::LEN`
 /// functions and suitable alignment.
 #[cfg(feature = "host")]
@@ -166,6 +187,11 @@ pub(crate) fn table_view<T: crate::abi::FunctionTable>(
         && entry.interface.dispatch_type == crate::abi::DISPATCH_FUNCTION_TABLE
         && T::LEN > 0
         && dispatch.function_count >= T::LEN
+        // A table type with a signature is refused on a provider whose signature differs on
+        // the functions the type covers; a provider that declares none is not checked.
+        && (T::SIGNATURE == 0
+            || entry.signature.is_empty()
+            || entry.signature.get(T::LEN - 1) == Some(&T::SIGNATURE))
         && !dispatch.functions.is_null()
         && (dispatch.functions as usize).is_multiple_of(core::mem::align_of::<T>());
     if !usable {

@@ -42,7 +42,8 @@ fn layouts() -> Vec<Layout> {
                 dispatch_type,
                 create_instance,
                 destroy_instance,
-                dispatch
+                dispatch,
+                signature
             ]
         ),
         layout!(

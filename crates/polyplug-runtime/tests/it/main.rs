@@ -15,3 +15,4 @@ mod proptests;
 mod registry;
 mod reload;
 mod requires;
+mod signature;

@@ -339,7 +339,7 @@ fn a_failed_reload_keeps_the_old_version_live() {
                     **source,
                     LoadError::AbiMismatch {
                         found: 99,
-                        expected: 1,
+                        expected: polyplug_runtime::abi::ABI_VERSION,
                         ..
                     }
                 ),

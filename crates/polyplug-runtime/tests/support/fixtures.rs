@@ -34,6 +34,10 @@ pub(crate) const C_VARIANTS: &[(&str, &[&str])] = &[
     ("bad-utf8", &["-DVERSION=1", "-DBAD_UTF8"]),
     ("dup-provider", &["-DVERSION=1", "-DDUP_PROVIDER"]),
     ("id-mismatch", &["-DVERSION=1", "-DID_MISMATCH"]),
+    (
+        "v2-changed-signature",
+        &["-DVERSION=2", "-DCHANGED_SIGNATURE"],
+    ),
 ];
 
 /// The Rust plugin's library file name on this platform.
@@ -54,6 +58,9 @@ pub(crate) struct Fixtures {
     pub(crate) rust_v1: PathBuf,
     /// The Rust plugin, v2.
     pub(crate) rust_v2: PathBuf,
+    /// The Rust plugin, v1 with `reload.test`'s `add` changed to `u64` (feature
+    /// `changed-signature`): an incompatible change under the same major.
+    pub(crate) rust_changed: PathBuf,
     /// The C plugin's variants.
     pub(crate) c: HashMap<&'static str, PathBuf>,
 }
@@ -124,14 +131,19 @@ fn build() -> Result<Fixtures, String> {
             .env_remove("CARGO_TARGET_DIR");
         cmd.output()
     };
-    let v1 = std::thread::scope(|s| {
+    let (v1, v2, changed) = std::thread::scope(|s| {
         let v2 = s.spawn(|| spawn("rust-v2", &["--features", "v2"]));
+        let changed = s.spawn(|| spawn("rust-changed", &["--features", "changed-signature"]));
         let v1 = spawn("rust-v1", &[]);
-        (v1, v2.join())
+        (v1, v2.join(), changed.join())
     });
     for (flavour, result) in [
-        ("v1", v1.0),
-        ("v2", v1.1.map_err(|_| "panicked".to_owned())?),
+        ("v1", v1),
+        ("v2", v2.map_err(|_| "panicked".to_owned())?),
+        (
+            "changed-signature",
+            changed.map_err(|_| "panicked".to_owned())?,
+        ),
     ] {
         let output = result.map_err(|e| format!("cargo build of the Rust guest {flavour}: {e}"))?;
         if !output.status.success() {
@@ -143,6 +155,7 @@ fn build() -> Result<Fixtures, String> {
     }
     let rust_v1 = root.join("rust-v1/release").join(RUST_LIB);
     let rust_v2 = root.join("rust-v2/release").join(RUST_LIB);
+    let rust_changed = root.join("rust-changed/release").join(RUST_LIB);
 
     let mut c = HashMap::new();
     let c_dir = root.join("c");
@@ -166,6 +179,7 @@ fn build() -> Result<Fixtures, String> {
         bundles,
         rust_v1,
         rust_v2,
+        rust_changed,
         c,
     })
 }
