@@ -234,6 +234,10 @@ pub struct Interface {
     /// The signature fingerprint of each prefix of the table: `signature[k]` covers functions
     /// `0..=k` (see [`crate::signature`]); empty if the provider declares none.
     pub(crate) signature: Signature,
+    /// The fingerprint of the whole table (the last prefix; 0 for none), kept inline so the
+    /// common typed view — a table type as long as the table — checks it without reaching
+    /// into `signature`.
+    pub(crate) signature_full: u64,
     _keep_alive: Option<KeepAlive>,
 }
 
@@ -252,6 +256,7 @@ impl Interface {
             bundle_name: Arc::from(""),
             plugin_version: Version::default(),
             signature: Arc::from([]),
+            signature_full: 0,
             _keep_alive: None,
         }
     }
@@ -259,7 +264,7 @@ impl Interface {
     /// The fingerprint of the functions' signatures (see [`crate::signature`]), or 0 if the
     /// provider declares none.
     pub fn signature(&self) -> u64 {
-        self.signature.last().copied().unwrap_or(0)
+        self.signature_full
     }
 
     /// Whether two providers' signatures agree on the functions both have: both declare
@@ -685,6 +690,7 @@ impl Registry {
         Err(Self::classify(handle, &entry))
     }
 
+    #[cold]
     fn classify(handle: GuestContractHandle, current: &Interface) -> RegistryError {
         if handle.generation == 0 || handle.generation > current.generation {
             RegistryError::InvalidHandle { handle }
@@ -984,6 +990,7 @@ impl Registry {
             bundle: current.bundle,
             bundle_name: Arc::clone(&current.bundle_name),
             plugin_version: current.plugin_version,
+            signature_full: signature.last().copied().unwrap_or(0),
             signature,
             _keep_alive: keep_alive,
         };
@@ -1206,6 +1213,7 @@ impl Registry {
             bundle,
             bundle_name,
             plugin_version: staged.plugin_version,
+            signature_full: staged.signature.last().copied().unwrap_or(0),
             signature: staged.signature,
             _keep_alive: staged.keep_alive,
         };
@@ -1547,6 +1555,7 @@ impl ReloadTransaction<'_> {
                     bundle: self.bundle,
                     bundle_name: Arc::clone(&bundle_name),
                     plugin_version: staged.plugin_version,
+                    signature_full: staged.signature.last().copied().unwrap_or(0),
                     signature: staged.signature,
                     _keep_alive: staged.keep_alive,
                 };

@@ -190,8 +190,12 @@ pub(crate) fn table_view<T: crate::abi::FunctionTable>(
         // A table type with a signature is refused on a provider whose signature differs on
         // the functions the type covers; a provider that declares none is not checked.
         && (T::SIGNATURE == 0
-            || entry.signature.is_empty()
-            || entry.signature.get(T::LEN - 1) == Some(&T::SIGNATURE))
+            || entry.signature_full == 0
+            || if dispatch.function_count == T::LEN {
+                entry.signature_full == T::SIGNATURE
+            } else {
+                entry.signature.get(T::LEN - 1) == Some(&T::SIGNATURE)
+            })
         && !dispatch.functions.is_null()
         && (dispatch.functions as usize).is_multiple_of(core::mem::align_of::<T>());
     if !usable {
