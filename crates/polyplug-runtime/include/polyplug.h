@@ -7,6 +7,14 @@
  *     POLYPLUG_EXPORT int32_t polyplug_init(const PolyplugHostApi *host,
  *                                           const PolyplugBundleInitContext *context);
  *     POLYPLUG_EXPORT void polyplug_fini(void);            (optional)
+ *     POLYPLUG_EXPORT size_t polyplug_state_export(uint8_t *buffer, size_t capacity);  (optional)
+ *     POLYPLUG_EXPORT int32_t polyplug_state_import(const uint8_t *state, size_t len);  (optional)
+ *
+ * State hand-off on reload: when the live version exports polyplug_state_export and the new one
+ * polyplug_state_import, the host asks the old version for its state (first with a NULL buffer:
+ * the return value is the length; then with a buffer of that length), and hands it to the new
+ * version after its polyplug_init and before it serves a call. A non-zero status from the import
+ * refuses the reload: it fails (ReloadError::StateRefused) and the old version keeps serving.
  *
  * The host reads polyplug_abi_version before running any polyplug entry point; polyplug_init
  * registers each provided contract with host->register_contract (only during the call). The

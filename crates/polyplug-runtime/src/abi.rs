@@ -35,6 +35,19 @@ pub const INIT_SYMBOL: &str = "polyplug_init";
 /// host closes the library.
 pub const FINI_SYMBOL: &str = "polyplug_fini";
 
+/// Name of the optional state export (`size_t polyplug_state_export(uint8_t *buffer, size_t
+/// capacity)`): called on the old version during a reload, it returns the length of its state
+/// and writes it into `buffer` when it fits (the host first asks with a null buffer).
+pub const STATE_EXPORT_SYMBOL: &str = "polyplug_state_export";
+
+/// Name of the optional state import (`int32_t polyplug_state_import(const uint8_t *state,
+/// size_t len)`): called on the new version (after its `polyplug_init`, before it serves) with
+/// the old version's state; a non-zero status refuses the reload.
+pub const STATE_IMPORT_SYMBOL: &str = "polyplug_state_import";
+
+/// The largest state the host hands over (64 MiB).
+pub const MAX_STATE_LEN: usize = 64 << 20;
+
 /// `dispatch_type` of a [`GuestContractInterface`] whose dispatch is a table of functions.
 pub const DISPATCH_FUNCTION_TABLE: u32 = 0;
 

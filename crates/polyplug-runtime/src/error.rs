@@ -301,6 +301,26 @@ pub enum ReloadError {
         /// The required contract (`name@major.minor`).
         contract: String,
     },
+    /// The new version's `polyplug_state_import` refused the old version's state (or
+    /// panicked); the old version stays live.
+    #[error(
+        "bundle `{bundle}`: the new version refused the old version's state (status {code}); the old version stays live"
+    )]
+    StateRefused {
+        /// The bundle.
+        bundle: String,
+        /// The status the import returned.
+        code: i32,
+    },
+    /// The old version's `polyplug_state_export` failed (it panicked, its state kept changing
+    /// size, or it is larger than the runtime accepts); the old version stays live.
+    #[error("bundle `{bundle}`: the old version's state could not be exported: {reason}")]
+    StateExportFailed {
+        /// The bundle.
+        bundle: String,
+        /// What went wrong.
+        reason: &'static str,
+    },
     /// The post-swap validation hook refused the new version; the swap was rolled back.
     #[error(
         "bundle `{bundle}`: post-swap validation failed ({reason}); rolled back to the old version"
@@ -321,9 +341,10 @@ impl ReloadError {
             ReloadError::HotReloadDisabled { .. } => status::HOT_RELOAD_DISABLED,
             ReloadError::ReloadInProgress { .. } => status::RELOAD_IN_PROGRESS,
             ReloadError::ContractRequired { .. } => status::DEPENDENCY_IN_USE,
-            ReloadError::Load { .. } | ReloadError::ValidationFailed { .. } => {
-                status::RELOAD_FAILED
-            }
+            ReloadError::Load { .. }
+            | ReloadError::ValidationFailed { .. }
+            | ReloadError::StateRefused { .. }
+            | ReloadError::StateExportFailed { .. } => status::RELOAD_FAILED,
         }
     }
 }

@@ -53,7 +53,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::status;
 
-pub use crate::sys::abi::{GuestHost, run_init};
+pub use crate::sys::abi::{GuestHost, run_init, run_state_export, run_state_import};
 
 /// Runs `f`, returning `on_panic` instead of unwinding if it panics.
 ///
@@ -109,6 +109,58 @@ macro_rules! export_guest {
         #[unsafe(no_mangle)]
         pub extern "C" fn polyplug_fini() {
             $crate::guest::ffi_guard((), $fini)
+        }
+    };
+}
+
+/// Exports a Rust guest's state hand-off entry points, which the host calls on a hot reload:
+/// `polyplug_state_export` on the old version (`$export: fn() -> Vec<u8>`, its state as
+/// bytes) and `polyplug_state_import` on the new one (`$import: fn(&[u8]) -> Result<(), i32>`),
+/// before the new version serves a call. An `Err(code)` (or a panic) from `$import` refuses
+/// the reload, which then fails with `ReloadError::StateRefused` and leaves the old version
+/// serving. Both are optional: without them (on either side) the new version starts fresh.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// static COUNT: AtomicU64 = AtomicU64::new(0);
+///
+/// fn export() -> Vec<u8> {
+///     COUNT.load(Ordering::Relaxed).to_le_bytes().to_vec()
+/// }
+///
+/// fn import(state: &[u8]) -> Result<(), i32> {
+///     let bytes: [u8; 8] = state.try_into().map_err(|_| -1)?;
+///     COUNT.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+///     Ok(())
+/// }
+///
+/// polyplug_runtime::export_state!(export, import);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! export_state {
+    ($export:expr, $import:expr) => {
+        /// Writes this version's state into `buffer` if it fits; returns its length.
+        ///
+        /// # Safety
+        ///
+        /// `buffer` is null or has `capacity` writable bytes (the host's contract).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn polyplug_state_export(buffer: *mut u8, capacity: usize) -> usize {
+            // SAFETY: the host passes null or `capacity` writable bytes.
+            unsafe { $crate::guest::run_state_export(buffer, capacity, $export) }
+        }
+
+        /// Takes over the previous version's state; a non-zero status refuses the reload.
+        ///
+        /// # Safety
+        ///
+        /// `state` has `len` readable bytes (the host's contract).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn polyplug_state_import(state: *const u8, len: usize) -> i32 {
+            // SAFETY: the host passes `len` readable bytes.
+            unsafe { $crate::guest::run_state_import(state, len, $import) }
         }
     };
 }

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 
 use crate::abi::{
-    GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level,
+    GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level, status,
 };
 use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
 use crate::ids::{BundleId, ContractId, ContractRef};
@@ -879,6 +879,9 @@ impl Runtime {
             })
         };
         stage_registrations(txn, &loaded).map_err(registry_error)?;
+        let started = Instant::now();
+        self.hand_over_state(slot, &loaded.library)?;
+        phases.push((ReloadStep::State, started.elapsed()));
         let topology = self.topology.lock();
         self.check_reload_requirements(slot, &manifest)?;
         self.check_signatures(&slot.name, &library, &loaded)
@@ -1151,6 +1154,40 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Hands the live version's state to the new one, if the old exports state and the new
+    /// imports it; a refusal (or a failed export) fails the reload before anything is swapped.
+    fn hand_over_state(&self, slot: &BundleSlot, new: &Library) -> Result<(), Box<ReloadFailure>> {
+        let old = slot
+            .state
+            .lock()
+            .as_ref()
+            .map(|state| Arc::clone(&state.library));
+        let Some(old) = old else {
+            return Ok(());
+        };
+        if !new.imports_state() {
+            return Ok(());
+        }
+        let fail = |error| Err(Box::new((error, None)));
+        let state = match old.export_state() {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(()),
+            Err(reason) => {
+                return fail(ReloadError::StateExportFailed {
+                    bundle: slot.name.clone(),
+                    reason,
+                });
+            }
+        };
+        match new.import_state(&state) {
+            None | Some(status::OK) => Ok(()),
+            Some(code) => fail(ReloadError::StateRefused {
+                bundle: slot.name.clone(),
+                code,
+            }),
+        }
+    }
+
     /// Refuses a reload of `slot` to `manifest` if the new version's own requirements are
     /// unmet, or if it would leave another loaded bundle's requirement unmet.
     fn check_reload_requirements(

@@ -135,6 +135,52 @@ pub unsafe fn run_init(
     crate::guest::status_guard(|| init(&guest))
 }
 
+/// The body of a guest's `polyplug_state_export` (see
+/// [`export_state!`](crate::export_state)): asks `export` for the state and copies it into
+/// `buffer` if it fits. Returns the state's length, or `usize::MAX` if `export` panicked.
+///
+/// # Safety
+///
+/// `buffer` must be null or point to `capacity` writable bytes for the duration of the call.
+pub unsafe fn run_state_export(
+    buffer: *mut u8,
+    capacity: usize,
+    export: impl FnOnce() -> Vec<u8>,
+) -> usize {
+    let Some(state) = crate::guest::ffi_guard(None, || Some(export())) else {
+        return usize::MAX;
+    };
+    if !buffer.is_null() && state.len() <= capacity {
+        // SAFETY: `buffer` has `capacity >= state.len()` writable bytes (caller's contract),
+        // and a fresh Vec cannot overlap it.
+        unsafe { core::ptr::copy_nonoverlapping(state.as_ptr(), buffer, state.len()) };
+    }
+    state.len()
+}
+
+/// The body of a guest's `polyplug_state_import` (see
+/// [`export_state!`](crate::export_state)): hands the old version's state to `import`.
+/// Returns [`status::OK`], `import`'s refusal code, or [`status::PANICKED`].
+///
+/// # Safety
+///
+/// `state` must be null (with `len` 0) or point to `len` readable bytes for the call.
+pub unsafe fn run_state_import(
+    state: *const u8,
+    len: usize,
+    import: impl FnOnce(&[u8]) -> Result<(), i32>,
+) -> i32 {
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else if state.is_null() || len > isize::MAX as usize {
+        return status::INVALID_ARGUMENT;
+    } else {
+        // SAFETY: non-null, `len` readable bytes for the call (caller's contract).
+        unsafe { core::slice::from_raw_parts(state, len) }
+    };
+    crate::guest::status_guard(|| import(bytes))
+}
+
 /// The bytes of a view, or `None` for a null pointer with a non-zero length or an absurd
 /// length.
 ///

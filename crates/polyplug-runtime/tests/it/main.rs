@@ -16,3 +16,4 @@ mod registry;
 mod reload;
 mod requires;
 mod signature;
+mod state;

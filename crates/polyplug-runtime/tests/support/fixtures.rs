@@ -38,6 +38,11 @@ pub(crate) const C_VARIANTS: &[(&str, &[&str])] = &[
         "v2-changed-signature",
         &["-DVERSION=2", "-DCHANGED_SIGNATURE"],
     ),
+    ("stateful", &["-DVERSION=1", "-DSTATEFUL"]),
+    (
+        "stateful-refuses",
+        &["-DVERSION=2", "-DSTATEFUL", "-DREFUSE_STATE"],
+    ),
 ];
 
 /// The Rust plugin's library file name on this platform.
@@ -61,6 +66,9 @@ pub(crate) struct Fixtures {
     /// The Rust plugin, v1 with `reload.test`'s `add` changed to `u64` (feature
     /// `changed-signature`): an incompatible change under the same major.
     pub(crate) rust_changed: PathBuf,
+    /// The Rust plugin, v1 with `rust.counter@1`, whose count is handed over on reload, and
+    /// `rust.relay@1`, which calls a host service and the C plugin (feature `services`).
+    pub(crate) rust_services: PathBuf,
     /// The C plugin's variants.
     pub(crate) c: HashMap<&'static str, PathBuf>,
 }
@@ -131,11 +139,12 @@ fn build() -> Result<Fixtures, String> {
             .env_remove("CARGO_TARGET_DIR");
         cmd.output()
     };
-    let (v1, v2, changed) = std::thread::scope(|s| {
+    let (v1, v2, changed, services) = std::thread::scope(|s| {
         let v2 = s.spawn(|| spawn("rust-v2", &["--features", "v2"]));
         let changed = s.spawn(|| spawn("rust-changed", &["--features", "changed-signature"]));
+        let services = s.spawn(|| spawn("rust-services", &["--features", "services"]));
         let v1 = spawn("rust-v1", &[]);
-        (v1, v2.join(), changed.join())
+        (v1, v2.join(), changed.join(), services.join())
     });
     for (flavour, result) in [
         ("v1", v1),
@@ -144,6 +153,7 @@ fn build() -> Result<Fixtures, String> {
             "changed-signature",
             changed.map_err(|_| "panicked".to_owned())?,
         ),
+        ("services", services.map_err(|_| "panicked".to_owned())?),
     ] {
         let output = result.map_err(|e| format!("cargo build of the Rust guest {flavour}: {e}"))?;
         if !output.status.success() {
@@ -156,6 +166,7 @@ fn build() -> Result<Fixtures, String> {
     let rust_v1 = root.join("rust-v1/release").join(RUST_LIB);
     let rust_v2 = root.join("rust-v2/release").join(RUST_LIB);
     let rust_changed = root.join("rust-changed/release").join(RUST_LIB);
+    let rust_services = root.join("rust-services/release").join(RUST_LIB);
 
     let mut c = HashMap::new();
     let c_dir = root.join("c");
@@ -180,6 +191,7 @@ fn build() -> Result<Fixtures, String> {
         rust_v1,
         rust_v2,
         rust_changed,
+        rust_services,
         c,
     })
 }
