@@ -130,6 +130,24 @@ typedef struct PolyplugReloadPhase {
     PolyplugStringView reason;      /* valid during the callback */
 } PolyplugReloadPhase;
 
+/* A counted reference to one interface version: valid (and its library loaded) until
+ * released, whatever reloads or unloads happen meanwhile. */
+typedef struct PolyplugInterfaceRef PolyplugInterfaceRef;
+
+/* The runtime's lookups for guests: find another plugin's contract, or a service the host
+ * published, and call it through a counted reference. Unlike the rest of PolyplugHostApi these
+ * stay valid while the library is loaded: copy the structure during polyplug_init. All are
+ * thread-safe and lock-free; status codes as above. */
+typedef struct PolyplugHostServices {
+    void *context; /* pass to find and acquire */
+    int32_t (*find)(void *context, PolyplugStringView contract, uint32_t major,
+                    uint32_t min_minor, PolyplugGuestContractHandle *out_handle);
+    int32_t (*acquire)(void *context, PolyplugGuestContractHandle handle,
+                       PolyplugInterfaceRef **out_ref);
+    const PolyplugGuestContractInterface *(*interface)(const PolyplugInterfaceRef *ref);
+    void (*release)(PolyplugInterfaceRef *ref);
+} PolyplugHostServices;
+
 typedef struct PolyplugHostApi {
     uint32_t abi_version;
     uint32_t struct_size;
@@ -137,6 +155,7 @@ typedef struct PolyplugHostApi {
     int32_t (*register_contract)(void *host_context, const PolyplugPluginDescriptor *descriptor,
                                  const PolyplugGuestContractInterface *iface);
     void (*log)(void *host_context, uint32_t level, PolyplugStringView message);
+    PolyplugHostServices services; /* valid after polyplug_init returns (copy it) */
 } PolyplugHostApi;
 
 typedef struct PolyplugBundleInitContext {
@@ -241,9 +260,6 @@ static inline uint64_t polyplug_bundle_id(const char *name) {
 /* ─── The host C API ──────────────────────────────────────────────────────────────────── */
 
 typedef struct PolyplugRuntime PolyplugRuntime;
-/* A counted reference to one interface version: valid (and its library loaded) until
- * released, whatever reloads or unloads happen meanwhile. */
-typedef struct PolyplugInterfaceRef PolyplugInterfaceRef;
 
 /* Callbacks may be called from any thread that reloads or loads. */
 typedef void (*PolyplugReloadCallback)(void *user_data, PolyplugReloadPhase phase);
@@ -279,6 +295,14 @@ int32_t polyplug_runtime_acquire(const PolyplugRuntime *runtime,
                                  PolyplugInterfaceRef **out_ref);
 const PolyplugGuestContractInterface *polyplug_runtime_interface(const PolyplugInterfaceRef *ref);
 void polyplug_runtime_release(PolyplugInterfaceRef *ref);
+/* Publishes a host service: `count` functions (kept valid while the runtime lives, as is the
+ * signature text: a POLYPLUG_DEFINE_CONTRACT <Type>_signature(), or {NULL, 0}) as contract
+ * `name` at `version`. Plugins find it through their PolyplugHostServices. out_handle may be
+ * NULL. */
+int32_t polyplug_runtime_publish_service(const PolyplugRuntime *runtime, const char *name,
+                                         PolyplugVersion version, const PolyplugFn *functions,
+                                         size_t count, PolyplugStringView signature,
+                                         PolyplugGuestContractHandle *out_handle);
 /* Copies this thread's last error (NUL-terminated, truncated) and returns its full length. */
 size_t polyplug_runtime_last_error(char *buffer, size_t capacity);
 

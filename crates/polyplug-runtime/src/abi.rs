@@ -409,6 +409,51 @@ pub struct ReloadPhase {
     pub reason: StringView,
 }
 
+/// An opaque counted reference to one interface version (`PolyplugInterfaceRef` in C): the
+/// version and its library stay loaded until it is released.
+#[repr(C)]
+#[derive(Debug)]
+pub struct InterfaceRef {
+    _private: [u8; 0],
+}
+
+/// The runtime's lookups, for guests: find a contract (another plugin's, or a service the host
+/// published) and call it through a counted reference. Unlike the rest of [`HostApi`], these
+/// stay valid for as long as the guest's library is loaded — copy the structure during
+/// `polyplug_init` (the `HostApi` it sits in is valid only during the call).
+///
+/// Every function returns a [`status`] code (or null); all are thread-safe and lock-free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HostServices {
+    /// Opaque; pass it to `find` and `acquire`.
+    pub context: *mut c_void,
+    /// The handle of the provider of `contract` at `major`, minor ≥ `min_minor`.
+    pub find: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            contract: StringView,
+            major: u32,
+            min_minor: u32,
+            out_handle: *mut GuestContractHandle,
+        ) -> i32,
+    >,
+    /// A counted reference to the interface behind `handle` (release it).
+    pub acquire: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            handle: GuestContractHandle,
+            out_ref: *mut *mut InterfaceRef,
+        ) -> i32,
+    >,
+    /// The interface a reference holds (valid until released); null for null.
+    pub interface: Option<
+        unsafe extern "C" fn(reference: *const InterfaceRef) -> *const GuestContractInterface,
+    >,
+    /// Releases a reference (null is ignored).
+    pub release: Option<unsafe extern "C" fn(reference: *mut InterfaceRef)>,
+}
+
 /// The host's side of `polyplug_init`: where the guest registers its contracts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -430,6 +475,8 @@ pub struct HostApi {
     /// Writes a line to the host's log (a [`log_level`] and UTF-8 text).
     pub log:
         Option<unsafe extern "C" fn(host_context: *mut c_void, level: u32, message: StringView)>,
+    /// The runtime's lookups, valid while the library is loaded (copy them).
+    pub services: HostServices,
 }
 
 /// What the guest learns about the bundle it is loaded for.
@@ -506,7 +553,8 @@ mod tests {
             assert_eq!(size_of::<PluginDescriptor>(), 48);
             assert_eq!(size_of::<ReloadPhase>(), 48);
             assert_eq!(offset_of!(ReloadPhase, bundle_id), 8);
-            assert_eq!(size_of::<HostApi>(), 32);
+            assert_eq!(size_of::<HostApi>(), 72);
+            assert_eq!(size_of::<HostServices>(), 40);
             assert_eq!(size_of::<BundleInitContext>(), 56);
             assert_eq!(offset_of!(BundleInitContext, is_reload), 52);
         }

@@ -53,7 +53,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::status;
 
-pub use crate::sys::abi::{GuestHost, run_init, run_state_export, run_state_import};
+pub use crate::sys::abi::{
+    GuestHost, ServiceRef, Services, run_init, run_state_export, run_state_import,
+};
 
 /// Runs `f`, returning `on_panic` instead of unwinding if it panics.
 ///

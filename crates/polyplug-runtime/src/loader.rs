@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{
     ABI_VERSION, ABI_VERSION_SYMBOL, BundleInitContext, FINI_SYMBOL, GuestContractInterface,
-    HostApi, INIT_SYMBOL, MAX_STATE_LEN, STATE_EXPORT_SYMBOL, STATE_IMPORT_SYMBOL, StringView,
-    Version, status,
+    HostApi, HostServices, INIT_SYMBOL, MAX_STATE_LEN, STATE_EXPORT_SYMBOL, STATE_IMPORT_SYMBOL,
+    StringView, Version, status,
 };
 use crate::error::{LoadError, RegistrationError};
 use crate::ids::{BundleId, ContractId};
 use crate::manifest::ProvidedContract;
 use crate::sys;
+use crate::sys::host::ServiceContext;
 use crate::sys::unix::{DlHandle, FiniFn, StateExportFn, StateImportFn};
 
 /// A guest's log line, forwarded to the runtime's log callback.
@@ -40,6 +41,8 @@ pub(crate) struct Library {
     fini: Option<FiniFn>,
     state_export: Option<StateExportFn>,
     state_import: Option<StateImportFn>,
+    /// Keeps the services context the library's code may call alive while it is loaded.
+    _services: Option<Arc<ServiceContext>>,
     private_path: PathBuf,
     source_path: PathBuf,
 }
@@ -258,6 +261,8 @@ pub(crate) struct LoadRequest<'a> {
     pub(crate) is_reload: bool,
     pub(crate) copy_path: PathBuf,
     pub(crate) log: Option<LogSink>,
+    /// The runtime's lookups for the library's code (none: the services are absent).
+    pub(crate) services: Option<Arc<ServiceContext>>,
 }
 
 /// Time spent in each step of a load.
@@ -324,6 +329,7 @@ pub(crate) fn load(request: LoadRequest<'_>) -> Result<Loaded, LoadError> {
         fini,
         state_export,
         state_import,
+        _services: request.services.clone(),
         private_path: request.copy_path.clone(),
         source_path: path.clone(),
     };
@@ -374,6 +380,16 @@ pub(crate) fn load(request: LoadRequest<'_>) -> Result<Loaded, LoadError> {
         host_context: std::ptr::without_provenance_mut(token),
         register_contract: Some(sys::host::register_contract),
         log: Some(sys::host::log),
+        services: match &request.services {
+            Some(context) => sys::host::host_services(context),
+            None => HostServices {
+                context: std::ptr::null_mut(),
+                find: None,
+                acquire: None,
+                interface: None,
+                release: None,
+            },
+        },
     };
     let context = BundleInitContext {
         bundle_id: BundleId::new(&bundle).id(),

@@ -39,13 +39,19 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::abi::FunctionTable;
 use crate::abi::{
     GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level, status,
 };
 use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
-use crate::manifest::{MANIFEST_FILE, Manifest, RequiredContract};
+use crate::manifest::{MANIFEST_FILE, Manifest, ProvidedContract, RequiredContract};
+use crate::sys::host::ServiceContext;
+
+/// The bundle name host services are registered under (not a valid manifest name, so no
+/// bundle can take it).
+pub const HOST_BUNDLE: &str = "<host>";
 use crate::registry::{
     Interface, InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
     ReloadTransaction,
@@ -200,8 +206,13 @@ impl RuntimeBuilder {
     /// [`BuildError::CopyDir`] if the copy directory cannot be created.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let copy_dir = CopyDir::create(self.config.copy_dir.clone())?;
+        let registry = Arc::new(Registry::with_policy(self.config.provider_policy.clone()));
         Ok(Runtime {
-            registry: Registry::with_policy(self.config.provider_policy.clone()),
+            registry: Arc::clone(&registry),
+            services: Arc::new(ServiceContext {
+                registry: Arc::downgrade(&registry),
+            }),
+            host_services: Mutex::new(Vec::new()),
             config: self.config,
             on_reload: self.on_reload,
             on_log: self.on_log,
@@ -350,7 +361,11 @@ fn sweep_dead_copy_dirs() {
 /// Plugins loaded from bundle directories, callable through the [`Registry`], hot-reloadable.
 /// See the [module documentation](self).
 pub struct Runtime {
-    registry: Registry,
+    registry: Arc<Registry>,
+    /// What plugins reach the registry through (`HostServices`); weak, so no cycle.
+    services: Arc<ServiceContext>,
+    /// The contracts the host published with `publish_service` (providers for `requires`).
+    host_services: Mutex<Vec<ProvidedContract>>,
     config: RuntimeConfig,
     on_reload: Option<ReloadHook>,
     on_log: Option<LogHook>,
@@ -588,12 +603,109 @@ impl Runtime {
         out
     }
 
-    /// The manifests of the loaded bundles.
-    fn manifests(bundles: &HashMap<BundleId, Arc<BundleSlot>>) -> Vec<Manifest> {
-        bundles
+    /// The manifests of the loaded bundles, and the host's services as one more provider.
+    fn manifests(&self, bundles: &HashMap<BundleId, Arc<BundleSlot>>) -> Vec<Manifest> {
+        let mut manifests: Vec<Manifest> = bundles
             .values()
             .filter_map(|s| s.state.lock().as_ref().map(|state| state.manifest.clone()))
-            .collect()
+            .collect();
+        let services = self.host_services.lock().clone();
+        if !services.is_empty() {
+            manifests.push(Manifest {
+                name: HOST_BUNDLE.to_owned(),
+                version: Version::default(),
+                library: Default::default(),
+                provides: services,
+                depends: Vec::new(),
+                requires: Vec::new(),
+                reload_with_dependencies: false,
+            });
+        }
+        manifests
+    }
+
+    /// Publishes a host service: `table` becomes the interface of contract `name` at
+    /// `version`, found and called by plugins (through [`HostServices`](crate::abi::HostServices))
+    /// and by the host like any plugin's contract. It counts as a provider for `requires`.
+    ///
+    /// ```
+    /// use polyplug_runtime::abi::Version;
+    /// use polyplug_runtime::ids::ContractRef;
+    /// use polyplug_runtime::Runtime;
+    ///
+    /// polyplug_runtime::contract! {
+    ///     pub struct Clock {
+    ///         pub fn now_ms() -> u64;
+    ///     }
+    /// }
+    /// extern "C" fn now_ms() -> u64 {
+    ///     42
+    /// }
+    /// static CLOCK: Clock = Clock { now_ms };
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// runtime.publish_service("host.clock", Version::new(1, 0, 0), &CLOCK)?;
+    /// let guard = runtime.find(&ContractRef::new("host.clock", 1, 0))?;
+    /// assert_eq!((guard.functions::<Clock>().ok_or("table")?.now_ms)(), 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::register_table`] (a second publication of the contract is a
+    /// `DuplicateProvider`).
+    pub fn publish_service<T: FunctionTable>(
+        &self,
+        name: &str,
+        version: Version,
+        table: &'static T,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let interface = crate::abi::GuestContractInterface::for_table(
+            crate::ids::ContractId::new(name, version.major),
+            version,
+            table,
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: a 'static table whose type vouches for its functions, and its type's
+        // 'static signature text.
+        unsafe {
+            self.publish_interface(name, &interface)
+        }
+    }
+
+    /// [`publish_service`](Self::publish_service) for a raw interface (the C API's).
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::register`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Registry::register`], for as long as this runtime lives.
+    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
+    pub unsafe fn publish_interface(
+        &self,
+        name: &str,
+        interface: &crate::abi::GuestContractInterface,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let _topology = self.topology.lock();
+        let version = interface.contract_version;
+        let registration = crate::registry::Registration {
+            contract_name: name,
+            bundle: BundleId::new(HOST_BUNDLE),
+            bundle_name: HOST_BUNDLE,
+            plugin_version: version,
+            interface: *interface,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's contract is `register`'s.
+        let handle = unsafe { self.registry.register(registration) }?;
+        self.host_services.lock().push(ProvidedContract {
+            name: name.to_owned(),
+            major: version.major,
+            minor: version.minor,
+        });
+        Ok(handle)
     }
 
     /// Loads the bundle in directory `dir` and publishes its contracts.
@@ -627,7 +739,7 @@ impl Runtime {
             });
         }
         // Checked here to fail before opening the library, and again before the commit.
-        let loaded_manifests = Self::manifests(&self.bundles.read());
+        let loaded_manifests = self.manifests(&self.bundles.read());
         if let Some(required) = unmet_requirement(&manifest, &loaded_manifests) {
             return Err(LoadError::RequiredContractMissing {
                 bundle: manifest.name.clone(),
@@ -656,6 +768,7 @@ impl Runtime {
             is_reload: false,
             copy_path: self.copy_path(&manifest.name, &library),
             log: self.log_sink(),
+            services: Some(Arc::clone(&self.services)),
         })?;
         stage_registrations(&mut txn, &loaded).map_err(registry_error)?;
         {
@@ -674,7 +787,7 @@ impl Runtime {
                     dependency: dependency.clone(),
                 });
             }
-            if let Some(required) = unmet_requirement(&manifest, &Self::manifests(&bundles)) {
+            if let Some(required) = unmet_requirement(&manifest, &self.manifests(&bundles)) {
                 return Err(LoadError::RequiredContractMissing {
                     bundle: manifest.name.clone(),
                     contract: required.to_string(),
@@ -864,6 +977,7 @@ impl Runtime {
             is_reload: true,
             copy_path: self.copy_path(&slot.name, &library),
             log: self.log_sink(),
+            services: Some(Arc::clone(&self.services)),
         })
         .map_err(failed)?;
         phases.push((ReloadStep::Copy, loaded.timings.copy));
@@ -1085,7 +1199,7 @@ impl Runtime {
                 return Err(in_use(dependents));
             }
             if let Some((dependent, required)) =
-                broken_requirement(&Self::manifests(&bundles), &slot.name, None)
+                broken_requirement(&self.manifests(&bundles), &slot.name, None)
             {
                 return Err(UnloadError::ContractRequired {
                     bundle: slot.name.clone(),
@@ -1195,7 +1309,7 @@ impl Runtime {
         slot: &BundleSlot,
         manifest: &Manifest,
     ) -> Result<(), Box<ReloadFailure>> {
-        let loaded = Self::manifests(&self.bundles.read());
+        let loaded = self.manifests(&self.bundles.read());
         let others: Vec<Manifest> = loaded
             .iter()
             .filter(|m| m.name != slot.name)

@@ -325,6 +325,56 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_find(
     })
 }
 
+/// Publishes a host service: `count` functions at `functions` (with the canonical
+/// `signature` text, or an empty view) as contract `name` at `version`, for plugins to find
+/// through their `PolyplugHostServices` (and hosts through `polyplug_runtime_find`).
+///
+/// # Safety
+///
+/// `runtime` must be live; `name` a NUL-terminated string; `functions` must point to `count`
+/// non-null functions with the contract's signatures, and they and `signature`'s bytes must
+/// stay valid while the runtime lives; `out_handle` null or writable.
+#[unsafe(no_mangle)]
+pub(crate) unsafe extern "C" fn polyplug_runtime_publish_service(
+    runtime: *const Runtime,
+    name: *const c_char,
+    version: crate::abi::Version,
+    functions: *const crate::abi::GuestFn,
+    count: usize,
+    signature: StringView,
+    out_handle: *mut GuestContractHandle,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let name = unsafe { c_str(name, "contract")? };
+            if functions.is_null() || count == 0 {
+                return Err(fail(status::INVALID_ARGUMENT, "functions is null or empty"));
+            }
+            let mut interface = GuestContractInterface::new(
+                crate::ids::ContractId::new(name, version.major),
+                version,
+                crate::abi::DispatchTable {
+                    function_count: count,
+                    functions,
+                },
+            );
+            interface.signature = signature;
+            // SAFETY: the functions and the signature text stay valid while the runtime lives
+            // (caller's contract).
+            let handle = unsafe { runtime.publish_interface(name, &interface) }
+                .map_err(|e| fail(status::INVALID_ARGUMENT, crate::report_chain(&e)))?;
+            if !out_handle.is_null() {
+                // SAFETY: non-null and writable (caller's contract).
+                unsafe { out_handle.write(handle) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
 /// Takes a reference to the interface behind `handle`; release it with
 /// `polyplug_runtime_release`.
 ///

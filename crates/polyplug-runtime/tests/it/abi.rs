@@ -8,8 +8,8 @@ use std::process::Command;
 
 use polyplug_runtime::abi::{
     self, BundleInitContext, DispatchTable, FunctionTable, GuestContractHandle,
-    GuestContractInterface, HostApi, PluginDescriptor, ReloadPhase, RuntimeOptions, StringView,
-    Version, status,
+    GuestContractInterface, HostApi, HostServices, PluginDescriptor, ReloadPhase, RuntimeOptions,
+    StringView, Version, status,
 };
 use polyplug_runtime::ids::{BundleId, ContractId};
 
@@ -69,8 +69,14 @@ fn layouts() -> Vec<Layout> {
                 struct_size,
                 host_context,
                 register_contract,
-                log
+                log,
+                services
             ]
+        ),
+        layout!(
+            "PolyplugHostServices",
+            HostServices,
+            [context, find, acquire, interface, release]
         ),
         layout!(
             "PolyplugBundleInitContext",

@@ -15,5 +15,6 @@ mod proptests;
 mod registry;
 mod reload;
 mod requires;
+mod services;
 mod signature;
 mod state;

@@ -82,7 +82,12 @@ fn a_rust_plugin_keeps_its_state_across_100_reloads() {
         "rust-state",
         "1.0.0",
         &f.rust_services,
-        &["reload.test@1.0", "shared.math@1.1", "rust.counter@1.0"],
+        &[
+            "reload.test@1.0",
+            "shared.math@1.1",
+            "rust.counter@1.0",
+            "rust.relay@1.0",
+        ],
     ));
     let rt = count_across_reloads("rust-state", &dir, &counter);
     assert_eq!(next(&rt, &counter), 104);

@@ -39,6 +39,7 @@ pub(crate) const C_VARIANTS: &[(&str, &[&str])] = &[
         &["-DVERSION=2", "-DCHANGED_SIGNATURE"],
     ),
     ("stateful", &["-DVERSION=1", "-DSTATEFUL"]),
+    ("relay", &["-DVERSION=1", "-DROLE_RELAY"]),
     (
         "stateful-refuses",
         &["-DVERSION=2", "-DSTATEFUL", "-DREFUSE_STATE"],
