@@ -11,6 +11,7 @@ use crate::registry::RegistryError;
 
 /// Errors building a [`Runtime`](crate::Runtime).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The private directory for per-version library copies could not be created.
     #[error("{}: cannot create the library copy directory", path.display())]
@@ -25,6 +26,7 @@ pub enum BuildError {
 
 /// What a guest did wrong while registering its contracts in `polyplug_init`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistrationError {
     /// A null descriptor or interface, or a name view with a null pointer or absurd length.
     #[error("a registration passed a null or malformed {what}")]
@@ -91,6 +93,7 @@ impl RegistrationError {
 
 /// Errors loading a bundle. The runtime is unchanged after any of them.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The manifest is missing or invalid.
     #[error(transparent)]
@@ -259,6 +262,7 @@ pub enum LoadError {
 
 /// Errors of a reload. After any of them the old version is live, as it was.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReloadError {
     /// No bundle of this name is loaded.
     #[error("bundle `{bundle}` is not loaded")]
@@ -351,6 +355,7 @@ impl ReloadError {
 
 /// Errors of an unload. The bundle stays loaded after any of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UnloadError {
     /// No bundle of this name is loaded.
     #[error("bundle `{bundle}` is not loaded")]

@@ -35,6 +35,7 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 
 /// Errors reading or validating a manifest; each names the manifest's path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The bundle directory has no `manifest.toml`.
     #[error("{}: no manifest (a bundle directory needs a manifest.toml)", path.display())]

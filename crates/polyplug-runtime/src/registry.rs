@@ -82,6 +82,7 @@ pub type KeepAlive = Arc<dyn Any + Send + Sync>;
 
 /// Errors of registrations, handles and reload transactions.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// The handle names no slot, or a generation never issued for its slot (the null handle is
     /// always invalid).
@@ -160,6 +161,7 @@ pub enum RegistryError {
 
 /// Errors of a lookup by contract.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LookupError {
     /// No loaded bundle provides the contract (at this major version).
     #[error("no provider of contract `{contract}`")]
@@ -354,6 +356,7 @@ impl fmt::Debug for Interface {
 /// A resolved interface, valid (and its library loaded) while the guard lives, whatever
 /// reloads happen meanwhile. Derefs to [`Interface`], and through it to the
 /// [`GuestContractInterface`].
+#[must_use = "a guard keeps a version alive only while held; use it or drop it"]
 pub struct InterfaceGuard<'r> {
     entry: CellGuard<Interface>,
     _registry: PhantomData<&'r Registry>,
@@ -384,6 +387,7 @@ impl fmt::Debug for InterfaceGuard<'_> {
 /// until dropped. Prefer [`InterfaceGuard`] for short reads. (If the last reference to an old
 /// version outlives its runtime, dropping it is what closes that library.)
 #[derive(Clone)]
+#[must_use = "an owned interface keeps a version alive only while held"]
 pub struct OwnedInterface(Arc<Interface>);
 
 impl OwnedInterface {
@@ -412,6 +416,7 @@ impl fmt::Debug for OwnedInterface {
 /// It holds the interface by reference count, so it keeps an old version's library loaded
 /// until its next `get` after a reload (the reload report counts it as a holder).
 #[derive(Debug)]
+#[must_use = "a cache does nothing until `get` is called"]
 pub struct CachedInterface<'c> {
     contract: ContractRef<'c>,
     entry: Option<OwnedInterface>,
@@ -1389,6 +1394,7 @@ struct Committed {
 
 /// A reload (or load, or unload) of one bundle, holding the bundle's reload gate until it is
 /// finished or dropped. See the [module documentation](self).
+#[must_use = "a transaction rolls back (and releases the gate) when dropped uncommitted"]
 pub struct ReloadTransaction<'r> {
     registry: &'r Registry,
     bundle: BundleId,

@@ -127,6 +127,7 @@ type LogHook = Arc<dyn Fn(&LogRecord<'_>) + Send + Sync>;
 type Validator = Arc<dyn Fn(&Runtime, &BundleInfo) -> Result<(), String> + Send + Sync>;
 
 /// Builds a [`Runtime`]: configuration plus callbacks.
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
     on_reload: Option<ReloadHook>,
@@ -228,6 +229,7 @@ impl RuntimeBuilder {
 
 /// What to reload.
 #[derive(Debug, Clone)]
+#[must_use = "a request does nothing until passed to `reload`"]
 pub struct ReloadRequest {
     bundle: String,
     dir: Option<PathBuf>,
