@@ -65,6 +65,18 @@ impl<'a> GuestHost<'a> {
         bytes.and_then(|b| core::str::from_utf8(b).ok())
     }
 
+    /// The bundle directory the host loaded this version from (`None` if not valid UTF-8).
+    pub fn bundle_dir(&self) -> Option<&'a str> {
+        // SAFETY: as for bundle_name: valid for the duration of `polyplug_init`.
+        let bytes = unsafe { view(self.context.bundle_dir) };
+        bytes.and_then(|b| core::str::from_utf8(b).ok())
+    }
+
+    /// The bundle version from the manifest (`version = "…"`).
+    pub fn bundle_version(&self) -> crate::abi::Version {
+        self.context.bundle_version
+    }
+
     /// Whether this load replaces a live version of the bundle (hot reload).
     pub fn is_reload(&self) -> bool {
         self.context.is_reload != 0
