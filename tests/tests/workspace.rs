@@ -224,3 +224,31 @@ fn polyplug_runtime_errors_are_non_exhaustive_and_handles_must_use() {
     }
     assert!(missing.is_empty(), "missing: {missing:?}");
 }
+
+/// C exports live only in the FFI crate: polyplug-runtime defines no `polyplug_runtime_*`
+/// C function (two versions of it in one binary would collide); polyplug-runtime-capi does,
+/// and ships its header beside its manifest.
+#[test]
+fn the_c_api_is_exported_only_by_the_capi_crate() {
+    let runtime = root().join("crates/polyplug-runtime/src");
+    let mut dirs = vec![runtime];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = read(&path);
+                assert!(
+                    !text.contains("extern \"C\" fn polyplug_runtime_"),
+                    "{}: a C API function outside polyplug-runtime-capi",
+                    path.display()
+                );
+            }
+        }
+    }
+    let capi = root().join("crates/polyplug-runtime/capi");
+    assert!(read(&capi.join("src/sys/mod.rs")).contains("fn polyplug_runtime_new"));
+    assert!(capi.join("include/polyplug_runtime.h").is_file());
+    assert!(capi.join("polyplug-runtime-capi.pc.in").is_file());
+}

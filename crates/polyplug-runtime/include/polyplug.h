@@ -21,8 +21,8 @@
  * host copies descriptors and interfaces; dispatch tables must stay valid while the library
  * is loaded (make them static const).
  *
- * Hosts written in C drive the runtime through the polyplug_runtime_* functions at the end of
- * this header.
+ * Hosts written in C drive the runtime through the polyplug_runtime_* functions of
+ * polyplug_runtime.h, which the polyplug-runtime-capi crate ships with its libraries.
  *
  * Every layout here mirrors a #[repr(C)] type of the crate's `abi` module; the crate's tests
  * compile static assertions of every size and offset against this header.
@@ -256,55 +256,6 @@ static inline uint64_t polyplug_bundle_id(const char *name) {
     while (name[len] != '\0') len++;
     return polyplug_fnv1a64_extend(0xcbf29ce484222325ull, name, len);
 }
-
-/* ─── The host C API ──────────────────────────────────────────────────────────────────── */
-
-typedef struct PolyplugRuntime PolyplugRuntime;
-
-/* Callbacks may be called from any thread that reloads or loads. */
-typedef void (*PolyplugReloadCallback)(void *user_data, PolyplugReloadPhase phase);
-typedef void (*PolyplugLogCallback)(void *user_data, uint32_t level, PolyplugStringView bundle,
-                                    PolyplugStringView message);
-
-typedef struct PolyplugRuntimeOptions {
-    uint32_t struct_size;
-    uint32_t hot_reload;       /* non-zero enables hot reload */
-    uint32_t provider_policy;  /* 0 unique, 1 first loaded, 2 highest version */
-    uint32_t drain_timeout_ms; /* 0: default (100 ms) */
-    PolyplugReloadCallback on_reload;
-    void *reload_user_data;
-    PolyplugLogCallback on_log;
-    void *log_user_data;
-} PolyplugRuntimeOptions;
-
-/* NULL options: defaults (hot reload off). Returns NULL on failure. */
-PolyplugRuntime *polyplug_runtime_new(const PolyplugRuntimeOptions *options);
-void polyplug_runtime_free(PolyplugRuntime *runtime);
-int32_t polyplug_runtime_load_bundle(const PolyplugRuntime *runtime, const char *dir);
-/* from_dir may be NULL: reload from the bundle's current directory. */
-int32_t polyplug_runtime_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
-                                       const char *from_dir);
-int32_t polyplug_runtime_try_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
-                                           const char *from_dir);
-int32_t polyplug_runtime_unload_bundle(const PolyplugRuntime *runtime, const char *bundle);
-int32_t polyplug_runtime_find(const PolyplugRuntime *runtime, const char *contract,
-                              uint32_t major, uint32_t min_minor,
-                              PolyplugGuestContractHandle *out_handle);
-int32_t polyplug_runtime_acquire(const PolyplugRuntime *runtime,
-                                 PolyplugGuestContractHandle handle,
-                                 PolyplugInterfaceRef **out_ref);
-const PolyplugGuestContractInterface *polyplug_runtime_interface(const PolyplugInterfaceRef *ref);
-void polyplug_runtime_release(PolyplugInterfaceRef *ref);
-/* Publishes a host service: `count` functions (kept valid while the runtime lives, as is the
- * signature text: a POLYPLUG_DEFINE_CONTRACT <Type>_signature(), or {NULL, 0}) as contract
- * `name` at `version`. Plugins find it through their PolyplugHostServices. out_handle may be
- * NULL. */
-int32_t polyplug_runtime_publish_service(const PolyplugRuntime *runtime, const char *name,
-                                         PolyplugVersion version, const PolyplugFn *functions,
-                                         size_t count, PolyplugStringView signature,
-                                         PolyplugGuestContractHandle *out_handle);
-/* Copies this thread's last error (NUL-terminated, truncated) and returns its full length. */
-size_t polyplug_runtime_last_error(char *buffer, size_t capacity);
 
 #ifdef __cplusplus
 }

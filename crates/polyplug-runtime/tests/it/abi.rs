@@ -173,7 +173,7 @@ fn constants() -> Vec<(&'static str, i64)> {
 
 /// The C file of static assertions; `skew` is added to the first size (the negative check).
 fn assertions(skew: usize) -> String {
-    let mut c = String::from("#include <stddef.h>\n#include \"polyplug.h\"\n");
+    let mut c = String::from("#include <stddef.h>\n#include \"polyplug_runtime.h\"\n");
     for (i, (ty, size, align, fields)) in layouts().into_iter().enumerate() {
         let size = if i == 0 { size + skew } else { size };
         writeln!(
@@ -208,6 +208,8 @@ fn compiles(source: &str, label: &str) -> Result<(), String> {
     let out = Command::new(&cc)
         .args(["-fsyntax-only", "-std=c11", "-Wall", "-Werror", "-I"])
         .arg(crate_dir().join("include"))
+        .arg("-I")
+        .arg(crate_dir().join("capi/include"))
         .arg(&file)
         .output()
         .map_err(|e| format!("{cc}: {e}"))?;

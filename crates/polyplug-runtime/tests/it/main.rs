@@ -9,7 +9,6 @@ mod fixtures;
 
 mod abi;
 mod bad_input;
-mod c_host;
 mod lifecycle;
 mod proptests;
 mod registry;

@@ -74,9 +74,15 @@ pub(crate) struct Fixtures {
     pub(crate) c: HashMap<&'static str, PathBuf>,
 }
 
-/// The crate's directory.
+/// polyplug-runtime's directory, where the fixtures live (also from the tests of
+/// polyplug-runtime-capi, whose directory is inside it).
 pub(crate) fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("fixtures").is_dir() {
+        dir
+    } else {
+        dir.join("..")
+    }
 }
 
 /// The workspace root.
@@ -233,6 +239,11 @@ pub(crate) fn capi_libraries() -> Result<&'static (PathBuf, PathBuf), String> {
             "libpolyplug_runtime_capi.so"
         };
         let built = dir.join("debug");
+        // The shared library's SONAME names major version 0: what a linked program looks for.
+        let soname = built.join("libpolyplug_runtime_capi.so.0");
+        if cfg!(target_os = "linux") && !soname.exists() {
+            let _ = std::os::unix::fs::symlink(shared, &soname);
+        }
         Ok((built.join("libpolyplug_runtime_capi.a"), built.join(shared)))
     })
     .as_ref()
@@ -249,7 +260,8 @@ pub(crate) fn compile_c(
     shared: bool,
 ) -> Result<(), String> {
     let header = crate_dir().join("include/polyplug.h");
-    let newest_input = [modified(source), modified(&header)]
+    let host_header = crate_dir().join("capi/include/polyplug_runtime.h");
+    let newest_input = [modified(source), modified(&header), modified(&host_header)]
         .into_iter()
         .flatten()
         .max();
@@ -267,10 +279,12 @@ pub(crate) fn compile_c(
     cmd.args(["-O2", "-std=c11", "-Wall", "-Wextra"])
         .arg("-I")
         .arg(crate_dir().join("include"))
+        .arg("-I")
+        .arg(crate_dir().join("capi/include"))
+        .arg(source)
         .args(flags)
         .arg("-o")
-        .arg(&tmp)
-        .arg(source);
+        .arg(&tmp);
     let output = cmd.output().map_err(|e| format!("{cc}: {e}"))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&tmp);

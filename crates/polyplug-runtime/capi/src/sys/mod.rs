@@ -1,5 +1,5 @@
 //! The C API: the runtime for hosts written in C, C++ or Zig (declared in
-//! `include/polyplug.h`).
+//! `include/polyplug_runtime.h`, beside this crate's manifest).
 //!
 //! Every function returns a status code (`POLYPLUG_OK` or a negative `POLYPLUG_ERR_*`) or a
 //! pointer that is null on failure; the failure's message is kept per thread and read with
@@ -8,8 +8,10 @@
 //! interface and its library stay valid until `polyplug_runtime_release`, whatever reloads or
 //! unloads happen meanwhile.
 //!
-//! The symbols are exported from whatever binary links this crate (`#[unsafe(no_mangle)]`);
-//! they all start with `polyplug_runtime_`.
+//! The symbols are exported from the libraries this crate builds (`#[unsafe(no_mangle)]`),
+//! and from a Rust binary that links this crate; they all start with `polyplug_runtime_`. Only
+//! this crate exports them: `polyplug-runtime` itself exports no symbol, so two versions of it
+//! can live in one binary.
 
 use core::ffi::{CStr, c_char, c_void};
 use std::cell::RefCell;
@@ -18,11 +20,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::abi::{GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status};
-use crate::guest::ffi_guard;
-use crate::ids::ContractRef;
-use crate::registry::{LookupError, OwnedInterface, ProviderPolicy, RegistryError};
-use crate::runtime::{ReloadRequest, Runtime, RuntimeConfig};
+use polyplug_runtime::abi::{
+    GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status,
+};
+use polyplug_runtime::guest::ffi_guard;
+use polyplug_runtime::ids::ContractRef;
+use polyplug_runtime::registry::{LookupError, OwnedInterface, ProviderPolicy, RegistryError};
+use polyplug_runtime::runtime::{ReloadRequest, Runtime, RuntimeConfig};
 
 /// A C callback and its user data, called from whichever thread reloads.
 #[derive(Clone, Copy)]
@@ -36,6 +40,18 @@ struct Callback<F> {
 unsafe impl<F: Send> Send for Callback<F> {}
 // SAFETY: as for Send: the callback is only called, never mutated, through a shared reference.
 unsafe impl<F: Sync> Sync for Callback<F> {}
+
+/// An error and its sources, joined with ": " (the last-error text).
+fn report_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -86,9 +102,7 @@ unsafe fn c_path<'a>(s: *const c_char, what: &str) -> Result<&'a Path, i32> {
 /// `options` must be null or valid for the call; its callbacks must be callable from any
 /// thread with their user data until the runtime is freed.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_new(
-    options: *const RuntimeOptions,
-) -> *mut Runtime {
+pub unsafe extern "C" fn polyplug_runtime_new(options: *const RuntimeOptions) -> *mut Runtime {
     ffi_guard(core::ptr::null_mut(), || {
         let mut builder = Runtime::builder();
         // SAFETY: null or valid for the call (caller's contract).
@@ -154,7 +168,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_new(
 /// `runtime` must be null or a pointer from `polyplug_runtime_new` not freed before, and no
 /// other call may use it concurrently or afterwards.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_free(runtime: *mut Runtime) {
+pub unsafe extern "C" fn polyplug_runtime_free(runtime: *mut Runtime) {
     if runtime.is_null() {
         return;
     }
@@ -183,7 +197,7 @@ fn code(result: Result<i32, i32>) -> i32 {
 ///
 /// `runtime` must be live; `dir` a NUL-terminated string.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_load_bundle(
+pub unsafe extern "C" fn polyplug_runtime_load_bundle(
     runtime: *const Runtime,
     dir: *const c_char,
 ) -> i32 {
@@ -196,7 +210,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_load_bundle(
             runtime
                 .load_bundle(dir)
                 .map(|_| status::OK)
-                .map_err(|e| fail(status::LOAD_FAILED, crate::report_chain(&e)))
+                .map_err(|e| fail(status::LOAD_FAILED, report_chain(&e)))
         })())
     })
 }
@@ -223,7 +237,7 @@ fn reload(
     };
     result
         .map(|_| status::OK)
-        .map_err(|e| fail(e.status(), crate::report_chain(&e)))
+        .map_err(|e| fail(e.status(), report_chain(&e)))
 }
 
 /// Hot-reloads `bundle` (from `from_dir` if not null), waiting for a reload in progress.
@@ -232,7 +246,7 @@ fn reload(
 ///
 /// `runtime` must be live; `bundle` a NUL-terminated string; `from_dir` null or one.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_reload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_reload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
     from_dir: *const c_char,
@@ -249,7 +263,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_reload_bundle(
 ///
 /// As for `polyplug_runtime_reload_bundle`.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
     from_dir: *const c_char,
@@ -265,7 +279,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
 ///
 /// `runtime` must be live; `bundle` a NUL-terminated string.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_unload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_unload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
 ) -> i32 {
@@ -288,6 +302,7 @@ fn lookup_status(e: &LookupError) -> i32 {
         LookupError::NotFound { .. } => status::NOT_FOUND,
         LookupError::Ambiguous { .. } => status::AMBIGUOUS,
         LookupError::IncompatibleVersion { .. } => status::INCOMPATIBLE_VERSION,
+        _ => status::INTERNAL,
     }
 }
 
@@ -298,7 +313,7 @@ fn lookup_status(e: &LookupError) -> i32 {
 ///
 /// `runtime` must be live; `name` a NUL-terminated string; `out_handle` writable.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_find(
+pub unsafe extern "C" fn polyplug_runtime_find(
     runtime: *const Runtime,
     name: *const c_char,
     major: u32,
@@ -335,11 +350,11 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_find(
 /// non-null functions with the contract's signatures, and they and `signature`'s bytes must
 /// stay valid while the runtime lives; `out_handle` null or writable.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_publish_service(
+pub unsafe extern "C" fn polyplug_runtime_publish_service(
     runtime: *const Runtime,
     name: *const c_char,
-    version: crate::abi::Version,
-    functions: *const crate::abi::GuestFn,
+    version: polyplug_runtime::abi::Version,
+    functions: *const polyplug_runtime::abi::GuestFn,
     count: usize,
     signature: StringView,
     out_handle: *mut GuestContractHandle,
@@ -354,9 +369,9 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_publish_service(
                 return Err(fail(status::INVALID_ARGUMENT, "functions is null or empty"));
             }
             let mut interface = GuestContractInterface::new(
-                crate::ids::ContractId::new(name, version.major),
+                polyplug_runtime::ids::ContractId::new(name, version.major),
                 version,
-                crate::abi::DispatchTable {
+                polyplug_runtime::abi::DispatchTable {
                     function_count: count,
                     functions,
                 },
@@ -365,7 +380,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_publish_service(
             // SAFETY: the functions and the signature text stay valid while the runtime lives
             // (caller's contract).
             let handle = unsafe { runtime.publish_interface(name, &interface) }
-                .map_err(|e| fail(status::INVALID_ARGUMENT, crate::report_chain(&e)))?;
+                .map_err(|e| fail(status::INVALID_ARGUMENT, report_chain(&e)))?;
             if !out_handle.is_null() {
                 // SAFETY: non-null and writable (caller's contract).
                 unsafe { out_handle.write(handle) };
@@ -382,7 +397,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_publish_service(
 ///
 /// `runtime` must be live; `out_ref` writable.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_acquire(
+pub unsafe extern "C" fn polyplug_runtime_acquire(
     runtime: *const Runtime,
     handle: GuestContractHandle,
     out_ref: *mut *mut OwnedInterface,
@@ -417,12 +432,15 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_acquire(
 ///
 /// `reference` must be null or a live reference from `polyplug_runtime_acquire`.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_interface(
+pub unsafe extern "C" fn polyplug_runtime_interface(
     reference: *const OwnedInterface,
 ) -> *const GuestContractInterface {
     // SAFETY: null or live (caller's contract).
     match unsafe { reference.as_ref() } {
-        Some(owned) => &owned.interface,
+        Some(owned) => {
+            let interface: &GuestContractInterface = owned;
+            interface
+        }
         None => core::ptr::null(),
     }
 }
@@ -434,7 +452,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_interface(
 /// `reference` must be null or a live reference from `polyplug_runtime_acquire`, released
 /// once.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedInterface) {
+pub unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedInterface) {
     if reference.is_null() {
         return;
     }
@@ -450,7 +468,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedIn
 ///
 /// `buffer` must be null (with any capacity) or writable for `capacity` bytes.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_last_error(
+pub unsafe extern "C" fn polyplug_runtime_last_error(
     buffer: *mut c_char,
     capacity: usize,
 ) -> usize {
