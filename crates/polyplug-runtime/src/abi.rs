@@ -527,6 +527,9 @@ pub struct RuntimeOptions {
     pub on_log: Option<LogCallback>,
     /// Passed to `on_log`.
     pub log_user_data: *mut c_void,
+    /// Where per-version library copies go (a NUL-terminated path); null: a private
+    /// temporary directory. Read only if `struct_size` covers it.
+    pub copy_dir: *const core::ffi::c_char,
 }
 
 #[cfg(test)]

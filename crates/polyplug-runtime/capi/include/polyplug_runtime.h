@@ -52,7 +52,36 @@ typedef struct PolyplugRuntimeOptions {
     void *reload_user_data;
     PolyplugLogCallback on_log;
     void *log_user_data;
+    const char *copy_dir; /* per-version library copies go here; NULL: a private temp dir */
 } PolyplugRuntimeOptions;
+
+/* What became of an old library image (PolyplugReloadReport.old_image, PolyplugUnloadReport.image). */
+#define POLYPLUG_IMAGE_UNMAPPED 0u     /* dlclose ran and the image left the address space */
+#define POLYPLUG_IMAGE_STILL_MAPPED 1u /* dlclose ran; the image stays (thread-local destructors) */
+#define POLYPLUG_IMAGE_DEFERRED 2u     /* readers still held it; closed when they let go */
+#define POLYPLUG_IMAGE_UNKNOWN 3u      /* dlclose ran; the platform cannot tell */
+
+/* A reload's outcome. The caller sets struct_size = sizeof(PolyplugReloadReport). */
+typedef struct PolyplugReloadReport {
+    uint32_t struct_size;
+    PolyplugVersion from;      /* the bundle version before */
+    PolyplugVersion to;        /* and after */
+    uint32_t swapped;          /* contracts swapped in place (handles stay valid) */
+    uint32_t added;            /* contracts new in this version */
+    uint32_t retired;          /* contracts dropped (their handles are stale) */
+    uint32_t old_image;        /* a POLYPLUG_IMAGE_* */
+    uint32_t cascade_failures; /* dependents whose cascade reload failed */
+    uint64_t total_ns;         /* the whole reload */
+    uint64_t swap_ns;          /* the registry commit (what callers could notice) */
+} PolyplugReloadReport;
+
+/* An unload's outcome. The caller sets struct_size = sizeof(PolyplugUnloadReport). */
+typedef struct PolyplugUnloadReport {
+    uint32_t struct_size;
+    uint32_t retired; /* contracts retired */
+    uint32_t image;   /* a POLYPLUG_IMAGE_* */
+    uint64_t drain_ns;
+} PolyplugUnloadReport;
 
 /* NULL options: defaults (hot reload off). Returns NULL on failure. */
 PolyplugRuntime *polyplug_runtime_new(const PolyplugRuntimeOptions *options);
@@ -64,6 +93,17 @@ int32_t polyplug_runtime_reload_bundle(const PolyplugRuntime *runtime, const cha
 int32_t polyplug_runtime_try_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
                                            const char *from_dir);
 int32_t polyplug_runtime_unload_bundle(const PolyplugRuntime *runtime, const char *bundle);
+/* As polyplug_runtime_reload_bundle (waiting for a reload in progress), filling `report` if it
+ * is not NULL and the reload succeeded. */
+int32_t polyplug_runtime_reload_bundle_report(const PolyplugRuntime *runtime, const char *bundle,
+                                              const char *from_dir, PolyplugReloadReport *report);
+/* As polyplug_runtime_unload_bundle, filling `report` if it is not NULL. */
+int32_t polyplug_runtime_unload_bundle_report(const PolyplugRuntime *runtime, const char *bundle,
+                                              PolyplugUnloadReport *report);
+/* The loaded bundles, one "name major.minor.patch\n" line each, sorted by name, copied into
+ * `buffer` (NUL-terminated, truncated to `capacity`); returns the full length (without NUL). */
+size_t polyplug_runtime_list_bundles(const PolyplugRuntime *runtime, char *buffer,
+                                     size_t capacity);
 int32_t polyplug_runtime_find(const PolyplugRuntime *runtime, const char *contract,
                               uint32_t major, uint32_t min_minor,
                               PolyplugGuestContractHandle *out_handle);

@@ -347,3 +347,81 @@ fn the_c_api_and_the_rust_crate_share_one_binary_and_one_runtime() {
     // SAFETY: from polyplug_runtime_new, freed once, nothing uses it afterwards.
     unsafe { capi::polyplug_runtime_free(runtime) };
 }
+
+/// The C API's report structures have the layouts `polyplug_runtime.h` declares (checked by a
+/// C program printing them, against the Rust definitions).
+#[test]
+fn the_report_structures_match_the_header() {
+    use std::mem::{offset_of, size_of};
+
+    use polyplug_runtime_capi::sys::{ReloadReportAbi, UnloadReportAbi};
+
+    let f = fixtures();
+    let dir = f.scratch("capi-layout");
+    let source = dir.join("layout.c");
+    std::fs::write(
+        &source,
+        "#include <stdio.h>\n#include <stddef.h>\n#include \"polyplug_runtime.h\"\n\
+         int main(void) {\n\
+           printf(\"%zu %zu %zu %zu %zu %zu\\n\", sizeof(PolyplugReloadReport),\n\
+             offsetof(PolyplugReloadReport, old_image), offsetof(PolyplugReloadReport, total_ns),\n\
+             sizeof(PolyplugUnloadReport), offsetof(PolyplugUnloadReport, image),\n\
+             offsetof(PolyplugUnloadReport, drain_ns));\n\
+           return 0;\n}\n",
+    )
+    .expect("write");
+    let exe = dir.join("layout");
+    compile_c(&source, &exe, &[], false).expect("compile");
+    let out = run(&exe.display().to_string(), &[], &[]).expect("run");
+    let expected = format!(
+        "{} {} {} {} {} {}\n",
+        size_of::<ReloadReportAbi>(),
+        offset_of!(ReloadReportAbi, old_image),
+        offset_of!(ReloadReportAbi, total_ns),
+        size_of::<UnloadReportAbi>(),
+        offset_of!(UnloadReportAbi, image),
+        offset_of!(UnloadReportAbi, drain_ns),
+    );
+    assert_eq!(out, expected);
+}
+
+/// `copy_dir` in the options: the runtime puts its per-version library copies there.
+#[test]
+fn the_copy_directory_is_a_c_api_setting() {
+    use polyplug_runtime::abi::{RuntimeOptions, status};
+    use polyplug_runtime_capi::sys as capi;
+
+    let f = fixtures();
+    let copies = f.scratch("capi-copies");
+    let copies_c = CString::new(copies.as_os_str().as_bytes()).expect("dir");
+    let options = RuntimeOptions {
+        struct_size: std::mem::size_of::<RuntimeOptions>() as u32,
+        hot_reload: 0,
+        provider_policy: 0,
+        drain_timeout_ms: 0,
+        on_reload: None,
+        reload_user_data: std::ptr::null_mut(),
+        on_log: None,
+        log_user_data: std::ptr::null_mut(),
+        copy_dir: copies_c.as_ptr(),
+    };
+    // SAFETY: valid options for the call.
+    let runtime = unsafe { capi::polyplug_runtime_new(&options) };
+    assert!(!runtime.is_null());
+    let (v1, _) = f.c_pair("capi-copied");
+    let dir = CString::new(v1.as_os_str().as_bytes()).expect("bundle");
+    // SAFETY: a live runtime and a NUL-terminated directory.
+    let code = unsafe { capi::polyplug_runtime_load_bundle(runtime, dir.as_ptr()) };
+    assert_eq!(code, status::OK);
+    let copied: Vec<_> = std::fs::read_dir(&copies)
+        .expect("copies")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        copied.iter().any(|name| name.starts_with("capi-copied.")),
+        "{copied:?}"
+    );
+    // SAFETY: from polyplug_runtime_new, freed once.
+    unsafe { capi::polyplug_runtime_free(runtime) };
+}

@@ -100,7 +100,8 @@ fn layouts() -> Vec<Layout> {
                 on_reload,
                 reload_user_data,
                 on_log,
-                log_user_data
+                log_user_data,
+                copy_dir
             ]
         ),
     ]

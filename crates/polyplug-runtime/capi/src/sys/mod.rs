@@ -119,6 +119,16 @@ pub unsafe extern "C" fn polyplug_runtime_new(options: *const RuntimeOptions) ->
             if options.drain_timeout_ms > 0 {
                 config.drain_timeout = Duration::from_millis(options.drain_timeout_ms.into());
             }
+            let covers_copy_dir = options.struct_size as usize
+                >= core::mem::offset_of!(RuntimeOptions, copy_dir)
+                    + core::mem::size_of::<*const c_char>();
+            if covers_copy_dir && !options.copy_dir.is_null() {
+                // SAFETY: a NUL-terminated path valid for the call (caller's contract).
+                match unsafe { c_path(options.copy_dir, "copy_dir") } {
+                    Ok(dir) => config.copy_dir = Some(dir.to_owned()),
+                    Err(_) => return core::ptr::null_mut(),
+                }
+            }
             builder = builder.config(config);
             if let Some(function) = options.on_reload {
                 let callback = Callback {
@@ -221,6 +231,15 @@ fn reload(
     from_dir: *const c_char,
     wait: bool,
 ) -> Result<i32, i32> {
+    reload_report(runtime, bundle, from_dir, wait).map(|_| status::OK)
+}
+
+fn reload_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+    wait: bool,
+) -> Result<polyplug_runtime::ReloadReport, i32> {
     // SAFETY: live runtime and valid strings (the exported callers' contracts).
     let runtime = unsafe { runtime_ref(runtime)? };
     // SAFETY: as above.
@@ -235,9 +254,7 @@ fn reload(
     } else {
         runtime.try_reload(request)
     };
-    result
-        .map(|_| status::OK)
-        .map_err(|e| fail(e.status(), report_chain(&e)))
+    result.map_err(|e| fail(e.status(), report_chain(&e)))
 }
 
 /// Hot-reloads `bundle` (from `from_dir` if not null), waiting for a reload in progress.
@@ -295,6 +312,207 @@ pub unsafe extern "C" fn polyplug_runtime_unload_bundle(
                 .map_err(|e| fail(e.status(), e))
         })())
     })
+}
+
+/// `PolyplugReloadReport`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadReportAbi {
+    /// `sizeof(PolyplugReloadReport)`, set by the caller.
+    pub struct_size: u32,
+    /// The version before.
+    pub from: polyplug_runtime::abi::Version,
+    /// The version after.
+    pub to: polyplug_runtime::abi::Version,
+    /// Contracts swapped in place.
+    pub swapped: u32,
+    /// Contracts added.
+    pub added: u32,
+    /// Contracts retired.
+    pub retired: u32,
+    /// A `POLYPLUG_IMAGE_*`.
+    pub old_image: u32,
+    /// Dependents whose cascade reload failed.
+    pub cascade_failures: u32,
+    /// The whole reload, in nanoseconds.
+    pub total_ns: u64,
+    /// The registry commit, in nanoseconds.
+    pub swap_ns: u64,
+}
+
+/// `PolyplugUnloadReport`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct UnloadReportAbi {
+    /// `sizeof(PolyplugUnloadReport)`, set by the caller.
+    pub struct_size: u32,
+    /// Contracts retired.
+    pub retired: u32,
+    /// A `POLYPLUG_IMAGE_*`.
+    pub image: u32,
+    /// Time waiting for readers, in nanoseconds.
+    pub drain_ns: u64,
+}
+
+fn image_code(image: polyplug_runtime::ImageRelease) -> u32 {
+    match image {
+        polyplug_runtime::ImageRelease::Unmapped => 0,
+        polyplug_runtime::ImageRelease::StillMapped => 1,
+        polyplug_runtime::ImageRelease::Deferred { .. } => 2,
+        _ => 3,
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Reloads like `polyplug_runtime_reload_bundle` and fills `report` (if not null, and if its
+/// `struct_size` covers the structure).
+///
+/// # Safety
+///
+/// As for `polyplug_runtime_reload_bundle`; `report` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_reload_bundle_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+    report: *mut ReloadReportAbi,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: null or writable (caller's contract).
+            if let Some(out) = unsafe { report.as_ref() }
+                && (out.struct_size as usize) < core::mem::size_of::<ReloadReportAbi>()
+            {
+                return Err(fail(
+                    status::INVALID_ARGUMENT,
+                    "report.struct_size is too small",
+                ));
+            }
+            let done = reload_report(runtime, bundle, from_dir, true)?;
+            if !report.is_null() {
+                let abi = ReloadReportAbi {
+                    struct_size: core::mem::size_of::<ReloadReportAbi>() as u32,
+                    from: done.from,
+                    to: done.to,
+                    swapped: count(done.swap.swapped),
+                    added: count(done.swap.added),
+                    retired: count(done.swap.retired),
+                    old_image: image_code(done.old_image),
+                    cascade_failures: count(
+                        done.cascade.iter().filter(|c| c.result.is_err()).count(),
+                    ),
+                    total_ns: nanos(done.total),
+                    swap_ns: nanos(
+                        done.phase(polyplug_runtime::ReloadStep::Swap)
+                            .unwrap_or_default(),
+                    ),
+                };
+                // SAFETY: non-null and writable for the structure (caller's contract,
+                // struct_size checked above).
+                unsafe { report.write(abi) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// Unloads like `polyplug_runtime_unload_bundle` and fills `report` (if not null).
+///
+/// # Safety
+///
+/// As for `polyplug_runtime_unload_bundle`; `report` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_unload_bundle_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    report: *mut UnloadReportAbi,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: null or writable (caller's contract).
+            if let Some(out) = unsafe { report.as_ref() }
+                && (out.struct_size as usize) < core::mem::size_of::<UnloadReportAbi>()
+            {
+                return Err(fail(
+                    status::INVALID_ARGUMENT,
+                    "report.struct_size is too small",
+                ));
+            }
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let bundle = unsafe { c_str(bundle, "bundle")? };
+            let done = runtime
+                .unload(bundle)
+                .map_err(|e| fail(e.status(), report_chain(&e)))?;
+            if !report.is_null() {
+                let abi = UnloadReportAbi {
+                    struct_size: core::mem::size_of::<UnloadReportAbi>() as u32,
+                    retired: count(done.retired),
+                    image: image_code(done.image),
+                    drain_ns: nanos(done.drain),
+                };
+                // SAFETY: non-null and writable (caller's contract, struct_size checked).
+                unsafe { report.write(abi) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// Lists the loaded bundles ("name version\n" each, sorted) into `buffer`; returns the full
+/// length.
+///
+/// # Safety
+///
+/// `runtime` must be live; `buffer` null or writable for `capacity` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_list_bundles(
+    runtime: *const Runtime,
+    buffer: *mut c_char,
+    capacity: usize,
+) -> usize {
+    ffi_guard(0, || {
+        // SAFETY: live runtime (caller's contract).
+        let Ok(runtime) = (unsafe { runtime_ref(runtime) }) else {
+            return 0;
+        };
+        let mut bundles = runtime.bundles();
+        bundles.sort_by(|a, b| a.name.cmp(&b.name));
+        let text: String = bundles
+            .iter()
+            .map(|b| format!("{} {}\n", b.name, b.version))
+            .collect();
+        // SAFETY: null or writable for capacity bytes (caller's contract).
+        unsafe { copy_out(&text, buffer, capacity) };
+        text.len()
+    })
+}
+
+/// Copies `text` into `buffer`, NUL-terminated and truncated to `capacity`.
+///
+/// # Safety
+///
+/// `buffer` must be null or writable for `capacity` bytes.
+unsafe fn copy_out(text: &str, buffer: *mut c_char, capacity: usize) {
+    if buffer.is_null() || capacity == 0 {
+        return;
+    }
+    let n = text.len().min(capacity - 1);
+    // SAFETY: writable for capacity > n bytes (caller's contract); our own string cannot
+    // overlap it.
+    unsafe { core::ptr::copy_nonoverlapping(text.as_ptr(), buffer.cast::<u8>(), n) };
+    // SAFETY: n < capacity: the offset stays inside the caller's buffer.
+    let end = unsafe { buffer.add(n) };
+    // SAFETY: `end` is inside the writable buffer.
+    unsafe { end.write(0) };
 }
 
 fn lookup_status(e: &LookupError) -> i32 {
