@@ -718,9 +718,7 @@ impl Runtime {
     pub fn load_bundle(&self, dir: impl AsRef<Path>) -> Result<BundleInfo, LoadError> {
         self.collect_deferred();
         let dir = dir.as_ref();
-        let origin = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::from_dir(dir)?;
-        let library = dir.join(manifest.library_for_this_platform(&origin)?);
+        let (manifest, library) = read_version(dir, None)?;
         let id = BundleId::new(&manifest.name);
         let already = |slot: &BundleSlot| LoadError::AlreadyLoaded {
             bundle: slot.name.clone(),
@@ -761,18 +759,7 @@ impl Runtime {
         if let Some(slot) = self.slot(&manifest.name) {
             return Err(already(&slot));
         }
-        let loaded = loader::load(LoadRequest {
-            bundle: &manifest.name,
-            version: manifest.version,
-            dir,
-            library: &library,
-            declared: &manifest.provides,
-            is_reload: false,
-            copy_path: self.copy_path(&manifest.name, &library),
-            log: self.log_sink(),
-            services: Some(Arc::clone(&self.services)),
-        })?;
-        stage_registrations(&mut txn, &loaded).map_err(registry_error)?;
+        let loaded = self.stage_version(&mut txn, &manifest, dir, &library, false)?;
         {
             let _topology = self.topology.lock();
             let mut bundles = self.bundles.write();
@@ -937,8 +924,7 @@ impl Runtime {
         };
         let started = Instant::now();
         let dir = request.dir.clone().unwrap_or(current_dir);
-        let origin = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::from_dir(&dir).map_err(|e| failed(e.into()))?;
+        let (manifest, library) = read_version(&dir, request.library.as_deref()).map_err(failed)?;
         if manifest.name != slot.name {
             return Err(failed(LoadError::NameMismatch {
                 bundle: slot.name.clone(),
@@ -946,14 +932,6 @@ impl Runtime {
                 dir: dir.clone(),
             }));
         }
-        let library = match &request.library {
-            Some(path) => path.clone(),
-            None => dir.join(
-                manifest
-                    .library_for_this_platform(&origin)
-                    .map_err(|e| failed(e.into()))?,
-            ),
-        };
         if let Some(dependency) = self.missing_dependency(&manifest) {
             return Err(failed(LoadError::MissingDependency {
                 bundle: slot.name.clone(),
@@ -970,18 +948,9 @@ impl Runtime {
         self.check_reload_requirements(slot, &manifest)?;
         phases.push((ReloadStep::Manifest, started.elapsed()));
 
-        let loaded = loader::load(LoadRequest {
-            bundle: &slot.name,
-            version: manifest.version,
-            dir: &dir,
-            library: &library,
-            declared: &manifest.provides,
-            is_reload: true,
-            copy_path: self.copy_path(&slot.name, &library),
-            log: self.log_sink(),
-            services: Some(Arc::clone(&self.services)),
-        })
-        .map_err(failed)?;
+        let loaded = self
+            .stage_version(txn, &manifest, &dir, &library, true)
+            .map_err(failed)?;
         phases.push((ReloadStep::Copy, loaded.timings.copy));
         phases.push((ReloadStep::Open, loaded.timings.open));
         phases.push((ReloadStep::AbiCheck, loaded.timings.abi_check));
@@ -994,7 +963,6 @@ impl Runtime {
                 source,
             })
         };
-        stage_registrations(txn, &loaded).map_err(registry_error)?;
         let started = Instant::now();
         self.hand_over_state(slot, &loaded.library)?;
         phases.push((ReloadStep::State, started.elapsed()));
@@ -1429,6 +1397,48 @@ fn broken_requirement(
             .find(|r| is_provided(r, &before) && !is_provided(r, &after))
             .map(|r| (dependent.name.clone(), r.clone()))
     })
+}
+
+/// The manifest in `dir` and the library file of this platform (or `library`, if given).
+fn read_version(dir: &Path, library: Option<&Path>) -> Result<(Manifest, PathBuf), LoadError> {
+    let manifest = Manifest::from_dir(dir)?;
+    let library = match library {
+        Some(path) => path.to_owned(),
+        None => dir.join(manifest.library_for_this_platform(&dir.join(MANIFEST_FILE))?),
+    };
+    Ok((manifest, library))
+}
+
+impl Runtime {
+    /// The one staging path of a load and a reload: loads `manifest`'s version from a private
+    /// copy of `library`, runs its init (registrations checked against the manifest) and
+    /// stages what it registered in `txn`, invisible until the commit.
+    fn stage_version(
+        &self,
+        txn: &mut ReloadTransaction<'_>,
+        manifest: &Manifest,
+        dir: &Path,
+        library: &Path,
+        is_reload: bool,
+    ) -> Result<loader::Loaded, LoadError> {
+        let loaded = loader::load(LoadRequest {
+            bundle: &manifest.name,
+            version: manifest.version,
+            dir,
+            library,
+            declared: &manifest.provides,
+            is_reload,
+            copy_path: self.copy_path(&manifest.name, library),
+            log: self.log_sink(),
+            services: Some(Arc::clone(&self.services)),
+        })?;
+        stage_registrations(txn, &loaded).map_err(|source| LoadError::Registry {
+            bundle: manifest.name.clone(),
+            path: library.to_owned(),
+            source,
+        })?;
+        Ok(loaded)
+    }
 }
 
 /// Stages every contract a freshly loaded library registered, each keeping the library alive.
