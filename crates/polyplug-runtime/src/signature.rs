@@ -18,7 +18,7 @@
 //! type names and with all whitespace removed, under FNV-1a-64. In C the text is the
 //! preprocessor's stringification of the X-macro's arguments; in Rust each type contributes
 //! its C name through [`AbiType`] (`u32` is `uint32_t`, `*const u8` is `const uint8_t *`,
-//! [`StringView`](crate::abi::StringView) is `PolyplugStringView`), and the hash is computed at
+//! [`crate::abi::StringView`] is `PolyplugStringView`), and the hash is computed at
 //! compile time.
 //!
 //! Spell byte pointers `uint8_t *` / `int8_t *` in C contracts, not `char *`: Rust's `c_char`
