@@ -162,3 +162,93 @@ fn unsafe_code_is_fenced_documented_and_primitives_keep_it_in_sys() {
         "the scan found only {checked} unsafe sites: is it reading the crates?"
     );
 }
+
+/// polyplug-runtime's public error enums are `#[non_exhaustive]` (a new failure mode is not a
+/// breaking change), and the values that do nothing unless used — guards, transactions,
+/// builders, requests — are `#[must_use]`.
+#[test]
+fn polyplug_runtime_errors_are_non_exhaustive_and_handles_must_use() {
+    let src = root().join("crates/polyplug-runtime/src");
+    let mut sources = Vec::new();
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(read(&path));
+            }
+        }
+    }
+    // The attributes in the few lines above an item's `pub enum` / `pub struct` line.
+    let attributes_of = |item: &str| -> Option<String> {
+        sources.iter().find_map(|text| {
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines.iter().position(|l| {
+                l.starts_with(item) && l[item.len()..].starts_with([' ', '<', '(', '{'])
+            })?;
+            Some(lines[at.saturating_sub(6)..at].join("\n"))
+        })
+    };
+    let mut missing = Vec::new();
+    for error in [
+        "BuildError",
+        "RegistrationError",
+        "LoadError",
+        "ReloadError",
+        "UnloadError",
+        "ManifestError",
+        "RegistryError",
+        "LookupError",
+    ] {
+        match attributes_of(&format!("pub enum {error}")) {
+            Some(attrs) if attrs.contains("#[non_exhaustive]") => {}
+            Some(_) => missing.push(format!("{error}: #[non_exhaustive]")),
+            None => missing.push(format!("{error}: not found")),
+        }
+    }
+    for handle in [
+        "InterfaceGuard",
+        "OwnedInterface",
+        "CachedInterface",
+        "ReloadTransaction",
+        "RuntimeBuilder",
+        "ReloadRequest",
+    ] {
+        match attributes_of(&format!("pub struct {handle}")) {
+            Some(attrs) if attrs.contains("#[must_use") => {}
+            Some(_) => missing.push(format!("{handle}: #[must_use]")),
+            None => missing.push(format!("{handle}: not found")),
+        }
+    }
+    assert!(missing.is_empty(), "missing: {missing:?}");
+}
+
+/// C exports live only in the FFI crate: polyplug-runtime defines no `polyplug_runtime_*`
+/// C function (two versions of it in one binary would collide); polyplug-runtime-capi does,
+/// and ships its header beside its manifest.
+#[test]
+fn the_c_api_is_exported_only_by_the_capi_crate() {
+    let runtime = root().join("crates/polyplug-runtime/src");
+    let mut dirs = vec![runtime];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = read(&path);
+                assert!(
+                    !text.contains("extern \"C\" fn polyplug_runtime_"),
+                    "{}: a C API function outside polyplug-runtime-capi",
+                    path.display()
+                );
+            }
+        }
+    }
+    let capi = root().join("crates/polyplug-runtime/capi");
+    assert!(read(&capi.join("src/sys/mod.rs")).contains("fn polyplug_runtime_new"));
+    assert!(capi.join("include/polyplug_runtime.h").is_file());
+    assert!(capi.join("polyplug-runtime-capi.pc.in").is_file());
+}

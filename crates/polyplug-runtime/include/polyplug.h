@@ -7,14 +7,22 @@
  *     POLYPLUG_EXPORT int32_t polyplug_init(const PolyplugHostApi *host,
  *                                           const PolyplugBundleInitContext *context);
  *     POLYPLUG_EXPORT void polyplug_fini(void);            (optional)
+ *     POLYPLUG_EXPORT size_t polyplug_state_export(uint8_t *buffer, size_t capacity);  (optional)
+ *     POLYPLUG_EXPORT int32_t polyplug_state_import(const uint8_t *state, size_t len);  (optional)
+ *
+ * State hand-off on reload: when the live version exports polyplug_state_export and the new one
+ * polyplug_state_import, the host asks the old version for its state (first with a NULL buffer:
+ * the return value is the length; then with a buffer of that length), and hands it to the new
+ * version after its polyplug_init and before it serves a call. A non-zero status from the import
+ * refuses the reload: it fails (ReloadError::StateRefused) and the old version keeps serving.
  *
  * The host reads polyplug_abi_version before running any polyplug entry point; polyplug_init
  * registers each provided contract with host->register_contract (only during the call). The
  * host copies descriptors and interfaces; dispatch tables must stay valid while the library
  * is loaded (make them static const).
  *
- * Hosts written in C drive the runtime through the polyplug_runtime_* functions at the end of
- * this header.
+ * Hosts written in C drive the runtime through the polyplug_runtime_* functions of
+ * polyplug_runtime.h, which the polyplug-runtime-capi crate ships with its libraries.
  *
  * Every layout here mirrors a #[repr(C)] type of the crate's `abi` module; the crate's tests
  * compile static assertions of every size and offset against this header.
@@ -29,7 +37,7 @@
 extern "C" {
 #endif
 
-#define POLYPLUG_ABI_VERSION 1u
+#define POLYPLUG_ABI_VERSION 2u
 #define POLYPLUG_DISPATCH_FUNCTION_TABLE 0u
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -91,6 +99,10 @@ typedef struct PolyplugGuestContractInterface {
     void *(*create_instance)(void);
     void (*destroy_instance)(void *instance);
     PolyplugDispatchTable dispatch;
+    /* The functions' canonical signature text (POLYPLUG_DEFINE_CONTRACT's <Type>_signature()),
+     * or {NULL, 0} for none. The host refuses a version whose signatures differ from the ones
+     * it serves for the same contract and major. */
+    PolyplugStringView signature;
 } PolyplugGuestContractInterface;
 
 typedef struct PolyplugGuestContractHandle {
@@ -118,6 +130,24 @@ typedef struct PolyplugReloadPhase {
     PolyplugStringView reason;      /* valid during the callback */
 } PolyplugReloadPhase;
 
+/* A counted reference to one interface version: valid (and its library loaded) until
+ * released, whatever reloads or unloads happen meanwhile. */
+typedef struct PolyplugInterfaceRef PolyplugInterfaceRef;
+
+/* The runtime's lookups for guests: find another plugin's contract, or a service the host
+ * published, and call it through a counted reference. Unlike the rest of PolyplugHostApi these
+ * stay valid while the library is loaded: copy the structure during polyplug_init. All are
+ * thread-safe and lock-free; status codes as above. */
+typedef struct PolyplugHostServices {
+    void *context; /* pass to find and acquire */
+    int32_t (*find)(void *context, PolyplugStringView contract, uint32_t major,
+                    uint32_t min_minor, PolyplugGuestContractHandle *out_handle);
+    int32_t (*acquire)(void *context, PolyplugGuestContractHandle handle,
+                       PolyplugInterfaceRef **out_ref);
+    const PolyplugGuestContractInterface *(*interface)(const PolyplugInterfaceRef *ref);
+    void (*release)(PolyplugInterfaceRef *ref);
+} PolyplugHostServices;
+
 typedef struct PolyplugHostApi {
     uint32_t abi_version;
     uint32_t struct_size;
@@ -125,6 +155,7 @@ typedef struct PolyplugHostApi {
     int32_t (*register_contract)(void *host_context, const PolyplugPluginDescriptor *descriptor,
                                  const PolyplugGuestContractInterface *iface);
     void (*log)(void *host_context, uint32_t level, PolyplugStringView message);
+    PolyplugHostServices services; /* valid after polyplug_init returns (copy it) */
 } PolyplugHostApi;
 
 typedef struct PolyplugBundleInitContext {
@@ -165,56 +196,66 @@ static inline uint64_t polyplug_contract_id(const char *name, uint32_t major) {
     return hash;
 }
 
+/* ─── Contracts: one definition gives the table type and its signature ─────────────────── *
+ *
+ * List a contract's functions once, in table order, as X(return type, name, argument types…)
+ * (`void` for no arguments; spell byte pointers uint8_t * or int8_t *, never char *, and put
+ * qualifiers first: const uint8_t *):
+ *
+ *     #define CALC_FUNCTIONS(X)                  \
+ *         X(uint32_t, add, uint32_t, uint32_t)   \
+ *         X(uint32_t, version, void)
+ *     POLYPLUG_DEFINE_CONTRACT(Calc, CALC_FUNCTIONS)
+ *
+ * defines
+ *
+ *     typedef struct Calc { uint32_t (*add)(uint32_t, uint32_t); uint32_t (*version)(void); } Calc;
+ *     Calc_FUNCTION_COUNT                           (2)
+ *     PolyplugStringView Calc_signature(void)       ("add(uint32_t, uint32_t)->uint32_t;version(void)->uint32_t;")
+ *     uint64_t Calc_fingerprint(void)               (polyplug_signature_fingerprint of that text)
+ *
+ * A guest fills a static const Calc, points its interface's dispatch at it with
+ * POLYPLUG_TABLE(Calc, table) and sets signature = Calc_signature(). The Rust macro
+ * polyplug_runtime::contract! renders the same text from the same list written in Rust, so a
+ * C and a Rust provider of one contract carry equal fingerprints. */
+#define POLYPLUG_CONTRACT_FIELD_(ret, name, ...) ret (*name)(__VA_ARGS__);
+#define POLYPLUG_CONTRACT_TEXT_(ret, name, ...) #name "(" #__VA_ARGS__ ")->" #ret ";"
+#define POLYPLUG_DEFINE_CONTRACT(type, FUNCTIONS)                                            \
+    typedef struct type {                                                                    \
+        FUNCTIONS(POLYPLUG_CONTRACT_FIELD_)                                                  \
+    } type;                                                                                  \
+    enum { type##_FUNCTION_COUNT = sizeof(type) / sizeof(PolyplugFn) };                      \
+    static inline PolyplugStringView type##_signature(void) {                                \
+        static const char text[] = FUNCTIONS(POLYPLUG_CONTRACT_TEXT_);                       \
+        PolyplugStringView view = {(const uint8_t *)text, sizeof text - 1};                  \
+        return view;                                                                         \
+    }                                                                                        \
+    static inline uint64_t type##_fingerprint(void) {                                        \
+        PolyplugStringView text = type##_signature();                                        \
+        return polyplug_signature_fingerprint((const char *)text.ptr, text.len);             \
+    }
+/* The dispatch table of a static table struct defined with POLYPLUG_DEFINE_CONTRACT. */
+#define POLYPLUG_TABLE(type, table) \
+    ((PolyplugDispatchTable){type##_FUNCTION_COUNT, (const PolyplugFn *)(const void *)&(table)})
+
+/* The fingerprint of a signature text: FNV-1a-64 of its bytes, whitespace skipped. */
+static inline uint64_t polyplug_signature_fingerprint(const char *text, size_t len) {
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f') continue;
+        hash ^= (uint8_t)c;
+        hash *= 0x00000100000001b3ull;
+    }
+    return hash;
+}
+
 /* The id of bundle `name`. */
 static inline uint64_t polyplug_bundle_id(const char *name) {
     size_t len = 0;
     while (name[len] != '\0') len++;
     return polyplug_fnv1a64_extend(0xcbf29ce484222325ull, name, len);
 }
-
-/* ─── The host C API ──────────────────────────────────────────────────────────────────── */
-
-typedef struct PolyplugRuntime PolyplugRuntime;
-/* A counted reference to one interface version: valid (and its library loaded) until
- * released, whatever reloads or unloads happen meanwhile. */
-typedef struct PolyplugInterfaceRef PolyplugInterfaceRef;
-
-/* Callbacks may be called from any thread that reloads or loads. */
-typedef void (*PolyplugReloadCallback)(void *user_data, PolyplugReloadPhase phase);
-typedef void (*PolyplugLogCallback)(void *user_data, uint32_t level, PolyplugStringView bundle,
-                                    PolyplugStringView message);
-
-typedef struct PolyplugRuntimeOptions {
-    uint32_t struct_size;
-    uint32_t hot_reload;       /* non-zero enables hot reload */
-    uint32_t provider_policy;  /* 0 unique, 1 first loaded, 2 highest version */
-    uint32_t drain_timeout_ms; /* 0: default (100 ms) */
-    PolyplugReloadCallback on_reload;
-    void *reload_user_data;
-    PolyplugLogCallback on_log;
-    void *log_user_data;
-} PolyplugRuntimeOptions;
-
-/* NULL options: defaults (hot reload off). Returns NULL on failure. */
-PolyplugRuntime *polyplug_runtime_new(const PolyplugRuntimeOptions *options);
-void polyplug_runtime_free(PolyplugRuntime *runtime);
-int32_t polyplug_runtime_load_bundle(const PolyplugRuntime *runtime, const char *dir);
-/* from_dir may be NULL: reload from the bundle's current directory. */
-int32_t polyplug_runtime_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
-                                       const char *from_dir);
-int32_t polyplug_runtime_try_reload_bundle(const PolyplugRuntime *runtime, const char *bundle,
-                                           const char *from_dir);
-int32_t polyplug_runtime_unload_bundle(const PolyplugRuntime *runtime, const char *bundle);
-int32_t polyplug_runtime_find(const PolyplugRuntime *runtime, const char *contract,
-                              uint32_t major, uint32_t min_minor,
-                              PolyplugGuestContractHandle *out_handle);
-int32_t polyplug_runtime_acquire(const PolyplugRuntime *runtime,
-                                 PolyplugGuestContractHandle handle,
-                                 PolyplugInterfaceRef **out_ref);
-const PolyplugGuestContractInterface *polyplug_runtime_interface(const PolyplugInterfaceRef *ref);
-void polyplug_runtime_release(PolyplugInterfaceRef *ref);
-/* Copies this thread's last error (NUL-terminated, truncated) and returns its full length. */
-size_t polyplug_runtime_last_error(char *buffer, size_t capacity);
 
 #ifdef __cplusplus
 }

@@ -22,7 +22,7 @@ use core::fmt;
 use crate::ids::ContractId;
 
 /// The ABI version this crate speaks; a guest's `polyplug_abi_version` must equal it.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the exported ABI-version sentinel (`const uint32_t polyplug_abi_version`).
 pub const ABI_VERSION_SYMBOL: &str = "polyplug_abi_version";
@@ -35,6 +35,19 @@ pub const INIT_SYMBOL: &str = "polyplug_init";
 /// host closes the library.
 pub const FINI_SYMBOL: &str = "polyplug_fini";
 
+/// Name of the optional state export (`size_t polyplug_state_export(uint8_t *buffer, size_t
+/// capacity)`): called on the old version during a reload, it returns the length of its state
+/// and writes it into `buffer` when it fits (the host first asks with a null buffer).
+pub const STATE_EXPORT_SYMBOL: &str = "polyplug_state_export";
+
+/// Name of the optional state import (`int32_t polyplug_state_import(const uint8_t *state,
+/// size_t len)`): called on the new version (after its `polyplug_init`, before it serves) with
+/// the old version's state; a non-zero status refuses the reload.
+pub const STATE_IMPORT_SYMBOL: &str = "polyplug_state_import";
+
+/// The largest state the host hands over (64 MiB).
+pub const MAX_STATE_LEN: usize = 64 << 20;
+
 /// `dispatch_type` of a [`GuestContractInterface`] whose dispatch is a table of functions.
 pub const DISPATCH_FUNCTION_TABLE: u32 = 0;
 
@@ -43,6 +56,9 @@ pub const MAX_FUNCTIONS: usize = 4096;
 
 /// Upper bound on a name a guest passes through a [`StringView`].
 pub const MAX_NAME_LEN: usize = 4096;
+
+/// The longest signature text the host reads (see [`crate::signature`]).
+pub const MAX_SIGNATURE_LEN: usize = 1 << 20;
 
 /// Status codes of the C boundary (guest entry points, host callbacks and the C API).
 ///
@@ -213,7 +229,9 @@ impl DispatchTable {
 /// `extern "C"` function pointers (not `Option`), in the contract's order.
 ///
 /// Hosts view a resolved interface through it (`InterfaceGuard::functions`), guests publish
-/// one with [`DispatchTable::from_static`].
+/// one with [`DispatchTable::from_static`] or [`GuestContractInterface::for_table`]. Define it
+/// with [`contract!`](crate::contract), which also computes [`SIGNATURE`](Self::SIGNATURE) from
+/// the same definition.
 ///
 /// # Safety
 ///
@@ -224,6 +242,16 @@ impl DispatchTable {
 pub unsafe trait FunctionTable: Sized + 'static {
     /// Number of functions in the table.
     const LEN: usize = core::mem::size_of::<Self>() / core::mem::size_of::<GuestFn>();
+
+    /// The fingerprint of the functions' signatures (see [`signature`](crate::signature));
+    /// 0 for a hand-written table that declares none. When it is not 0, a host view of an
+    /// interface whose first [`LEN`](Self::LEN) functions have another fingerprint is refused
+    /// (an interface that declares no signature is not checked).
+    const SIGNATURE: u64 = 0;
+
+    /// The canonical signature text [`SIGNATURE`](Self::SIGNATURE) hashes (empty if none),
+    /// which [`GuestContractInterface::for_table`] publishes for the host to check.
+    const SIGNATURE_TEXT: &'static str = "";
 }
 
 /// What a guest registers for one contract it provides.
@@ -245,6 +273,11 @@ pub struct GuestContractInterface {
     pub destroy_instance: Option<unsafe extern "C" fn(instance: *mut c_void)>,
     /// The functions.
     pub dispatch: DispatchTable,
+    /// The functions' canonical signature text (see [`signature`](crate::signature)): one
+    /// `name(args)->ret;` per table entry, in order; empty if the guest declares none. The
+    /// host fingerprints it and refuses a version whose signatures differ from the ones served
+    /// for the same contract and major (on the functions both have).
+    pub signature: StringView,
 }
 
 impl GuestContractInterface {
@@ -256,9 +289,11 @@ impl GuestContractInterface {
         create_instance: None,
         destroy_instance: None,
         dispatch: DispatchTable::EMPTY,
+        signature: StringView::EMPTY,
     };
 
-    /// A function-table interface without instances.
+    /// A function-table interface without instances and without a signature fingerprint
+    /// (prefer [`for_table`](Self::for_table)).
     pub const fn new(id: ContractId, version: Version, dispatch: DispatchTable) -> Self {
         Self {
             contract_id: id.id(),
@@ -267,7 +302,37 @@ impl GuestContractInterface {
             create_instance: None,
             destroy_instance: None,
             dispatch,
+            signature: StringView::EMPTY,
         }
+    }
+
+    /// The interface of a static table, with the table type's signature fingerprint.
+    ///
+    /// ```
+    /// use polyplug_runtime::abi::{FunctionTable, GuestContractInterface, Version};
+    /// use polyplug_runtime::ids::ContractId;
+    ///
+    /// polyplug_runtime::contract! {
+    ///     pub struct Answer {
+    ///         pub fn answer() -> u32;
+    ///     }
+    /// }
+    /// extern "C" fn answer() -> u32 {
+    ///     42
+    /// }
+    /// static TABLE: Answer = Answer { answer };
+    /// static INTERFACE: GuestContractInterface =
+    ///     GuestContractInterface::for_table(ContractId::new("answer", 1), Version::new(1, 0, 0), &TABLE);
+    /// assert_eq!(INTERFACE.signature.len, Answer::SIGNATURE_TEXT.len());
+    /// ```
+    pub const fn for_table<T: FunctionTable>(
+        id: ContractId,
+        version: Version,
+        table: &'static T,
+    ) -> Self {
+        let mut interface = Self::new(id, version, DispatchTable::from_static(table));
+        interface.signature = StringView::from_static(T::SIGNATURE_TEXT.as_bytes());
+        interface
     }
 }
 
@@ -344,6 +409,51 @@ pub struct ReloadPhase {
     pub reason: StringView,
 }
 
+/// An opaque counted reference to one interface version (`PolyplugInterfaceRef` in C): the
+/// version and its library stay loaded until it is released.
+#[repr(C)]
+#[derive(Debug)]
+pub struct InterfaceRef {
+    _private: [u8; 0],
+}
+
+/// The runtime's lookups, for guests: find a contract (another plugin's, or a service the host
+/// published) and call it through a counted reference. Unlike the rest of [`HostApi`], these
+/// stay valid for as long as the guest's library is loaded — copy the structure during
+/// `polyplug_init` (the `HostApi` it sits in is valid only during the call).
+///
+/// Every function returns a [`status`] code (or null); all are thread-safe and lock-free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HostServices {
+    /// Opaque; pass it to `find` and `acquire`.
+    pub context: *mut c_void,
+    /// The handle of the provider of `contract` at `major`, minor ≥ `min_minor`.
+    pub find: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            contract: StringView,
+            major: u32,
+            min_minor: u32,
+            out_handle: *mut GuestContractHandle,
+        ) -> i32,
+    >,
+    /// A counted reference to the interface behind `handle` (release it).
+    pub acquire: Option<
+        unsafe extern "C" fn(
+            context: *mut c_void,
+            handle: GuestContractHandle,
+            out_ref: *mut *mut InterfaceRef,
+        ) -> i32,
+    >,
+    /// The interface a reference holds (valid until released); null for null.
+    pub interface: Option<
+        unsafe extern "C" fn(reference: *const InterfaceRef) -> *const GuestContractInterface,
+    >,
+    /// Releases a reference (null is ignored).
+    pub release: Option<unsafe extern "C" fn(reference: *mut InterfaceRef)>,
+}
+
 /// The host's side of `polyplug_init`: where the guest registers its contracts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -365,6 +475,8 @@ pub struct HostApi {
     /// Writes a line to the host's log (a [`log_level`] and UTF-8 text).
     pub log:
         Option<unsafe extern "C" fn(host_context: *mut c_void, level: u32, message: StringView)>,
+    /// The runtime's lookups, valid while the library is loaded (copy them).
+    pub services: HostServices,
 }
 
 /// What the guest learns about the bundle it is loaded for.
@@ -415,6 +527,9 @@ pub struct RuntimeOptions {
     pub on_log: Option<LogCallback>,
     /// Passed to `on_log`.
     pub log_user_data: *mut c_void,
+    /// Where per-version library copies go (a NUL-terminated path); null: a private
+    /// temporary directory. Read only if `struct_size` covers it.
+    pub copy_dir: *const core::ffi::c_char,
 }
 
 #[cfg(test)]
@@ -432,7 +547,8 @@ mod tests {
         assert_eq!(size_of::<DispatchTable>(), 2 * ptr);
         assert_eq!(size_of::<ReloadPhaseType>(), 4);
         if ptr == 8 {
-            assert_eq!(size_of::<GuestContractInterface>(), 56);
+            assert_eq!(size_of::<GuestContractInterface>(), 72);
+            assert_eq!(offset_of!(GuestContractInterface, signature), 56);
             assert_eq!(offset_of!(GuestContractInterface, contract_version), 8);
             assert_eq!(offset_of!(GuestContractInterface, dispatch_type), 20);
             assert_eq!(offset_of!(GuestContractInterface, create_instance), 24);
@@ -440,7 +556,8 @@ mod tests {
             assert_eq!(size_of::<PluginDescriptor>(), 48);
             assert_eq!(size_of::<ReloadPhase>(), 48);
             assert_eq!(offset_of!(ReloadPhase, bundle_id), 8);
-            assert_eq!(size_of::<HostApi>(), 32);
+            assert_eq!(size_of::<HostApi>(), 72);
+            assert_eq!(size_of::<HostServices>(), 40);
             assert_eq!(size_of::<BundleInitContext>(), 56);
             assert_eq!(offset_of!(BundleInitContext, is_reload), 52);
         }

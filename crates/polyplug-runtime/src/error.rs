@@ -11,6 +11,7 @@ use crate::registry::RegistryError;
 
 /// Errors building a [`Runtime`](crate::Runtime).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The private directory for per-version library copies could not be created.
     #[error("{}: cannot create the library copy directory", path.display())]
@@ -25,6 +26,7 @@ pub enum BuildError {
 
 /// What a guest did wrong while registering its contracts in `polyplug_init`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistrationError {
     /// A null descriptor or interface, or a name view with a null pointer or absurd length.
     #[error("a registration passed a null or malformed {what}")]
@@ -91,6 +93,7 @@ impl RegistrationError {
 
 /// Errors loading a bundle. The runtime is unchanged after any of them.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The manifest is missing or invalid.
     #[error(transparent)]
@@ -110,6 +113,15 @@ pub enum LoadError {
         bundle: String,
         /// The missing dependency.
         dependency: String,
+    },
+    /// A contract in the manifest's `requires` is not provided, at that major and at least
+    /// that minor, by any loaded bundle (nor by this one); load a provider first.
+    #[error("bundle `{bundle}` requires contract `{contract}`, which no loaded bundle provides")]
+    RequiredContractMissing {
+        /// The bundle.
+        bundle: String,
+        /// The required contract (`name@major.minor`, the minor a minimum).
+        contract: String,
     },
     /// Loading this version would make bundles depend on each other in a cycle.
     #[error("bundle `{bundle}`: dependency cycle {}", chain.join(" -> "))]
@@ -213,6 +225,28 @@ pub enum LoadError {
         /// The contract (`name@major.minor`).
         contract: String,
     },
+    /// A contract's signature fingerprint (the hash of its functions' signatures, see
+    /// [`signature`](crate::signature)) differs from the one already served for the same
+    /// contract and major — by this bundle's old version on a reload, or by another provider:
+    /// calling it would be undefined behaviour. Bump the major for an incompatible change.
+    #[error(
+        "bundle `{bundle}` ({}): contract `{contract}` has signature fingerprint {found:#018x}, but `{provider}` serves it with {expected:#018x} (an incompatible change needs a new major)",
+        path.display()
+    )]
+    SignatureMismatch {
+        /// The bundle.
+        bundle: String,
+        /// The library path.
+        path: PathBuf,
+        /// The contract (`name@major`).
+        contract: String,
+        /// The bundle that serves the contract now.
+        provider: String,
+        /// The fingerprint served now (0: none declared).
+        expected: u64,
+        /// The new version's fingerprint (0: none declared).
+        found: u64,
+    },
     /// The registry refused the bundle's contracts (an id collision with another bundle's).
     #[error("bundle `{bundle}` ({}): the registry refused its contracts", path.display())]
     Registry {
@@ -228,6 +262,7 @@ pub enum LoadError {
 
 /// Errors of a reload. After any of them the old version is live, as it was.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ReloadError {
     /// No bundle of this name is loaded.
     #[error("bundle `{bundle}` is not loaded")]
@@ -256,6 +291,40 @@ pub enum ReloadError {
         #[source]
         source: Box<LoadError>,
     },
+    /// The new version does not provide a contract another loaded bundle requires (and no
+    /// other bundle provides it); the old version stays live. Reload or unload the dependent
+    /// first, or keep providing the contract.
+    #[error(
+        "bundle `{bundle}`: the new version does not provide `{contract}`, which bundle `{dependent}` requires; the old version stays live"
+    )]
+    ContractRequired {
+        /// The bundle being reloaded.
+        bundle: String,
+        /// The loaded bundle that requires the contract.
+        dependent: String,
+        /// The required contract (`name@major.minor`).
+        contract: String,
+    },
+    /// The new version's `polyplug_state_import` refused the old version's state (or
+    /// panicked); the old version stays live.
+    #[error(
+        "bundle `{bundle}`: the new version refused the old version's state (status {code}); the old version stays live"
+    )]
+    StateRefused {
+        /// The bundle.
+        bundle: String,
+        /// The status the import returned.
+        code: i32,
+    },
+    /// The old version's `polyplug_state_export` failed (it panicked, its state kept changing
+    /// size, or it is larger than the runtime accepts); the old version stays live.
+    #[error("bundle `{bundle}`: the old version's state could not be exported: {reason}")]
+    StateExportFailed {
+        /// The bundle.
+        bundle: String,
+        /// What went wrong.
+        reason: &'static str,
+    },
     /// The post-swap validation hook refused the new version; the swap was rolled back.
     #[error(
         "bundle `{bundle}`: post-swap validation failed ({reason}); rolled back to the old version"
@@ -275,15 +344,18 @@ impl ReloadError {
             ReloadError::UnknownBundle { .. } => status::NOT_FOUND,
             ReloadError::HotReloadDisabled { .. } => status::HOT_RELOAD_DISABLED,
             ReloadError::ReloadInProgress { .. } => status::RELOAD_IN_PROGRESS,
-            ReloadError::Load { .. } | ReloadError::ValidationFailed { .. } => {
-                status::RELOAD_FAILED
-            }
+            ReloadError::ContractRequired { .. } => status::DEPENDENCY_IN_USE,
+            ReloadError::Load { .. }
+            | ReloadError::ValidationFailed { .. }
+            | ReloadError::StateRefused { .. }
+            | ReloadError::StateExportFailed { .. } => status::RELOAD_FAILED,
         }
     }
 }
 
 /// Errors of an unload. The bundle stays loaded after any of them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum UnloadError {
     /// No bundle of this name is loaded.
     #[error("bundle `{bundle}` is not loaded")]
@@ -299,6 +371,17 @@ pub enum UnloadError {
         /// The loaded bundles that depend on it.
         dependents: Vec<String>,
     },
+    /// Another loaded bundle requires a contract only this bundle provides; unload that one
+    /// first.
+    #[error("bundle `{bundle}` provides `{contract}`, which bundle `{dependent}` requires")]
+    ContractRequired {
+        /// The bundle.
+        bundle: String,
+        /// The loaded bundle that requires the contract.
+        dependent: String,
+        /// The required contract (`name@major.minor`).
+        contract: String,
+    },
 }
 
 impl UnloadError {
@@ -306,7 +389,9 @@ impl UnloadError {
     pub fn status(&self) -> i32 {
         match self {
             UnloadError::UnknownBundle { .. } => status::NOT_FOUND,
-            UnloadError::DependencyInUse { .. } => status::DEPENDENCY_IN_USE,
+            UnloadError::DependencyInUse { .. } | UnloadError::ContractRequired { .. } => {
+                status::DEPENDENCY_IN_USE
+            }
         }
     }
 }

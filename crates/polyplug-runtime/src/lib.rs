@@ -20,7 +20,8 @@
 //!   failed post-swap check, cascade to dependents, a [`ReloadReport`] that says whether the
 //!   old image really left the process), unloads them once no reader holds them.
 //! - [`guest`]: for plugins written in Rust: the exports, registration, and panics stopped at
-//!   the boundary. The C API for C hosts is declared in `include/polyplug.h`.
+//!   the boundary. The C API for C hosts is the `polyplug-runtime-capi` crate (header
+//!   `polyplug_runtime.h`); this crate exports no C symbol.
 //!
 //! # Features
 //!
@@ -75,6 +76,7 @@
 pub mod abi;
 pub mod guest;
 pub mod ids;
+pub mod signature;
 
 #[cfg(feature = "host")]
 pub mod error;
@@ -108,16 +110,3 @@ pub use report::{ReloadReport, ReloadStep, UnloadReport};
 pub use runtime::{
     BundleInfo, LogRecord, ReloadEvent, ReloadRequest, Runtime, RuntimeBuilder, RuntimeConfig,
 };
-
-/// An error and its sources, joined with ": " (for the C API's last-error text).
-#[cfg(feature = "host")]
-pub(crate) fn report_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}

@@ -21,13 +21,15 @@ use std::time::{Duration, Instant};
 
 use crate::abi::{
     ABI_VERSION, ABI_VERSION_SYMBOL, BundleInitContext, FINI_SYMBOL, GuestContractInterface,
-    HostApi, INIT_SYMBOL, StringView, Version, status,
+    HostApi, HostServices, INIT_SYMBOL, MAX_STATE_LEN, STATE_EXPORT_SYMBOL, STATE_IMPORT_SYMBOL,
+    StringView, Version, status,
 };
 use crate::error::{LoadError, RegistrationError};
 use crate::ids::{BundleId, ContractId};
 use crate::manifest::ProvidedContract;
 use crate::sys;
-use crate::sys::unix::{DlHandle, FiniFn};
+use crate::sys::host::ServiceContext;
+use crate::sys::unix::{DlHandle, FiniFn, StateExportFn, StateImportFn};
 
 /// A guest's log line, forwarded to the runtime's log callback.
 pub(crate) type LogSink = Arc<dyn Fn(u32, &str, &str) + Send + Sync>;
@@ -37,6 +39,10 @@ pub(crate) type LogSink = Arc<dyn Fn(u32, &str, &str) + Send + Sync>;
 pub(crate) struct Library {
     handle: Option<DlHandle>,
     fini: Option<FiniFn>,
+    state_export: Option<StateExportFn>,
+    state_import: Option<StateImportFn>,
+    /// Keeps the services context the library's code may call alive while it is loaded.
+    _services: Option<Arc<ServiceContext>>,
     private_path: PathBuf,
     source_path: PathBuf,
 }
@@ -51,6 +57,42 @@ impl std::fmt::Debug for Library {
 }
 
 impl Library {
+    /// This version's state (`polyplug_state_export`), `Ok(None)` if it exports none.
+    pub(crate) fn export_state(&self) -> Result<Option<Vec<u8>>, &'static str> {
+        let Some(export) = self.state_export else {
+            return Ok(None);
+        };
+        let mut buffer = Vec::new();
+        // The state may change between the two calls (the old version keeps serving): ask
+        // again with the new length a few times.
+        for _ in 0..4 {
+            let len = sys::unix::call_state_export(export, &mut buffer);
+            if len == usize::MAX {
+                return Err("polyplug_state_export failed (a panic in a Rust guest)");
+            }
+            if len > MAX_STATE_LEN {
+                return Err("the state is larger than MAX_STATE_LEN");
+            }
+            if len <= buffer.len() && !buffer.is_empty() || len == 0 {
+                buffer.truncate(len);
+                return Ok(Some(buffer));
+            }
+            buffer = vec![0; len];
+        }
+        Err("the state kept changing size while it was exported")
+    }
+
+    /// Whether this version exports `polyplug_state_import`.
+    pub(crate) fn imports_state(&self) -> bool {
+        self.state_import.is_some()
+    }
+
+    /// Hands `state` to this version's `polyplug_state_import`; `None` if it exports none.
+    pub(crate) fn import_state(&self, state: &[u8]) -> Option<i32> {
+        let import = self.state_import?;
+        Some(sys::unix::call_state_import(import, state))
+    }
+
     /// The library file this version was copied from.
     pub(crate) fn source_path(&self) -> &Path {
         &self.source_path
@@ -219,6 +261,8 @@ pub(crate) struct LoadRequest<'a> {
     pub(crate) is_reload: bool,
     pub(crate) copy_path: PathBuf,
     pub(crate) log: Option<LogSink>,
+    /// The runtime's lookups for the library's code (none: the services are absent).
+    pub(crate) services: Option<Arc<ServiceContext>>,
 }
 
 /// Time spent in each step of a load.
@@ -276,11 +320,16 @@ pub(crate) fn load(request: LoadRequest<'_>) -> Result<Loaded, LoadError> {
     // removes the private copy.
     let c_name = |s: &str| CString::new(s).unwrap_or_default();
     let fini = handle.fini_fn(&c_name(FINI_SYMBOL));
+    let state_export = handle.state_export_fn(&c_name(STATE_EXPORT_SYMBOL));
+    let state_import = handle.state_import_fn(&c_name(STATE_IMPORT_SYMBOL));
     let init = handle.init_fn(&c_name(INIT_SYMBOL));
     let sentinel = handle.read_u32(&c_name(ABI_VERSION_SYMBOL));
     let library = Library {
         handle: Some(handle),
         fini,
+        state_export,
+        state_import,
+        _services: request.services.clone(),
         private_path: request.copy_path.clone(),
         source_path: path.clone(),
     };
@@ -331,6 +380,16 @@ pub(crate) fn load(request: LoadRequest<'_>) -> Result<Loaded, LoadError> {
         host_context: std::ptr::without_provenance_mut(token),
         register_contract: Some(sys::host::register_contract),
         log: Some(sys::host::log),
+        services: match &request.services {
+            Some(context) => sys::host::host_services(context),
+            None => HostServices {
+                context: std::ptr::null_mut(),
+                find: None,
+                acquire: None,
+                interface: None,
+                release: None,
+            },
+        },
     };
     let context = BundleInitContext {
         bundle_id: BundleId::new(&bundle).id(),

@@ -8,6 +8,7 @@
 //! version = "1.4.0"
 //! provides = ["greeter@1.4", "stats@2.0"] # contracts: name@major.minor
 //! depends = ["base-services"]            # bundles that must be loaded first
+//! requires = ["clock@1.2"]               # contracts other bundles must provide: name@major.minor
 //! reload_with_dependencies = true        # reload me after a dependency reloads
 //!
 //! [library]                              # the shared library, per platform
@@ -34,6 +35,7 @@ pub const MANIFEST_FILE: &str = "manifest.toml";
 
 /// Errors reading or validating a manifest; each names the manifest's path.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The bundle directory has no `manifest.toml`.
     #[error("{}: no manifest (a bundle directory needs a manifest.toml)", path.display())]
@@ -130,6 +132,49 @@ impl fmt::Display for ProvidedContract {
     }
 }
 
+/// A contract a bundle requires from the loaded bundles: `name@major.minor`, met by a provider
+/// of the same name and major at that minor or a higher one.
+///
+/// The runtime refuses a load whose requirements no loaded bundle meets, and a reload or an
+/// unload that would leave a loaded bundle's requirement unmet.
+///
+/// ```
+/// use polyplug_runtime::manifest::{ProvidedContract, RequiredContract};
+///
+/// let required = RequiredContract { name: "clock".into(), major: 1, minor: 2 };
+/// let provided = |minor| ProvidedContract { name: "clock".into(), major: 1, minor };
+/// assert!(required.is_met_by(&provided(3)));
+/// assert!(!required.is_met_by(&provided(1)));
+/// assert_eq!(required.to_string(), "clock@1.2");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequiredContract {
+    /// The contract name.
+    pub name: String,
+    /// Its major version (part of the id).
+    pub major: u32,
+    /// The lowest minor that meets the requirement.
+    pub minor: u32,
+}
+
+impl RequiredContract {
+    /// The contract id.
+    pub fn id(&self) -> ContractId {
+        ContractId::new(&self.name, self.major)
+    }
+
+    /// Whether `provided` meets this requirement (same name and major, minor at least ours).
+    pub fn is_met_by(&self, provided: &ProvidedContract) -> bool {
+        provided.name == self.name && provided.major == self.major && provided.minor >= self.minor
+    }
+}
+
+impl fmt::Display for RequiredContract {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}.{}", self.name, self.major, self.minor)
+    }
+}
+
 /// The library file of a bundle, per platform (paths relative to the bundle directory).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LibraryFiles {
@@ -152,6 +197,8 @@ pub struct Manifest {
     pub provides: Vec<ProvidedContract>,
     /// Bundles that must be loaded first (and that this one may not outlive).
     pub depends: Vec<String>,
+    /// Contracts other loaded bundles must provide while this one is loaded.
+    pub requires: Vec<RequiredContract>,
     /// Reload this bundle after a dependency reloads (cascade reload).
     pub reload_with_dependencies: bool,
 }
@@ -199,6 +246,7 @@ impl Manifest {
         let mut library = LibraryFiles::default();
         let mut provides = Vec::new();
         let mut depends = Vec::new();
+        let mut requires: Vec<RequiredContract> = Vec::new();
         let mut reload_with_dependencies = false;
         for entry in entries {
             let full_key = if entry.table.is_empty() {
@@ -261,6 +309,25 @@ impl Manifest {
                         }
                     }
                 }
+                "requires" => {
+                    for item in entry.value.strings(line, &full_key, origin)? {
+                        let contract = parse_provided(&item).ok_or_else(|| {
+                            invalid(line, &full_key, format!("{item:?} is not name@major.minor"))
+                        })?;
+                        if requires.iter().any(|r| r.id() == contract.id()) {
+                            return Err(invalid(
+                                line,
+                                &full_key,
+                                format!("{item:?}: contract listed twice"),
+                            ));
+                        }
+                        requires.push(RequiredContract {
+                            name: contract.name,
+                            major: contract.major,
+                            minor: contract.minor,
+                        });
+                    }
+                }
                 "reload_with_dependencies" => {
                     reload_with_dependencies = entry.value.boolean(line, &full_key, origin)?;
                 }
@@ -303,6 +370,7 @@ impl Manifest {
             library,
             provides,
             depends,
+            requires,
             reload_with_dependencies,
         })
     }
@@ -354,6 +422,10 @@ impl Manifest {
             list(self.provides.iter().map(ToString::to_string).collect())
         ));
         out.push_str(&format!("depends = {}\n", list(self.depends.clone())));
+        out.push_str(&format!(
+            "requires = {}\n",
+            list(self.requires.iter().map(ToString::to_string).collect())
+        ));
         out.push_str(&format!(
             "reload_with_dependencies = {}\n",
             self.reload_with_dependencies
@@ -796,6 +868,7 @@ provides = [
     'stats@2.0',
 ]
 depends = ["base-services"]
+requires = ["clock@1.2"]
 reload_with_dependencies = true
 
 [library]
@@ -828,6 +901,14 @@ linux = "libgreeter.so"
             ]
         );
         assert_eq!(m.depends, vec!["base-services".to_string()]);
+        assert_eq!(
+            m.requires,
+            vec![RequiredContract {
+                name: "clock".into(),
+                major: 1,
+                minor: 2
+            }]
+        );
         assert!(m.reload_with_dependencies);
         assert_eq!(m.library.linux.as_deref(), Some(Path::new("libgreeter.so")));
         assert_eq!(

@@ -56,13 +56,21 @@ use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use crate::abi::{
-    DISPATCH_FUNCTION_TABLE, DispatchTable, FunctionTable, GuestContractHandle,
-    GuestContractInterface, MAX_FUNCTIONS, Version,
+    DISPATCH_FUNCTION_TABLE, FunctionTable, GuestContractHandle, GuestContractInterface,
+    MAX_FUNCTIONS, Version,
 };
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::sync::{ArcCell, AtomicU64, CellGuard, Condvar, Mutex, Ordering};
 
+mod error;
 mod find_index;
+mod interface;
+mod transaction;
+
+pub use error::{LookupError, RegistryError};
+pub(crate) use interface::Signature;
+pub use interface::{CachedInterface, Interface, InterfaceGuard, OwnedInterface};
+pub use transaction::{ReloadTransaction, SwapSummary};
 
 use find_index::{Choice, FindIndex, IndexBook, IndexEntry, Selection};
 
@@ -79,116 +87,6 @@ const CAPACITY: u64 = (SEGMENT_BASE as u64) * ((1u64 << SEGMENTS) - 1);
 
 /// What keeps a registered interface's code loaded (the runtime passes its library).
 pub type KeepAlive = Arc<dyn Any + Send + Sync>;
-
-/// Errors of registrations, handles and reload transactions.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegistryError {
-    /// The handle names no slot, or a generation never issued for its slot (the null handle is
-    /// always invalid).
-    #[error("invalid contract handle {handle}")]
-    InvalidHandle {
-        /// The handle.
-        handle: GuestContractHandle,
-    },
-    /// The handle's contract was retired (unloaded, or dropped by a reload); look it up again.
-    #[error("stale contract handle {handle}: its contract was unloaded or dropped by a reload")]
-    StaleHandle {
-        /// The handle.
-        handle: GuestContractHandle,
-    },
-    /// One bundle registered the same contract twice.
-    #[error("bundle `{bundle}` registered contract `{contract}` twice")]
-    DuplicateProvider {
-        /// The contract name.
-        contract: String,
-        /// The bundle name.
-        bundle: String,
-    },
-    /// Two different contract names have the same id; rename one of them.
-    #[error("contract `{new}` has id {id}, already taken by contract `{existing}`")]
-    ContractIdCollision {
-        /// The id.
-        id: ContractId,
-        /// The registered contract's name.
-        existing: String,
-        /// The name that collided.
-        new: String,
-    },
-    /// Another reload of the bundle holds its reload gate (`try_reload`).
-    #[error("bundle `{bundle}`: another reload is in progress")]
-    ReloadInProgress {
-        /// The bundle name.
-        bundle: String,
-    },
-    /// Every slot index is in use.
-    #[error("registry is full: no slot left for contract `{contract}`")]
-    Full {
-        /// The contract that found no slot.
-        contract: String,
-    },
-    /// A swap tried to put one contract into another contract's slot.
-    #[error("slot {index} holds contract {held}, not {given}")]
-    ContractMismatch {
-        /// The slot index.
-        index: u32,
-        /// The id of the slot's contract.
-        held: ContractId,
-        /// The id of the interface offered.
-        given: ContractId,
-    },
-    /// The interface cannot be served: unknown dispatch type, or a bad function table.
-    #[error("contract `{contract}`: invalid interface: {reason}")]
-    InvalidInterface {
-        /// The contract name.
-        contract: String,
-        /// What is wrong.
-        reason: &'static str,
-    },
-    /// `commit` was called a second time on one transaction.
-    #[error("bundle `{bundle}`: the transaction has committed already")]
-    AlreadyCommitted {
-        /// The bundle name.
-        bundle: String,
-    },
-    /// `rollback` was called on a transaction that has not committed.
-    #[error("bundle `{bundle}`: nothing to roll back, the transaction has not committed")]
-    NotCommitted {
-        /// The bundle name.
-        bundle: String,
-    },
-}
-
-/// Errors of a lookup by contract.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
-    /// No loaded bundle provides the contract (at this major version).
-    #[error("no provider of contract `{contract}`")]
-    NotFound {
-        /// The contract asked for (`name@major.minor`).
-        contract: String,
-    },
-    /// Several bundles provide the contract and the provider policy does not choose one; set
-    /// a [`ProviderPolicy`] or look up from a bundle with `find_from`.
-    #[error("contract `{contract}` has several providers ({}) and the provider policy chooses none", providers.join(", "))]
-    Ambiguous {
-        /// The contract asked for.
-        contract: String,
-        /// The bundles providing it.
-        providers: Vec<String>,
-    },
-    /// The provider's minor version is lower than the caller needs.
-    #[error(
-        "contract `{contract}`: provider has version {found}, caller needs {required} or a later minor"
-    )]
-    IncompatibleVersion {
-        /// The contract asked for.
-        contract: String,
-        /// The provider's version.
-        found: Version,
-        /// What the caller needs.
-        required: Version,
-    },
-}
 
 /// How [`Registry::find`] chooses among several bundles providing one contract.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -219,240 +117,6 @@ pub struct ProviderInfo {
     pub version: Version,
 }
 
-/// A registry slot's occupant: a copy of a guest's interface, its names, and what keeps its
-/// code loaded. Reached through an [`InterfaceGuard`], an [`OwnedInterface`] or a
-/// [`CachedInterface`]; derefs to the [`GuestContractInterface`].
-pub struct Interface {
-    pub(crate) generation: u32,
-    pub(crate) index: u32,
-    pub(crate) occupied: bool,
-    pub(crate) interface: GuestContractInterface,
-    contract_name: Arc<str>,
-    bundle: BundleId,
-    bundle_name: Arc<str>,
-    plugin_version: Version,
-    _keep_alive: Option<KeepAlive>,
-}
-
-impl Interface {
-    fn vacant(index: u32, generation: u32) -> Self {
-        Self {
-            generation,
-            index,
-            occupied: false,
-            interface: GuestContractInterface::EMPTY,
-            contract_name: Arc::from(""),
-            bundle: BundleId::from_u64(0),
-            bundle_name: Arc::from(""),
-            plugin_version: Version::default(),
-            _keep_alive: None,
-        }
-    }
-
-    /// The contract name.
-    pub fn contract_name(&self) -> &str {
-        &self.contract_name
-    }
-
-    /// The contract id.
-    pub fn contract_id(&self) -> ContractId {
-        ContractId::from_u64(self.interface.contract_id)
-    }
-
-    /// The contract version this provider implements.
-    pub fn version(&self) -> Version {
-        self.interface.contract_version
-    }
-
-    /// The version of the plugin (from its descriptor).
-    pub fn plugin_version(&self) -> Version {
-        self.plugin_version
-    }
-
-    /// The providing bundle.
-    pub fn bundle(&self) -> BundleId {
-        self.bundle
-    }
-
-    /// The providing bundle's name.
-    pub fn bundle_name(&self) -> &str {
-        &self.bundle_name
-    }
-
-    /// The handle of this interface's slot.
-    pub fn handle(&self) -> GuestContractHandle {
-        GuestContractHandle {
-            index: self.index,
-            generation: self.generation,
-        }
-    }
-
-    /// Number of functions in the dispatch table.
-    pub fn function_count(&self) -> usize {
-        self.interface.dispatch.function_count
-    }
-
-    /// The dispatch table viewed as `T`, or `None` if the table has fewer functions than `T`
-    /// (an older minor version) or is not a function table.
-    ///
-    /// The reference lives as long as the guard it came from, which keeps the library loaded:
-    /// calling through it costs what a call through a function pointer costs.
-    #[inline]
-    pub fn functions<T: FunctionTable>(&self) -> Option<&T> {
-        crate::sys::abi::table_view::<T>(self)
-    }
-}
-
-impl Deref for Interface {
-    type Target = GuestContractInterface;
-    #[inline]
-    fn deref(&self) -> &GuestContractInterface {
-        &self.interface
-    }
-}
-
-impl fmt::Debug for Interface {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Interface")
-            .field("contract", &self.contract_name)
-            .field("version", &self.interface.contract_version)
-            .field("bundle", &self.bundle_name)
-            .field("handle", &self.handle())
-            .field("functions", &self.interface.dispatch.function_count)
-            .finish()
-    }
-}
-
-/// A resolved interface, valid (and its library loaded) while the guard lives, whatever
-/// reloads happen meanwhile. Derefs to [`Interface`], and through it to the
-/// [`GuestContractInterface`].
-pub struct InterfaceGuard<'r> {
-    entry: CellGuard<Interface>,
-    _registry: PhantomData<&'r Registry>,
-}
-
-impl InterfaceGuard<'_> {
-    /// An owned, `Send` reference to the same interface (one reference-count increment).
-    pub fn to_owned_interface(&self) -> OwnedInterface {
-        OwnedInterface(Arc::clone(&self.entry))
-    }
-}
-
-impl Deref for InterfaceGuard<'_> {
-    type Target = Interface;
-    #[inline]
-    fn deref(&self) -> &Interface {
-        &self.entry
-    }
-}
-
-impl fmt::Debug for InterfaceGuard<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("InterfaceGuard").field(&**self).finish()
-    }
-}
-
-/// An interface held by reference count: `Send`, `Clone`, and it keeps its library loaded
-/// until dropped. Prefer [`InterfaceGuard`] for short reads. (If the last reference to an old
-/// version outlives its runtime, dropping it is what closes that library.)
-#[derive(Clone)]
-pub struct OwnedInterface(Arc<Interface>);
-
-impl OwnedInterface {
-    /// Whether `self` and `other` are the same occupant (same swap), not merely the same slot.
-    pub fn same_as(&self, other: &OwnedInterface) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Deref for OwnedInterface {
-    type Target = Interface;
-    fn deref(&self) -> &Interface {
-        &self.0
-    }
-}
-
-impl fmt::Debug for OwnedInterface {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("OwnedInterface").field(&*self.0).finish()
-    }
-}
-
-/// A contract lookup kept across calls: one acquire load of the registry's revision counter
-/// per [`get`](Self::get), and a new lookup only after the registry changed.
-///
-/// It holds the interface by reference count, so it keeps an old version's library loaded
-/// until its next `get` after a reload (the reload report counts it as a holder).
-#[derive(Debug)]
-pub struct CachedInterface<'c> {
-    contract: ContractRef<'c>,
-    entry: Option<OwnedInterface>,
-    seen: u64,
-}
-
-impl<'c> CachedInterface<'c> {
-    /// A cache for `contract`, empty until the first `get`.
-    pub fn new(contract: ContractRef<'c>) -> Self {
-        Self {
-            contract,
-            entry: None,
-            seen: 0,
-        }
-    }
-
-    /// The current provider of the contract.
-    ///
-    /// # Errors
-    ///
-    /// As [`Registry::find`]; the cache is emptied (and the old library released) on error.
-    pub fn get(&mut self, registry: &Registry) -> Result<&Interface, LookupError> {
-        // The revision is read *before* the lookup: a reader that sees a writer's bump also
-        // sees what the writer published before bumping, so the pair (entry, seen) is never
-        // newer in `seen` than in `entry`.
-        let now = registry.revision();
-        if self.entry.is_none() || self.seen != now {
-            match registry.find(&self.contract) {
-                Ok(guard) => {
-                    self.entry = Some(guard.to_owned_interface());
-                    self.seen = now;
-                }
-                Err(e) => {
-                    self.entry = None;
-                    return Err(e);
-                }
-            }
-        }
-        match &self.entry {
-            Some(entry) => Ok(entry),
-            None => Err(LookupError::NotFound {
-                contract: self.contract.to_string(),
-            }),
-        }
-    }
-
-    /// A deliberately wrong `get` for the loom suite's negative control: it reads the revision
-    /// *after* the lookup, so it can pair an old interface with a new revision and keep serving
-    /// the old version forever.
-    #[cfg(feature = "loom")]
-    #[doc(hidden)]
-    pub fn get_reading_revision_late(
-        &mut self,
-        registry: &Registry,
-    ) -> Result<&Interface, LookupError> {
-        if self.entry.is_none() || self.seen != registry.revision() {
-            let guard = registry.find(&self.contract)?;
-            self.entry = Some(guard.to_owned_interface());
-            self.seen = registry.revision();
-        }
-        match &self.entry {
-            Some(entry) => Ok(entry),
-            None => Err(LookupError::NotFound {
-                contract: self.contract.to_string(),
-            }),
-        }
-    }
-}
-
 /// Fields of a registration (what a guest's descriptor and interface say, plus the bundle).
 #[derive(Debug, Clone, Copy)]
 pub struct Registration<'a> {
@@ -474,6 +138,7 @@ struct Staged {
     name: Arc<str>,
     plugin_version: Version,
     interface: GuestContractInterface,
+    signature: Signature,
     keep_alive: Option<KeepAlive>,
 }
 
@@ -661,6 +326,7 @@ impl Registry {
         Err(Self::classify(handle, &entry))
     }
 
+    #[cold]
     fn classify(handle: GuestContractHandle, current: &Interface) -> RegistryError {
         if handle.generation == 0 || handle.generation > current.generation {
             RegistryError::InvalidHandle { handle }
@@ -823,7 +489,9 @@ impl Registry {
     /// `registration.interface.dispatch` must point to `function_count` non-null function
     /// pointers with the contract's signatures, valid for as long as this registry — or any
     /// guard, owned interface or cache obtained from it — may hand the interface out (for a
-    /// guest library: until it is unloaded; for Rust code: `static`s).
+    /// guest library: until it is unloaded; for Rust code: `static`s); and
+    /// `registration.interface.signature` must be empty or point to `len` readable bytes
+    /// during the call.
     #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
     pub unsafe fn register(
         &self,
@@ -846,10 +514,10 @@ impl Registry {
         bundle_name: &str,
         table: &'static T,
     ) -> Result<GuestContractHandle, RegistryError> {
-        let interface = GuestContractInterface::new(
+        let interface = GuestContractInterface::for_table(
             ContractId::new(contract_name, version.major),
             version,
-            DispatchTable::from_static(table),
+            table,
         );
         let registration = Registration {
             contract_name,
@@ -868,7 +536,7 @@ impl Registry {
         registration: Registration<'_>,
         keep_alive: Option<KeepAlive>,
     ) -> Result<GuestContractHandle, RegistryError> {
-        check_interface(registration.contract_name, &registration.interface)?;
+        let signature = check_interface(registration.contract_name, &registration.interface)?;
         let contract = ContractId::from_u64(registration.interface.contract_id);
         let mut w = self.writer.lock();
         check_collision(&w, contract, registration.contract_name)?;
@@ -892,6 +560,7 @@ impl Registry {
             name: Arc::from(registration.contract_name),
             plugin_version: registration.plugin_version,
             interface: registration.interface,
+            signature,
             keep_alive,
         };
         let handle = self.occupy(&mut w, registration.bundle, bundle_name, staged)?;
@@ -940,7 +609,7 @@ impl Registry {
         if !current.occupied {
             return Err(invalid);
         }
-        check_interface(&current.contract_name, &interface)?;
+        let signature = check_interface(&current.contract_name, &interface)?;
         if interface.contract_id != current.interface.contract_id {
             return Err(RegistryError::ContractMismatch {
                 index,
@@ -957,6 +626,8 @@ impl Registry {
             bundle: current.bundle,
             bundle_name: Arc::clone(&current.bundle_name),
             plugin_version: current.plugin_version,
+            signature_full: signature.last().copied().unwrap_or(0),
+            signature,
             _keep_alive: keep_alive,
         };
         let old = cell.swap(Arc::new(next));
@@ -1178,6 +849,8 @@ impl Registry {
             bundle,
             bundle_name,
             plugin_version: staged.plugin_version,
+            signature_full: staged.signature.last().copied().unwrap_or(0),
+            signature: staged.signature,
             _keep_alive: staged.keep_alive,
         };
         drop(cell.swap(Arc::new(entry)));
@@ -1257,23 +930,42 @@ fn select(policy: &ProviderPolicy, providers: &[ProviderInfo]) -> Selection {
     }
 }
 
-fn check_interface(
+/// Checks an interface before it enters the registry and returns its signature's prefix
+/// fingerprints (every way in — `register`, `swap_interface`, `stage` and their crate-internal
+/// forms — passes here).
+pub(crate) fn check_interface(
     contract: &str,
     interface: &GuestContractInterface,
-) -> Result<(), RegistryError> {
-    let reason = if interface.dispatch_type != DISPATCH_FUNCTION_TABLE {
-        "unknown dispatch type"
-    } else if interface.dispatch.function_count > MAX_FUNCTIONS {
-        "more functions than MAX_FUNCTIONS"
-    } else if interface.dispatch.function_count > 0 && interface.dispatch.functions.is_null() {
-        "null function table"
-    } else {
-        return Ok(());
-    };
-    Err(RegistryError::InvalidInterface {
+) -> Result<Signature, RegistryError> {
+    let invalid = |reason| RegistryError::InvalidInterface {
         contract: contract.to_owned(),
         reason,
-    })
+    };
+    if interface.dispatch_type != DISPATCH_FUNCTION_TABLE {
+        return Err(invalid("unknown dispatch type"));
+    }
+    if interface.dispatch.function_count > MAX_FUNCTIONS {
+        return Err(invalid("more functions than MAX_FUNCTIONS"));
+    }
+    if interface.dispatch.function_count > 0 && interface.dispatch.functions.is_null() {
+        return Err(invalid("null function table"));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: an interface reaches the registry only with its views valid: the public entry
+    // points (`register`, `swap_interface`, `stage`) require it of their callers, the
+    // table forms build it from a `'static` table and its type's `'static` text, and a guest's
+    // interface is checked during staging while its library is loaded (the loader holds it).
+    let text = unsafe { crate::sys::abi::signature_text(interface) }
+        .ok_or_else(|| invalid("malformed signature view"))?;
+    let text = core::str::from_utf8(text).map_err(|_| invalid("signature is not UTF-8"))?;
+    let prefixes = crate::signature::prefix_fingerprints(text)
+        .ok_or_else(|| invalid("signature text does not end with `;`"))?;
+    if !prefixes.is_empty() && prefixes.len() != interface.dispatch.function_count {
+        return Err(invalid(
+            "the signature lists another number of functions than the table holds",
+        ));
+    }
+    Ok(Arc::from(prefixes))
 }
 
 fn check_collision(w: &WriterState, id: ContractId, name: &str) -> Result<(), RegistryError> {
@@ -1306,381 +998,6 @@ fn forget_provider(w: &mut WriterState, contract: ContractId, bundle: BundleId, 
 fn release_index(w: &mut WriterState, index: u32, generation: u32) {
     if generation < u32::MAX {
         w.free.push(index);
-    }
-}
-
-/// What a commit changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SwapSummary {
-    /// Contracts both versions provide: swapped in place (handles stay valid).
-    pub swapped: usize,
-    /// Contracts new in this version: published in new slots.
-    pub added: usize,
-    /// Contracts the new version dropped: retired (their handles are stale).
-    pub retired: usize,
-    /// Whether the find index was republished (only when providers changed).
-    pub index_republished: bool,
-}
-
-struct Committed {
-    summary: SwapSummary,
-    /// (slot, the interface it held before the swap).
-    swapped: Vec<(u32, Arc<Interface>)>,
-    added: Vec<GuestContractHandle>,
-    /// (slot, the interface it held, its slot info).
-    retired: Vec<(u32, Arc<Interface>, SlotInfo)>,
-}
-
-/// A reload (or load, or unload) of one bundle, holding the bundle's reload gate until it is
-/// finished or dropped. See the [module documentation](self).
-pub struct ReloadTransaction<'r> {
-    registry: &'r Registry,
-    bundle: BundleId,
-    bundle_name: Arc<str>,
-    gate: Arc<Gate>,
-    staged: Vec<Staged>,
-    committed: Option<Committed>,
-    remove_bundle: bool,
-}
-
-impl fmt::Debug for ReloadTransaction<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadTransaction")
-            .field("bundle", &self.bundle_name)
-            .field("staged", &self.staged.len())
-            .field("committed", &self.committed.as_ref().map(|c| c.summary))
-            .finish()
-    }
-}
-
-impl ReloadTransaction<'_> {
-    /// The bundle.
-    pub fn bundle(&self) -> BundleId {
-        self.bundle
-    }
-
-    /// The bundle name.
-    pub fn bundle_name(&self) -> &str {
-        &self.bundle_name
-    }
-
-    /// Stages a registration of the new version (invisible until [`commit`](Self::commit)).
-    ///
-    /// # Errors
-    ///
-    /// [`RegistryError::DuplicateProvider`] if the contract is already staged,
-    /// [`RegistryError::InvalidInterface`] for a bad interface.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Registry::register`].
-    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
-    pub unsafe fn stage(
-        &mut self,
-        contract_name: &str,
-        plugin_version: Version,
-        interface: &GuestContractInterface,
-    ) -> Result<(), RegistryError> {
-        self.stage_entry(contract_name, plugin_version, *interface, None)
-    }
-
-    /// Stages a Rust function table (safe, as [`Registry::register_table`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`stage`](Self::stage).
-    pub fn stage_table<T: FunctionTable>(
-        &mut self,
-        contract_name: &str,
-        version: Version,
-        table: &'static T,
-    ) -> Result<(), RegistryError> {
-        let interface = GuestContractInterface::new(
-            ContractId::new(contract_name, version.major),
-            version,
-            DispatchTable::from_static(table),
-        );
-        self.stage_entry(contract_name, version, interface, None)
-    }
-
-    /// [`stage`](Self::stage) with a keep-alive; the caller vouches for the interface.
-    pub(crate) fn stage_entry(
-        &mut self,
-        contract_name: &str,
-        plugin_version: Version,
-        interface: GuestContractInterface,
-        keep_alive: Option<KeepAlive>,
-    ) -> Result<(), RegistryError> {
-        check_interface(contract_name, &interface)?;
-        let contract = ContractId::from_u64(interface.contract_id);
-        if self.staged.iter().any(|s| s.contract == contract) {
-            return Err(RegistryError::DuplicateProvider {
-                contract: contract_name.to_owned(),
-                bundle: self.bundle_name.to_string(),
-            });
-        }
-        self.staged.push(Staged {
-            contract,
-            name: Arc::from(contract_name),
-            plugin_version,
-            interface,
-            keep_alive,
-        });
-        Ok(())
-    }
-
-    /// Makes the staged registrations the bundle's contracts, in one critical section: what
-    /// both versions provide is swapped in place, what is new is published, what the new
-    /// version dropped is retired. Readers never see the bundle half-way.
-    ///
-    /// # Errors
-    ///
-    /// [`RegistryError::ContractIdCollision`] or [`RegistryError::Full`] (nothing changed),
-    /// [`RegistryError::AlreadyCommitted`] on a second call.
-    pub fn commit(&mut self) -> Result<SwapSummary, RegistryError> {
-        if self.committed.is_some() {
-            return Err(RegistryError::AlreadyCommitted {
-                bundle: self.bundle_name.to_string(),
-            });
-        }
-        let registry = self.registry;
-        let mut w = registry.writer.lock();
-        // Validate everything before changing anything.
-        for s in &self.staged {
-            check_collision(&w, s.contract, &s.name)?;
-        }
-        let old: HashMap<ContractId, u32> = match w.bundles.get(&self.bundle) {
-            Some(record) => record.contracts.clone(),
-            None => HashMap::new(),
-        };
-        let new_slots = self
-            .staged
-            .iter()
-            .filter(|s| !old.contains_key(&s.contract))
-            .count() as u64;
-        let available = w.free.len() as u64 + CAPACITY.saturating_sub(u64::from(w.next_index));
-        if new_slots > available {
-            return Err(RegistryError::Full {
-                contract: self.staged[0].name.to_string(),
-            });
-        }
-        let record = w
-            .bundles
-            .entry(self.bundle)
-            .or_insert_with(|| BundleRecord {
-                name: Arc::clone(&self.bundle_name),
-                gate: Arc::clone(&self.gate),
-                contracts: HashMap::new(),
-            });
-        let bundle_name = Arc::clone(&record.name);
-
-        let mut committed = Committed {
-            summary: SwapSummary::default(),
-            swapped: Vec::new(),
-            added: Vec::new(),
-            retired: Vec::new(),
-        };
-        // The contracts whose index entries this commit changes: a version changed by a swap,
-        // a provider added, a provider retired. Nothing else is republished.
-        let mut changed: Vec<ContractId> = Vec::new();
-        for staged in std::mem::take(&mut self.staged) {
-            if let Some(&index) = old.get(&staged.contract) {
-                let Some(cell) = registry.slots.get(index) else {
-                    continue;
-                };
-                let current = cell.load_full();
-                let next = Interface {
-                    generation: current.generation,
-                    index,
-                    occupied: true,
-                    interface: staged.interface,
-                    contract_name: staged.name,
-                    bundle: self.bundle,
-                    bundle_name: Arc::clone(&bundle_name),
-                    plugin_version: staged.plugin_version,
-                    _keep_alive: staged.keep_alive,
-                };
-                let before = cell.swap(Arc::new(next));
-                if let Some(Some(info)) = w.slot_info.get_mut(index as usize)
-                    && info.version != staged.interface.contract_version
-                {
-                    info.version = staged.interface.contract_version;
-                    changed.push(staged.contract);
-                }
-                committed.swapped.push((index, before));
-            } else {
-                let contract = staged.contract;
-                match registry.occupy(&mut w, self.bundle, Arc::clone(&bundle_name), staged) {
-                    Ok(handle) => committed.added.push(handle),
-                    Err(error) => {
-                        // Unreachable after the capacity check above; if it happens, the index
-                        // still matches what was done so far.
-                        registry.republish(&mut w, &changed);
-                        registry.revision.fetch_add(1, Ordering::Release);
-                        return Err(error);
-                    }
-                }
-                changed.push(contract);
-            }
-        }
-        let kept: Vec<u32> = committed.swapped.iter().map(|(i, _)| *i).collect();
-        let dropped: Vec<(ContractId, u32)> = old
-            .iter()
-            .filter(|(_, index)| !kept.contains(index))
-            .map(|(c, i)| (*c, *i))
-            .collect();
-        let mut to_vacate = Vec::new();
-        for (contract, index) in dropped {
-            let info = w.slot_info.get_mut(index as usize).and_then(Option::take);
-            forget_provider(&mut w, contract, self.bundle, index);
-            if let Some(info) = info {
-                to_vacate.push((index, info));
-            }
-            changed.push(contract);
-        }
-        let index_dirty = !changed.is_empty();
-        // Before vacating: a lookup that still meets a retired slot retries on its new entry.
-        registry.republish(&mut w, &changed);
-        for (index, info) in to_vacate {
-            if let Some(cell) = registry.slots.get(index) {
-                let generation = cell.load().generation;
-                let before = cell.swap(Arc::new(Interface::vacant(index, generation)));
-                committed.retired.push((index, before, info));
-            }
-        }
-        registry.revision.fetch_add(1, Ordering::Release);
-        committed.summary = SwapSummary {
-            swapped: committed.swapped.len(),
-            added: committed.added.len(),
-            retired: committed.retired.len(),
-            index_republished: index_dirty,
-        };
-        let summary = committed.summary;
-        self.committed = Some(committed);
-        Ok(summary)
-    }
-
-    /// A deliberately wrong commit for the loom suite's negative control: it retires the
-    /// bundle's contracts and publishes the new ones afresh instead of swapping in place, so a
-    /// reader can find a contract both versions provide missing in between.
-    #[cfg(feature = "loom")]
-    #[doc(hidden)]
-    pub fn commit_by_retire_and_republish(&mut self) -> Result<SwapSummary, RegistryError> {
-        let staged = std::mem::take(&mut self.staged);
-        self.commit()?;
-        self.committed = None;
-        self.staged = staged;
-        self.commit()
-    }
-
-    /// Undoes the commit: swapped slots get their old interfaces back (same generation, so
-    /// handles stay valid), new slots are retired, retired slots are restored.
-    ///
-    /// # Errors
-    ///
-    /// [`RegistryError::NotCommitted`] before a commit.
-    pub fn rollback(&mut self) -> Result<(), RegistryError> {
-        let Some(committed) = self.committed.take() else {
-            return Err(RegistryError::NotCommitted {
-                bundle: self.bundle_name.to_string(),
-            });
-        };
-        let registry = self.registry;
-        let mut w = registry.writer.lock();
-        // Every contract the commit touched: swapped back, restored, or withdrawn.
-        let mut changed: Vec<ContractId> = Vec::new();
-        for (index, before) in committed.swapped {
-            changed.push(before.contract_id());
-            if let Some(cell) = registry.slots.get(index) {
-                let version = before.interface.contract_version;
-                drop(cell.swap(before));
-                if let Some(Some(info)) = w.slot_info.get_mut(index as usize) {
-                    info.version = version;
-                }
-            }
-        }
-        for (index, before, info) in committed.retired {
-            changed.push(info.contract);
-            w.contracts
-                .entry(info.contract)
-                .or_insert_with(|| ContractRecord {
-                    name: Arc::clone(&before.contract_name),
-                    providers: Vec::new(),
-                })
-                .providers
-                .push(index);
-            if let Some(record) = w.bundles.get_mut(&self.bundle) {
-                record.contracts.insert(info.contract, index);
-            }
-            if w.slot_info.len() <= index as usize {
-                w.slot_info.resize_with(index as usize + 1, || None);
-            }
-            w.slot_info[index as usize] = Some(info);
-            if let Some(cell) = registry.slots.get(index) {
-                drop(cell.swap(before));
-            }
-        }
-        let mut to_vacate = Vec::new();
-        for handle in committed.added {
-            if let Some(info) = w
-                .slot_info
-                .get_mut(handle.index as usize)
-                .and_then(Option::take)
-            {
-                forget_provider(&mut w, info.contract, info.bundle, handle.index);
-                changed.push(info.contract);
-                to_vacate.push(handle);
-            }
-        }
-        registry.republish(&mut w, &changed);
-        for handle in to_vacate {
-            if let Some(cell) = registry.slots.get(handle.index) {
-                drop(cell.swap(Arc::new(Interface::vacant(handle.index, handle.generation))));
-                release_index(&mut w, handle.index, handle.generation);
-            }
-        }
-        registry.revision.fetch_add(1, Ordering::Release);
-        Ok(())
-    }
-
-    /// Removes the bundle's record when the transaction finishes (an unload: commit with
-    /// nothing staged, then finish).
-    pub fn remove_bundle_on_finish(&mut self) {
-        self.remove_bundle = true;
-    }
-
-    /// Ends the transaction: frees the slots it retired, drops the old interfaces it replaced
-    /// (readers still holding them keep them alive) and releases the bundle's reload gate.
-    pub fn finish(self) -> Option<SwapSummary> {
-        self.committed.as_ref().map(|c| c.summary)
-    }
-}
-
-impl Drop for ReloadTransaction<'_> {
-    fn drop(&mut self) {
-        let registry = self.registry;
-        let committed = self.committed.take();
-        {
-            let mut w = registry.writer.lock();
-            if let Some(committed) = &committed {
-                for (index, before, _) in &committed.retired {
-                    release_index(&mut w, *index, before.generation);
-                }
-            }
-            if self.remove_bundle {
-                let ours = w
-                    .bundles
-                    .get(&self.bundle)
-                    .is_some_and(|r| Arc::ptr_eq(&r.gate, &self.gate) && r.contracts.is_empty());
-                if ours {
-                    w.bundles.remove(&self.bundle);
-                }
-            }
-        }
-        // The old interfaces (and what keeps their code alive) go with `committed`, outside the
-        // writer lock.
-        drop(committed);
-        self.gate.release();
     }
 }
 
@@ -1921,7 +1238,7 @@ mod tests {
                         let interface = GuestContractInterface::new(
                             current.contract_id(),
                             v(*minor),
-                            DispatchTable::from_static(&TABLE),
+                            crate::abi::DispatchTable::from_static(&TABLE),
                         );
                         drop(current);
                         registry

@@ -25,6 +25,9 @@ pub enum ReloadStep {
     AbiCheck,
     /// `polyplug_init` (registrations staged, invisible).
     Init,
+    /// The state hand-off: the old version's `polyplug_state_export`, the new one's
+    /// `polyplug_state_import` (only when both export them).
+    State,
     /// The registry commit: swap in place, publish, retire. Readers never wait for it.
     Swap,
     /// The post-swap validation hook.
@@ -46,6 +49,7 @@ impl fmt::Display for ReloadStep {
             ReloadStep::Open => "dlopen",
             ReloadStep::AbiCheck => "abi-check",
             ReloadStep::Init => "init",
+            ReloadStep::State => "state",
             ReloadStep::Swap => "swap",
             ReloadStep::Validate => "validate",
             ReloadStep::Cascade => "cascade",

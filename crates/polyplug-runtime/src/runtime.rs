@@ -26,8 +26,8 @@
 //!
 //! # Locks
 //!
-//! Lock order: a bundle's reload gate (dependencies before dependents) → the bundle map →
-//! a bundle's state → the registry's writer mutex. Callbacks run with only the gate held; no
+//! Lock order: a bundle's reload gate (dependencies before dependents) → the topology lock →
+//! the bundle map → a bundle's state → the registry's writer mutex. Callbacks run with only the gate held; no
 //! lock is ever taken on the call path ([`Runtime::find`], [`Runtime::resolve`]).
 
 use std::collections::HashMap;
@@ -39,15 +39,21 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::abi::FunctionTable;
 use crate::abi::{
-    GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level,
+    GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level, status,
 };
 use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
-use crate::ids::{BundleId, ContractRef};
+use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
-use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::manifest::{MANIFEST_FILE, Manifest, ProvidedContract, RequiredContract};
+use crate::sys::host::ServiceContext;
+
+/// The bundle name host services are registered under (not a valid manifest name, so no
+/// bundle can take it).
+pub const HOST_BUNDLE: &str = "<host>";
 use crate::registry::{
-    InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
+    Interface, InterfaceGuard, KeepAlive, LookupError, ProviderPolicy, Registry, RegistryError,
     ReloadTransaction,
 };
 use crate::report::{CascadeOutcome, ReloadReport, ReloadStep, UnloadReport};
@@ -121,6 +127,7 @@ type LogHook = Arc<dyn Fn(&LogRecord<'_>) + Send + Sync>;
 type Validator = Arc<dyn Fn(&Runtime, &BundleInfo) -> Result<(), String> + Send + Sync>;
 
 /// Builds a [`Runtime`]: configuration plus callbacks.
+#[must_use = "a builder does nothing until `build` is called"]
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
     on_reload: Option<ReloadHook>,
@@ -200,14 +207,20 @@ impl RuntimeBuilder {
     /// [`BuildError::CopyDir`] if the copy directory cannot be created.
     pub fn build(self) -> Result<Runtime, BuildError> {
         let copy_dir = CopyDir::create(self.config.copy_dir.clone())?;
+        let registry = Arc::new(Registry::with_policy(self.config.provider_policy.clone()));
         Ok(Runtime {
-            registry: Registry::with_policy(self.config.provider_policy.clone()),
+            registry: Arc::clone(&registry),
+            services: Arc::new(ServiceContext {
+                registry: Arc::downgrade(&registry),
+            }),
+            host_services: Mutex::new(Vec::new()),
             config: self.config,
             on_reload: self.on_reload,
             on_log: self.on_log,
             validator: self.validator,
             bundles: RwLock::new(HashMap::new()),
             graveyard: Mutex::new(Vec::new()),
+            topology: Mutex::new(()),
             next_copy: AtomicU64::new(1),
             copy_dir,
         })
@@ -216,6 +229,7 @@ impl RuntimeBuilder {
 
 /// What to reload.
 #[derive(Debug, Clone)]
+#[must_use = "a request does nothing until passed to `reload`"]
 pub struct ReloadRequest {
     bundle: String,
     dir: Option<PathBuf>,
@@ -349,7 +363,11 @@ fn sweep_dead_copy_dirs() {
 /// Plugins loaded from bundle directories, callable through the [`Registry`], hot-reloadable.
 /// See the [module documentation](self).
 pub struct Runtime {
-    registry: Registry,
+    registry: Arc<Registry>,
+    /// What plugins reach the registry through (`HostServices`); weak, so no cycle.
+    services: Arc<ServiceContext>,
+    /// The contracts the host published with `publish_service` (providers for `requires`).
+    host_services: Mutex<Vec<ProvidedContract>>,
     config: RuntimeConfig,
     on_reload: Option<ReloadHook>,
     on_log: Option<LogHook>,
@@ -357,6 +375,10 @@ pub struct Runtime {
     bundles: RwLock<HashMap<BundleId, Arc<BundleSlot>>>,
     /// Old libraries whose readers outlived the drain timeout.
     graveyard: Mutex<Vec<Arc<Library>>>,
+    /// Serializes "check the contract requirements, commit, record the new manifest" across
+    /// loads, reloads and unloads of different bundles, so two concurrent changes cannot each
+    /// pass the check and together leave a requirement unmet. Never taken on the call path.
+    topology: Mutex<()>,
     next_copy: AtomicU64,
     // Declared last: dropped after every library above is closed.
     copy_dir: CopyDir,
@@ -583,6 +605,111 @@ impl Runtime {
         out
     }
 
+    /// The manifests of the loaded bundles, and the host's services as one more provider.
+    fn manifests(&self, bundles: &HashMap<BundleId, Arc<BundleSlot>>) -> Vec<Manifest> {
+        let mut manifests: Vec<Manifest> = bundles
+            .values()
+            .filter_map(|s| s.state.lock().as_ref().map(|state| state.manifest.clone()))
+            .collect();
+        let services = self.host_services.lock().clone();
+        if !services.is_empty() {
+            manifests.push(Manifest {
+                name: HOST_BUNDLE.to_owned(),
+                version: Version::default(),
+                library: Default::default(),
+                provides: services,
+                depends: Vec::new(),
+                requires: Vec::new(),
+                reload_with_dependencies: false,
+            });
+        }
+        manifests
+    }
+
+    /// Publishes a host service: `table` becomes the interface of contract `name` at
+    /// `version`, found and called by plugins (through [`HostServices`](crate::abi::HostServices))
+    /// and by the host like any plugin's contract. It counts as a provider for `requires`.
+    ///
+    /// ```
+    /// use polyplug_runtime::abi::Version;
+    /// use polyplug_runtime::ids::ContractRef;
+    /// use polyplug_runtime::Runtime;
+    ///
+    /// polyplug_runtime::contract! {
+    ///     pub struct Clock {
+    ///         pub fn now_ms() -> u64;
+    ///     }
+    /// }
+    /// extern "C" fn now_ms() -> u64 {
+    ///     42
+    /// }
+    /// static CLOCK: Clock = Clock { now_ms };
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// runtime.publish_service("host.clock", Version::new(1, 0, 0), &CLOCK)?;
+    /// let guard = runtime.find(&ContractRef::new("host.clock", 1, 0))?;
+    /// assert_eq!((guard.functions::<Clock>().ok_or("table")?.now_ms)(), 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::register_table`] (a second publication of the contract is a
+    /// `DuplicateProvider`).
+    pub fn publish_service<T: FunctionTable>(
+        &self,
+        name: &str,
+        version: Version,
+        table: &'static T,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let interface = crate::abi::GuestContractInterface::for_table(
+            crate::ids::ContractId::new(name, version.major),
+            version,
+            table,
+        );
+        #[allow(unsafe_code)]
+        // SAFETY: a 'static table whose type vouches for its functions, and its type's
+        // 'static signature text.
+        unsafe {
+            self.publish_interface(name, &interface)
+        }
+    }
+
+    /// [`publish_service`](Self::publish_service) for a raw interface (the C API's).
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::register`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Registry::register`], for as long as this runtime lives.
+    #[allow(unsafe_code)] // Declares the contract only; no unsafe operation happens here.
+    pub unsafe fn publish_interface(
+        &self,
+        name: &str,
+        interface: &crate::abi::GuestContractInterface,
+    ) -> Result<GuestContractHandle, RegistryError> {
+        let _topology = self.topology.lock();
+        let version = interface.contract_version;
+        let registration = crate::registry::Registration {
+            contract_name: name,
+            bundle: BundleId::new(HOST_BUNDLE),
+            bundle_name: HOST_BUNDLE,
+            plugin_version: version,
+            interface: *interface,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's contract is `register`'s.
+        let handle = unsafe { self.registry.register(registration) }?;
+        self.host_services.lock().push(ProvidedContract {
+            name: name.to_owned(),
+            major: version.major,
+            minor: version.minor,
+        });
+        Ok(handle)
+    }
+
     /// Loads the bundle in directory `dir` and publishes its contracts.
     ///
     /// # Errors
@@ -591,9 +718,7 @@ impl Runtime {
     pub fn load_bundle(&self, dir: impl AsRef<Path>) -> Result<BundleInfo, LoadError> {
         self.collect_deferred();
         let dir = dir.as_ref();
-        let origin = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::from_dir(dir)?;
-        let library = dir.join(manifest.library_for_this_platform(&origin)?);
+        let (manifest, library) = read_version(dir, None)?;
         let id = BundleId::new(&manifest.name);
         let already = |slot: &BundleSlot| LoadError::AlreadyLoaded {
             bundle: slot.name.clone(),
@@ -613,6 +738,14 @@ impl Runtime {
                 dependency,
             });
         }
+        // Checked here to fail before opening the library, and again before the commit.
+        let loaded_manifests = self.manifests(&self.bundles.read());
+        if let Some(required) = unmet_requirement(&manifest, &loaded_manifests) {
+            return Err(LoadError::RequiredContractMissing {
+                bundle: manifest.name.clone(),
+                contract: required.to_string(),
+            });
+        }
         let registry_error = |source| LoadError::Registry {
             bundle: manifest.name.clone(),
             path: library.clone(),
@@ -626,18 +759,9 @@ impl Runtime {
         if let Some(slot) = self.slot(&manifest.name) {
             return Err(already(&slot));
         }
-        let loaded = loader::load(LoadRequest {
-            bundle: &manifest.name,
-            version: manifest.version,
-            dir,
-            library: &library,
-            declared: &manifest.provides,
-            is_reload: false,
-            copy_path: self.copy_path(&manifest.name, &library),
-            log: self.log_sink(),
-        })?;
-        stage_registrations(&mut txn, &loaded).map_err(registry_error)?;
+        let loaded = self.stage_version(&mut txn, &manifest, dir, &library, false)?;
         {
+            let _topology = self.topology.lock();
             let mut bundles = self.bundles.write();
             if let Some(slot) = bundles.get(&id) {
                 return Err(already(slot));
@@ -652,6 +776,13 @@ impl Runtime {
                     dependency: dependency.clone(),
                 });
             }
+            if let Some(required) = unmet_requirement(&manifest, &self.manifests(&bundles)) {
+                return Err(LoadError::RequiredContractMissing {
+                    bundle: manifest.name.clone(),
+                    contract: required.to_string(),
+                });
+            }
+            self.check_signatures(&manifest.name, &library, &loaded)?;
             txn.commit().map_err(registry_error)?;
             bundles.insert(
                 id,
@@ -793,8 +924,7 @@ impl Runtime {
         };
         let started = Instant::now();
         let dir = request.dir.clone().unwrap_or(current_dir);
-        let origin = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::from_dir(&dir).map_err(|e| failed(e.into()))?;
+        let (manifest, library) = read_version(&dir, request.library.as_deref()).map_err(failed)?;
         if manifest.name != slot.name {
             return Err(failed(LoadError::NameMismatch {
                 bundle: slot.name.clone(),
@@ -802,14 +932,6 @@ impl Runtime {
                 dir: dir.clone(),
             }));
         }
-        let library = match &request.library {
-            Some(path) => path.clone(),
-            None => dir.join(
-                manifest
-                    .library_for_this_platform(&origin)
-                    .map_err(|e| failed(e.into()))?,
-            ),
-        };
         if let Some(dependency) = self.missing_dependency(&manifest) {
             return Err(failed(LoadError::MissingDependency {
                 bundle: slot.name.clone(),
@@ -822,19 +944,13 @@ impl Runtime {
                 chain,
             }));
         }
+        // Checked here to fail before opening the library, and again before the commit.
+        self.check_reload_requirements(slot, &manifest)?;
         phases.push((ReloadStep::Manifest, started.elapsed()));
 
-        let loaded = loader::load(LoadRequest {
-            bundle: &slot.name,
-            version: manifest.version,
-            dir: &dir,
-            library: &library,
-            declared: &manifest.provides,
-            is_reload: true,
-            copy_path: self.copy_path(&slot.name, &library),
-            log: self.log_sink(),
-        })
-        .map_err(failed)?;
+        let loaded = self
+            .stage_version(txn, &manifest, &dir, &library, true)
+            .map_err(failed)?;
         phases.push((ReloadStep::Copy, loaded.timings.copy));
         phases.push((ReloadStep::Open, loaded.timings.open));
         phases.push((ReloadStep::AbiCheck, loaded.timings.abi_check));
@@ -847,13 +963,20 @@ impl Runtime {
                 source,
             })
         };
-        stage_registrations(txn, &loaded).map_err(registry_error)?;
+        let started = Instant::now();
+        self.hand_over_state(slot, &loaded.library)?;
+        phases.push((ReloadStep::State, started.elapsed()));
+        let topology = self.topology.lock();
+        self.check_reload_requirements(slot, &manifest)?;
+        self.check_signatures(&slot.name, &library, &loaded)
+            .map_err(failed)?;
         let started = Instant::now();
         let summary = txn.commit().map_err(registry_error)?;
         phases.push((ReloadStep::Swap, started.elapsed()));
 
         let new_library = loaded.library;
         let old_library = {
+            let _topology = topology;
             let mut state = slot.state.lock();
             let Some(state) = state.as_mut() else {
                 return Err(Box::new((
@@ -1024,6 +1147,7 @@ impl Runtime {
             .map_err(|_| unknown())?;
         self.emit(ReloadPhaseType::Unloading, &slot, "unload requested");
         let (library, retired) = {
+            let _topology = self.topology.lock();
             let mut bundles = self.bundles.write();
             if !bundles.get(&slot.id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                 return Err(unknown());
@@ -1043,6 +1167,15 @@ impl Runtime {
                 .collect();
             if !dependents.is_empty() {
                 return Err(in_use(dependents));
+            }
+            if let Some((dependent, required)) =
+                broken_requirement(&self.manifests(&bundles), &slot.name, None)
+            {
+                return Err(UnloadError::ContractRequired {
+                    bundle: slot.name.clone(),
+                    dependent,
+                    contract: required.to_string(),
+                });
             }
             let summary = txn.commit().map_err(|_| unknown())?;
             txn.remove_bundle_on_finish();
@@ -1101,6 +1234,210 @@ impl Runtime {
             .filter(|name| self.slot(name).is_some())
             .map(|name| self.unload(name))
             .collect()
+    }
+}
+
+impl Runtime {
+    /// Hands the live version's state to the new one, if the old exports state and the new
+    /// imports it; a refusal (or a failed export) fails the reload before anything is swapped.
+    fn hand_over_state(&self, slot: &BundleSlot, new: &Library) -> Result<(), Box<ReloadFailure>> {
+        let old = slot
+            .state
+            .lock()
+            .as_ref()
+            .map(|state| Arc::clone(&state.library));
+        let Some(old) = old else {
+            return Ok(());
+        };
+        if !new.imports_state() {
+            return Ok(());
+        }
+        let fail = |error| Err(Box::new((error, None)));
+        let state = match old.export_state() {
+            Ok(Some(state)) => state,
+            Ok(None) => return Ok(()),
+            Err(reason) => {
+                return fail(ReloadError::StateExportFailed {
+                    bundle: slot.name.clone(),
+                    reason,
+                });
+            }
+        };
+        match new.import_state(&state) {
+            None | Some(status::OK) => Ok(()),
+            Some(code) => fail(ReloadError::StateRefused {
+                bundle: slot.name.clone(),
+                code,
+            }),
+        }
+    }
+
+    /// Refuses a reload of `slot` to `manifest` if the new version's own requirements are
+    /// unmet, or if it would leave another loaded bundle's requirement unmet.
+    fn check_reload_requirements(
+        &self,
+        slot: &BundleSlot,
+        manifest: &Manifest,
+    ) -> Result<(), Box<ReloadFailure>> {
+        let loaded = self.manifests(&self.bundles.read());
+        let others: Vec<Manifest> = loaded
+            .iter()
+            .filter(|m| m.name != slot.name)
+            .cloned()
+            .collect();
+        if let Some(required) = unmet_requirement(manifest, &others) {
+            return Err(Box::new((
+                ReloadError::Load {
+                    bundle: slot.name.clone(),
+                    source: Box::new(LoadError::RequiredContractMissing {
+                        bundle: slot.name.clone(),
+                        contract: required.to_string(),
+                    }),
+                },
+                None,
+            )));
+        }
+        if let Some((dependent, required)) = broken_requirement(&loaded, &slot.name, Some(manifest))
+        {
+            return Err(Box::new((
+                ReloadError::ContractRequired {
+                    bundle: slot.name.clone(),
+                    dependent,
+                    contract: required.to_string(),
+                },
+                None,
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Runtime {
+    /// Refuses a freshly loaded version of `bundle` if one of its contracts' signatures
+    /// disagrees with a provider served now (its own old version on a reload, or another
+    /// bundle) on the functions both have.
+    fn check_signatures(
+        &self,
+        bundle: &str,
+        library: &Path,
+        loaded: &loader::Loaded,
+    ) -> Result<(), LoadError> {
+        for registration in &loaded.registrations {
+            let interface = &registration.interface;
+            let registry_error = |source| LoadError::Registry {
+                bundle: bundle.to_owned(),
+                path: library.to_owned(),
+                source,
+            };
+            let new = crate::registry::check_interface(&registration.contract_name, interface)
+                .map_err(registry_error)?;
+            let contract = ContractId::from_u64(interface.contract_id);
+            for provider in self.registry.providers(contract) {
+                let Ok(current) = self.registry.resolve(provider.handle) else {
+                    continue;
+                };
+                if !Interface::signature_compatible(&current.signature, &new) {
+                    return Err(LoadError::SignatureMismatch {
+                        bundle: bundle.to_owned(),
+                        path: library.to_owned(),
+                        contract: format!(
+                            "{}@{}",
+                            registration.contract_name, interface.contract_version.major
+                        ),
+                        provider: provider.bundle_name.clone(),
+                        expected: current.signature(),
+                        found: new.last().copied().unwrap_or(0),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a bundle among `providers` meets `required`.
+fn is_provided(required: &RequiredContract, providers: &[&Manifest]) -> bool {
+    providers
+        .iter()
+        .any(|m| m.provides.iter().any(|p| required.is_met_by(p)))
+}
+
+/// The first requirement of `manifest` that neither it nor any of `others` meets.
+fn unmet_requirement<'m>(
+    manifest: &'m Manifest,
+    others: &[Manifest],
+) -> Option<&'m RequiredContract> {
+    let providers: Vec<&Manifest> = others.iter().chain([manifest]).collect();
+    manifest
+        .requires
+        .iter()
+        .find(|r| !is_provided(r, &providers))
+}
+
+/// The first requirement of a loaded bundle other than `changed` that the `loaded` bundles
+/// meet now and would no longer meet if `changed` were replaced by `replacement` (`None`: if
+/// it were unloaded), with the name of the bundle that requires it.
+fn broken_requirement(
+    loaded: &[Manifest],
+    changed: &str,
+    replacement: Option<&Manifest>,
+) -> Option<(String, RequiredContract)> {
+    let before: Vec<&Manifest> = loaded.iter().collect();
+    let after: Vec<&Manifest> = loaded
+        .iter()
+        .filter(|m| m.name != changed)
+        .chain(replacement)
+        .collect();
+    let mut dependents: Vec<&Manifest> = loaded.iter().filter(|m| m.name != changed).collect();
+    dependents.sort_by(|a, b| a.name.cmp(&b.name));
+    dependents.iter().find_map(|dependent| {
+        dependent
+            .requires
+            .iter()
+            .find(|r| is_provided(r, &before) && !is_provided(r, &after))
+            .map(|r| (dependent.name.clone(), r.clone()))
+    })
+}
+
+/// The manifest in `dir` and the library file of this platform (or `library`, if given).
+fn read_version(dir: &Path, library: Option<&Path>) -> Result<(Manifest, PathBuf), LoadError> {
+    let manifest = Manifest::from_dir(dir)?;
+    let library = match library {
+        Some(path) => path.to_owned(),
+        None => dir.join(manifest.library_for_this_platform(&dir.join(MANIFEST_FILE))?),
+    };
+    Ok((manifest, library))
+}
+
+impl Runtime {
+    /// The one staging path of a load and a reload: loads `manifest`'s version from a private
+    /// copy of `library`, runs its init (registrations checked against the manifest) and
+    /// stages what it registered in `txn`, invisible until the commit.
+    fn stage_version(
+        &self,
+        txn: &mut ReloadTransaction<'_>,
+        manifest: &Manifest,
+        dir: &Path,
+        library: &Path,
+        is_reload: bool,
+    ) -> Result<loader::Loaded, LoadError> {
+        let loaded = loader::load(LoadRequest {
+            bundle: &manifest.name,
+            version: manifest.version,
+            dir,
+            library,
+            declared: &manifest.provides,
+            is_reload,
+            copy_path: self.copy_path(&manifest.name, library),
+            log: self.log_sink(),
+            services: Some(Arc::clone(&self.services)),
+        })?;
+        stage_registrations(txn, &loaded).map_err(|source| LoadError::Registry {
+            bundle: manifest.name.clone(),
+            path: library.to_owned(),
+            source,
+        })?;
+        Ok(loaded)
     }
 }
 

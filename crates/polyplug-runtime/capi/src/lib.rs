@@ -1,20 +1,24 @@
-//! polyplug-runtime's C API as libraries a C, C++ or Zig host links: `staticlib`
-//! (`libpolyplug_runtime_capi.a`) and `cdylib` (`libpolyplug_runtime_capi.so` /
-//! `.dylib`).
+//! polyplug-runtime's C API, for hosts written in C, C++ or Zig, packaged like a C library:
+//! a static library (`libpolyplug_runtime_capi.a`), a shared library
+//! (`libpolyplug_runtime_capi.so.0` with that SONAME on Linux, `.dylib` on macOS), the header
+//! `include/polyplug_runtime.h` (which includes the plugin ABI header `polyplug.h`) and a
+//! pkg-config file (`polyplug-runtime-capi.pc`, see the README for the install layout).
 //!
-//! The functions themselves live in [`polyplug_runtime`] (all named `polyplug_runtime_*`,
-//! declared in its `include/polyplug.h`); this crate only packages them with the Rust
-//! standard library into one artifact a C toolchain understands. Linking the static library
-//! on Linux also needs `-lpthread -ldl -lm`:
+//! The `polyplug_runtime_*` functions are defined here, not in `polyplug-runtime`: the Rust
+//! library exports no C symbol, so a binary can hold it (even two versions of it) beside this
+//! crate without symbol clashes. A Rust program may link this crate (it is an `rlib` too) to
+//! hand a runtime to C code.
 //!
 //! ```sh
 //! cargo build --release -p polyplug-runtime-capi
-//! cc -I crates/polyplug-runtime/include host.c \
-//!     target/release/libpolyplug_runtime_capi.a -lpthread -ldl -lm -o host
+//! cc $(pkg-config --cflags polyplug-runtime-capi) host.c \
+//!     $(pkg-config --libs polyplug-runtime-capi) -o host
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
-// Links the runtime, and with it every `#[no_mangle]` function of its C API, into the
-// libraries this crate produces.
 pub use polyplug_runtime;
+
+// Every `unsafe` operation of the C boundary lives in this module.
+#[allow(unsafe_code)]
+pub mod sys;

@@ -65,9 +65,32 @@ impl<'a> GuestHost<'a> {
         bytes.and_then(|b| core::str::from_utf8(b).ok())
     }
 
+    /// The bundle directory the host loaded this version from (`None` if not valid UTF-8).
+    pub fn bundle_dir(&self) -> Option<&'a str> {
+        // SAFETY: as for bundle_name: valid for the duration of `polyplug_init`.
+        let bytes = unsafe { view(self.context.bundle_dir) };
+        bytes.and_then(|b| core::str::from_utf8(b).ok())
+    }
+
+    /// The bundle version from the manifest (`version = "…"`).
+    pub fn bundle_version(&self) -> crate::abi::Version {
+        self.context.bundle_version
+    }
+
     /// Whether this load replaces a live version of the bundle (hot reload).
     pub fn is_reload(&self) -> bool {
         self.context.is_reload != 0
+    }
+
+    /// The runtime's lookups, which stay usable after `polyplug_init` returns, for as long as
+    /// this library is loaded (keep them in a static). `None` if the host offers none.
+    pub fn services(&self) -> Option<Services> {
+        let services = self.api.services;
+        (services.find.is_some()
+            && services.acquire.is_some()
+            && services.interface.is_some()
+            && services.release.is_some())
+        .then_some(Services(services))
     }
 
     /// Registers one contract. The interface is `'static` because its dispatch table must stay
@@ -135,6 +158,242 @@ pub unsafe fn run_init(
     crate::guest::status_guard(|| init(&guest))
 }
 
+/// The runtime's lookups from a guest: find another plugin's contract or a host service and
+/// call it through a [`ServiceRef`], which keeps that version loaded while held. Obtained from
+/// [`GuestHost::services`]; valid for as long as the guest's library is loaded.
+///
+/// ```no_run
+/// use std::sync::OnceLock;
+///
+/// use polyplug_runtime::guest::{GuestHost, Services};
+/// use polyplug_runtime::ids::ContractRef;
+///
+/// polyplug_runtime::contract! {
+///     pub struct Clock {
+///         pub fn now_ms() -> u64;
+///     }
+/// }
+///
+/// static SERVICES: OnceLock<Services> = OnceLock::new();
+///
+/// fn init(host: &GuestHost<'_>) -> Result<(), i32> {
+///     let _ = SERVICES.set(host.services().ok_or(-1)?);
+///     Ok(())
+/// }
+///
+/// extern "C" fn uptime() -> u64 {
+///     polyplug_runtime::guest::ffi_guard(0, || {
+///         let Some(services) = SERVICES.get() else { return 0 };
+///         let Ok(clock) = services.get(&ContractRef::new("host.clock", 1, 0)) else { return 0 };
+///         clock.functions::<Clock>().map_or(0, |clock| (clock.now_ms)())
+///     })
+/// }
+/// # fn main() {}
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Services(crate::abi::HostServices);
+
+// SAFETY: the context is the runtime's thread-safe services context (a weak registry
+// reference) and the functions are thread-safe; the host guarantees both for any thread.
+unsafe impl Send for Services {}
+// SAFETY: as for Send; nothing is mutated through a shared Services.
+unsafe impl Sync for Services {}
+
+impl Services {
+    /// The handle of the provider of `contract` (same major, minor at least the required).
+    ///
+    /// # Errors
+    ///
+    /// A [`status`] code: `NOT_FOUND`, `AMBIGUOUS`, `INCOMPATIBLE_VERSION`, `NON_UTF8`.
+    pub fn find(
+        &self,
+        contract: &crate::ids::ContractRef<'_>,
+    ) -> Result<crate::abi::GuestContractHandle, i32> {
+        let find = self.0.find.ok_or(status::NOT_FOUND)?;
+        let mut handle = crate::abi::GuestContractHandle::NULL;
+        let required = contract.required();
+        // SAFETY: the host's find with its own context, a view of a live string and a
+        // writable handle, all valid for the call.
+        let code = unsafe {
+            find(
+                self.0.context,
+                StringView::borrowed(contract.name()),
+                required.major,
+                required.minor,
+                &mut handle,
+            )
+        };
+        if code == status::OK {
+            Ok(handle)
+        } else {
+            Err(code)
+        }
+    }
+
+    /// A counted reference to the interface behind `handle`.
+    ///
+    /// # Errors
+    ///
+    /// A [`status`] code: `STALE_HANDLE`, `NOT_FOUND`.
+    pub fn acquire(&self, handle: crate::abi::GuestContractHandle) -> Result<ServiceRef, i32> {
+        let (Some(acquire), Some(interface), Some(release)) =
+            (self.0.acquire, self.0.interface, self.0.release)
+        else {
+            return Err(status::NOT_FOUND);
+        };
+        let mut reference = core::ptr::null_mut();
+        // SAFETY: the host's acquire with its own context and a writable out-pointer.
+        let code = unsafe { acquire(self.0.context, handle, &mut reference) };
+        if code != status::OK || reference.is_null() {
+            return Err(if code == status::OK {
+                status::INTERNAL
+            } else {
+                code
+            });
+        }
+        // SAFETY: a live reference from acquire.
+        let raw = unsafe { interface(reference) };
+        // SAFETY: the host keeps the interface valid until the reference is released, which
+        // only ServiceRef's drop does, after every borrow of it ended.
+        let Some(table) = (unsafe { raw.as_ref() }) else {
+            // SAFETY: live, released once.
+            unsafe { release(reference) };
+            return Err(status::INTERNAL);
+        };
+        Ok(ServiceRef {
+            reference,
+            interface: core::ptr::from_ref(table),
+            release,
+        })
+    }
+
+    /// [`find`](Self::find) then [`acquire`](Self::acquire).
+    ///
+    /// # Errors
+    ///
+    /// As either.
+    pub fn get(&self, contract: &crate::ids::ContractRef<'_>) -> Result<ServiceRef, i32> {
+        self.acquire(self.find(contract)?)
+    }
+}
+
+/// A counted reference to one version of a contract, taken through [`Services`]: that version
+/// and its library stay loaded until it is dropped.
+#[derive(Debug)]
+#[must_use = "a service reference is only useful to call through"]
+pub struct ServiceRef {
+    reference: *mut crate::abi::InterfaceRef,
+    interface: *const GuestContractInterface,
+    release: unsafe extern "C" fn(reference: *mut crate::abi::InterfaceRef),
+}
+
+impl ServiceRef {
+    /// The interface.
+    pub fn interface(&self) -> &GuestContractInterface {
+        // SAFETY: valid until the reference is released, which happens only in drop.
+        unsafe { &*self.interface }
+    }
+
+    /// The dispatch table viewed as `T`, if it has at least `T::LEN` functions and, when both
+    /// sides declare one, the same signature fingerprint on those functions.
+    pub fn functions<T: crate::abi::FunctionTable>(&self) -> Option<&T> {
+        let interface = self.interface();
+        let dispatch = &interface.dispatch;
+        if interface.dispatch_type != crate::abi::DISPATCH_FUNCTION_TABLE
+            || T::LEN == 0
+            || dispatch.function_count < T::LEN
+            || dispatch.functions.is_null()
+            || !(dispatch.functions as usize).is_multiple_of(core::mem::align_of::<T>())
+        {
+            return None;
+        }
+        if T::SIGNATURE != 0 {
+            // SAFETY: the interface's signature view is valid while it is (the host's ABI).
+            let text = unsafe { view_any(interface.signature) }?;
+            if !text.is_empty() {
+                let text = core::str::from_utf8(text).ok()?;
+                let prefixes = crate::signature::prefix_fingerprints(text)?;
+                if prefixes.get(T::LEN - 1) != Some(&T::SIGNATURE) {
+                    return None;
+                }
+            }
+        }
+        // SAFETY: a function table of at least T::LEN non-null entries (checked at
+        // registration and above), aligned for T, valid while this reference lives; T is a
+        // FunctionTable (its implementer's contract).
+        Some(unsafe { &*dispatch.functions.cast::<T>() })
+    }
+}
+
+impl Drop for ServiceRef {
+    fn drop(&mut self) {
+        // SAFETY: a live reference from acquire, released once.
+        unsafe { (self.release)(self.reference) };
+    }
+}
+
+/// The bytes of a view of any length up to [`MAX_SIGNATURE_LEN`](crate::abi::MAX_SIGNATURE_LEN).
+///
+/// # Safety
+///
+/// A non-null `view.ptr` must point to `view.len` readable bytes valid for `'a`.
+unsafe fn view_any<'a>(view: StringView) -> Option<&'a [u8]> {
+    if view.len == 0 {
+        return Some(&[]);
+    }
+    if view.ptr.is_null() || view.len > crate::abi::MAX_SIGNATURE_LEN {
+        return None;
+    }
+    // SAFETY: non-null and readable for len bytes (caller's contract); len is bounded.
+    Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
+}
+
+/// The body of a guest's `polyplug_state_export` (see
+/// [`export_state!`](crate::export_state)): asks `export` for the state and copies it into
+/// `buffer` if it fits. Returns the state's length, or `usize::MAX` if `export` panicked.
+///
+/// # Safety
+///
+/// `buffer` must be null or point to `capacity` writable bytes for the duration of the call.
+pub unsafe fn run_state_export(
+    buffer: *mut u8,
+    capacity: usize,
+    export: impl FnOnce() -> Vec<u8>,
+) -> usize {
+    let Some(state) = crate::guest::ffi_guard(None, || Some(export())) else {
+        return usize::MAX;
+    };
+    if !buffer.is_null() && state.len() <= capacity {
+        // SAFETY: `buffer` has `capacity >= state.len()` writable bytes (caller's contract),
+        // and a fresh Vec cannot overlap it.
+        unsafe { core::ptr::copy_nonoverlapping(state.as_ptr(), buffer, state.len()) };
+    }
+    state.len()
+}
+
+/// The body of a guest's `polyplug_state_import` (see
+/// [`export_state!`](crate::export_state)): hands the old version's state to `import`.
+/// Returns [`status::OK`], `import`'s refusal code, or [`status::PANICKED`].
+///
+/// # Safety
+///
+/// `state` must be null (with `len` 0) or point to `len` readable bytes for the call.
+pub unsafe fn run_state_import(
+    state: *const u8,
+    len: usize,
+    import: impl FnOnce(&[u8]) -> Result<(), i32>,
+) -> i32 {
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else if state.is_null() || len > isize::MAX as usize {
+        return status::INVALID_ARGUMENT;
+    } else {
+        // SAFETY: non-null, `len` readable bytes for the call (caller's contract).
+        unsafe { core::slice::from_raw_parts(state, len) }
+    };
+    crate::guest::status_guard(|| import(bytes))
+}
+
 /// The bytes of a view, or `None` for a null pointer with a non-zero length or an absurd
 /// length.
 ///
@@ -154,6 +413,27 @@ pub(crate) unsafe fn view<'a>(view: StringView) -> Option<&'a [u8]> {
     Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
 }
 
+/// The signature text of an interface (its canonical function list; empty if it declares
+/// none), or `None` for a malformed view (null with a length, or longer than
+/// [`MAX_SIGNATURE_LEN`](crate::abi::MAX_SIGNATURE_LEN)).
+///
+/// # Safety
+///
+/// `interface.signature` must be empty or point to `len` readable bytes, valid for `'a`.
+#[cfg(feature = "host")]
+pub(crate) unsafe fn signature_text<'a>(interface: &GuestContractInterface) -> Option<&'a [u8]> {
+    let view = interface.signature;
+    if view.len == 0 {
+        return Some(&[]);
+    }
+    if view.ptr.is_null() || view.len > crate::abi::MAX_SIGNATURE_LEN {
+        return None;
+    }
+    // SAFETY: non-null, `len` readable bytes valid for 'a (caller's contract), and len is
+    // bounded well below isize::MAX.
+    Some(unsafe { core::slice::from_raw_parts(view.ptr, view.len) })
+}
+
 /// The dispatch table of a registry entry viewed as `T`, when it has at least `T::LEN`
 /// functions and suitable alignment.
 #[cfg(feature = "host")]
@@ -166,6 +446,15 @@ pub(crate) fn table_view<T: crate::abi::FunctionTable>(
         && entry.interface.dispatch_type == crate::abi::DISPATCH_FUNCTION_TABLE
         && T::LEN > 0
         && dispatch.function_count >= T::LEN
+        // A table type with a signature is refused on a provider whose signature differs on
+        // the functions the type covers; a provider that declares none is not checked.
+        && (T::SIGNATURE == 0
+            || entry.signature_full == 0
+            || if dispatch.function_count == T::LEN {
+                entry.signature_full == T::SIGNATURE
+            } else {
+                entry.signature.get(T::LEN - 1) == Some(&T::SIGNATURE)
+            })
         && !dispatch.functions.is_null()
         && (dispatch.functions as usize).is_multiple_of(core::mem::align_of::<T>());
     if !usable {

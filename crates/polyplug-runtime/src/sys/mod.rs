@@ -4,7 +4,6 @@
 //!   calling the host back) and the typed view of a registered dispatch table;
 //! - `unix`: the dynamic loader (`dlopen`/`dlsym`/`dlclose`) and calls into guest entry points;
 //! - `host`: the host callbacks a guest calls during `polyplug_init`;
-//! - `capi`: the exported C API for C hosts;
 //! - `linux` / `macos`: whether an image is still mapped after `dlclose`.
 //!
 //! The modules above `sys` are safe code; `#![deny(unsafe_code)]` holds there, except for
@@ -14,8 +13,6 @@
 
 pub(crate) mod abi;
 
-#[cfg(feature = "host")]
-pub(crate) mod capi;
 #[cfg(feature = "host")]
 pub(crate) mod host;
 #[cfg(feature = "host")]

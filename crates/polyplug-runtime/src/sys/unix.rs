@@ -21,6 +21,10 @@ pub(crate) type InitFn =
 
 /// `polyplug_fini`.
 pub(crate) type FiniFn = unsafe extern "C" fn();
+/// `size_t polyplug_state_export(uint8_t *buffer, size_t capacity)`.
+pub(crate) type StateExportFn = unsafe extern "C" fn(buffer: *mut u8, capacity: usize) -> usize;
+/// `int32_t polyplug_state_import(const uint8_t *state, size_t len)`.
+pub(crate) type StateImportFn = unsafe extern "C" fn(state: *const u8, len: usize) -> i32;
 
 /// An open library; closed on drop.
 #[derive(Debug)]
@@ -86,6 +90,20 @@ impl DlHandle {
         Some(unsafe { core::mem::transmute::<*mut c_void, FiniFn>(address.as_ptr()) })
     }
 
+    /// The guest's optional `polyplug_state_export`.
+    pub(crate) fn state_export_fn(&self, name: &CStr) -> Option<StateExportFn> {
+        let address = self.symbol(name)?;
+        // SAFETY: as for init_fn: the ABI defines this symbol's signature (StateExportFn).
+        Some(unsafe { core::mem::transmute::<*mut c_void, StateExportFn>(address.as_ptr()) })
+    }
+
+    /// The guest's optional `polyplug_state_import`.
+    pub(crate) fn state_import_fn(&self, name: &CStr) -> Option<StateImportFn> {
+        let address = self.symbol(name)?;
+        // SAFETY: as for init_fn: the ABI defines this symbol's signature (StateImportFn).
+        Some(unsafe { core::mem::transmute::<*mut c_void, StateImportFn>(address.as_ptr()) })
+    }
+
     /// Closes the library, reporting the loader's error.
     pub(crate) fn close(self) -> Result<(), String> {
         let handle = self.0.as_ptr();
@@ -112,6 +130,25 @@ pub(crate) fn call_init(init: InitFn, host: &HostApi, context: &BundleInitContex
     // caller holds its handle); host and context are valid for the call, and the views inside
     // them point into strings the caller keeps alive until this returns.
     unsafe { init(host, context) }
+}
+
+/// Calls a guest's `polyplug_state_export` with `buffer` (empty: asks only for the length).
+pub(crate) fn call_state_export(export: StateExportFn, buffer: &mut [u8]) -> usize {
+    let pointer = if buffer.is_empty() {
+        core::ptr::null_mut()
+    } else {
+        buffer.as_mut_ptr()
+    };
+    // SAFETY: the open library's export (the caller holds the library); the pointer is null
+    // or `buffer.len()` writable bytes, borrowed for the call.
+    unsafe { export(pointer, buffer.len()) }
+}
+
+/// Calls a guest's `polyplug_state_import` with `state`.
+pub(crate) fn call_state_import(import: StateImportFn, state: &[u8]) -> i32 {
+    // SAFETY: the open library's import (the caller holds the library); `state.len()` readable
+    // bytes, borrowed for the call.
+    unsafe { import(state.as_ptr(), state.len()) }
 }
 
 /// Calls a guest's `polyplug_fini`.

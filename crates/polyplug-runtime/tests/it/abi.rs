@@ -8,8 +8,8 @@ use std::process::Command;
 
 use polyplug_runtime::abi::{
     self, BundleInitContext, DispatchTable, FunctionTable, GuestContractHandle,
-    GuestContractInterface, HostApi, PluginDescriptor, ReloadPhase, RuntimeOptions, StringView,
-    Version, status,
+    GuestContractInterface, HostApi, HostServices, PluginDescriptor, ReloadPhase, RuntimeOptions,
+    StringView, Version, status,
 };
 use polyplug_runtime::ids::{BundleId, ContractId};
 
@@ -42,7 +42,8 @@ fn layouts() -> Vec<Layout> {
                 dispatch_type,
                 create_instance,
                 destroy_instance,
-                dispatch
+                dispatch,
+                signature
             ]
         ),
         layout!(
@@ -68,8 +69,14 @@ fn layouts() -> Vec<Layout> {
                 struct_size,
                 host_context,
                 register_contract,
-                log
+                log,
+                services
             ]
+        ),
+        layout!(
+            "PolyplugHostServices",
+            HostServices,
+            [context, find, acquire, interface, release]
         ),
         layout!(
             "PolyplugBundleInitContext",
@@ -93,7 +100,8 @@ fn layouts() -> Vec<Layout> {
                 on_reload,
                 reload_user_data,
                 on_log,
-                log_user_data
+                log_user_data,
+                copy_dir
             ]
         ),
     ]
@@ -166,7 +174,7 @@ fn constants() -> Vec<(&'static str, i64)> {
 
 /// The C file of static assertions; `skew` is added to the first size (the negative check).
 fn assertions(skew: usize) -> String {
-    let mut c = String::from("#include <stddef.h>\n#include \"polyplug.h\"\n");
+    let mut c = String::from("#include <stddef.h>\n#include \"polyplug_runtime.h\"\n");
     for (i, (ty, size, align, fields)) in layouts().into_iter().enumerate() {
         let size = if i == 0 { size + skew } else { size };
         writeln!(
@@ -201,6 +209,8 @@ fn compiles(source: &str, label: &str) -> Result<(), String> {
     let out = Command::new(&cc)
         .args(["-fsyntax-only", "-std=c11", "-Wall", "-Werror", "-I"])
         .arg(crate_dir().join("include"))
+        .arg("-I")
+        .arg(crate_dir().join("capi/include"))
         .arg(&file)
         .output()
         .map_err(|e| format!("{cc}: {e}"))?;

@@ -168,3 +168,24 @@ fn guest_logs_reach_the_log_callback() {
         "{lines:?}"
     );
 }
+
+/// A Rust guest sees its bundle directory and the bundle version from the manifest (it logs
+/// both during init).
+#[test]
+fn a_rust_guest_sees_its_bundle_directory_and_version() {
+    let f = fixtures();
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&lines);
+    let rt = Runtime::builder()
+        .on_log(move |r| sink.lock().expect("lines").push(r.message.to_owned()))
+        .build()
+        .expect("runtime");
+    let dir = f.bundle(&f.rust_spec("rust-sees-dir", 2));
+    rt.load_bundle(&dir).expect("load");
+    let lines = lines.lock().expect("lines");
+    let expected = format!("dir {} version 2.0.0", dir.display());
+    assert!(
+        lines.iter().any(|l| l.contains(&expected)),
+        "{expected:?} in {lines:?}"
+    );
+}

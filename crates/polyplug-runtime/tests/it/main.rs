@@ -9,8 +9,11 @@ mod fixtures;
 
 mod abi;
 mod bad_input;
-mod c_host;
 mod lifecycle;
 mod proptests;
 mod registry;
 mod reload;
+mod requires;
+mod services;
+mod signature;
+mod state;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use polyplug_runtime::abi::{GuestContractHandle, Version};
 use polyplug_runtime::ids::{BundleId, ContractRef};
-use polyplug_runtime::manifest::{LibraryFiles, Manifest, ProvidedContract};
+use polyplug_runtime::manifest::{LibraryFiles, Manifest, ProvidedContract, RequiredContract};
 use polyplug_runtime::{LookupError, Registry, RegistryError};
 use proptest::prelude::*;
 
@@ -56,12 +56,21 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         (0u32..1000, 0u32..1000, 0u32..1000),
         proptest::collection::vec(("[a-z.\"\\\\ é]{1,12}", 0u32..5, 0u32..5), 0..4),
         proptest::collection::vec(name(), 0..3),
-        any::<bool>(),
+        (
+            any::<bool>(),
+            proptest::collection::vec(("[a-z.\"\\\\ é]{1,12}", 0u32..5, 0u32..5), 0..3),
+        ),
         proptest::option::of("[a-z_]{1,10}\\.so"),
         proptest::option::of("[a-z_]{1,10}\\.dylib"),
     )
         .prop_map(
-            |(name, (a, b, c), provides, depends, cascade, linux, macos)| {
+            |(name, (a, b, c), provides, depends, (cascade, requires), linux, macos)| {
+                let mut required = std::collections::HashSet::new();
+                let requires = requires
+                    .into_iter()
+                    .map(|(name, major, minor)| RequiredContract { name, major, minor })
+                    .filter(|r| required.insert(r.id()))
+                    .collect();
                 let mut seen = std::collections::HashSet::new();
                 let provides = provides
                     .into_iter()
@@ -83,6 +92,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
                     },
                     provides,
                     depends: deps,
+                    requires,
                     reload_with_dependencies: cascade,
                 }
             },

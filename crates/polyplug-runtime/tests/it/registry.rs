@@ -1,6 +1,7 @@
 //! The registry on its own: handles, in-place swaps under a held guard, generations, several
 //! providers, id collisions, version negotiation, the revision counter and reload
-//! transactions (seed 003's direct-swap contracts, against our API).
+//! transactions (the direct-swap contracts of polyplug 0.1.1's `tests/concurrency/reload.rs`,
+//! against our API).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -62,7 +63,9 @@ fn version_of(registry: &Registry, handle: GuestContractHandle) -> u32 {
     (guard.functions::<Versioned>().expect("table").version)()
 }
 
-/// Seed: swap_interface changes what the handle resolves to, while an interface resolved
+/// From polyplug 0.1.1's `test_swap_interface_changes_interface_pointer` and
+/// `test_direct_swap_interface`: swap_interface changes what the handle resolves to, while an
+/// interface resolved
 /// before the swap stays valid (and callable) as long as it is held.
 #[test]
 fn swap_replaces_the_interface_and_a_held_guard_keeps_the_old_one() {
@@ -104,7 +107,8 @@ fn swap_replaces_the_interface_and_a_held_guard_keeps_the_old_one() {
     );
 }
 
-/// Seed: repeated swaps through one handle; each cycle serves the version just swapped in,
+/// From polyplug 0.1.1's `stress_memory_interface_swap_cycles`: repeated swaps through one
+/// handle; each cycle serves the version just swapped in,
 /// and every superseded interface is released once unreferenced.
 #[test]
 fn fifty_swap_cycles_serve_the_latest_and_release_the_rest() {

@@ -1,4 +1,5 @@
-//! Hot reload of real plugins: seed 003's contracts (100 alternating reloads, a callback per
+//! Hot reload of real plugins: the contracts of polyplug 0.1.1's `tests/concurrency/reload.rs`
+//! (100 alternating reloads, a callback per
 //! cycle, concurrent reloads of one bundle mutually exclusive with the contract resolvable
 //! after every reload) and ours (try_reload, failed reloads, rollback, cascade, deferred
 //! unload, whether the old image left the process).
@@ -34,7 +35,8 @@ fn resolve_version(rt: &Runtime) -> Option<u32> {
     Some((guard.functions::<ReloadTest>()?.version)())
 }
 
-/// Seed: 100 alternating v1/v2 reloads of one runtime; the interface answers the right
+/// From polyplug 0.1.1's `stress_rapid_reload_cycles_100`: 100 alternating v1/v2 reloads of
+/// one runtime; the interface answers the right
 /// version after each.
 #[test]
 fn hundred_alternating_reloads_answer_the_right_version() {
@@ -57,7 +59,8 @@ fn hundred_alternating_reloads_answer_the_right_version() {
     assert_eq!(resolve_version(&rt), Some(100), "last reload was v1");
 }
 
-/// The seed reloads by library path: a request can name the library file to load instead of
+/// polyplug 0.1.1 reloads by library path (`stress_rapid_reload_cycles_100`): a request can
+/// name the library file to load instead of
 /// the manifest's (here the same file again: a new private copy, a new image).
 #[test]
 fn a_reload_can_name_the_library_file() {
@@ -89,7 +92,8 @@ fn a_reload_can_name_the_library_file() {
     assert_eq!(resolve_version(&rt), Some(100));
 }
 
-/// Seed: the reload callback fires on every cycle; every Reloaded names the bundle; each
+/// From polyplug 0.1.1's `stress_reload_callback_fires_on_every_cycle`: the reload callback
+/// fires on every cycle; every Reloaded names the bundle; each
 /// Preparing is followed by exactly one Reloaded.
 #[test]
 fn reload_callbacks_fire_on_every_cycle_with_the_bundle_name() {
@@ -139,7 +143,8 @@ fn reload_callbacks_fire_on_every_cycle_with_the_bundle_name() {
     }
 }
 
-/// Seed: two threads reload one bundle back and forth; nothing panics and the final
+/// From polyplug 0.1.1's `stress_concurrent_reload_threads_no_panic`: two threads reload one
+/// bundle back and forth; nothing panics and the final
 /// interface is callable.
 #[test]
 fn concurrent_reload_threads_leave_a_callable_interface() {
@@ -167,7 +172,8 @@ fn concurrent_reload_threads_leave_a_callable_interface() {
     assert!(version == 100 || version == 200, "got {version}");
 }
 
-/// Seed: concurrent reloads of one bundle never overlap their critical sections (a counter
+/// From polyplug 0.1.1's `concurrent_reloads_are_mutually_exclusive`: concurrent reloads of
+/// one bundle never overlap their critical sections (a counter
 /// raised on Preparing and lowered on Reloaded/Failed never exceeds 1), and a contract both
 /// versions provide resolves after every reload, even while another thread is mid-reload.
 #[test]
@@ -339,7 +345,7 @@ fn a_failed_reload_keeps_the_old_version_live() {
                     **source,
                     LoadError::AbiMismatch {
                         found: 99,
-                        expected: 1,
+                        expected: polyplug_runtime::abi::ABI_VERSION,
                         ..
                     }
                 ),

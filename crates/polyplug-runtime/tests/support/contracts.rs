@@ -4,9 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::ffi::c_char;
-
-use polyplug_runtime::abi::FunctionTable;
 use polyplug_runtime::ids::ContractRef;
 
 /// `reload.test@1`, provided by the Rust plugin.
@@ -22,55 +19,55 @@ pub(crate) const V2_ONLY: ContractRef<'static> = ContractRef::new("rust.v2only",
 /// `c.dependent@1`, the C plugin's dependent role.
 pub(crate) const DEPENDENT: ContractRef<'static> = ContractRef::new("c.dependent", 1, 0);
 
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct ReloadTest {
-    pub(crate) version: extern "C" fn() -> u32,
-    pub(crate) add: extern "C" fn(u32, u32) -> u32,
-    pub(crate) explode: extern "C" fn() -> i32,
-    pub(crate) touch_tls: extern "C" fn() -> u32,
+polyplug_runtime::contract! {
+    /// `reload.test@1`.
+    #[derive(Debug)]
+    pub(crate) struct ReloadTest {
+        pub(crate) fn version() -> u32;
+        pub(crate) fn add(a: u32, b: u32) -> u32;
+        pub(crate) fn explode() -> i32;
+        pub(crate) fn touch_tls() -> u32;
+    }
 }
-// SAFETY: repr(C), only extern "C" function pointers, in reload.test@1's order and signatures.
-unsafe impl FunctionTable for ReloadTest {}
 
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct SharedMath {
-    pub(crate) who: extern "C" fn() -> u32,
-    pub(crate) add: extern "C" fn(u32, u32) -> u32,
+polyplug_runtime::contract! {
+    /// `shared.math@1`.
+    #[derive(Debug)]
+    pub(crate) struct SharedMath {
+        pub(crate) fn who() -> u32;
+        pub(crate) fn add(a: u32, b: u32) -> u32;
+    }
 }
-// SAFETY: as above, shared.math@1.
-unsafe impl FunctionTable for SharedMath {}
 
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Greeter {
-    pub(crate) version: extern "C" fn() -> u32,
-    pub(crate) add: extern "C" fn(u32, u32) -> u32,
-    pub(crate) greet: extern "C" fn(*mut c_char, usize) -> usize,
+polyplug_runtime::contract! {
+    /// `c.greeter@1`.
+    #[derive(Debug)]
+    pub(crate) struct Greeter {
+        pub(crate) fn version() -> u32;
+        pub(crate) fn add(a: u32, b: u32) -> u32;
+        pub(crate) fn greet(buf: *mut u8, len: usize) -> usize;
+    }
 }
-// SAFETY: as above, c.greeter@1.
-unsafe impl FunctionTable for Greeter {}
 
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) answer: extern "C" fn() -> u32,
+polyplug_runtime::contract! {
+    /// `c.extra@1` and `rust.v2only@1`.
+    #[derive(Debug)]
+    pub(crate) struct Answer {
+        pub(crate) fn answer() -> u32;
+    }
 }
-// SAFETY: as above, c.extra@1 and rust.v2only@1.
-unsafe impl FunctionTable for Answer {}
 
-#[repr(C)]
-#[derive(Debug)]
-pub(crate) struct Versioned {
-    pub(crate) version: extern "C" fn() -> u32,
+polyplug_runtime::contract! {
+    /// `c.dependent@1` (and a prefix of `reload.test@1` and `c.greeter@1`).
+    #[derive(Debug)]
+    pub(crate) struct Versioned {
+        pub(crate) fn version() -> u32;
+    }
 }
-// SAFETY: as above, c.dependent@1 (and a prefix of reload.test@1 and c.greeter@1).
-unsafe impl FunctionTable for Versioned {}
 
 /// The greeting of a `c.greeter` table.
 pub(crate) fn greeting(table: &Greeter) -> String {
     let mut buf = [0u8; 64];
-    let n = (table.greet)(buf.as_mut_ptr().cast(), buf.len());
+    let n = (table.greet)(buf.as_mut_ptr(), buf.len());
     String::from_utf8_lossy(&buf[..n.min(buf.len() - 1)]).into_owned()
 }

@@ -34,6 +34,16 @@ pub(crate) const C_VARIANTS: &[(&str, &[&str])] = &[
     ("bad-utf8", &["-DVERSION=1", "-DBAD_UTF8"]),
     ("dup-provider", &["-DVERSION=1", "-DDUP_PROVIDER"]),
     ("id-mismatch", &["-DVERSION=1", "-DID_MISMATCH"]),
+    (
+        "v2-changed-signature",
+        &["-DVERSION=2", "-DCHANGED_SIGNATURE"],
+    ),
+    ("stateful", &["-DVERSION=1", "-DSTATEFUL"]),
+    ("relay", &["-DVERSION=1", "-DROLE_RELAY"]),
+    (
+        "stateful-refuses",
+        &["-DVERSION=2", "-DSTATEFUL", "-DREFUSE_STATE"],
+    ),
 ];
 
 /// The Rust plugin's library file name on this platform.
@@ -54,13 +64,25 @@ pub(crate) struct Fixtures {
     pub(crate) rust_v1: PathBuf,
     /// The Rust plugin, v2.
     pub(crate) rust_v2: PathBuf,
+    /// The Rust plugin, v1 with `reload.test`'s `add` changed to `u64` (feature
+    /// `changed-signature`): an incompatible change under the same major.
+    pub(crate) rust_changed: PathBuf,
+    /// The Rust plugin, v1 with `rust.counter@1`, whose count is handed over on reload, and
+    /// `rust.relay@1`, which calls a host service and the C plugin (feature `services`).
+    pub(crate) rust_services: PathBuf,
     /// The C plugin's variants.
     pub(crate) c: HashMap<&'static str, PathBuf>,
 }
 
-/// The crate's directory.
+/// polyplug-runtime's directory, where the fixtures live (also from the tests of
+/// polyplug-runtime-capi, whose directory is inside it).
 pub(crate) fn crate_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if dir.join("fixtures").is_dir() {
+        dir
+    } else {
+        dir.join("..")
+    }
 }
 
 /// The workspace root.
@@ -124,14 +146,21 @@ fn build() -> Result<Fixtures, String> {
             .env_remove("CARGO_TARGET_DIR");
         cmd.output()
     };
-    let v1 = std::thread::scope(|s| {
+    let (v1, v2, changed, services) = std::thread::scope(|s| {
         let v2 = s.spawn(|| spawn("rust-v2", &["--features", "v2"]));
+        let changed = s.spawn(|| spawn("rust-changed", &["--features", "changed-signature"]));
+        let services = s.spawn(|| spawn("rust-services", &["--features", "services"]));
         let v1 = spawn("rust-v1", &[]);
-        (v1, v2.join())
+        (v1, v2.join(), changed.join(), services.join())
     });
     for (flavour, result) in [
-        ("v1", v1.0),
-        ("v2", v1.1.map_err(|_| "panicked".to_owned())?),
+        ("v1", v1),
+        ("v2", v2.map_err(|_| "panicked".to_owned())?),
+        (
+            "changed-signature",
+            changed.map_err(|_| "panicked".to_owned())?,
+        ),
+        ("services", services.map_err(|_| "panicked".to_owned())?),
     ] {
         let output = result.map_err(|e| format!("cargo build of the Rust guest {flavour}: {e}"))?;
         if !output.status.success() {
@@ -143,6 +172,8 @@ fn build() -> Result<Fixtures, String> {
     }
     let rust_v1 = root.join("rust-v1/release").join(RUST_LIB);
     let rust_v2 = root.join("rust-v2/release").join(RUST_LIB);
+    let rust_changed = root.join("rust-changed/release").join(RUST_LIB);
+    let rust_services = root.join("rust-services/release").join(RUST_LIB);
 
     let mut c = HashMap::new();
     let c_dir = root.join("c");
@@ -166,6 +197,8 @@ fn build() -> Result<Fixtures, String> {
         bundles,
         rust_v1,
         rust_v2,
+        rust_changed,
+        rust_services,
         c,
     })
 }
@@ -206,6 +239,11 @@ pub(crate) fn capi_libraries() -> Result<&'static (PathBuf, PathBuf), String> {
             "libpolyplug_runtime_capi.so"
         };
         let built = dir.join("debug");
+        // The shared library's SONAME names major version 0: what a linked program looks for.
+        let soname = built.join("libpolyplug_runtime_capi.so.0");
+        if cfg!(target_os = "linux") && !soname.exists() {
+            let _ = std::os::unix::fs::symlink(shared, &soname);
+        }
         Ok((built.join("libpolyplug_runtime_capi.a"), built.join(shared)))
     })
     .as_ref()
@@ -222,7 +260,8 @@ pub(crate) fn compile_c(
     shared: bool,
 ) -> Result<(), String> {
     let header = crate_dir().join("include/polyplug.h");
-    let newest_input = [modified(source), modified(&header)]
+    let host_header = crate_dir().join("capi/include/polyplug_runtime.h");
+    let newest_input = [modified(source), modified(&header), modified(&host_header)]
         .into_iter()
         .flatten()
         .max();
@@ -240,10 +279,12 @@ pub(crate) fn compile_c(
     cmd.args(["-O2", "-std=c11", "-Wall", "-Wextra"])
         .arg("-I")
         .arg(crate_dir().join("include"))
+        .arg("-I")
+        .arg(crate_dir().join("capi/include"))
+        .arg(source)
         .args(flags)
         .arg("-o")
-        .arg(&tmp)
-        .arg(source);
+        .arg(&tmp);
     let output = cmd.output().map_err(|e| format!("{cc}: {e}"))?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&tmp);
@@ -286,6 +327,8 @@ pub(crate) struct BundleSpec {
     pub(crate) library: PathBuf,
     pub(crate) provides: Vec<String>,
     pub(crate) depends: Vec<String>,
+    /// Contracts required from other bundles (`name@major.minor`); written only if any.
+    pub(crate) requires: Vec<String>,
     pub(crate) reload_with_dependencies: bool,
 }
 
@@ -297,12 +340,18 @@ impl BundleSpec {
             library: library.to_owned(),
             provides: provides.iter().map(|s| s.to_string()).collect(),
             depends: Vec::new(),
+            requires: Vec::new(),
             reload_with_dependencies: false,
         }
     }
 
     pub(crate) fn depends(mut self, bundle: &str) -> Self {
         self.depends.push(bundle.to_owned());
+        self
+    }
+
+    pub(crate) fn requires(mut self, contract: &str) -> Self {
+        self.requires.push(contract.to_owned());
         self
     }
 
@@ -324,9 +373,14 @@ impl BundleSpec {
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let requires = if self.requires.is_empty() {
+            String::new()
+        } else {
+            format!("requires = [{}]\n", list(&self.requires))
+        };
         format!(
             "# written by polyplug-runtime's test fixtures\n\
-             name = {:?}\nversion = {:?}\nprovides = [{}]\ndepends = [{}]\n\
+             name = {:?}\nversion = {:?}\nprovides = [{}]\ndepends = [{}]\n{requires}\
              reload_with_dependencies = {}\n\n[library]\nlinux = {file:?}\nmacos = {file:?}\n",
             self.name,
             self.version,

@@ -1,5 +1,5 @@
 //! The C API: the runtime for hosts written in C, C++ or Zig (declared in
-//! `include/polyplug.h`).
+//! `include/polyplug_runtime.h`, beside this crate's manifest).
 //!
 //! Every function returns a status code (`POLYPLUG_OK` or a negative `POLYPLUG_ERR_*`) or a
 //! pointer that is null on failure; the failure's message is kept per thread and read with
@@ -8,8 +8,10 @@
 //! interface and its library stay valid until `polyplug_runtime_release`, whatever reloads or
 //! unloads happen meanwhile.
 //!
-//! The symbols are exported from whatever binary links this crate (`#[unsafe(no_mangle)]`);
-//! they all start with `polyplug_runtime_`.
+//! The symbols are exported from the libraries this crate builds (`#[unsafe(no_mangle)]`),
+//! and from a Rust binary that links this crate; they all start with `polyplug_runtime_`. Only
+//! this crate exports them: `polyplug-runtime` itself exports no symbol, so two versions of it
+//! can live in one binary.
 
 use core::ffi::{CStr, c_char, c_void};
 use std::cell::RefCell;
@@ -18,11 +20,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::abi::{GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status};
-use crate::guest::ffi_guard;
-use crate::ids::ContractRef;
-use crate::registry::{LookupError, OwnedInterface, ProviderPolicy, RegistryError};
-use crate::runtime::{ReloadRequest, Runtime, RuntimeConfig};
+use polyplug_runtime::abi::{
+    GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status,
+};
+use polyplug_runtime::guest::ffi_guard;
+use polyplug_runtime::ids::ContractRef;
+use polyplug_runtime::registry::{LookupError, OwnedInterface, ProviderPolicy, RegistryError};
+use polyplug_runtime::runtime::{ReloadRequest, Runtime, RuntimeConfig};
 
 /// A C callback and its user data, called from whichever thread reloads.
 #[derive(Clone, Copy)]
@@ -36,6 +40,18 @@ struct Callback<F> {
 unsafe impl<F: Send> Send for Callback<F> {}
 // SAFETY: as for Send: the callback is only called, never mutated, through a shared reference.
 unsafe impl<F: Sync> Sync for Callback<F> {}
+
+/// An error and its sources, joined with ": " (the last-error text).
+fn report_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -86,9 +102,7 @@ unsafe fn c_path<'a>(s: *const c_char, what: &str) -> Result<&'a Path, i32> {
 /// `options` must be null or valid for the call; its callbacks must be callable from any
 /// thread with their user data until the runtime is freed.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_new(
-    options: *const RuntimeOptions,
-) -> *mut Runtime {
+pub unsafe extern "C" fn polyplug_runtime_new(options: *const RuntimeOptions) -> *mut Runtime {
     ffi_guard(core::ptr::null_mut(), || {
         let mut builder = Runtime::builder();
         // SAFETY: null or valid for the call (caller's contract).
@@ -104,6 +118,16 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_new(
             };
             if options.drain_timeout_ms > 0 {
                 config.drain_timeout = Duration::from_millis(options.drain_timeout_ms.into());
+            }
+            let covers_copy_dir = options.struct_size as usize
+                >= core::mem::offset_of!(RuntimeOptions, copy_dir)
+                    + core::mem::size_of::<*const c_char>();
+            if covers_copy_dir && !options.copy_dir.is_null() {
+                // SAFETY: a NUL-terminated path valid for the call (caller's contract).
+                match unsafe { c_path(options.copy_dir, "copy_dir") } {
+                    Ok(dir) => config.copy_dir = Some(dir.to_owned()),
+                    Err(_) => return core::ptr::null_mut(),
+                }
             }
             builder = builder.config(config);
             if let Some(function) = options.on_reload {
@@ -154,7 +178,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_new(
 /// `runtime` must be null or a pointer from `polyplug_runtime_new` not freed before, and no
 /// other call may use it concurrently or afterwards.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_free(runtime: *mut Runtime) {
+pub unsafe extern "C" fn polyplug_runtime_free(runtime: *mut Runtime) {
     if runtime.is_null() {
         return;
     }
@@ -183,7 +207,7 @@ fn code(result: Result<i32, i32>) -> i32 {
 ///
 /// `runtime` must be live; `dir` a NUL-terminated string.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_load_bundle(
+pub unsafe extern "C" fn polyplug_runtime_load_bundle(
     runtime: *const Runtime,
     dir: *const c_char,
 ) -> i32 {
@@ -196,7 +220,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_load_bundle(
             runtime
                 .load_bundle(dir)
                 .map(|_| status::OK)
-                .map_err(|e| fail(status::LOAD_FAILED, crate::report_chain(&e)))
+                .map_err(|e| fail(status::LOAD_FAILED, report_chain(&e)))
         })())
     })
 }
@@ -207,6 +231,15 @@ fn reload(
     from_dir: *const c_char,
     wait: bool,
 ) -> Result<i32, i32> {
+    reload_report(runtime, bundle, from_dir, wait).map(|_| status::OK)
+}
+
+fn reload_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+    wait: bool,
+) -> Result<polyplug_runtime::ReloadReport, i32> {
     // SAFETY: live runtime and valid strings (the exported callers' contracts).
     let runtime = unsafe { runtime_ref(runtime)? };
     // SAFETY: as above.
@@ -221,9 +254,7 @@ fn reload(
     } else {
         runtime.try_reload(request)
     };
-    result
-        .map(|_| status::OK)
-        .map_err(|e| fail(e.status(), crate::report_chain(&e)))
+    result.map_err(|e| fail(e.status(), report_chain(&e)))
 }
 
 /// Hot-reloads `bundle` (from `from_dir` if not null), waiting for a reload in progress.
@@ -232,7 +263,7 @@ fn reload(
 ///
 /// `runtime` must be live; `bundle` a NUL-terminated string; `from_dir` null or one.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_reload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_reload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
     from_dir: *const c_char,
@@ -249,7 +280,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_reload_bundle(
 ///
 /// As for `polyplug_runtime_reload_bundle`.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
     from_dir: *const c_char,
@@ -265,7 +296,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_try_reload_bundle(
 ///
 /// `runtime` must be live; `bundle` a NUL-terminated string.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_unload_bundle(
+pub unsafe extern "C" fn polyplug_runtime_unload_bundle(
     runtime: *const Runtime,
     bundle: *const c_char,
 ) -> i32 {
@@ -283,11 +314,213 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_unload_bundle(
     })
 }
 
+/// `PolyplugReloadReport`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadReportAbi {
+    /// `sizeof(PolyplugReloadReport)`, set by the caller.
+    pub struct_size: u32,
+    /// The version before.
+    pub from: polyplug_runtime::abi::Version,
+    /// The version after.
+    pub to: polyplug_runtime::abi::Version,
+    /// Contracts swapped in place.
+    pub swapped: u32,
+    /// Contracts added.
+    pub added: u32,
+    /// Contracts retired.
+    pub retired: u32,
+    /// A `POLYPLUG_IMAGE_*`.
+    pub old_image: u32,
+    /// Dependents whose cascade reload failed.
+    pub cascade_failures: u32,
+    /// The whole reload, in nanoseconds.
+    pub total_ns: u64,
+    /// The registry commit, in nanoseconds.
+    pub swap_ns: u64,
+}
+
+/// `PolyplugUnloadReport`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct UnloadReportAbi {
+    /// `sizeof(PolyplugUnloadReport)`, set by the caller.
+    pub struct_size: u32,
+    /// Contracts retired.
+    pub retired: u32,
+    /// A `POLYPLUG_IMAGE_*`.
+    pub image: u32,
+    /// Time waiting for readers, in nanoseconds.
+    pub drain_ns: u64,
+}
+
+fn image_code(image: polyplug_runtime::ImageRelease) -> u32 {
+    match image {
+        polyplug_runtime::ImageRelease::Unmapped => 0,
+        polyplug_runtime::ImageRelease::StillMapped => 1,
+        polyplug_runtime::ImageRelease::Deferred { .. } => 2,
+        _ => 3,
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Reloads like `polyplug_runtime_reload_bundle` and fills `report` (if not null, and if its
+/// `struct_size` covers the structure).
+///
+/// # Safety
+///
+/// As for `polyplug_runtime_reload_bundle`; `report` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_reload_bundle_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    from_dir: *const c_char,
+    report: *mut ReloadReportAbi,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: null or writable (caller's contract).
+            if let Some(out) = unsafe { report.as_ref() }
+                && (out.struct_size as usize) < core::mem::size_of::<ReloadReportAbi>()
+            {
+                return Err(fail(
+                    status::INVALID_ARGUMENT,
+                    "report.struct_size is too small",
+                ));
+            }
+            let done = reload_report(runtime, bundle, from_dir, true)?;
+            if !report.is_null() {
+                let abi = ReloadReportAbi {
+                    struct_size: core::mem::size_of::<ReloadReportAbi>() as u32,
+                    from: done.from,
+                    to: done.to,
+                    swapped: count(done.swap.swapped),
+                    added: count(done.swap.added),
+                    retired: count(done.swap.retired),
+                    old_image: image_code(done.old_image),
+                    cascade_failures: count(
+                        done.cascade.iter().filter(|c| c.result.is_err()).count(),
+                    ),
+                    total_ns: nanos(done.total),
+                    swap_ns: nanos(
+                        done.phase(polyplug_runtime::ReloadStep::Swap)
+                            .unwrap_or_default(),
+                    ),
+                };
+                // SAFETY: non-null and writable for the structure (caller's contract,
+                // struct_size checked above).
+                unsafe { report.write(abi) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// Unloads like `polyplug_runtime_unload_bundle` and fills `report` (if not null).
+///
+/// # Safety
+///
+/// As for `polyplug_runtime_unload_bundle`; `report` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_unload_bundle_report(
+    runtime: *const Runtime,
+    bundle: *const c_char,
+    report: *mut UnloadReportAbi,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: null or writable (caller's contract).
+            if let Some(out) = unsafe { report.as_ref() }
+                && (out.struct_size as usize) < core::mem::size_of::<UnloadReportAbi>()
+            {
+                return Err(fail(
+                    status::INVALID_ARGUMENT,
+                    "report.struct_size is too small",
+                ));
+            }
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let bundle = unsafe { c_str(bundle, "bundle")? };
+            let done = runtime
+                .unload(bundle)
+                .map_err(|e| fail(e.status(), report_chain(&e)))?;
+            if !report.is_null() {
+                let abi = UnloadReportAbi {
+                    struct_size: core::mem::size_of::<UnloadReportAbi>() as u32,
+                    retired: count(done.retired),
+                    image: image_code(done.image),
+                    drain_ns: nanos(done.drain),
+                };
+                // SAFETY: non-null and writable (caller's contract, struct_size checked).
+                unsafe { report.write(abi) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
+/// Lists the loaded bundles ("name version\n" each, sorted) into `buffer`; returns the full
+/// length.
+///
+/// # Safety
+///
+/// `runtime` must be live; `buffer` null or writable for `capacity` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_list_bundles(
+    runtime: *const Runtime,
+    buffer: *mut c_char,
+    capacity: usize,
+) -> usize {
+    ffi_guard(0, || {
+        // SAFETY: live runtime (caller's contract).
+        let Ok(runtime) = (unsafe { runtime_ref(runtime) }) else {
+            return 0;
+        };
+        let mut bundles = runtime.bundles();
+        bundles.sort_by(|a, b| a.name.cmp(&b.name));
+        let text: String = bundles
+            .iter()
+            .map(|b| format!("{} {}\n", b.name, b.version))
+            .collect();
+        // SAFETY: null or writable for capacity bytes (caller's contract).
+        unsafe { copy_out(&text, buffer, capacity) };
+        text.len()
+    })
+}
+
+/// Copies `text` into `buffer`, NUL-terminated and truncated to `capacity`.
+///
+/// # Safety
+///
+/// `buffer` must be null or writable for `capacity` bytes.
+unsafe fn copy_out(text: &str, buffer: *mut c_char, capacity: usize) {
+    if buffer.is_null() || capacity == 0 {
+        return;
+    }
+    let n = text.len().min(capacity - 1);
+    // SAFETY: writable for capacity > n bytes (caller's contract); our own string cannot
+    // overlap it.
+    unsafe { core::ptr::copy_nonoverlapping(text.as_ptr(), buffer.cast::<u8>(), n) };
+    // SAFETY: n < capacity: the offset stays inside the caller's buffer.
+    let end = unsafe { buffer.add(n) };
+    // SAFETY: `end` is inside the writable buffer.
+    unsafe { end.write(0) };
+}
+
 fn lookup_status(e: &LookupError) -> i32 {
     match e {
         LookupError::NotFound { .. } => status::NOT_FOUND,
         LookupError::Ambiguous { .. } => status::AMBIGUOUS,
         LookupError::IncompatibleVersion { .. } => status::INCOMPATIBLE_VERSION,
+        _ => status::INTERNAL,
     }
 }
 
@@ -298,7 +531,7 @@ fn lookup_status(e: &LookupError) -> i32 {
 ///
 /// `runtime` must be live; `name` a NUL-terminated string; `out_handle` writable.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_find(
+pub unsafe extern "C" fn polyplug_runtime_find(
     runtime: *const Runtime,
     name: *const c_char,
     major: u32,
@@ -325,6 +558,56 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_find(
     })
 }
 
+/// Publishes a host service: `count` functions at `functions` (with the canonical
+/// `signature` text, or an empty view) as contract `name` at `version`, for plugins to find
+/// through their `PolyplugHostServices` (and hosts through `polyplug_runtime_find`).
+///
+/// # Safety
+///
+/// `runtime` must be live; `name` a NUL-terminated string; `functions` must point to `count`
+/// non-null functions with the contract's signatures, and they and `signature`'s bytes must
+/// stay valid while the runtime lives; `out_handle` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_publish_service(
+    runtime: *const Runtime,
+    name: *const c_char,
+    version: polyplug_runtime::abi::Version,
+    functions: *const polyplug_runtime::abi::GuestFn,
+    count: usize,
+    signature: StringView,
+    out_handle: *mut GuestContractHandle,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            // SAFETY: valid string (caller's contract).
+            let name = unsafe { c_str(name, "contract")? };
+            if functions.is_null() || count == 0 {
+                return Err(fail(status::INVALID_ARGUMENT, "functions is null or empty"));
+            }
+            let mut interface = GuestContractInterface::new(
+                polyplug_runtime::ids::ContractId::new(name, version.major),
+                version,
+                polyplug_runtime::abi::DispatchTable {
+                    function_count: count,
+                    functions,
+                },
+            );
+            interface.signature = signature;
+            // SAFETY: the functions and the signature text stay valid while the runtime lives
+            // (caller's contract).
+            let handle = unsafe { runtime.publish_interface(name, &interface) }
+                .map_err(|e| fail(status::INVALID_ARGUMENT, report_chain(&e)))?;
+            if !out_handle.is_null() {
+                // SAFETY: non-null and writable (caller's contract).
+                unsafe { out_handle.write(handle) };
+            }
+            Ok(status::OK)
+        })())
+    })
+}
+
 /// Takes a reference to the interface behind `handle`; release it with
 /// `polyplug_runtime_release`.
 ///
@@ -332,7 +615,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_find(
 ///
 /// `runtime` must be live; `out_ref` writable.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_acquire(
+pub unsafe extern "C" fn polyplug_runtime_acquire(
     runtime: *const Runtime,
     handle: GuestContractHandle,
     out_ref: *mut *mut OwnedInterface,
@@ -367,12 +650,15 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_acquire(
 ///
 /// `reference` must be null or a live reference from `polyplug_runtime_acquire`.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_interface(
+pub unsafe extern "C" fn polyplug_runtime_interface(
     reference: *const OwnedInterface,
 ) -> *const GuestContractInterface {
     // SAFETY: null or live (caller's contract).
     match unsafe { reference.as_ref() } {
-        Some(owned) => &owned.interface,
+        Some(owned) => {
+            let interface: &GuestContractInterface = owned;
+            interface
+        }
         None => core::ptr::null(),
     }
 }
@@ -384,7 +670,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_interface(
 /// `reference` must be null or a live reference from `polyplug_runtime_acquire`, released
 /// once.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedInterface) {
+pub unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedInterface) {
     if reference.is_null() {
         return;
     }
@@ -400,7 +686,7 @@ pub(crate) unsafe extern "C" fn polyplug_runtime_release(reference: *mut OwnedIn
 ///
 /// `buffer` must be null (with any capacity) or writable for `capacity` bytes.
 #[unsafe(no_mangle)]
-pub(crate) unsafe extern "C" fn polyplug_runtime_last_error(
+pub unsafe extern "C" fn polyplug_runtime_last_error(
     buffer: *mut c_char,
     capacity: usize,
 ) -> usize {
