@@ -458,14 +458,35 @@ pub mod firecracker {
             runtime: &Path,
             env: &[(&str, &Path)],
         ) -> Result<Self, String> {
+            let mut command = vec![kit.firecracker.clone().into_os_string()];
+            command.extend(firecracker_args(dir, id));
+            let mut vm = Self::program_in_session(&command, dir, id, engate, runtime, env)?;
+            vm.wait_api(id)?;
+            Ok(vm)
+        }
+
+        /// Starts `command` (a program and its arguments) inside an engate session named `id`
+        /// as [`Vm::spawn_in_session`] does, for a stand-in VMM that serves no API (the
+        /// fixture of suites that run without KVM).
+        ///
+        /// # Errors
+        ///
+        /// As for [`Vm::spawn_in_session`], less the API socket.
+        pub fn program_in_session(
+            command: &[std::ffi::OsString],
+            dir: &Path,
+            id: &str,
+            engate: &Path,
+            runtime: &Path,
+            env: &[(&str, &Path)],
+        ) -> Result<Self, String> {
             let api = dir.join(format!("{id}.api"));
             let _ = std::fs::remove_file(&api);
             let new = Command::new(engate)
                 .env("XDG_RUNTIME_DIR", runtime)
                 .envs(env.iter().copied())
                 .args(["new", id, "--"])
-                .arg(&kit.firecracker)
-                .args(firecracker_args(dir, id))
+                .args(command)
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("spawn {}: {e}", engate.display()))?;
@@ -501,7 +522,7 @@ pub mod firecracker {
                 .spawn()
                 .map_err(|e| format!("engate tail {id}: {e}"))?;
             let out = tail.stdout.take().ok_or("no stdout")?;
-            let mut vm = Self {
+            Ok(Self {
                 console: collect_console(out),
                 process: Process::Session(Session {
                     engate: engate.to_owned(),
@@ -511,9 +532,7 @@ pub mod firecracker {
                     tail,
                 }),
                 api,
-            };
-            vm.wait_api(id)?;
-            Ok(vm)
+            })
         }
 
         fn wait_api(&mut self, id: &str) -> Result<(), String> {

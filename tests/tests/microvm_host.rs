@@ -20,14 +20,23 @@
 //!   through it, and the guest verifies with no error.
 //!
 //! The programs come from the workspace's target directory (`cargo xtask ci` builds them in
-//! its tests stage); the Firecracker kit from `FIRECRACKER_BIN`. Without the kit or KVM the
-//! scenario skips, saying why. It prints a table (the demo's finale shows it) and a verdict.
+//! its tests stage); the Firecracker kit from `FIRECRACKER_BIN`. Without the kit or KVM (or
+//! with `MICROVM_HOST_FIXTURE=1`) the scenario says why and runs with a stand-in VMM instead:
+//! this test binary re-run as `--fixture-vmm`, which maps guest memory, registers it with a
+//! userfaultfd, hands both to the pager with Firecracker's handshake, and then behaves like the
+//! memory-testing guest (verify every page's pattern of the previous pass, write the next one,
+//! print `P<k> …… OK`) — real faults, a real pager, no KVM. It prints a table (the demo's finale
+//! shows it) and a verdict.
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     #[cfg(target_os = "linux")]
     {
+        let args: Vec<String> = std::env::args().collect();
+        if args.get(1).map(String::as_str) == Some(linux::FIXTURE_FLAG) {
+            return linux::fixture_vmm(&args[2..]);
+        }
         workspace_tests::harness::run(&[
             (
                 "the_console_check_catches_a_lost_or_repeated_byte",
@@ -252,25 +261,7 @@ mod linux {
             &format!("/sessions/{key}"),
             &format!(r#"{{"template":"base","socket":"{}"}}"#, sock.display()),
         )?;
-        let vm = Vm::spawn_in_session(
-            env.kit,
-            env.dir,
-            &key,
-            &env.programs.engate,
-            env.runtime,
-            &[("NOTIFY_SOCKET", env.supervisor)],
-        )?;
-        let server = vm
-            .session_server_pid()
-            .ok_or(format!("{key}: no session server pid"))?;
-        env.varta
-            .wait_event("ready", server, Duration::from_secs(10))
-            .map_err(|e| format!("{key}'s session server: {e}"))?;
-        let loaded_at = Instant::now();
-        match vm.load_uffd(env.snap, &sock, Duration::from_secs(60))? {
-            (200..=299, _) => {}
-            other => return Err(format!("{key}: snapshot load answered {other:?}")),
-        }
+        let (vm, loaded_at) = start_vm(env, &key, &sock)?;
         Ok((
             Guest {
                 name: key,
@@ -280,6 +271,168 @@ mod linux {
             },
             reservation,
         ))
+    }
+
+    /// Starts VM `key` in an engate session reporting to varta-watch and restores it through
+    /// the pager session listening at `sock`: Firecracker loading the snapshot, or the stand-in
+    /// VMM. Returns the VM and when its restore began.
+    fn start_vm(env: &Env<'_>, key: &str, sock: &Path) -> Result<(Vm, Instant), String> {
+        let supervised = [("NOTIFY_SOCKET", env.supervisor)];
+        let vm = match env.kit {
+            Some(kit) => Vm::spawn_in_session(
+                kit,
+                env.dir,
+                key,
+                &env.programs.engate,
+                env.runtime,
+                &supervised,
+            )?,
+            None => {
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let command: Vec<std::ffi::OsString> = vec![
+                    exe.into(),
+                    FIXTURE_FLAG.into(),
+                    sock.into(),
+                    MEM_MIB.to_string().into(),
+                    FIXTURE_PASS.to_string().into(),
+                ];
+                Vm::program_in_session(
+                    &command,
+                    env.dir,
+                    key,
+                    &env.programs.engate,
+                    env.runtime,
+                    &supervised,
+                )?
+            }
+        };
+        let server = vm
+            .session_server_pid()
+            .ok_or(format!("{key}: no session server pid"))?;
+        env.varta
+            .wait_event("ready", server, Duration::from_secs(10))
+            .map_err(|e| format!("{key}'s session server: {e}"))?;
+        let loaded_at = Instant::now();
+        if env.kit.is_some() {
+            match vm.load_uffd(env.snap, sock, Duration::from_secs(60))? {
+                (200..=299, _) => {}
+                other => return Err(format!("{key}: snapshot load answered {other:?}")),
+            }
+        }
+        Ok((vm, loaded_at))
+    }
+
+    /// The flag that makes this test binary the stand-in VMM.
+    pub(super) const FIXTURE_FLAG: &str = "--fixture-vmm";
+    /// The pass the fixture snapshot was taken after.
+    const FIXTURE_PASS: u64 = 1;
+    /// Where the memory-testing guest (and the stand-in) start their passes.
+    const TESTED_FROM: usize = 16 << 20;
+    /// One progress mark per this much memory checked.
+    const MARK: usize = 2 << 20;
+
+    /// The word pass `k` writes at the start, middle and end of page `page`.
+    fn pattern(page: usize, k: u64) -> u64 {
+        page as u64 ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Where in a page the stand-in checks and writes its pattern (first, middle, last word).
+    fn probes(page_size: usize) -> [usize; 3] {
+        [0, page_size / 2, page_size - 8]
+    }
+
+    /// The stand-in's snapshot: every tested page holds pass `FIXTURE_PASS`'s pattern.
+    fn fixture_snapshot(dir: &Path) -> Result<Snapshot, String> {
+        let page = squib_host::host_page_size();
+        let len = (MEM_MIB as usize) << 20;
+        let mut mem = vec![0u8; len];
+        for p in TESTED_FROM / page..len / page {
+            for at in probes(page) {
+                let off = p * page + at;
+                mem[off..off + 8].copy_from_slice(&pattern(p, FIXTURE_PASS).to_le_bytes());
+            }
+        }
+        let path = dir.join("fixture.mem");
+        std::fs::write(&path, &mem).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Snapshot {
+            state: dir.join("fixture.state"),
+            mem: path,
+            mem_mib: MEM_MIB as u32,
+            huge: false,
+        })
+    }
+
+    /// The stand-in VMM: `--fixture-vmm SOCKET MEM_MIB PASS`.
+    pub(super) fn fixture_vmm(args: &[String]) -> std::process::ExitCode {
+        match run_fixture(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fixture vmm: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
+    }
+
+    fn run_fixture(args: &[String]) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let [socket, mem_mib, pass] = args else {
+            return Err(format!("usage: {FIXTURE_FLAG} SOCKET MEM_MIB PASS"));
+        };
+        let len = mem_mib.parse::<usize>().map_err(|e| e.to_string())? << 20;
+        let mut k: u64 = pass
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string())?;
+        let page = squib_host::host_page_size();
+        let uffd = squib_host::Uffd::open().map_err(|e| e.to_string())?;
+        let mut mem = platform_primitives::mem::AnonMapping::new(len).map_err(|e| e.to_string())?;
+        uffd.register_mapping(&mut mem).map_err(|e| e.to_string())?;
+        // Firecracker's handshake: the regions as JSON, the userfaultfd attached.
+        let handshake = format!(
+            r#"[{{"base_host_virt_addr":{},"size":{len},"offset":0,"page_size":{page},"page_size_kib":{page}}}]"#,
+            mem.as_ptr() as u64
+        );
+        let conn = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| format!("{socket}: {e}"))?;
+        platform_primitives::fdpass::send_with_fds(&conn, handshake.as_bytes(), &[uffd.as_fd()])
+            .map_err(|e| format!("handshake: {e}"))?;
+        // The connection and the userfaultfd stay open for the life of the process, as
+        // Firecracker keeps them.
+        let _session = (conn, uffd);
+        let mut out = std::io::stdout().lock();
+        loop {
+            k += 1;
+            let _ = write!(out, "P{k:016x} ");
+            let _ = out.flush();
+            for chunk in (TESTED_FROM..len).step_by(MARK) {
+                for p in chunk / page..(chunk + MARK).min(len) / page {
+                    let bytes = mem.as_mut_slice();
+                    for at in probes(page) {
+                        let off = p * page + at;
+                        let word = &mut bytes[off..off + 8];
+                        let got = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+                        if got != pattern(p, k - 1) {
+                            let _ = writeln!(
+                                out,
+                                "FAIL pass={k} addr={off:#x} got={got:#x} want={:#x}",
+                                pattern(p, k - 1)
+                            );
+                            let _ = out.flush();
+                            // As the real guest does: stop here, keep the VM up.
+                            loop {
+                                std::thread::park();
+                            }
+                        }
+                        word.copy_from_slice(&pattern(p, k).to_le_bytes());
+                    }
+                }
+                let _ = write!(out, ".");
+                let _ = out.flush();
+            }
+            let _ = writeln!(out, " OK");
+            let _ = out.flush();
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The bytes the pager installed for session `key` (its true memory footprint so far).
@@ -293,7 +446,8 @@ mod linux {
     }
 
     struct Env<'a> {
-        kit: &'a Kit,
+        /// The Firecracker kit, or `None` for the stand-in VMM.
+        kit: Option<&'a Kit>,
         varta: &'a Varta,
         supervisor: &'a Path,
         dir: &'a Path,
@@ -558,14 +712,6 @@ mod linux {
                 sock.display()
             ),
         )?;
-        let vm = Vm::spawn_in_session(
-            env.kit,
-            env.dir,
-            &key,
-            &env.programs.engate,
-            env.runtime,
-            &[("NOTIFY_SOCKET", env.supervisor)],
-        )?;
         // Reloads, back and forth, for as long as the guest restores.
         let stop = Arc::new(AtomicBool::new(false));
         let reloader = {
@@ -586,15 +732,11 @@ mod linux {
                 Ok(done)
             })
         };
-        let loaded_at = Instant::now();
-        let loaded = vm.load_uffd(env.snap, &sock, Duration::from_secs(60));
-        let verified = loaded.and_then(|r| match r {
-            (200..=299, _) => vm.wait_verified(loaded_at, GUEST_LIMIT),
-            other => Err(format!("{key}: snapshot load answered {other:?}")),
-        });
+        let verified = start_vm(env, &key, &sock)
+            .and_then(|(vm, loaded_at)| Ok((vm.wait_verified(loaded_at, GUEST_LIMIT)?, vm)));
         stop.store(true, Ordering::SeqCst);
         let reloads = reloader.join().map_err(|_| "the reloader panicked")??;
-        let restore = verified?;
+        let (restore, vm) = verified?;
         let errors = source.errors.load(Ordering::Relaxed);
         let sessions = env.svc.ok("GET", "/sessions", "")?;
         let failed = sessions
@@ -669,11 +811,22 @@ mod linux {
     }
 
     pub(super) fn scenario() -> Result<(), String> {
+        if let Err(e) = squib_host::Uffd::open() {
+            skip(NAME, &format!("no userfaultfd: {e}"));
+            return Ok(());
+        }
         let kit = match Kit::find() {
-            Ok(kit) => kit,
+            Ok(_) if std::env::var_os("MICROVM_HOST_FIXTURE").is_some() => {
+                println!("MICROVM_HOST_FIXTURE is set: the guests are the stand-in VMM");
+                None
+            }
+            Ok(kit) => Some(kit),
             Err(why) => {
-                skip(NAME, &why);
-                return Ok(());
+                println!(
+                    "no real microVMs here ({why}): the guests are the stand-in VMM, on real \
+                     userfaultfd faults"
+                );
+                None
             }
         };
         let programs = match Programs::find() {
@@ -708,14 +861,17 @@ mod linux {
         varta.wait_event("ready", pager, Duration::from_secs(10))?;
         println!("varta-watch sees the pager (pid {pager}) ready");
 
-        let snap = take_snapshot(&kit, &dir, "tmpl", MEM_MIB as u32, false)?;
+        let snap = match &kit {
+            Some(kit) => take_snapshot(kit, &dir, "tmpl", MEM_MIB as u32, false)?,
+            None => fixture_snapshot(&dir)?,
+        };
         svc.ok(
             "PUT",
             "/templates/base",
             &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
         )?;
         let env = Env {
-            kit: &kit,
+            kit: kit.as_ref(),
             varta: &varta,
             supervisor: &varta.socket,
             dir: &dir,
