@@ -24,6 +24,19 @@
  * Hosts written in C drive the runtime through the polyplug_runtime_* functions of
  * polyplug_runtime.h, which the polyplug-runtime-capi crate ships with its libraries.
  *
+ * A plugin ships as a bundle directory: its library and a manifest.toml (unknown keys are errors):
+ *
+ *     name = "greeter"                       # the bundle name: [A-Za-z0-9._-], 1 to 128 bytes
+ *     version = "1.4.0"                      # major.minor.patch (BundleInitContext.bundle_version)
+ *     provides = ["greeter@1.4", "stats@2.0"] # every contract polyplug_init registers: name@major.minor
+ *     depends = ["base-services"]            # bundles that must be loaded first
+ *     requires = ["clock@1.2"]               # contracts another bundle (or the host) must provide
+ *     reload_with_dependencies = true        # reload me after a dependency reloads
+ *
+ *     [library]                              # relative to the bundle directory
+ *     linux = "libgreeter.so"
+ *     macos = "libgreeter.dylib"
+ *
  * Every layout here mirrors a #[repr(C)] type of the crate's `abi` module; the crate's tests
  * compile static assertions of every size and offset against this header.
  */

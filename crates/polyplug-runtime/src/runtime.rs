@@ -710,6 +710,26 @@ impl Runtime {
         Ok(handle)
     }
 
+    /// Loaded bundles with a requirement that only `name` meets (which unloading `name` would
+    /// leave unmet).
+    fn requirers(&self, name: &str) -> Vec<String> {
+        let loaded = self.manifests(&self.bundles.read());
+        let before: Vec<&Manifest> = loaded.iter().collect();
+        let after: Vec<&Manifest> = loaded.iter().filter(|m| m.name != name).collect();
+        let mut out: Vec<String> = loaded
+            .iter()
+            .filter(|m| m.name != name)
+            .filter(|m| {
+                m.requires
+                    .iter()
+                    .any(|r| is_provided(r, &before) && !is_provided(r, &after))
+            })
+            .map(|m| m.name.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Loads the bundle in directory `dir` and publishes its contracts.
     ///
     /// # Errors
@@ -1200,8 +1220,8 @@ impl Runtime {
         })
     }
 
-    /// Unloads a bundle and, first, every loaded bundle that depends on it (transitively),
-    /// dependents before their dependencies.
+    /// Unloads a bundle and, first, every loaded bundle that depends on it or requires a
+    /// contract only it provides (transitively), dependents before their dependencies.
     ///
     /// # Errors
     ///
@@ -1227,6 +1247,9 @@ impl Runtime {
             visiting.push((name.clone(), true));
             for (dependent, _) in self.dependents(&name) {
                 visiting.push((dependent, false));
+            }
+            for requirer in self.requirers(&name) {
+                visiting.push((requirer, false));
             }
         }
         order

@@ -193,3 +193,27 @@ fn a_requirement_met_by_another_provider_does_not_block() {
     }
     assert!(rt.bundle("srust").is_some());
 }
+
+/// `unload_cascade` unloads, first, the bundles that would lose a required contract — as it
+/// does for bundles that `depends` on the one unloaded.
+#[test]
+fn unload_cascade_unloads_the_bundles_that_require_its_contracts_first() {
+    let f = fixtures();
+    let calc = f.bundle(&f.c_spec("ccalc", 2));
+    let consumer = f.bundle(
+        &BundleSpec::new(
+            "cconsumer",
+            "1.0.0",
+            f.c("dependent-v1"),
+            &["c.dependent@1.0"],
+        )
+        .requires("c.extra@1.0"),
+    );
+    let rt = hot_runtime();
+    rt.load_bundle(&calc).expect("provider");
+    rt.load_bundle(&consumer).expect("consumer");
+    let reports = rt.unload_cascade("ccalc").expect("cascade");
+    let order: Vec<&str> = reports.iter().map(|r| r.bundle.as_str()).collect();
+    assert_eq!(order, ["cconsumer", "ccalc"]);
+    assert!(rt.bundles().is_empty());
+}
