@@ -48,6 +48,22 @@ fn every_published_crate_stands_alone() {
             !manifest.contains("publish = false"),
             "{name}: must be publishable"
         );
+        // What crates.io and docs.rs show: where the code lives, where its docs are, and how
+        // it is found.
+        for key in [
+            "repository",
+            "homepage",
+            "documentation",
+            "keywords",
+            "categories",
+        ] {
+            assert!(
+                manifest.lines().any(
+                    |l| l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}."))
+                ),
+                "{name}: the manifest has no `{key}`"
+            );
+        }
         assert!(
             manifest.contains("[package.metadata.docs.rs]") && manifest.contains("apple-darwin"),
             "{name}: docs.rs must cover Linux and macOS"
