@@ -10,6 +10,8 @@
 //!   single-threaded, or re-execute themselves as a child process), printing the summary line
 //!   `cargo xtask ci` counts;
 //! - [`criterion_config!`]: the short criterion configuration every bench uses;
+//! - [`loom_expect_deadlock_in_child`]: a loom negative control that must deadlock, run in a
+//!   child process (loom aborts the process that deadlocks);
 //! - [`loom_model!`]: the one way the crates' loom suites run a model (preemption bound,
 //!   executions explored);
 //! - [`firecracker`](mod@firecracker): the real Firecracker, its guest and its API, for the
@@ -1054,6 +1056,46 @@ pub mod hugetlb {
             )),
         }
     }
+}
+
+/// Set in the child process that runs a deadlocking loom negative control.
+const LOOM_CHILD_ENV: &str = "WORKSPACE_LOOM_CHILD";
+
+/// Runs a loom model that must deadlock (a negative control) in a child process of this test
+/// binary, and panics with loom's report if it did: call it from a `#[should_panic]` test named
+/// `test`, with `run` running the model.
+///
+/// When loom finds a deadlock it panics on the thread that blocked last, and unwinding that
+/// thread drops loom guards whose destructors touch the torn-down execution and panic again,
+/// which aborts the process. So the control runs the model (the same test, selected by name) in
+/// a child and reads loom's `deadlock; threads = …` line from its output. A child that finishes
+/// without that line means loom did not catch the bug: this returns normally and the
+/// `#[should_panic]` control fails.
+///
+/// # Panics
+///
+/// When the child reported the deadlock (the control passed), or the child cannot be run.
+pub fn loom_expect_deadlock_in_child(test: &str, run: impl FnOnce()) {
+    if std::env::var_os(LOOM_CHILD_ENV).is_some() {
+        run();
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(LOOM_CHILD_ENV, "1")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run the control in a child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if let Some(line) = text.lines().find(|l| l.starts_with("deadlock; threads")) {
+        panic!("loom caught the bug in the child: {line}");
+    }
+    eprintln!("the child did not report a deadlock; its output:\n{text}");
 }
 
 /// Runs a closure under loom's model checker and prints how many executions it explored.

@@ -392,12 +392,57 @@ fn dependency_policy(_: &mut Tally) -> Result<(), String> {
 /// packaged files alone (path dependencies replaced by the packaged versions), so a missing
 /// file, a path-only dependency or absent metadata is found here rather than at release.
 fn packaging(_: &mut Tally) -> Result<(), String> {
+    let verify_dir = forget_packaged_sources()?;
     let mut package = cargo();
-    package.args(["package", "--workspace", "--locked", "--allow-dirty"]);
+    package
+        .args([
+            "package",
+            "--workspace",
+            "--locked",
+            "--allow-dirty",
+            "--target-dir",
+        ])
+        .arg(&verify_dir);
     for name in unpublished_members()? {
         package.args(["--exclude", &name]);
     }
     cmd::run(&mut package)
+}
+
+/// Removes what an earlier `cargo package` left, and returns the target directory to verify
+/// in. Cargo treats the packaged crates as registry crates, which it never rebuilds or
+/// re-unpacks for an unchanged version: a crate would be verified against a sibling's
+/// *earlier* sources and build. So the verification gets a target directory of its own, made
+/// afresh each run, and the sources cargo unpacked into `$CARGO_HOME/registry/src/-<hash>/`
+/// (the local registry it verifies against) are removed.
+fn forget_packaged_sources() -> Result<std::path::PathBuf, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| cmd::root().join("target"));
+    let verify_dir = target.join("package-verify");
+    for stale in [target.join("package"), verify_dir.clone()] {
+        if stale.exists() {
+            std::fs::remove_dir_all(&stale)
+                .map_err(|e| format!("cannot remove {}: {e}", stale.display()))?;
+        }
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    let Some(src) = cargo_home.map(|h| h.join("registry/src")) else {
+        return Ok(verify_dir);
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return Ok(verify_dir);
+    };
+    for registry in registries.flatten() {
+        // Local registries (the packaging overlay) are named `-<hash>`, crates.io's is not;
+        // removing an unpacked copy only makes cargo unpack it again.
+        if registry.file_name().to_string_lossy().starts_with('-') {
+            let _ = std::fs::remove_dir_all(registry.path());
+        }
+    }
+    Ok(verify_dir)
 }
 
 /// The names of the workspace members marked `publish = false` (xtask, the test library, the

@@ -38,41 +38,6 @@ where
     workspace_tests::loom_model!(floor, f);
 }
 
-/// Set in the child process that runs a deadlocking negative control.
-const CHILD_ENV: &str = "ENGATE_LOOM_CHILD";
-
-/// Runs a model that must deadlock in a child process of this test binary, and panics with
-/// loom's report if it did.
-///
-/// When loom finds a deadlock it panics on the thread that blocked last, and unwinding that
-/// thread drops loom guards whose destructors touch the torn-down execution and panic again,
-/// which aborts the process. So the control runs the model (the same test, selected by name)
-/// in a child and reads loom's `deadlock; threads = …` line from its output. A child that
-/// finishes without that line means loom did not catch the bug: this returns normally and the
-/// `#[should_panic]` control fails.
-fn expect_deadlock_in_child(test: &str, run: impl FnOnce()) {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        run();
-        return;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = std::process::Command::new(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run the control in a child");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if let Some(line) = text.lines().find(|l| l.starts_with("deadlock; threads")) {
-        panic!("loom caught the bug in the child: {line}");
-    }
-    eprintln!("the child did not report a deadlock; its output:\n{text}");
-}
-
 /// The journal every model emits: one byte before the race, two during it.
 const JOURNAL: &[u8] = b"abc";
 
@@ -345,9 +310,10 @@ fn blocking_poll_loses_no_wakeup() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_check_then_park_loses_a_wakeup() {
-    expect_deadlock_in_child("negative_control_check_then_park_loses_a_wakeup", || {
-        blocking_poll_sees_every_emit(Some(Fault::LostWakeup))
-    });
+    workspace_tests::loom_expect_deadlock_in_child(
+        "negative_control_check_then_park_loses_a_wakeup",
+        || blocking_poll_sees_every_emit(Some(Fault::LostWakeup)),
+    );
 }
 
 /// A waker that unparks a loom thread (loom's own `block_on` needs an extra crate feature).
@@ -448,7 +414,7 @@ fn authority_holds_the_producer_back_until_it_detaches() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_detach_without_wakeup_strands_the_producer() {
-    expect_deadlock_in_child(
+    workspace_tests::loom_expect_deadlock_in_child(
         "negative_control_detach_without_wakeup_strands_the_producer",
         || authority_detach_releases_producer(Some(Fault::DetachWithoutNotify)),
     );

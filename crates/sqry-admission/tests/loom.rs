@@ -293,45 +293,10 @@ fn a_dropped_leader_hands_the_gate_to_an_async_joiner() {
 #[test]
 #[should_panic(expected = "deadlock")]
 fn negative_control_a_finish_outside_the_mutex_is_caught() {
-    expect_deadlock_in_child(
+    workspace_tests::loom_expect_deadlock_in_child(
         "negative_control_a_finish_outside_the_mutex_is_caught",
         || dropped_leader(false, true),
     );
-}
-
-/// Set in the child process that runs a deadlocking negative control.
-const CHILD_ENV: &str = "SQRY_ADMISSION_LOOM_CHILD";
-
-/// Runs a model that must deadlock in a child process of this test binary, and panics with
-/// loom's report if it did.
-///
-/// When loom finds a deadlock it panics on the thread that blocked last, and unwinding that
-/// thread drops loom guards whose destructors touch the torn-down execution and panic again,
-/// which aborts the process. So the control runs the model (the same test, selected by name)
-/// in a child and reads loom's `deadlock; threads = …` line from its output. A child that
-/// finishes without that line means loom did not catch the bug: this returns normally and the
-/// `#[should_panic]` control fails. (engate-attach's loom suite does the same.)
-fn expect_deadlock_in_child(test: &str, run: impl FnOnce()) {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        run();
-        return;
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = std::process::Command::new(exe)
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("run the control in a child");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if let Some(line) = text.lines().find(|l| l.starts_with("deadlock; threads")) {
-        panic!("loom caught the bug in the child: {line}");
-    }
-    eprintln!("the child did not report a deadlock; its output:\n{text}");
 }
 
 /// Two callers race for a cold gate while neither has loaded: exactly one builds, the other
