@@ -150,11 +150,13 @@ fn parse(line: &str) -> Option<Verdict<'_>> {
     })
 }
 
-/// What a metric is compared with, from its name: a ratio names its same-run baseline after
-/// `_vs_`; anything else is an absolute figure.
-fn baseline(metric: &str) -> String {
+/// What a metric is compared with: a ratio that names its same-run baseline after `_vs_`
+/// gives it; another ratio (unit `x`) has its baseline in its bench's doc comment; anything
+/// else is an absolute figure.
+fn baseline(metric: &str, unit: &str) -> String {
     match metric.split_once("_vs_") {
         Some((_, against)) => against.replace('_', " "),
+        None if unit == "x" => "ratio: see the bench".to_owned(),
         None => "absolute".to_owned(),
     }
 }
@@ -253,7 +255,7 @@ fn table(entries: &[Entry]) -> String {
             v.value,
             v.unit,
             v.target,
-            baseline(v.metric),
+            baseline(v.metric, v.unit),
             if v.ok { "ok" } else { "**FAIL**" },
             e.date
         ));
@@ -300,8 +302,9 @@ mod tests {
                 ok: false,
             }
         );
-        assert_eq!(baseline(v.metric), "dtach");
-        assert_eq!(baseline("memory_per_agent"), "absolute");
+        assert_eq!(baseline(v.metric, v.unit), "dtach");
+        assert_eq!(baseline("memory_per_agent", "bytes"), "absolute");
+        assert_eq!(baseline("resolve_call_ratio", "x"), "ratio: see the bench");
         assert!(parse("bench: nonsense").is_none());
         let entry = |line: &str| Entry {
             krate: "engate-attach".into(),
