@@ -357,9 +357,36 @@ fn loom(tally: &mut Tally) -> Result<(), String> {
     Ok(())
 }
 
-/// The cross-crate suites (`tests/`). They drive the workspace's programs, which the tests
-/// stage has just built; a missing program fails the suite here instead of skipping it.
+/// The workspace's programs and the feature each needs: `cargo build` of one package at a time,
+/// because with several `-p` cargo leaves out a binary whose `required-features` were asked
+/// for as `pkg/feature`.
+const PROGRAMS: &[(&str, Option<&str>)] = &[
+    ("squib-host", Some("service")),
+    ("engate-attach", Some("cli")),
+    ("varta-watch", None),
+];
+
+/// Builds the workspace's programs (`squib-host`, `engate`, `varta-watch`) into
+/// `target/<profile>/`, where the cross-crate suites look for them.
+pub(crate) fn build_programs(release: bool) -> Result<(), String> {
+    for (package, feature) in PROGRAMS {
+        let mut build = cargo();
+        build.args(["build", "--quiet", "--locked", "-p", package, "--bins"]);
+        if release {
+            build.arg("--release");
+        }
+        if let Some(feature) = feature {
+            build.args(["--features", feature]);
+        }
+        cmd::run(&mut build)?;
+    }
+    Ok(())
+}
+
+/// The cross-crate suites (`tests/`). They drive the workspace's programs, built here first;
+/// a missing program fails the suite instead of skipping it.
 fn cross_crate(tally: &mut Tally) -> Result<(), String> {
+    build_programs(false)?;
     cmd::run_counting(
         cargo()
             .args([

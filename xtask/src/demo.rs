@@ -86,24 +86,11 @@ pub(crate) fn run() -> Result<(), String> {
 
 /// The microVM host: real Firecracker guests restored through the pager service, their
 /// consoles in engate sessions, the pager supervised by varta-watch, restores admitted by
-/// sqry-admission. Without the Firecracker kit or KVM it says why and stops there.
+/// sqry-admission, one template served by a hot-reloaded polyplug plugin. Without the
+/// Firecracker kit or KVM it says why and runs the same host on a stand-in VMM.
 fn finale() -> Result<(), String> {
     println!("\n==> demo finale: a microVM host (the crates together)");
-    cmd::run(cargo().args([
-        "build",
-        "--quiet",
-        "--release",
-        "--locked",
-        "-p",
-        "squib-host",
-        "-p",
-        "engate-attach",
-        "-p",
-        "varta-watch",
-        "--features",
-        "squib-host/service,engate-attach/cli",
-        "--bins",
-    ]))?;
+    crate::ci::build_programs(true)?;
     cmd::run(
         cargo()
             .args([
