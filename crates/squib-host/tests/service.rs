@@ -303,6 +303,27 @@ mod linux {
         Ok(())
     }
 
+    /// The common start of a test: the kit (or `None` after the skip line), the shared
+    /// snapshot, a service under `work_dir()/name`, and its template `base` on the snapshot's
+    /// memory file with `extra` fields (`,"cache":true`, say).
+    fn service_with_template(
+        test: &str,
+        name: &str,
+        extra: &str,
+    ) -> Result<Option<(Kit, Snapshot, Service, std::path::PathBuf)>, String> {
+        let Some(kit) = kit_or_skip(test) else {
+            return Ok(None);
+        };
+        let snap = snapshot(&kit)?;
+        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), name)?;
+        svc.ok(
+            "PUT",
+            "/templates/base",
+            &format!(r#"{{"mem_file":"{}"{extra}}}"#, snap.mem.display()),
+        )?;
+        Ok(Some((kit, snap, svc, work_dir().join(name))))
+    }
+
     /// Starts `n` VMMs restoring `snap` through sessions of template `base`; returns them with
     /// the instant their loads were sent.
     fn restore_many(
@@ -347,17 +368,9 @@ mod linux {
     }
 
     fn four_at_once() -> Result<(), String> {
-        let Some(kit) = kit_or_skip("four_at_once") else {
+        let Some((kit, snap, svc, dir)) = service_with_template("four_at_once", "four", "")? else {
             return Ok(());
         };
-        let snap = snapshot(&kit)?;
-        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "four")?;
-        let dir = work_dir().join("four");
-        svc.ok(
-            "PUT",
-            "/templates/base",
-            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
-        )?;
         snap.drop_from_page_cache()?;
         let before = svc.storage_read_bytes()?;
         let (vms, t0) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 4, "")?;
@@ -417,17 +430,11 @@ mod linux {
     /// The same with the service's own block cache (`"cache": true`, what a page-server
     /// template always uses): each block is read from the source once.
     fn four_through_block_cache() -> Result<(), String> {
-        let Some(kit) = kit_or_skip("four_through_block_cache") else {
+        let Some((kit, snap, svc, dir)) =
+            service_with_template("four_through_block_cache", "blocks", r#","cache":true"#)?
+        else {
             return Ok(());
         };
-        let snap = snapshot(&kit)?;
-        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "blocks")?;
-        let dir = work_dir().join("blocks");
-        svc.ok(
-            "PUT",
-            "/templates/base",
-            &format!(r#"{{"mem_file":"{}","cache":true}}"#, snap.mem.display()),
-        )?;
         let (vms, t0) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 4, "")?;
         for vm in &vms {
             vm.wait_verified(t0, Duration::from_secs(120))?;
@@ -450,17 +457,9 @@ mod linux {
         name: &str,
         interrupt: &dyn Fn(&Service, u32) -> Result<(), String>,
     ) -> Result<(), String> {
-        let Some(kit) = kit_or_skip(name) else {
+        let Some((kit, snap, svc, dir)) = service_with_template(name, name, "")? else {
             return Ok(());
         };
-        let snap = snapshot(&kit)?;
-        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), name)?;
-        let dir = work_dir().join(name);
-        svc.ok(
-            "PUT",
-            "/templates/base",
-            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
-        )?;
         let pager = svc.wait_up(Duration::from_secs(5))?;
         let (vms, t0) = restore_many(
             &svc,
@@ -537,17 +536,10 @@ mod linux {
     /// A session created before a pager restart, whose VMM connects only after it, is served
     /// by the new pager (the keeper held its listening socket).
     fn waiting_survives() -> Result<(), String> {
-        let Some(kit) = kit_or_skip("waiting_survives") else {
+        let Some((kit, snap, svc, dir)) = service_with_template("waiting_survives", "waiting", "")?
+        else {
             return Ok(());
         };
-        let snap = snapshot(&kit)?;
-        let svc = Service::start(env!("CARGO_BIN_EXE_squib-host"), work_dir(), "waiting")?;
-        let dir = work_dir().join("waiting");
-        svc.ok(
-            "PUT",
-            "/templates/base",
-            &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
-        )?;
         let sock = dir.join("w0.sock");
         svc.ok(
             "PUT",
