@@ -330,6 +330,29 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> i
     Ok(())
 }
 
+/// Takes one signal of `set`, waiting at most `timeout` (`sigtimedwait`); `None` if none came.
+pub(crate) fn sigtimedwait(
+    set: &libc::sigset_t,
+    timeout: std::time::Duration,
+) -> io::Result<Option<libc::c_int>> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` and `ts` are valid for the call; no siginfo is asked for.
+    let signal = unsafe { libc::sigtimedwait(set, ptr::null_mut(), &raw const ts) };
+    if signal >= 0 {
+        return Ok(Some(signal));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // The deadline passed, or a signal outside the set interrupted the wait (the caller
+        // keeps its own deadline).
+        Some(libc::EAGAIN | libc::EINTR) => Ok(None),
+        _ => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -578,7 +578,9 @@ pub(crate) fn sigwait(set: &libc::sigset_t) -> io::Result<libc::c_int> {
     Ok(signal)
 }
 
-/// Whether one of `signals` is pending for the process or this thread.
+/// Whether one of `signals` is pending for the process or this thread (where there is no
+/// `sigtimedwait`).
+#[cfg(not(target_os = "linux"))]
 pub(crate) fn any_pending(signals: &[libc::c_int]) -> io::Result<bool> {
     let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
     // SAFETY: sigpending fills the set it is given.
