@@ -29,6 +29,8 @@
 //! ```
 
 mod client;
+#[cfg(feature = "screen")]
+mod screen_thread;
 mod server;
 pub mod wire;
 

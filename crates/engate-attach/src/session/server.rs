@@ -270,10 +270,13 @@ impl SessionServer {
         let provider: Box<dyn SnapshotProvider> = match config.snapshot {
             SnapshotMode::Tail { bytes } => Box::new(TailProvider::new(bytes)),
             #[cfg(feature = "screen")]
-            SnapshotMode::Screen => Box::new(crate::screen::ScreenProvider::new(
-                config.size.rows,
-                config.size.cols,
-            )),
+            SnapshotMode::Screen => Box::new(
+                super::screen_thread::ThreadedScreen::new(config.size.rows, config.size.cols)
+                    .map_err(|source| SessionError::Thread {
+                        role: "screen parser",
+                        source,
+                    })?,
+            ),
         };
         let (producer, hub) = channel(config.hub.clone(), provider)?;
         let bound = UdsBinder::new("engate session server")
