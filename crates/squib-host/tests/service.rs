@@ -701,6 +701,7 @@ mod linux {
                 .arg("--state-dir")
                 .arg(state)
                 .env("NOTIFY_SOCKET", &self.path)
+                .env("INVOCATION_ID", "7c1b0d9e5f2a4b6c8d0e1f2a3b4c5d6e")
                 .env("LISTEN_FDS", raw.len().to_string())
                 .env("LISTEN_FDNAMES", names.join(":"))
                 .stdin(std::process::Stdio::null())
@@ -750,11 +751,18 @@ mod linux {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let store = FdStore::bind(&dir.join("notify.sock"))?;
         let binary = env!("CARGO_BIN_EXE_squib-host");
+        // As systemd starts a unit: its notify socket and an invocation id.
         let svc = Service::start_with_env(
             binary,
             work_dir(),
             "fdstore",
-            &[("NOTIFY_SOCKET", &store.path)],
+            &[
+                ("NOTIFY_SOCKET", &store.path),
+                (
+                    "INVOCATION_ID",
+                    Path::new("7c1b0d9e5f2a4b6c8d0e1f2a3b4c5d6e"),
+                ),
+            ],
         )?;
         svc.ok(
             "PUT",

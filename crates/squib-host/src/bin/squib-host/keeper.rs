@@ -7,9 +7,10 @@
 //! with an open descriptor anywhere never resolves faults by itself). Sessions whose VMM has
 //! exited are dropped.
 //!
-//! Under systemd (`NOTIFY_SOCKET` set) every kept session's descriptors also go to the
-//! service's file-descriptor store (`FDSTORE=1`, named `s.<session>.<n>`; the unit sets
-//! `FileDescriptorStoreMax=`), and its description to `<state-dir>/kept/<session>.json`. If the
+//! Under systemd (`NOTIFY_SOCKET` and `INVOCATION_ID` set) every kept session's descriptors
+//! also go to the service's file-descriptor store (`FDSTORE=1`, named `s.<session>.<n>`; the
+//! unit sets `FileDescriptorStoreMax=`), and its description to
+//! `<state-dir>/kept/<session>.json`. If the
 //! keeper itself dies, systemd restarts the service and passes the stored descriptors back
 //! (`LISTEN_FDS`, `LISTEN_FDNAMES`): the new keeper rebuilds every session from them and its
 //! pager adopts them, so the VMs survive even that. An ended session is removed from the store
@@ -146,7 +147,16 @@ impl Keeper {
     ) -> Result<Self, String> {
         // Taken first: nothing else may own descriptors 3.. when they are claimed.
         let passed = take_listen_fds().map_err(|e| format!("cannot take LISTEN_FDS: {e}"))?;
-        let store = match SelfNotify::from_env().transpose() {
+        // The descriptor store is systemd's: another supervisor on NOTIFY_SOCKET (varta-watch,
+        // say) would only be sent descriptors it closes, and would take the keeper for an agent
+        // that then falls silent. systemd sets INVOCATION_ID for every unit it runs.
+        let under_systemd = std::env::var_os("INVOCATION_ID").is_some_and(|id| !id.is_empty());
+        let notify = if under_systemd {
+            SelfNotify::from_env().transpose()
+        } else {
+            Ok(None)
+        };
+        let store = match notify {
             Ok(notify) => notify.map(|notify| FdStore {
                 notify,
                 dir: state_dir.join("kept"),
