@@ -307,15 +307,7 @@ where
             }
             entry = self.look_up_again(key, &mut lookups)?;
         };
-        let mut guard = self.guard(&entry, Kind::Load, prior);
-        let reservation = self.lead_admission(&entry, &mut guard, options.request, |bytes| {
-            self.admit(key, bytes, options.request.overflow)
-        })?;
-        let built = {
-            let _building = Building::enter(&entry);
-            build(&BuildContext::new(&entry))
-        };
-        self.finish_load(&entry, guard, reservation, built)
+        self.lead_blocking(key, &entry, Kind::Load, prior, options.request, build)
     }
 
     /// [`Self::get_or_load`] as a future, with an async builder: one build per key however
@@ -406,15 +398,7 @@ where
         F: FnOnce(&BuildContext<K>) -> Result<V, BuildError>,
     {
         let (entry, prior) = self.enter_rebuild(key)?;
-        let mut guard = self.guard(&entry, Kind::Rebuild, prior);
-        let reservation = self.lead_admission(&entry, &mut guard, request, |bytes| {
-            self.admit(key, bytes, request.overflow)
-        })?;
-        let built = {
-            let _building = Building::enter(&entry);
-            build(&BuildContext::new(&entry))
-        };
-        self.finish_load(&entry, guard, reservation, built)
+        self.lead_blocking(key, &entry, Kind::Rebuild, prior, request, build)
     }
 
     /// [`Self::rebuild`] as a future with an async builder; cancellation-safe like
@@ -605,6 +589,31 @@ where
             }));
         }
         Ok(())
+    }
+
+    /// The blocking leader: admission (waiting in the queue as `request` says), the builder on
+    /// this thread, the publish.
+    fn lead_blocking<F>(
+        &self,
+        key: &K,
+        entry: &StdArc<Entry<K, V>>,
+        kind: Kind,
+        prior: EntryState,
+        request: ReserveRequest,
+        build: F,
+    ) -> Result<Handle<V>, LoadError>
+    where
+        F: FnOnce(&BuildContext<K>) -> Result<V, BuildError>,
+    {
+        let mut guard = self.guard(entry, kind, prior);
+        let reservation = self.lead_admission(entry, &mut guard, request, |bytes| {
+            self.admit(key, bytes, request.overflow)
+        })?;
+        let built = {
+            let _building = Building::enter(entry);
+            build(&BuildContext::new(entry))
+        };
+        self.finish_load(entry, guard, reservation, built)
     }
 
     /// The async leader: admission as a future, the builder's future, the publish.
