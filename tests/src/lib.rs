@@ -162,10 +162,16 @@ pub mod harness {
     /// A named check.
     pub type Check = (&'static str, fn() -> Result<(), String>);
 
-    /// Runs `checks` in order and reports them (see [`report`]).
+    /// Runs `checks` in order and reports them (see [`report`]). Like libtest, arguments that
+    /// are not flags filter the checks by substring of their names.
     pub fn run(checks: &[Check]) -> ExitCode {
+        let filters: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
         let results: Vec<(&str, Result<(), String>)> = checks
             .iter()
+            .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
             .map(|(name, check)| (*name, check()))
             .collect();
         report(&results)

@@ -74,6 +74,10 @@ mod linux {
             truncated_end,
         ),
         (
+            "threads_faulting_on_memory_the_vmm_unmaps_are_woken_not_frozen_or_killed",
+            unmapped_while_faulting,
+        ),
+        (
             "every_firecracker_handshake_generation_is_served",
             handshake_generations,
         ),
@@ -322,6 +326,32 @@ mod linux {
                 ExitCode::from(4)
             };
         }
+        // SQUIB_UNMAP_WHILE_FAULTING=N: N threads read page 5 of the first region (staggered,
+        // so all but the first wait on a fetch already in flight), then the main thread unmaps
+        // the region under them. Like any access to unmapped memory, theirs must end in
+        // SIGSEGV; a thread still blocked after 5 s is a frozen VMM (exit 5).
+        if let Some(n) = std::env::var("SQUIB_UNMAP_WHILE_FAULTING")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let addr = maps[0].as_ptr() as usize + 5 * page;
+            for t in 0..n {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50 * t));
+                    // SAFETY: a read of mapped (then unmapped) memory; once unmapped, the
+                    // kernel answers it with SIGSEGV, which is what this role tests.
+                    unsafe { std::ptr::read_volatile(addr as *const u8) }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let region = maps.swap_remove(0);
+            // SAFETY: unmaps the region the threads fault on; the mapping is forgotten so it
+            // is not unmapped twice.
+            unsafe { libc::munmap(region.as_ptr().cast(), region.len()) };
+            std::mem::forget(region);
+            std::thread::sleep(Duration::from_secs(5));
+            return ExitCode::from(5);
+        }
         let maps = Arc::new(maps);
         let snap = Arc::new(snap);
         let threads: Vec<_> = (0..2u64)
@@ -380,7 +410,13 @@ mod linux {
         let session = handler.accept().map_err(|e| e.to_string())?;
         let status = wait_for(&mut vmm, Duration::from_secs(60))?;
         if !status.success() {
-            return Err(format!("the VMM found wrong bytes or failed: {status:?}"));
+            // The server's own account of why it failed (a fault that failed closed kills the VMM).
+            let failures = session.pager().failures();
+            let served = session.shutdown();
+            return Err(format!(
+                "the VMM found wrong bytes or failed: {status:?}; the server ended with \
+                 {served:?}; faults that failed closed: {failures:?}"
+            ));
         }
         Ok((session, vmm.id()))
     }
@@ -521,6 +557,79 @@ mod linux {
             return Err(format!("unexpected stats {s:?}"));
         }
         Ok(())
+    }
+
+    /// A VMM unmapping guest memory while its threads fault on it, the fetch still in flight:
+    /// the threads are woken to find the memory gone (SIGSEGV, as without a pager), whether
+    /// they own the fetch or wait on it; the VMM is neither frozen nor killed, and nothing
+    /// fails closed.
+    fn unmapped_while_faulting() -> Result<(), String> {
+        if !uffd_usable()? {
+            return Ok(());
+        }
+        for threads in [1, 2] {
+            let dir = temp_dir("fc-unmap");
+            let snap_path = dir.join("mem.snap");
+            let data = snapshot(64);
+            std::fs::write(&snap_path, &data).map_err(|e| e.to_string())?;
+            let sock = dir.join("uffd.sock");
+            let handler = FirecrackerHandler::bind_with_source(
+                HandlerConfig {
+                    pager: PagerConfig {
+                        background: false,
+                        ..PagerConfig::default()
+                    },
+                    ..HandlerConfig::new(&sock, &snap_path)
+                },
+                Arc::new(Stalls {
+                    data: MemorySource::new(data),
+                    delay: Duration::from_millis(1500),
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut vmm = child(
+                "vmm",
+                &[
+                    ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+                    ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+                    ("SQUIB_REGIONS", "1"),
+                    ("SQUIB_UNMAP_WHILE_FAULTING", &threads.to_string()),
+                ],
+            )?;
+            let session = handler.accept().map_err(|e| e.to_string())?;
+            let status = wait_for(&mut vmm, Duration::from_secs(30))?;
+            let pager = session.pager().clone();
+            let served = session.shutdown();
+            let s = pager.stats();
+            if status.signal() != Some(libc::SIGSEGV) || served.is_err() || s.failed_closed != 0 {
+                return Err(format!(
+                    "{threads} thread(s): the VMM ended with {status:?} (expected SIGSEGV; exit \
+                     status 5 is a thread left frozen), the server with {served:?}, \
+                     failures {:?}",
+                    pager.failures()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A remote-like source (fetched off the fault thread) whose every fetch takes `delay`.
+    #[derive(Debug)]
+    struct Stalls {
+        data: MemorySource,
+        delay: Duration,
+    }
+    impl PageSource for Stalls {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            std::thread::sleep(self.delay);
+            self.data.fetch(req)
+        }
+        fn len_hint(&self) -> Option<u64> {
+            self.data.len_hint()
+        }
+        fn is_local(&self) -> bool {
+            false
+        }
     }
 
     /// The handler's source: the snapshot's length, but reads past `end` come up short (a

@@ -351,9 +351,9 @@ impl Server {
             for ev in &events {
                 match *ev {
                     UffdEvent::Remove { start, end } => self.on_remove(start, end),
-                    UffdEvent::Unmap { start, end } => self.mark_range(start, end, Page::Gone),
+                    UffdEvent::Unmap { start, end } => self.unmapped(start, end),
                     UffdEvent::Remap { from, len, .. } => {
-                        self.mark_range(from, from.saturating_add(len), Page::Gone)
+                        self.unmapped(from, from.saturating_add(len))
                     }
                     _ => {}
                 }
@@ -521,6 +521,24 @@ impl Server {
     fn on_remove(&mut self, start: u64, end: u64) {
         Stats::add(&self.shared.stats.removes, 1);
         self.mark_range(start, end, Page::Removed);
+    }
+
+    /// The peer unmapped (or moved away) `start..end`. Its pages are gone, and every thread
+    /// blocked on one of them (the owner of a fetch in flight, a waiter) is woken to find that
+    /// out from the kernel (SIGSEGV, as without a pager): none is left frozen on a page that
+    /// will never be installed, and none is failed closed for it.
+    fn unmapped(&mut self, start: u64, end: u64) {
+        self.mark_range(start, end, Page::Gone);
+        for rp in &self.regions {
+            let (lo, hi) = (start.max(rp.region.base), end.min(rp.region.end()));
+            if lo < hi {
+                let ps = rp.region.page_size as u64;
+                let lo = lo - lo % ps;
+                let _ = self.uffd.wake(lo, hi.div_ceil(ps) * ps - lo);
+            }
+        }
+        self.waiting
+            .retain(|&(addr, _)| !(start..end).contains(&addr));
     }
 
     fn mark_range(&mut self, start: u64, end: u64, to: Page) {
