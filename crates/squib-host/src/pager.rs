@@ -217,6 +217,10 @@ pub(crate) struct Shared {
     pub(crate) region_generation: AtomicU64,
     pub(crate) stats: Stats,
     pub(crate) shutdown: AtomicBool,
+    /// Bumped by [`Pager::populate`]: servers start a population pass when it changes.
+    pub(crate) populate_requests: AtomicU64,
+    /// Set by a server once no page of its regions is left to fetch.
+    pub(crate) populated: AtomicBool,
     inflight: SingleFlight<Bytes>,
     working_set: Mutex<Vec<u64>>,
     failures: Mutex<VecDeque<FaultFailure>>,
@@ -418,6 +422,8 @@ impl Pager {
                 region_generation: AtomicU64::new(0),
                 stats: Stats::default(),
                 shutdown: AtomicBool::new(false),
+                populate_requests: AtomicU64::new(0),
+                populated: AtomicBool::new(false),
                 inflight: SingleFlight::new(),
                 working_set: Mutex::new(Vec::new()),
                 failures: Mutex::new(VecDeque::new()),
@@ -540,6 +546,36 @@ impl Pager {
     /// The configuration.
     pub fn config(&self) -> &PagerConfig {
         &self.shared.config
+    }
+
+    /// Asks the server to install every page not yet installed, in the background, whatever
+    /// [`PagerConfig::background`] says: after this, once [`is_populated`](Self::is_populated)
+    /// is true, the guest's memory no longer depends on the source (a restore "drained" of its
+    /// snapshot). Faults keep their priority over the population; pages whose fetch fails are
+    /// tried again on later passes, one per [`PagerConfig::poll_interval`] at most.
+    ///
+    /// Only the Linux userfaultfd server populates; elsewhere this does nothing.
+    ///
+    /// ```no_run
+    /// # fn f(pager: &squib_host::Pager) {
+    /// pager.populate();
+    /// while !pager.is_populated() {
+    ///     std::thread::sleep(std::time::Duration::from_millis(50));
+    /// }
+    /// # }
+    /// ```
+    pub fn populate(&self) {
+        self.shared.populate_requests.fetch_add(1, Ordering::AcqRel);
+        #[cfg(target_os = "linux")]
+        self.shared.linux.wake();
+    }
+
+    /// Whether the server has installed every page of its regions (pages the guest dropped
+    /// with `madvise` or unmapped count as done: they need nothing from the source). Becomes
+    /// true after a population pass, the one [`PagerConfig::background`] runs or the one
+    /// [`populate`](Self::populate) asks for; false again if a region is added.
+    pub fn is_populated(&self) -> bool {
+        self.shared.populated.load(Ordering::Acquire)
     }
 
     /// Asks every server spawned from this pager to stop; they return within one poll

@@ -293,6 +293,12 @@ struct Server {
     bg_page: usize,
     bg_chunk: usize,
     bg_done: bool,
+    /// The last [`Pager::populate`](crate::Pager::populate) request seen.
+    populate_seen: u64,
+    /// Whether the pages were checked after the last pass (and when to pass again over what
+    /// it left missing, if population was asked for).
+    bg_checked: bool,
+    bg_retry_at: Option<Instant>,
     events: Vec<UffdEvent>,
     peer_gone: bool,
     /// Faults on pages that were in flight for a proactive run: (address, thread id).
@@ -327,6 +333,9 @@ impl Server {
             bg_page: 0,
             bg_chunk,
             bg_done: false,
+            populate_seen: 0,
+            bg_checked: false,
+            bg_retry_at: None,
             events: Vec::with_capacity(64),
             peer_gone: false,
             waiting: Vec::new(),
@@ -500,9 +509,38 @@ impl Server {
             });
             pool.proactive = pool.proactive.saturating_sub(dropped_proactive);
         }
+        self.restart_population();
+        self.shared.populated.store(false, AtomicOrdering::Release);
+    }
+
+    /// Starts the background pass over from the first page.
+    fn restart_population(&mut self) {
         self.bg_region = 0;
         self.bg_page = 0;
         self.bg_done = false;
+        self.bg_checked = false;
+        self.bg_retry_at = None;
+    }
+
+    /// After a pass, once its fetches have landed: whether any page is still to fetch. If none
+    /// is, the pager is populated; if some are (their fetch failed) and population was asked
+    /// for, another pass goes over them one poll interval later.
+    fn check_population(&mut self) {
+        let proactive_in_flight = self.pool.as_ref().is_some_and(|p| p.proactive > 0);
+        if self.bg_checked || proactive_in_flight || !self.deferred.is_empty() {
+            return;
+        }
+        let pages = || self.regions.iter().flat_map(|rp| &rp.pages);
+        if pages().any(|p| *p == Page::InFlight) {
+            // A demand fetch is still out: look again once it has landed.
+            return;
+        }
+        self.bg_checked = true;
+        if !pages().any(|p| *p == Page::Missing) {
+            self.shared.populated.store(true, AtomicOrdering::Release);
+        } else if self.populate_seen != 0 {
+            self.bg_retry_at = Some(Instant::now() + self.shared.config.poll_interval);
+        }
     }
 
     fn locate(&self, addr: u64) -> Option<(usize, usize)> {
@@ -1060,8 +1098,21 @@ impl Server {
             }
             return Ok(true);
         }
-        if !self.shared.config.background || self.bg_done {
+        let requests = self.shared.populate_requests.load(AtomicOrdering::Acquire);
+        if requests != self.populate_seen {
+            self.populate_seen = requests;
+            self.restart_population();
+        }
+        if !self.shared.config.background && self.populate_seen == 0 {
             return Ok(false);
+        }
+        if self.bg_done {
+            if self.bg_retry_at.is_some_and(|t| Instant::now() >= t) {
+                self.restart_population();
+            } else {
+                self.check_population();
+                return Ok(false);
+            }
         }
         while self.bg_region < self.regions.len() {
             let rp = &self.regions[self.bg_region];

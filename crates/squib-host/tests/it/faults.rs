@@ -213,6 +213,80 @@ fn background_population_fills_untouched_memory_in_growing_chunks() {
     pager.finish();
 }
 
+/// `Pager::populate` drains a restore whose background population is off: every page comes
+/// in without a fault, a page whose fetch failed on the first pass is fetched on a later one,
+/// and only then does the pager say it is populated.
+#[test]
+fn populate_installs_every_page_and_retries_what_failed() {
+    if !uffd_or_skip("populate_installs_every_page_and_retries_what_failed") {
+        return;
+    }
+    /// Fails every fetch that covers `bad_page` until `failures` of them have failed.
+    #[derive(Debug)]
+    struct FailsAtFirst {
+        inner: MemorySource,
+        bad_page: u64,
+        failures: usize,
+        failed: AtomicUsize,
+    }
+    impl PageSource for FailsAtFirst {
+        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
+            let bad = self.bad_page * ps() as u64;
+            if (req.offset..req.offset + req.len as u64).contains(&bad)
+                && self.failed.fetch_add(1, Ordering::AcqRel) < self.failures
+            {
+                return Err(PageSourceError::Other {
+                    offset: req.offset,
+                    reason: "the page server blinked".into(),
+                });
+            }
+            self.inner.fetch(req)
+        }
+        fn len_hint(&self) -> Option<u64> {
+            self.inner.len_hint()
+        }
+    }
+    let pages = 2048;
+    let data = snapshot(pages);
+    let pager = Pager::new(
+        FailsAtFirst {
+            inner: MemorySource::new(data.clone()),
+            bad_page: 1500,
+            failures: 4,
+            failed: AtomicUsize::new(0),
+        },
+        PagerConfig {
+            fetch_retries: 1,
+            retry_backoff: Duration::from_millis(1),
+            ..quiet()
+        },
+    );
+    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
+    let pager = Served::start(pager);
+    let m = mem.clone();
+    within(LIMIT, "touch page 3", move || m.as_slice()[3 * ps()]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!pager.is_populated(), "nothing asked for the other pages");
+    assert_eq!(pager.stats().background_pages, 0);
+
+    pager.populate();
+    eventually(LIMIT, "population", || pager.is_populated());
+    let s = pager.stats();
+    assert_eq!(s.faults, 1, "only the first touch faulted: {s:?}");
+    assert!(s.source_errors >= 4, "the bad page failed first: {s:?}");
+    let m = mem.clone();
+    assert_eq!(
+        within(LIMIT, "compare", move || first_mismatch(&m, &data)),
+        None
+    );
+    assert_eq!(
+        pager.stats().faults,
+        1,
+        "nothing faulted after the population"
+    );
+    pager.finish();
+}
+
 #[test]
 fn sequential_faults_trigger_readahead() {
     if !uffd_or_skip("sequential_faults_trigger_readahead") {

@@ -66,14 +66,7 @@ impl FdStore {
     /// Stores a session's descriptors (one message each: a name covers every descriptor of
     /// its message) after writing its description.
     fn keep(&self, id: &str, kept: &Kept) {
-        let path = self.dir.join(format!("{id}.json"));
-        let aside = self.dir.join(format!(".{id}.json.new"));
-        let written = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&aside, kept.meta.to_string()))
-            .and_then(|()| std::fs::rename(&aside, &path));
-        if let Err(e) = written {
-            tracing::warn!(session = id, path = %path.display(), error = %e,
-                "cannot record the session for the descriptor store; it will not survive a keeper restart");
+        if !self.describe(id, kept) {
             return;
         }
         for (name, fd) in Self::names(id, kept.fds.len()).zip(&kept.fds) {
@@ -85,6 +78,20 @@ impl FdStore {
                 tracing::warn!(session = id, error = %e, "the descriptor store refused a descriptor");
             }
         }
+    }
+
+    /// Writes the session's description beside its stored descriptors (atomically).
+    fn describe(&self, id: &str, kept: &Kept) -> bool {
+        let path = self.dir.join(format!("{id}.json"));
+        let aside = self.dir.join(format!(".{id}.json.new"));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::write(&aside, kept.meta.to_string()))
+            .and_then(|()| std::fs::rename(&aside, &path));
+        if let Err(e) = &written {
+            tracing::warn!(session = id, path = %path.display(), error = %e,
+                "cannot record the session for the descriptor store; it will not survive a keeper restart");
+        }
+        written.is_ok()
     }
 
     fn forget(&self, id: &str, count: usize) {
@@ -330,6 +337,20 @@ impl Keeper {
                     && let Some(store) = &self.store
                 {
                     store.forget(id, old.fds.len());
+                }
+            }
+            // A change to a kept session's description (a drain asked for).
+            Some("note") => {
+                if let (Some(id), Some(set)) =
+                    (msg.body["id"].as_str(), msg.body["set"].as_object())
+                    && let Some(kept) = self.kept.get_mut(id)
+                {
+                    for (key, value) in set {
+                        kept.meta[key] = value.clone();
+                    }
+                    if let Some(store) = &self.store {
+                        store.describe(id, kept);
+                    }
                 }
             }
             Some("upgrade") => return true,

@@ -224,6 +224,9 @@ struct SessionEntry {
     pid: Mutex<Option<u32>>,
     state: Mutex<State>,
     stop: AtomicBool,
+    /// A drain was asked for: every page is installed in the background, and the session
+    /// says `drained` once its VMM no longer needs the template's source.
+    draining: AtomicBool,
 }
 
 impl SessionEntry {
@@ -244,6 +247,7 @@ impl SessionEntry {
             pid: Mutex::new(None),
             state: Mutex::new(State::Waiting),
             stop: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -254,10 +258,17 @@ impl SessionEntry {
             "socket": self.socket,
             "prewarm": self.prewarm,
             "background": self.background,
+            "draining": self.draining.load(Ordering::Acquire),
             "mappings": mappings.iter().map(|m| json!([
                 m.base_host_virt_addr, m.size, m.offset, m.page_size
             ])).collect::<Vec<_>>(),
         })
+    }
+
+    /// Whether every page of the session's memory is installed (its VMM needs nothing more
+    /// from the template's source).
+    fn populated(&self) -> bool {
+        matches!(&*lock(&self.state), State::Serving(s) if s.pager().is_populated())
     }
 
     fn stats(&self) -> Option<PagerStatsSnapshot> {
@@ -270,6 +281,13 @@ impl SessionEntry {
     fn state_name(&self) -> String {
         match &*lock(&self.state) {
             State::Waiting => "waiting".into(),
+            State::Serving(s) if self.draining.load(Ordering::Acquire) => {
+                if s.pager().is_populated() {
+                    "drained".into()
+                } else {
+                    "draining".into()
+                }
+            }
             State::Serving(_) => "serving".into(),
             State::Ended(why) => format!("ended: {why}"),
         }
@@ -685,7 +703,12 @@ impl Pager {
         }
         let source: Arc<dyn PageSource> = entry.template.source.clone();
         match accepted.serve(source, &config) {
-            Ok(session) => *lock(&entry.state) = State::Serving(session),
+            Ok(session) => {
+                if entry.draining.load(Ordering::Acquire) {
+                    session.pager().populate();
+                }
+                *lock(&entry.state) = State::Serving(session);
+            }
             Err(e) => {
                 return self.end(
                     &entry,
@@ -753,6 +776,10 @@ impl Pager {
         };
         match Session::adopt(mappings, VmmFds { uffd, pidfd, conn }, source, config) {
             Ok(session) => {
+                if meta["draining"] == true {
+                    entry.draining.store(true, Ordering::Release);
+                    session.pager().populate();
+                }
                 *lock(&entry.pid) = Some(session.peer_pid());
                 *lock(&entry.state) = State::Serving(session);
                 lock(&self.sessions).insert(id.clone(), entry.clone());
@@ -795,6 +822,9 @@ impl Pager {
             flag("prewarm"),
             flag("background"),
         ));
+        entry
+            .draining
+            .store(meta["draining"] == true, Ordering::Release);
         lock(&self.sessions).insert(id, entry.clone());
         let pager = self.clone();
         std::thread::spawn(move || pager.run_session(entry, UnixListener::from(listener), None));
@@ -881,6 +911,33 @@ impl Pager {
         Response::no_content()
     }
 
+    /// Installs every page of the session's memory in the background (whatever its
+    /// `background` option), so that its VMM no longer depends on the template's source; the
+    /// session's state goes `draining`, then `drained`. A session still waiting for its VMM
+    /// drains as soon as the VMM connects. The drain survives a pager restart.
+    fn drain_session(&self, id: &str) -> Response {
+        let Some(entry) = lock(&self.sessions).get(id).cloned() else {
+            return Response::error(404, format!("no session {id}"), Some("id"));
+        };
+        let state = lock(&entry.state);
+        match &*state {
+            State::Ended(why) => {
+                return Response::error(409, format!("session {id} has ended: {why}"), Some("id"));
+            }
+            State::Serving(session) => session.pager().populate(),
+            State::Waiting => {}
+        }
+        entry.draining.store(true, Ordering::Release);
+        drop(state);
+        // The keeper's copy of the session's description says so too, for the next pager.
+        let _ = vault::send(
+            &self.vault,
+            &json!({"op": "note", "id": id, "set": {"draining": true}}),
+            &[],
+        );
+        Response::json(202, &json!({ "id": id, "state": entry.state_name() }))
+    }
+
     fn list_sessions(&self) -> Value {
         let sessions = lock(&self.sessions);
         Value::Array(
@@ -895,6 +952,7 @@ impl Pager {
                         "pid": *lock(&s.pid),
                         "prewarm": s.prewarm,
                         "background": s.background,
+                        "populated": s.populated(),
                         "age_s": s.created.elapsed().as_secs(),
                     });
                     if let Some(st) = s.stats() {
@@ -959,6 +1017,7 @@ impl Pager {
                 (Err(r), _) | (_, Err(r)) => r,
             },
             ("DELETE", ["sessions", id]) => self.delete_session(id),
+            ("POST", ["sessions", id, "drain"]) => self.drain_session(id),
             ("POST", ["upgrade"]) => {
                 self.upgrading.store(true, Ordering::Release);
                 Response::json(
@@ -1077,7 +1136,7 @@ impl Pager {
         )
         .value(storage_read_bytes());
         let mut by_state = page.gauge("squib_sessions", "Sessions by state.");
-        for state in ["waiting", "serving", "ended"] {
+        for state in ["waiting", "serving", "draining", "drained", "ended"] {
             let n = sessions
                 .iter()
                 .filter(|s| s.state_name().starts_with(state))
