@@ -158,15 +158,7 @@ impl SessionReader {
     /// The next message from the server, waiting for it.
     pub fn next_message(&mut self) -> Result<ServerMsg, ClientError> {
         loop {
-            if let Some((msg, used)) = wire::decode_server(&self.buf[self.start..])? {
-                self.start += used;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
-                if let ServerMsg::Exited(exit) = msg {
-                    self.exit = Some(exit);
-                }
+            if let Some(msg) = self.next_buffered()? {
                 return Ok(msg);
             }
             if self.start > 0 {
@@ -189,6 +181,23 @@ impl SessionReader {
                 }
             }
         }
+    }
+
+    /// The next message if it has already arrived whole, without waiting: a client that
+    /// writes output to a terminal takes what is there and writes it in one go.
+    pub fn next_buffered(&mut self) -> Result<Option<ServerMsg>, ClientError> {
+        let Some((msg, used)) = wire::decode_server(&self.buf[self.start..])? else {
+            return Ok(None);
+        };
+        self.start += used;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        if let ServerMsg::Exited(exit) = msg {
+            self.exit = Some(exit);
+        }
+        Ok(Some(msg))
     }
 
     /// How the program ended, once a [`ServerMsg::Exited`] has been read.

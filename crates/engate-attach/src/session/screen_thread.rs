@@ -15,7 +15,11 @@ use crate::screen::ScreenProvider;
 use crate::snapshot::{SnapshotKind, SnapshotProvider};
 
 /// Chunks the reader may hand over before it waits for the parser.
-const QUEUE: usize = 64;
+const QUEUE: usize = 256;
+/// The most output parsed in one call.
+const BATCH: usize = 1 << 20;
+/// How long the parser lets trickling output gather before it parses again.
+const GATHER: Duration = Duration::from_millis(4);
 /// How long a snapshot waits for the parser to catch up before giving up (the client then
 /// gets no redraw; the stream itself is unaffected).
 const SNAPSHOT_LIMIT: Duration = Duration::from_secs(5);
@@ -43,11 +47,39 @@ impl ThreadedScreen {
     }
 }
 
-/// The parser thread: applies every message in order until the server drops its end.
+/// The parser thread: applies every message in order until the server drops its end. Output
+/// queued behind a chunk is parsed with it in one call (up to [`BATCH`] bytes), so that when the
+/// parser falls behind, the text it can skip unparsed (see [`ScreenProvider`]) grows.
 fn parse(mut screen: ScreenProvider, rx: &Receiver<Msg>) {
-    while let Ok(msg) = rx.recv() {
+    let mut batch = Vec::new();
+    let mut next = rx.recv().ok();
+    while let Some(msg) = next.take() {
         match msg {
-            Msg::Feed(bytes) => screen.feed(&bytes),
+            Msg::Feed(bytes) => {
+                batch.clear();
+                batch.extend_from_slice(&bytes);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(Msg::Feed(more)) => batch.extend_from_slice(&more),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                screen.feed(&batch);
+                if next.is_some() {
+                    continue;
+                }
+                if batch.len() < BATCH / 4 {
+                    // Output is trickling in: let it gather for a moment rather than wake
+                    // for every chunk (each wake-up is a context switch the program's output
+                    // path pays for on a busy machine). A snapshot asked for meanwhile waits
+                    // at most this long.
+                    std::thread::sleep(GATHER);
+                }
+            }
             Msg::Snapshot(reply) => {
                 let mut out = Vec::new();
                 screen.snapshot(&mut out);
@@ -56,6 +88,7 @@ fn parse(mut screen: ScreenProvider, rx: &Receiver<Msg>) {
             Msg::Resize(rows, cols) => screen.resize(rows, cols),
             Msg::Reset => screen.reset(),
         }
+        next = rx.recv().ok();
     }
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod hub;
 mod model;
 mod pty;
+mod screen;
 mod session;
 mod session_edges;
 mod support;

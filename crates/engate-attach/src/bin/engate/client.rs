@@ -254,23 +254,38 @@ fn forward_output(
 ) -> OutputEnd {
     let mut follower = resume.map_or_else(Follower::new, Follower::resume_at);
     let stdout = io::stdout();
+    // What the messages already received add, written to the terminal in one go (at most
+    // about `BATCH` bytes at a time).
+    const BATCH: usize = 256 << 10;
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let msg = match reader.next_message() {
+        let mut msg = match reader.next_message() {
             Ok(msg) => msg,
             Err(ClientError::Disconnected) => {
                 return OutputEnd::Lost("the server closed the connection".into());
             }
             Err(e) => return OutputEnd::Lost(platform_primitives::error::chain(&e)),
         };
-        let mut out = stdout.lock();
-        let applied = follower
-            .apply(&msg, &mut out)
-            .and_then(|applied| out.flush().map(|()| applied));
-        drop(out);
-        let applied = match applied {
-            Ok(applied) => applied,
-            Err(e) => return OutputEnd::Terminal(e),
+        batch.clear();
+        let applied = loop {
+            let applied = match follower.apply(&msg, &mut batch) {
+                Ok(applied) => applied,
+                Err(e) => return OutputEnd::Terminal(e),
+            };
+            if !matches!(applied, Applied::Continue) || batch.len() >= BATCH {
+                break applied;
+            }
+            match reader.next_buffered() {
+                Ok(Some(next)) => msg = next,
+                // A decoding error comes back from `next_message` on the next turn.
+                Ok(None) | Err(_) => break applied,
+            }
         };
+        let mut out = stdout.lock();
+        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
+            return OutputEnd::Terminal(e);
+        }
+        drop(out);
         // Recorded only once written: a later attach resumes after what the terminal shows.
         if let Some(p) = follower.position() {
             *position.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
