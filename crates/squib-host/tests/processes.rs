@@ -154,6 +154,22 @@ mod linux {
         cmd.spawn().map_err(|e| format!("spawn {role}: {e}"))
     }
 
+    /// Starts a child VMM with one region of `snap_path` against the handler at `sock`, with
+    /// `extra` settings of its role.
+    fn one_region_vmm(
+        sock: &std::path::Path,
+        snap_path: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Result<Child, String> {
+        let mut envs = vec![
+            ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
+            ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
+            ("SQUIB_REGIONS", "1"),
+        ];
+        envs.extend_from_slice(extra);
+        child("vmm", &envs)
+    }
+
     /// Waits for `child` at most `limit`, killing it on timeout.
     fn wait_for(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus, String> {
         let start = Instant::now();
@@ -534,14 +550,7 @@ mod linux {
             }),
         )
         .map_err(|e| e.to_string())?;
-        let mut vmm = child(
-            "vmm",
-            &[
-                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
-                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
-                ("SQUIB_REGIONS", "1"),
-            ],
-        )?;
+        let mut vmm = one_region_vmm(&sock, &snap_path, &[])?;
         let session = handler.accept().map_err(|e| e.to_string())?;
         let status = wait_for(&mut vmm, Duration::from_secs(30))?;
         if status.signal() != Some(libc::SIGKILL) {
@@ -587,14 +596,10 @@ mod linux {
                 }),
             )
             .map_err(|e| e.to_string())?;
-            let mut vmm = child(
-                "vmm",
-                &[
-                    ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
-                    ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
-                    ("SQUIB_REGIONS", "1"),
-                    ("SQUIB_UNMAP_WHILE_FAULTING", &threads.to_string()),
-                ],
+            let mut vmm = one_region_vmm(
+                &sock,
+                &snap_path,
+                &[("SQUIB_UNMAP_WHILE_FAULTING", &threads.to_string())],
             )?;
             let session = handler.accept().map_err(|e| e.to_string())?;
             let status = wait_for(&mut vmm, Duration::from_secs(30))?;
@@ -686,14 +691,10 @@ mod linux {
             }),
         )
         .map_err(|e| e.to_string())?;
-        let mut vmm = child(
-            "vmm",
-            &[
-                ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
-                ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
-                ("SQUIB_REGIONS", "1"),
-                ("SQUIB_TOUCH_BELOW", &end.to_string()),
-            ],
+        let mut vmm = one_region_vmm(
+            &sock,
+            &snap_path,
+            &[("SQUIB_TOUCH_BELOW", &end.to_string())],
         )?;
         let session = handler.accept().map_err(|e| e.to_string())?;
         let status = wait_for(&mut vmm, Duration::from_secs(30))?;

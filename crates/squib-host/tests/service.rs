@@ -85,6 +85,10 @@ mod linux {
 
     const MEM_MIB: u64 = 256;
 
+    /// Session options for a restore by demand paging only (slow on this machine's KVM, so the
+    /// restore is still under way when a test acts on it).
+    const DEMAND_ONLY: &str = r#","background":false,"prewarm":false"#;
+
     fn snapshot(kit: &Kit) -> Result<Snapshot, String> {
         static SNAP: OnceLock<Result<Snapshot, String>> = OnceLock::new();
         SNAP.get_or_init(|| take_snapshot(kit, work_dir(), "tmpl", MEM_MIB as u32, false))
@@ -469,14 +473,7 @@ mod linux {
         let Some((kit, snap, svc, dir)) = service_with_template("drained", "drain", "")? else {
             return Ok(());
         };
-        let (vms, _) = restore_many(
-            &svc,
-            &kit,
-            (&dir, "vm"),
-            &snap,
-            1,
-            r#","background":false,"prewarm":false"#,
-        )?;
+        let (vms, _) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 1, DEMAND_ONLY)?;
         let session = |svc: &Service| -> Result<Value, String> {
             let all = svc.ok("GET", "/sessions", "")?;
             Ok(all[0].clone())
@@ -559,14 +556,7 @@ mod linux {
             return Ok(());
         };
         let pager = svc.wait_up(Duration::from_secs(5))?;
-        let (vms, t0) = restore_many(
-            &svc,
-            &kit,
-            (&dir, "vm"),
-            &snap,
-            2,
-            r#","background":false,"prewarm":false"#,
-        )?;
+        let (vms, t0) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 2, DEMAND_ONLY)?;
         std::thread::sleep(Duration::from_millis(100));
         let before: Vec<usize> = vms
             .iter()
@@ -882,14 +872,7 @@ mod linux {
             "/templates/base",
             &format!(r#"{{"mem_file":"{}"}}"#, snap.mem.display()),
         )?;
-        let (vms, t0) = restore_many(
-            &svc,
-            &kit,
-            (&dir, "vm"),
-            &snap,
-            1,
-            r#","background":false,"prewarm":false"#,
-        )?;
+        let (vms, t0) = restore_many(&svc, &kit, (&dir, "vm"), &snap, 1, DEMAND_ONLY)?;
         store.wait_names("the session's uffd, pidfd and connection are stored", |n| {
             n == ["s.vm0.0", "s.vm0.1", "s.vm0.2"]
         })?;
