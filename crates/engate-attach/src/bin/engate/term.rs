@@ -78,3 +78,29 @@ pub(crate) fn size() -> Option<PtySize> {
 /// keys, and text attributes.
 pub(crate) const RESET_MODES: &[u8] =
     b"\x1b[0m\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?2004l\x1b[?1l\x1b>";
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A panic on any thread puts the terminal back at once, while the raw-mode guard still
+    /// lives (a client that panics must not leave a person's shell without echo).
+    #[test]
+    fn a_panic_on_any_thread_puts_the_terminal_back() {
+        let _terminal = sys::test_terminal::StdinTerminal::new().expect("a pty as standard input");
+        let modes = || Modes::get(io::stdin().as_fd()).expect("tcgetattr");
+        assert!(modes().echoes(), "a new pty starts cooked");
+        let raw = RawMode::enter()
+            .expect("raw mode")
+            .expect("standard input is a terminal");
+        assert!(!modes().echoes(), "raw mode is on");
+        let panicked = std::thread::spawn(|| panic!("a bug in a client thread")).join();
+        assert!(panicked.is_err());
+        assert!(
+            modes().echoes(),
+            "the panic hook put the terminal's modes back"
+        );
+        drop(raw);
+        assert!(modes().echoes());
+    }
+}
