@@ -164,10 +164,12 @@ pub(crate) mod test_terminal {
             }
             // SAFETY: `fd` was just returned by posix_openpt and is owned by nobody else.
             let master = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: `master` is an open ptmx descriptor for the duration of both calls.
-            if unsafe { libc::grantpt(master.as_raw_fd()) } != 0
-                || unsafe { libc::unlockpt(master.as_raw_fd()) } != 0
-            {
+            // SAFETY: `master` is an open ptmx descriptor for the duration of the call.
+            if unsafe { libc::grantpt(master.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: as above.
+            if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
                 return Err(io::Error::last_os_error());
             }
             // SAFETY: `master` is an open, unlocked ptmx descriptor; TIOCGPTPEER takes open
