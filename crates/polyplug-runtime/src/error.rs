@@ -395,3 +395,44 @@ impl UnloadError {
         }
     }
 }
+
+/// Why a host service was not withdrawn ([`Runtime::withdraw_service`](crate::Runtime::withdraw_service)).
+/// The service is still published after any of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WithdrawError {
+    /// The handle names no live contract.
+    #[error(transparent)]
+    Handle(#[from] RegistryError),
+    /// The contract is a plugin's: unload its bundle instead.
+    #[error("`{contract}` is provided by bundle `{bundle}`, not by the host")]
+    NotAService {
+        /// The contract (`name@major`).
+        contract: String,
+        /// The bundle that provides it.
+        bundle: String,
+    },
+    /// A loaded bundle requires the service and nothing else provides it; unload that bundle
+    /// first.
+    #[error("host service `{contract}` is required by bundle `{dependent}` (as `{required}`)")]
+    ContractRequired {
+        /// The service (`name@major`).
+        contract: String,
+        /// The loaded bundle that requires it.
+        dependent: String,
+        /// The requirement (`name@major.minor`).
+        required: String,
+    },
+}
+
+impl WithdrawError {
+    /// The C API status code for this error.
+    pub fn status(&self) -> i32 {
+        match self {
+            WithdrawError::Handle(RegistryError::StaleHandle { .. }) => status::STALE_HANDLE,
+            WithdrawError::Handle(_) => status::NOT_FOUND,
+            WithdrawError::NotAService { .. } => status::INVALID_ARGUMENT,
+            WithdrawError::ContractRequired { .. } => status::DEPENDENCY_IN_USE,
+        }
+    }
+}

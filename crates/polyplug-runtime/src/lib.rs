@@ -96,7 +96,9 @@ mod sync;
 mod sys;
 
 #[cfg(feature = "host")]
-pub use error::{BuildError, LoadError, RegistrationError, ReloadError, UnloadError};
+pub use error::{
+    BuildError, LoadError, RegistrationError, ReloadError, UnloadError, WithdrawError,
+};
 #[cfg(feature = "host")]
 pub use loader::ImageRelease;
 #[cfg(feature = "host")]

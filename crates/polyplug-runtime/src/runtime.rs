@@ -43,7 +43,7 @@ use crate::abi::FunctionTable;
 use crate::abi::{
     GuestContractHandle, ReloadPhase, ReloadPhaseType, StringView, Version, log_level, status,
 };
-use crate::error::{BuildError, LoadError, ReloadError, UnloadError};
+use crate::error::{BuildError, LoadError, ReloadError, UnloadError, WithdrawError};
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::loader::{self, ImageRelease, Library, LoadRequest, LogSink};
 use crate::manifest::{MANIFEST_FILE, Manifest, ProvidedContract, RequiredContract};
@@ -708,6 +708,77 @@ impl Runtime {
             minor: version.minor,
         });
         Ok(handle)
+    }
+
+    /// Withdraws a host service published with [`publish_service`](Self::publish_service)
+    /// (or [`publish_interface`](Self::publish_interface)): lookups stop finding it and its
+    /// handles turn stale. A caller already holding a guard on it finishes its call (the table
+    /// stays valid while the runtime lives). The service can be published again.
+    ///
+    /// ```
+    /// use polyplug_runtime::abi::Version;
+    /// use polyplug_runtime::ids::ContractRef;
+    /// use polyplug_runtime::Runtime;
+    ///
+    /// polyplug_runtime::contract! {
+    ///     pub struct Clock {
+    ///         pub fn now_ms() -> u64;
+    ///     }
+    /// }
+    /// extern "C" fn now_ms() -> u64 {
+    ///     42
+    /// }
+    /// static CLOCK: Clock = Clock { now_ms };
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// let clock = runtime.publish_service("host.clock", Version::new(1, 0, 0), &CLOCK)?;
+    /// runtime.withdraw_service(clock)?;
+    /// assert!(runtime.find(&ContractRef::new("host.clock", 1, 0)).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`WithdrawError::ContractRequired`] while a loaded bundle requires the service and no
+    /// other provider meets the requirement; [`WithdrawError::NotAService`] for a plugin's
+    /// contract; [`WithdrawError::Handle`] for a stale or invalid handle. The service stays
+    /// published after any of them.
+    pub fn withdraw_service(&self, handle: GuestContractHandle) -> Result<(), WithdrawError> {
+        let _topology = self.topology.lock();
+        let (name, major) = {
+            let guard = self.registry.resolve(handle)?;
+            if guard.bundle_name() != HOST_BUNDLE {
+                return Err(WithdrawError::NotAService {
+                    contract: format!("{}@{}", guard.contract_name(), guard.version().major),
+                    bundle: guard.bundle_name().to_owned(),
+                });
+            }
+            (guard.contract_name().to_owned(), guard.version().major)
+        };
+        let mut remaining = self.host_services.lock().clone();
+        remaining.retain(|s| !(s.name == name && s.major == major));
+        let host_after = Manifest {
+            name: HOST_BUNDLE.to_owned(),
+            version: Version::default(),
+            library: Default::default(),
+            provides: remaining.clone(),
+            depends: Vec::new(),
+            requires: Vec::new(),
+            reload_with_dependencies: false,
+        };
+        let loaded = self.manifests(&self.bundles.read());
+        if let Some((dependent, required)) =
+            broken_requirement(&loaded, HOST_BUNDLE, Some(&host_after))
+        {
+            return Err(WithdrawError::ContractRequired {
+                contract: format!("{name}@{major}"),
+                dependent,
+                required: required.to_string(),
+            });
+        }
+        self.registry.unregister(handle)?;
+        *self.host_services.lock() = remaining;
+        Ok(())
     }
 
     /// Loaded bundles with a requirement that only `name` meets (which unloading `name` would

@@ -120,6 +120,12 @@ int32_t polyplug_runtime_publish_service(const PolyplugRuntime *runtime, const c
                                          PolyplugVersion version, const PolyplugFn *functions,
                                          size_t count, PolyplugStringView signature,
                                          PolyplugGuestContractHandle *out_handle);
+/* Withdraws a host service: lookups stop finding it and `handle` turns stale.
+ * POLYPLUG_DEPENDENCY_IN_USE while a loaded bundle requires it (it stays published),
+ * POLYPLUG_INVALID_ARGUMENT for a plugin's contract, POLYPLUG_STALE_HANDLE for a handle to
+ * nothing live. */
+int32_t polyplug_runtime_withdraw_service(const PolyplugRuntime *runtime,
+                                          PolyplugGuestContractHandle handle);
 /* Copies this thread's last error (NUL-terminated, truncated) and returns its full length. */
 size_t polyplug_runtime_last_error(char *buffer, size_t capacity);
 

@@ -344,6 +344,28 @@ fn the_c_api_and_the_rust_crate_share_one_binary_and_one_runtime() {
         );
         assert_eq!(rt.bundles().len(), 1);
     }
+    // The service is withdrawn only once no loaded bundle requires it.
+    // SAFETY: a live runtime.
+    let code = unsafe { capi::polyplug_runtime_withdraw_service(runtime, handle) };
+    assert_eq!(
+        code,
+        status::DEPENDENCY_IN_USE,
+        "the relay requires host.math"
+    );
+    // SAFETY: a live runtime and a NUL-terminated bundle name.
+    let code = unsafe { capi::polyplug_runtime_unload_bundle(runtime, c"capi-relay".as_ptr()) };
+    assert_eq!(code, status::OK);
+    // SAFETY: a live runtime.
+    let code = unsafe { capi::polyplug_runtime_withdraw_service(runtime, handle) };
+    assert_eq!(code, status::OK);
+    {
+        // SAFETY: as above.
+        let rt = unsafe { &*runtime };
+        assert!(rt.find(&ContractRef::new("host.math", 1, 0)).is_err());
+    }
+    // SAFETY: a live runtime.
+    let code = unsafe { capi::polyplug_runtime_withdraw_service(runtime, handle) };
+    assert_eq!(code, status::STALE_HANDLE);
     // SAFETY: from polyplug_runtime_new, freed once, nothing uses it afterwards.
     unsafe { capi::polyplug_runtime_free(runtime) };
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use polyplug_runtime::abi::Version;
 use polyplug_runtime::ids::ContractRef;
-use polyplug_runtime::{ReloadRequest, Runtime};
+use polyplug_runtime::{RegistryError, ReloadRequest, Runtime, WithdrawError};
 
 use crate::fixtures::{BundleSpec, fixtures};
 
@@ -131,4 +131,71 @@ fn a_missing_service_is_an_error_status_for_the_plugin() {
         relay(&rt, &ContractRef::new("c.relay", 1, 0), 1, 2),
         (u32::MAX, u32::MAX)
     );
+}
+
+/// The host withdraws a service: refused (and still served) while a loaded bundle requires it,
+/// naming the bundle; a plugin's contract is not the host's to withdraw; once the bundle is
+/// unloaded the service goes (lookups fail, its handle is stale, a bundle requiring it no
+/// longer loads) and can be published again.
+#[test]
+fn a_host_service_is_withdrawn_only_when_no_loaded_bundle_requires_it() {
+    let f = fixtures();
+    let rt = Runtime::builder().build().expect("runtime");
+    let math = ContractRef::new("host.math", 1, 0);
+    let handle = rt
+        .publish_service("host.math", Version::new(1, 0, 0), &HOST_MATH)
+        .expect("publish host.math");
+    let c_relay = f.bundle(
+        &BundleSpec::new("wd-c-relay", "1.0.0", f.c("relay"), &["c.relay@1.0"])
+            .requires("host.math@1.0"),
+    );
+    rt.load_bundle(&c_relay).expect("C relay");
+
+    match rt.withdraw_service(handle) {
+        Err(WithdrawError::ContractRequired {
+            contract,
+            dependent,
+            ..
+        }) => {
+            assert_eq!(
+                (contract.as_str(), dependent.as_str()),
+                ("host.math@1", "wd-c-relay")
+            );
+        }
+        other => panic!("withdrawing a required service: {other:?}"),
+    }
+    let guard = rt.find(&math).expect("still published");
+    assert_eq!(
+        (guard.functions::<HostMath>().expect("table").mix)(2, 3),
+        2003
+    );
+    drop(guard);
+
+    let relay = rt
+        .registry()
+        .handle_of(&ContractRef::new("c.relay", 1, 0))
+        .expect("c.relay");
+    assert!(matches!(
+        rt.withdraw_service(relay),
+        Err(WithdrawError::NotAService { .. })
+    ));
+
+    rt.unload("wd-c-relay").expect("unload the relay");
+    rt.withdraw_service(handle).expect("withdraw host.math");
+    assert!(rt.find(&math).is_err(), "no longer found");
+    assert!(matches!(
+        rt.resolve(handle),
+        Err(RegistryError::StaleHandle { .. })
+    ));
+    assert!(matches!(
+        rt.withdraw_service(handle),
+        Err(WithdrawError::Handle(RegistryError::StaleHandle { .. }))
+    ));
+    assert!(
+        rt.load_bundle(&c_relay).is_err(),
+        "a bundle requiring the withdrawn service does not load"
+    );
+    rt.publish_service("host.math", Version::new(1, 0, 0), &HOST_MATH)
+        .expect("published again");
+    rt.load_bundle(&c_relay).expect("and the relay loads again");
 }

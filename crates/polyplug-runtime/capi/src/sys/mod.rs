@@ -608,6 +608,31 @@ pub unsafe extern "C" fn polyplug_runtime_publish_service(
     })
 }
 
+/// Withdraws a host service published with `polyplug_runtime_publish_service`: lookups stop
+/// finding it and `handle` turns stale. `POLYPLUG_DEPENDENCY_IN_USE` while a loaded bundle
+/// requires it (the service stays published), `POLYPLUG_INVALID_ARGUMENT` for a plugin's
+/// contract, `POLYPLUG_STALE_HANDLE` or `POLYPLUG_NOT_FOUND` for a handle to nothing live.
+///
+/// # Safety
+///
+/// `runtime` must be live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn polyplug_runtime_withdraw_service(
+    runtime: *const Runtime,
+    handle: GuestContractHandle,
+) -> i32 {
+    ffi_guard(status::PANICKED, || {
+        code((|| {
+            // SAFETY: live runtime (caller's contract).
+            let runtime = unsafe { runtime_ref(runtime)? };
+            runtime
+                .withdraw_service(handle)
+                .map_err(|e| fail(e.status(), report_chain(&e)))?;
+            Ok(status::OK)
+        })())
+    })
+}
+
 /// Takes a reference to the interface behind `handle`; release it with
 /// `polyplug_runtime_release`.
 ///
