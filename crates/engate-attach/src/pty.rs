@@ -100,6 +100,18 @@ pub enum PtyError {
     Duplicate(#[source] io::Error),
 }
 
+/// Opens a pseudo-terminal pair, `(master, slave)`, both ends close-on-exec from the start (on
+/// Linux atomically: `posix_openpt(O_CLOEXEC)` and `TIOCGPTPEER`). [`Pty::spawn`] uses it; it
+/// is public for programs and tests that put a terminal somewhere else (a client's standard
+/// input, say).
+///
+/// # Errors
+///
+/// The system call that failed.
+pub fn open_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    sys::os::open_pty()
+}
+
 /// A program running in a pseudo-terminal, and the terminal's master side.
 #[derive(Debug)]
 pub struct Pty {
@@ -113,7 +125,7 @@ impl Pty {
     /// The command is consumed: its copies of the slave descriptor are closed once the program
     /// has started, so only the program holds the terminal and the master sees its end.
     pub fn spawn(mut cmd: Command, size: PtySize) -> Result<Self, PtyError> {
-        let (master, slave) = sys::os::open_pty().map_err(PtyError::Open)?;
+        let (master, slave) = open_pair().map_err(PtyError::Open)?;
         sys::unix::set_winsize(master.as_fd(), size.rows, size.cols).map_err(|source| {
             PtyError::Resize {
                 rows: size.rows,

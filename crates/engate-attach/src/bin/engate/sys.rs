@@ -141,11 +141,19 @@ pub(crate) fn wait_readable<const N: usize>(
     Ok(polled.map(|p| p.revents != 0))
 }
 
+#[cfg(test)]
+impl Modes {
+    /// Whether these modes echo typed characters (cooked mode does, raw mode does not).
+    pub(crate) fn echoes(&self) -> bool {
+        self.0.c_lflag & libc::ECHO != 0
+    }
+}
+
 /// A real pseudo-terminal put on this process's standard input, for the raw-mode tests.
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 pub(crate) mod test_terminal {
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
     /// While it lives, descriptor 0 is the slave side of a new pty; the old descriptor 0 comes
     /// back on drop.
@@ -156,37 +164,8 @@ pub(crate) mod test_terminal {
 
     impl StdinTerminal {
         pub(crate) fn new() -> io::Result<Self> {
-            let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
-            // SAFETY: posix_openpt takes flags only; a non-negative result is a new descriptor.
-            let fd = unsafe { libc::posix_openpt(flags) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` was just returned by posix_openpt and is owned by nobody else.
-            let master = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: `master` is an open ptmx descriptor for the duration of the call.
-            if unsafe { libc::grantpt(master.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: as above.
-            if unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `master` is an open, unlocked ptmx descriptor; TIOCGPTPEER takes open
-            // flags and returns a new descriptor for the slave side.
-            let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) };
-            if slave < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `slave` was just returned by the ioctl and is owned by nobody else.
-            let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-            // SAFETY: F_DUPFD_CLOEXEC on descriptor 0 returns a new descriptor or -1.
-            let saved = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3) };
-            if saved < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `saved` was just returned by fcntl and is owned by nobody else.
-            let saved_stdin = unsafe { OwnedFd::from_raw_fd(saved) };
+            let (master, slave) = engate_attach::pty::open_pair()?;
+            let saved_stdin = io::stdin().as_fd().try_clone_to_owned()?;
             // SAFETY: both descriptors are open; dup2 replaces descriptor 0 atomically.
             if unsafe { libc::dup2(slave.as_raw_fd(), 0) } < 0 {
                 return Err(io::Error::last_os_error());
@@ -203,13 +182,5 @@ pub(crate) mod test_terminal {
             // SAFETY: both descriptors are open; dup2 puts the old standard input back.
             unsafe { libc::dup2(self.saved_stdin.as_raw_fd(), 0) };
         }
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-impl Modes {
-    /// Whether these modes echo typed characters (cooked mode does, raw mode does not).
-    pub(crate) fn echoes(&self) -> bool {
-        self.0.c_lflag & libc::ECHO != 0
     }
 }
