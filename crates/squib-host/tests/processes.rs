@@ -154,20 +154,36 @@ mod linux {
         cmd.spawn().map_err(|e| format!("spawn {role}: {e}"))
     }
 
-    /// Starts a child VMM with one region of `snap_path` against the handler at `sock`, with
-    /// `extra` settings of its role.
-    fn one_region_vmm(
-        sock: &std::path::Path,
-        snap_path: &std::path::Path,
+    /// Writes `data` to `dir/mem.snap`, binds a handler for it that serves pages from `source`
+    /// with `pager`'s settings, starts a one-region child VMM with `extra` settings of its role,
+    /// and accepts its session.
+    fn vmm_on_source(
+        dir: &std::path::Path,
+        data: &[u8],
+        source: Arc<dyn PageSource>,
+        pager: PagerConfig,
         extra: &[(&str, &str)],
-    ) -> Result<Child, String> {
+    ) -> Result<(Session, Child), String> {
+        let snap_path = dir.join("mem.snap");
+        std::fs::write(&snap_path, data).map_err(|e| e.to_string())?;
+        let sock = dir.join("uffd.sock");
+        let handler = FirecrackerHandler::bind_with_source(
+            HandlerConfig {
+                pager,
+                ..HandlerConfig::new(&sock, &snap_path)
+            },
+            source,
+        )
+        .map_err(|e| e.to_string())?;
         let mut envs = vec![
             ("SQUIB_SOCKET", sock.to_str().unwrap_or_default()),
             ("SQUIB_SNAPSHOT", snap_path.to_str().unwrap_or_default()),
             ("SQUIB_REGIONS", "1"),
         ];
         envs.extend_from_slice(extra);
-        child("vmm", &envs)
+        let vmm = child("vmm", &envs)?;
+        let session = handler.accept().map_err(|e| e.to_string())?;
+        Ok((session, vmm))
     }
 
     /// Waits for `child` at most `limit`, killing it on timeout.
@@ -528,30 +544,24 @@ mod linux {
             return Ok(());
         }
         let dir = temp_dir("fc-kill");
-        let snap_path = dir.join("mem.snap");
-        let pages = 256;
-        std::fs::write(&snap_path, snapshot(pages)).map_err(|e| e.to_string())?;
-        let sock = dir.join("uffd.sock");
-        let handler = FirecrackerHandler::bind_with_source(
-            HandlerConfig {
-                pager: PagerConfig {
-                    poll_interval: Duration::from_millis(50),
-                    background: false,
-                    fetch_retries: 1,
-                    retry_backoff: Duration::from_millis(1),
-                    ..PagerConfig::default()
-                },
-                ..HandlerConfig::new(&sock, &snap_path)
-            },
+        let data = snapshot(256);
+        let (session, mut vmm) = vmm_on_source(
+            &dir,
+            &data,
             // Every read comes up short, as from a snapshot truncated after the handshake.
             Arc::new(EndsEarly {
-                data: snapshot(pages).into(),
+                data: data.clone().into(),
                 end: 0,
             }),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut vmm = one_region_vmm(&sock, &snap_path, &[])?;
-        let session = handler.accept().map_err(|e| e.to_string())?;
+            PagerConfig {
+                poll_interval: Duration::from_millis(50),
+                background: false,
+                fetch_retries: 1,
+                retry_backoff: Duration::from_millis(1),
+                ..PagerConfig::default()
+            },
+            &[],
+        )?;
         let status = wait_for(&mut vmm, Duration::from_secs(30))?;
         if status.signal() != Some(libc::SIGKILL) {
             return Err(format!("the VMM ended with {status:?}; expected SIGKILL"));
@@ -578,30 +588,20 @@ mod linux {
         }
         for threads in [1, 2] {
             let dir = temp_dir("fc-unmap");
-            let snap_path = dir.join("mem.snap");
             let data = snapshot(64);
-            std::fs::write(&snap_path, &data).map_err(|e| e.to_string())?;
-            let sock = dir.join("uffd.sock");
-            let handler = FirecrackerHandler::bind_with_source(
-                HandlerConfig {
-                    pager: PagerConfig {
-                        background: false,
-                        ..PagerConfig::default()
-                    },
-                    ..HandlerConfig::new(&sock, &snap_path)
-                },
+            let (session, mut vmm) = vmm_on_source(
+                &dir,
+                &data,
                 Arc::new(Stalls {
-                    data: MemorySource::new(data),
+                    data: MemorySource::new(data.clone()),
                     delay: Duration::from_millis(1500),
                 }),
-            )
-            .map_err(|e| e.to_string())?;
-            let mut vmm = one_region_vmm(
-                &sock,
-                &snap_path,
+                PagerConfig {
+                    background: false,
+                    ..PagerConfig::default()
+                },
                 &[("SQUIB_UNMAP_WHILE_FAULTING", &threads.to_string())],
             )?;
-            let session = handler.accept().map_err(|e| e.to_string())?;
             let status = wait_for(&mut vmm, Duration::from_secs(30))?;
             let pager = session.pager().clone();
             let served = session.shutdown();
@@ -671,32 +671,21 @@ mod linux {
             return Ok(());
         }
         let dir = temp_dir("fc-trunc");
-        let snap_path = dir.join("mem.snap");
-        let pages = 1024;
-        let data = snapshot(pages);
-        std::fs::write(&snap_path, &data).map_err(|e| e.to_string())?;
+        let data = snapshot(1024);
         let end = 1000;
-        let sock = dir.join("uffd.sock");
-        let handler = FirecrackerHandler::bind_with_source(
-            HandlerConfig {
-                pager: PagerConfig {
-                    background: false,
-                    ..PagerConfig::default()
-                },
-                ..HandlerConfig::new(&sock, &snap_path)
-            },
+        let (session, mut vmm) = vmm_on_source(
+            &dir,
+            &data,
             Arc::new(EndsEarly {
-                data: data.into(),
+                data: data.clone().into(),
                 end: (end * ps()) as u64,
             }),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut vmm = one_region_vmm(
-            &sock,
-            &snap_path,
+            PagerConfig {
+                background: false,
+                ..PagerConfig::default()
+            },
             &[("SQUIB_TOUCH_BELOW", &end.to_string())],
         )?;
-        let session = handler.accept().map_err(|e| e.to_string())?;
         let status = wait_for(&mut vmm, Duration::from_secs(30))?;
         if !status.success() {
             return Err(format!(
