@@ -39,22 +39,22 @@ fn same(ours: &mut ScreenProvider, reference: &mut vt100::Parser) -> Result<(), 
             String::from_utf8_lossy(&expected)
         ));
     }
-    for (a, b) in [(ours.screen().clone(), reference.screen().clone())] {
-        if state(&a) != state(&b) {
-            let (sa, sb) = (state(&a), state(&b));
-            let at = sa
-                .bytes()
-                .zip(sb.bytes())
-                .position(|(x, y)| x != y)
-                .unwrap_or(0);
-            return Err(format!(
-                "screens differ at {:?} / {:?}\nours:      {:?}\nreference: {:?}",
-                &sa[at.saturating_sub(80)..(at + 80).min(sa.len())],
-                &sb[at.saturating_sub(80)..(at + 80).min(sb.len())],
-                a.contents(),
-                b.contents()
-            ));
-        }
+    let (a, b) = (ours.screen().clone(), reference.screen());
+    let (sa, sb) = (state(&a), state(b));
+    if sa != sb {
+        // Where the two first differ, with some context either side.
+        let at = sa
+            .bytes()
+            .zip(sb.bytes())
+            .position(|(x, y)| x != y)
+            .unwrap_or(0);
+        return Err(format!(
+            "screens differ at {:?} / {:?}\nours:      {:?}\nreference: {:?}",
+            &sa[at.saturating_sub(80)..(at + 80).min(sa.len())],
+            &sb[at.saturating_sub(80)..(at + 80).min(sb.len())],
+            a.contents(),
+            b.contents()
+        ));
     }
     ours.feed(b"\x1b[3b");
     reference.process(b"\x1b[3b");

@@ -530,13 +530,17 @@ impl Server {
         if self.bg_checked || proactive_in_flight || !self.deferred.is_empty() {
             return;
         }
-        let pages = || self.regions.iter().flat_map(|rp| &rp.pages);
-        if pages().any(|p| *p == Page::InFlight) {
+        let (mut in_flight, mut missing) = (false, false);
+        for page in self.regions.iter().flat_map(|rp| &rp.pages) {
+            in_flight |= *page == Page::InFlight;
+            missing |= *page == Page::Missing;
+        }
+        if in_flight {
             // A demand fetch is still out: look again once it has landed.
             return;
         }
         self.bg_checked = true;
-        if !pages().any(|p| *p == Page::Missing) {
+        if !missing {
             self.shared.populated.store(true, AtomicOrdering::Release);
         } else if self.populate_seen != 0 {
             self.bg_retry_at = Some(Instant::now() + self.shared.config.poll_interval);
