@@ -95,6 +95,11 @@ mod sync;
 
 mod sys;
 
+/// The hazard-pointer protocol's loom model (the `loom` feature only; see `tests/loom.rs`).
+#[cfg(feature = "loom")]
+#[doc(hidden)]
+pub use sys::hazard::model as hazard_model;
+
 #[cfg(feature = "host")]
 pub use error::{
     BuildError, LoadError, RegistrationError, ReloadError, UnloadError, WithdrawError,

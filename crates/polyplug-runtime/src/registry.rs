@@ -5,7 +5,8 @@
 //!
 //! Every registered contract occupies a **slot**. A slot holds an immutable [`Interface`]
 //! (a copy of the guest's [`GuestContractInterface`] plus its names, its bundle and what keeps
-//! its library loaded) behind an atomically replaceable `Arc` (`arc-swap`). A
+//! its library loaded) behind an atomically replaceable `Arc` read through hazard pointers (no
+//! read-modify-write on the read path; the private `sys::hazard` module has the protocol). A
 //! [`GuestContractHandle`] names a slot and the **generation** of its occupant:
 //!
 //! - reading ([`Registry::resolve`], [`Registry::find`]) is a few atomic loads — no lock, no
@@ -31,7 +32,7 @@
 //! republishes nothing but its slots. A writer republishes a contract's entry before it
 //! vacates a retired slot, so a lookup that meets a vacated slot retries on the new choice.
 //! The index is an open-addressing table of per-contract cells: `find` loads the table (one
-//! `arc-swap` load) and reads the contract's choice with one acquire load; the private
+//! hazard-protected load) and reads the contract's choice with one acquire load; the private
 //! `find_index` module documents the layout and the ordering.
 //!
 //! A reload runs as a [`ReloadTransaction`]: it first takes the bundle's **reload gate** (so
@@ -308,7 +309,7 @@ impl Registry {
     ///
     /// [`RegistryError::InvalidHandle`] for an index out of range, a never-issued generation
     /// or the null handle; [`RegistryError::StaleHandle`] once the contract was retired.
-    #[inline]
+    #[inline(always)]
     pub fn resolve(
         &self,
         handle: GuestContractHandle,

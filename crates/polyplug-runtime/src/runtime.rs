@@ -452,7 +452,7 @@ impl Runtime {
     /// # Errors
     ///
     /// As [`Registry::resolve`].
-    #[inline]
+    #[inline(always)]
     pub fn resolve(
         &self,
         handle: GuestContractHandle,
@@ -1155,7 +1155,15 @@ impl Runtime {
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
         let mut rounds = 0u32;
-        while Arc::strong_count(&library) > 1 {
+        loop {
+            // A replaced interface holds its library until the last guard on it lets go and a
+            // reclaim drops it.
+            if Arc::strong_count(&library) > 1 {
+                crate::sync::reclaim();
+            }
+            if Arc::strong_count(&library) == 1 {
+                break;
+            }
             if Instant::now() >= deadline {
                 let holders = Arc::strong_count(&library) - 1;
                 self.graveyard.lock().push(library);
@@ -1187,6 +1195,7 @@ impl Runtime {
     /// Closes deferred libraries whose last reader has let go; returns how many were closed.
     /// Reloads and unloads call it too.
     pub fn collect_deferred(&self) -> usize {
+        crate::sync::reclaim();
         let ready: Vec<Arc<Library>> = {
             let mut graveyard = self.graveyard.lock();
             let (ready, waiting): (Vec<_>, Vec<_>) = graveyard

@@ -3,12 +3,11 @@
 //! The registry's protocols are what the loom models exercise: slots read without locks while a
 //! writer swaps them, the revision counter that cached callers poll, the writer mutex, and the
 //! per-bundle reload gate (a mutex and a condition variable, from `platform_primitives::sync`,
-//! which this crate's `loom` feature switches to loom too). Without the `loom` feature the rest
-//! are `arc-swap` (a slot is an [`ArcCell`]) and `std`'s atomics; with it, loom's types behind
-//! the same API. Loom has no `ArcSwap`: under
-//! loom an [`ArcCell`] is a mutex around an `Arc`, which is linearizable like `ArcSwap`, so the
-//! models check the registry's protocol on top of it (not `arc-swap`'s internals, which its own
-//! tests cover).
+//! which this crate's `loom` feature switches to loom too). Without the `loom` feature a slot
+//! is an [`ArcCell`] read through hazard pointers (`sys::hazard`) and the rest are `std`'s
+//! atomics; with it, loom's types behind the same API. Under loom an [`ArcCell`] is a mutex
+//! around an `Arc`, which is linearizable like the hazard cell, so the registry's models check
+//! the registry's protocol on top of it; the hazard protocol has loom models of its own.
 
 #[cfg(not(feature = "loom"))]
 mod imp {
@@ -16,32 +15,48 @@ mod imp {
 
     pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 
-    /// What [`ArcCell::load`] returns: derefs to the `Arc` without touching its count in the
-    /// common case.
-    pub(crate) type CellGuard<T> = arc_swap::Guard<Arc<T>>;
+    use crate::sys::hazard::{self, HazardCell, HazardGuard};
 
-    /// An atomically replaceable `Arc`, read without locks.
-    pub(crate) struct ArcCell<T>(arc_swap::ArcSwap<T>);
+    /// What [`ArcCell::load`] returns: derefs to the `Arc`, protected by a hazard slot (no
+    /// reference-count traffic) and released with one plain store.
+    pub(crate) type CellGuard<T> = HazardGuard<'static, T>;
 
-    impl<T> ArcCell<T> {
+    /// An atomically replaceable `Arc`, read without locks or read-modify-writes (see
+    /// `sys::hazard`).
+    pub(crate) struct ArcCell<T: Send + Sync + 'static>(HazardCell<T>);
+
+    impl<T: Send + Sync + 'static> ArcCell<T> {
         pub(crate) fn new(value: Arc<T>) -> Self {
-            Self(arc_swap::ArcSwap::new(value))
+            // The domain (and its barrier mode) exists before any cell a reader could see.
+            hazard::domain();
+            Self(HazardCell::new(value))
         }
 
         #[inline]
         pub(crate) fn load(&self) -> CellGuard<T> {
-            self.0.load()
+            hazard::with_record(|record| self.0.load_in(record))
         }
 
         pub(crate) fn load_full(&self) -> Arc<T> {
-            self.0.load_full()
+            Arc::clone(&self.load())
         }
 
-        /// Replaces the value; readers that still hold the old one keep it alive (their
-        /// references are counted by the time this returns).
+        /// Replaces the value and returns the old one; readers still protecting it keep it
+        /// alive until they let go (see [`reclaim`]).
         pub(crate) fn swap(&self, value: Arc<T>) -> Arc<T> {
-            self.0.swap(value)
+            self.0.swap_in(hazard::domain(), value)
         }
+    }
+
+    impl<T: Send + Sync + 'static> Drop for ArcCell<T> {
+        fn drop(&mut self) {
+            self.0.retire_in(hazard::domain());
+        }
+    }
+
+    /// Drops replaced values whose readers have all let go; returns how many still wait.
+    pub(crate) fn reclaim() -> usize {
+        hazard::domain().reclaim()
     }
 }
 
@@ -62,7 +77,7 @@ mod imp {
         }
     }
 
-    /// A mutex around an `Arc`: linearizable loads and swaps, like `ArcSwap`.
+    /// A mutex around an `Arc`: linearizable loads and swaps, like the hazard cell.
     pub(crate) struct ArcCell<T>(loom::sync::Mutex<Arc<T>>);
 
     impl<T> ArcCell<T> {
@@ -82,6 +97,11 @@ mod imp {
             let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::replace(&mut *slot, value)
         }
+    }
+
+    /// Under loom replaced values are counted references: nothing waits.
+    pub(crate) fn reclaim() -> usize {
+        0
     }
 }
 

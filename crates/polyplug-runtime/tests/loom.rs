@@ -1,7 +1,8 @@
 //! Loom models of the registry's protocols: a reload transaction swapping a contract in place
 //! while readers look it up (through `find` and through a revision-polling cache), two
 //! reloads of one bundle racing for its reload gate, and the find index changing in place —
-//! growing, gaining a provider, losing one — under a reader.
+//! growing, gaining a provider, losing one — under a reader; and the hazard pointers behind
+//! every slot (a value freed only after its last reader lets go).
 //!
 //! Run with `LOOM_MAX_PREEMPTIONS=2 cargo test --release -p polyplug-runtime --features loom
 //! --test loom`. Each model has negative controls — the same scenario with a deliberately
@@ -15,7 +16,7 @@ use loom::sync::atomic::AtomicUsize as LoomUsize;
 use loom::thread;
 use polyplug_runtime::abi::{FunctionTable, Version};
 use polyplug_runtime::ids::{BundleId, ContractRef};
-use polyplug_runtime::{CachedInterface, ProviderPolicy, Registry};
+use polyplug_runtime::{CachedInterface, ProviderPolicy, Registry, hazard_model};
 
 #[repr(C)]
 struct Versioned {
@@ -264,4 +265,27 @@ fn negative_control_vacating_before_republishing_loses_the_contract() {
 #[should_panic(expected = "contract unresolvable")]
 fn negative_control_publishing_a_rebuilt_index_before_filling_it_loses_the_contract() {
     index_changes_scenario(IndexWrites::RebuildPublishedEmpty);
+}
+
+/// The hazard pointers behind every slot: a reader protecting a value while a writer swaps it
+/// out and retires it never sees it freed, and the value is freed once the reader lets go.
+#[test]
+fn a_value_a_reader_protects_is_freed_only_after_it_lets_go() {
+    model(|| hazard_model::reader_against_retire(hazard_model::Variant::Correct));
+}
+
+/// Negative control: a reader that publishes its hazard without loading the cell again can
+/// hold a value the writer already freed; loom must find it.
+#[test]
+#[should_panic(expected = "freed under its reader")]
+fn negative_control_a_reader_without_its_recheck_reads_a_freed_value() {
+    model(|| hazard_model::reader_against_retire(hazard_model::Variant::NoRecheck));
+}
+
+/// Negative control: without the reader's barrier its hazard and its recheck can be reordered
+/// around the writer's swap and scan; loom must find it.
+#[test]
+#[should_panic(expected = "freed under its reader")]
+fn negative_control_a_reader_without_its_barrier_reads_a_freed_value() {
+    model(|| hazard_model::reader_against_retire(hazard_model::Variant::NoReaderBarrier));
 }

@@ -23,13 +23,13 @@
 //!
 //! # Readers
 //!
-//! [`FindIndex::choice`] loads the table (one `arc-swap` load, as the whole-map design did),
+//! [`FindIndex::choice`] loads the table (one hazard-protected load),
 //! then walks the probe chain: an acquire load of a cell's `word` — never used ends the chain
 //! (absent) — and, if it is used, a relaxed load of its `key`. The key was written before the
 //! cell's first release store of `word`, and writers serialize on the registry's mutex, so a
 //! reader that sees a used `word` sees its key. Keys never move or change, so a chain seen
 //! part-way through a writer's change is still a valid chain: the reader sees the contract's
-//! old or new word, each a whole value. `find` therefore costs what it did: two `arc-swap`
+//! old or new word, each a whole value. `find` therefore costs two hazard-protected
 //! loads (table, slot) and a few plain loads.
 //!
 //! # Writers

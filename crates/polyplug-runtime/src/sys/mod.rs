@@ -4,7 +4,8 @@
 //!   calling the host back) and the typed view of a registered dispatch table;
 //! - `unix`: the dynamic loader (`dlopen`/`dlsym`/`dlclose`) and calls into guest entry points;
 //! - `host`: the host callbacks a guest calls during `polyplug_init`;
-//! - `linux` / `macos`: whether an image is still mapped after `dlclose`.
+//! - `linux` / `macos`: whether an image is still mapped after `dlclose`;
+//! - `hazard`: hazard pointers with an asymmetric fence, behind the registry's slot cells.
 //!
 //! The modules above `sys` are safe code; `#![deny(unsafe_code)]` holds there, except for
 //! declarations of `unsafe fn` / `unsafe trait` contracts, which carry an explicit `allow`.
@@ -13,6 +14,8 @@
 
 pub(crate) mod abi;
 
+#[cfg(feature = "host")]
+pub(crate) mod hazard;
 #[cfg(feature = "host")]
 pub(crate) mod host;
 #[cfg(feature = "host")]
