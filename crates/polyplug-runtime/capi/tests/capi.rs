@@ -154,37 +154,27 @@ fn the_shared_library_exports_every_function_the_header_declares() {
     assert_eq!(unsafe { libc::dlclose(handle) }, 0);
 }
 
-/// Installs the built libraries, both headers and the pkg-config file under `prefix`, as a
-/// packager would (the shared library under its SONAME, with the development symlink).
+/// Installs the built libraries, both headers and the pkg-config file under `prefix` with the
+/// crate's own `install.sh`, as a packager would (the shared library under its SONAME, with the
+/// development symlink; the static library stripped of debug info).
 fn install(prefix: &Path) {
-    let (static_lib, shared) = capi_libraries().expect("build polyplug-runtime-capi");
-    let (lib, include, pkgconfig) = (
-        prefix.join("lib"),
-        prefix.join("include"),
-        prefix.join("lib/pkgconfig"),
-    );
-    for dir in [&lib, &include, &pkgconfig] {
-        std::fs::create_dir_all(dir).expect("install directory");
-    }
-    std::fs::copy(static_lib, lib.join("libpolyplug_runtime_capi.a")).expect("static");
-    std::fs::copy(shared, lib.join("libpolyplug_runtime_capi.so.0")).expect("shared");
-    std::os::unix::fs::symlink(
-        "libpolyplug_runtime_capi.so.0",
-        lib.join("libpolyplug_runtime_capi.so"),
+    let (static_lib, _) = capi_libraries().expect("build polyplug-runtime-capi");
+    let build = static_lib.parent().expect("build directory");
+    let script = crate_dir().join("capi/install.sh");
+    let out = run(
+        "sh",
+        &[
+            &script.display().to_string(),
+            &prefix.display().to_string(),
+            &build.display().to_string(),
+        ],
+        &[],
     )
-    .expect("development symlink");
-    for (dir, name) in [
-        ("include", "polyplug.h"),
-        ("capi/include", "polyplug_runtime.h"),
-    ] {
-        std::fs::copy(crate_dir().join(dir).join(name), include.join(name)).expect("header");
-    }
-    let template = std::fs::read_to_string(crate_dir().join("capi/polyplug-runtime-capi.pc.in"))
-        .expect("pc template");
-    let pc = template
-        .replace("@PREFIX@", &prefix.display().to_string())
-        .replace("@VERSION@", env!("CARGO_PKG_VERSION"));
-    std::fs::write(pkgconfig.join("polyplug-runtime-capi.pc"), pc).expect("pc");
+    .expect("install.sh");
+    assert!(
+        out.contains(concat!("polyplug-runtime-capi ", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
 }
 
 /// Runs `program` with `args`; its stdout if it succeeds.
@@ -245,6 +235,17 @@ fn a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library() {
             "the program records the SONAME:\n{dynamic}"
         ),
         Err(_) => println!("skip: readelf is not installed; not checking NEEDED"),
+    }
+    // What ships carries no debug information (the static library's members include Rust's
+    // standard library, which is built with it).
+    let installed_static = prefix.join("lib/libpolyplug_runtime_capi.a");
+    match run("readelf", &["-S", "-W", &installed_static.display().to_string()], &[]) {
+        Ok(sections) => assert!(
+            !sections.contains(".debug_info"),
+            "the installed static library carries debug info ({} bytes)",
+            std::fs::metadata(&installed_static).map_or(0, |m| m.len())
+        ),
+        Err(_) => println!("skip: readelf is not installed; not checking debug sections"),
     }
     let (v1, v2) = f.c_pair("c-hosted");
     let lib = prefix.join("lib");
