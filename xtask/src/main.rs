@@ -9,6 +9,8 @@
 //!
 //! xtask has no dependencies so that it builds in seconds on a cold machine.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod ci;
 mod cmd;
