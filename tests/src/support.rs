@@ -1,6 +1,6 @@
 //! The small things every suite needs: a temporary directory that cleans up, one skip line,
-//! "am I root", "is this program installed", an error with its causes, and an allocator that
-//! counts.
+//! "am I root", "is this program installed" (and "skip unless these are"), an error with its
+//! causes, and an allocator that counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
@@ -110,6 +110,19 @@ pub fn which(program: &str) -> Option<PathBuf> {
         })
 }
 
+/// Whether every one of `programs` is installed (on `PATH`); if one is not, prints the skip
+/// line naming it for `test` and answers `false`, so a test opens with
+/// `if !have(test, &["tmux"]) { return; }`.
+pub fn have(test: &str, programs: &[&str]) -> bool {
+    match programs.iter().find(|p| which(p).is_none()) {
+        Some(missing) => {
+            skip(test, &format!("{missing} is not installed"));
+            false
+        }
+        None => true,
+    }
+}
+
 /// `error` followed by each of its sources, joined with `": "` — what a test prints or
 /// searches when a message must name a path or key anywhere in the chain (the crates' own
 /// [`platform_primitives::error::chain`]).
@@ -207,5 +220,7 @@ mod tests {
     fn which_finds_sh_and_not_a_made_up_name() {
         assert!(which("sh").is_some());
         assert!(which("no-such-program-anywhere-42").is_none());
+        assert!(have("support", &["sh"]));
+        assert!(!have("support", &["sh", "no-such-program-anywhere-42"]));
     }
 }

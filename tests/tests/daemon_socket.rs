@@ -6,15 +6,16 @@
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use platform_primitives::creds::{Credentials, peer_credentials};
 use platform_primitives::fdpass::{recv_with_fds, send_with_fds};
 use platform_primitives::uds::UdsBinder;
+use workspace_tests::support::TempDir;
 
 #[test]
 fn handshake_with_descriptor_over_a_bound_control_socket() {
-    let dir = std::env::temp_dir().join(format!("ws-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("ws-daemon");
     let path = dir.join("handler.sock");
     let listener = UdsBinder::new("page-handler")
         .mode(0o600)
@@ -22,9 +23,10 @@ fn handshake_with_descriptor_over_a_bound_control_socket() {
         .expect("bind");
 
     let client_path = path.clone();
+    let client_dir = dir.path().to_owned();
     let client = std::thread::spawn(move || {
         let stream = UnixStream::connect(&client_path).expect("connect");
-        let mut memfile = tempfile_with(b"guest memory");
+        let mut memfile = tempfile_with(&client_dir, b"guest memory");
         memfile.rewind().expect("rewind");
         let msg = br#"[{"base_host_virt_addr":4096,"size":4096,"offset":0,"page_size":4096}]"#;
         send_with_fds(&stream, msg, &[memfile.as_fd()]).expect("send handshake");
@@ -48,11 +50,11 @@ fn handshake_with_descriptor_over_a_bound_control_socket() {
 
     drop(listener);
     assert!(!path.exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-    let path = std::env::temp_dir().join(format!("ws-mem-{}", std::process::id()));
+/// An unlinked file in `dir` holding `bytes` (its descriptor is all that is left of it).
+fn tempfile_with(dir: &Path, bytes: &[u8]) -> std::fs::File {
+    let path = dir.join("guest-memory");
     let mut f = std::fs::File::options()
         .create(true)
         .truncate(true)

@@ -17,7 +17,7 @@ struct LoomSuite {
     feature: &'static str,
 }
 
-/// Crates add their loom models here as they land them.
+/// Every crate's loom model.
 const LOOM_SUITES: &[LoomSuite] = &[
     LoomSuite {
         package: "engate-attach",
@@ -44,48 +44,94 @@ const LOOM_SUITES: &[LoomSuite] = &[
 /// Preemption bound for loom: enough for the protocols' interleavings, small enough for CI.
 const LOOM_MAX_PREEMPTIONS: &str = "2";
 
-type StageFn = fn(&mut Tally) -> Result<(), String>;
+/// One CI stage: the name `--stage` takes (no spaces, so it needs no quoting), the heading
+/// printed for it, and what it runs.
+struct Stage {
+    name: &'static str,
+    heading: &'static str,
+    run: fn(&mut Tally) -> Result<(), String>,
+}
 
-const STAGES: &[(&str, StageFn)] = &[
-    ("format", format),
-    ("clippy", clippy),
-    ("macOS build check", macos_build_check),
-    ("tests", tests),
-    ("docs", docs),
-    ("loom", loom),
-    ("cross-crate", cross_crate),
-    ("dependency policy", dependency_policy),
-    ("packaging", packaging),
-    ("platform-gated suites", platform_gated),
+const STAGES: &[Stage] = &[
+    Stage {
+        name: "format",
+        heading: "format",
+        run: format,
+    },
+    Stage {
+        name: "clippy",
+        heading: "clippy",
+        run: clippy,
+    },
+    Stage {
+        name: "macos-check",
+        heading: "macOS build check",
+        run: macos_build_check,
+    },
+    Stage {
+        name: "tests",
+        heading: "tests",
+        run: tests,
+    },
+    Stage {
+        name: "docs",
+        heading: "docs",
+        run: docs,
+    },
+    Stage {
+        name: "loom",
+        heading: "loom",
+        run: loom,
+    },
+    Stage {
+        name: "cross-crate",
+        heading: "cross-crate",
+        run: cross_crate,
+    },
+    Stage {
+        name: "dependency-policy",
+        heading: "dependency policy",
+        run: dependency_policy,
+    },
+    Stage {
+        name: "packaging",
+        heading: "packaging",
+        run: packaging,
+    },
+    Stage {
+        name: "platform-gated",
+        heading: "platform-gated suites",
+        run: platform_gated,
+    },
 ];
 
 /// Runs every stage, or only the one named `only`.
 pub(crate) fn run(only: Option<&str>) -> Result<(), String> {
-    let stages: Vec<&(&str, StageFn)> = match only {
+    let stages: Vec<&Stage> = match only {
         None => STAGES.iter().collect(),
-        Some(name) => {
-            let found: Vec<_> = STAGES.iter().filter(|(n, _)| *n == name).collect();
-            if found.is_empty() {
-                let names: Vec<&str> = STAGES.iter().map(|(n, _)| *n).collect();
+        Some(name) => match STAGES.iter().find(|s| s.name == name) {
+            Some(stage) => vec![stage],
+            None => {
+                let names: Vec<&str> = STAGES.iter().map(|s| s.name).collect();
                 return Err(format!(
                     "no CI stage named {name:?}; the stages are: {}",
                     names.join(", ")
                 ));
             }
-            found
-        }
+        },
     };
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut times: Vec<(&str, Duration)> = Vec::new();
     let mut failure = None;
-    for (name, stage) in stages {
-        println!("\n==> ci stage: {name}");
+    for stage in stages {
+        let Stage { name, heading, run } = *stage;
+        println!("\n==> ci stage: {heading} (--stage {name})");
         let t = Instant::now();
-        let result = stage(&mut tally);
-        times.push((name, t.elapsed()));
+        let result = run(&mut tally);
+        times.push((heading, t.elapsed()));
         println!(
-            "==> ci stage: {name} took {:.1}s",
+            "==> ci stage: {heading} took {:.1}s",
             t.elapsed().as_secs_f64()
         );
         if let Err(err) = result {
@@ -325,10 +371,6 @@ fn docs(_: &mut Tally) -> Result<(), String> {
 }
 
 fn loom(tally: &mut Tally) -> Result<(), String> {
-    if LOOM_SUITES.is_empty() {
-        println!("no loom suites yet: crates register theirs in xtask/src/ci.rs as they land");
-        return Ok(());
-    }
     // The loom builds are linted too: their code is compiled nowhere else.
     let mut lint = cargo();
     lint.args(["clippy", "--locked", "--lib"]);
@@ -519,9 +561,6 @@ fn platform_gated(tally: &mut Tally) -> Result<(), String> {
                 |_| false,
             )?;
         }
-        if macos_suites.is_empty() {
-            println!("no macOS-only suites yet");
-        }
     } else {
         println!(
             "skip: macOS-only suites (Mach exception-port pager): this is {}, not macOS",
@@ -543,5 +582,33 @@ fn report_device(dev: &str, what: &str) {
             println!("skip note: {dev} exists but cannot be opened ({e}); {what} skip")
         }
         Err(_) => println!("skip note: {dev} is missing; {what} skip"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STAGES;
+
+    /// `--stage NAME` takes every stage by a name that needs no quoting in a shell, and no two
+    /// stages share one.
+    #[test]
+    fn stage_names_are_single_words_and_unique() {
+        for (i, stage) in STAGES.iter().enumerate() {
+            assert!(
+                !stage.name.is_empty()
+                    && stage
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '-'),
+                "stage {:?} ({}) needs a lowercase name without spaces",
+                stage.name,
+                stage.heading
+            );
+            assert!(
+                STAGES[..i].iter().all(|s| s.name != stage.name),
+                "two stages are named {:?}",
+                stage.name
+            );
+        }
     }
 }

@@ -7,8 +7,8 @@ use crate::cmd::{self, cargo};
 /// One crate's demo: an example of the crate, run in release mode.
 struct Demo {
     krate: &'static str,
-    /// The example to run; `None` while the crate has no demo yet.
-    example: Option<&'static str>,
+    /// The example to run.
+    example: &'static str,
     /// Build the crate's binaries first (the demo drives the real daemon).
     needs_bins: bool,
 }
@@ -16,32 +16,32 @@ struct Demo {
 const DEMOS: &[Demo] = &[
     Demo {
         krate: "platform-primitives",
-        example: Some("tour"),
+        example: "tour",
         needs_bins: false,
     },
     Demo {
         krate: "squib-host",
-        example: Some("demo"),
+        example: "demo",
         needs_bins: false,
     },
     Demo {
         krate: "engate-attach",
-        example: Some("demo"),
+        example: "demo",
         needs_bins: false,
     },
     Demo {
         krate: "varta-watch",
-        example: Some("demo"),
+        example: "demo",
         needs_bins: true,
     },
     Demo {
         krate: "polyplug-runtime",
-        example: Some("demo"),
+        example: "demo",
         needs_bins: false,
     },
     Demo {
         krate: "sqry-admission",
-        example: Some("demo"),
+        example: "demo",
         needs_bins: false,
     },
 ];
@@ -54,7 +54,7 @@ pub(crate) fn run() -> Result<(), String> {
     } in DEMOS
     {
         println!("\n==> demo: {krate}");
-        if *needs_bins && example.is_some() {
+        if *needs_bins {
             cmd::run(cargo().args([
                 "build",
                 "--quiet",
@@ -65,21 +65,16 @@ pub(crate) fn run() -> Result<(), String> {
                 "--bins",
             ]))?;
         }
-        match example {
-            Some(example) => cmd::run(cargo().args([
-                "run",
-                "--quiet",
-                "--release",
-                "--locked",
-                "-p",
-                krate,
-                "--example",
-                example,
-            ]))?,
-            None => println!(
-                "not there yet: {krate} is a skeleton (docs only); its issue adds its demo"
-            ),
-        }
+        cmd::run(cargo().args([
+            "run",
+            "--quiet",
+            "--release",
+            "--locked",
+            "-p",
+            krate,
+            "--example",
+            example,
+        ]))?;
     }
     finale()
 }

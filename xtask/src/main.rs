@@ -1,13 +1,16 @@
 //! Workspace automation, run as `cargo xtask <command>`.
 //!
-//! - `ci` — every suite, in order, stopping at the first failure: formatting, clippy, tests,
-//!   docs, loom models, cross-crate suites, dependency policy and platform-gated suites. Ends
-//!   with one `N passed, N failed` line. `.ci/run` calls exactly this. `ci --stage NAME` runs
-//!   one stage.
+//! - `ci` — every suite, in order, stopping at the first failure; the stages are `format`,
+//!   `clippy`, `macos-check` (the Apple-only code linted for macOS), `tests`, `docs`, `loom`,
+//!   `cross-crate`, `dependency-policy`, `packaging` (`cargo package` of the published crates)
+//!   and `platform-gated`. Ends with one `N passed, N failed` line. `.ci/run` calls exactly
+//!   this. `ci --stage NAME` runs one stage.
 //! - `demo` — one scenario per crate on real OS parts, with measured figures.
 //! - `bench [crate]` — the benchmarks, with `bench: …` verdict lines and a summary.
 //!
 //! xtask has no dependencies so that it builds in seconds on a cold machine.
+
+#![forbid(unsafe_code)]
 
 mod bench;
 mod ci;
@@ -21,7 +24,7 @@ usage: cargo xtask <command>
 
 commands:
   ci              run every suite (what CI runs), ending with 'N passed, N failed'
-  ci --stage NAME run one stage (format, clippy, tests, loom, …; a wrong name lists them)
+  ci --stage NAME run one stage (format, clippy, macos-check, tests, …; a wrong name lists them)
   demo            run the demo scenarios on real OS parts
   bench [crate]   run benchmarks (all crates, or one) and print their verdicts
 ";

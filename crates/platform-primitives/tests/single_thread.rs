@@ -119,7 +119,10 @@ mod linux {
         let (rx, tx) = UnixDatagram::pair().map_err(|e| e.to_string())?;
         let support = enable_datagram_credentials(&rx).map_err(|e| e.to_string())?;
         if !support.pidfd {
-            eprintln!("skip: no SO_PASSPIDFD on this kernel (Linux >= 6.5 needed)");
+            workspace_tests::support::skip(
+                "full_descriptor_table_gives_no_pidfd_not_a_negative_fd",
+                "no SO_PASSPIDFD on this kernel (Linux >= 6.5 needed)",
+            );
             return Ok(());
         }
         let mut batch = DatagramBatch::new(BatchConfig::default());

@@ -351,10 +351,10 @@ fn sweep_dead_copy_dirs() {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("polyplug-")) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid > 0 && !crate::sys::unix::process_exists(pid) {
+        if pid > 0 && !platform_primitives::process::exists(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        eprintln!("skip: firecracker: Firecracker and userfaultfd are Linux-only");
+        workspace_tests::support::skip("firecracker", "Firecracker and userfaultfd are Linux-only");
         workspace_tests::harness::report(&[])
     }
 }
@@ -31,6 +31,10 @@ fn main() -> ExitCode {
 mod fc;
 
 #[cfg(target_os = "linux")]
+#[path = "support/pages.rs"]
+mod pages;
+
+#[cfg(target_os = "linux")]
 mod linux {
     use std::io::{BufRead, BufReader};
     use std::path::{Path, PathBuf};
@@ -38,13 +42,13 @@ mod linux {
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
 
-    use bytes::Bytes;
     use squib_host::firecracker::{FirecrackerHandler, HandlerConfig, HandshakeError, Session};
-    use squib_host::{FilePageSource, PageRequest, PageSource, PageSourceError, PagerConfig};
+    use squib_host::{FilePageSource, PagerConfig};
     use workspace_tests::firecracker::{Kit, Snapshot, Vm, take_snapshot, verified_passes};
     use workspace_tests::harness::Check;
 
     use crate::fc::{kit_or_skip, work_dir};
+    use crate::pages::Slow;
 
     pub(super) const CHECKS: &[Check] = &[
         (
@@ -121,7 +125,7 @@ mod linux {
             match workspace_tests::hugetlb::reserve(u64::from(MEM_MIB) / 2 + 8) {
                 Ok(r) => Some(r),
                 Err(why) => {
-                    eprintln!("skip: {test}: {why}");
+                    workspace_tests::support::skip(test, &why);
                     return Ok(());
                 }
             }
@@ -218,30 +222,15 @@ mod linux {
         Ok(())
     }
 
-    /// A source slow enough that a restore is still under way when the handler is killed.
-    #[derive(Debug)]
-    struct Slow(FilePageSource);
-    impl PageSource for Slow {
-        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
-            std::thread::sleep(Duration::from_millis(2));
-            self.0.fetch(req)
-        }
-        fn len_hint(&self) -> Option<u64> {
-            self.0.len_hint()
-        }
-        fn known_zero(&self, offset: u64, len: usize) -> bool {
-            self.0.known_zero(offset, len)
-        }
-        fn is_local(&self) -> bool {
-            true
-        }
-    }
-
     /// Child role: a handler process serving one VMM from a slow source.
     fn handler_role() -> ExitCode {
         let sock = PathBuf::from(std::env::var_os("SQUIB_SOCKET").expect("socket"));
         let snap = PathBuf::from(std::env::var_os("SQUIB_SNAPSHOT").expect("snapshot"));
-        let source = Slow(FilePageSource::open(&snap).expect("snapshot"));
+        // Slow enough that the restore is still under way when the handler is killed.
+        let source = Slow {
+            source: FilePageSource::open(&snap).expect("snapshot"),
+            delay: Duration::from_millis(2),
+        };
         let config = HandlerConfig {
             pager: PagerConfig {
                 background: false,

@@ -35,5 +35,8 @@ mod macos {
 #[cfg(not(target_os = "macos"))]
 #[test]
 fn mach_server_joins_within_four_poll_intervals() {
-    eprintln!("skip: mach_server_joins_within_four_poll_intervals: the Mach server is macOS-only");
+    workspace_tests::support::skip(
+        "mach_server_joins_within_four_poll_intervals",
+        "the Mach server is macOS-only",
+    );
 }

@@ -20,10 +20,14 @@ fn main() -> ExitCode {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        eprintln!("skip: processes: userfaultfd is Linux-only");
+        workspace_tests::support::skip("processes", "userfaultfd is Linux-only");
         workspace_tests::harness::report(&[])
     }
 }
+
+#[cfg(target_os = "linux")]
+#[path = "support/pages.rs"]
+mod pages;
 
 #[cfg(target_os = "linux")]
 mod linux {
@@ -47,6 +51,9 @@ mod linux {
     };
 
     use workspace_tests::harness::Check;
+    use workspace_tests::support::{have, skip};
+
+    use crate::pages::{Slow, ps, require_uffd, snapshot};
 
     const CHECKS: &[Check] = &[
         (
@@ -107,36 +114,6 @@ mod linux {
     }
 
     // ---- helpers ---------------------------------------------------------------------------
-
-    fn ps() -> usize {
-        squib_host::host_page_size()
-    }
-
-    fn byte(page: usize, i: usize) -> u8 {
-        let x = (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        if page % 10 < 3 {
-            0
-        } else {
-            (x >> 29) as u8 | 1
-        }
-    }
-
-    fn snapshot(pages: usize) -> Vec<u8> {
-        (0..pages * ps())
-            .map(|o| byte(o / ps(), o % ps()))
-            .collect()
-    }
-
-    fn uffd_usable() -> Result<bool, String> {
-        match Uffd::open() {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                eprintln!("skip: processes: {e}");
-                Ok(false)
-            }
-        }
-    }
 
     fn temp_dir(label: &str) -> workspace_tests::support::TempDir {
         workspace_tests::support::TempDir::new(&format!("squib-proc-{label}"))
@@ -269,10 +246,8 @@ mod linux {
         ExitCode::from(3)
     }
 
-    fn expect_sigbus(role: &str) -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+    fn expect_sigbus(test: &str, role: &str) -> Result<(), String> {
+        require_uffd!(test, Ok(()));
         let mut c = child(role, &[])?;
         let status = wait_for(&mut c, Duration::from_secs(20))?;
         let out = read_line(&mut c)?;
@@ -285,11 +260,14 @@ mod linux {
     }
 
     fn failing_source_sigbus() -> Result<(), String> {
-        expect_sigbus("failing")
+        expect_sigbus("failing_source_gives_the_faulting_thread_sigbus", "failing")
     }
 
     fn hanging_source_sigbus() -> Result<(), String> {
-        expect_sigbus("hanging")
+        expect_sigbus(
+            "hanging_source_fails_closed_after_the_fetch_timeout",
+            "hanging",
+        )
     }
 
     // ---- Firecracker handler mode ----------------------------------------------------------
@@ -454,9 +432,10 @@ mod linux {
     }
 
     fn handler_end_to_end() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "firecracker_handshake_serves_a_child_vmm_byte_for_byte",
+            Ok(())
+        );
         let dir = temp_dir("fc");
         let snap_path = dir.join("mem.snap");
         let pages = 2048;
@@ -491,14 +470,18 @@ mod linux {
     /// Firecracker with `huge_pages: "2M"`: the VMM's guest memory is hugetlb, the handshake
     /// says 2 MiB pages, and the snapshot file has a 2 MiB hole, served as a zero huge page.
     fn handler_huge_pages() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "firecracker_handshake_with_2mib_huge_pages_and_a_sparse_snapshot",
+            Ok(())
+        );
         let huge_pages = 8;
         let reservation = match workspace_tests::hugetlb::reserve(huge_pages as u64) {
             Ok(r) => r,
             Err(why) => {
-                eprintln!("skip: firecracker_handshake_with_2mib_huge_pages: {why}");
+                skip(
+                    "firecracker_handshake_with_2mib_huge_pages_and_a_sparse_snapshot",
+                    &why,
+                );
                 return Ok(());
             }
         };
@@ -540,9 +523,10 @@ mod linux {
     }
 
     fn handler_kills_peer() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "handler_kills_the_vmm_when_the_snapshot_cannot_serve_it",
+            Ok(())
+        );
         let dir = temp_dir("fc-kill");
         let data = snapshot(256);
         let (session, mut vmm) = vmm_on_source(
@@ -583,9 +567,10 @@ mod linux {
     /// they own the fetch or wait on it; the VMM is neither frozen nor killed, and nothing
     /// fails closed.
     fn unmapped_while_faulting() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "threads_faulting_on_memory_the_vmm_unmaps_are_woken_not_frozen_or_killed",
+            Ok(())
+        );
         for threads in [1, 2] {
             let dir = temp_dir("fc-unmap");
             let data = snapshot(64);
@@ -667,9 +652,10 @@ mod linux {
     /// A VMM reading only pages below where its memory file ends, in order: the readahead
     /// windows grow past the end, but the VMM is served every page it reads.
     fn truncated_end() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "a_vmm_reading_below_a_truncated_end_is_served_not_killed",
+            Ok(())
+        );
         let dir = temp_dir("fc-trunc");
         let data = snapshot(1024);
         let end = 1000;
@@ -704,9 +690,7 @@ mod linux {
     /// (`page_size`), each with an unknown field, restore byte for byte.
     fn handshake_generations() -> Result<(), String> {
         use squib_host::firecracker::HandshakeGeneration as G;
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!("every_firecracker_handshake_generation_is_served", Ok(()));
         let dir = temp_dir("fc-gen");
         let snap_path = dir.join("mem.snap");
         std::fs::write(&snap_path, snapshot(512)).map_err(|e| e.to_string())?;
@@ -735,9 +719,10 @@ mod linux {
     /// A handshake the handler refuses (the snapshot is one page short of the VMM's memory)
     /// kills the VMM at once, and the error names its pid and the reason.
     fn refused_handshake_kills_vmm() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "a_refused_handshake_kills_the_vmm_and_names_its_pid",
+            Ok(())
+        );
         let dir = temp_dir("fc-refuse");
         let (full, short) = (dir.join("full.snap"), dir.join("short.snap"));
         let data = snapshot(256);
@@ -795,9 +780,10 @@ mod linux {
     /// A VMM sending its handshake a byte at a time, each byte within the timeout, is refused
     /// when the whole handshake is late; a good VMM connecting meanwhile is served at once.
     fn dribbling_handshake() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "a_dribbling_handshake_times_out_whole_and_never_delays_another_vmm",
+            Ok(())
+        );
         let dir = temp_dir("fc-dribble");
         let snap_path = dir.join("mem.snap");
         std::fs::write(&snap_path, snapshot(256)).map_err(|e| e.to_string())?;
@@ -943,9 +929,10 @@ mod linux {
     /// A child forked while a lazy mapping has missing pages reads one of them: it must die
     /// (the mapping is not inherited), never read zeros where the snapshot has data.
     fn fork_child() -> Result<(), String> {
-        if !uffd_usable()? {
-            return Ok(());
-        }
+        require_uffd!(
+            "a_forked_child_never_reads_wrong_bytes_from_a_lazy_mapping",
+            Ok(())
+        );
         let pages = 16;
         let pager = Pager::new(
             MemorySource::new(vec![0x61u8; pages * ps()]),
@@ -1016,19 +1003,6 @@ mod linux {
 
     // ---- gdb -------------------------------------------------------------------------------
 
-    /// A source that takes a little while per fetch, so a restore lasts long enough to attach.
-    #[derive(Debug)]
-    struct Slow(MemorySource);
-    impl PageSource for Slow {
-        fn fetch(&self, req: &PageRequest) -> Result<Bytes, PageSourceError> {
-            std::thread::sleep(Duration::from_micros(800));
-            self.0.fetch(req)
-        }
-        fn is_local(&self) -> bool {
-            true
-        }
-    }
-
     /// Child role: print "ready", wait for a line on stdin, start the pager, print "serving",
     /// restore 1500 pages one fault at a time and check every byte.
     fn slow_restore() -> ExitCode {
@@ -1038,7 +1012,11 @@ mod linux {
         let mut line = String::new();
         let _ = BufReader::new(std::io::stdin()).read_line(&mut line);
         let pager = Pager::new(
-            Slow(MemorySource::new(data.clone())),
+            // A little while per fetch, so the restore lasts long enough to attach.
+            Slow {
+                source: MemorySource::new(data.clone()),
+                delay: Duration::from_micros(800),
+            },
             PagerConfig {
                 background: false,
                 readahead_max: 0,
@@ -1057,19 +1035,6 @@ mod linux {
         } else {
             ExitCode::from(5)
         }
-    }
-
-    fn gdb_available(test: &str) -> bool {
-        let ok = Command::new("gdb")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            eprintln!("skip: {test}: gdb is not installed");
-        }
-        ok
     }
 
     fn gdb_detach(pid: u32) -> Result<(), String> {
@@ -1091,8 +1056,13 @@ mod linux {
     }
 
     fn gdb_scenario(before: bool) -> Result<(), String> {
-        let test = if before { "gdb_before" } else { "gdb_after" };
-        if !uffd_usable()? || !gdb_available(test) {
+        let test = if before {
+            "gdb_attach_and_detach_before_the_pager_starts"
+        } else {
+            "gdb_attach_and_detach_mid_restore"
+        };
+        require_uffd!(test, Ok(()));
+        if !have(test, &["gdb"]) {
             return Ok(());
         }
         let mut c = child("slow-restore", &[])?;

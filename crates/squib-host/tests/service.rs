@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        eprintln!("skip: service: the pager service is Linux-only");
+        workspace_tests::support::skip("service", "the pager service is Linux-only");
         workspace_tests::harness::report(&[])
     }
 }
@@ -39,6 +39,7 @@ mod linux {
 
     use workspace_tests::harness::Check;
     use workspace_tests::pager_service::Service;
+    use workspace_tests::support::{have, skip};
 
     use crate::fc::{kit_or_skip, work_dir};
 
@@ -278,12 +279,16 @@ mod linux {
     /// `systemd-analyze verify` accepts the shipped unit (with `ExecStart` pointing at the
     /// binary just built).
     fn unit_verifies() -> Result<(), String> {
-        let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-            eprintln!("skip: the_systemd_unit_verifies: systemd-analyze is not installed");
+        let test = "the_systemd_unit_verifies";
+        if !have(test, &["systemd-analyze"]) {
             return Ok(());
-        };
-        if !out.status.success() {
-            eprintln!("skip: the_systemd_unit_verifies: systemd-analyze does not run here");
+        }
+        let runs = Command::new("systemd-analyze")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !runs {
+            skip(test, "systemd-analyze does not run here");
             return Ok(());
         }
         let unit = std::fs::read_to_string(concat!(

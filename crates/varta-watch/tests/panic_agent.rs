@@ -34,7 +34,7 @@ fn one_beat() -> ExitCode {
 
 #[cfg(not(target_os = "linux"))]
 fn run_checks() -> ExitCode {
-    println!("skip: the observer is Linux-only");
+    workspace_tests::support::skip("panic_agent", "the observer is Linux-only");
     workspace_tests::harness::report(&[])
 }
 
@@ -61,10 +61,10 @@ mod checks {
     use super::*;
     use varta_watch::event::CriticalReason;
     use varta_watch::{Event, Observer, ObserverConfig};
+    use workspace_tests::support::TempDir;
 
-    fn observer(label: &str) -> Result<(Observer, std::path::PathBuf), String> {
-        let dir = std::env::temp_dir().join(format!("vw-agents-{}-{label}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    /// An observer bound in `dir`, and its socket's path.
+    fn observer(dir: &TempDir) -> Result<(Observer, std::path::PathBuf), String> {
         let path = dir.join("observer.sock");
         let obs = Observer::bind(ObserverConfig::new(&path)).map_err(|e| e.to_string())?;
         Ok((obs, path))
@@ -94,7 +94,8 @@ mod checks {
     }
 
     pub(crate) fn panic_hook_sends_the_terminal_frame() -> Result<(), String> {
-        let (mut obs, path) = observer("panic")?;
+        let dir = TempDir::new("vw-agents-panic");
+        let (mut obs, path) = observer(&dir)?;
         let mut child = agent("panicking-agent", &path)?;
         let pid = child.id();
         let events = until(&mut obs, |ev| {
@@ -102,8 +103,6 @@ mod checks {
                 .any(|e| matches!(e, Event::Exited { pid: p, .. } if *p == pid))
         })?;
         let status = child.wait().map_err(|e| e.to_string())?;
-        drop(obs);
-        let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
         if status.success() {
             return Err("the agent was supposed to panic".into());
         }
@@ -122,7 +121,8 @@ mod checks {
     }
 
     pub(crate) fn sender_that_exited_before_the_read() -> Result<(), String> {
-        let (mut obs, path) = observer("gone")?;
+        let dir = TempDir::new("vw-agents-gone");
+        let (mut obs, path) = observer(&dir)?;
         let mut child = agent("one-beat", &path)?;
         let pid = child.id();
         // The datagram waits in the queue while its sender exits and is reaped.
@@ -137,10 +137,7 @@ mod checks {
         if !registered {
             return Err(format!("its beat must still count: {events:?}"));
         }
-        let still_tracked = obs.tracker().agent(pid).is_some();
-        drop(obs);
-        let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
-        if still_tracked {
+        if obs.tracker().agent(pid).is_some() {
             return Err("an exited sender must not stay tracked".into());
         }
         Ok(())

@@ -8,21 +8,9 @@ use varta_watch::notify::Notification;
 use varta_watch::tracker::{Sender, Tracker, TrackerConfig};
 use varta_watch::vlp::{Frame, Status, looks_like_frame};
 
-/// CRC-32C (Castagnoli), bit by bit: an oracle independent of the crate's table.
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+#[path = "support/crc32c.rs"]
+mod crc32c;
+use crc32c::crc32c;
 
 fn status() -> impl Strategy<Value = Status> {
     prop_oneof![

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{TempDir, which};
+use crate::support::{TempDir, have};
 
 const ENGATE: &str = env!("CARGO_BIN_EXE_engate");
 /// How long any one thing may take to show up.
@@ -147,8 +147,7 @@ struct Tmux {
 
 impl Tmux {
     fn start(test: &str, engate: &Engate) -> Option<Self> {
-        if which("tmux").is_none() {
-            eprintln!("skip: {test}: tmux is not installed");
+        if !have(test, &["tmux"]) {
             return None;
         }
         let socket_name = format!("engate-it-{}-{test}", std::process::id());

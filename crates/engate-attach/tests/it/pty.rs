@@ -7,18 +7,7 @@ use std::time::{Duration, Instant};
 
 use engate_attach::pty::{Pty, PtyError, PtySize, is_end_of_output};
 
-use crate::support::which;
-
-/// Whether every program a test needs is installed; prints the skip line if not.
-fn have(test: &str, programs: &[&str]) -> bool {
-    match programs.iter().find(|p| which(p).is_none()) {
-        Some(missing) => {
-            eprintln!("skip: {test}: {missing} is not installed");
-            false
-        }
-        None => true,
-    }
-}
+use crate::support::have;
 
 /// Reads the master until the program's side closes (or `limit` passes).
 fn read_to_end(pty: &Pty, limit: Duration) -> Vec<u8> {

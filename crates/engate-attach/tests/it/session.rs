@@ -12,7 +12,7 @@ use engate_attach::session::{
 use engate_attach::{HubConfig, Policy, SnapshotKind};
 use platform_primitives::uds::BindError;
 
-use crate::support::{TempDir, which};
+use crate::support::{TempDir, have};
 
 /// A small xorshift generator: random moments without a dependency; the seed is printed.
 struct Rng(u64);
@@ -87,8 +87,10 @@ fn slow_authority(socket: std::path::PathBuf) -> Result<Transcript, ClientError>
 
 #[test]
 fn every_client_rebuilds_the_programs_output_exactly_across_detach_and_resume() {
-    if which("seq").is_none() {
-        eprintln!("skip: every_client_rebuilds_the_programs_output_exactly: seq is not installed");
+    if !have(
+        "every_client_rebuilds_the_programs_output_exactly_across_detach_and_resume",
+        &["seq"],
+    ) {
         return;
     }
     const N: u32 = 200_000;
@@ -231,8 +233,7 @@ fn read_until(
 #[cfg(feature = "screen")]
 #[test]
 fn screen_snapshot_redraws_a_full_screen_program() {
-    if which("less").is_none() {
-        eprintln!("skip: screen_snapshot_redraws_a_full_screen_program: less is not installed");
+    if !have("screen_snapshot_redraws_a_full_screen_program", &["less"]) {
         return;
     }
     let dir = TempDir::new("less");
@@ -346,8 +347,10 @@ fn a_client_resize_reaches_the_programs_terminal() {
 
 #[test]
 fn a_second_authority_is_refused_and_a_second_server_is_not_started() {
-    if which("cat").is_none() {
-        eprintln!("skip: a_second_authority_is_refused: cat is not installed");
+    if !have(
+        "a_second_authority_is_refused_and_a_second_server_is_not_started",
+        &["cat"],
+    ) {
         return;
     }
     let dir = TempDir::new("refuse");

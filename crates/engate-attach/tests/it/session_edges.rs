@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use engate_attach::session::wire::{self, ClientMsg, ServerMsg};
 use engate_attach::session::{SessionClient, SessionConfig, SessionServer};
 use engate_attach::{HubConfig, Policy};
+use platform_primitives::process;
 
-use crate::support::{TempDir, which};
+use crate::support::{TempDir, have, skip};
 
 /// How long a shutdown may take, whatever the clients do.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
@@ -25,16 +26,6 @@ const CHILD_ROLE: &str = "ENGATE_IT_CHILD_ROLE";
 const CHILD_SOCKET: &str = "ENGATE_IT_CHILD_SOCKET";
 /// What a helper process prints once it is ready (then, for a server, its pid).
 const READY: &str = "helper-ready";
-
-fn have(test: &str, programs: &[&str]) -> bool {
-    match programs.iter().find(|p| which(p).is_none()) {
-        Some(missing) => {
-            eprintln!("skip: {test}: {missing} is not installed");
-            false
-        }
-        None => true,
-    }
-}
 
 /// Shuts `server` down on another thread and reports how long it took, or `None` if it had not
 /// returned within [`SHUTDOWN_LIMIT`]; in that case `unblock` runs (it makes the hung server
@@ -152,13 +143,6 @@ fn helper(role: &str, socket: &Path) -> (Child, BufReader<ChildStdout>, String) 
     }
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id()).expect("pid");
-    // SAFETY: kill takes plain integers; `child` has not been waited for, so the pid is ours.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig})");
-}
-
 /// Not a test of its own: the entry point of the helper processes the tests above start (a
 /// client that can be stopped with SIGSTOP, a server whose memory can be measured). Run
 /// without the helper environment it returns at once.
@@ -201,14 +185,14 @@ fn shutdown_returns_promptly_with_a_stopped_client_process() {
     let server = SessionServer::start(SessionConfig::new(&socket, "yes")).expect("start");
     let (mut client, _out, _) = helper("client", &socket);
     wait_for_output(&server, 1 << 20);
-    signal(&client, libc::SIGSTOP);
+    // The client has not been waited for (here or below): its pid is still its own.
+    process::signal(client.id(), libc::SIGSTOP).expect("stop the client");
     wait_for_output(&server, server.hub().metrics().emitted_bytes + (8 << 20));
     let pid = client.id();
     let took = timed_shutdown(server, || {
-        // SAFETY: see `signal`; the helper has not been waited for.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        let _ = process::signal(pid, libc::SIGKILL);
     });
-    signal(&client, libc::SIGKILL);
+    process::signal(client.id(), libc::SIGKILL).expect("kill the client");
     let _ = client.wait();
     let took = took.expect("shutdown hung while a client process was stopped");
     assert!(took < SHUTDOWN_LIMIT, "{took:?}");
@@ -358,7 +342,10 @@ fn rss(pid: u32) -> Option<u64> {
 #[test]
 fn an_oversized_input_frame_is_refused_without_growing_the_servers_memory() {
     if !cfg!(target_os = "linux") {
-        eprintln!("skip: an_oversized_input_frame: resident memory is read from Linux /proc");
+        skip(
+            "an_oversized_input_frame",
+            "resident memory is read from Linux /proc",
+        );
         return;
     }
     if !have("an_oversized_input_frame", &["cat"]) {

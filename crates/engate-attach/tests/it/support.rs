@@ -83,4 +83,4 @@ pub(crate) fn numbered_chunk(i: usize) -> Vec<u8> {
     v
 }
 
-pub(crate) use workspace_tests::support::{TempDir, which};
+pub(crate) use workspace_tests::support::{TempDir, have, skip};

@@ -76,10 +76,10 @@ fn huge_mappings_use_2mib_pages_and_a_short_pool_is_a_clear_error() {
     let reservation = match workspace_tests::hugetlb::reserve(2) {
         Ok(r) => r,
         Err(why) => {
-            eprintln!(
-                "skip: huge_mappings_use_2mib_pages_and_a_short_pool_is_a_clear_error: {why}"
+            return crate::support::skip(
+                "huge_mappings_use_2mib_pages_and_a_short_pool_is_a_clear_error",
+                &why,
             );
-            return;
         }
     };
     {

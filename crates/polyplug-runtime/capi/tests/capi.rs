@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use fixtures::{BundleSpec, capi_libraries, compile_c, crate_dir, fixtures};
+use workspace_tests::support::{have, skip};
 
 type HostRun = unsafe extern "C" fn(*const c_char, *const c_char, *mut c_char, usize) -> c_int;
 
@@ -198,12 +199,14 @@ fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> Result<String, St
 
 #[test]
 fn a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library() {
+    let test = "a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library";
     if !cfg!(target_os = "linux") {
-        println!("skip: the install layout under test (SONAME .so.0) is Linux's");
-        return;
+        return skip(
+            test,
+            "the install layout under test (SONAME .so.0) is Linux's",
+        );
     }
-    if run("pkg-config", &["--version"], &[]).is_err() {
-        println!("skip: pkg-config is not installed");
+    if !have(test, &["pkg-config"]) {
         return;
     }
     let f = fixtures();
@@ -234,7 +237,10 @@ fn a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library() {
             dynamic.contains("[libpolyplug_runtime_capi.so.0]"),
             "the program records the SONAME:\n{dynamic}"
         ),
-        Err(_) => println!("skip: readelf is not installed; not checking NEEDED"),
+        Err(_) => skip(
+            test,
+            "readelf is not installed: the recorded SONAME is not checked",
+        ),
     }
     // What ships carries no debug information (the static library's members include Rust's
     // standard library, which is built with it).
@@ -260,9 +266,9 @@ fn a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library() {
 
 #[test]
 fn the_shared_library_has_a_soname() {
+    let test = "the_shared_library_has_a_soname";
     if !cfg!(target_os = "linux") {
-        println!("skip: SONAMEs are an ELF feature");
-        return;
+        return skip(test, "SONAMEs are an ELF feature");
     }
     let (_, shared) = capi_libraries().expect("build polyplug-runtime-capi");
     match run("readelf", &["-d", &shared.display().to_string()], &[]) {
@@ -270,7 +276,7 @@ fn the_shared_library_has_a_soname() {
             dynamic.contains("Library soname: [libpolyplug_runtime_capi.so.0]"),
             "{dynamic}"
         ),
-        Err(e) => println!("skip: readelf is not available ({e})"),
+        Err(e) => skip(test, &format!("readelf is not available ({e})")),
     }
 }
 

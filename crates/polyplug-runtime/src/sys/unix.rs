@@ -156,10 +156,3 @@ pub(crate) fn call_fini(fini: FiniFn) {
     // SAFETY: the open library's finaliser, called once, before its dlclose.
     unsafe { fini() }
 }
-
-/// Whether process `pid` exists (for sweeping copy directories of dead processes).
-pub(crate) fn process_exists(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission; no signal is sent.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}

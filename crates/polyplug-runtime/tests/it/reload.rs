@@ -544,8 +544,10 @@ fn a_held_interface_defers_the_unload_of_the_old_version() {
 #[test]
 fn a_rust_plugin_with_live_thread_locals_stays_mapped_and_the_report_says_so() {
     if !cfg!(target_os = "linux") {
-        eprintln!("skip: a_rust_plugin_with_live_thread_locals_stays_mapped: Linux maps only");
-        return;
+        return workspace_tests::support::skip(
+            "a_rust_plugin_with_live_thread_locals_stays_mapped_and_the_report_says_so",
+            "the behaviour checked is glibc's, on Linux",
+        );
     }
     let f = fixtures();
     let (v1, v2) = f.rust_pair("rust-tls");

@@ -3,10 +3,9 @@
 //! refused with a typed error naming both bundles and the contract, and the old version keeps
 //! serving.
 //!
-//! The scenario is the one that exposed the gap: `hcalc` (the C plugin, v2) provides
-//! `c.greeter`, `shared.math` and `c.extra`; `hconsumer` requires `c.extra@1.0`; reloading
-//! `hcalc` from its v1 (which provides no `c.extra`) used to succeed and turn the consumer's
-//! `c.extra` handle stale.
+//! The central scenario: `hcalc` (the C plugin, v2) provides `c.greeter`, `shared.math` and
+//! `c.extra`; `hconsumer` requires `c.extra@1.0`; reloading `hcalc` from its v1 (which provides
+//! no `c.extra`) must be refused, so the consumer's `c.extra` handle never goes stale.
 
 use polyplug_runtime::abi::{GuestContractHandle, Version};
 use polyplug_runtime::{LoadError, ReloadError, ReloadRequest, Runtime, UnloadError};

@@ -306,14 +306,11 @@ fn sweep_dead(dir: &Path) {
         let Some(pid) = entry
             .file_name()
             .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(|n| n.parse::<u32>().ok())
         else {
             continue;
         };
-        // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !platform_primitives::process::exists(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -14,9 +14,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use squib_host::{PageRequest, PageSource, PageSourceError, Pager, PagerConfig};
+use squib_host::{PageRequest, PageSource, PageSourceError, PagerConfig};
+use workspace_tests::support::skip;
 
-use crate::support::{Served, kernel_read, ps, snapshot, uffd_or_skip, within};
+use crate::pages::{ps, require_uffd, snapshot, uffd_or_skip};
+use crate::support::{Restore, kernel_read, quiet, within};
 
 /// Whether the kernel delivers failed faults as poisoned pages (Linux 6.6+), which
 /// `kernel_read` needs; prints the skip line if not.
@@ -27,7 +29,7 @@ pub(crate) fn poison_or_skip(test: &str) -> bool {
     match squib_host::Uffd::open() {
         Ok(u) if u.can_poison() => true,
         _ => {
-            eprintln!("skip: {test}: this kernel has no UFFDIO_POISON (Linux 6.6)");
+            skip(test, "this kernel has no UFFDIO_POISON (Linux 6.6)");
             false
         }
     }
@@ -89,18 +91,14 @@ fn readahead_into_a_bad_page(local: bool) {
     let data = snapshot(pages);
     let mut source = Flawed::new(data.clone(), local);
     source.end = (bad * ps()) as u64;
-    let pager = Pager::new(
-        source,
-        PagerConfig {
-            poll_interval: Duration::from_millis(50),
-            background: false,
+    let Restore { data, mem, pager } = Restore::serving(data)
+        .source(source)
+        .config(PagerConfig {
             fetch_retries: 1,
             retry_backoff: Duration::from_millis(1),
-            ..PagerConfig::default()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+            ..quiet()
+        })
+        .start();
     let m = mem.clone();
     let results = within(Duration::from_secs(30), "sequential reads", move || {
         (bad - 30..=bad)
@@ -150,19 +148,15 @@ fn hung_fetches_never_starve_faults_on_healthy_pages() {
     source.hang = (0..5).collect();
     let released = source.released.clone();
     let timeout = Duration::from_millis(300);
-    let pager = Pager::new(
-        source,
-        PagerConfig {
-            poll_interval: Duration::from_millis(50),
-            background: false,
+    let Restore { data, mem, pager } = Restore::serving(data)
+        .source(source)
+        .config(PagerConfig {
             readahead_max: 0,
             fetch_workers: 4,
             fetch_timeout: timeout,
-            ..PagerConfig::default()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+            ..quiet()
+        })
+        .start();
     let hung: Vec<_> = (0..5)
         .map(|p| {
             let m = mem.clone();
@@ -203,20 +197,9 @@ fn hung_fetches_never_starve_faults_on_healthy_pages() {
 /// rest of the mapping: discarded pages read zeros, the others the snapshot.
 #[test]
 fn a_balloon_thread_discards_through_a_shared_reference() {
-    if !uffd_or_skip("a_balloon_thread_discards_through_a_shared_reference") {
-        return;
-    }
+    require_uffd!("a_balloon_thread_discards_through_a_shared_reference");
     let pages = 256;
-    let data = snapshot(pages);
-    let pager = Pager::new(
-        squib_host::MemorySource::new(data.clone()),
-        PagerConfig {
-            poll_interval: Duration::from_millis(50),
-            ..PagerConfig::default()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { data, mem, pager } = Restore::of(pages).background().start();
     let balloon = {
         let mem = mem.clone();
         std::thread::spawn(move || {
@@ -255,9 +238,7 @@ fn a_balloon_thread_discards_through_a_shared_reference() {
 #[test]
 fn a_copy_deferred_by_an_unread_remove_returns_at_once() {
     use squib_host::{Copied, Uffd, UffdEvent};
-    if !uffd_or_skip("a_copy_deferred_by_an_unread_remove_returns_at_once") {
-        return;
-    }
+    require_uffd!("a_copy_deferred_by_an_unread_remove_returns_at_once");
     let uffd = Arc::new(Uffd::open().unwrap());
     let mut map = platform_primitives::mem::AnonMapping::new(4 * ps()).unwrap();
     uffd.register_mapping(&mut map).unwrap();

@@ -12,17 +12,11 @@ use squib_host::{
     PagerConfig, PrewarmList, spawn_server,
 };
 
-use crate::support::{Served, eventually, ps, snapshot, temp_dir, uffd_or_skip, within};
+use crate::pages::{ps, require_uffd, snapshot};
+use crate::support::{Restore, Served, eventually, quiet, temp_dir, within};
+use workspace_tests::support::skip;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn quiet() -> PagerConfig {
-    PagerConfig {
-        poll_interval: Duration::from_millis(50),
-        background: false,
-        ..PagerConfig::default()
-    }
-}
 
 /// Touches the given pages (reads one byte each) in order, then returns the whole mapping's
 /// bytes compared with `expected`: the index of the first differing byte, if any.
@@ -35,9 +29,7 @@ fn first_mismatch(mem: &LazyMapping, expected: &[u8]) -> Option<usize> {
 
 #[test]
 fn faults_from_several_threads_are_served_byte_for_byte() {
-    if !uffd_or_skip("faults_from_several_threads_are_served_byte_for_byte") {
-        return;
-    }
+    require_uffd!("faults_from_several_threads_are_served_byte_for_byte");
     let pages = 2048;
     let data = Arc::new(snapshot(pages));
     let pager = Pager::new(MemorySource::new(data.to_vec()), quiet());
@@ -106,9 +98,7 @@ fn faults_from_several_threads_are_served_byte_for_byte() {
 
 #[test]
 fn sparse_snapshot_files_serve_holes_as_zero_pages() {
-    if !uffd_or_skip("sparse_snapshot_files_serve_holes_as_zero_pages") {
-        return;
-    }
+    require_uffd!("sparse_snapshot_files_serve_holes_as_zero_pages");
     use std::os::unix::fs::FileExt;
     let dir = temp_dir("sparse");
     let path = dir.join("mem.snap");
@@ -131,9 +121,7 @@ fn sparse_snapshot_files_serve_holes_as_zero_pages() {
         source.data_bytes() < (pages * ps()) as u64,
         "the file system keeps holes"
     );
-    let pager = Pager::new(source, quiet());
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { mem, pager, .. } = Restore::of(pages).source(source).start();
     let m = mem.clone();
     let mismatch = within(LIMIT, "reading the sparse snapshot", move || {
         first_mismatch(&m, &expected)
@@ -148,14 +136,9 @@ fn sparse_snapshot_files_serve_holes_as_zero_pages() {
 
 #[test]
 fn removed_pages_read_as_zeros_on_the_next_touch() {
-    if !uffd_or_skip("removed_pages_read_as_zeros_on_the_next_touch") {
-        return;
-    }
-    let pages = 64;
-    let data = snapshot(pages);
-    let pager = Pager::new(MemorySource::new(data.clone()), quiet());
-    let mut mem = pager.map_lazy(pages * ps(), 0).unwrap();
-    let pager = Served::start(pager);
+    require_uffd!("removed_pages_read_as_zeros_on_the_next_touch");
+    let Restore { data, mem, pager } = Restore::of(64).start();
+    let mut mem = Arc::into_inner(mem).expect("the only owner of the mapping");
     let (mem, data) = within(LIMIT, "remove then touch", move || {
         assert_eq!(mem.as_slice()[3 * ps() + 5], data[3 * ps() + 5]);
         assert_eq!(mem.as_slice()[4 * ps() + 5], data[4 * ps() + 5]);
@@ -181,20 +164,9 @@ fn removed_pages_read_as_zeros_on_the_next_touch() {
 
 #[test]
 fn background_population_fills_untouched_memory_in_growing_chunks() {
-    if !uffd_or_skip("background_population_fills_untouched_memory_in_growing_chunks") {
-        return;
-    }
+    require_uffd!("background_population_fills_untouched_memory_in_growing_chunks");
     let pages = 4096;
-    let data = snapshot(pages);
-    let pager = Pager::new(
-        MemorySource::new(data.clone()),
-        PagerConfig {
-            background: true,
-            ..quiet()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { data, mem, pager } = Restore::of(pages).background().start();
     eventually(LIMIT, "background population", || {
         pager.stats().background_pages == pages as u64
     });
@@ -218,9 +190,7 @@ fn background_population_fills_untouched_memory_in_growing_chunks() {
 /// and only then does the pager say it is populated.
 #[test]
 fn populate_installs_every_page_and_retries_what_failed() {
-    if !uffd_or_skip("populate_installs_every_page_and_retries_what_failed") {
-        return;
-    }
+    require_uffd!("populate_installs_every_page_and_retries_what_failed");
     /// Fails every fetch that covers `bad_page` until `failures` of them have failed.
     #[derive(Debug)]
     struct FailsAtFirst {
@@ -246,23 +216,20 @@ fn populate_installs_every_page_and_retries_what_failed() {
             self.inner.len_hint()
         }
     }
-    let pages = 2048;
-    let data = snapshot(pages);
-    let pager = Pager::new(
-        FailsAtFirst {
-            inner: MemorySource::new(data.clone()),
+    let data = snapshot(2048);
+    let Restore { data, mem, pager } = Restore::serving(data.clone())
+        .source(FailsAtFirst {
+            inner: MemorySource::new(data),
             bad_page: 1500,
             failures: 4,
             failed: AtomicUsize::new(0),
-        },
-        PagerConfig {
+        })
+        .config(PagerConfig {
             fetch_retries: 1,
             retry_backoff: Duration::from_millis(1),
             ..quiet()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+        })
+        .start();
     let m = mem.clone();
     within(LIMIT, "touch page 3", move || m.as_slice()[3 * ps()]);
     std::thread::sleep(Duration::from_millis(200));
@@ -289,14 +256,9 @@ fn populate_installs_every_page_and_retries_what_failed() {
 
 #[test]
 fn sequential_faults_trigger_readahead() {
-    if !uffd_or_skip("sequential_faults_trigger_readahead") {
-        return;
-    }
+    require_uffd!("sequential_faults_trigger_readahead");
     let pages = 2048;
-    let data = snapshot(pages);
-    let pager = Pager::new(MemorySource::new(data.clone()), quiet());
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { data, mem, pager } = Restore::of(pages).start();
     let m = mem.clone();
     let mismatch = within(LIMIT, "sequential walk", move || {
         (0..pages).find(|&p| m.as_slice()[p * ps()] != data[p * ps()])
@@ -314,13 +276,10 @@ fn sequential_faults_trigger_readahead() {
 
 #[test]
 fn a_recorded_working_set_prewarms_the_next_restore() {
-    if !uffd_or_skip("a_recorded_working_set_prewarms_the_next_restore") {
-        return;
-    }
+    require_uffd!("a_recorded_working_set_prewarms_the_next_restore");
     let dir = temp_dir("ws");
     let ws_path = dir.join("ws");
     let pages = 512;
-    let data = snapshot(pages);
     let touched: Vec<usize> = vec![17, 3, 400, 401, 9, 250, 511, 0];
     let no_readahead = PagerConfig {
         readahead_max: 0,
@@ -328,9 +287,7 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
     };
 
     // First run: record.
-    let pager = Pager::new(MemorySource::new(data.clone()), no_readahead.clone());
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { data, mem, pager } = Restore::of(pages).config(no_readahead.clone()).start();
     let (m, t, d) = (mem.clone(), touched.clone(), data.clone());
     within(LIMIT, "first run", move || {
         for p in t {
@@ -345,15 +302,12 @@ fn a_recorded_working_set_prewarms_the_next_restore() {
     drop(mem);
 
     // Second run: replay; the same touches take no fault.
-    let pager = Pager::new(
-        MemorySource::new(data.clone()),
-        PagerConfig {
+    let Restore { mem, pager, .. } = Restore::of(pages)
+        .config(PagerConfig {
             prewarm: PrewarmList::load(&ws_path).unwrap(),
             ..no_readahead
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+        })
+        .start();
     eventually(LIMIT, "prewarm", || {
         pager.stats().prewarmed == touched.len() as u64
     });
@@ -395,25 +349,20 @@ impl PageSource for SlowFirstPage {
 
 #[test]
 fn a_slow_fetch_does_not_hold_up_faults_on_other_pages() {
-    if !uffd_or_skip("a_slow_fetch_does_not_hold_up_faults_on_other_pages") {
-        return;
-    }
-    let pages = 64;
-    let data = snapshot(pages);
+    require_uffd!("a_slow_fetch_does_not_hold_up_faults_on_other_pages");
+    let data = snapshot(64);
     let source = Arc::new(SlowFirstPage {
         inner: MemorySource::new(data.clone()),
         concurrent: AtomicUsize::new(0),
         max_concurrent_same_page: AtomicUsize::new(0),
     });
-    let pager = Pager::new(
-        source.clone(),
-        PagerConfig {
+    let Restore { data, mem, pager } = Restore::serving(data)
+        .source(source.clone())
+        .config(PagerConfig {
             readahead_max: 0,
             ..quiet()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+        })
+        .start();
     let slow: Vec<_> = (0..3)
         .map(|_| {
             let m = mem.clone();
@@ -448,13 +397,9 @@ fn a_slow_fetch_does_not_hold_up_faults_on_other_pages() {
 
 #[test]
 fn mappings_come_and_go_while_the_server_runs() {
-    if !uffd_or_skip("mappings_come_and_go_while_the_server_runs") {
-        return;
-    }
+    require_uffd!("mappings_come_and_go_while_the_server_runs");
     let pages = 256;
-    let data = snapshot(2 * pages);
-    let pager = Pager::new(MemorySource::new(data.clone()), quiet());
-    let pager = Served::start(pager);
+    let (data, pager) = Restore::of(2 * pages).serve();
     // Made after the server started: it picks new regions up.
     let first = pager.map_lazy(pages * ps(), 0).unwrap();
     let second = Arc::new(pager.map_lazy(pages * ps(), (pages * ps()) as u64).unwrap());
@@ -481,15 +426,8 @@ fn mappings_come_and_go_while_the_server_runs() {
 
 #[test]
 fn serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake() {
-    if !uffd_or_skip("serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake")
-    {
-        return;
-    }
-    let pages = 16;
-    let data = snapshot(pages);
-    let pager = Pager::new(MemorySource::new(data.clone()), quiet());
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    require_uffd!("serve_fault_installs_into_lazy_memory_and_answers_present_pages_with_a_wake");
+    let Restore { data, mem, pager } = Restore::of(16).start();
     let base = mem.as_ptr() as u64;
     // Installed by the caller before anyone touches it: the touch takes no fault.
     let bytes = pager.serve_fault(base + 5 * ps() as u64, 1).unwrap();
@@ -531,17 +469,12 @@ fn huge_snapshot(pages: usize) -> Vec<u8> {
 #[test]
 fn huge_pages_are_served_whole_with_zero_pages_copied_from_zeros() {
     let test = "huge_pages_are_served_whole_with_zero_pages_copied_from_zeros";
-    if !uffd_or_skip(test) {
-        return;
-    }
+    require_uffd!(test);
     let pages = 8;
     let hp = squib_host::HUGE_PAGE_SIZE;
     let reservation = match workspace_tests::hugetlb::reserve(pages as u64) {
         Ok(r) => r,
-        Err(why) => {
-            eprintln!("skip: {test}: {why}");
-            return;
-        }
+        Err(why) => return skip(test, &why),
     };
     let data = Arc::new(huge_snapshot(pages));
     let pager = Pager::new(MemorySource::new(data.to_vec()), quiet());
@@ -589,23 +522,13 @@ fn huge_pages_are_served_whole_with_zero_pages_copied_from_zeros() {
 #[test]
 fn installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes() {
     let test = "installs_racing_removes_get_eagain_and_are_retried_without_wrong_bytes";
-    if !uffd_or_skip(test) {
-        return;
-    }
+    require_uffd!(test);
     // While a balloon's madvise(DONTNEED) waits for the server to read its REMOVE event, the
     // kernel refuses installs with EAGAIN. Background population copies many small runs (30%
     // of pages are zero, so every ten pages make two installs); a thread discarding pages at
     // the same time lands in that window sooner or later. Each round uses a fresh mapping.
     let pages = 8192;
-    let data = snapshot(pages);
-    let pager = Pager::new(
-        MemorySource::new(data.clone()),
-        PagerConfig {
-            background: true,
-            ..quiet()
-        },
-    );
-    let pager = Served::start(pager);
+    let (data, pager) = Restore::of(pages).background().serve();
     let started = Instant::now();
     let mut rounds = 0;
     while pager.stats().eagain_retries == 0 && started.elapsed() < Duration::from_secs(20) {

@@ -15,9 +15,11 @@ use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
-use squib_host::{MemorySource, Pager, PagerConfig, spawn_server};
+use squib_host::PagerConfig;
+use workspace_tests::support::skip;
 
-use crate::support::{uffd_or_skip, within};
+use crate::pages::require_uffd;
+use crate::support::{Restore, quiet, within};
 
 const KVM_GET_API_VERSION: u64 = 0xAE00;
 const KVM_CREATE_VM: u64 = 0xAE01;
@@ -177,32 +179,23 @@ fn kvm_usable() -> Result<(), String> {
 #[test]
 fn a_kvm_guest_on_lazily_served_memory_computes_the_snapshot_checksum() {
     let name = "a_kvm_guest_on_lazily_served_memory_computes_the_snapshot_checksum";
-    if !uffd_or_skip(name) {
-        return;
-    }
+    require_uffd!(name);
     if let Err(why) = kvm_usable() {
-        eprintln!("skip: {name}: {why}");
-        return;
+        return skip(name, &why);
     }
     let (image, expected) = guest_image();
-    let pager = Pager::new(
-        MemorySource::new(image),
-        PagerConfig {
-            background: false,
+    let Restore { mem, pager, .. } = Restore::serving(image)
+        .config(PagerConfig {
             readahead_max: 0,
-            poll_interval: Duration::from_millis(50),
-            ..PagerConfig::default()
-        },
-    );
-    let mem = pager.map_lazy(SLOT_SIZE, 0).expect("lazy guest RAM");
-    let server = spawn_server(&pager).expect("server");
+            ..quiet()
+        })
+        .start();
     let addr = mem.as_ptr() as u64;
     let got = within(Duration::from_secs(30), "the KVM guest", move || {
         run_guest(addr)
     });
     let s = pager.stats();
-    pager.request_shutdown();
-    server.join().expect("join").expect("server");
+    pager.finish();
     drop(mem);
     match got {
         Ok(sum) => {
@@ -215,6 +208,6 @@ fn a_kvm_guest_on_lazily_served_memory_computes_the_snapshot_checksum() {
         Err(e) if e.contains("KVM_RUN") || e.contains("exit reason") => {
             panic!("guest failed: {e}; stats {s:?}")
         }
-        Err(e) => eprintln!("skip: {name}: {e}"),
+        Err(e) => skip(name, &e),
     }
 }

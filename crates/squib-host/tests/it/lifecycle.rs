@@ -11,7 +11,7 @@ use squib_host::{
     spawn_server,
 };
 
-use crate::support::uffd_or_skip;
+use crate::pages::require_uffd;
 
 /// Answers every request with the same bytes.
 #[derive(Debug)]
@@ -69,26 +69,20 @@ fn spawn_idle_then_shut_down(idle: Duration) {
 #[test]
 fn server_joins_after_shutdown_when_it_started_late() {
     // The debugger-after ordering: the server is up and ticking when the shutdown comes.
-    if !uffd_or_skip("server_joins_after_shutdown_when_it_started_late") {
-        return;
-    }
+    require_uffd!("server_joins_after_shutdown_when_it_started_late");
     spawn_idle_then_shut_down(Duration::from_millis(150));
 }
 
 #[test]
 fn server_joins_after_shutdown_when_shut_down_early() {
     // The debugger-before ordering, lifecycle part: a short-lived server.
-    if !uffd_or_skip("server_joins_after_shutdown_when_shut_down_early") {
-        return;
-    }
+    require_uffd!("server_joins_after_shutdown_when_shut_down_early");
     spawn_idle_then_shut_down(Duration::from_millis(120));
 }
 
 #[test]
 fn shutdown_requested_before_spawn_returns_at_once() {
-    if !uffd_or_skip("shutdown_requested_before_spawn_returns_at_once") {
-        return;
-    }
+    require_uffd!("shutdown_requested_before_spawn_returns_at_once");
     let pager = make_pager();
     pager.request_shutdown();
     let join = spawn_server(&pager).unwrap();

@@ -4,6 +4,9 @@
 //! byte for byte; plus property tests of the parsers and region bookkeeping. Tests that need
 //! userfaultfd or /dev/kvm print a skip line when they are not available.
 
+#[path = "../support/pages.rs"]
+mod pages;
+
 mod edges;
 mod faults;
 mod kvm;

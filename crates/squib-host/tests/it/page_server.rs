@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use squib_host::{
     MemorySource, PageRequest, PageServerAddr, PageServerConfig, PageServerSource, PageSource,
-    PageSourceError, Pager, PagerConfig, serve_pages,
+    PageSourceError, PagerConfig, serve_pages,
 };
 
 use crate::edges::poison_or_skip;
-use crate::support::{Served, kernel_read, ps, snapshot, temp_dir, within};
+use crate::pages::{ps, snapshot};
+use crate::support::{Restore, kernel_read, quiet, temp_dir, within};
 
 /// Closes one connection from the server's side.
 type Closer = Box<dyn Fn() + Send>;
@@ -107,16 +108,17 @@ impl Drop for TestServer {
     }
 }
 
-fn pager_over(source: PageServerSource, background: bool) -> Pager {
-    Pager::new(
-        source,
-        PagerConfig {
-            poll_interval: Duration::from_millis(50),
+/// A restore of `data` through a page-server `source`, without readahead, with background
+/// population on or off.
+fn restore_over(data: &[u8], source: PageServerSource, background: bool) -> Restore {
+    Restore::serving(data.to_vec())
+        .source(source)
+        .config(PagerConfig {
             background,
             readahead_max: 0,
-            ..PagerConfig::default()
-        },
-    )
+            ..quiet()
+        })
+        .start()
 }
 
 #[test]
@@ -131,9 +133,7 @@ fn a_page_server_over_tcp_serves_faults_byte_for_byte() {
         PageServerSource::connect_to(PageServerAddr::Tcp(addr), PageServerConfig::default())
             .unwrap()
             .with_len(data.len() as u64);
-    let pager = pager_over(source, true);
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { mem, pager, .. } = restore_over(&data, source, true);
     let m = mem.clone();
     let bad = within(Duration::from_secs(30), "tcp reads", move || {
         (0..pages)
@@ -171,20 +171,17 @@ fn demand_median_us(background: bool) -> (u64, u64) {
         PageServerSource::connect_to(PageServerAddr::Unix(path), PageServerConfig::default())
             .unwrap()
             .with_len(data.len() as u64);
-    let pager = Pager::new(
-        source,
-        PagerConfig {
-            poll_interval: Duration::from_millis(50),
+    let Restore { data, mem, pager } = Restore::serving(data)
+        .source(source)
+        .config(PagerConfig {
             background,
             background_min_chunk: 4 << 20,
             background_max_chunk: 4 << 20,
             readahead_max: 0,
             record_working_set: false,
-            ..PagerConfig::default()
-        },
-    );
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+            ..quiet()
+        })
+        .start();
     let m = mem.clone();
     within(Duration::from_secs(60), "demand reads", move || {
         let mut x = 0x9E37_79B9u64;
@@ -259,9 +256,7 @@ fn a_stalled_request_times_out_and_its_lane_reconnects() {
     )
     .unwrap()
     .with_len(data.len() as u64);
-    let pager = pager_over(source, false);
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { mem, pager, .. } = restore_over(&data, source, false);
     let m = mem.clone();
     let (got, took) = within(Duration::from_secs(30), "stalled read", move || {
         let t0 = Instant::now();
@@ -292,9 +287,7 @@ fn a_restarted_page_server_is_reconnected_to() {
     )
     .unwrap()
     .with_len(data.len() as u64);
-    let pager = pager_over(source, false);
-    let mem = Arc::new(pager.map_lazy(pages * ps(), 0).unwrap());
-    let pager = Served::start(pager);
+    let Restore { mem, pager, .. } = restore_over(&data, source, false);
     let page = |p: usize| &data[p * ps()..(p + 1) * ps()];
     assert!(kernel_read(&mem, 1).ok().as_deref() == Some(page(1)));
     first.stop();

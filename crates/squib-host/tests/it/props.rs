@@ -5,7 +5,8 @@
 use proptest::prelude::*;
 use squib_host::{PrewarmList, Region, RegionSet};
 
-use crate::support::{ps, temp_dir};
+use crate::pages::ps;
+use crate::support::temp_dir;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]

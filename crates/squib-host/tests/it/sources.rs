@@ -10,7 +10,8 @@ use squib_host::{
     Pager, PagerConfig, PagerError, serve_pages,
 };
 
-use crate::support::{ps, snapshot, temp_dir};
+use crate::pages::{ps, snapshot};
+use crate::support::temp_dir;
 
 fn req(offset: u64, len: usize) -> PageRequest {
     PageRequest {

@@ -1,4 +1,7 @@
-//! Shared helpers: snapshot contents, skip checks, deadline joins.
+//! Shared helpers: temporary directories, deadline joins, kernel reads, and the restore
+//! fixture (a pager serving a test snapshot into a lazy mapping) the fault tests start from.
+//! The test snapshot itself, the page size and the userfaultfd guard are in
+//! `tests/support/pages.rs`, shared with the other test binaries.
 
 use std::sync::mpsc;
 use std::thread;
@@ -6,55 +9,8 @@ use std::time::Duration;
 
 use workspace_tests::support::TempDir;
 
-/// The host page size.
-pub(crate) fn ps() -> usize {
-    squib_host::host_page_size()
-}
-
-/// Whether a userfaultfd can be created here; prints the skip line if not.
-pub(crate) fn uffd_or_skip(test: &str) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        match squib_host::Uffd::open() {
-            Ok(_) => true,
-            Err(e) => {
-                eprintln!("skip: {test}: {e}");
-                false
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        eprintln!("skip: {test}: userfaultfd is Linux-only");
-        false
-    }
-}
-
-/// A deterministic byte for page `page`, byte `i`.
-pub(crate) fn byte(page: usize, i: usize) -> u8 {
-    let x = (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
-    (x >> 29) as u8 | 1
-}
-
-/// Whether page `page` of a test snapshot is all zeros (30% of pages).
-pub(crate) fn zero_page(page: usize) -> bool {
-    page % 10 < 3
-}
-
-/// A snapshot of `pages` pages mixing data pages and zero pages.
-pub(crate) fn snapshot(pages: usize) -> Vec<u8> {
-    let ps = ps();
-    let mut v = vec![0u8; pages * ps];
-    for p in 0..pages {
-        if !zero_page(p) {
-            for (i, b) in v[p * ps..(p + 1) * ps].iter_mut().enumerate() {
-                *b = byte(p, i);
-            }
-        }
-    }
-    v
-}
+#[cfg(target_os = "linux")]
+use crate::pages::{ps, snapshot};
 
 /// A fresh temporary directory for one test, removed when it is dropped.
 pub(crate) fn temp_dir(label: &str) -> TempDir {
@@ -157,5 +113,108 @@ impl Drop for Served {
             self.pager.request_shutdown();
             let _ = server.join();
         }
+    }
+}
+
+/// The pager settings the fault tests start from: no background population (so every page
+/// comes in through a fault or readahead the test causes) and a short poll interval (so
+/// shutdown is prompt).
+#[cfg(target_os = "linux")]
+pub(crate) fn quiet() -> squib_host::PagerConfig {
+    squib_host::PagerConfig {
+        poll_interval: Duration::from_millis(50),
+        background: false,
+        ..squib_host::PagerConfig::default()
+    }
+}
+
+/// A restore under test: the test snapshot of some pages ([`data`](Self::data)), mapped lazily
+/// at offset 0 ([`mem`](Self::mem)) and served by a running pager ([`pager`](Self::pager)).
+/// Made with [`Restore::of`]; fields are public so a test can destructure it.
+///
+/// `pager` stops its server when it is dropped (see [`Served`]), so a test that panics halfway
+/// leaves no faulting thread asleep; [`Served::finish`] also asserts a clean end.
+#[cfg(target_os = "linux")]
+pub(crate) struct Restore {
+    /// The snapshot the mapping must read back.
+    pub(crate) data: Vec<u8>,
+    /// The whole snapshot, mapped lazily at offset 0; shared so faulting threads can hold it.
+    pub(crate) mem: std::sync::Arc<squib_host::LazyMapping>,
+    /// The pager, its server running.
+    pub(crate) pager: Served,
+}
+
+/// How a [`Restore`] is made: a snapshot served from memory with the [`quiet`] settings
+/// unless [`source`](Self::source) or [`config`](Self::config) say otherwise.
+#[cfg(target_os = "linux")]
+pub(crate) struct RestoreBuilder {
+    data: Vec<u8>,
+    source: Option<Box<dyn squib_host::PageSource>>,
+    config: squib_host::PagerConfig,
+}
+
+#[cfg(target_os = "linux")]
+impl Restore {
+    /// A restore of the [`snapshot`] of `pages` pages.
+    pub(crate) fn of(pages: usize) -> RestoreBuilder {
+        Self::serving(snapshot(pages))
+    }
+
+    /// A restore of `data` (whole pages), for a test that builds its source from the
+    /// snapshot before the restore starts.
+    pub(crate) fn serving(data: Vec<u8>) -> RestoreBuilder {
+        RestoreBuilder {
+            data,
+            source: None,
+            config: quiet(),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl RestoreBuilder {
+    /// Serves the pages from `source` instead of the snapshot held in memory (a slow, failing
+    /// or remote source); [`Restore::data`] is still the snapshot the mapping should read.
+    pub(crate) fn source(mut self, source: impl squib_host::PageSource + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The pager's settings (start from [`quiet`]).
+    pub(crate) fn config(mut self, config: squib_host::PagerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Turns background population on (the pager's default, off in [`quiet`]).
+    pub(crate) fn background(mut self) -> Self {
+        self.config.background = true;
+        self
+    }
+
+    /// Maps the whole snapshot at offset 0 and starts the server.
+    pub(crate) fn start(self) -> Restore {
+        let (data, pager) = self.pager();
+        let mem = pager.map_lazy(data.len(), 0).expect("map the snapshot");
+        Restore {
+            data,
+            mem: std::sync::Arc::new(mem),
+            pager: Served::start(pager),
+        }
+    }
+
+    /// Starts the server with nothing mapped, for tests that map (and unmap) regions while it
+    /// runs; returns the snapshot and the served pager.
+    pub(crate) fn serve(self) -> (Vec<u8>, Served) {
+        let (data, pager) = self.pager();
+        (data, Served::start(pager))
+    }
+
+    fn pager(self) -> (Vec<u8>, squib_host::Pager) {
+        let source = match self.source {
+            Some(source) => source,
+            None => Box::new(squib_host::MemorySource::new(self.data.clone())),
+        };
+        (self.data, squib_host::Pager::new(source, self.config))
     }
 }

@@ -31,7 +31,7 @@ pub(crate) fn kit_or_skip(test: &str) -> Option<Kit> {
     match found {
         Ok(kit) => Some(kit),
         Err(why) => {
-            eprintln!("skip: {test}: {why}");
+            workspace_tests::support::skip(test, &why);
             None
         }
     }

@@ -2,7 +2,7 @@
 //! moving a descriptor to a fixed number in a hook's child process.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +115,10 @@ pub(crate) fn pass_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
         // spawn returns). dup2 clears close-on-exec on `target`; when `fd == target` the flag
         // has to be cleared explicitly.
         let rc = if fd == target {
+            // fcntl itself, not platform_primitives::fd::set_cloexec: this runs between fork
+            // and exec, where only async-signal-safe calls are allowed, and that function's
+            // contract does not promise to stay one. Clearing every descriptor flag is what
+            // dup2 does for `target` too.
             // SAFETY: fcntl is async-signal-safe and takes an integer argument here.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
         } else {
@@ -189,8 +193,7 @@ pub(crate) fn take_listen_socket() -> io::Result<Option<std::os::unix::net::Unix
     // SAFETY: systemd's protocol hands descriptor 3 to this process, which owns it from here;
     // it was checked to be an open AF_UNIX datagram socket.
     let fd = unsafe { OwnedFd::from_raw_fd(FIRST) };
-    // SAFETY: F_SETFD with FD_CLOEXEC takes an integer; the descriptor is open.
-    unsafe { libc::fcntl(FIRST, libc::F_SETFD, libc::FD_CLOEXEC) };
+    platform_primitives::fd::set_cloexec(fd.as_fd(), true)?;
     Ok(Some(fd.into()))
 }
 

@@ -9,7 +9,7 @@ use platform_primitives::fdpass::send_with_fds;
 use varta_watch::vlp::{Frame, Status};
 
 use crate::support::{
-    BIN, Daemon, TempDir, activated, beacon, field, is_root, scrape, send_signal, skip, which,
+    Activation, BIN, Daemon, TempDir, beacon, field, is_root, scrape, send_signal, skip, which,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -346,24 +346,19 @@ fn daemon_notifies_its_own_supervisor() {
 /// was handed and leaves its path to the activator.
 #[test]
 fn socket_activation_serves_the_passed_socket() {
-    let Some(activate) = which("systemd-socket-activate") else {
-        return skip(
-            "socket activation",
-            "systemd-socket-activate is not installed",
-        );
+    let Some(act) = Activation::prepare("socket_activation_serves_the_passed_socket", "activate")
+    else {
+        return;
     };
-    let dir = TempDir::new("activate");
-    let path = dir.join("activated.sock");
-    let cmd = activated(&activate, &path, &dir.join("unused.sock"), Stdio::null());
-    let mut d = Daemon::spawn(cmd, path.clone());
+    let mut d = Daemon::spawn(act.command(Stdio::null()), act.path.clone());
     // systemd-socket-activate starts the daemon on the first datagram.
-    let mut agent = beacon(&path, &["--interval", "20ms"]);
+    let mut agent = beacon(&act.path, &["--interval", "20ms"]);
     let pid = agent.id();
     d.expect_event("registered", pid, WAIT);
     agent.kill().expect("kill");
     agent.wait().expect("reap");
     assert!(
-        !dir.join("unused.sock").exists(),
+        !act.unused().exists(),
         "an activated daemon binds nothing itself"
     );
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    BIN, Children, Daemon, TempDir, activated, beacon, field, free_loopback_addr, is_root,
+    Activation, BIN, Children, Daemon, TempDir, beacon, field, free_loopback_addr, is_root,
     limit_fds, output_within, register_and_kill, scrape, skip, status, which,
 };
 
@@ -436,19 +436,16 @@ fn uncreatable_socket_directory_is_a_clear_error() {
 /// turns the option on so later datagrams are attributed.
 #[test]
 fn activated_socket_without_passcred_is_warned_about() {
-    let Some(activate) = which("systemd-socket-activate") else {
-        return skip(
-            "activation without SO_PASSCRED",
-            "systemd-socket-activate is not installed",
-        );
+    let Some(act) = Activation::prepare(
+        "activated_socket_without_passcred_is_warned_about",
+        "passcred",
+    ) else {
+        return;
     };
-    let dir = TempDir::new("passcred");
-    let path = dir.join("activated.sock");
-    let log = dir.join("stderr.log");
+    let log = act.dir.join("stderr.log");
     let stderr = std::fs::File::create(&log).expect("stderr file");
-    let cmd = activated(&activate, &path, &dir.join("unused.sock"), stderr.into());
-    let mut d = Daemon::spawn(cmd, path.clone());
-    let mut agent = Children(vec![beacon(&path, &["--interval", "20ms"])]);
+    let mut d = Daemon::spawn(act.command(stderr.into()), act.path.clone());
+    let mut agent = Children(vec![beacon(&act.path, &["--interval", "20ms"])]);
     let pid = agent.0[0].id();
     // The datagram that woke the activator was queued before credentials were on.
     d.expect("the unattributable first datagram", WAIT, |l| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use varta_watch::vlp::{Frame, Status};
 
+use crate::crc32c::crc32c;
 use crate::support::{Daemon, TempDir, skip};
 
 /// The oracle's Python, if `cargo xtask ci` (or a developer) installed it.
@@ -190,7 +191,7 @@ fn both_codecs_reject_the_same_defect_first() {
     }
     .encode();
     let reseal = |mut b: [u8; 32]| {
-        let crc = crc32c_of(&b[..28]);
+        let crc = crc32c(&b[..28]);
         b[28..].copy_from_slice(&crc.to_le_bytes());
         b
     };
@@ -288,20 +289,4 @@ for h in sys.argv[1:]:
         })
         .collect();
     assert_eq!(theirs, ours);
-}
-
-/// CRC-32C (Castagnoli), written out here so the test does not lean on the crate's own.
-fn crc32c_of(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }

@@ -5,6 +5,9 @@
 
 #![cfg(target_os = "linux")]
 
+#[path = "../support/crc32c.rs"]
+mod crc32c;
+
 mod bind;
 mod daemon;
 mod edges;

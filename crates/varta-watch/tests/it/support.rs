@@ -143,15 +143,11 @@ pub(crate) fn field(line: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Sends `sig` to `pid` (a child of this test, not yet reaped), failing the test if it cannot.
 pub(crate) fn send_signal(pid: u32, sig: i32) {
-    // SAFETY: kill takes two integers and touches no memory.
-    let rc = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {sig}) failed: {}",
-        std::io::Error::last_os_error()
-    );
+    if let Err(e) = platform_primitives::process::signal(pid, sig) {
+        panic!("kill({pid}, {sig}) failed: {e}");
+    }
 }
 
 /// A `varta-watch beacon` agent process.
@@ -346,17 +342,51 @@ pub(crate) fn scrape(addr: &str) -> String {
     body
 }
 
-/// `systemd-socket-activate --datagram --listen <path> varta-watch --socket <unused>`: the
-/// daemon started with a datagram socket passed by activation (at `path`), its own socket
-/// flag pointing where nothing listens.
-pub(crate) fn activated(activate: &Path, path: &Path, unused: &Path, stderr: Stdio) -> Command {
-    let mut cmd = Command::new(activate);
-    cmd.arg("--datagram")
-        .arg("--listen")
-        .arg(path)
-        .arg(BIN)
-        .arg("--socket")
-        .arg(unused)
-        .stderr(stderr);
-    cmd
+/// A socket-activation test's set-up: the real `systemd-socket-activate`, a fresh directory,
+/// the socket it listens on (`activated.sock`) and the one the daemon is told to bind but must
+/// not (`unused.sock`).
+pub(crate) struct Activation {
+    pub(crate) dir: TempDir,
+    /// The activated socket, bound by systemd-socket-activate.
+    pub(crate) path: PathBuf,
+    activate: PathBuf,
+}
+
+impl Activation {
+    /// The set-up in `<tmp>/<label>-…`, or `None` after printing why `test` skips (no
+    /// systemd-socket-activate).
+    pub(crate) fn prepare(test: &str, label: &str) -> Option<Self> {
+        let Some(activate) = which("systemd-socket-activate") else {
+            skip(test, "systemd-socket-activate is not installed");
+            return None;
+        };
+        let dir = TempDir::new(label);
+        let path = dir.join("activated.sock");
+        Some(Self {
+            dir,
+            path,
+            activate,
+        })
+    }
+
+    /// The socket path the daemon is given with `--socket`, which an activated daemon leaves
+    /// alone.
+    pub(crate) fn unused(&self) -> PathBuf {
+        self.dir.join("unused.sock")
+    }
+
+    /// `systemd-socket-activate --datagram --listen <path> varta-watch --socket <unused>`: the
+    /// daemon, started on the first datagram, serves the socket passed by activation while
+    /// its own socket flag points where nothing listens; its standard error goes to `stderr`.
+    pub(crate) fn command(&self, stderr: Stdio) -> Command {
+        let mut cmd = Command::new(&self.activate);
+        cmd.arg("--datagram")
+            .arg("--listen")
+            .arg(&self.path)
+            .arg(BIN)
+            .arg("--socket")
+            .arg(self.unused())
+            .stderr(stderr);
+        cmd
+    }
 }

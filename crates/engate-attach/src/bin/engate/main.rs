@@ -11,6 +11,8 @@
 //! Built with the `cli` feature; it needs no dependency beyond the library's (the few
 //! options are parsed by hand).
 
+#![deny(unsafe_code)]
+
 mod client;
 mod daemon;
 mod store;

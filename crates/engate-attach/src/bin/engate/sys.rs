@@ -2,6 +2,8 @@
 //! signals (through platform-primitives' `SignalSet`), starting a new session in a child, sending signals, and waiting for
 //! descriptors. The modules above this one are safe code.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};

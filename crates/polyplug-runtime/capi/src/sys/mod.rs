@@ -20,6 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
+use platform_primitives::error::chain;
 use polyplug_runtime::abi::{
     GuestContractHandle, GuestContractInterface, RuntimeOptions, StringView, status,
 };
@@ -40,18 +41,6 @@ struct Callback<F> {
 unsafe impl<F: Send> Send for Callback<F> {}
 // SAFETY: as for Send: the callback is only called, never mutated, through a shared reference.
 unsafe impl<F: Sync> Sync for Callback<F> {}
-
-/// An error and its sources, joined with ": " (the last-error text).
-fn report_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -220,7 +209,7 @@ pub unsafe extern "C" fn polyplug_runtime_load_bundle(
             runtime
                 .load_bundle(dir)
                 .map(|_| status::OK)
-                .map_err(|e| fail(status::LOAD_FAILED, report_chain(&e)))
+                .map_err(|e| fail(status::LOAD_FAILED, chain(&e)))
         })())
     })
 }
@@ -254,7 +243,7 @@ fn reload_report(
     } else {
         runtime.try_reload(request)
     };
-    result.map_err(|e| fail(e.status(), report_chain(&e)))
+    result.map_err(|e| fail(e.status(), chain(&e)))
 }
 
 /// Hot-reloads `bundle` (from `from_dir` if not null), waiting for a reload in progress.
@@ -451,7 +440,7 @@ pub unsafe extern "C" fn polyplug_runtime_unload_bundle_report(
             let bundle = unsafe { c_str(bundle, "bundle")? };
             let done = runtime
                 .unload(bundle)
-                .map_err(|e| fail(e.status(), report_chain(&e)))?;
+                .map_err(|e| fail(e.status(), chain(&e)))?;
             if !report.is_null() {
                 let abi = UnloadReportAbi {
                     struct_size: core::mem::size_of::<UnloadReportAbi>() as u32,
@@ -598,7 +587,7 @@ pub unsafe extern "C" fn polyplug_runtime_publish_service(
             // SAFETY: the functions and the signature text stay valid while the runtime lives
             // (caller's contract).
             let handle = unsafe { runtime.publish_interface(name, &interface) }
-                .map_err(|e| fail(status::INVALID_ARGUMENT, report_chain(&e)))?;
+                .map_err(|e| fail(status::INVALID_ARGUMENT, chain(&e)))?;
             if !out_handle.is_null() {
                 // SAFETY: non-null and writable (caller's contract).
                 unsafe { out_handle.write(handle) };
@@ -627,7 +616,7 @@ pub unsafe extern "C" fn polyplug_runtime_withdraw_service(
             let runtime = unsafe { runtime_ref(runtime)? };
             runtime
                 .withdraw_service(handle)
-                .map_err(|e| fail(e.status(), report_chain(&e)))?;
+                .map_err(|e| fail(e.status(), chain(&e)))?;
             Ok(status::OK)
         })())
     })

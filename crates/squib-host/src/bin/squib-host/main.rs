@@ -24,6 +24,8 @@
 //! curl --unix-socket api.sock localhost/metrics
 //! ```
 
+#![deny(unsafe_code)]
+
 #[cfg(target_os = "linux")]
 mod http;
 #[cfg(target_os = "linux")]

@@ -266,17 +266,7 @@ pub(super) fn main() -> ExitCode {
                 1
             };
             // The whole chain: an error's source holds the OS cause.
-            let mut message = err.to_string();
-            let mut source = err.source();
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !message.contains(&text) {
-                    message.push_str(": ");
-                    message.push_str(&text);
-                }
-                source = cause.source();
-            }
-            eprintln!("varta-watch: {message}");
+            eprintln!("varta-watch: {}", platform_primitives::error::chain(&*err));
             ExitCode::from(code)
         }
     }

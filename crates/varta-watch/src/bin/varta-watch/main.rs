@@ -4,6 +4,8 @@
 //!
 //! `varta-watch status --control PATH` prints the running daemon's JSON status snapshot.
 
+#![deny(unsafe_code)]
+
 #[cfg(target_os = "linux")]
 mod config;
 #[cfg(target_os = "linux")]
