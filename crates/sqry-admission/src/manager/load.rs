@@ -36,7 +36,8 @@ pub enum SingleFlight {
     Refuse,
 }
 
-/// Options of [`AdmissionManager::get_or_load`].
+/// Options of [`AdmissionManager::get_or_load`] and [`AdmissionManager::rebuild`] (and their
+/// async forms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadOptions {
@@ -79,6 +80,24 @@ impl LoadOptions {
     pub fn retry_now(mut self) -> Self {
         self.retry_now = true;
         self
+    }
+}
+
+/// A load (or rebuild) with `request` and the default options: join a load in flight, back off
+/// inside the failure window. What [`AdmissionManager::rebuild`] takes when given just a
+/// request.
+///
+/// ```
+/// use sqry_admission::{LoadOptions, ReserveRequest, SingleFlight};
+///
+/// let options = LoadOptions::from(ReserveRequest::new(100));
+/// assert_eq!(options.request.estimate, 100);
+/// assert_eq!(options.single_flight, SingleFlight::Join);
+/// assert!(!options.retry_now);
+/// ```
+impl From<ReserveRequest> for LoadOptions {
+    fn from(request: ReserveRequest) -> Self {
+        Self::new(request.estimate).request(request)
     }
 }
 
@@ -378,27 +397,52 @@ where
             .await
     }
 
-    /// Rebuilds `key`: takes the gate (`Loaded`/`Failed` → `Rebuilding`), reserves, builds
-    /// with no lock held and publishes; the previous version keeps serving until then and stays
-    /// counted, as retained, until its readers drop it. A failed rebuild leaves the entry
-    /// `Failed`, still serving its last good version as stale.
+    /// Rebuilds `key`: takes the gate (`Loaded`/`Failed` → `Rebuilding`), reserves
+    /// `options.request`, builds with no lock held and publishes; the previous version keeps
+    /// serving until then and stays counted, as retained, until its readers drop it. A failed
+    /// rebuild leaves the entry `Failed`, still serving its last good version as stale.
+    ///
+    /// `options` is a [`LoadOptions`] or just a [`ReserveRequest`]. Like a load, a rebuild of a
+    /// key whose builder failed recently is refused inside the failure backoff window
+    /// ([`LoadError::BackingOff`], carrying the last error, without building) unless
+    /// [`LoadOptions::retry_now`] asks for it anyway. A rebuild never joins another load or
+    /// rebuild of the key: `options.single_flight` does not apply, and one in flight makes it
+    /// return [`LoadError::InProgress`].
+    ///
+    /// ```
+    /// use sqry_admission::{AdmissionConfig, AdmissionManager, LoadError, LoadOptions, ReserveRequest};
+    ///
+    /// let manager = AdmissionManager::<&str, Vec<u8>>::new(AdmissionConfig::new(1 << 20));
+    /// manager.get_or_load(&"repo", LoadOptions::new(100), |_| Ok(vec![0; 100])).expect("loads");
+    /// let failed = manager.rebuild(&"repo", ReserveRequest::new(100), |_| Err("disk full".into()));
+    /// assert!(matches!(failed, Err(LoadError::Build { .. })));
+    /// // Inside the backoff window the builder is not run again...
+    /// let refused = manager.rebuild(&"repo", ReserveRequest::new(100), |_| Ok(vec![1; 100]));
+    /// assert!(matches!(refused, Err(LoadError::BackingOff { .. })));
+    /// // ...unless the caller insists.
+    /// let rebuilt = manager
+    ///     .rebuild(&"repo", LoadOptions::new(100).retry_now(), |_| Ok(vec![1; 100]))
+    ///     .expect("rebuilt");
+    /// assert_eq!(rebuilt[0], 1);
+    /// ```
     ///
     /// # Errors
     ///
     /// [`LoadError::InProgress`] if a load or rebuild is already running,
-    /// [`LoadError::NotLoaded`] if the key was never loaded, otherwise as
-    /// [`Self::get_or_load`].
+    /// [`LoadError::NotLoaded`] if the key was never loaded, [`LoadError::BackingOff`] inside
+    /// the failure backoff window, otherwise as [`Self::get_or_load`].
     pub fn rebuild<F>(
         &self,
         key: &K,
-        request: ReserveRequest,
+        options: impl Into<LoadOptions>,
         build: F,
     ) -> Result<Handle<V>, LoadError>
     where
         F: FnOnce(&BuildContext<K>) -> Result<V, BuildError>,
     {
-        let (entry, prior) = self.enter_rebuild(key)?;
-        self.lead_blocking(key, &entry, Kind::Rebuild, prior, request, build)
+        let options = options.into();
+        let (entry, prior) = self.enter_rebuild(key, &options)?;
+        self.lead_blocking(key, &entry, Kind::Rebuild, prior, options.request, build)
     }
 
     /// [`Self::rebuild`] as a future with an async builder; cancellation-safe like
@@ -411,15 +455,16 @@ where
     pub async fn rebuild_async<F, Fut>(
         &self,
         key: &K,
-        request: ReserveRequest,
+        options: impl Into<LoadOptions>,
         build: F,
     ) -> Result<Handle<V>, LoadError>
     where
         F: FnOnce(BuildContext<K>) -> Fut,
         Fut: Future<Output = Result<V, BuildError>>,
     {
-        let (entry, prior) = self.enter_rebuild(key)?;
-        self.lead_async(&entry, Kind::Rebuild, prior, request, build)
+        let options = options.into();
+        let (entry, prior) = self.enter_rebuild(key, &options)?;
+        self.lead_async(&entry, Kind::Rebuild, prior, options.request, build)
             .await
     }
 
@@ -443,18 +488,7 @@ where
     ) -> Result<Enter<V>, LoadError> {
         let key = &entry.key;
         let failures = entry.retry_count.load(Ordering::Acquire);
-        if !options.retry_now
-            && entry.state() == EntryState::Failed
-            && let Some(retry_after) = entry.backoff_remaining(&self.shared.config.failure_backoff)
-            && let Some(source) = entry.history.lock().last_error.clone()
-        {
-            return Err(LoadError::BackingOff {
-                key: key_text(key),
-                retry_after,
-                failures,
-                source,
-            });
-        }
+        self.refuse_if_backing_off(entry, options)?;
         match entry.gate.try_transition(kind.from(), kind.gate()) {
             Ok(prior) => Ok(Enter::Lead(prior)),
             Err(state) => {
@@ -524,11 +558,38 @@ where
         Ok(())
     }
 
-    fn enter_rebuild(&self, key: &K) -> Result<(StdArc<Entry<K, V>>, EntryState), LoadError> {
+    /// Inside the failure backoff window of a failed key, the cached error instead of a build
+    /// (unless the caller asked for `retry_now`).
+    fn refuse_if_backing_off(
+        &self,
+        entry: &Entry<K, V>,
+        options: &LoadOptions,
+    ) -> Result<(), LoadError> {
+        if !options.retry_now
+            && entry.state() == EntryState::Failed
+            && let Some(retry_after) = entry.backoff_remaining(&self.shared.config.failure_backoff)
+            && let Some(source) = entry.history.lock().last_error.clone()
+        {
+            return Err(LoadError::BackingOff {
+                key: key_text(&entry.key),
+                retry_after,
+                failures: entry.retry_count.load(Ordering::Acquire),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    fn enter_rebuild(
+        &self,
+        key: &K,
+        options: &LoadOptions,
+    ) -> Result<(StdArc<Entry<K, V>>, EntryState), LoadError> {
         self.refuse_if_shutting_down(key)?;
         let entry = self
             .entry(key)
             .ok_or_else(|| ReserveError::NotRegistered { key: key_text(key) })?;
+        self.refuse_if_backing_off(&entry, options)?;
         let current = match entry
             .gate
             .try_transition(Kind::Rebuild.from(), EntryState::Rebuilding)
