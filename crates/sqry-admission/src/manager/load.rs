@@ -14,12 +14,14 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crate::HeapSize;
 use crate::entry::{Entry, EntryState};
 use crate::error::{BuildError, LoadError, ReserveError, key_text};
 use crate::flight::Ticket;
+use crate::housekeeper::{Housekeeper, Timer};
 use crate::ledger::{Grant, Handle};
 
 use super::AdmissionManager;
@@ -302,10 +304,7 @@ where
         }
         self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
-        let deadline = match options.request.overflow {
-            Overflow::Wait { deadline } => Some(deadline),
-            Overflow::FailFast => None,
-        };
+        let deadline = join_deadline(&options);
         let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, &options)? {
@@ -378,13 +377,24 @@ where
         }
         self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
+        let deadline = join_deadline(&options);
         let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, &options)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
                 Enter::Join(state, failures) => {
-                    JoinFlight::new(&entry, state).await;
+                    if deadline.is_some() {
+                        // Its timer wakes the join at the deadline.
+                        self.start_housekeeper();
+                    }
+                    let join = JoinFlight::new(&entry, state, deadline, &self.shared.housekeeper);
+                    if !join.await {
+                        return Err(LoadError::JoinTimeout {
+                            key: key_text(key),
+                            state,
+                        });
+                    }
                     if self.after_join(&entry, failures)? == Joined::Again {
                         continue;
                     }
@@ -773,36 +783,85 @@ where
     }
 }
 
-/// Waits, as a future, for the load in flight on an entry to finish.
+/// How long a join may wait: until the request's deadline, if it waits at all.
+fn join_deadline(options: &LoadOptions) -> Option<Instant> {
+    match options.request.overflow {
+        Overflow::Wait { deadline } => Some(deadline),
+        Overflow::FailFast => None,
+    }
+}
+
+/// Waits, as a future, for the load in flight on an entry to finish, or until `deadline`:
+/// `true` if the load finished, `false` if the deadline came first (the async form of
+/// [`Gate::wait`](crate::flight::Gate::wait)). The manager's timer thread wakes it at the
+/// deadline.
 struct JoinFlight<'a, K, V> {
     entry: &'a Entry<K, V>,
     state: EntryState,
     ticket: Ticket,
+    deadline: Option<Instant>,
+    timers: &'a Housekeeper,
+    /// The timer registered for the deadline, and the waker it wakes.
+    timer: Option<(Timer, Waker)>,
 }
 
 impl<'a, K, V> JoinFlight<'a, K, V> {
-    fn new(entry: &'a Entry<K, V>, state: EntryState) -> Self {
+    fn new(
+        entry: &'a Entry<K, V>,
+        state: EntryState,
+        deadline: Option<Instant>,
+        timers: &'a Housekeeper,
+    ) -> Self {
         Self {
             entry,
             state,
             ticket: entry.gate.ticket(),
+            deadline,
+            timers,
+            timer: None,
+        }
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some((timer, _)) = self.timer.take() {
+            self.timers.cancel(timer);
         }
     }
 }
 
 impl<K, V> Future for JoinFlight<'_, K, V> {
-    type Output = ();
+    type Output = bool;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let this = self.get_mut();
-        this.entry
+        if this
+            .entry
             .gate
             .poll_wait(this.state, &mut this.ticket, cx.waker())
+            .is_ready()
+        {
+            this.cancel_timer();
+            return Poll::Ready(true);
+        }
+        if let Some(deadline) = this.deadline {
+            if Instant::now() >= deadline {
+                this.entry.gate.forget(&mut this.ticket);
+                this.cancel_timer();
+                return Poll::Ready(false);
+            }
+            if !matches!(&this.timer, Some((_, waker)) if waker.will_wake(cx.waker())) {
+                this.cancel_timer();
+                let timer = this.timers.wake_at(deadline, cx.waker());
+                this.timer = Some((timer, cx.waker().clone()));
+            }
+        }
+        Poll::Pending
     }
 }
 
 impl<K, V> Drop for JoinFlight<'_, K, V> {
     fn drop(&mut self) {
         self.entry.gate.forget(&mut self.ticket);
+        self.cancel_timer();
     }
 }

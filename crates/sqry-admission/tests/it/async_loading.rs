@@ -405,6 +405,70 @@ async fn cancelled_async_loads_never_leak_or_leave_an_entry_loading() {
     assert_eq!(m.ledger().snapshot().total(), 0);
 }
 
+/// An async join waits at most until its request's deadline, like a blocking one: while the
+/// leader is still building it returns `JoinTimeout` soon after the deadline (woken by the
+/// manager's timer, not by the leader); the leader's build carries on and publishes, and
+/// nothing is left reserved or queued.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_join_gives_up_at_its_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(50);
+    let m = manager(10_000);
+    let k = key("k");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let leader = tokio::spawn({
+        let (m, k, started, release) = (
+            m.clone(),
+            k.clone(),
+            Arc::clone(&started),
+            Arc::clone(&release),
+        );
+        async move {
+            m.get_or_load_async(&k, LoadOptions::new(100), |_ctx| async move {
+                started.notify_one();
+                release.notified().await;
+                Ok(blob(10))
+            })
+            .await
+            .map(|h| h.len())
+        }
+    });
+    started.notified().await;
+    let began = std::time::Instant::now();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.get_or_load_async(
+            &k,
+            LoadOptions::new(100).request(ReserveRequest::new(100).wait_for(DEADLINE)),
+            |_ctx| async { panic!("a joiner never builds") },
+        ),
+    )
+    .await
+    .expect("the join gave up at its own deadline, long before this one");
+    let waited = began.elapsed();
+    let err = joined.expect_err("the leader is still building");
+    assert!(
+        matches!(
+            err,
+            LoadError::JoinTimeout {
+                state: EntryState::Loading,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        waited >= DEADLINE && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(m.state(&k), Some(EntryState::Loading), "the leader goes on");
+    release.notify_one();
+    assert_eq!(leader.await.expect("task").expect("loads"), 10);
+    assert_eq!(m.state(&k), Some(EntryState::Loaded));
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.queue_depth), (10, 0, 0), "{s}");
+}
+
 /// Polls `future` once with a waker that does nothing (the tests below drive the futures by
 /// hand, so every interleaving they check is the one they wrote).
 fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
