@@ -40,12 +40,7 @@ fn joiners_of_a_failed_load_receive_its_error() {
             matches!(e, LoadError::Build { .. } | LoadError::JoinedFailed { .. }),
             "{e:?}"
         );
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text = format!("{text}: {s}");
-            source = s.source();
-        }
+        let text = chain(e);
         assert!(text.contains("disk gone"), "{text}");
     }
     assert_eq!(m.status().entries[0].retry_count, 1);
@@ -186,8 +181,9 @@ fn rebuild_of_a_never_loaded_key_says_it_was_never_loaded() {
 }
 
 /// Inside the failure backoff window, `get_or_load` of a failed key returns the cached error
-/// at once instead of running the builder again (10 back-to-back calls used to build 10
-/// times while status said `retry_after 599 s`).
+/// at once instead of running the builder again: ten back-to-back calls build once, and the
+/// other nine carry the first one's error, so a client hammering a broken index does not
+/// rebuild it on every request while status says when a retry makes sense.
 #[test]
 fn backoff_returns_the_cached_error_inside_the_window() {
     let m = manager(10_000);
