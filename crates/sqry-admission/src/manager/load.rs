@@ -25,7 +25,7 @@ use crate::housekeeper::{Housekeeper, Timer};
 use crate::ledger::{Grant, Handle};
 
 use super::AdmissionManager;
-use super::admission::{Admission, Overflow, Reservation, ReserveRequest, Turn};
+use super::admission::{Admission, Overflow, Reservation, ReserveRequest};
 use super::context::BuildContext;
 
 /// What a load does when another caller is already loading the key.
@@ -732,20 +732,7 @@ where
             Admission::Queued(queued) => queued,
         };
         let mut watched = false;
-        std::future::poll_fn(
-            |cx| match self.admission_turn(key, &mut queued, Some(cx.waker())) {
-                Turn::Done(result) => Poll::Ready(result),
-                Turn::Wait { deadline, .. } => {
-                    if !watched {
-                        watched = true;
-                        self.start_housekeeper();
-                        self.shared.housekeeper.watch(deadline);
-                    }
-                    Poll::Pending
-                }
-            },
-        )
-        .await
+        std::future::poll_fn(|cx| self.poll_admission(key, &mut queued, &mut watched, cx)).await
     }
 
     /// The end of a lead: publish what was built (or record why not), settle the gate, run
