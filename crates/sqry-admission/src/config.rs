@@ -43,10 +43,10 @@ pub struct AdmissionConfig {
     /// `None` runs no scan (async deadlines still get a timer thread when first needed).
     /// Default 1 s.
     pub audit_interval: Option<Duration>,
-    /// Backoff after consecutive failed loads: the n-th consecutive failure waits the n-th
-    /// entry (the last entry repeats). Inside the window `get_or_load` returns
-    /// [`LoadError::BackingOff`](crate::LoadError::BackingOff), carrying the last error, without
-    /// running the builder (unless the load asks to
+    /// Backoff after consecutive failed loads or rebuilds: the n-th consecutive failure waits
+    /// the n-th entry (the last entry repeats). Inside the window `get_or_load`, `rebuild` and
+    /// their async forms return [`LoadError::BackingOff`](crate::LoadError::BackingOff),
+    /// carrying the last error, without running the builder (unless the call asks to
     /// [`retry_now`](crate::LoadOptions::retry_now)); status reports the time left. An empty
     /// schedule never backs off. Default 30, 60, 120, 300, 600 s.
     pub failure_backoff: Vec<Duration>,

@@ -414,6 +414,30 @@ where
         }
     }
 
+    /// One turn of the admission loop for an async caller: `Ready` once granted or refused,
+    /// otherwise `Pending` with the task's waker registered for the ledger's next event — and,
+    /// the first time (`watched`), the deadline handed to the timer thread, which wakes the
+    /// queue then even if nothing else happens.
+    pub(super) fn poll_admission(
+        &self,
+        key: &K,
+        queued: &mut Queued,
+        watched: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Grant, ReserveError>> {
+        match self.admission_turn(key, queued, Some(cx.waker())) {
+            Turn::Done(result) => Poll::Ready(result),
+            Turn::Wait { deadline, .. } => {
+                if !*watched {
+                    *watched = true;
+                    self.start_housekeeper();
+                    self.shared.housekeeper.watch(deadline);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
     /// Admission of `bytes` for `key`, blocking this thread while it waits.
     pub(super) fn admit(
         &self,
@@ -527,7 +551,7 @@ where
         let this = self.get_mut();
         let manager = &this.manager;
         let state = std::mem::replace(&mut this.state, FutureState::Done);
-        let (entry, mut queued, watched) = match state {
+        let (entry, mut queued, mut watched) = match state {
             FutureState::Done => panic!("ReserveFuture polled after completion"),
             FutureState::Start => {
                 let started = manager.admissible_entry(&this.key).and_then(|entry| {
@@ -556,22 +580,18 @@ where
                 watched,
             } => (entry, queued, watched),
         };
-        match manager.admission_turn(&this.key, &mut queued, Some(cx.waker())) {
-            Turn::Done(result) => {
+        match manager.poll_admission(&this.key, &mut queued, &mut watched, cx) {
+            Poll::Ready(result) => {
                 let bytes = queued.bytes;
                 Poll::Ready(
                     result.map(|grant| manager.reservation(grant, entry, &this.request, bytes)),
                 )
             }
-            Turn::Wait { deadline, .. } => {
-                if !watched {
-                    manager.start_housekeeper();
-                    manager.shared.housekeeper.watch(deadline);
-                }
+            Poll::Pending => {
                 this.state = FutureState::Queued {
                     entry,
                     queued,
-                    watched: true,
+                    watched,
                 };
                 Poll::Pending
             }

@@ -14,16 +14,18 @@ use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc as StdArc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crate::HeapSize;
 use crate::entry::{Entry, EntryState};
 use crate::error::{BuildError, LoadError, ReserveError, key_text};
 use crate::flight::Ticket;
+use crate::housekeeper::{Housekeeper, Timer};
 use crate::ledger::{Grant, Handle};
 
 use super::AdmissionManager;
-use super::admission::{Admission, Overflow, Reservation, ReserveRequest, Turn};
+use super::admission::{Admission, Overflow, Reservation, ReserveRequest};
 use super::context::BuildContext;
 
 /// What a load does when another caller is already loading the key.
@@ -36,7 +38,8 @@ pub enum SingleFlight {
     Refuse,
 }
 
-/// Options of [`AdmissionManager::get_or_load`].
+/// Options of [`AdmissionManager::get_or_load`] and [`AdmissionManager::rebuild`] (and their
+/// async forms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadOptions {
@@ -79,6 +82,24 @@ impl LoadOptions {
     pub fn retry_now(mut self) -> Self {
         self.retry_now = true;
         self
+    }
+}
+
+/// A load (or rebuild) with `request` and the default options: join a load in flight, back off
+/// inside the failure window. What [`AdmissionManager::rebuild`] takes when given just a
+/// request.
+///
+/// ```
+/// use sqry_admission::{LoadOptions, ReserveRequest, SingleFlight};
+///
+/// let options = LoadOptions::from(ReserveRequest::new(100));
+/// assert_eq!(options.request.estimate, 100);
+/// assert_eq!(options.single_flight, SingleFlight::Join);
+/// assert!(!options.retry_now);
+/// ```
+impl From<ReserveRequest> for LoadOptions {
+    fn from(request: ReserveRequest) -> Self {
+        Self::new(request.estimate).request(request)
     }
 }
 
@@ -283,10 +304,7 @@ where
         }
         self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
-        let deadline = match options.request.overflow {
-            Overflow::Wait { deadline } => Some(deadline),
-            Overflow::FailFast => None,
-        };
+        let deadline = join_deadline(&options);
         let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, &options)? {
@@ -359,13 +377,24 @@ where
         }
         self.refuse_if_shutting_down(key)?;
         let mut entry = self.entry_or_insert(key);
+        let deadline = join_deadline(&options);
         let mut lookups = 1;
         let prior = loop {
             match self.enter(&entry, Kind::Load, &options)? {
                 Enter::Serve(handle) => return Ok(handle),
                 Enter::Lead(prior) => break prior,
                 Enter::Join(state, failures) => {
-                    JoinFlight::new(&entry, state).await;
+                    if deadline.is_some() {
+                        // Its timer wakes the join at the deadline.
+                        self.start_housekeeper();
+                    }
+                    let join = JoinFlight::new(&entry, state, deadline, &self.shared.housekeeper);
+                    if !join.await {
+                        return Err(LoadError::JoinTimeout {
+                            key: key_text(key),
+                            state,
+                        });
+                    }
                     if self.after_join(&entry, failures)? == Joined::Again {
                         continue;
                     }
@@ -378,27 +407,52 @@ where
             .await
     }
 
-    /// Rebuilds `key`: takes the gate (`Loaded`/`Failed` → `Rebuilding`), reserves, builds
-    /// with no lock held and publishes; the previous version keeps serving until then and stays
-    /// counted, as retained, until its readers drop it. A failed rebuild leaves the entry
-    /// `Failed`, still serving its last good version as stale.
+    /// Rebuilds `key`: takes the gate (`Loaded`/`Failed` → `Rebuilding`), reserves
+    /// `options.request`, builds with no lock held and publishes; the previous version keeps
+    /// serving until then and stays counted, as retained, until its readers drop it. A failed
+    /// rebuild leaves the entry `Failed`, still serving its last good version as stale.
+    ///
+    /// `options` is a [`LoadOptions`] or just a [`ReserveRequest`]. Like a load, a rebuild of a
+    /// key whose builder failed recently is refused inside the failure backoff window
+    /// ([`LoadError::BackingOff`], carrying the last error, without building) unless
+    /// [`LoadOptions::retry_now`] asks for it anyway. A rebuild never joins another load or
+    /// rebuild of the key: `options.single_flight` does not apply, and one in flight makes it
+    /// return [`LoadError::InProgress`].
+    ///
+    /// ```
+    /// use sqry_admission::{AdmissionConfig, AdmissionManager, LoadError, LoadOptions, ReserveRequest};
+    ///
+    /// let manager = AdmissionManager::<&str, Vec<u8>>::new(AdmissionConfig::new(1 << 20));
+    /// manager.get_or_load(&"repo", LoadOptions::new(100), |_| Ok(vec![0; 100])).expect("loads");
+    /// let failed = manager.rebuild(&"repo", ReserveRequest::new(100), |_| Err("disk full".into()));
+    /// assert!(matches!(failed, Err(LoadError::Build { .. })));
+    /// // Inside the backoff window the builder is not run again...
+    /// let refused = manager.rebuild(&"repo", ReserveRequest::new(100), |_| Ok(vec![1; 100]));
+    /// assert!(matches!(refused, Err(LoadError::BackingOff { .. })));
+    /// // ...unless the caller insists.
+    /// let rebuilt = manager
+    ///     .rebuild(&"repo", LoadOptions::new(100).retry_now(), |_| Ok(vec![1; 100]))
+    ///     .expect("rebuilt");
+    /// assert_eq!(rebuilt[0], 1);
+    /// ```
     ///
     /// # Errors
     ///
     /// [`LoadError::InProgress`] if a load or rebuild is already running,
-    /// [`LoadError::NotLoaded`] if the key was never loaded, otherwise as
-    /// [`Self::get_or_load`].
+    /// [`LoadError::NotLoaded`] if the key was never loaded, [`LoadError::BackingOff`] inside
+    /// the failure backoff window, otherwise as [`Self::get_or_load`].
     pub fn rebuild<F>(
         &self,
         key: &K,
-        request: ReserveRequest,
+        options: impl Into<LoadOptions>,
         build: F,
     ) -> Result<Handle<V>, LoadError>
     where
         F: FnOnce(&BuildContext<K>) -> Result<V, BuildError>,
     {
-        let (entry, prior) = self.enter_rebuild(key)?;
-        self.lead_blocking(key, &entry, Kind::Rebuild, prior, request, build)
+        let options = options.into();
+        let (entry, prior) = self.enter_rebuild(key, &options)?;
+        self.lead_blocking(key, &entry, Kind::Rebuild, prior, options.request, build)
     }
 
     /// [`Self::rebuild`] as a future with an async builder; cancellation-safe like
@@ -411,15 +465,16 @@ where
     pub async fn rebuild_async<F, Fut>(
         &self,
         key: &K,
-        request: ReserveRequest,
+        options: impl Into<LoadOptions>,
         build: F,
     ) -> Result<Handle<V>, LoadError>
     where
         F: FnOnce(BuildContext<K>) -> Fut,
         Fut: Future<Output = Result<V, BuildError>>,
     {
-        let (entry, prior) = self.enter_rebuild(key)?;
-        self.lead_async(&entry, Kind::Rebuild, prior, request, build)
+        let options = options.into();
+        let (entry, prior) = self.enter_rebuild(key, &options)?;
+        self.lead_async(&entry, Kind::Rebuild, prior, options.request, build)
             .await
     }
 
@@ -443,18 +498,7 @@ where
     ) -> Result<Enter<V>, LoadError> {
         let key = &entry.key;
         let failures = entry.retry_count.load(Ordering::Acquire);
-        if !options.retry_now
-            && entry.state() == EntryState::Failed
-            && let Some(retry_after) = entry.backoff_remaining(&self.shared.config.failure_backoff)
-            && let Some(source) = entry.history.lock().last_error.clone()
-        {
-            return Err(LoadError::BackingOff {
-                key: key_text(key),
-                retry_after,
-                failures,
-                source,
-            });
-        }
+        self.refuse_if_backing_off(entry, options)?;
         match entry.gate.try_transition(kind.from(), kind.gate()) {
             Ok(prior) => Ok(Enter::Lead(prior)),
             Err(state) => {
@@ -524,11 +568,38 @@ where
         Ok(())
     }
 
-    fn enter_rebuild(&self, key: &K) -> Result<(StdArc<Entry<K, V>>, EntryState), LoadError> {
+    /// Inside the failure backoff window of a failed key, the cached error instead of a build
+    /// (unless the caller asked for `retry_now`).
+    fn refuse_if_backing_off(
+        &self,
+        entry: &Entry<K, V>,
+        options: &LoadOptions,
+    ) -> Result<(), LoadError> {
+        if !options.retry_now
+            && entry.state() == EntryState::Failed
+            && let Some(retry_after) = entry.backoff_remaining(&self.shared.config.failure_backoff)
+            && let Some(source) = entry.history.lock().last_error.clone()
+        {
+            return Err(LoadError::BackingOff {
+                key: key_text(&entry.key),
+                retry_after,
+                failures: entry.retry_count.load(Ordering::Acquire),
+                source,
+            });
+        }
+        Ok(())
+    }
+
+    fn enter_rebuild(
+        &self,
+        key: &K,
+        options: &LoadOptions,
+    ) -> Result<(StdArc<Entry<K, V>>, EntryState), LoadError> {
         self.refuse_if_shutting_down(key)?;
         let entry = self
             .entry(key)
             .ok_or_else(|| ReserveError::NotRegistered { key: key_text(key) })?;
+        self.refuse_if_backing_off(&entry, options)?;
         let current = match entry
             .gate
             .try_transition(Kind::Rebuild.from(), EntryState::Rebuilding)
@@ -661,20 +732,7 @@ where
             Admission::Queued(queued) => queued,
         };
         let mut watched = false;
-        std::future::poll_fn(
-            |cx| match self.admission_turn(key, &mut queued, Some(cx.waker())) {
-                Turn::Done(result) => Poll::Ready(result),
-                Turn::Wait { deadline, .. } => {
-                    if !watched {
-                        watched = true;
-                        self.start_housekeeper();
-                        self.shared.housekeeper.watch(deadline);
-                    }
-                    Poll::Pending
-                }
-            },
-        )
-        .await
+        std::future::poll_fn(|cx| self.poll_admission(key, &mut queued, &mut watched, cx)).await
     }
 
     /// The end of a lead: publish what was built (or record why not), settle the gate, run
@@ -712,36 +770,85 @@ where
     }
 }
 
-/// Waits, as a future, for the load in flight on an entry to finish.
+/// How long a join may wait: until the request's deadline, if it waits at all.
+fn join_deadline(options: &LoadOptions) -> Option<Instant> {
+    match options.request.overflow {
+        Overflow::Wait { deadline } => Some(deadline),
+        Overflow::FailFast => None,
+    }
+}
+
+/// Waits, as a future, for the load in flight on an entry to finish, or until `deadline`:
+/// `true` if the load finished, `false` if the deadline came first (the async form of
+/// [`Gate::wait`](crate::flight::Gate::wait)). The manager's timer thread wakes it at the
+/// deadline.
 struct JoinFlight<'a, K, V> {
     entry: &'a Entry<K, V>,
     state: EntryState,
     ticket: Ticket,
+    deadline: Option<Instant>,
+    timers: &'a Housekeeper,
+    /// The timer registered for the deadline, and the waker it wakes.
+    timer: Option<(Timer, Waker)>,
 }
 
 impl<'a, K, V> JoinFlight<'a, K, V> {
-    fn new(entry: &'a Entry<K, V>, state: EntryState) -> Self {
+    fn new(
+        entry: &'a Entry<K, V>,
+        state: EntryState,
+        deadline: Option<Instant>,
+        timers: &'a Housekeeper,
+    ) -> Self {
         Self {
             entry,
             state,
             ticket: entry.gate.ticket(),
+            deadline,
+            timers,
+            timer: None,
+        }
+    }
+
+    fn cancel_timer(&mut self) {
+        if let Some((timer, _)) = self.timer.take() {
+            self.timers.cancel(timer);
         }
     }
 }
 
 impl<K, V> Future for JoinFlight<'_, K, V> {
-    type Output = ();
+    type Output = bool;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let this = self.get_mut();
-        this.entry
+        if this
+            .entry
             .gate
             .poll_wait(this.state, &mut this.ticket, cx.waker())
+            .is_ready()
+        {
+            this.cancel_timer();
+            return Poll::Ready(true);
+        }
+        if let Some(deadline) = this.deadline {
+            if Instant::now() >= deadline {
+                this.entry.gate.forget(&mut this.ticket);
+                this.cancel_timer();
+                return Poll::Ready(false);
+            }
+            if !matches!(&this.timer, Some((_, waker)) if waker.will_wake(cx.waker())) {
+                this.cancel_timer();
+                let timer = this.timers.wake_at(deadline, cx.waker());
+                this.timer = Some((timer, cx.waker().clone()));
+            }
+        }
+        Poll::Pending
     }
 }
 
 impl<K, V> Drop for JoinFlight<'_, K, V> {
     fn drop(&mut self) {
         self.entry.gate.forget(&mut self.ticket);
+        self.cancel_timer();
     }
 }

@@ -219,3 +219,87 @@ fn classify_reports_not_ready_for_unloaded_and_loading() {
     let err = m.classify_for_serve(&k, now).unwrap_err();
     assert_eq!(err.code(), crate::CODE_EVICTED);
 }
+
+/// A waker that reports each wake on a channel.
+struct ChannelWaker(std::sync::Mutex<std::sync::mpsc::Sender<()>>);
+
+impl std::task::Wake for ChannelWaker {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.lock().map(|tx| tx.send(()));
+    }
+}
+
+/// Async joins with a deadline register one timer each and take it back however they end —
+/// the load finished, the deadline passed (the timer thread woke them), or the join was
+/// dropped — and a join polled with a new waker replaces its timer instead of adding one; so
+/// timers do not pile up in a daemon whose joins mostly finish long before their deadlines.
+#[test]
+fn async_joins_take_their_deadline_timers_back() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let m = manager();
+    let k = key("/repos/slow");
+    let timers = &m.shared.housekeeper;
+    let released = std::cell::Cell::new(false);
+    let mut leader = Box::pin(m.get_or_load_async(&k, LoadOptions::new(100), |_ctx| {
+        std::future::poll_fn(|_| {
+            if released.get() {
+                Poll::Ready(Ok(vec![0u8; 10]))
+            } else {
+                Poll::Pending
+            }
+        })
+    }));
+    let mut noop = Context::from_waker(Waker::noop());
+    assert!(leader.as_mut().poll(&mut noop).is_pending(), "building");
+    let join = |timeout: Duration| {
+        m.get_or_load_async(
+            &k,
+            LoadOptions::new(100).request(ReserveRequest::new(100).wait_for(timeout)),
+            |_ctx| async { unreachable!("a joiner of a load in flight never builds") },
+        )
+    };
+
+    let mut long = Box::pin(join(Duration::from_secs(60)));
+    assert!(long.as_mut().poll(&mut noop).is_pending());
+    assert_eq!(timers.timers_pending(), 1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waker = Waker::from(Arc::new(ChannelWaker(std::sync::Mutex::new(tx))));
+    let mut cx = Context::from_waker(&waker);
+    assert!(long.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(timers.timers_pending(), 1, "a new waker replaces the timer");
+    drop(long);
+    assert_eq!(
+        timers.timers_pending(),
+        0,
+        "a dropped join takes its timer back"
+    );
+
+    let mut short = Box::pin(join(Duration::from_millis(20)));
+    assert!(short.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(timers.timers_pending(), 1);
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the timer thread woke the join at its deadline");
+    let Poll::Ready(Err(LoadError::JoinTimeout { .. })) = short.as_mut().poll(&mut cx) else {
+        panic!("the join gave up at its deadline");
+    };
+    assert_eq!(timers.timers_pending(), 0, "a fired timer is gone");
+
+    let mut finishing = Box::pin(join(Duration::from_secs(60)));
+    assert!(finishing.as_mut().poll(&mut noop).is_pending());
+    assert_eq!(timers.timers_pending(), 1);
+    released.set(true);
+    let Poll::Ready(Ok(led)) = leader.as_mut().poll(&mut noop) else {
+        panic!("the leader publishes");
+    };
+    let Poll::Ready(Ok(joined)) = finishing.as_mut().poll(&mut noop) else {
+        panic!("the join receives the load's result");
+    };
+    assert!(Handle::ptr_eq(&led, &joined));
+    assert_eq!(
+        timers.timers_pending(),
+        0,
+        "a finished join takes its timer back"
+    );
+}

@@ -374,8 +374,9 @@ async fn dropping_an_async_waiter_leaves_the_queue() {
     let _ = blob(0);
 }
 
-/// A `ReserveFuture` polled again after it returned `Ready` panics, as futures do, instead of
-/// inventing a result (it used to answer `ManagerGone` while the manager was alive).
+/// A `ReserveFuture` polled again after it returned `Ready` panics, as futures do: a second
+/// result would be invented (no second reservation exists), and an error such as
+/// `ManagerGone` would be false while the manager is alive.
 #[test]
 fn reserve_future_polled_after_completion_panics() {
     use std::future::Future;

@@ -1,16 +1,20 @@
-//! Async single-flight loads: one build per key however many tasks wait, on a real tokio
-//! runtime with the builds on its blocking pool; dropped leaders and joiners; the build
-//! context's cancellation signal.
+//! Async single-flight loads and rebuilds: one build per key however many tasks wait, on a
+//! real tokio runtime with the builds on its blocking pool; dropped leaders and joiners (a
+//! dropped rebuild included); rebuilds racing loads; the build context's cancellation signal.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use sqry_admission::{
-    Cancelled, EntryState, Handle, LoadError, LoadOptions, PublishHook, ReserveRequest,
+    BuildError, Cancelled, EntryState, Handle, LoadError, LoadOptions, PublishHook, ReserveRequest,
 };
 
-use crate::support::{blob, key, manager};
+use crate::support::{blob, key, load, manager};
 
 /// Counts publishes (every successful load publishes once).
 #[derive(Default)]
@@ -399,4 +403,314 @@ async fn cancelled_async_loads_never_leak_or_leave_an_entry_loading() {
         m.unload(&key(&format!("k{i}")));
     }
     assert_eq!(m.ledger().snapshot().total(), 0);
+}
+
+/// An async join waits at most until its request's deadline, like a blocking one: while the
+/// leader is still building it returns `JoinTimeout` soon after the deadline (woken by the
+/// manager's timer, not by the leader); the leader's build carries on and publishes, and
+/// nothing is left reserved or queued.
+#[tokio::test(flavor = "current_thread")]
+async fn an_async_join_gives_up_at_its_deadline() {
+    const DEADLINE: Duration = Duration::from_millis(50);
+    let m = manager(10_000);
+    let k = key("k");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let leader = tokio::spawn({
+        let (m, k, started, release) = (
+            m.clone(),
+            k.clone(),
+            Arc::clone(&started),
+            Arc::clone(&release),
+        );
+        async move {
+            m.get_or_load_async(&k, LoadOptions::new(100), |_ctx| async move {
+                started.notify_one();
+                release.notified().await;
+                Ok(blob(10))
+            })
+            .await
+            .map(|h| h.len())
+        }
+    });
+    started.notified().await;
+    let began = std::time::Instant::now();
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.get_or_load_async(
+            &k,
+            LoadOptions::new(100).request(ReserveRequest::new(100).wait_for(DEADLINE)),
+            |_ctx| async { panic!("a joiner never builds") },
+        ),
+    )
+    .await
+    .expect("the join gave up at its own deadline, long before this one");
+    let waited = began.elapsed();
+    let err = joined.expect_err("the leader is still building");
+    assert!(
+        matches!(
+            err,
+            LoadError::JoinTimeout {
+                state: EntryState::Loading,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        waited >= DEADLINE && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(m.state(&k), Some(EntryState::Loading), "the leader goes on");
+    release.notify_one();
+    assert_eq!(leader.await.expect("task").expect("loads"), 10);
+    assert_eq!(m.state(&k), Some(EntryState::Loaded));
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.queue_depth), (10, 0, 0), "{s}");
+}
+
+/// Polls `future` once with a waker that does nothing (the tests below drive the futures by
+/// hand, so every interleaving they check is the one they wrote).
+fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// A builder future that stays pending until `released` is set.
+fn gated(released: &Cell<bool>, bytes: usize) -> impl Future<Output = Result<Vec<u8>, BuildError>> {
+    std::future::poll_fn(move |_| {
+        if released.get() {
+            Poll::Ready(Ok(blob(bytes)))
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
+/// An async rebuild whose future is dropped mid-build puts the entry back to `Loaded`, still
+/// serving the version it had, with the ledger exactly as before the rebuild (its reservation
+/// refunded, nothing recorded as a failure); the gate is open for the next rebuild.
+#[test]
+fn dropping_an_async_rebuild_mid_build_puts_the_entry_back() {
+    let m = manager(10_000);
+    let k = key("k");
+    let v1 = load(&m, "k", 1_000);
+    let before = m.ledger().snapshot();
+    let released = Cell::new(false);
+    let mut rebuild = Box::pin(m.rebuild_async(&k, ReserveRequest::new(2_000), |_ctx| {
+        gated(&released, 2_000)
+    }));
+    assert!(poll_once(rebuild.as_mut()).is_pending(), "building");
+    assert_eq!(m.state(&k), Some(EntryState::Rebuilding));
+    assert_eq!(m.ledger().snapshot().reserved, 2_000);
+    drop(rebuild);
+    assert_eq!(m.state(&k), Some(EntryState::Loaded));
+    let after = m.ledger().snapshot();
+    assert_eq!(
+        (
+            after.loaded,
+            after.reserved,
+            after.retained,
+            after.queue_depth
+        ),
+        (
+            before.loaded,
+            before.reserved,
+            before.retained,
+            before.queue_depth
+        ),
+        "{after}"
+    );
+    assert!(Handle::ptr_eq(&m.get(&k).expect("served"), &v1));
+    let status = m.status();
+    assert_eq!(
+        status.entries[0].retry_count, 0,
+        "cancelling is not failing"
+    );
+    assert!(status.entries[0].last_error.is_none(), "{status:?}");
+    // The gate is open again.
+    let v2 =
+        block_on(m.rebuild_async(&k, ReserveRequest::new(500), |_ctx| async { Ok(blob(500)) }))
+            .expect("rebuilds");
+    assert_eq!(v2.len(), 500);
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.retained, s.reserved), (500, 1_000, 0), "{s}");
+    drop(v1);
+    assert_eq!(m.ledger().snapshot().retained, 0);
+}
+
+/// An async rebuild dropped while it waits in the admission queue leaves the queue, reserves
+/// nothing and puts the entry back to `Loaded`.
+#[test]
+fn dropping_an_async_rebuild_waiting_for_admission_puts_the_entry_back() {
+    let m = manager(1_500);
+    let k = key("k");
+    // Held by a reader, so admission cannot evict it to make room.
+    let v1 = load(&m, "k", 1_000);
+    let before = m.ledger().snapshot();
+    let mut rebuild = Box::pin(m.rebuild_async(
+        &k,
+        ReserveRequest::new(1_000).wait_for(Duration::from_secs(60)),
+        |_ctx| async { Ok(blob(1_000)) },
+    ));
+    assert!(poll_once(rebuild.as_mut()).is_pending(), "queued");
+    assert_eq!(m.ledger().snapshot().queue_depth, 1);
+    assert_eq!(m.state(&k), Some(EntryState::Rebuilding));
+    drop(rebuild);
+    assert_eq!(m.state(&k), Some(EntryState::Loaded));
+    let after = m.ledger().snapshot();
+    assert_eq!(
+        (
+            after.loaded,
+            after.reserved,
+            after.retained,
+            after.queue_depth
+        ),
+        (before.loaded, before.reserved, before.retained, 0),
+        "{after}"
+    );
+    assert!(Handle::ptr_eq(&m.get(&k).expect("served"), &v1));
+}
+
+/// While an async rebuild builds, `get_or_load` and `get_or_load_async` of the key serve the
+/// current version at once (no join, no build); a rebuild asked for while a load of the key
+/// is in flight is refused with `InProgress`. Once the rebuild publishes, loads serve the new
+/// version and the old one stays counted, as retained, while a reader holds it.
+#[test]
+fn an_async_rebuild_racing_loads_keeps_serving_the_current_version() {
+    let m = manager(10_000);
+    let k = key("k");
+    let v1 = load(&m, "k", 1_000);
+    let released = Cell::new(false);
+    let mut rebuild = Box::pin(m.rebuild_async(&k, ReserveRequest::new(2_000), |_ctx| {
+        gated(&released, 2_000)
+    }));
+    assert!(poll_once(rebuild.as_mut()).is_pending(), "building");
+    let never = |_: &_| -> Result<Vec<u8>, BuildError> { panic!("served without building") };
+    let served_blocking = m
+        .get_or_load(&k, LoadOptions::new(100), never)
+        .expect("served");
+    assert!(Handle::ptr_eq(&served_blocking, &v1));
+    let mut load = Box::pin(
+        m.get_or_load_async(&k, LoadOptions::new(100), |_ctx| async {
+            panic!("served without building")
+        }),
+    );
+    let Poll::Ready(Ok(served_async)) = poll_once(load.as_mut()) else {
+        panic!("the async load served at once");
+    };
+    assert!(Handle::ptr_eq(&served_async, &v1));
+    assert_eq!(m.state(&k), Some(EntryState::Rebuilding));
+    released.set(true);
+    let Poll::Ready(Ok(v2)) = poll_once(rebuild.as_mut()) else {
+        panic!("the rebuild publishes once its build finishes");
+    };
+    assert_eq!(v2.len(), 2_000);
+    let now = m
+        .get_or_load(&k, LoadOptions::new(100), never)
+        .expect("served");
+    assert!(Handle::ptr_eq(&now, &v2));
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.retained, s.reserved), (2_000, 1_000, 0), "{s}");
+    drop((v1, served_blocking, served_async));
+    assert_eq!(m.ledger().snapshot().retained, 0);
+
+    // The other way round: a load in flight refuses a rebuild.
+    let other = key("other");
+    let load_released = Cell::new(false);
+    let mut load = Box::pin(m.get_or_load_async(&other, LoadOptions::new(100), |_ctx| {
+        gated(&load_released, 100)
+    }));
+    assert!(poll_once(load.as_mut()).is_pending(), "loading");
+    let refused = block_on(
+        m.rebuild_async(&other, ReserveRequest::new(100), |_ctx| async {
+            panic!("refused without building")
+        }),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(LoadError::InProgress {
+                state: EntryState::Loading,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    load_released.set(true);
+    assert!(matches!(poll_once(load.as_mut()), Poll::Ready(Ok(_))));
+}
+
+/// Concurrent async rebuilds of one key on a multi-threaded runtime: exactly one builds and
+/// publishes; every other caller gets `InProgress` at once, as documented, and the ledger ends
+/// with the one new version loaded and nothing reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_async_rebuilds_build_once() {
+    const CALLERS: usize = 8;
+    let m = manager(10_000);
+    let k = key("k");
+    drop(load(&m, "k", 1_000));
+    let builds = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let start = Arc::new(tokio::sync::Barrier::new(CALLERS));
+    for _ in 0..CALLERS {
+        let (m, k, builds, release, done_tx, start) = (
+            m.clone(),
+            k.clone(),
+            Arc::clone(&builds),
+            Arc::clone(&release),
+            done_tx.clone(),
+            Arc::clone(&start),
+        );
+        tokio::spawn(async move {
+            start.wait().await;
+            let result = m
+                .rebuild_async(&k, ReserveRequest::new(500), |_ctx| async move {
+                    builds.fetch_add(1, Ordering::Relaxed);
+                    release.notified().await;
+                    Ok(blob(500))
+                })
+                .await;
+            done_tx.send(result.map(|h| h.len())).expect("collector");
+        });
+    }
+    let mut results = Vec::new();
+    while results.len() < CALLERS - 1 {
+        let result = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+            .await
+            .expect("the refused callers return at once")
+            .expect("a caller's result");
+        results.push(result);
+    }
+    for refused in &results {
+        assert!(
+            matches!(
+                refused,
+                Err(LoadError::InProgress {
+                    state: EntryState::Rebuilding,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    release.notify_one();
+    let led = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+        .await
+        .expect("the leader finishes once released")
+        .expect("the leader's result");
+    assert_eq!(led.expect("the one rebuild publishes"), 500);
+    assert_eq!(builds.load(Ordering::Relaxed), 1, "one build");
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.retained), (500, 0, 0), "{s}");
+    assert_eq!(m.state(&k), Some(EntryState::Loaded));
+}
+
+/// Runs `future` to completion on a fresh current-thread runtime.
+fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime")
+        .block_on(future)
 }

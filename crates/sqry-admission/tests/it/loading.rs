@@ -4,6 +4,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use platform_primitives::error::chain;
 use sqry_admission::{EntryState, Handle, LoadError, LoadOptions, ReserveRequest, SingleFlight};
 
 use crate::support::{blob, key, load, manager};
@@ -39,12 +40,7 @@ fn joiners_of_a_failed_load_receive_its_error() {
             matches!(e, LoadError::Build { .. } | LoadError::JoinedFailed { .. }),
             "{e:?}"
         );
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text = format!("{text}: {s}");
-            source = s.source();
-        }
+        let text = chain(e);
         assert!(text.contains("disk gone"), "{text}");
     }
     assert_eq!(m.status().entries[0].retry_count, 1);
@@ -124,10 +120,13 @@ fn failed_rebuild_keeps_the_last_good_version_and_counts_backoff() {
     let after = e.retry_after.expect("backoff after a failure");
     assert!(after <= Duration::from_secs(30) && after > Duration::from_secs(29));
     assert_eq!(m.ledger().snapshot().loaded, 1_000);
-    // A second rebuild may run from Failed; success resets the count.
+    // A second rebuild may run from Failed (inside the window only when asked for explicitly);
+    // success resets the count.
     drop(
-        m.rebuild(&key("k"), ReserveRequest::new(500), |_| Ok(blob(500)))
-            .expect("succeeds"),
+        m.rebuild(&key("k"), LoadOptions::new(500).retry_now(), |_| {
+            Ok(blob(500))
+        })
+        .expect("succeeds"),
     );
     assert_eq!(m.status().entries[0].retry_count, 0);
 }
@@ -182,8 +181,9 @@ fn rebuild_of_a_never_loaded_key_says_it_was_never_loaded() {
 }
 
 /// Inside the failure backoff window, `get_or_load` of a failed key returns the cached error
-/// at once instead of running the builder again (10 back-to-back calls used to build 10
-/// times while status said `retry_after 599 s`).
+/// at once instead of running the builder again: ten back-to-back calls build once, and the
+/// other nine carry the first one's error, so a client hammering a broken index does not
+/// rebuild it on every request while status says when a retry makes sense.
 #[test]
 fn backoff_returns_the_cached_error_inside_the_window() {
     let m = manager(10_000);
@@ -231,6 +231,67 @@ fn backoff_returns_the_cached_error_inside_the_window() {
         })
         .expect("the explicit retry builds");
     assert_eq!(v.len(), 10);
+    assert_eq!(m.status().entries[0].retry_count, 0);
+}
+
+/// Inside the failure backoff window a rebuild of a failed key — blocking or async — returns
+/// the cached error at once, as a load does, without running the builder; the entry stays
+/// `Failed`, still serving its last good version, and nothing is reserved.
+#[tokio::test(flavor = "current_thread")]
+async fn rebuild_of_a_failed_key_backs_off_inside_the_window() {
+    let m = manager(10_000);
+    let v1 = load(&m, "k", 1_000);
+    let builds = std::sync::atomic::AtomicUsize::new(0);
+    let fail = || {
+        builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err::<Vec<u8>, _>("index corrupt".into())
+    };
+    let err = m
+        .rebuild(&key("k"), ReserveRequest::new(500), |_| fail())
+        .expect_err("the builder fails");
+    assert!(matches!(err, LoadError::Build { .. }), "{err:?}");
+    let blocking = m
+        .rebuild(&key("k"), ReserveRequest::new(500), |_| fail())
+        .expect_err("backs off");
+    let asynchronous = m
+        .rebuild_async(&key("k"), ReserveRequest::new(500), |_| async { fail() })
+        .await
+        .expect_err("backs off");
+    for e in [&blocking, &asynchronous] {
+        let LoadError::BackingOff {
+            failures,
+            retry_after,
+            source,
+            ..
+        } = e
+        else {
+            panic!("backing off: {e:?}");
+        };
+        assert_eq!(*failures, 1);
+        assert!(*retry_after > Duration::ZERO && *retry_after <= Duration::from_secs(30));
+        assert!(
+            chain(&**source).contains("index corrupt"),
+            "the cached error: {source}"
+        );
+    }
+    assert_eq!(
+        builds.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the builder ran once"
+    );
+    assert_eq!(m.state(&key("k")), Some(EntryState::Failed));
+    assert!(Handle::ptr_eq(&m.get(&key("k")).expect("last good"), &v1));
+    assert_eq!(m.status().entries[0].retry_count, 1, "one failure counted");
+    let s = m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved), (1_000, 0), "{s}");
+    // An explicit retry rebuilds at once.
+    let v2 = m
+        .rebuild(&key("k"), LoadOptions::new(500).retry_now(), |_| {
+            Ok(blob(500))
+        })
+        .expect("the explicit retry rebuilds");
+    assert_eq!(v2.len(), 500);
+    assert_eq!(m.state(&key("k")), Some(EntryState::Loaded));
     assert_eq!(m.status().entries[0].retry_count, 0);
 }
 

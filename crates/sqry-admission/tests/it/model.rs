@@ -1,6 +1,7 @@
 //! A model-based property test: random sequences of reserve / grow / shrink / publish / drop /
 //! read / unload / evict / load / builder panic / re-entrant hook / async single-flight load
-//! (with a joiner, and with the leader's future dropped mid-build) against a simple model.
+//! (with a joiner, and with the leader's future dropped mid-build) / publish past a queued
+//! request against a simple model.
 //!
 //! The model knows which versions exist and who holds them; from that alone it derives what
 //! the ledger must say — loaded is the bytes of the versions in the slots, retained the bytes
@@ -10,6 +11,17 @@
 //! them and checks each was a legal victim (not pinned, not the requester, no reader holding
 //! it) and that a refused request evicted nothing. After every step the ledger must match the
 //! model exactly and never have exceeded the limit.
+//!
+//! Publish before queue: a request waits in the admission queue (a polled `ReserveFuture` that
+//! did not fit even after evicting) while a reservation publishes a value larger than it
+//! reserved. The model predicts the publish exactly as it would with nobody queued — the
+//! growth is served first, from what is free and what evicting frees — and the queued request
+//! granted only once it fits behind it (a queued request is granted by the first credit after
+//! which it fits, so the model grants it whenever it fits). Served behind the queue instead,
+//! the bytes the publish's evictions free would go to the queued request and the publish fail
+//! with `Oversize` where the model predicts success: routing `publish` through the ledger's
+//! back-of-the-queue growth (`grow_queued(.., false)` in `Ledger::grow_ahead_of_queue`) makes
+//! this test fail, and `the_issue_s_publish_past_a_queued_request` replays the issue's case.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -17,6 +29,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -90,6 +103,18 @@ enum Op {
         keep: bool,
         drop_leader: bool,
     },
+    /// A request for `waiter_k` that does not fit now (its size picked by `waiter_size` among
+    /// those) is polled as a `ReserveFuture`; perhaps a reader lets go (`release`); then a
+    /// reservation publishes `grow_by` bytes more than it reserved; then the queued request,
+    /// if it was granted meanwhile, is collected, otherwise dropped.
+    PublishPastQueue {
+        r: Index,
+        grow_by: u64,
+        keep: bool,
+        waiter_k: usize,
+        waiter_size: u64,
+        release: Option<Index>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -113,7 +138,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, est, smaller_by, keep)| Op::Load { k, est, smaller_by, keep }),
         1 => (k.clone(), bytes.clone()).prop_map(|(k, est)| Op::BuilderPanic { k, est }),
         1 => (k.clone(), bytes.clone()).prop_map(|(k, est)| Op::LoadWithUnloadingHook { k, est }),
-        3 => (k, bytes, 0u64..200, keep, any::<bool>()).prop_map(
+        3 => (k.clone(), bytes, 0u64..200, keep, any::<bool>()).prop_map(
             |(k, est, smaller_by, keep, drop_leader)| Op::AsyncLoad {
                 k,
                 est,
@@ -122,6 +147,24 @@ fn op() -> impl Strategy<Value = Op> {
                 drop_leader,
             }
         ),
+        3 => (
+            any::<Index>(),
+            1u64..500,
+            keep,
+            k,
+            any::<u64>(),
+            proptest::option::weighted(0.5, any::<Index>()),
+        )
+            .prop_map(|(r, grow_by, keep, waiter_k, waiter_size, release)| {
+                Op::PublishPastQueue {
+                    r,
+                    grow_by,
+                    keep,
+                    waiter_k,
+                    waiter_size,
+                    release,
+                }
+            }),
     ]
 }
 
@@ -151,12 +194,36 @@ struct Res {
     generation: u64,
 }
 
+/// What [`World::publish_past_queue`] saw.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct PastQueue {
+    /// The request had to wait in the queue.
+    queued: bool,
+    /// The bytes published, if the publish succeeded.
+    published: Option<u64>,
+    /// The queued request was granted by the end of the step.
+    granted: bool,
+}
+
+/// A request in the admission queue.
+#[derive(Debug)]
+struct Queued {
+    key: String,
+    bytes: u64,
+    /// The generation of its entry when it asked (a reservation outlives an eviction).
+    generation: u64,
+    /// Granted by the ledger, not yet collected by its future (its bytes count as reserved).
+    granted: bool,
+}
+
 struct World {
     m: Manager,
     ents: BTreeMap<String, Ent>,
     /// Live versions: id → bytes.
     versions: BTreeMap<u64, u64>,
     res: Vec<Res>,
+    /// At most one request waits in the admission queue, and only within one step.
+    queued: Option<Queued>,
     readers: Vec<Handle<Vec<u8>>>,
     next_generation: u64,
 }
@@ -180,6 +247,7 @@ impl World {
             ents: BTreeMap::new(),
             versions: BTreeMap::new(),
             res: Vec::new(),
+            queued: None,
             readers: Vec::new(),
             next_generation: 0,
         }
@@ -237,7 +305,24 @@ impl World {
     }
 
     fn reserved(&self) -> u64 {
-        self.res.iter().map(|r| r.bytes).sum()
+        let granted = self
+            .queued
+            .as_ref()
+            .filter(|q| q.granted)
+            .map_or(0, |q| q.bytes);
+        self.res.iter().map(|r| r.bytes).sum::<u64>() + granted
+    }
+
+    /// The ledger grants a queued request with the first credit after which it fits, so a
+    /// queued request that fits is granted.
+    fn pump(&mut self) {
+        let total = self.total();
+        if let Some(q) = self.queued.as_mut()
+            && !q.granted
+            && total + q.bytes <= LIMIT
+        {
+            q.granted = true;
+        }
     }
 
     fn total(&self) -> u64 {
@@ -298,7 +383,8 @@ impl World {
         assert_eq!(s.loaded_count, loaded_count, "{s}");
         assert_eq!(s.retained_count, self.versions.len() - loaded_count, "{s}");
         assert!(s.total() <= LIMIT && s.high_water <= LIMIT, "{s}");
-        assert_eq!(s.queue_depth, 0);
+        let queue_depth = usize::from(self.queued.as_ref().is_some_and(|q| !q.granted));
+        assert_eq!(s.queue_depth, queue_depth, "queued: {:?} {s}", self.queued);
         assert_eq!(self.m.len(), self.ents.len());
         for (k, e) in &self.ents {
             assert_eq!(self.m.state(k), Some(e.state), "{k}");
@@ -352,35 +438,8 @@ impl World {
                 self.res[i].bytes = self.res[i].bytes.min(to);
             }
             Op::Publish { r, bytes, keep } => {
-                if self.res.is_empty() {
-                    return;
-                }
-                let res = self.res.swap_remove(r.index(self.res.len()));
-                let stale = self.ents.get(&res.key).map(|e| e.generation) != Some(res.generation);
-                // The reservation still counts while the publish decides.
-                let total = self.total() + res.bytes;
-                let extra = bytes.saturating_sub(res.bytes);
-                let predicted = if stale {
-                    Predicted::Refused
-                } else if extra == 0 || total + extra <= LIMIT {
-                    Predicted::Fits
-                } else if total + extra - self.freeable(&res.key) <= LIMIT {
-                    Predicted::FitsAfterEviction
-                } else {
-                    Predicted::Refused
-                };
-                let result = self.m.publish(res.inner, blob(bytes as usize));
-                match (&result, stale) {
-                    (Err(PublishError::Evicted { .. }), true) => {}
-                    (Err(PublishError::Oversize { .. }), false) => {
-                        assert_eq!(predicted, Predicted::Refused)
-                    }
-                    (Ok(_), false) => assert_ne!(predicted, Predicted::Refused),
-                    other => panic!("publish {bytes} over {}: {other:?}", res.bytes),
-                }
-                self.observe_evictions(predicted == Predicted::FitsAfterEviction, &res.key);
-                if let Ok(h) = result {
-                    self.install(&res.key, h, bytes, keep);
+                if !self.res.is_empty() {
+                    self.publish(r.index(self.res.len()), bytes, keep);
                 }
             }
             Op::DropReservation { r } => {
@@ -446,7 +505,137 @@ impl World {
                 keep,
                 drop_leader,
             } => self.load_async(k, est, est - smaller_by.min(est), keep, drop_leader),
+            Op::PublishPastQueue {
+                r,
+                grow_by,
+                keep,
+                waiter_k,
+                waiter_size,
+                release,
+            } => {
+                if !self.res.is_empty() {
+                    let i = r.index(self.res.len());
+                    let release = release
+                        .filter(|_| !self.readers.is_empty())
+                        .map(|h| h.index(self.readers.len()));
+                    self.publish_past_queue(i, grow_by, keep, waiter_k, waiter_size, release);
+                }
+            }
         }
+    }
+
+    /// Publishes a value of `bytes` bytes under reservation `i`, predicting the outcome;
+    /// returns whether it was published.
+    fn publish(&mut self, i: usize, bytes: u64, keep: bool) -> bool {
+        let res = self.res.swap_remove(i);
+        let stale = self.ents.get(&res.key).map(|e| e.generation) != Some(res.generation);
+        // The reservation still counts while the publish decides.
+        let total = self.total() + res.bytes;
+        let extra = bytes.saturating_sub(res.bytes);
+        let predicted = if stale {
+            Predicted::Refused
+        } else if extra == 0 || total + extra <= LIMIT {
+            Predicted::Fits
+        } else if total + extra - self.freeable(&res.key) <= LIMIT {
+            Predicted::FitsAfterEviction
+        } else {
+            Predicted::Refused
+        };
+        let result = self.m.publish(res.inner, blob(bytes as usize));
+        match (&result, stale) {
+            (Err(PublishError::Evicted { .. }), true) => {}
+            (Err(PublishError::Oversize { .. }), false) => {
+                assert_eq!(predicted, Predicted::Refused)
+            }
+            (Ok(_), false) => assert_ne!(predicted, Predicted::Refused),
+            other => panic!("publish {bytes} over {}: {other:?}", res.bytes),
+        }
+        self.observe_evictions(predicted == Predicted::FitsAfterEviction, &res.key);
+        let published = result.is_ok();
+        if let Ok(h) = result {
+            self.install(&res.key, h, bytes, keep);
+        }
+        self.pump();
+        published
+    }
+
+    /// See [`Op::PublishPastQueue`]: reservation `i` publishes past a queued request, after
+    /// reader `release` (if any) lets go.
+    fn publish_past_queue(
+        &mut self,
+        i: usize,
+        grow_by: u64,
+        keep: bool,
+        waiter_k: usize,
+        waiter_size: u64,
+        release: Option<usize>,
+    ) -> PastQueue {
+        let mut outcome = PastQueue::default();
+        let key = KEYS[waiter_k].to_string();
+        if !self.ents.contains_key(&key) {
+            assert!(self.m.register(key.clone()));
+            self.register_model(&key, false);
+        }
+        // A size that does not fit now (none does not if nothing is counted).
+        let free = LIMIT - self.total();
+        if free == LIMIT {
+            return outcome;
+        }
+        let bytes = free + 1 + waiter_size % (LIMIT - free);
+        let generation = self.ents[&key].generation;
+        let predicted = self.predict(bytes, &key);
+        let mut waiter = Box::pin(self.m.reserve_async(
+            &key,
+            ReserveRequest::new(bytes).wait_for(Duration::from_secs(3_600)),
+        ));
+        let mut cx = Context::from_waker(Waker::noop());
+        match waiter.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => {
+                // It fitted after evicting: nothing stays queued.
+                assert_eq!(predicted, Predicted::FitsAfterEviction, "{result:?}");
+                self.admission_outcome(predicted, result.map(|r| (r, bytes)), &key, generation);
+            }
+            Poll::Pending => {
+                assert_eq!(predicted, Predicted::Refused, "queued");
+                outcome.queued = true;
+                self.observe_evictions(false, &key);
+                self.queued = Some(Queued {
+                    key: key.clone(),
+                    bytes,
+                    generation,
+                    granted: false,
+                });
+            }
+        }
+        self.check();
+        if let Some(h) = release {
+            self.readers.swap_remove(h);
+            self.gc();
+            self.pump();
+            self.check();
+        }
+        let publish = self.res[i].bytes + grow_by;
+        outcome.published = self.publish(i, publish, keep).then_some(publish);
+        self.check();
+        if let Some(q) = self.queued.take() {
+            outcome.granted = q.granted;
+            if q.granted {
+                let Poll::Ready(Ok(inner)) = waiter.as_mut().poll(&mut cx) else {
+                    panic!("a granted request collects its grant");
+                };
+                assert_eq!(inner.bytes(), q.bytes);
+                self.res.push(Res {
+                    inner,
+                    key: q.key,
+                    bytes: q.bytes,
+                    generation: q.generation,
+                });
+            } else {
+                // Leaving the queue refunds nothing: nothing was granted.
+                drop(waiter);
+            }
+        }
+        outcome
     }
 
     /// Records the outcome of an async load polled to completion by `poll`.
@@ -730,4 +919,44 @@ proptest! {
         prop_assert_eq!((s.reserved, s.retained, s.retained_count), (0, 0, 0));
         prop_assert!(world.m.audit().consistent);
     }
+}
+
+/// The issue's case, replayed through the model: limit 1000, a 500-byte version held by a
+/// reader, reservation A of 300, a request for 500 queued (it cannot evict the held version),
+/// the reader lets go, A publishes 600. The model predicts the growth served first — the
+/// 500-byte version evicted for it, `Ok(600)` — and the queued request still waiting, and the
+/// manager must agree. Served behind the queue, the eviction's bytes would go to the queued
+/// request and the publish fail with `Oversize`, which the model reports as a wrong prediction.
+#[test]
+fn the_issue_s_publish_past_a_queued_request() {
+    let mut world = World::new();
+    world.apply(Op::Load {
+        k: 0,
+        est: 500,
+        smaller_by: 0,
+        keep: true,
+    });
+    world.apply(Op::Register {
+        k: 1,
+        pinned: false,
+    });
+    world.apply(Op::Reserve { k: 1, bytes: 300 });
+    world.check();
+    // 200 bytes are free: the queued request's size is 201 + 299.
+    let outcome = world.publish_past_queue(0, 300, false, 2, 299, Some(0));
+    world.check();
+    assert_eq!(
+        outcome,
+        PastQueue {
+            queued: true,
+            published: Some(600),
+            granted: false,
+        }
+    );
+    assert!(
+        !world.m.contains(&"k0".to_string()),
+        "the victim was evicted"
+    );
+    let s = world.m.ledger().snapshot();
+    assert_eq!((s.loaded, s.reserved, s.queue_depth), (600, 0, 0), "{s}");
 }

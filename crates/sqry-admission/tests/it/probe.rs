@@ -9,6 +9,7 @@ use sqry_admission::probe::{
     CgroupProbe, CgroupVersion, MemoryProbe, MemorySample, Pressure, ProbeError, RssProbe,
 };
 use sqry_admission::{AdmissionManager, ProbeConfig, ReserveError, ReserveRequest};
+use workspace_tests::support::TempDir;
 
 use crate::support::{Manager, config, key};
 
@@ -94,8 +95,9 @@ fn rss_and_cgroup_probes_read_this_machine() {
 
 /// On this machine's real cgroup layout — v1, v2 or hybrid (v1 controllers with a v2 tree
 /// mounted beside them, as on the build machines) — `detect` finds the memory controller of
-/// this process's own cgroup and reads a plausible figure. It used to match the empty `0::/`
-/// line of a hybrid host and then fail on `memory.current`.
+/// this process's own cgroup and reads a plausible figure. On a hybrid host the v2 line is
+/// the empty `0::/`, whose directory has no `memory.current`: `detect` must pick the v1 memory
+/// controller's line instead.
 #[test]
 fn cgroup_probe_detects_this_hosts_cgroup() {
     if !std::path::Path::new("/proc/self/cgroup").exists() {
@@ -124,12 +126,11 @@ fn cgroup_probe_detects_this_hosts_cgroup() {
 
 /// A fixture root: `/proc/self/cgroup`, `/proc/self/mountinfo` and cgroup files, under a
 /// temporary directory removed on drop.
-struct Fixture(std::path::PathBuf);
+struct Fixture(TempDir);
 
 impl Fixture {
     fn new(name: &str, cgroup: &str, mountinfo: &str) -> Self {
-        let root = std::env::temp_dir().join(format!("sqry-cg-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = TempDir::new(&format!("sqry-cg-{name}"));
         std::fs::create_dir_all(root.join("proc/self")).expect("fixture");
         std::fs::write(root.join("proc/self/cgroup"), cgroup).expect("fixture");
         std::fs::write(root.join("proc/self/mountinfo"), mountinfo).expect("fixture");
@@ -141,12 +142,6 @@ impl Fixture {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("fixture");
         std::fs::write(path, content).expect("fixture");
         self
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -168,8 +168,9 @@ fn a_reservation_of_another_manager_is_refused() {
 /// A finished build growing at publish is served before a newcomer queued meanwhile: limit
 /// 1000, a 500-byte victim held by a reader, reservation A of 300, a waiter for 500 queued,
 /// the reader drops, `publish(A, 600)` — the victim is evicted for A's growth, A publishes
-/// 600, and the waiter keeps waiting (it used to take the victim's bytes and fail A with
-/// `Oversize`).
+/// 600, and the waiter keeps waiting. A finished build is worth more than a request that has
+/// not started: were the waiter served first, it would take the victim's bytes and A's
+/// finished work would be lost to `Oversize`.
 #[test]
 fn growth_at_publish_is_served_before_a_queued_newcomer() {
     use std::future::Future;
