@@ -239,6 +239,25 @@ pub mod firecracker {
         pub guest: PathBuf,
     }
 
+    /// Why the kit cannot be used here, sorted by what a caller may do about it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum KitUnavailable {
+        /// `FIRECRACKER_BIN` is not set: this checkout has no kit beside it.
+        NotConfigured(String),
+        /// The machine has no KVM (`/dev/kvm` does not exist).
+        NoKvm(String),
+        /// The kit is configured but cannot be used: a file is missing, or `/dev/kvm` exists
+        /// and cannot be opened.
+        Broken(String),
+    }
+
+    impl std::fmt::Display for KitUnavailable {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let (Self::NotConfigured(why) | Self::NoKvm(why) | Self::Broken(why)) = self;
+            f.write_str(why)
+        }
+    }
+
     impl Kit {
         /// Finds the kit and checks that this machine can run it.
         ///
@@ -247,9 +266,23 @@ pub mod firecracker {
         /// Why not, for the caller's skip line: the variable is unset, a file is missing, or
         /// `/dev/kvm` cannot be opened.
         pub fn find() -> Result<Self, String> {
-            let bin = std::env::var_os(ENV).map(PathBuf::from).ok_or(format!(
-                "{ENV} is not set (cargo xtask sets it when ../shared/firecracker exists)"
-            ))?;
+            Self::locate().map_err(|e| e.to_string())
+        }
+
+        /// [`find`](Self::find), saying which way it failed: a suite that must not skip
+        /// silently where the kit is configured (under `cargo xtask`) fails on
+        /// [`KitUnavailable::Broken`] and may fall back only on the other two.
+        ///
+        /// # Errors
+        ///
+        /// As for [`find`](Self::find).
+        pub fn locate() -> Result<Self, KitUnavailable> {
+            let bin =
+                std::env::var_os(ENV)
+                    .map(PathBuf::from)
+                    .ok_or(KitUnavailable::NotConfigured(format!(
+                        "{ENV} is not set (cargo xtask sets it when ../shared/firecracker exists)"
+                    )))?;
             let dir = bin.parent().unwrap_or(Path::new("."));
             let kit = Self {
                 example_handler: dir.join("uffd_on_demand_handler"),
@@ -258,15 +291,23 @@ pub mod firecracker {
             };
             for f in [&kit.firecracker, &kit.example_handler, &kit.guest] {
                 if !f.is_file() {
-                    return Err(format!("{} is missing", f.display()));
+                    return Err(KitUnavailable::Broken(format!(
+                        "{} is missing",
+                        f.display()
+                    )));
                 }
             }
-            std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open("/dev/kvm")
-                .map_err(|e| format!("/dev/kvm: {e}"))?;
-            Ok(kit)
+            {
+                Ok(_) => Ok(kit),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(KitUnavailable::NoKvm(format!("/dev/kvm: {e}")))
+                }
+                Err(e) => Err(KitUnavailable::Broken(format!("/dev/kvm: {e}"))),
+            }
         }
     }
 

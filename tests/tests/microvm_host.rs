@@ -25,8 +25,11 @@
 //! this test binary re-run as `--fixture-vmm`, which maps guest memory, registers it with a
 //! userfaultfd, hands both to the pager with Firecracker's handshake, and then behaves like the
 //! memory-testing guest (verify every page's pattern of the previous pass, write the next one,
-//! print `P<k> …… OK`) — real faults, a real pager, no KVM. It prints a table (the demo's finale
-//! shows it) and a verdict.
+//! print `P<k> …… OK`) — real faults, a real pager, no KVM. Where a part cannot run (no
+//! userfaultfd, the programs not built, no C compiler for the plugin) it is skipped with the
+//! reason, except under `cargo xtask ci` (`WORKSPACE_PROGRAMS_REQUIRED` or `FIRECRACKER_BIN`
+//! set), where that fails, as does a configured Firecracker kit that cannot be used. It prints
+//! a table (the demo's finale shows it) and a verdict.
 
 use std::process::ExitCode;
 
@@ -66,7 +69,9 @@ mod linux {
 
     use serde_json::Value;
     use sqry_admission::{AdmissionConfig, AdmissionManager, HeapSize, ReserveRequest};
-    use workspace_tests::firecracker::{Kit, Snapshot, Vm, take_snapshot, verified_passes};
+    use workspace_tests::firecracker::{
+        Kit, KitUnavailable, Snapshot, Vm, take_snapshot, verified_passes,
+    };
     use workspace_tests::pager_service::Service;
     use workspace_tests::support::{TempDir, skip};
 
@@ -236,6 +241,33 @@ mod linux {
             Ok(())
         } else {
             Err(format!("kill -{sig} {pid} failed"))
+        }
+    }
+
+    /// The variable that makes every part of the scenario required, if one is set: the
+    /// scenario then fails where it would skip. `cargo xtask ci` sets both
+    /// (`WORKSPACE_PROGRAMS_REQUIRED` in its cross-crate stage, `FIRECRACKER_BIN` wherever
+    /// `../shared/firecracker` exists).
+    fn required_by() -> Option<&'static str> {
+        [
+            "WORKSPACE_PROGRAMS_REQUIRED",
+            workspace_tests::firecracker::ENV,
+        ]
+        .into_iter()
+        .find(|v| std::env::var_os(v).is_some())
+    }
+
+    /// A part of the scenario cannot run here: outside CI it is skipped with the reason;
+    /// under CI ([`required_by`]) that is a failure, with the reason.
+    fn skip_or_fail(part: &str, why: &str) -> Result<(), String> {
+        match required_by() {
+            Some(var) => Err(format!(
+                "{part}: {why} ({var} is set, as under `cargo xtask ci`: this part must run)"
+            )),
+            None => {
+                skip(part, why);
+                Ok(())
+            }
         }
     }
 
@@ -635,8 +667,9 @@ mod linux {
             .map_err(|e| format!("{cc}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "{cc} pages.c: {}",
-                String::from_utf8_lossy(&out.stderr)
+                "{cc} could not build pages.c ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
         std::fs::write(
@@ -663,7 +696,7 @@ mod linux {
         let (v1, v2) = (env.dir.join("pages-v1"), env.dir.join("pages-v2"));
         for (dir, version) in [(&v1, 1), (&v2, 2)] {
             if let Err(why) = build_bundle(dir, version, &zpk) {
-                skip(&format!("{NAME} (plugin stage)"), &why);
+                skip_or_fail(&format!("{NAME} (plugin stage)"), &why)?;
                 return Ok(None);
             }
         }
@@ -828,32 +861,33 @@ mod linux {
 
     fn run(stand_in: bool) -> Result<(), String> {
         if let Err(e) = squib_host::Uffd::open() {
-            skip(NAME, &format!("no userfaultfd: {e}"));
-            return Ok(());
+            return skip_or_fail(NAME, &format!("no userfaultfd: {e}"));
         }
-        let kit = match Kit::find() {
-            Ok(_) if stand_in || std::env::var_os("MICROVM_HOST_FIXTURE").is_some() => {
-                println!("the guests are the stand-in VMM (real userfaultfd faults, no KVM)");
-                None
-            }
-            Ok(kit) => Some(kit),
-            Err(why) => {
-                println!(
-                    "no real microVMs here ({why}): the guests are the stand-in VMM, on real \
-                     userfaultfd faults"
-                );
-                None
+        let kit = if stand_in || std::env::var_os("MICROVM_HOST_FIXTURE").is_some() {
+            println!("the guests are the stand-in VMM (real userfaultfd faults, no KVM)");
+            None
+        } else {
+            match Kit::locate() {
+                Ok(kit) => Some(kit),
+                // A kit that is configured must work: falling back would pass without it.
+                Err(KitUnavailable::Broken(why)) if required_by().is_some() => {
+                    return Err(format!(
+                        "{} is set but the Firecracker kit cannot be used: {why}",
+                        workspace_tests::firecracker::ENV
+                    ));
+                }
+                Err(why) => {
+                    println!(
+                        "no real microVMs here ({why}): the guests are the stand-in VMM, on \
+                         real userfaultfd faults"
+                    );
+                    None
+                }
             }
         };
         let programs = match Programs::find() {
             Ok(p) => p,
-            Err(why) if std::env::var_os("WORKSPACE_PROGRAMS_REQUIRED").is_some() => {
-                return Err(why);
-            }
-            Err(why) => {
-                skip(NAME, &why);
-                return Ok(());
-            }
+            Err(why) => return skip_or_fail(NAME, &why),
         };
         let started = Instant::now();
         let dir = TempDir::new("microvm-host");
