@@ -1,27 +1,31 @@
 //! A microVM host, end to end: the workspace's crates working together on real parts.
 //!
 //! - **Restore**: squib-host's pager service (`squib-host serve`) restores four real
-//!   Firecracker microVMs from one snapshot template, lazily.
+//!   Firecracker microVMs from one snapshot template, lazily: by demand faults alone (no
+//!   prewarm list, no background population), so what the pager installs is what the guest
+//!   touched.
 //! - **Consoles**: every Firecracker runs inside an engate session (`engate new`), so its
 //!   serial console is the session's output, read by `engate tail`; one reader detaches
 //!   mid-restore and re-attaches, and the console still holds every byte exactly once.
 //! - **Supervision**: the pager reports to varta-watch over sd_notify (`NOTIFY_SOCKET`);
 //!   so does every engate session server. `SIGSTOP` of the pager gives a `stalled` event;
 //!   `SIGKILL` an `exited` event whose hook tells the service's keeper (`--restart on-signal`)
-//!   to start a new pager, which re-adopts every session, and every guest goes on verifying
-//!   its memory.
+//!   to start a new pager. The new pager lists every live session as serving its VMM, the
+//!   guest that was restoring faults pages through it, and every guest goes on verifying its
+//!   memory.
 //! - **Memory**: restores are admitted by sqry-admission against a budget with room for three
-//!   VMs (each reservation its memory size, trued up to the bytes the pager really installed):
-//!   the fourth waits in the queue until the first VM exits, and the ledger never goes above
-//!   the budget.
+//!   VMs (each reservation its memory size, trued up to the bytes the pager installed for it):
+//!   the ledger is sampled after every step and must hold exactly the trued-up sizes and the
+//!   reservations in flight, never more than the budget; the fourth restore waits in the
+//!   queue for want of room and is admitted only after the first VM exits.
 //! - **Plugins**: one more template's pages come from a polyplug plugin (C, built here) that
 //!   reads a compressed snapshot (zero pages elided), served to the pager over squib-host's
 //!   page-server protocol; the plugin is hot-reloaded again and again while a VM restores
 //!   through it, and the guest verifies with no error.
 //!
 //! The programs come from the workspace's target directory (`cargo xtask ci` builds them in
-//! its tests stage); the Firecracker kit from `FIRECRACKER_BIN`. Without the kit or KVM (or
-//! with `MICROVM_HOST_FIXTURE=1`) the scenario says why and runs with a stand-in VMM instead:
+//! its cross-crate stage); the Firecracker kit from `FIRECRACKER_BIN`. Without the kit or KVM
+//! (or with `MICROVM_HOST_FIXTURE=1`) the scenario says why and runs with a stand-in VMM instead:
 //! this test binary re-run as `--fixture-vmm`, which maps guest memory, registers it with a
 //! userfaultfd, hands both to the pager with Firecracker's handshake, and then behaves like the
 //! memory-testing guest (verify every page's pattern of the previous pass, write the next one,
@@ -68,7 +72,9 @@ mod linux {
     use std::time::{Duration, Instant};
 
     use serde_json::Value;
-    use sqry_admission::{AdmissionConfig, AdmissionManager, HeapSize, ReserveRequest};
+    use sqry_admission::{
+        AdmissionConfig, AdmissionManager, HeapSize, LedgerSnapshot, ReserveRequest,
+    };
     use workspace_tests::firecracker::{
         Kit, KitUnavailable, Snapshot, Vm, take_snapshot, verified_passes,
     };
@@ -232,15 +238,17 @@ mod linux {
         }
     }
 
-    fn signal(pid: u32, sig: &str) -> Result<(), String> {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .map_err(|e| e.to_string())?;
-        if status.success() {
+    /// Sends `signal` to process `pid` (a pager, which is not our child).
+    fn signal(pid: u32, signal: libc::c_int) -> Result<(), String> {
+        let target = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
+        // SAFETY: kill(2) takes no pointers; the pid is a pager the service reported alive.
+        if unsafe { libc::kill(target, signal) } == 0 {
             Ok(())
         } else {
-            Err(format!("kill -{sig} {pid} failed"))
+            Err(format!(
+                "kill({pid}, {signal}): {}",
+                std::io::Error::last_os_error()
+            ))
         }
     }
 
@@ -271,37 +279,52 @@ mod linux {
         }
     }
 
-    /// One VM of the host: its engate session, when its load was sent, how long its restore
-    /// took until the first verified pass.
+    /// One VM of the host: its engate session, when it was admitted, when its load was sent,
+    /// how long its restore took until the first verified pass.
     struct Guest {
         name: String,
         vm: Vm,
+        admitted_at: Instant,
         loaded_at: Instant,
         restore: Option<Duration>,
+    }
+
+    /// The restore's pager session: demand faults only (no prewarm list, no background
+    /// population), so the bytes the pager installs are the pages the guest touched (and the
+    /// readahead next to them), and a VM's trued-up reservation means something.
+    fn session_body(template: &str, socket: &Path) -> String {
+        format!(
+            r#"{{"template":"{template}","socket":"{}","background":false,"prewarm":false}}"#,
+            socket.display()
+        )
     }
 
     /// Admits, then restores VM `i`: reserve its memory (waiting in the queue for room),
     /// create its pager session, start Firecracker in an engate session and load the snapshot.
     fn restore(
         env: &Env<'_>,
-        manager: &AdmissionManager<String, GuestMemory>,
+        ledger: &Ledger,
         i: usize,
     ) -> Result<(Guest, sqry_admission::Reservation<String, GuestMemory>), String> {
         let key = format!("vm{i}");
-        let reservation = manager
+        let reservation = ledger
+            .manager
             .reserve(&key, ReserveRequest::new(MEM).wait_for(GUEST_LIMIT))
             .map_err(|e| format!("admission of {key}: {e}"))?;
+        let admitted_at = Instant::now();
+        ledger.sample(&format!("{key} admitted"))?;
         let sock = env.dir.join(format!("{key}.uffd"));
         env.svc.ok(
             "PUT",
             &format!("/sessions/{key}"),
-            &format!(r#"{{"template":"base","socket":"{}"}}"#, sock.display()),
+            &session_body("base", &sock),
         )?;
         let (vm, loaded_at) = start_vm(env, &key, &sock)?;
         Ok((
             Guest {
                 name: key,
                 vm,
+                admitted_at,
                 loaded_at,
                 restore: None,
             },
@@ -353,6 +376,26 @@ mod linux {
             match vm.load_uffd(env.snap, sock, Duration::from_secs(60))? {
                 (200..=299, _) => {}
                 other => return Err(format!("{key}: snapshot load answered {other:?}")),
+            }
+        } else {
+            // Firecracker's load returns once the pager serves its memory; the stand-in
+            // connects on its own, so wait for the same point.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let sessions = env.svc.ok("GET", "/sessions", "")?;
+                let state = sessions
+                    .as_array()
+                    .and_then(|a| a.iter().find(|s| s["id"] == key))
+                    .map(|s| s["state"].clone());
+                if state.as_ref().is_some_and(|s| s == "serving") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{key}'s session is not serving the stand-in: {state:?}"
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         Ok((vm, loaded_at))
@@ -471,14 +514,105 @@ mod linux {
         }
     }
 
-    /// The bytes the pager installed for session `key` (its true memory footprint so far).
-    fn installed(svc: &Service, key: &str) -> Result<u64, String> {
+    /// What the current pager process reports for session `key`: faults served and bytes
+    /// installed (its counters start at zero in each pager process).
+    #[derive(Debug, Clone, Copy)]
+    struct Served {
+        faults: u64,
+        bytes: u64,
+    }
+
+    /// [`Served`] for session `key`, which must be installing pages on demand alone: no
+    /// background population, no prewarm list, nothing prewarmed — else the bytes installed
+    /// would count pages the guest never asked for.
+    fn served(svc: &Service, key: &str) -> Result<Served, String> {
         let sessions = svc.ok("GET", "/sessions", "")?;
-        sessions
+        let session = sessions
             .as_array()
             .and_then(|a| a.iter().find(|s| s["id"] == key))
-            .and_then(|s| s["bytes_served"].as_u64())
-            .ok_or(format!("no bytes_served for {key} in {sessions}"))
+            .ok_or(format!("no session {key} in {sessions}"))?;
+        if session["background"] != false
+            || session["prewarm"] != false
+            || session["prewarmed"].as_u64() != Some(0)
+        {
+            return Err(format!(
+                "{key}'s pager installs pages the guest did not fault on: {session}"
+            ));
+        }
+        match (session["faults"].as_u64(), session["bytes_served"].as_u64()) {
+            (Some(faults), Some(bytes)) => Ok(Served { faults, bytes }),
+            _ => Err(format!("no fault counters for {key} in {session}")),
+        }
+    }
+
+    /// The bytes a guest's memory really holds, for its true-up: every page the guest verified
+    /// (all of them from `TESTED_FROM` up) was installed by a pager, and no pager installs more
+    /// than the guest's memory. `what` names the figure in the error.
+    fn touched(key: &str, bytes: u64, what: &str) -> Result<u64, String> {
+        let verified = MEM - TESTED_FROM as u64;
+        if (verified..=MEM).contains(&bytes) {
+            Ok(bytes)
+        } else {
+            Err(format!(
+                "{key}: {what} is {bytes} bytes, but the guest verified {verified} bytes of its \
+                 {MEM}"
+            ))
+        }
+    }
+
+    /// The admission ledger as the test sees it: the manager, and a sample of the ledger after
+    /// every step, each checked against the budget when it is taken.
+    struct Ledger {
+        manager: AdmissionManager<String, GuestMemory>,
+        samples: Mutex<Vec<(String, LedgerSnapshot)>>,
+    }
+
+    impl Ledger {
+        /// Samples the ledger after `step`; fails if it is above the budget.
+        fn sample(&self, step: &str) -> Result<LedgerSnapshot, String> {
+            let snapshot = self.manager.ledger().snapshot();
+            self.samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((step.to_owned(), snapshot));
+            if snapshot.total() > snapshot.limit {
+                return Err(format!(
+                    "after {step} the ledger is over budget: {snapshot:?}"
+                ));
+            }
+            Ok(snapshot)
+        }
+
+        /// Samples the ledger after `step` and checks it holds exactly `published` (the
+        /// trued-up sizes of the VMs running) and `reserved` whole-VM reservations in flight.
+        fn expect(
+            &self,
+            step: &str,
+            published: &[(String, u64)],
+            reserved: u64,
+        ) -> Result<(), String> {
+            let snapshot = self.sample(step)?;
+            let loaded: u64 = published.iter().map(|(_, b)| b).sum();
+            if snapshot.loaded != loaded
+                || snapshot.reserved != reserved * MEM
+                || snapshot.total() != loaded + reserved * MEM
+            {
+                return Err(format!(
+                    "after {step} the ledger should hold {published:?} and {reserved} \
+                     reservation(s) of {MEM} bytes: {snapshot:?}"
+                ));
+            }
+            Ok(())
+        }
+
+        /// The largest total the samples saw, and how many were taken.
+        fn observed_max(&self) -> (u64, usize) {
+            let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                samples.iter().map(|(_, s)| s.total()).max().unwrap_or(0),
+                samples.len(),
+            )
+        }
     }
 
     struct Env<'a> {
@@ -685,11 +819,9 @@ mod linux {
     }
 
     /// The plugin stage: a template served by the plugin, a VM restoring through it by demand
-    /// faults alone while the plugin is reloaded v1 → v2 → v1 … Returns the table row.
-    fn plugin_restore(
-        env: &Env<'_>,
-        manager: &AdmissionManager<String, GuestMemory>,
-    ) -> Result<Option<Row>, String> {
+    /// faults alone while the plugin is reloaded v1 → v2 → v1 … Returns the table row (`None`:
+    /// skipped here).
+    fn plugin_restore(env: &Env<'_>, ledger: &Ledger) -> Result<Option<Row>, String> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let zpk = env.dir.join("snapshot.zpk");
         let packed = compress(&env.snap.mem, &zpk)?;
@@ -736,19 +868,15 @@ mod linux {
             ),
         )?;
         let key = "vm4".to_owned();
-        manager.register_pinned(key.clone());
-        let reservation = manager
+        ledger.manager.register_pinned(key.clone());
+        let reservation = ledger
+            .manager
             .reserve(&key, ReserveRequest::new(MEM).wait_for(GUEST_LIMIT))
             .map_err(|e| format!("admission of {key}: {e}"))?;
+        ledger.expect("vm4's admission", &[], 1)?;
         let sock = env.dir.join("vm4.uffd");
-        env.svc.ok(
-            "PUT",
-            "/sessions/vm4",
-            &format!(
-                r#"{{"template":"plug","socket":"{}","background":false,"prewarm":false}}"#,
-                sock.display()
-            ),
-        )?;
+        env.svc
+            .ok("PUT", "/sessions/vm4", &session_body("plug", &sock))?;
         // Reloads, back and forth, for as long as the guest restores.
         let stop = Arc::new(AtomicBool::new(false));
         let reloader = {
@@ -787,10 +915,16 @@ mod linux {
                  {reloads} reloads during the restore"
             ));
         }
-        let touched = installed(env.svc, "vm4")?;
-        let handle = manager
-            .publish(reservation, GuestMemory(touched))
+        let bytes = touched(
+            "vm4",
+            served(env.svc, "vm4")?.bytes,
+            "what the pager installed",
+        )?;
+        let handle = ledger
+            .manager
+            .publish(reservation, GuestMemory(bytes))
             .map_err(|e| format!("true-up of vm4: {e}"))?;
+        ledger.expect("vm4's true-up", &[(key.clone(), bytes)], 0)?;
         println!(
             "vm4 restored through the plugin (compressed snapshot {packed} bytes) across \
              {reloads} hot reloads: 0 source errors, 0 pages failed closed"
@@ -800,17 +934,28 @@ mod linux {
             .map_err(|e| format!("console of vm4: {e}"))?;
         drop(handle);
         drop(vm);
-        manager.unload(&key);
-        Ok(Some((
-            format!("{key} (plugin source, {reloads} reloads)"),
-            Some(restore),
-            console.len(),
+        ledger.manager.unload(&key);
+        ledger.expect("vm4's exit", &[], 0)?;
+        Ok(Some(Row {
+            name: format!("{key} (plugin source, {reloads} reloads)"),
+            restore: Some(restore),
+            trued_up: bytes,
+            console: console.len(),
             whole,
-        )))
+        }))
     }
 
     /// One line of the scenario's table.
-    type Row = (String, Option<Duration>, usize, usize);
+    struct Row {
+        name: String,
+        restore: Option<Duration>,
+        /// The VM's reservation after its true-up.
+        trued_up: u64,
+        /// Console bytes.
+        console: usize,
+        /// Whole verified passes on the console.
+        whole: usize,
+    }
 
     /// The negative control of [`console_is_exact`]: a console as a guest writes it passes,
     /// and the same console with one byte lost or repeated anywhere in a pass does not.
@@ -932,11 +1077,15 @@ mod linux {
         };
 
         // Memory: room for three VMs; every VM pinned (a running guest cannot be evicted).
-        let manager: AdmissionManager<String, GuestMemory> =
-            AdmissionManager::new(AdmissionConfig::new(ROOM * MEM));
+        let ledger = Ledger {
+            manager: AdmissionManager::new(AdmissionConfig::new(ROOM * MEM)),
+            samples: Mutex::new(Vec::new()),
+        };
         for i in 0..VMS {
-            manager.register_pinned(format!("vm{i}"));
+            ledger.manager.register_pinned(format!("vm{i}"));
         }
+        // The trued-up size of every VM running, as published.
+        let mut published: Vec<(String, u64)> = Vec::new();
         let mut guests = Vec::new();
         let mut handles = Vec::new();
         let mut reservations = Vec::new();
@@ -945,9 +1094,10 @@ mod linux {
         snap.drop_from_page_cache()?;
         let storage_before = svc.storage_read_bytes()?;
         for i in 0..ROOM as usize {
-            let (guest, reservation) = restore(&env, &manager, i)?;
+            let (guest, reservation) = restore(&env, &ledger, i)?;
             guests.push(guest);
             reservations.push(reservation);
+            ledger.expect(&format!("vm{i}'s restore began"), &published, i as u64 + 1)?;
         }
         // Consoles: the second guest's reader detaches mid-restore and comes back.
         if verified_passes(&guests[1].vm.console()) > 0 {
@@ -957,20 +1107,26 @@ mod linux {
         // One mark per 2 MiB checked, from 16 MiB to the end of guest memory.
         let marks = ((MEM_MIB - 16) / 2) as usize;
         let mut rows = Vec::new();
-        let mut row = |guest: &Guest| -> Result<(), String> {
+        let mut row = |guest: &Guest, trued_up: u64| -> Result<(), String> {
             let console = guest.vm.console_bytes();
             let whole = console_is_exact(&console, marks)
                 .map_err(|e| format!("console of {}: {e}", guest.name))?;
-            rows.push((guest.name.clone(), guest.restore, console.len(), whole));
+            rows.push(Row {
+                name: guest.name.clone(),
+                restore: guest.restore,
+                trued_up,
+                console: console.len(),
+                whole,
+            });
             Ok(())
         };
 
         let mut storage_read = 0;
         // The fourth restore waits for room.
-        let fourth = std::thread::scope(|scope| -> Result<_, String> {
-            let waiter = scope.spawn(|| restore(&env, &manager, 3));
+        let (fourth, exit_began) = std::thread::scope(|scope| -> Result<_, String> {
+            let waiter = scope.spawn(|| restore(&env, &ledger, 3));
             let queued_by = Instant::now() + Duration::from_secs(10);
-            while manager.ledger().snapshot().queue_depth == 0 {
+            while ledger.manager.ledger().snapshot().queue_depth == 0 {
                 if Instant::now() > queued_by {
                     return Err("the fourth restore never queued".into());
                 }
@@ -980,50 +1136,77 @@ mod linux {
                 guests.iter_mut().zip(reservations.drain(..)).enumerate()
             {
                 guest.restore = Some(guest.vm.wait_verified(guest.loaded_at, GUEST_LIMIT)?);
-                let touched = installed(&svc, &format!("vm{i}"))?;
+                let bytes = touched(
+                    &guest.name,
+                    served(&svc, &guest.name)?.bytes,
+                    "what the pager installed",
+                )?;
                 handles.push(
-                    manager
-                        .publish(reservation, GuestMemory(touched))
+                    ledger
+                        .manager
+                        .publish(reservation, GuestMemory(bytes))
                         .map_err(|e| format!("true-up of vm{i}: {e}"))?,
                 );
+                published.push((guest.name.clone(), bytes));
+                ledger.expect(
+                    &format!("{}'s true-up", guest.name),
+                    &published,
+                    ROOM - published.len() as u64,
+                )?;
             }
             let read = svc.storage_read_bytes()? - storage_before;
             if read as f64 > 1.1 * MEM as f64 {
                 return Err(format!("{read} bytes read from storage for three restores"));
             }
             storage_read = read;
-            let snapshot = manager.ledger().snapshot();
+            let snapshot = ledger.sample("three guests verified")?;
             if snapshot.queue_depth != 1 {
                 return Err(format!(
                     "three guests run and the fourth should still wait: {snapshot:?}"
                 ));
             }
+            // The wait is for want of room, not a stuck queue.
+            if snapshot.headroom() >= MEM {
+                return Err(format!(
+                    "the fourth restore waits though the ledger has room for it: {snapshot:?}"
+                ));
+            }
             println!(
-                "three guests verified; the fourth restore waits in the admission queue \
-                 ({} of {} bytes in use)",
+                "three guests verified and trued up to {:?} bytes; the fourth restore waits in \
+                 the admission queue ({} of {} bytes in use)",
+                published.iter().map(|(_, b)| b).collect::<Vec<_>>(),
                 snapshot.total(),
                 snapshot.limit
             );
             // The first VM exits: its session ends, its memory is given back, the fourth goes.
+            let exit_began = Instant::now();
             let first = guests.remove(0);
-            row(&first)?;
+            row(&first, published[0].1)?;
             drop(first);
             drop(handles.remove(0));
-            manager.unload(&"vm0".to_owned());
-            waiter.join().map_err(|_| "the fourth restore panicked")?
+            ledger.manager.unload(&"vm0".to_owned());
+            published.remove(0);
+            let fourth = waiter.join().map_err(|_| "the fourth restore panicked")??;
+            Ok((fourth, exit_began))
         })?;
         let (guest, reservation) = fourth;
+        if guest.admitted_at < exit_began {
+            return Err("the fourth restore was admitted before the first VM exited".into());
+        }
+        ledger.expect("vm0's exit and vm3's admission", &published, 1)?;
         guests.push(guest);
 
         // Supervision while the fourth guest restores: a stopped pager is a stall, a killed
         // one an exit whose hook runs; the keeper starts a new pager that adopts every session.
-        signal(pager, "STOP")?;
+        signal(pager, libc::SIGSTOP)?;
         let stalled = varta.wait_event("stalled", pager, THRESHOLD + Duration::from_secs(5));
-        signal(pager, "CONT")?;
+        signal(pager, libc::SIGCONT)?;
         stalled?;
         println!("a stopped pager was reported stalled");
+        // What the old pager installed for the restoring guest, read just before it dies.
+        let before_kill = served(&svc, "vm3")?;
         let killed_at = Instant::now();
-        signal(pager, "KILL")?;
+        signal(pager, libc::SIGKILL)?;
         varta.wait_event("exited", pager, Duration::from_secs(10))?;
         let hooks_ran = {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -1046,9 +1229,34 @@ mod linux {
             return Err("the pager was not replaced".into());
         }
         varta.wait_event("ready", new_pager, Duration::from_secs(10))?;
+        // The new pager serves every live session, each for its own VMM.
+        let sessions = svc.ok("GET", "/sessions", "")?;
+        for guest in &guests {
+            let adopted = sessions
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["id"] == guest.name.as_str()))
+                .ok_or(format!(
+                    "the new pager does not list {}: {sessions}",
+                    guest.name
+                ))?;
+            if adopted["state"] != "serving"
+                || adopted["pid"].as_u64() != Some(u64::from(guest.vm.pid()))
+            {
+                return Err(format!(
+                    "the new pager does not serve {} (VMM pid {}): {adopted}",
+                    guest.name,
+                    guest.vm.pid()
+                ));
+            }
+        }
         println!(
             "a killed pager was reported, its exit hook told the keeper to start a new one, \
-             pid {new_pager} took over"
+             pid {new_pager} took over and serves {}",
+            guests
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
 
         let last = guests.len() - 1;
@@ -1057,11 +1265,35 @@ mod linux {
                 .vm
                 .wait_verified(guests[last].loaded_at, GUEST_LIMIT)?,
         );
-        let touched = installed(&svc, "vm3")?;
+        // The new pager's counters started at zero: faults it reports, it served.
+        let after_kill = served(&svc, "vm3")?;
+        if after_kill.faults == 0 {
+            return Err(format!(
+                "vm3 restored across the pager's restart but faulted nothing through the new \
+                 pager (the old one had served {before_kill:?})"
+            ));
+        }
+        // Its true-up adds what the two pagers installed. What the old one installed in the
+        // instant between its last answer and its death is in neither figure, so this one is
+        // checked against the guest's memory size only, not against the pages it verified.
+        let bytes = before_kill.bytes + after_kill.bytes;
+        if bytes > MEM {
+            return Err(format!(
+                "vm3: the two pagers installed {bytes} bytes of a {MEM}-byte guest memory"
+            ));
+        }
         handles.push(
-            manager
-                .publish(reservation, GuestMemory(touched))
+            ledger
+                .manager
+                .publish(reservation, GuestMemory(bytes))
                 .map_err(|e| format!("true-up of vm3: {e}"))?,
+        );
+        published.push(("vm3".to_owned(), bytes));
+        ledger.expect("vm3's true-up", &published, 0)?;
+        println!(
+            "vm3 faulted {} times through the old pager and {} through the new one \
+             ({} + {} bytes)",
+            before_kill.faults, after_kill.faults, before_kill.bytes, after_kill.bytes
         );
         // Every guest verifies again after the pager was killed.
         for guest in &guests {
@@ -1077,43 +1309,54 @@ mod linux {
         }
 
         // Consoles hold every byte once (the re-attached one included).
-        for guest in &vms {
-            row(guest)?;
+        for (guest, (_, trued_up)) in vms.iter().zip(&published) {
+            row(guest, *trued_up)?;
         }
         // The VMs exit and give their memory back; one more restores through the plugin.
         drop(handles);
         drop(vms);
         for i in 1..VMS {
-            manager.unload(&format!("vm{i}"));
+            ledger.manager.unload(&format!("vm{i}"));
         }
-        let plugin = plugin_restore(&env, &manager)?;
+        published.clear();
+        ledger.expect("every VM's exit", &published, 0)?;
+        let plugin = plugin_restore(&env, &ledger)?;
         let plugin_ran = plugin.is_some();
         rows.extend(plugin);
-        let ledger = manager.ledger().snapshot();
-        if ledger.high_water > ledger.limit {
-            return Err(format!("the ledger went over its budget: {ledger:?}"));
+        let snapshot = ledger.sample("the end")?;
+        let (observed, samples) = ledger.observed_max();
+        if snapshot.high_water > snapshot.limit || observed > snapshot.limit {
+            return Err(format!("the ledger went over its budget: {snapshot:?}"));
         }
         let read = storage_read;
 
         println!();
-        println!("| VM | restore (load → first verified pass) | console bytes | verified passes |");
-        println!("|---|---|---|---|");
-        for (name, restore, bytes, whole) in &rows {
+        println!(
+            "| VM | restore (load → first verified pass) | trued-up bytes | console bytes | \
+             verified passes |"
+        );
+        println!("|---|---|---|---|---|");
+        for r in &rows {
             println!(
-                "| {name} | {} | {bytes} | {whole} |",
-                restore.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()))
+                "| {} | {} | {} | {} | {} |",
+                r.name,
+                r.restore
+                    .map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+                r.trued_up,
+                r.console,
+                r.whole
             );
         }
         println!();
         println!(
             "snapshot bytes read from storage: {read} ({:.2}× one snapshot for the first three \
-             restores); supervisor \
-             events: {}; ledger high-water {} of {} bytes; every guest verified again {:.1} s \
-             after the pager was killed",
+             restores); supervisor events: {}; ledger: at most {observed} of {} bytes in {samples} \
+             samples (high-water {}); every guest verified again {:.1} s after the pager was \
+             killed",
             read as f64 / MEM as f64,
             varta.event_count(),
-            ledger.high_water,
-            ledger.limit,
+            snapshot.limit,
+            snapshot.high_water,
             after_kill.as_secs_f64()
         );
         println!(
