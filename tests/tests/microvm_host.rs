@@ -5,8 +5,10 @@
 //!   prewarm list, no background population), so what the pager installs is what the guest
 //!   touched.
 //! - **Consoles**: every Firecracker runs inside an engate session (`engate new`), so its
-//!   serial console is the session's output, read by `engate tail`; one reader detaches
-//!   mid-restore and re-attaches, and the console still holds every byte exactly once.
+//!   serial console is the session's output, read by `engate tail` from the start. A second
+//!   client attaches to one session mid-restore (after the VM started, before its first
+//!   verified pass), detaches, re-attaches, and at the end every byte it read is the byte the
+//!   console that never detached holds at the same offset of the session's stream.
 //! - **Supervision**: the pager reports to varta-watch over sd_notify (`NOTIFY_SOCKET`);
 //!   so does every engate session server. `SIGSTOP` of the pager gives a `stalled` event;
 //!   `SIGKILL` an `exited` event whose hook tells the service's keeper (`--restart on-signal`)
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
         }
         workspace_tests::harness::run(&[
             (
-                "the_console_check_catches_a_lost_or_repeated_byte",
+                "the_console_checks_catch_a_lost_or_repeated_byte",
                 linux::console_check_is_sharp,
             ),
             (linux::NAME, linux::scenario),
@@ -76,7 +78,7 @@ mod linux {
         AdmissionConfig, AdmissionManager, HeapSize, LedgerSnapshot, ReserveRequest,
     };
     use workspace_tests::firecracker::{
-        Kit, KitUnavailable, Snapshot, Vm, take_snapshot, verified_passes,
+        ConsoleRecord, Kit, KitUnavailable, Snapshot, Vm, take_snapshot, verified_passes,
     };
     use workspace_tests::pager_service::Service;
     use workspace_tests::support::{TempDir, skip};
@@ -989,7 +991,74 @@ mod linux {
                 }
             }
         }
-        Ok(())
+        visitor_check_is_sharp(&good)
+    }
+
+    /// The negative control of [`ConsoleRecord::holds`], the comparison of a visitor's bytes
+    /// with the console's: a visitor's stretch of `console` as read passes; one byte changed,
+    /// lost or repeated anywhere, a stretch placed one byte off, in another epoch or running
+    /// past the console's end does not. (A byte lost or repeated in a run of equal bytes that
+    /// ends the stretch leaves the compared bytes equal: the visitor's saved position, checked
+    /// at every detach, catches that.)
+    fn visitor_check_is_sharp(console: &[u8]) -> Result<(), String> {
+        let whole = ConsoleRecord {
+            epoch: 1,
+            start: 100,
+            bytes: console.to_vec(),
+        };
+        let read = ConsoleRecord {
+            epoch: 1,
+            start: 103,
+            bytes: console[3..console.len() - 2].to_vec(),
+        };
+        if whole.holds(&read) != Ok(read.bytes.len()) {
+            return Err(format!(
+                "a visitor's exact bytes fail: {:?}",
+                whole.holds(&read)
+            ));
+        }
+        let bad = |what: String, part: ConsoleRecord| -> Result<(), String> {
+            match whole.holds(&part) {
+                Ok(_) => Err(format!("a visitor's bytes with {what} pass")),
+                Err(_) => Ok(()),
+            }
+        };
+        for at in 0..read.bytes.len() {
+            let mut changed = read.clone();
+            changed.bytes[at] ^= 0x20;
+            bad(format!("byte {at} changed"), changed)?;
+            if read.bytes[at..].iter().all(|&b| b == read.bytes[at]) {
+                continue;
+            }
+            let mut lost = read.clone();
+            lost.bytes.remove(at);
+            bad(format!("byte {at} lost"), lost)?;
+            let mut repeated = read.clone();
+            repeated.bytes.insert(at, read.bytes[at]);
+            bad(format!("byte {at} repeated"), repeated)?;
+        }
+        bad(
+            "a start one byte late".into(),
+            ConsoleRecord {
+                start: read.start + 1,
+                ..read.clone()
+            },
+        )?;
+        bad(
+            "another epoch".into(),
+            ConsoleRecord {
+                epoch: 2,
+                ..read.clone()
+            },
+        )?;
+        bad(
+            "bytes past the console's end".into(),
+            ConsoleRecord {
+                start: whole.start + 3,
+                bytes: console[3..].iter().chain(b"P").copied().collect(),
+                ..read
+            },
+        )
     }
 
     /// The scenario with real Firecracker guests where the kit and KVM are here (else the
@@ -1099,11 +1168,28 @@ mod linux {
             reservations.push(reservation);
             ledger.expect(&format!("vm{i}'s restore began"), &published, i as u64 + 1)?;
         }
-        // Consoles: the second guest's reader detaches mid-restore and comes back.
+        // Consoles: a second client attaches to the second guest's session mid-restore (it
+        // has read bytes while the console that never detached shows no verified pass yet),
+        // detaches, and re-attaches after a while; at the end its bytes are compared with
+        // that console's.
+        let mut visitor = guests[1].vm.visit_console(&dir)?;
+        visitor.wait_bytes(0, GUEST_LIMIT)?;
         if verified_passes(&guests[1].vm.console()) > 0 {
-            return Err("the second guest verified before its reader could detach".into());
+            return Err(
+                "the second guest verified before a client could attach mid-restore".into(),
+            );
         }
-        guests[1].vm.reattach_console(Duration::from_millis(300))?;
+        // Attached: let it read a little of the restore before it leaves.
+        std::thread::sleep(Duration::from_millis(200));
+        let detached = visitor.detach()?;
+        std::thread::sleep(Duration::from_millis(300));
+        visitor.attach()?;
+        println!(
+            "a client attached to vm1's console mid-restore at byte {}, read {} bytes, detached \
+             and came back",
+            detached.start,
+            detached.bytes.len()
+        );
         // One mark per 2 MiB checked, from 16 MiB to the end of guest memory.
         let marks = ((MEM_MIB - 16) / 2) as usize;
         let mut rows = Vec::new();
@@ -1308,10 +1394,21 @@ mod linux {
             return Err("a VMM died".into());
         }
 
-        // Consoles hold every byte once (the re-attached one included).
+        // Every console is well formed; the visitor's bytes are the console's bytes.
         for (guest, (_, trued_up)) in vms.iter().zip(&published) {
             row(guest, *trued_up)?;
         }
+        let visited = visitor.detach()?;
+        let console = vms[0].vm.stop_console()?;
+        let compared = console
+            .holds(&visited)
+            .map_err(|e| format!("vm1's visitor against its console: {e}"))?;
+        println!(
+            "vm1's visitor read bytes {}..{} of its console across a detach: all {compared} \
+             are the console's",
+            visited.start,
+            visited.end()
+        );
         // The VMs exit and give their memory back; one more restores through the plugin.
         drop(handles);
         drop(vms);
