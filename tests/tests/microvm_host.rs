@@ -22,8 +22,9 @@
 //!   queue for want of room and is admitted only after the first VM exits.
 //! - **Plugins**: one more template's pages come from a polyplug plugin (C, built here) that
 //!   reads a compressed snapshot (zero pages elided), served to the pager over squib-host's
-//!   page-server protocol; the plugin is hot-reloaded again and again while a VM restores
-//!   through it, and the guest verifies with no error.
+//!   page-server protocol; the plugin is hot-reloaded again and again, at least twice between
+//!   the first page fetched through it and the guest's first verified pass, both versions
+//!   serve pages, and the guest verifies with no error.
 //!
 //! The programs come from the workspace's target directory (`cargo xtask ci` builds them in
 //! its cross-crate stage); the Firecracker kit from `FIRECRACKER_BIN`. Without the kit or KVM
@@ -713,11 +714,17 @@ mod linux {
         polyplug_runtime::ids::ContractRef::new("snapshot.pages", 1, 0);
 
     /// A page source that calls the plugin providing `snapshot.pages@1`, whichever version is
-    /// loaded at the moment (the guard keeps it loaded for the call).
+    /// loaded at the moment (the guard keeps it loaded for the call), and counts the fetches
+    /// each version served (asked through the same guard, so the answer is the version that
+    /// read the bytes).
     struct PluginPages {
         runtime: Arc<polyplug_runtime::Runtime>,
         len: u64,
         errors: std::sync::atomic::AtomicU64,
+        /// Fetches served by version 1 and by version 2 of the plugin.
+        served_by: [std::sync::atomic::AtomicU64; 2],
+        /// When the first fetch was asked for.
+        first_fetch: std::sync::OnceLock<Instant>,
     }
 
     impl std::fmt::Debug for PluginPages {
@@ -742,14 +749,23 @@ mod linux {
                     source: std::io::Error::other(why),
                 }
             };
+            self.first_fetch.get_or_init(Instant::now);
             let guard = self.runtime.find(&PAGES).map_err(|e| fail(e.to_string()))?;
             let pages = guard
                 .functions::<Pages>()
                 .ok_or_else(|| fail("the plugin's table does not match snapshot.pages@1".into()))?;
             let mut out = vec![0u8; req.len];
             match (pages.read)(req.offset, out.as_mut_ptr(), req.len as u64) {
-                0 => Ok(bytes::Bytes::from(out)),
-                rc => Err(fail(format!("the plugin's read returned {rc}"))),
+                0 => {}
+                rc => return Err(fail(format!("the plugin's read returned {rc}"))),
+            }
+            match (pages.version)() {
+                v @ (1 | 2) => {
+                    self.served_by[v as usize - 1]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(bytes::Bytes::from(out))
+                }
+                v => Err(fail(format!("the plugin says it is version {v}"))),
             }
         }
 
@@ -821,8 +837,9 @@ mod linux {
     }
 
     /// The plugin stage: a template served by the plugin, a VM restoring through it by demand
-    /// faults alone while the plugin is reloaded v1 → v2 → v1 … Returns the table row (`None`:
-    /// skipped here).
+    /// faults alone while the plugin is reloaded v1 → v2 → v1 … Only reloads that begin after
+    /// the first page was fetched and end before the guest's first verified pass count, and
+    /// both versions must have served pages. Returns the table row (`None`: skipped here).
     fn plugin_restore(env: &Env<'_>, ledger: &Ledger) -> Result<Option<Row>, String> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let zpk = env.dir.join("snapshot.zpk");
@@ -847,6 +864,8 @@ mod linux {
             runtime: Arc::clone(&runtime),
             len: MEM,
             errors: AtomicU64::new(0),
+            served_by: [AtomicU64::new(0), AtomicU64::new(0)],
+            first_fetch: std::sync::OnceLock::new(),
         });
         let socket = env.dir.join("plugin-pages.sock");
         let listener =
@@ -884,26 +903,42 @@ mod linux {
         let reloader = {
             let (runtime, stop) = (Arc::clone(&runtime), Arc::clone(&stop));
             let (v1, v2) = (v1.clone(), v2.clone());
-            std::thread::spawn(move || -> Result<u32, String> {
-                let mut done = 0;
+            // Each reload's start and end.
+            std::thread::spawn(move || -> Result<Vec<(Instant, Instant)>, String> {
+                let mut done = Vec::new();
                 for dir in [&v2, &v1].into_iter().cycle() {
                     if stop.load(Ordering::SeqCst) {
-                        return Ok(done);
+                        break;
                     }
+                    let began = Instant::now();
                     runtime
                         .reload(polyplug_runtime::ReloadRequest::new("pages").from_dir(dir))
                         .map_err(|e| format!("reload from {}: {e}", dir.display()))?;
-                    done += 1;
+                    done.push((began, Instant::now()));
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(done)
             })
         };
-        let verified = start_vm(env, &key, &sock)
-            .and_then(|(vm, loaded_at)| Ok((vm.wait_verified(loaded_at, GUEST_LIMIT)?, vm)));
+        let verified = start_vm(env, &key, &sock).and_then(|(vm, loaded_at)| {
+            let restore = vm.wait_verified(loaded_at, GUEST_LIMIT)?;
+            Ok((restore, Instant::now(), vm))
+        });
         stop.store(true, Ordering::SeqCst);
         let reloads = reloader.join().map_err(|_| "the reloader panicked")??;
-        let (restore, vm) = verified?;
+        let (restore, verified_at, vm) = verified?;
+        let first_fetch = *source
+            .first_fetch
+            .get()
+            .ok_or("the guest verified with no page fetched from the plugin")?;
+        let reloads = reloads
+            .iter()
+            .filter(|(began, ended)| *began >= first_fetch && *ended <= verified_at)
+            .count();
+        let served_by = source
+            .served_by
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed));
         let errors = source.errors.load(Ordering::Relaxed);
         let sessions = env.svc.ok("GET", "/sessions", "")?;
         let failed = sessions
@@ -911,10 +946,11 @@ mod linux {
             .and_then(|a| a.iter().find(|s| s["id"] == "vm4"))
             .and_then(|s| s["failed_closed"].as_u64())
             .ok_or(format!("no vm4 in {sessions}"))?;
-        if errors != 0 || failed != 0 || reloads < 2 {
+        if errors != 0 || failed != 0 || reloads < 2 || served_by.contains(&0) {
             return Err(format!(
                 "through the plugin: {errors} source errors, {failed} pages failed closed, \
-                 {reloads} reloads during the restore"
+                 {reloads} reloads between the first fetch and the first verified pass, \
+                 fetches served by v1 and v2: {served_by:?}"
             ));
         }
         let bytes = touched(
@@ -929,7 +965,9 @@ mod linux {
         ledger.expect("vm4's true-up", &[(key.clone(), bytes)], 0)?;
         println!(
             "vm4 restored through the plugin (compressed snapshot {packed} bytes) across \
-             {reloads} hot reloads: 0 source errors, 0 pages failed closed"
+             {reloads} hot reloads between its first fetch and its first verified pass, \
+             fetches served by v1 {} and v2 {}: 0 source errors, 0 pages failed closed",
+            served_by[0], served_by[1]
         );
         let console = vm.console_bytes();
         let whole = console_is_exact(&console, ((MEM_MIB - 16) / 2) as usize)
@@ -939,7 +977,7 @@ mod linux {
         ledger.manager.unload(&key);
         ledger.expect("vm4's exit", &[], 0)?;
         Ok(Some(Row {
-            name: format!("{key} (plugin source, {reloads} reloads)"),
+            name: format!("{key} (plugin source, {reloads} reloads mid-restore)"),
             restore: Some(restore),
             trued_up: bytes,
             console: console.len(),
