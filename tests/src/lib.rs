@@ -239,6 +239,25 @@ pub mod firecracker {
         pub guest: PathBuf,
     }
 
+    /// Why the kit cannot be used here, sorted by what a caller may do about it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum KitUnavailable {
+        /// `FIRECRACKER_BIN` is not set: this checkout has no kit beside it.
+        NotConfigured(String),
+        /// The machine has no KVM (`/dev/kvm` does not exist).
+        NoKvm(String),
+        /// The kit is configured but cannot be used: a file is missing, or `/dev/kvm` exists
+        /// and cannot be opened.
+        Broken(String),
+    }
+
+    impl std::fmt::Display for KitUnavailable {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let (Self::NotConfigured(why) | Self::NoKvm(why) | Self::Broken(why)) = self;
+            f.write_str(why)
+        }
+    }
+
     impl Kit {
         /// Finds the kit and checks that this machine can run it.
         ///
@@ -247,9 +266,23 @@ pub mod firecracker {
         /// Why not, for the caller's skip line: the variable is unset, a file is missing, or
         /// `/dev/kvm` cannot be opened.
         pub fn find() -> Result<Self, String> {
-            let bin = std::env::var_os(ENV).map(PathBuf::from).ok_or(format!(
-                "{ENV} is not set (cargo xtask sets it when ../shared/firecracker exists)"
-            ))?;
+            Self::locate().map_err(|e| e.to_string())
+        }
+
+        /// [`find`](Self::find), saying which way it failed: a suite that must not skip
+        /// silently where the kit is configured (under `cargo xtask`) fails on
+        /// [`KitUnavailable::Broken`] and may fall back only on the other two.
+        ///
+        /// # Errors
+        ///
+        /// As for [`find`](Self::find).
+        pub fn locate() -> Result<Self, KitUnavailable> {
+            let bin =
+                std::env::var_os(ENV)
+                    .map(PathBuf::from)
+                    .ok_or(KitUnavailable::NotConfigured(format!(
+                        "{ENV} is not set (cargo xtask sets it when ../shared/firecracker exists)"
+                    )))?;
             let dir = bin.parent().unwrap_or(Path::new("."));
             let kit = Self {
                 example_handler: dir.join("uffd_on_demand_handler"),
@@ -258,15 +291,23 @@ pub mod firecracker {
             };
             for f in [&kit.firecracker, &kit.example_handler, &kit.guest] {
                 if !f.is_file() {
-                    return Err(format!("{} is missing", f.display()));
+                    return Err(KitUnavailable::Broken(format!(
+                        "{} is missing",
+                        f.display()
+                    )));
                 }
             }
-            std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open("/dev/kvm")
-                .map_err(|e| format!("/dev/kvm: {e}"))?;
-            Ok(kit)
+            {
+                Ok(_) => Ok(kit),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(KitUnavailable::NoKvm(format!("/dev/kvm: {e}")))
+                }
+                Err(e) => Err(KitUnavailable::Broken(format!("/dev/kvm: {e}"))),
+            }
         }
     }
 
@@ -314,13 +355,21 @@ pub mod firecracker {
 
     #[derive(Debug, Default)]
     struct Console {
-        bytes: Mutex<(Vec<u8>, bool)>,
-        /// Bumped when the reader is replaced on purpose, so the old reader's end of file
-        /// does not mark the console closed.
-        generation: std::sync::atomic::AtomicU64,
+        text: Mutex<ConsoleText>,
         cv: Condvar,
         /// When each progress mark (`.`) arrived, up to `MARKS_LIMIT`.
         marks: Mutex<Vec<Instant>>,
+    }
+
+    /// The console's bytes as read so far.
+    #[derive(Debug, Default)]
+    struct ConsoleText {
+        /// The most recent bytes (at most `CONSOLE_LIMIT`).
+        bytes: Vec<u8>,
+        /// Bytes read and dropped from the front to keep within `CONSOLE_LIMIT`.
+        dropped: u64,
+        /// The reader reached the end of its stream.
+        closed: bool,
     }
 
     /// Progress-mark arrival times kept per VM.
@@ -374,22 +423,18 @@ pub mod firecracker {
 
     /// Starts a thread appending what `out` yields to `console`.
     fn append_console(console: &Arc<Console>, mut out: impl Read + Send + 'static) {
-        use std::sync::atomic::Ordering;
         let sink = Arc::clone(console);
-        let generation = sink.generation.load(Ordering::SeqCst);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
                 let n = out.read(&mut buf).unwrap_or(0);
-                let mut g = sink.bytes.lock().unwrap_or_else(|p| p.into_inner());
+                let mut g = sink.text.lock().unwrap_or_else(|p| p.into_inner());
                 if n == 0 {
-                    if sink.generation.load(Ordering::SeqCst) == generation {
-                        g.1 = true;
-                    }
+                    g.closed = true;
                     sink.cv.notify_all();
                     return;
                 }
-                g.0.extend_from_slice(&buf[..n]);
+                g.bytes.extend_from_slice(&buf[..n]);
                 let now = Instant::now();
                 let dots = buf[..n].iter().filter(|&&b| b == b'.').count();
                 if dots > 0 {
@@ -397,9 +442,10 @@ pub mod firecracker {
                     let room = MARKS_LIMIT.saturating_sub(marks.len());
                     marks.extend(std::iter::repeat_n(now, dots.min(room)));
                 }
-                if g.0.len() > CONSOLE_LIMIT {
-                    let cut = g.0.len() - CONSOLE_LIMIT / 2;
-                    g.0.drain(..cut);
+                if g.bytes.len() > CONSOLE_LIMIT {
+                    let cut = g.bytes.len() - CONSOLE_LIMIT / 2;
+                    g.bytes.drain(..cut);
+                    g.dropped += cut as u64;
                 }
                 sink.cv.notify_all();
             }
@@ -734,59 +780,73 @@ pub mod firecracker {
                 .max()
         }
 
-        /// Detaches the console's reader from the VM's engate session and attaches a new one:
-        /// the `engate tail` is stopped with `SIGTERM` (it saves where it stopped) and, after
-        /// `away`, a new `engate tail` resumes from there, appending to the same console. The
-        /// console must then hold every byte exactly once.
+        /// Stops the console's reader (the session's `engate tail`, with `SIGTERM`: it saves
+        /// where it stopped) and returns what it read, placed in the session's output by that
+        /// saved position. The VM runs on; its console reads no more.
         ///
         /// # Errors
         ///
-        /// The VM is not in a session, or the tails cannot be stopped or started.
-        pub fn reattach_console(&mut self, away: Duration) -> Result<(), String> {
+        /// The VM is not in a session, the tail does not stop or saves no position, or it read
+        /// more than the position says it wrote.
+        pub fn stop_console(&mut self) -> Result<ConsoleRecord, String> {
             let Process::Session(session) = &mut self.process else {
-                return Err("only a VM in an engate session has a console to re-attach".into());
+                return Err("only a VM in an engate session has a session console".into());
             };
-            self.console
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let _ = Command::new("kill")
-                .args(["-TERM", &session.tail.id().to_string()])
-                .status();
-            let start = Instant::now();
-            loop {
-                match session.tail.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if start.elapsed() < Duration::from_secs(5) => {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    _ => return Err(format!("engate tail {} did not stop", session.name)),
-                }
-            }
-            std::thread::sleep(away);
-            let mut tail = session
-                .command()
-                .args(["tail", &session.name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("engate tail {}: {e}", session.name))?;
-            let out = tail.stdout.take().ok_or("no stdout")?;
-            append_console(&self.console, out);
-            session.tail = tail;
-            Ok(())
+            stop_tail(&mut session.tail, &session.name)?;
+            let saved = session
+                .runtime
+                .join("engate")
+                .join(format!("{}.tail-pos", session.name));
+            ConsoleRecord::read(&self.console, &saved, &session.name)
+        }
+
+        /// A second client of the VM's engate session, attached now (a fresh `engate tail`
+        /// with its own session directory under `dir`, so its saved position is its own): it
+        /// can detach and re-attach, and what it read is compared with the console's.
+        ///
+        /// # Errors
+        ///
+        /// The VM is not in a session, or the visitor's directory or tail cannot be made.
+        pub fn visit_console(&self, dir: &Path) -> Result<ConsoleVisitor, String> {
+            use std::os::unix::fs::DirBuilderExt;
+            let Process::Session(session) = &self.process else {
+                return Err("only a VM in an engate session has a session console".into());
+            };
+            let runtime = dir.join(format!("{}-visitor", session.name));
+            let sessions = runtime.join("engate");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .recursive(true)
+                .create(&sessions)
+                .map_err(|e| format!("{}: {e}", sessions.display()))?;
+            let socket = format!("{}.sock", session.name);
+            std::os::unix::fs::symlink(
+                session.runtime.join("engate").join(&socket),
+                sessions.join(&socket),
+            )
+            .map_err(|e| format!("{}: {e}", sessions.join(&socket).display()))?;
+            let mut visitor = ConsoleVisitor {
+                engate: session.engate.clone(),
+                runtime,
+                name: session.name.clone(),
+                tail: None,
+                console: Arc::new(Console::default()),
+                start: None,
+            };
+            visitor.attach()?;
+            Ok(visitor)
         }
 
         /// The console's bytes so far.
         pub fn console_bytes(&self) -> Vec<u8> {
-            let g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
-            g.0.clone()
+            let g = self.console.text.lock().unwrap_or_else(|p| p.into_inner());
+            g.bytes.clone()
         }
 
         /// The console so far, as text.
         pub fn console(&self) -> String {
-            let g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
-            String::from_utf8_lossy(&g.0).to_string()
+            let g = self.console.text.lock().unwrap_or_else(|p| p.into_inner());
+            String::from_utf8_lossy(&g.bytes).to_string()
         }
 
         /// Waits until `done(console)` holds; `Err` with the console's tail after `limit`, or
@@ -801,9 +861,9 @@ pub mod firecracker {
             mut done: impl FnMut(&str) -> bool,
         ) -> Result<(), String> {
             let deadline = Instant::now() + limit;
-            let mut g = self.console.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = self.console.text.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                let text = String::from_utf8_lossy(&g.0);
+                let text = String::from_utf8_lossy(&g.bytes);
                 if text.contains("FAIL") {
                     return Err(format!("the guest failed: {}", tail(&text)));
                 }
@@ -811,8 +871,8 @@ pub mod firecracker {
                     return Ok(());
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() || g.1 {
-                    let why = if g.1 {
+                if left.is_zero() || g.closed {
+                    let why = if g.closed {
                         "the console closed"
                     } else {
                         "timed out"
@@ -871,6 +931,269 @@ pub mod firecracker {
         fn drop(&mut self) {
             self.kill();
             let _ = std::fs::remove_file(&self.api);
+        }
+    }
+
+    /// Stops an `engate tail` with `SIGTERM` (it saves its position as it goes) and waits
+    /// up to 5 s for it to exit.
+    fn stop_tail(tail: &mut Child, name: &str) -> Result<(), String> {
+        let pid = libc::pid_t::try_from(tail.id()).map_err(|e| e.to_string())?;
+        // SAFETY: a signal to our own child, which we have not reaped (so its pid is not
+        // reused); no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            match tail.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if start.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => return Err(format!("engate tail {name} did not stop")),
+            }
+        }
+    }
+
+    /// Where the screen redraw that a fresh `engate tail` prints before the session's output
+    /// ends in what it printed: after the last escape sequence (CSI, or ESC and one byte).
+    ///
+    /// An engate session serves a client that attaches afresh a redraw of the terminal's
+    /// screen (escape sequences and the screen's text) and then the output from the offset
+    /// the redraw stands for; one that resumes gets the output alone. So for a program that
+    /// writes no escape sequences (the memory-testing guest's serial console), the output a
+    /// tail printed is what follows the last escape sequence. Should the redraw ever end in
+    /// text, that text would be taken for output and fail the comparison, never pass it.
+    pub fn redraw_end(bytes: &[u8]) -> usize {
+        let Some(esc) = bytes.iter().rposition(|&b| b == 0x1b) else {
+            return 0;
+        };
+        match bytes.get(esc + 1) {
+            Some(b'[') => bytes[esc + 2..]
+                .iter()
+                .position(|b| (0x40..=0x7e).contains(b))
+                .map_or(bytes.len(), |i| esc + 2 + i + 1),
+            Some(_) => esc + 2,
+            None => bytes.len(),
+        }
+    }
+
+    /// A stretch of an engate session's output as one client read it: the bytes and where
+    /// they stand in the session's stream (`engate tail`'s saved position, `epoch next`).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConsoleRecord {
+        /// The session's output epoch.
+        pub epoch: u64,
+        /// The stream offset of `bytes[0]`.
+        pub start: u64,
+        /// What the client read.
+        pub bytes: Vec<u8>,
+    }
+
+    impl ConsoleRecord {
+        /// What `console`'s reader read (after it reached the end of its stream), less the
+        /// screen redraw it began with, placed by the position its tail saved at `saved`: the
+        /// last byte is at `next - 1`.
+        fn read(console: &Console, saved: &Path, name: &str) -> Result<Self, String> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut g = console.text.lock().unwrap_or_else(|p| p.into_inner());
+            while !g.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!("the reader of engate tail {name} did not finish"));
+                }
+                g = console
+                    .cv
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let text = std::fs::read_to_string(saved)
+                .map_err(|e| format!("engate tail {name} saved no position: {e}"))?;
+            let (epoch, next) = text
+                .trim()
+                .split_once(' ')
+                .and_then(|(e, n)| Some((e.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+                .ok_or(format!("{}: not `epoch next`: {text:?}", saved.display()))?;
+            let output = &g.bytes[redraw_end(&g.bytes)..];
+            let start = next.checked_sub(output.len() as u64).ok_or(format!(
+                "engate tail {name} printed {} bytes of output but stopped at {next}",
+                output.len()
+            ))?;
+            Ok(Self {
+                epoch,
+                start,
+                bytes: output.to_vec(),
+            })
+        }
+
+        /// The offset after the last byte.
+        pub fn end(&self) -> u64 {
+            self.start + self.bytes.len() as u64
+        }
+
+        /// Checks that every byte of `part` is this record's byte at the same offset (`part`
+        /// lies within this record, in the same epoch); returns how many bytes were compared.
+        ///
+        /// # Errors
+        ///
+        /// Where they differ, or what of `part` this record does not cover.
+        pub fn holds(&self, part: &Self) -> Result<usize, String> {
+            if part.epoch != self.epoch {
+                return Err(format!("epoch {} against {}", part.epoch, self.epoch));
+            }
+            if part.start < self.start || part.end() > self.end() {
+                return Err(format!(
+                    "bytes {}..{} are not all within {}..{}",
+                    part.start,
+                    part.end(),
+                    self.start,
+                    self.end()
+                ));
+            }
+            let from = (part.start - self.start) as usize;
+            let ours = &self.bytes[from..from + part.bytes.len()];
+            if let Some(i) = ours.iter().zip(&part.bytes).position(|(a, b)| a != b) {
+                let at = part.start + i as u64;
+                let show =
+                    |b: &[u8]| String::from_utf8_lossy(&b[i..(i + 16).min(b.len())]).into_owned();
+                return Err(format!(
+                    "byte {at} differs: {:?} here, {:?} there",
+                    show(&part.bytes),
+                    show(ours)
+                ));
+            }
+            Ok(part.bytes.len())
+        }
+    }
+
+    /// A client of a VM's engate session that the test attaches, detaches and re-attaches at
+    /// moments of its choosing ([`Vm::visit_console`]): an `engate tail` with a session
+    /// directory of its own (a link to the session's socket and its own saved position).
+    #[derive(Debug)]
+    pub struct ConsoleVisitor {
+        engate: PathBuf,
+        runtime: PathBuf,
+        name: String,
+        tail: Option<Child>,
+        console: Arc<Console>,
+        /// The stream offset of the first byte read (known from the first detach).
+        start: Option<(u64, u64)>,
+    }
+
+    impl ConsoleVisitor {
+        /// Attaches: a new `engate tail`, resuming where this visitor's last one stopped.
+        ///
+        /// # Errors
+        ///
+        /// It is attached already, or the tail cannot start.
+        pub fn attach(&mut self) -> Result<(), String> {
+            if self.tail.is_some() {
+                return Err(format!("the visitor of {} is attached already", self.name));
+            }
+            let mut tail = Command::new(&self.engate)
+                .env("XDG_RUNTIME_DIR", &self.runtime)
+                .args(["tail", &self.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("engate tail {}: {e}", self.name))?;
+            let out = tail.stdout.take().ok_or("no stdout")?;
+            self.console
+                .text
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .closed = false;
+            append_console(&self.console, out);
+            self.tail = Some(tail);
+            Ok(())
+        }
+
+        /// Waits up to `limit` until the visitor has read more than `n` bytes in all.
+        ///
+        /// # Errors
+        ///
+        /// The time ran out or the tail ended first.
+        pub fn wait_bytes(&self, n: usize, limit: Duration) -> Result<(), String> {
+            let deadline = Instant::now() + limit;
+            let mut g = self.console.text.lock().unwrap_or_else(|p| p.into_inner());
+            while g.bytes.len() <= n {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || g.closed {
+                    return Err(format!(
+                        "the visitor of {} read {} bytes in {limit:?}",
+                        self.name,
+                        g.bytes.len()
+                    ));
+                }
+                g = self
+                    .console
+                    .cv
+                    .wait_timeout(g, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            Ok(())
+        }
+
+        /// Bytes read so far.
+        pub fn len(&self) -> usize {
+            self.console
+                .text
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .bytes
+                .len()
+        }
+
+        /// Whether nothing was read yet.
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+
+        /// Detaches (`SIGTERM` to the tail, which saves where it stopped) and returns all the
+        /// visitor has read so far, placed in the session's stream. The saved position must
+        /// be exactly the first byte's offset plus the bytes read: a tail that lost or
+        /// repeated bytes across a re-attach stops somewhere else.
+        ///
+        /// # Errors
+        ///
+        /// It is not attached, the tail does not stop or saves no position, or the position
+        /// does not match what was read.
+        pub fn detach(&mut self) -> Result<ConsoleRecord, String> {
+            let mut tail = self
+                .tail
+                .take()
+                .ok_or(format!("the visitor of {} is not attached", self.name))?;
+            stop_tail(&mut tail, &self.name)?;
+            let saved = self
+                .runtime
+                .join("engate")
+                .join(format!("{}.tail-pos", self.name));
+            let record = ConsoleRecord::read(&self.console, &saved, &self.name)?;
+            match self.start {
+                None => self.start = Some((record.epoch, record.start)),
+                Some(first) if first == (record.epoch, record.start) => {}
+                Some((epoch, start)) => {
+                    return Err(format!(
+                        "the visitor of {} read from {epoch}:{start} but its bytes now end at \
+                         {}:{} ({} bytes read): bytes were lost or repeated across a re-attach",
+                        self.name,
+                        record.epoch,
+                        record.end(),
+                        record.bytes.len()
+                    ));
+                }
+            }
+            Ok(record)
+        }
+    }
+
+    impl Drop for ConsoleVisitor {
+        fn drop(&mut self) {
+            if let Some(mut tail) = self.tail.take() {
+                let _ = tail.kill();
+                let _ = tail.wait();
+            }
         }
     }
 
@@ -984,6 +1307,24 @@ pub mod firecracker {
         };
         vm.snapshot(&snap.state, &snap.mem)?;
         Ok(snap)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_output_starts_after_the_redraw() {
+            let redraw = b"\x1b[?25l\x1b[H\x1b[J..... OK\r\nP0\x1b[2;3H\x1b7\x1b[?25h";
+            let mut printed = redraw.to_vec();
+            printed.extend_from_slice(b"P00 ..");
+            assert_eq!(redraw_end(&printed), redraw.len());
+            assert_eq!(redraw_end(redraw), redraw.len());
+            assert_eq!(redraw_end(b"P00 .. OK\r\n"), 0);
+            assert_eq!(redraw_end(b"x\x1b8P"), 3);
+            // A sequence cut short is all redraw.
+            assert_eq!(redraw_end(b"..\x1b[12"), 6);
+        }
     }
 }
 
