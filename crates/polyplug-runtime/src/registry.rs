@@ -62,6 +62,7 @@ use crate::abi::{
 };
 use crate::ids::{BundleId, ContractId, ContractRef};
 use crate::sync::{ArcCell, AtomicU64, CellGuard, Condvar, Mutex, Ordering};
+use platform_primitives::sync::MutexGuard;
 
 mod error;
 mod find_index;
@@ -206,6 +207,31 @@ struct WriterState {
     index: IndexBook,
 }
 
+/// The writer lock for writes that swap cells. What those swaps replaced is reclaimed once the
+/// lock is released, so its destructors (a plugin library's close among them) never run under
+/// it.
+struct WriteLock<'a>(Option<MutexGuard<'a, WriterState>>);
+
+impl Deref for WriteLock<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for WriteLock<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for WriteLock<'_> {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        crate::sync::reclaim();
+    }
+}
+
 /// Segmented slot storage: segments are allocated once (under the writer mutex) and never
 /// move, so a reader reaches a slot with one acquire load and an index.
 struct SlotTable {
@@ -301,6 +327,27 @@ impl Registry {
     #[inline]
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
+    }
+
+    /// The writer lock, for writes that swap cells (see [`WriteLock`]).
+    fn write(&self) -> WriteLock<'_> {
+        WriteLock(Some(self.writer.lock()))
+    }
+
+    /// Frees what earlier writes replaced or retired (interfaces, and what keeps their code
+    /// loaded) once the last guard on it is gone; returns how many still wait for a guard.
+    /// Every write that swaps a slot does this after releasing its lock, and
+    /// [`Runtime`](crate::Runtime) does it while draining a reload or unload; call it after
+    /// dropping a guard that outlived the last write if nothing else will write soon.
+    ///
+    /// ```
+    /// use polyplug_runtime::Registry;
+    ///
+    /// let registry = Registry::new();
+    /// assert_eq!(registry.reclaim(), 0);
+    /// ```
+    pub fn reclaim(&self) -> usize {
+        crate::sync::reclaim()
     }
 
     /// The interface in `handle`'s slot, if the handle is current.
@@ -539,7 +586,7 @@ impl Registry {
     ) -> Result<GuestContractHandle, RegistryError> {
         let signature = check_interface(registration.contract_name, &registration.interface)?;
         let contract = ContractId::from_u64(registration.interface.contract_id);
-        let mut w = self.writer.lock();
+        let mut w = self.write();
         check_collision(&w, contract, registration.contract_name)?;
         let bundle = w
             .bundles
@@ -596,7 +643,7 @@ impl Registry {
         interface: GuestContractInterface,
         keep_alive: Option<KeepAlive>,
     ) -> Result<Arc<Interface>, RegistryError> {
-        let mut w = self.writer.lock();
+        let mut w = self.write();
         let invalid = RegistryError::InvalidHandle {
             handle: GuestContractHandle {
                 index,
@@ -666,7 +713,7 @@ impl Registry {
 
     /// [`unregister`](Self::unregister); `vacate_first` only for the loom negative control.
     fn retire(&self, handle: GuestContractHandle, vacate_first: bool) -> Result<(), RegistryError> {
-        let mut w = self.writer.lock();
+        let mut w = self.write();
         let Some(cell) = self.slots.get(handle.index) else {
             return Err(RegistryError::InvalidHandle { handle });
         };

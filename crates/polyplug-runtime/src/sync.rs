@@ -18,8 +18,8 @@ mod imp {
     use crate::sys::hazard::{self, HazardCell, HazardGuard};
 
     /// What [`ArcCell::load`] returns: derefs to the `Arc`, protected by a hazard slot (no
-    /// reference-count traffic) and released with one plain store.
-    pub(crate) type CellGuard<T> = HazardGuard<'static, T>;
+    /// reference-count traffic) and released with one plain store; it borrows the cell.
+    pub(crate) type CellGuard<'a, T> = HazardGuard<'a, T>;
 
     /// An atomically replaceable `Arc`, read without locks or read-modify-writes (see
     /// `sys::hazard`).
@@ -33,7 +33,7 @@ mod imp {
         }
 
         #[inline]
-        pub(crate) fn load(&self) -> CellGuard<T> {
+        pub(crate) fn load(&self) -> CellGuard<'_, T> {
             hazard::with_record(|record| self.0.load_in(record))
         }
 
@@ -41,16 +41,11 @@ mod imp {
             Arc::clone(&self.load())
         }
 
-        /// Replaces the value and returns the old one; readers still protecting it keep it
-        /// alive until they let go (see [`reclaim`]).
+        /// Replaces the value and returns the old one. The cell's own count of the old value
+        /// waits for [`reclaim`]: no destructor runs here, so writers swap under their locks
+        /// and reclaim after releasing them.
         pub(crate) fn swap(&self, value: Arc<T>) -> Arc<T> {
             self.0.swap_in(hazard::domain(), value)
-        }
-    }
-
-    impl<T: Send + Sync + 'static> Drop for ArcCell<T> {
-        fn drop(&mut self) {
-            self.0.retire_in(hazard::domain());
         }
     }
 
@@ -62,15 +57,16 @@ mod imp {
 
 #[cfg(feature = "loom")]
 mod imp {
+    use std::marker::PhantomData;
     use std::ops::Deref;
     use std::sync::Arc;
 
     pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 
     /// Under loom, a load hands out a clone of the `Arc`.
-    pub(crate) struct CellGuard<T>(Arc<T>);
+    pub(crate) struct CellGuard<'a, T>(Arc<T>, PhantomData<&'a ()>);
 
-    impl<T> Deref for CellGuard<T> {
+    impl<T> Deref for CellGuard<'_, T> {
         type Target = Arc<T>;
         fn deref(&self) -> &Arc<T> {
             &self.0
@@ -85,8 +81,8 @@ mod imp {
             Self(loom::sync::Mutex::new(value))
         }
 
-        pub(crate) fn load(&self) -> CellGuard<T> {
-            CellGuard(self.load_full())
+        pub(crate) fn load(&self) -> CellGuard<'_, T> {
+            CellGuard(self.load_full(), PhantomData)
         }
 
         pub(crate) fn load_full(&self) -> Arc<T> {

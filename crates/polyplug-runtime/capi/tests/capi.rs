@@ -245,7 +245,11 @@ fn a_c_program_builds_with_pkg_config_and_runs_against_the_shared_library() {
     // What ships carries no debug information (the static library's members include Rust's
     // standard library, which is built with it).
     let installed_static = prefix.join("lib/libpolyplug_runtime_capi.a");
-    match run("readelf", &["-S", "-W", &installed_static.display().to_string()], &[]) {
+    match run(
+        "readelf",
+        &["-S", "-W", &installed_static.display().to_string()],
+        &[],
+    ) {
         Ok(sections) => assert!(
             !sections.contains(".debug_info"),
             "the installed static library carries debug info ({} bytes)",

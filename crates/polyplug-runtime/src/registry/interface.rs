@@ -142,7 +142,7 @@ impl fmt::Debug for Interface {
 /// [`GuestContractInterface`].
 #[must_use = "a guard keeps a version alive only while held; use it or drop it"]
 pub struct InterfaceGuard<'r> {
-    pub(super) entry: CellGuard<Interface>,
+    pub(super) entry: CellGuard<'r, Interface>,
     pub(super) _registry: PhantomData<&'r Registry>,
 }
 

@@ -141,7 +141,7 @@ impl ReloadTransaction<'_> {
             });
         }
         let registry = self.registry;
-        let mut w = registry.writer.lock();
+        let mut w = registry.write();
         // Validate everything before changing anything.
         for s in &self.staged {
             check_collision(&w, s.contract, &s.name)?;
@@ -285,7 +285,7 @@ impl ReloadTransaction<'_> {
             });
         };
         let registry = self.registry;
-        let mut w = registry.writer.lock();
+        let mut w = registry.write();
         // Every contract the commit touched: swapped back, restored, or withdrawn.
         let mut changed: Vec<ContractId> = Vec::new();
         for (index, before) in committed.swapped {
@@ -360,7 +360,7 @@ impl Drop for ReloadTransaction<'_> {
         let registry = self.registry;
         let committed = self.committed.take();
         {
-            let mut w = registry.writer.lock();
+            let mut w = registry.write();
             if let Some(committed) = &committed {
                 for (index, before, _) in &committed.retired {
                     release_index(&mut w, *index, before.generation);

@@ -117,7 +117,9 @@ impl Record {
     fn protect_in<T>(&self, slot: &AtomicPtr<()>, cell: &AtomicPtr<T>) -> *mut T {
         let mut ptr = cell.load(Ordering::Acquire);
         loop {
-            slot.store(ptr.cast(), Ordering::Relaxed);
+            // Release: a scan that reads this pointer also sees this slot's earlier clear, so
+            // whatever the previous guard read happens before a free that scan allows.
+            slot.store(ptr.cast(), Ordering::Release);
             self.light_barrier();
             let again = cell.load(Ordering::Acquire);
             if again == ptr {
@@ -153,11 +155,14 @@ impl Record {
             .find(|slot| slot.load(Ordering::Relaxed).is_null())
     }
 
-    fn holds(&self, target: *mut ()) -> bool {
-        self.slots
-            .iter()
-            .chain(std::iter::once(&self.scratch))
-            .any(|slot| slot.load(Ordering::Acquire) == target)
+    /// Adds the pointers this record's slots hold to `held`.
+    fn collect(&self, held: &mut Vec<usize>) {
+        for slot in self.slots.iter().chain(std::iter::once(&self.scratch)) {
+            let ptr = slot.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                held.push(ptr as usize);
+            }
+        }
     }
 }
 
@@ -178,6 +183,9 @@ pub(crate) enum Barrier {
 struct Retired {
     ptr: *mut (),
     drop: unsafe fn(*mut ()),
+    /// Whether a heavy barrier ran after the value left its cell: from then on no reader can
+    /// newly protect it, so later scans need no barrier of their own.
+    fenced: bool,
 }
 
 // SAFETY: a `Retired` is made only from an `Arc<T>` with `T: Send + Sync` (see `retire`), so
@@ -251,30 +259,37 @@ impl Domain {
         record.in_use.store(false, Ordering::Release);
     }
 
-    /// The writer's side, after it swapped `old` out of its cell: drops `old`'s count now if
-    /// no slot holds it, else keeps it for a later [`reclaim`](Self::reclaim). Also reclaims
-    /// whatever earlier retirements hazards have let go of since.
+    /// The writer's side, after it swapped `old` out of its cell: keeps `old`'s count for
+    /// the next [`reclaim`](Self::reclaim), which drops it once no slot holds it. Retiring
+    /// runs no destructor, so a writer may retire under its own locks and reclaim after.
     pub(crate) fn retire<T: Send + Sync + 'static>(&self, old: Arc<T>) {
         let ptr = Arc::into_raw(old).cast_mut().cast::<()>();
         self.retired.lock().push(Retired {
             ptr,
             drop: drop_arc::<T>,
+            fenced: false,
         });
-        self.reclaim();
     }
 
     /// Drops the retired values no hazard slot holds any more; returns how many are still
-    /// held.
+    /// held. The heavy barrier runs only when something was retired since the last one.
     pub(crate) fn reclaim(&self) -> usize {
         let free: Vec<Retired> = {
             let mut retired = self.retired.lock();
             if retired.is_empty() {
                 return 0;
             }
-            self.heavy_barrier();
-            let (held, free): (Vec<Retired>, Vec<Retired>) =
-                retired.drain(..).partition(|r| self.held(r.ptr));
-            *retired = held;
+            if retired.iter().any(|r| !r.fenced) {
+                self.heavy_barrier();
+                for r in retired.iter_mut() {
+                    r.fenced = true;
+                }
+            }
+            let held = self.hazards();
+            let (kept, free): (Vec<Retired>, Vec<Retired>) = retired
+                .drain(..)
+                .partition(|r| held.binary_search(&(r.ptr as usize)).is_ok());
+            *retired = kept;
             free
         };
         // Dropped outside the lock: a value's destructor may retire cells of its own.
@@ -286,18 +301,18 @@ impl Domain {
         self.retired.lock().len()
     }
 
-    /// Whether any record's slot holds `ptr`.
-    fn held(&self, ptr: *mut ()) -> bool {
+    /// Every pointer a slot holds now, sorted.
+    fn hazards(&self) -> Vec<usize> {
+        let mut held = Vec::new();
         let mut cursor = self.head.load(Ordering::Acquire);
         while !cursor.is_null() {
             // SAFETY: records live as long as the domain.
             let record = unsafe { &*cursor };
-            if record.holds(ptr) {
-                return true;
-            }
+            record.collect(&mut held);
             cursor = record.next.load(Ordering::Acquire);
         }
-        false
+        held.sort_unstable();
+        held
     }
 
     fn heavy_barrier(&self) {
@@ -317,7 +332,8 @@ impl Domain {
 
 impl Drop for Domain {
     fn drop(&mut self) {
-        for retired in std::mem::take(&mut *self.retired.lock()) {
+        let retired = std::mem::take(&mut *self.retired.lock());
+        for retired in retired {
             // SAFETY: no guard outlives its domain, so no slot holds anything.
             unsafe { (retired.drop)(retired.ptr) };
         }
@@ -369,9 +385,10 @@ impl<T: Send + Sync + 'static> HazardCell<T> {
         }
     }
 
-    /// The current value, protected by a slot of `record`.
+    /// The current value, protected by a slot of `record`. The guard borrows the cell: a
+    /// cell is dropped only when no guard on its values is left.
     #[inline]
-    pub(crate) fn load_in<'r>(&self, record: &'r Record) -> HazardGuard<'r, T> {
+    pub(crate) fn load_in<'a>(&'a self, record: &'a Record) -> HazardGuard<'a, T> {
         record.protect(&self.ptr)
     }
 
@@ -388,19 +405,22 @@ impl<T: Send + Sync + 'static> HazardCell<T> {
         returned
     }
 
-    /// Retires the cell's value (for its owner's `Drop`).
-    pub(crate) fn retire_in(&mut self, domain: &Domain) {
+    /// For the loom suite's negative control (see [`Record::protect_unchecked`]).
+    #[cfg(feature = "loom")]
+    pub(crate) fn load_unchecked_in<'a>(&'a self, record: &'a Record) -> HazardGuard<'a, T> {
+        record.protect_unchecked(&self.ptr)
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for HazardCell<T> {
+    /// Drops the cell's count directly: `&mut self` means no reader is inside `load_in`, and
+    /// every guard borrows the cell, so none is left.
+    fn drop(&mut self) {
         let ptr = self.ptr.swap(std::ptr::null_mut(), Ordering::AcqRel);
         if !ptr.is_null() {
             // SAFETY: the cell's own count, taken once.
-            domain.retire(unsafe { Arc::from_raw(ptr.cast_const()) });
+            drop(unsafe { Arc::from_raw(ptr.cast_const()) });
         }
-    }
-
-    /// For the loom suite's negative control (see [`Record::protect_unchecked`]).
-    #[cfg(feature = "loom")]
-    pub(crate) fn load_unchecked_in<'r>(&self, record: &'r Record) -> HazardGuard<'r, T> {
-        record.protect_unchecked(&self.ptr)
     }
 }
 
@@ -587,16 +607,14 @@ pub mod model {
 
         let second = Arc::new(Value(loom::sync::Arc::new(AtomicBool::new(false))));
         drop(cell.swap_in(&domain, second));
+        domain.reclaim();
         reader.join().expect("reader");
         domain.reclaim();
         assert!(
             first_dropped.load(Ordering::SeqCst),
             "a retired value was never freed after its last reader"
         );
-        let Ok(mut cell) = Arc::try_unwrap(cell) else {
-            panic!("the cell is shared after the reader joined");
-        };
-        cell.retire_in(&domain);
+        drop(cell);
     }
 }
 
@@ -675,29 +693,44 @@ mod tests {
         assert_eq!(records, 1, "one record, reused by each thread in turn");
     }
 
-    /// Readers protect and read while a writer replaces the value as fast as it can; a value
-    /// is never dropped while a reader holds it, and all but the current one are freed.
+    /// Readers protect values while a writer replaces them as fast as it can; a value is never
+    /// dropped while a reader holds it, and all but the current one are freed. Each value's
+    /// drop flag lives outside it, found by the value's address, so a failing run reads no
+    /// freed memory.
     #[test]
     fn readers_never_hold_a_freed_value_while_a_writer_replaces_it() {
+        const VALUES: usize = 20_000;
         let domain = Arc::new(Domain::new(barrier()));
-        let (first, _) = value();
-        let cell = Arc::new(HazardCell::new(first));
+        let values: Vec<(Arc<Value>, Arc<AtomicBool>)> = (0..VALUES).map(|_| value()).collect();
+        let mut by_address: Vec<(usize, Arc<AtomicBool>)> = values
+            .iter()
+            .map(|(v, dropped)| (Arc::as_ptr(v) as usize, Arc::clone(dropped)))
+            .collect();
+        by_address.sort_unstable_by_key(|(address, _)| *address);
+        let by_address = Arc::new(by_address);
+        let mut values = values.into_iter().map(|(v, _)| v);
+        let cell = Arc::new(HazardCell::new(values.next().expect("a value")));
         let stop = Arc::new(AtomicBool::new(false));
         let reads = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..2)
             .map(|_| {
-                let (domain, cell, stop, reads) = (
+                let (domain, cell, stop, reads, by_address) = (
                     Arc::clone(&domain),
                     Arc::clone(&cell),
                     Arc::clone(&stop),
                     Arc::clone(&reads),
+                    Arc::clone(&by_address),
                 );
                 std::thread::spawn(move || {
                     let record = domain.acquire_record();
                     while !stop.load(Ordering::Relaxed) {
                         let guard = cell.load_in(record);
+                        let address = Arc::as_ptr(&guard) as usize;
+                        let at = by_address
+                            .binary_search_by_key(&address, |(a, _)| *a)
+                            .expect("a known value");
                         assert!(
-                            !guard.0.load(Ordering::SeqCst),
+                            !by_address[at].1.load(Ordering::SeqCst),
                             "a protected value was dropped"
                         );
                         reads.fetch_add(1, Ordering::Relaxed);
@@ -706,19 +739,19 @@ mod tests {
                 })
             })
             .collect();
-        let mut flags = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
-        while std::time::Instant::now() < deadline {
-            let (next, dropped) = value();
-            flags.push(dropped);
+        for next in values {
             drop(cell.swap_in(&domain, next));
+            domain.reclaim();
         }
         stop.store(true, Ordering::Relaxed);
         for reader in readers {
             reader.join().expect("reader");
         }
         assert_eq!(domain.reclaim(), 0);
-        let live = flags.iter().filter(|f| !f.load(Ordering::SeqCst)).count();
+        let live = by_address
+            .iter()
+            .filter(|(_, dropped)| !dropped.load(Ordering::SeqCst))
+            .count();
         assert_eq!(live, 1, "every replaced value freed, the current one kept");
         assert!(reads.load(Ordering::Relaxed) > 0);
     }
