@@ -16,12 +16,15 @@
 //!   executions explored);
 //! - [`firecracker`](mod@firecracker): the real Firecracker, its guest and its API, for the
 //!   suites that restore microVMs;
-//! - [`support`]: a temporary directory removed on drop, the `skip:` line, `is_root`, `which`,
+//! - [`support`]: a temporary directory removed on drop, the `skip:` line, `have` (skip unless
+//!   every named program is installed), `is_root`, `which`,
 //!   an error with its causes, and a counting global allocator;
 //! - [`pager_service`]: squib-host's pager service (`squib-host serve`) started, called and
 //!   killed;
 //! - [`hugetlb`](mod@hugetlb): a temporary reservation of 2 MiB huge pages for the suites that
 //!   map them, undone when the test ends.
+
+#![deny(unsafe_code)]
 
 pub mod pager_service;
 pub mod support;
@@ -339,6 +342,7 @@ pub mod firecracker {
             file.sync_all()
                 .map_err(|e| format!("{}: {e}", self.mem.display()))?;
             // SAFETY: advice on an open descriptor; the kernel touches none of our memory.
+            #[allow(unsafe_code)]
             let rc =
                 unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
             if rc == 0 {
@@ -937,10 +941,9 @@ pub mod firecracker {
     /// Stops an `engate tail` with `SIGTERM` (it saves its position as it goes) and waits
     /// up to 5 s for it to exit.
     fn stop_tail(tail: &mut Child, name: &str) -> Result<(), String> {
-        let pid = libc::pid_t::try_from(tail.id()).map_err(|e| e.to_string())?;
-        // SAFETY: a signal to our own child, which we have not reaped (so its pid is not
-        // reused); no memory is involved.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not yet reaped, so its pid is not reused.
+        platform_primitives::process::signal(tail.id(), libc::SIGTERM)
+            .map_err(|e| format!("SIGTERM to engate tail {}: {e}", tail.id()))?;
         let start = Instant::now();
         loop {
             match tail.try_wait() {

@@ -152,7 +152,9 @@ impl CountingAlloc {
 
 // SAFETY: every method forwards to the system allocator with the caller's arguments unchanged
 // and only adds bookkeeping on atomic counters, which never allocate.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CountingAlloc {
+    #[allow(unsafe_code)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
@@ -160,12 +162,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
         unsafe { System.alloc(layout) }
     }
 
+    #[allow(unsafe_code)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         // SAFETY: `ptr` came from `System.alloc` (through `alloc` above) with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
 
+    #[allow(unsafe_code)]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
