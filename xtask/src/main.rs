@@ -6,7 +6,8 @@
 //!   and `platform-gated`. Ends with one `N passed, N failed` line. `.ci/run` calls exactly
 //!   this. `ci --stage NAME` runs one stage.
 //! - `demo` — one scenario per crate on real OS parts, with measured figures.
-//! - `bench [crate]` — the benchmarks, with `bench: …` verdict lines and a summary.
+//! - `bench [crate]` — the benchmarks, with `bench: …` verdict lines and a summary, recorded in
+//!   `docs/benchmarks.md`; `bench --rewrite` re-renders that file without measuring.
 //!
 //! xtask has no dependencies so that it builds in seconds on a cold machine.
 
@@ -26,7 +27,8 @@ commands:
   ci              run every suite (what CI runs), ending with 'N passed, N failed'
   ci --stage NAME run one stage (format, clippy, macos-check, tests, …; a wrong name lists them)
   demo            run the demo scenarios on real OS parts
-  bench [crate]   run benchmarks (all crates, or one) and print their verdicts
+  bench [crate]   run benchmarks (all crates, or one), print their verdicts and record
+                  them in docs/benchmarks.md (--rewrite: re-render it, measure nothing)
 ";
 
 fn main() -> ExitCode {
