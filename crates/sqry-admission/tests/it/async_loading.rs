@@ -14,7 +14,7 @@ use sqry_admission::{
     BuildError, Cancelled, EntryState, Handle, LoadError, LoadOptions, PublishHook, ReserveRequest,
 };
 
-use crate::support::{blob, key, load, manager};
+use crate::support::{assert_ledger_back_to, blob, key, load, manager};
 
 /// Counts publishes (every successful load publishes once).
 #[derive(Default)]
@@ -504,22 +504,7 @@ fn dropping_an_async_rebuild_mid_build_puts_the_entry_back() {
     assert_eq!(m.ledger().snapshot().reserved, 2_000);
     drop(rebuild);
     assert_eq!(m.state(&k), Some(EntryState::Loaded));
-    let after = m.ledger().snapshot();
-    assert_eq!(
-        (
-            after.loaded,
-            after.reserved,
-            after.retained,
-            after.queue_depth
-        ),
-        (
-            before.loaded,
-            before.reserved,
-            before.retained,
-            before.queue_depth
-        ),
-        "{after}"
-    );
+    assert_ledger_back_to(&m, &before, before.queue_depth);
     assert!(Handle::ptr_eq(&m.get(&k).expect("served"), &v1));
     let status = m.status();
     assert_eq!(
@@ -557,17 +542,7 @@ fn dropping_an_async_rebuild_waiting_for_admission_puts_the_entry_back() {
     assert_eq!(m.state(&k), Some(EntryState::Rebuilding));
     drop(rebuild);
     assert_eq!(m.state(&k), Some(EntryState::Loaded));
-    let after = m.ledger().snapshot();
-    assert_eq!(
-        (
-            after.loaded,
-            after.reserved,
-            after.retained,
-            after.queue_depth
-        ),
-        (before.loaded, before.reserved, before.retained, 0),
-        "{after}"
-    );
+    assert_ledger_back_to(&m, &before, 0);
     assert!(Handle::ptr_eq(&m.get(&k).expect("served"), &v1));
 }
 

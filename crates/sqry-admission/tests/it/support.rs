@@ -1,10 +1,13 @@
 //! Shared helpers: managers with small budgets, values of exact sizes, a recording hook.
 
+use std::error::Error;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use sqry_admission::{
-    AdmissionConfig, AdmissionManager, Handle, PublishHook, ReserveRequest, RetireCause,
+    AdmissionConfig, AdmissionManager, Handle, LedgerSnapshot, LoadError, PublishHook,
+    ReserveRequest, RetireCause,
 };
 
 pub(crate) type Manager = AdmissionManager<String, Vec<u8>>;
@@ -71,4 +74,37 @@ impl PublishHook<String, Vec<u8>> for RecordingHook {
     fn on_evict(&self, key: &String, cause: RetireCause) {
         self.evicted.lock().push((key.clone(), cause));
     }
+}
+
+/// `e` is a key's cached failure inside its backoff window after one failure (a retry due
+/// within the default 30 s window); returns the cached error.
+pub(crate) fn backing_off(e: &LoadError) -> &(dyn Error + Send + Sync) {
+    let LoadError::BackingOff {
+        retry_after,
+        failures,
+        source,
+        ..
+    } = e
+    else {
+        panic!("backing off: {e:?}");
+    };
+    assert_eq!(*failures, 1);
+    assert!(*retry_after > Duration::ZERO && *retry_after <= Duration::from_secs(30));
+    &**source
+}
+
+/// The ledger holds what it held in `before`: loaded, reserved and retained bytes, and
+/// `queued` requests in its queue.
+pub(crate) fn assert_ledger_back_to(m: &Manager, before: &LedgerSnapshot, queued: usize) {
+    let after = m.ledger().snapshot();
+    assert_eq!(
+        (
+            after.loaded,
+            after.reserved,
+            after.retained,
+            after.queue_depth
+        ),
+        (before.loaded, before.reserved, before.retained, queued),
+        "{after}"
+    );
 }
