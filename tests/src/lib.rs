@@ -939,21 +939,28 @@ pub mod firecracker {
     }
 
     /// Stops an `engate tail` with `SIGTERM` (it saves its position as it goes) and waits
-    /// up to 5 s for it to exit.
+    /// up to 5 s for it to exit; one that does not is killed and reaped before the error.
     fn stop_tail(tail: &mut Child, name: &str) -> Result<(), String> {
         // Our own child, not yet reaped, so its pid is not reused.
-        platform_primitives::process::signal(tail.id(), libc::SIGTERM)
-            .map_err(|e| format!("SIGTERM to engate tail {}: {e}", tail.id()))?;
-        let start = Instant::now();
-        loop {
-            match tail.try_wait() {
-                Ok(Some(_)) => return Ok(()),
-                Ok(None) if start.elapsed() < Duration::from_secs(5) => {
-                    std::thread::sleep(Duration::from_millis(10));
+        let stopped = platform_primitives::process::signal(tail.id(), libc::SIGTERM)
+            .map_err(|e| format!("SIGTERM to engate tail {}: {e}", tail.id()))
+            .and_then(|()| {
+                let start = Instant::now();
+                loop {
+                    match tail.try_wait() {
+                        Ok(Some(_)) => return Ok(()),
+                        Ok(None) if start.elapsed() < Duration::from_secs(5) => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        _ => return Err(format!("engate tail {name} did not stop")),
+                    }
                 }
-                _ => return Err(format!("engate tail {name} did not stop")),
-            }
+            });
+        if stopped.is_err() {
+            let _ = tail.kill();
+            let _ = tail.wait();
         }
+        stopped
     }
 
     /// Where the screen redraw that a fresh `engate tail` prints before the session's output

@@ -79,7 +79,8 @@ mod linux {
         AdmissionConfig, AdmissionManager, HeapSize, LedgerSnapshot, ReserveRequest,
     };
     use workspace_tests::firecracker::{
-        ConsoleRecord, Kit, KitUnavailable, Snapshot, Vm, take_snapshot, verified_passes,
+        ConsoleRecord, Kit, KitUnavailable, Snapshot, Vm, redraw_end, take_snapshot,
+        verified_passes,
     };
     use workspace_tests::pager_service::Service;
     use workspace_tests::support::{TempDir, skip};
@@ -243,16 +244,8 @@ mod linux {
 
     /// Sends `signal` to process `pid` (a pager, which is not our child).
     fn signal(pid: u32, signal: libc::c_int) -> Result<(), String> {
-        let target = libc::pid_t::try_from(pid).map_err(|e| e.to_string())?;
-        // SAFETY: kill(2) takes no pointers; the pid is a pager the service reported alive.
-        if unsafe { libc::kill(target, signal) } == 0 {
-            Ok(())
-        } else {
-            Err(format!(
-                "kill({pid}, {signal}): {}",
-                std::io::Error::last_os_error()
-            ))
-        }
+        platform_primitives::process::signal(pid, signal)
+            .map_err(|e| format!("kill({pid}, {signal}): {e}"))
     }
 
     /// The variable that makes every part of the scenario required, if one is set: the
@@ -1206,25 +1199,31 @@ mod linux {
             reservations.push(reservation);
             ledger.expect(&format!("vm{i}'s restore began"), &published, i as u64 + 1)?;
         }
-        // Consoles: a second client attaches to the second guest's session mid-restore (it
-        // has read bytes while the console that never detached shows no verified pass yet),
-        // detaches, and re-attaches after a while; at the end its bytes are compared with
-        // that console's.
-        let mut visitor = guests[1].vm.visit_console(&dir)?;
+        // Consoles: a second client attaches to the session of the guest whose restore began
+        // last, mid-restore (it has read bytes while the console that never detached shows no
+        // verified pass yet), reads some of the restore (the guest prints a dot per 2 MiB it
+        // verifies), detaches, and re-attaches after a while; at the end its bytes are
+        // compared with that console's.
+        let visited = ROOM as usize - 1;
+        let mut visitor = guests[visited].vm.visit_console(&dir)?;
         visitor.wait_bytes(0, GUEST_LIMIT)?;
-        if verified_passes(&guests[1].vm.console()) > 0 {
-            return Err(
-                "the second guest verified before a client could attach mid-restore".into(),
-            );
+        if verified_passes(&guests[visited].vm.console()) > 0 {
+            return Err(format!(
+                "vm{visited} verified before a client could attach mid-restore"
+            ));
         }
-        // Attached: let it read a little of the restore before it leaves.
-        std::thread::sleep(Duration::from_millis(200));
+        visitor.wait_bytes(visitor.len(), GUEST_LIMIT)?;
         let detached = visitor.detach()?;
+        if detached.bytes.is_empty() {
+            return Err(format!(
+                "vm{visited}'s visitor read nothing before it detached"
+            ));
+        }
         std::thread::sleep(Duration::from_millis(300));
         visitor.attach()?;
         println!(
-            "a client attached to vm1's console mid-restore at byte {}, read {} bytes, detached \
-             and came back",
+            "a client attached to vm{visited}'s console mid-restore at byte {}, read {} bytes, \
+             detached and came back",
             detached.start,
             detached.bytes.len()
         );
@@ -1436,16 +1435,23 @@ mod linux {
         for (guest, (_, trued_up)) in vms.iter().zip(&published) {
             row(guest, *trued_up)?;
         }
-        let visited = visitor.detach()?;
-        let console = vms[0].vm.stop_console()?;
+        let visit = visitor.detach()?;
+        // vm0 left the list when it exited. The console that never detached reads from the
+        // session's start: it is compared once it has read as far as the visitor.
+        let reader = &mut vms[visited - 1].vm;
+        reader.wait_console(GUEST_LIMIT, |text| {
+            let bytes = text.as_bytes();
+            (bytes.len() - redraw_end(bytes)) as u64 >= visit.end()
+        })?;
+        let console = reader.stop_console()?;
         let compared = console
-            .holds(&visited)
-            .map_err(|e| format!("vm1's visitor against its console: {e}"))?;
+            .holds(&visit)
+            .map_err(|e| format!("vm{visited}'s visitor against its console: {e}"))?;
         println!(
-            "vm1's visitor read bytes {}..{} of its console across a detach: all {compared} \
-             are the console's",
-            visited.start,
-            visited.end()
+            "vm{visited}'s visitor read bytes {}..{} of its console across a detach: all \
+             {compared} are the console's",
+            visit.start,
+            visit.end()
         );
         // The VMs exit and give their memory back; one more restores through the plugin.
         drop(handles);

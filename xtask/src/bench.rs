@@ -832,6 +832,23 @@ mod tests {
                 );
             }
         }
+        // Every recorded baseline value is found where its anchor says.
+        let entries = raw_entries(&text);
+        for e in &entries {
+            if let Some(v) = parse(&e.line) {
+                let run: Vec<&Entry> = entries
+                    .iter()
+                    .filter(|o| o.krate == e.krate && o.date == e.date)
+                    .collect();
+                let value = baseline_value(&v, &run);
+                assert!(
+                    !value.starts_with("not found"),
+                    "{}/{}: its baseline's anchor is not in its info line",
+                    v.krate,
+                    v.metric
+                );
+            }
+        }
         for b in BASELINES {
             let (krate, _) = b.metric.split_once('/').expect("crate/metric");
             if let Some(BaselineValue::Info { line, .. }) = b.value {
