@@ -14,7 +14,7 @@ use sqry_admission::{
     BuildError, Cancelled, EntryState, Handle, LoadError, LoadOptions, PublishHook, ReserveRequest,
 };
 
-use crate::support::{assert_ledger_back_to, blob, key, load, manager};
+use crate::support::{assert_join_timed_out, assert_ledger_back_to, blob, key, load, manager};
 
 /// Counts publishes (every successful load publishes once).
 #[derive(Default)]
@@ -447,20 +447,7 @@ async fn an_async_join_gives_up_at_its_deadline() {
     .expect("the join gave up at its own deadline, long before this one");
     let waited = began.elapsed();
     let err = joined.expect_err("the leader is still building");
-    assert!(
-        matches!(
-            err,
-            LoadError::JoinTimeout {
-                state: EntryState::Loading,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        waited >= DEADLINE && waited < Duration::from_secs(2),
-        "{waited:?}"
-    );
+    assert_join_timed_out(&err, waited, DEADLINE, Duration::from_secs(2));
     assert_eq!(m.state(&k), Some(EntryState::Loading), "the leader goes on");
     release.notify_one();
     assert_eq!(leader.await.expect("task").expect("loads"), 10);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use platform_primitives::error::chain;
 use sqry_admission::{EntryState, Handle, LoadError, LoadOptions, ReserveRequest, SingleFlight};
 
-use crate::support::{backing_off, blob, key, load, manager};
+use crate::support::{assert_join_timed_out, backing_off, blob, key, load, manager};
 
 #[test]
 fn joiners_of_a_failed_load_receive_its_error() {
@@ -434,19 +434,11 @@ fn a_blocking_join_gives_up_at_its_deadline() {
         )
         .expect_err("the leader is still building");
     let waited = started.elapsed();
-    assert!(
-        matches!(
-            err,
-            LoadError::JoinTimeout {
-                state: EntryState::Loading,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        waited >= Duration::from_millis(50) && waited < Duration::from_secs(5),
-        "{waited:?}"
+    assert_join_timed_out(
+        &err,
+        waited,
+        Duration::from_millis(50),
+        Duration::from_secs(5),
     );
     finish_tx.send(()).expect("finish");
     assert_eq!(leader.join().expect("leader").expect("loads"), 10);

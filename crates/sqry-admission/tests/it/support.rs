@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sqry_admission::{
-    AdmissionConfig, AdmissionManager, Handle, LedgerSnapshot, LoadError, PublishHook,
+    AdmissionConfig, AdmissionManager, EntryState, Handle, LedgerSnapshot, LoadError, PublishHook,
     ReserveRequest, RetireCause,
 };
 
@@ -107,4 +107,25 @@ pub(crate) fn assert_ledger_back_to(m: &Manager, before: &LedgerSnapshot, queued
         (before.loaded, before.reserved, before.retained, queued),
         "{after}"
     );
+}
+
+/// `err` is a join that gave up at its request's deadline while the leader still loads, after
+/// waiting at least `deadline` and less than `within`.
+pub(crate) fn assert_join_timed_out(
+    err: &LoadError,
+    waited: Duration,
+    deadline: Duration,
+    within: Duration,
+) {
+    assert!(
+        matches!(
+            err,
+            LoadError::JoinTimeout {
+                state: EntryState::Loading,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(waited >= deadline && waited < within, "{waited:?}");
 }

@@ -18,7 +18,7 @@ use squib_host::{PageRequest, PageSource, PageSourceError, PagerConfig};
 use workspace_tests::support::skip;
 
 use crate::pages::{ps, require_uffd, snapshot, uffd_or_skip};
-use crate::support::{Restore, kernel_read, quiet, within};
+use crate::support::{Restore, kernel_read, one_quick_retry, quiet, within};
 
 /// Whether the kernel delivers failed faults as poisoned pages (Linux 6.6+), which
 /// `kernel_read` needs; prints the skip line if not.
@@ -93,11 +93,7 @@ fn readahead_into_a_bad_page(local: bool) {
     source.end = (bad * ps()) as u64;
     let Restore { data, mem, pager } = Restore::serving(data)
         .source(source)
-        .config(PagerConfig {
-            fetch_retries: 1,
-            retry_backoff: Duration::from_millis(1),
-            ..quiet()
-        })
+        .config(one_quick_retry())
         .start();
     let m = mem.clone();
     let results = within(Duration::from_secs(30), "sequential reads", move || {

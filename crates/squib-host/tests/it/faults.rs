@@ -13,7 +13,7 @@ use squib_host::{
 };
 
 use crate::pages::{ps, require_uffd, snapshot};
-use crate::support::{Restore, Served, eventually, quiet, temp_dir, within};
+use crate::support::{Restore, Served, eventually, one_quick_retry, quiet, temp_dir, within};
 use workspace_tests::support::skip;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -224,11 +224,7 @@ fn populate_installs_every_page_and_retries_what_failed() {
             failures: 4,
             failed: AtomicUsize::new(0),
         })
-        .config(PagerConfig {
-            fetch_retries: 1,
-            retry_backoff: Duration::from_millis(1),
-            ..quiet()
-        })
+        .config(one_quick_retry())
         .start();
     let m = mem.clone();
     within(LIMIT, "touch page 3", move || m.as_slice()[3 * ps()]);

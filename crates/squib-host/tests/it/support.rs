@@ -128,6 +128,16 @@ pub(crate) fn quiet() -> squib_host::PagerConfig {
     }
 }
 
+/// [`quiet`] with one retry of a failed fetch, 1 ms apart: for sources that fail on purpose.
+#[cfg(target_os = "linux")]
+pub(crate) fn one_quick_retry() -> squib_host::PagerConfig {
+    squib_host::PagerConfig {
+        fetch_retries: 1,
+        retry_backoff: Duration::from_millis(1),
+        ..quiet()
+    }
+}
+
 /// A restore under test: the test snapshot of some pages ([`data`](Self::data)), mapped lazily
 /// at offset 0 ([`mem`](Self::mem)) and served by a running pager ([`pager`](Self::pager)).
 /// Made with [`Restore::of`]; fields are public so a test can destructure it.
