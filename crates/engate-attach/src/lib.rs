@@ -104,4 +104,7 @@ pub use hub::{AttachError, AttachOutcome, EmitError, Hub, Metrics, Producer, cha
 pub use hub::{Fault, UnfencedOrder};
 #[cfg(feature = "screen")]
 pub use screen::ScreenProvider;
+#[cfg(feature = "loom")]
+#[doc(hidden)]
+pub use session::handoff::{Handoff, HandoffFault};
 pub use snapshot::{History, Position, Snapshot, SnapshotKind, SnapshotProvider, TailProvider};

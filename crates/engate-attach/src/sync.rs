@@ -14,12 +14,17 @@
 pub(crate) use platform_primitives::sync::{Condvar, Mutex, MutexGuard, unlock_fair};
 
 #[cfg(feature = "loom")]
+pub(crate) use loom::thread::yield_now;
+#[cfg(not(feature = "loom"))]
+pub(crate) use std::thread::yield_now;
+
+#[cfg(feature = "loom")]
 pub(crate) use loom::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicUsize, Ordering, fence},
 };
 #[cfg(not(feature = "loom"))]
 pub(crate) use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicUsize, Ordering, fence},
 };

@@ -1,6 +1,8 @@
 //! Loom models of the attach protocol: every schedule of attach vs emit vs detach vs resume,
-//! blocking polls vs emit and close (no lost wake-ups), and an authority subscriber holding
-//! the producer back vs its detach.
+//! blocking polls vs emit and close (no lost wake-ups), an authority subscriber holding
+//! the producer back vs its detach, and the session server's hand-off of a client's output
+//! between the pump and the client's writer thread (no output left behind, one writer at a
+//! time).
 //!
 //! Run with `LOOM_MAX_PREEMPTIONS=2 cargo test --release -p engate-attach --features loom
 //! --test loom`. Each model has negative controls — the same scenario with a deliberately
@@ -16,8 +18,8 @@
 use std::sync::Arc as StdArc;
 
 use engate_attach::{
-    Attach, AttachOptions, AttachOutcome, Event, Fault, Hub, HubConfig, Live, Policy, Snapshot,
-    SnapshotKind, Subscribed, TailProvider, UnfencedOrder, channel,
+    Attach, AttachOptions, AttachOutcome, Event, Fault, Handoff, HandoffFault, Hub, HubConfig,
+    Live, Policy, Snapshot, SnapshotKind, Subscribed, TailProvider, UnfencedOrder, channel,
 };
 use loom::thread;
 
@@ -418,4 +420,131 @@ fn negative_control_detach_without_wakeup_strands_the_producer() {
         "negative_control_detach_without_wakeup_strands_the_producer",
         || authority_detach_releases_producer(Some(Fault::DetachWithoutNotify)),
     );
+}
+
+/// The session server's hand-off of a client's output between the pump (which writes it
+/// without blocking while the client keeps up) and the client's writer thread
+/// (`session::handoff`): a counter stands for the hub, a second for what the client was sent.
+struct HandoffModel {
+    handoff: Handoff,
+    emitted: loom::sync::Mutex<u64>,
+    sent: loom::sync::Mutex<u64>,
+    /// Set while a thread writes the client's output: two at once would interleave frames.
+    writing: loom::sync::atomic::AtomicBool,
+}
+
+impl HandoffModel {
+    fn new(fault: Option<HandoffFault>) -> Self {
+        Self {
+            handoff: fault.map_or_else(Handoff::owned, Handoff::owned_with_fault),
+            emitted: loom::sync::Mutex::new(0),
+            sent: loom::sync::Mutex::new(0),
+            writing: loom::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Sends everything emitted so far.
+    fn write(&self) {
+        let twice = self
+            .writing
+            .swap(true, loom::sync::atomic::Ordering::SeqCst);
+        assert!(!twice, "two threads write one client's output at once");
+        let emitted = *self.emitted.lock().expect("emitted");
+        *self.sent.lock().expect("sent") = emitted;
+        self.writing
+            .store(false, loom::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The pump: emits, then writes the client's output if nobody else is.
+    fn emit(&self) {
+        *self.emitted.lock().expect("emitted") += 1;
+        if self.handoff.offer() {
+            loop {
+                self.write();
+                if !self.handoff.release() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The writer thread, owning the client: catches up, then leaves it to the pump.
+    fn catch_up(&self) {
+        loop {
+            self.write();
+            if !self.handoff.release() {
+                break;
+            }
+            self.handoff.hand_over();
+        }
+    }
+}
+
+/// The pump emits twice while the writer catches up and lets go: whatever the schedule, the
+/// client is sent everything, by one thread at a time.
+fn handoff_sends_everything(fault: Option<HandoffFault>) {
+    model(move || {
+        let m = loom::sync::Arc::new(HandoffModel::new(fault));
+        let pump = {
+            let m = loom::sync::Arc::clone(&m);
+            thread::spawn(move || {
+                m.emit();
+                m.emit();
+            })
+        };
+        m.catch_up();
+        pump.join().expect("pump");
+        let (emitted, sent) = (
+            *m.emitted.lock().expect("emitted"),
+            *m.sent.lock().expect("sent"),
+        );
+        assert_eq!(sent, emitted, "output left behind with nobody to write it");
+    });
+}
+
+#[test]
+fn handoff_leaves_no_output_behind() {
+    handoff_sends_everything(None);
+}
+
+/// Negative control: a driver that lets go without looking whether output came meanwhile.
+#[test]
+#[should_panic(expected = "output left behind")]
+fn negative_control_handoff_release_without_recheck() {
+    handoff_sends_everything(Some(HandoffFault::ReleaseWithoutRecheck));
+}
+
+/// Negative control: a driver that takes the flag after it has written instead of before.
+#[test]
+#[should_panic(expected = "output left behind")]
+fn negative_control_handoff_clear_after_drain() {
+    handoff_sends_everything(Some(HandoffFault::ClearAfterDrain));
+}
+
+/// Negative control: neither side fences between its store and its load (loom, like weak
+/// hardware, lets both loads read the old values).
+#[test]
+#[should_panic(expected = "output left behind")]
+fn negative_control_handoff_without_fences() {
+    handoff_sends_everything(Some(HandoffFault::NoFence));
+}
+
+/// The writer lets the client go, then leaves (takes it back for good) while the pump emits:
+/// once it has taken the client, the pump never writes to it again.
+#[test]
+fn handoff_take_excludes_the_pump() {
+    model(|| {
+        let m = loom::sync::Arc::new(HandoffModel::new(None));
+        let pump = {
+            let m = loom::sync::Arc::clone(&m);
+            thread::spawn(move || {
+                m.emit();
+                m.emit();
+            })
+        };
+        m.catch_up();
+        m.handoff.take();
+        m.write();
+        pump.join().expect("pump");
+    });
 }

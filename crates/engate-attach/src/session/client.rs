@@ -3,9 +3,11 @@
 //! program ended, and rebuild the program's output exactly once.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,9 +86,11 @@ impl SessionClient {
         Ok(Self {
             reader: SessionReader {
                 stream: Arc::clone(&stream),
-                buf: Vec::with_capacity(64 << 10),
+                buf: vec![0; READ_SIZE],
                 start: 0,
+                end: 0,
                 exit: None,
+                read_timeout: AtomicU64::new(u64::MAX),
             },
             writer: SessionWriter { stream },
         })
@@ -135,13 +139,30 @@ impl SessionClient {
     }
 }
 
+/// How much a [`SessionReader`] reads at most in one go, unless a frame needs more.
+const READ_SIZE: usize = 64 << 10;
+
 /// The reading half of a [`SessionClient`] (from [`SessionClient::into_split`]).
 #[derive(Debug)]
 pub struct SessionReader {
     stream: Arc<UnixStream>,
+    /// What has been read and not yet decoded is `buf[start..end]`; the rest is room for the
+    /// next read (zeroed once, not before every read).
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     exit: Option<ProgramExit>,
+    /// As set by [`set_read_timeout`](Self::set_read_timeout), in nanoseconds; `u64::MAX`:
+    /// none.
+    read_timeout: AtomicU64,
+}
+
+/// The connection's descriptor, so that a client can wait for output together with other
+/// descriptors (its terminal, say) and then call [`SessionReader::next_message`].
+impl AsFd for SessionReader {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
 }
 
 impl SessionReader {
@@ -152,7 +173,12 @@ impl SessionReader {
             .map_err(|source| ClientError::Io {
                 op: "setting the read timeout",
                 source,
-            })
+            })?;
+        let nanos = timeout.map_or(u64::MAX, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1)
+        });
+        self.read_timeout.store(nanos, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The next message from the server, waiting for it.
@@ -162,16 +188,31 @@ impl SessionReader {
                 return Ok(msg);
             }
             if self.start > 0 {
-                self.buf.drain(..self.start);
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + (64 << 10), 0);
-            let n = (&*self.stream).read(&mut self.buf[len..]);
-            self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-            match n {
+            if self.end == self.buf.len() {
+                // A frame larger than the room: more room, up to the largest frame.
+                self.buf.resize(self.buf.len() + READ_SIZE, 0);
+            }
+            // Waits in poll, not in the read: a read blocked on the socket is also woken each
+            // time the server takes this client's input (the socket's space frees up), a
+            // context switch for nothing on every keystroke; poll wakes for input only.
+            let timeout = match self.read_timeout.load(Ordering::Relaxed) {
+                u64::MAX => None,
+                nanos => Some(Duration::from_nanos(nanos)),
+            };
+            let ready = crate::sys::unix::wait_readable([self.stream.as_fd()], timeout);
+            if let Ok([false]) = ready {
+                return Err(ClientError::Io {
+                    op: "reading a message",
+                    source: io::ErrorKind::WouldBlock.into(),
+                });
+            }
+            match (&*self.stream).read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(ClientError::Disconnected),
-                Ok(_) => {}
+                Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(ClientError::Io {
@@ -186,13 +227,18 @@ impl SessionReader {
     /// The next message if it has already arrived whole, without waiting: a client that
     /// writes output to a terminal takes what is there and writes it in one go.
     pub fn next_buffered(&mut self) -> Result<Option<ServerMsg>, ClientError> {
-        let Some((msg, used)) = wire::decode_server(&self.buf[self.start..])? else {
+        let Some((msg, used)) = wire::decode_server(&self.buf[self.start..self.end])? else {
             return Ok(None);
         };
         self.start += used;
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
+            if self.buf.len() > READ_SIZE {
+                // The room a large frame needed is given back.
+                self.buf.truncate(READ_SIZE);
+                self.buf.shrink_to_fit();
+            }
         }
         if let ServerMsg::Exited(exit) = msg {
             self.exit = Some(exit);

@@ -1,27 +1,36 @@
-//! The session server's screen, parsed on a thread of its own.
+//! The session server's screen, parsed on a thread of its own, in batches.
 //!
 //! Parsing every byte of output into a terminal screen (vt100) costs about as much as
-//! everything else the server does with it. Done on the pty reader's thread, it holds up the
-//! reader and so the program's output; here the reader hands each chunk over a bounded channel
-//! and goes on, and a parser thread keeps the screen. Snapshots, resizes and resets travel on the
-//! same channel, so each is applied after exactly the bytes fed before it: a snapshot still
-//! covers the stream up to the attach's offset, no more, no less. The channel's bound keeps the
-//! memory bounded (a reader that outruns the parser waits for it).
+//! everything else the server does with it. Done on the pty reader's thread, it would hold up
+//! the reader and so the program's output; here the reader appends each chunk to a queue and
+//! goes on, and a parser thread keeps the screen. The parser is woken only when output has
+//! gathered ([`WAKE_BYTES`]) or something needs the screen (a snapshot, a resize, a reset):
+//! a keystroke's echo wakes nobody but the client it goes to, and bulk output is parsed in
+//! large batches, where the text that scrolls away unseen can be skipped (see
+//! [`ScreenProvider`]). Snapshots, resizes and resets travel in the same queue, so each is
+//! applied after exactly the bytes fed before it: a snapshot still covers the stream up to the
+//! attach's offset, no more, no less. The queue is bounded ([`MAX_BYTES`] of output,
+//! [`MAX_MESSAGES`] messages): a reader that outruns the parser waits for it.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::screen::ScreenProvider;
 use crate::snapshot::{SnapshotKind, SnapshotProvider};
 
-/// Chunks the reader may hand over before it waits for the parser.
-const QUEUE: usize = 256;
-/// The most output parsed in one call.
-const BATCH: usize = 1 << 20;
-/// How long the parser lets trickling output gather before it parses again.
-const GATHER: Duration = Duration::from_millis(4);
-/// How long a snapshot waits for the parser to catch up before giving up (the client then
-/// gets no redraw; the stream itself is unaffected).
+/// Output gathered before the parser is woken for it.
+const WAKE_BYTES: usize = 64 << 10;
+/// Output queued before the reader waits for the parser.
+const MAX_BYTES: usize = 1 << 20;
+/// Messages queued before the reader waits for the parser (resizes, say, from a client that
+/// sends many).
+const MAX_MESSAGES: usize = 256;
+/// How long a snapshot waits for the parser before giving up (the client then gets no
+/// redraw; the stream itself is unaffected).
 const SNAPSHOT_LIMIT: Duration = Duration::from_secs(5);
 
 enum Msg {
@@ -31,64 +40,123 @@ enum Msg {
     Reset,
 }
 
+/// What the reader has handed over and the parser not yet taken.
+#[derive(Default)]
+struct Queue {
+    msgs: VecDeque<Msg>,
+    /// Bytes in the queue's `Feed` messages.
+    bytes: usize,
+    /// The reader's end is gone: the parser stops.
+    closed: bool,
+    /// The parser thread has ended (it panicked): nothing is queued any more.
+    parser_gone: bool,
+}
+
+impl Queue {
+    /// Whether the parser has something to do now (not only a little output).
+    fn wants_parser(&self) -> bool {
+        self.closed
+            || self.bytes >= WAKE_BYTES
+            || self.msgs.iter().any(|m| !matches!(m, Msg::Feed(_)))
+    }
+
+    fn full(&self) -> bool {
+        self.bytes >= MAX_BYTES || self.msgs.len() >= MAX_MESSAGES
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: Mutex<Queue>,
+    /// The parser waits here for work.
+    work: Condvar,
+    /// A reader held back by a full queue waits here.
+    room: Condvar,
+}
+
 /// A [`ScreenProvider`] behind a parser thread.
 pub(super) struct ThreadedScreen {
-    tx: SyncSender<Msg>,
+    inner: Arc<Inner>,
 }
 
 impl ThreadedScreen {
     /// A screen of `rows` × `cols` cells, parsed on a new thread.
     pub(super) fn new(rows: u16, cols: u16) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let inner = Arc::new(Inner::default());
+        let parser = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("engate-screen".into())
-            .spawn(move || parse(ScreenProvider::new(rows, cols), &rx))?;
-        Ok(Self { tx })
+            .spawn(move || parse(ScreenProvider::new(rows, cols), &parser))?;
+        Ok(Self { inner })
+    }
+
+    /// Queues what `add` puts in the queue, waiting while it is full; wakes the parser if it
+    /// has work now. `false` if the parser is gone.
+    fn send(&self, add: impl FnOnce(&mut Queue)) -> bool {
+        let mut q = self.inner.queue.lock();
+        while q.full() && !q.parser_gone {
+            self.inner.work.notify_one();
+            self.inner.room.wait(&mut q);
+        }
+        if q.parser_gone {
+            drop(q);
+            tracing::warn!("the screen parser is gone; re-attaching clients get no redraw");
+            return false;
+        }
+        add(&mut q);
+        if q.wants_parser() {
+            self.inner.work.notify_one();
+        }
+        true
     }
 }
 
-/// The parser thread: applies every message in order until the server drops its end. Output
-/// queued behind a chunk is parsed with it in one call (up to [`BATCH`] bytes), so that when the
-/// parser falls behind, the text it can skip unparsed (see [`ScreenProvider`]) grows.
-fn parse(mut screen: ScreenProvider, rx: &Receiver<Msg>) {
-    let mut batch = Vec::new();
-    let mut next = rx.recv().ok();
-    while let Some(msg) = next.take() {
-        match msg {
-            Msg::Feed(bytes) => {
-                batch.clear();
-                batch.extend_from_slice(&bytes);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(Msg::Feed(more)) => batch.extend_from_slice(&more),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                screen.feed(&batch);
-                if next.is_some() {
-                    continue;
-                }
-                if batch.len() < BATCH / 4 {
-                    // Output is trickling in: let it gather for a moment rather than wake
-                    // for every chunk (each wake-up is a context switch the program's output
-                    // path pays for on a busy machine). A snapshot asked for meanwhile waits
-                    // at most this long.
-                    std::thread::sleep(GATHER);
-                }
-            }
-            Msg::Snapshot(reply) => {
-                let mut out = Vec::new();
-                screen.snapshot(&mut out);
-                let _ = reply.send(out);
-            }
-            Msg::Resize(rows, cols) => screen.resize(rows, cols),
-            Msg::Reset => screen.reset(),
+impl Drop for ThreadedScreen {
+    fn drop(&mut self) {
+        self.inner.queue.lock().closed = true;
+        self.inner.work.notify_one();
+    }
+}
+
+/// The parser thread: takes everything queued whenever there is work, applies it in order,
+/// and stops once the server's end is gone.
+fn parse(mut screen: ScreenProvider, inner: &Inner) {
+    /// Tells the readers when the thread ends, by a panic too, so none waits for it.
+    struct Gone<'a>(&'a Inner);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            let mut q = self.0.queue.lock();
+            q.parser_gone = true;
+            q.msgs.clear();
+            self.0.room.notify_all();
         }
-        next = rx.recv().ok();
+    }
+    let _gone = Gone(inner);
+    loop {
+        let msgs = {
+            let mut q = inner.queue.lock();
+            while !q.wants_parser() {
+                inner.work.wait(&mut q);
+            }
+            if q.closed {
+                return;
+            }
+            q.bytes = 0;
+            inner.room.notify_all();
+            std::mem::take(&mut q.msgs)
+        };
+        for msg in msgs {
+            match msg {
+                Msg::Feed(bytes) => screen.feed(&bytes),
+                Msg::Snapshot(reply) => {
+                    let mut out = Vec::new();
+                    screen.snapshot(&mut out);
+                    let _ = reply.send(out);
+                }
+                Msg::Resize(rows, cols) => screen.resize(rows, cols),
+                Msg::Reset => screen.reset(),
+            }
+        }
     }
 }
 
@@ -104,14 +172,18 @@ impl SnapshotProvider for ThreadedScreen {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
-        if self.tx.send(Msg::Feed(bytes.to_vec())).is_err() {
-            tracing::warn!("the screen parser is gone; re-attaching clients get no redraw");
-        }
+        self.send(|q| {
+            q.bytes += bytes.len();
+            match q.msgs.back_mut() {
+                Some(Msg::Feed(last)) => last.extend_from_slice(bytes),
+                _ => q.msgs.push_back(Msg::Feed(bytes.to_vec())),
+            }
+        });
     }
 
     fn snapshot(&mut self, out: &mut Vec<u8>) {
         let (reply, answer) = sync_channel(1);
-        if self.tx.send(Msg::Snapshot(reply)).is_err() {
+        if !self.send(|q| q.msgs.push_back(Msg::Snapshot(reply))) {
             return;
         }
         match answer.recv_timeout(SNAPSHOT_LIMIT) {
@@ -124,11 +196,11 @@ impl SnapshotProvider for ThreadedScreen {
     }
 
     fn reset(&mut self) {
-        let _ = self.tx.send(Msg::Reset);
+        self.send(|q| q.msgs.push_back(Msg::Reset));
     }
 
     fn resize(&mut self, rows: u16, cols: u16) {
-        let _ = self.tx.send(Msg::Resize(rows, cols));
+        self.send(|q| q.msgs.push_back(Msg::Resize(rows, cols)));
     }
 }
 

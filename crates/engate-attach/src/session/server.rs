@@ -3,15 +3,21 @@
 //!
 //! Threads, all blocking I/O:
 //!
-//! - the **pump** reads the pty master and emits every read as one chunk into the hub; at the
-//!   end of the program's output it closes the hub and reaps the program;
+//! - the **pump** reads the pty master and emits every read as one chunk into the hub, then
+//!   writes it to every client that keeps up, itself and without blocking (as dtach's single
+//!   loop does: a keystroke's echo wakes no other server thread); at the end of the program's
+//!   output it closes the hub and reaps the program;
 //! - the **acceptor** takes connections on the socket (bound with `platform-primitives`'
 //!   [`UdsBinder`]: mode set before it is reachable, stale sockets recovered, a live server
 //!   refused); it waits for a connection or for the server's stop signal, so stopping does not
 //!   depend on the socket file still being there;
-//! - per client, a **writer** that attaches with the client's [`Hello`](super::ClientMsg) and
-//!   forwards snapshot and events, coalescing what is ready into one write, and a **reader**
-//!   that forwards the client's input to the program and notices the client leaving.
+//! - per client, a **writer** that attaches with the client's [`Hello`](super::ClientMsg),
+//!   sends the snapshot, and takes the client over whenever the pump cannot write to it
+//!   without blocking (its socket is full) or it needs more than a write (a resync, the end of
+//!   the stream): it catches the client up from the hub, blocking as long as the client takes,
+//!   coalescing what is ready into one write, then hands it back (the hand-off is
+//!   [`super::handoff`], model-checked); and a **reader** that forwards the client's input to
+//!   the program and notices the client leaving.
 //!
 //! A client cannot hang the server or grow its memory: the server keeps every connection it
 //! owns and, on shutdown, shuts each one down from its side (both directions), so a writer
@@ -36,6 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
+use super::outlet::Outlet;
 use super::wire::{self, ClientMsg, ProgramExit, ServerMsg, WireError};
 use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
@@ -44,13 +51,17 @@ use crate::pty::{self, Pty, PtyError, PtySize, resize_terminal};
 use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
 use crate::sys;
 
-/// How long a writer waits for events before it looks at the stop and client-gone flags.
+/// How long a writer that owns its client waits for output before it gives the client back to
+/// the pump (a writer that does not own it waits for a hand-over, a stop or its client's end,
+/// with no timeout: each of those wakes it).
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a refused client has to take its refusal before its connection is shut down.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a client's input thread, waiting for the program to take its keystrokes, looks
 /// whether it should give up (server stopping, program gone, client gone).
 const INPUT_POLL: Duration = Duration::from_millis(50);
+/// A pty read shorter than this is interactive output: the pump waits before reading again.
+const SHORT_READ: usize = 512;
 /// How long the acceptor rests when the process is out of descriptors, before trying again.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
@@ -215,6 +226,8 @@ struct Shared {
     connections: Mutex<Vec<Weak<UnixStream>>>,
     exit: Mutex<Option<ProgramExit>>,
     next_client: AtomicU64,
+    /// Every live client's output, for the pump to write while the client keeps up.
+    outlets: parking_lot::Mutex<Vec<Arc<Outlet>>>,
 }
 
 impl Shared {
@@ -237,6 +250,11 @@ impl Shared {
         for stream in list.iter().filter_map(Weak::upgrade) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
+        drop(list);
+        // Writers waiting for their client to be handed over look at the stop flag.
+        for outlet in self.outlets.lock().iter() {
+            outlet.wake();
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -245,6 +263,14 @@ impl Shared {
 
     fn exit(&self) -> Option<ProgramExit> {
         *self.exit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pump's side after each emit: every client that keeps up gets the new output now,
+    /// from this thread.
+    fn offer_all(&self) {
+        for outlet in self.outlets.lock().iter() {
+            outlet.offer();
+        }
     }
 }
 
@@ -439,16 +465,29 @@ fn pump(
     chunk: usize,
 ) -> io::Result<ExitStatus> {
     let mut buf = vec![0u8; chunk];
+    // After a short read (a keystroke's echo, a prompt) the next read would almost always find
+    // nothing: wait for more first instead of paying for that empty read.
+    let mut wait_first = false;
     let result = loop {
+        if wait_first {
+            wait_first = false;
+            if let Err(e) = sys::unix::wait_readable([reader.as_fd()], None)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                break Err(e);
+            }
+        }
         match reader.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {
+                wait_first = n < SHORT_READ;
                 // A read never exceeds the budget-sized chunk limit unless the configuration
                 // is smaller than one read; split in that case.
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 if let Err(e) = emit_all(&mut producer, data) {
                     break Err(io::Error::other(e));
                 }
+                shared.offer_all();
             }
             Err(e) if pty::is_end_of_output(&e) => break Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -473,6 +512,8 @@ fn pump(
         *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
     }
     drop(producer);
+    // Clients that kept up learn of the end from here too.
+    shared.offer_all();
     let status = status?;
     result.map(|()| status)
 }
@@ -709,8 +750,9 @@ impl Client {
         else {
             return;
         };
-        let mut live = synced.live();
-
+        // Registered before it drains: output emitted from here on is offered to it.
+        let outlet = Arc::new(Outlet::new(synced.live(), Arc::clone(&self.stream)));
+        self.shared.outlets.lock().push(Arc::clone(&outlet));
         let end = Arc::new(InputEnd::default());
         let (writer_done, writer_gone) = mpsc::channel::<()>();
         let reader = {
@@ -721,87 +763,115 @@ impl Client {
                 hub: self.hub.clone(),
                 end: Arc::clone(&end),
                 shared: Arc::clone(&self.shared),
+                outlet: Arc::clone(&outlet),
             };
             std::thread::Builder::new()
                 .name("engate-client-input".into())
                 .spawn(move || input.run(rest, &writer_gone))
         };
-        if reader.is_err() {
+        let result = if reader.is_err() {
             tracing::warn!(
                 client = self.id,
                 "cannot start a session client's input thread"
             );
-            return;
-        }
-
-        let mut pending = false;
-        let result: io::Result<()> = loop {
-            if end.gone.load(Ordering::SeqCst) {
-                let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(why) = refusal {
-                    frame.clear();
-                    wire::encode_server(&ServerMsg::Refused(why), &mut frame);
-                    break out.write_all(&frame).and_then(|()| out.flush());
-                }
-                break Ok(());
-            }
-            if self.shared.stopping() {
-                break Ok(());
-            }
-            let event = if pending {
-                live.try_next()
-            } else {
-                live.next_timeout(POLL_INTERVAL)
-            };
-            frame.clear();
-            let written = match event {
-                Event::Empty => {
-                    if pending {
-                        pending = false;
-                        out.flush()
-                    } else {
-                        Ok(())
-                    }
-                }
-                Event::Item(item) => {
-                    pending = true;
-                    wire::encode_item_header(&item, &mut frame);
-                    out.write_all(&frame)
-                        .and_then(|()| out.write_all(&item.bytes))
-                }
-                Event::Gap { from, to } => {
-                    pending = true;
-                    let epoch = live.position().epoch;
-                    wire::encode_server(&ServerMsg::Gap { epoch, from, to }, &mut frame);
-                    out.write_all(&frame)
-                }
-                Event::Resync(history) => {
-                    pending = true;
-                    history.replay(|s| write_snapshot(&mut out, &mut frame, s))
-                }
-                Event::Closed(reason) => {
-                    if let (CloseReason::Finished, Some(exit)) = (reason, self.shared.exit()) {
-                        wire::encode_server(&ServerMsg::Exited(exit), &mut frame);
-                    }
-                    wire::encode_server(&ServerMsg::Closed(reason), &mut frame);
-                    break out.write_all(&frame).and_then(|()| out.flush());
-                }
-            };
-            if let Err(e) = written {
-                break Err(e);
-            }
+            Ok(())
+        } else {
+            self.write_output(&outlet, &mut out, &mut frame, &end)
         };
+        outlet.take();
+        self.shared
+            .outlets
+            .lock()
+            .retain(|o| !Arc::ptr_eq(o, &outlet));
         if let Err(e) = result {
             tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
         }
         drop(out);
-        drop(live);
+        drop(outlet);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         drop(writer_done);
         if let Ok(reader) = reader {
             let _ = reader.join();
         }
         tracing::debug!(client = self.id, "a session client left");
+    }
+}
+
+impl Client {
+    /// The writer thread's loop: while it owns the client it writes the output, blocking as
+    /// long as the client takes; caught up, it leaves the writing to the pump and waits to be
+    /// handed the client back. Ends when the stream closes, the client leaves or is refused, or
+    /// the server stops.
+    fn write_output(
+        &self,
+        outlet: &Outlet,
+        out: &mut BufWriter<&UnixStream>,
+        frame: &mut Vec<u8>,
+        end: &InputEnd,
+    ) -> io::Result<()> {
+        // Output written into `out` and not yet flushed.
+        let mut pending = false;
+        loop {
+            if end.gone.load(Ordering::SeqCst) {
+                let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(why) = refusal {
+                    outlet.take();
+                    frame.clear();
+                    wire::encode_server(&ServerMsg::Refused(why), frame);
+                    // After whatever the pump left unwritten, so frames stay whole.
+                    let _ = outlet.drive().take_left(out)?;
+                    return out.write_all(frame).and_then(|()| out.flush());
+                }
+                return Ok(());
+            }
+            if self.shared.stopping() {
+                return Ok(());
+            }
+            let leaving = || end.gone.load(Ordering::SeqCst) || self.shared.stopping();
+            if !outlet.wait_owned(leaving) {
+                continue;
+            }
+            let mut drive = outlet.drive();
+            let event = match drive.take_left(out)? {
+                Some(event) => event,
+                None if pending => drive.live.try_next(),
+                None => drive.live.next_timeout(POLL_INTERVAL),
+            };
+            frame.clear();
+            match event {
+                Event::Empty => {
+                    if pending {
+                        pending = false;
+                        out.flush()?;
+                    }
+                    drop(drive);
+                    outlet.release();
+                }
+                Event::Item(item) => {
+                    pending = true;
+                    wire::encode_item_header(&item, frame);
+                    out.write_all(frame)?;
+                    out.write_all(&item.bytes)?;
+                }
+                Event::Gap { from, to } => {
+                    pending = true;
+                    let epoch = drive.live.position().epoch;
+                    wire::encode_server(&ServerMsg::Gap { epoch, from, to }, frame);
+                    out.write_all(frame)?;
+                }
+                Event::Resync(history) => {
+                    pending = true;
+                    history.replay(|s| write_snapshot(out, frame, s))?;
+                }
+                Event::Closed(reason) => {
+                    if let (CloseReason::Finished, Some(exit)) = (reason, self.shared.exit()) {
+                        wire::encode_server(&ServerMsg::Exited(exit), frame);
+                    }
+                    wire::encode_server(&ServerMsg::Closed(reason), frame);
+                    return out.write_all(frame).and_then(|()| out.flush());
+                }
+            }
+        }
     }
 }
 
@@ -821,6 +891,8 @@ struct InputForwarder {
     hub: Hub,
     end: Arc<InputEnd>,
     shared: Arc<Shared>,
+    /// Woken when the input ends, so a writer waiting for its client notices.
+    outlet: Arc<Outlet>,
 }
 
 /// The most a connection's input buffer holds: one whole input frame and one read.
@@ -843,6 +915,7 @@ impl InputForwarder {
         let refused = refusal.is_some();
         *self.end.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
         self.end.gone.store(true, Ordering::SeqCst);
+        self.outlet.wake();
         if refused {
             // The writer sends the refusal after what it has pending; if the client does not
             // read, the connection is shut down from here after a moment, which ends the
@@ -889,6 +962,14 @@ impl InputForwarder {
             // `buf` holds less than one frame, and a frame's length was checked on its
             // header: it stays within INPUT_BUFFER.
             debug_assert!(buf.len() < 5 + wire::MAX_INPUT);
+            // Waits in poll, not in the read: a read blocked on the socket is also woken each
+            // time the client takes output (the socket's space frees up), a context switch for
+            // nothing on every echo; poll wakes for input (or the end) only.
+            match sys::unix::wait_readable([self.stream.as_fd()], None) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            }
             match (&*self.stream).read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),

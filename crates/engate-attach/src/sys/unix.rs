@@ -85,3 +85,18 @@ fn wait<const N: usize>(
     }
     Ok(polled.map(|p| p.revents != 0))
 }
+
+/// Sends what the socket `fd` takes now, without waiting even if the socket blocks
+/// (`MSG_DONTWAIT`): a `WouldBlock` error if it takes nothing. A closed peer is an error, never
+/// a `SIGPIPE` (`MSG_NOSIGNAL` on Linux; on macOS the process ignores it, as Rust programs do).
+pub(crate) fn send_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+    // SAFETY: `bytes` is valid for reads of its length for the duration of the call, and `fd`
+    // is borrowed for it.
+    let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), FLAGS) };
+    // A negative count is the error; anything else fits a usize.
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}

@@ -386,3 +386,73 @@ fn a_second_authority_is_refused_and_a_second_server_is_not_started() {
     drop(server);
     assert!(!socket.exists());
 }
+
+/// A client that stops reading while output pours out is handed from the pty reader (which
+/// writes to clients that keep up) to its own writer thread, which catches it up when it reads
+/// again: both clients get every byte exactly once, and the reading one is not held back by
+/// the other (it has the whole output before the other reads again).
+#[test]
+fn a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back() {
+    if !have(
+        "a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back",
+        &["seq"],
+    ) {
+        return;
+    }
+    const LINES: u32 = 200_000;
+    let dir = TempDir::new("engate-handoff");
+    let socket = dir.path().join("s.sock");
+    // Nothing is printed before both clients are attached: the program waits for a line.
+    let server = SessionServer::start(
+        SessionConfig::new(&socket, "sh").args(["-c", &format!("read x; seq 1 {LINES}")]),
+    )
+    .expect("start the session server");
+    let connect = || {
+        let client = SessionClient::connect(&socket, Policy::Resync, None).expect("attach");
+        client
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        client
+    };
+    let mut reading = connect();
+    let mut stalled = connect();
+    let mut stalled_transcript = Transcript::new();
+    // The stalled client takes its (empty) snapshot, then reads nothing until the reading
+    // client has the whole output.
+    let snapshot = stalled.next_message().expect("snapshot");
+    assert!(matches!(
+        stalled_transcript.apply(&snapshot),
+        Applied::Continue
+    ));
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut transcript = Transcript::new();
+        reading.send_input(b"go\n").expect("input");
+        while let Applied::Continue = transcript.apply(&reading.next_message().expect("message")) {}
+        let _ = done.send(transcript);
+    });
+    let reading_transcript = finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the reading client was held back by the one that stopped reading");
+    while let Applied::Continue =
+        stalled_transcript.apply(&stalled.next_message().expect("message"))
+    {}
+    let mut expected = b"go\r\n".to_vec();
+    expected.extend_from_slice(&seq_output(LINES));
+    for (who, transcript) in [
+        ("the client that kept reading", &reading_transcript),
+        ("the client that stalled", &stalled_transcript),
+    ] {
+        assert_eq!(
+            transcript.bytes().len(),
+            expected.len(),
+            "{who} got a different amount of output"
+        );
+        assert!(
+            transcript.bytes() == expected.as_slice(),
+            "{who} got different bytes"
+        );
+    }
+    assert_eq!(server.hub().metrics().duplicates_delivered, 0);
+    server.shutdown();
+}

@@ -1,14 +1,17 @@
 //! `engate attach` (a terminal on a session) and `engate tail` (its output, non-interactive).
 //!
-//! Attach runs three threads. The main one waits on standard input and on an event pipe:
-//! keystrokes go to the program until the detach key; the pipe brings signals (taken by a
-//! signal thread with `sigwait`, never by a handler) and the news that the output has ended.
-//! The output thread reads the session through a [`Follower`], which writes each byte to the
-//! terminal once and remembers the position written up to. On the way out the position is
+//! Attach runs two threads besides a signal thread (which takes signals with `sigwait`, never
+//! by a handler, and passes them on through an event pipe). The terminal thread waits on
+//! standard input and on the session in one loop, as dtach does: keystrokes go to the program
+//! until the detach key, and the session's output goes through a [`Follower`], which writes
+//! each byte to the terminal once and remembers the position written up to. The main thread
+//! waits on the event pipe: window changes, `SIGCONT`, a signal that ends the attach, and the
+//! news that the terminal thread has ended. On the way out the position is
 //! saved beside the socket, so the next attach from this user asks the server for exactly the
 //! bytes it missed; when the server no longer holds them (or with `--redraw`), it gets the
 //! screen redrawn instead.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
@@ -23,13 +26,13 @@ use crate::store::{Probe, Session};
 use crate::term::{self, RawMode};
 use crate::{Failure, daemon, sys};
 
-/// How long a leaving client waits for the output thread to finish what it was writing.
+/// How long a leaving client waits for the terminal thread to finish what it was writing.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How often `tail` looks at signals and saves its position while no output comes.
 const TAIL_TICK: Duration = Duration::from_millis(200);
 
-/// The event-pipe byte that says the output thread has ended.
-const OUTPUT_ENDED: u8 = 0;
+/// The event-pipe byte that says the terminal thread has ended.
+const IO_ENDED: u8 = 0;
 
 /// The `attach` command's options.
 #[derive(Debug)]
@@ -132,7 +135,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     let client = SessionClient::connect(&session.socket, Policy::Resync, resume).map_err(|e| {
         Failure::from_error(format!("cannot attach to session {}", session.name), &e)
     })?;
-    let (reader, mut writer) = client.into_split();
+    let (reader, writer) = client.into_split();
 
     let (events, events_in) =
         io::pipe().map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
@@ -153,59 +156,68 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
 
     let raw = RawMode::enter()
         .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
-    let send_size = |writer: &mut SessionWriter| {
+    let writer = Mutex::new(Some(writer));
+    let send_size = |writer: &Mutex<Option<SessionWriter>>| {
         if raw.is_some()
             && !options.read_only
             && let Some(size) = term::size()
+            && let Some(writer) = writer.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
         {
             let _ = writer.send_resize(size);
         }
     };
-    send_size(&mut writer);
+    send_size(&writer);
 
+    let writer = Arc::new(writer);
     let position = Arc::new(Mutex::new(resume));
-    let end = Arc::new(Mutex::new(None::<OutputEnd>));
-    let output = {
-        let (position, end) = (Arc::clone(&position), Arc::clone(&end));
+    let end = Arc::new(Mutex::new(None::<Leave>));
+    let io = {
+        let (writer, position, end) =
+            (Arc::clone(&writer), Arc::clone(&position), Arc::clone(&end));
+        let keys = Keys {
+            detach: options.detach_key,
+            read_only: options.read_only,
+        };
         std::thread::Builder::new()
-            .name("engate-output".into())
+            .name("engate-io".into())
             .spawn(move || {
                 // Tells the main thread on every way out, a panic included.
                 struct Ended(io::PipeWriter);
                 impl Drop for Ended {
                     fn drop(&mut self) {
-                        let _ = self.0.write_all(&[OUTPUT_ENDED]);
+                        let _ = self.0.write_all(&[IO_ENDED]);
                     }
                 }
                 let _ended = Ended(events_in);
-                let outcome = forward_output(reader, resume, &position);
+                let outcome = relay(reader, &writer, keys, resume, &position);
                 *end.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
             })
-            .map_err(|e| Failure::from_io("cannot start the output thread", &e))?
+            .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
     };
 
-    let leave = input_loop(options, raw.as_ref(), &mut writer, &events, &send_size);
-    let output_ended = matches!(leave, Leave::Output(_));
-    if !output_ended {
-        // Polite: the server ends the stream, and the output thread sees it close.
-        writer.detach();
-        let deadline = Instant::now() + DRAIN_LIMIT;
-        wait_event(&events, deadline, |b| b == OUTPUT_ENDED);
-    } else {
-        drop(writer);
-    }
-    // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
-    drop(output);
-    let position = *position.lock().unwrap_or_else(|e| e.into_inner());
-    let leave = match leave {
-        Leave::Output(_) => Leave::Output(
-            end.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .unwrap_or(OutputEnd::Lost("the output thread stopped".into())),
-        ),
-        other => other,
+    let leave = match wait_signals(raw.as_ref(), &writer, &events, &send_size) {
+        Some(signal) => {
+            // Polite, unless the terminal thread is stuck sending keys: the server ends the
+            // stream, and the terminal thread sees it close.
+            let taken = writer.try_lock().ok().and_then(|mut w| w.take());
+            if let Some(writer) = taken {
+                writer.detach();
+                let deadline = Instant::now() + DRAIN_LIMIT;
+                wait_event(&events, deadline, |b| b == IO_ENDED);
+            }
+            Leave::Signal(signal)
+        }
+        None => end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Leave::Output(OutputEnd::Lost(
+                "the terminal thread stopped".into(),
+            ))),
     };
+    // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
+    drop(io);
+    let position = *position.lock().unwrap_or_else(|e| e.into_inner());
     let finished = matches!(leave, Leave::Output(OutputEnd::Finished(_)));
     // A finished session's offsets mean nothing to its successor of the same name.
     let _ = session.save_attach_position(if finished { None } else { position });
@@ -246,33 +258,123 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     }
 }
 
-/// Reads the session and writes it to standard output until the stream ends.
-fn forward_output(
+/// What the terminal thread needs to know of the keys.
+#[derive(Debug, Clone, Copy)]
+struct Keys {
+    /// The byte that detaches.
+    detach: u8,
+    /// Keys are not sent (the detach key still works).
+    read_only: bool,
+}
+
+/// The terminal thread: keystrokes to the session and the session's output to the terminal,
+/// in one loop, as dtach does (a keystroke and its echo cost no hand-off between threads),
+/// until the stream ends or the client detaches.
+fn relay(
     mut reader: SessionReader,
+    writer: &Mutex<Option<SessionWriter>>,
+    keys: Keys,
     resume: Option<Position>,
     position: &Mutex<Option<Position>>,
-) -> OutputEnd {
-    let mut follower = resume.map_or_else(Follower::new, Follower::resume_at);
-    let stdout = io::stdout();
-    // What the messages already received add, written to the terminal in one go (at most
-    // about `BATCH` bytes at a time).
-    const BATCH: usize = 256 << 10;
-    let mut batch = Vec::with_capacity(BATCH);
+) -> Leave {
+    // Unbuffered copies of the standard descriptors: what poll says is there is what a read
+    // gets, and a batch of output is one write.
+    let mut terminal = match io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => File::from(fd),
+        Err(e) => return Leave::Output(OutputEnd::Terminal(e)),
+    };
+    // No standard input (closed): nothing to send, the output is still shown.
+    let mut stdin = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from);
+    let mut output = Output {
+        follower: resume.map_or_else(Follower::new, Follower::resume_at),
+        batch: Vec::with_capacity(BATCH),
+    };
+    let mut detached = false;
+    let mut buf = [0u8; 4096];
     loop {
+        let keys_fd = stdin.as_ref().filter(|_| !detached).map(File::as_fd);
+        let ready = sys::wait_readable([keys_fd, Some(reader.as_fd())], None);
+        let [key_ready, output_ready] = match ready {
+            Ok(r) => r,
+            Err(e) => return Leave::Output(OutputEnd::Lost(format!("poll failed: {e}"))),
+        };
+        if key_ready && let Some(input) = stdin.as_mut() {
+            let n = match input.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    // Input is over (a pipe, not a terminal): keep showing the output.
+                    stdin = None;
+                    0
+                }
+                Ok(n) => n,
+            };
+            let typed = &buf[..n];
+            let (send, detach) = match typed.iter().position(|&b| b == keys.detach) {
+                Some(at) => (&typed[..at], true),
+                None => (typed, false),
+            };
+            let mut writer = writer.lock().unwrap_or_else(|e| e.into_inner());
+            if !keys.read_only
+                && !send.is_empty()
+                && let Some(writer) = writer.as_mut()
+            {
+                // A failed send means the connection is ending; the output says why.
+                let _ = writer.send_input(send);
+            }
+            if detach && let Some(writer) = writer.take() {
+                // Polite: the server ends the stream; what it sent before is still shown,
+                // for at most DRAIN_LIMIT.
+                writer.detach();
+                detached = true;
+                let _ = reader.set_read_timeout(Some(DRAIN_LIMIT));
+            }
+        }
+        if output_ready {
+            match output.relay(&mut reader, &mut terminal, position) {
+                None => {}
+                Some(_) if detached => return Leave::Detached,
+                Some(end) => return Leave::Output(end),
+            }
+        }
+    }
+}
+
+/// The most output written to the terminal in one go.
+const BATCH: usize = 256 << 10;
+
+/// The output side of the terminal thread.
+struct Output {
+    follower: Follower,
+    /// What the messages already received add, written to the terminal in one go.
+    batch: Vec<u8>,
+}
+
+impl Output {
+    /// Takes the next message and those already behind it, writes what they add to the
+    /// terminal and records the position written up to; how the output ended, if it did.
+    fn relay(
+        &mut self,
+        reader: &mut SessionReader,
+        terminal: &mut File,
+        position: &Mutex<Option<Position>>,
+    ) -> Option<OutputEnd> {
         let mut msg = match reader.next_message() {
             Ok(msg) => msg,
             Err(ClientError::Disconnected) => {
-                return OutputEnd::Lost("the server closed the connection".into());
+                return Some(OutputEnd::Lost("the server closed the connection".into()));
             }
-            Err(e) => return OutputEnd::Lost(platform_primitives::error::chain(&e)),
+            Err(e) => return Some(OutputEnd::Lost(platform_primitives::error::chain(&e))),
         };
-        batch.clear();
+        self.batch.clear();
         let applied = loop {
-            let applied = match follower.apply(&msg, &mut batch) {
+            let applied = match self.follower.apply(&msg, &mut self.batch) {
                 Ok(applied) => applied,
-                Err(e) => return OutputEnd::Terminal(e),
+                Err(e) => return Some(OutputEnd::Terminal(e)),
             };
-            if !matches!(applied, Applied::Continue) || batch.len() >= BATCH {
+            if !matches!(applied, Applied::Continue) || self.batch.len() >= BATCH {
                 break applied;
             }
             match reader.next_buffered() {
@@ -281,87 +383,56 @@ fn forward_output(
                 Ok(None) | Err(_) => break applied,
             }
         };
-        let mut out = stdout.lock();
-        if let Err(e) = out.write_all(&batch).and_then(|()| out.flush()) {
-            return OutputEnd::Terminal(e);
+        if let Err(e) = terminal.write_all(&self.batch) {
+            return Some(OutputEnd::Terminal(e));
         }
-        drop(out);
         // Recorded only once written: a later attach resumes after what the terminal shows.
-        if let Some(p) = follower.position() {
+        if let Some(p) = self.follower.position() {
             *position.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         }
         match applied {
-            Applied::Continue => {}
-            Applied::Closed(_) => return OutputEnd::Finished(follower.exit_status()),
-            Applied::Refused => {
-                let why = match msg {
-                    engate_attach::session::wire::ServerMsg::Refused(why) => why,
-                    other => format!("{other:?}"),
-                };
-                return OutputEnd::Refused(why);
-            }
+            Applied::Continue => None,
+            Applied::Closed(_) => Some(OutputEnd::Finished(self.follower.exit_status())),
+            Applied::Refused => Some(OutputEnd::Refused(match msg {
+                engate_attach::session::wire::ServerMsg::Refused(why) => why,
+                other => format!("{other:?}"),
+            })),
         }
     }
 }
 
-/// Forwards keystrokes until the detach key, the end of the output or a signal.
-fn input_loop(
-    options: &AttachOptions,
+/// The main thread, while the terminal thread relays: applies window changes and `SIGCONT`,
+/// until the terminal thread ends (`None`) or another signal comes (that signal).
+fn wait_signals(
     raw: Option<&RawMode>,
-    writer: &mut SessionWriter,
+    writer: &Mutex<Option<SessionWriter>>,
     events: &io::PipeReader,
-    send_size: &dyn Fn(&mut SessionWriter),
-) -> Leave {
-    let stdin = io::stdin();
-    let mut stdin_open = true;
-    let mut buf = [0u8; 4096];
+    send_size: &dyn Fn(&Mutex<Option<SessionWriter>>),
+) -> Option<libc::c_int> {
     loop {
-        let ready = sys::wait_readable(
-            [stdin_open.then(|| stdin.as_fd()), Some(events.as_fd())],
-            None,
-        );
-        let [keys, event] = match ready {
-            Ok(r) => r,
-            Err(_) => return Leave::Output(OutputEnd::Lost("poll failed".into())),
-        };
-        if event {
-            let mut got = [0u8; 64];
-            let n = (&*events).read(&mut got).unwrap_or(0);
-            for &b in &got[..n] {
-                match b as libc::c_int {
-                    // What ended it is in the output thread's outcome.
-                    0 => return Leave::Output(OutputEnd::Lost(String::new())),
-                    libc::SIGWINCH => send_size(writer),
-                    libc::SIGCONT => {
-                        if let Some(raw) = raw {
-                            raw.reapply();
-                        }
-                        send_size(writer);
-                    }
-                    signal => return Leave::Signal(signal),
-                }
-            }
+        match sys::wait_readable([Some(events.as_fd())], None) {
+            Ok([true]) => {}
+            Ok([false]) => continue,
+            Err(_) => return None,
         }
-        if keys {
-            let n = match stdin.lock().read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    // Input is over (a pipe, not a terminal): keep showing the output.
-                    stdin_open = false;
-                    continue;
-                }
-                Ok(n) => n,
-            };
-            let keys = &buf[..n];
-            let (send, detach) = match keys.iter().position(|&b| b == options.detach_key) {
-                Some(at) => (&keys[..at], true),
-                None => (keys, false),
-            };
-            if !options.read_only && !send.is_empty() {
-                // A failed send means the connection is ending; the output side says why.
-                let _ = writer.send_input(send);
+        let mut got = [0u8; 64];
+        let n = (&*events).read(&mut got).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        for &b in &got[..n] {
+            if b == IO_ENDED {
+                return None;
             }
-            if detach {
-                return Leave::Detached;
+            match b as libc::c_int {
+                libc::SIGWINCH => send_size(writer),
+                libc::SIGCONT => {
+                    if let Some(raw) = raw {
+                        raw.reapply();
+                    }
+                    send_size(writer);
+                }
+                signal => return Some(signal),
             }
         }
     }
