@@ -32,6 +32,7 @@ mod client;
 // Public (hidden) only for the loom suite, which models its protocol.
 #[cfg_attr(not(feature = "loom"), allow(unreachable_pub))]
 pub(crate) mod handoff;
+mod input;
 mod outlet;
 #[cfg(feature = "screen")]
 mod screen_thread;

@@ -1,29 +1,33 @@
 //! A dtach-like session server: one program in a pseudo-terminal, any number of clients over
 //! a Unix socket, each attaching exactly once and resuming where it left.
 //!
-//! Threads, all blocking I/O:
+//! Threads:
 //!
-//! - the **pump** reads the pty master and emits every read as one chunk into the hub, then
-//!   writes it to every client that keeps up, itself and without blocking (as dtach's single
-//!   loop does: a keystroke's echo wakes no other server thread); at the end of the program's
-//!   output it closes the hub and reaps the program;
+//! - the **pump** waits on the program's terminal and on every client's socket in one `poll`,
+//!   as dtach's single loop does. It reads the program's output, emits every read as one chunk
+//!   into the hub and writes it to every client that keeps up, itself and without blocking; it
+//!   reads the clients' input without blocking and forwards it (keystrokes, window sizes) to
+//!   the program, holding a client's keystrokes while the program's terminal is full. A
+//!   keystroke and its echo thus cost no hand-off between server threads. At the end of the
+//!   program's output it closes the hub and reaps the program;
 //! - the **acceptor** takes connections on the socket (bound with `platform-primitives`'
 //!   [`UdsBinder`]: mode set before it is reachable, stale sockets recovered, a live server
 //!   refused); it waits for a connection or for the server's stop signal, so stopping does not
 //!   depend on the socket file still being there;
-//! - per client, a **writer** that attaches with the client's [`Hello`](super::ClientMsg),
+//! - per client, a **writer** that reads the client's [`Hello`](super::ClientMsg), attaches,
 //!   sends the snapshot, and takes the client over whenever the pump cannot write to it
 //!   without blocking (its socket is full) or it needs more than a write (a resync, the end of
 //!   the stream): it catches the client up from the hub, blocking as long as the client takes,
 //!   coalescing what is ready into one write, then hands it back (the hand-off is
-//!   [`super::handoff`], model-checked); and a **reader** that forwards the client's input to
-//!   the program and notices the client leaving.
+//!   [`super::handoff`], model-checked). It also sends a refusal when the pump finds a bad
+//!   frame.
 //!
 //! A client cannot hang the server or grow its memory: the server keeps every connection it
 //! owns and, on shutdown, shuts each one down from its side (both directions), so a writer
 //! blocked on a client that stopped reading returns at once; an input frame is at most
-//! [`MAX_INPUT`](super::wire::MAX_INPUT) bytes, checked on its header, so a connection buffers
-//! at most one such frame and one read. A bad hello or frame gets a
+//! [`MAX_INPUT`](super::wire::MAX_INPUT) bytes, checked on its header, and a client's socket is
+//! not read while its keystrokes wait for the program, so a connection buffers at most one
+//! such frame and one read. A bad hello or frame gets a
 //! [`Refused`](super::wire::ServerMsg::Refused) message that says what was wrong, is logged with
 //! `tracing` (target `engate_attach::session::server`), and the connection is closed.
 
@@ -35,19 +39,20 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
+use super::input::{INPUT_READ, InputConn, InputEnd, Served};
 use super::outlet::Outlet;
-use super::wire::{self, ClientMsg, ProgramExit, ServerMsg, WireError};
+use super::wire::{self, ClientMsg, ProgramExit, ServerMsg};
 use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
 use crate::hub::{Hub, Producer, channel};
-use crate::pty::{self, Pty, PtyError, PtySize, resize_terminal};
+use crate::pty::{self, Pty, PtyError, PtySize};
 use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
 use crate::sys;
 
@@ -57,11 +62,12 @@ use crate::sys;
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a refused client has to take its refusal before its connection is shut down.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a client's input thread, waiting for the program to take its keystrokes, looks
-/// whether it should give up (server stopping, program gone, client gone).
-const INPUT_POLL: Duration = Duration::from_millis(50);
-/// A pty read shorter than this is interactive output: the pump waits before reading again.
+/// A read of the program's output shorter than this is interactive: the pump goes back to
+/// waiting instead of reading again at once.
 const SHORT_READ: usize = 512;
+/// The most reads of the program's output in a row before the pump looks at its clients'
+/// input again.
+const OUTPUT_BURST: usize = 16;
 /// How long the acceptor rests when the process is out of descriptors, before trying again.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
@@ -218,7 +224,7 @@ type Unreaped = Arc<Mutex<Option<u32>>>;
 
 /// What the server's threads share: the stop flag, the connections to shut down when
 /// stopping, and how the program ended.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
     /// Every connection still open, to shut down on stop; a connection's threads hold the
@@ -228,9 +234,33 @@ struct Shared {
     next_client: AtomicU64,
     /// Every live client's output, for the pump to write while the client keeps up.
     outlets: parking_lot::Mutex<Vec<Arc<Outlet>>>,
+    /// Every client's input, for the pump to forward.
+    inputs: parking_lot::Mutex<Vec<Arc<InputConn>>>,
+    /// Written to (a byte) when `inputs` changes: the pump waits on its other end too.
+    pump_wake: UnixStream,
 }
 
 impl Shared {
+    fn new(pump_wake: UnixStream) -> Self {
+        Self {
+            stop: AtomicBool::new(false),
+            connections: Mutex::default(),
+            exit: Mutex::default(),
+            next_client: AtomicU64::new(0),
+            outlets: parking_lot::Mutex::default(),
+            inputs: parking_lot::Mutex::default(),
+            pump_wake,
+        }
+    }
+
+    /// Adds or removes a client's input (`add`: the client, `remove`: its id) and tells the
+    /// pump.
+    fn change_inputs(&self, change: impl FnOnce(&mut Vec<Arc<InputConn>>)) {
+        change(&mut self.inputs.lock());
+        // Non-blocking: a full pipe already wakes the pump.
+        let _ = (&self.pump_wake).write(&[1]);
+    }
+
     /// Records a new connection; shuts it down at once if the server is stopping.
     fn register(&self, stream: &Arc<UnixStream>) {
         let mut list = self.connections.lock().unwrap_or_else(|e| e.into_inner());
@@ -329,24 +359,32 @@ impl SessionServer {
         }
         let pty = Pty::spawn(cmd, config.size)?;
         let reader = pty.reader()?;
-        let input = Arc::new(pty.writer()?);
-        // Non-blocking (for the reader too: they share the open file description), so a
-        // client's keystrokes to a program that does not read them wait with a deadline and
-        // never hold up shutdown.
+        let input = pty.writer()?;
+        // Non-blocking (for the reader too: they share the open file description): the pump
+        // waits for the terminal in its loop, with everything else.
         platform_primitives::fd::set_nonblocking(input.as_fd(), true)
             .map_err(SessionError::Terminal)?;
         let (master, child) = pty.into_parts();
         drop(master);
         let program_pid = child.id();
         let unreaped: Unreaped = Arc::new(Mutex::new(Some(program_pid)));
-        let shared = Arc::new(Shared::default());
+        let (pump_wake, pump_woken) = UnixStream::pair().map_err(listen_error)?;
+        pump_wake.set_nonblocking(true).map_err(listen_error)?;
+        pump_woken.set_nonblocking(true).map_err(listen_error)?;
+        let shared = Arc::new(Shared::new(pump_wake));
 
         let pump = {
+            let io = Io {
+                reader,
+                program: input,
+                producer,
+                hub: hub.clone(),
+                shared: Arc::clone(&shared),
+                woken: pump_woken,
+                chunk: config.read_chunk,
+            };
             let (unreaped, shared) = (Arc::clone(&unreaped), Arc::clone(&shared));
-            let chunk = config.read_chunk;
-            spawn("pump", move || {
-                pump(reader, producer, child, unreaped, &shared, chunk)
-            })?
+            spawn("pump", move || io.run(child, &unreaped, &shared))?
         };
         let clients = Arc::new(Mutex::new(Vec::new()));
         let acceptor = {
@@ -354,7 +392,6 @@ impl SessionServer {
                 listener,
                 woken,
                 hub: hub.clone(),
-                input,
                 shared: Arc::clone(&shared),
                 clients: Arc::clone(&clients),
                 hello_timeout: config.hello_timeout,
@@ -455,67 +492,178 @@ fn spawn<T: Send + 'static>(
         .map_err(|source| SessionError::Thread { role, source })
 }
 
-/// Reads the program's output into the hub until it ends, then closes the hub and reaps it.
-fn pump(
-    mut reader: File,
-    mut producer: Producer,
-    mut child: std::process::Child,
-    unreaped: Unreaped,
-    shared: &Shared,
+/// The pump: the program's terminal and every client's input, in one loop.
+struct Io {
+    /// The pty master, read for the program's output (non-blocking).
+    reader: File,
+    /// The pty master, written with the clients' keystrokes (the same open file, so
+    /// non-blocking too).
+    program: File,
+    producer: Producer,
+    hub: Hub,
+    shared: Arc<Shared>,
+    /// Readable when the clients' inputs changed.
+    woken: UnixStream,
+    /// The largest read of the program's output.
     chunk: usize,
-) -> io::Result<ExitStatus> {
-    let mut buf = vec![0u8; chunk];
-    // After a short read (a keystroke's echo, a prompt) the next read would almost always find
-    // nothing: wait for more first instead of paying for that empty read.
-    let mut wait_first = false;
-    let result = loop {
-        if wait_first {
-            wait_first = false;
-            if let Err(e) = sys::unix::wait_readable([reader.as_fd()], None)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                break Err(e);
-            }
+}
+
+/// Poll entries before the clients': the program's terminal, then the wake-up.
+const PROGRAM: usize = 0;
+const WOKEN: usize = 1;
+const CLIENTS: usize = 2;
+
+impl Io {
+    /// Reads the program's output into the hub and writes it to the clients that keep up, and
+    /// forwards the clients' input to the program, until the output ends; then reaps the
+    /// program and closes the hub.
+    fn run(
+        mut self,
+        mut child: std::process::Child,
+        unreaped: &Unreaped,
+        shared: &Shared,
+    ) -> io::Result<ExitStatus> {
+        let result = self.serve();
+        let mut pid = unreaped.lock().unwrap_or_else(|e| e.into_inner());
+        *pid = None;
+        drop(pid);
+        // Reaped before the hub closes, so every client's `Closed` can follow the exit status.
+        let status = child.wait();
+        if let Ok(status) = &status {
+            let exit = ProgramExit::from(*status);
+            tracing::debug!(%exit, "the session's program ended");
+            *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
         }
-        match reader.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                wait_first = n < SHORT_READ;
-                // A read never exceeds the budget-sized chunk limit unless the configuration
-                // is smaller than one read; split in that case.
-                let data = Bytes::copy_from_slice(&buf[..n]);
-                if let Err(e) = emit_all(&mut producer, data) {
-                    break Err(io::Error::other(e));
-                }
-                shared.offer_all();
-            }
-            Err(e) if pty::is_end_of_output(&e) => break Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = sys::unix::wait_readable([reader.as_fd()], None)
-                    && e.kind() != io::ErrorKind::Interrupted
-                {
-                    break Err(e);
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    let mut pid = unreaped.lock().unwrap_or_else(|e| e.into_inner());
-    *pid = None;
-    drop(pid);
-    // Reaped before the hub closes, so every client's `Closed` can follow the exit status.
-    let status = child.wait();
-    if let Ok(status) = &status {
-        let exit = ProgramExit::from(*status);
-        tracing::debug!(%exit, "the session's program ended");
-        *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+        drop(self.producer);
+        // Clients that kept up learn of the end from here too.
+        shared.offer_all();
+        let status = status?;
+        result.map(|()| status)
     }
-    drop(producer);
-    // Clients that kept up learn of the end from here too.
-    shared.offer_all();
-    let status = status?;
-    result.map(|()| status)
+
+    fn serve(&mut self) -> io::Result<()> {
+        let mut output = vec![0u8; self.chunk];
+        let mut scratch = vec![0u8; INPUT_READ];
+        let mut clients: Vec<Arc<InputConn>> = Vec::new();
+        // Refused connections, shut down at the deadline if their writer has not closed them.
+        let mut refused: Vec<(Instant, Arc<UnixStream>)> = Vec::new();
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut pending: Vec<bool> = Vec::new();
+        let entry = |fd: std::os::fd::BorrowedFd<'_>, events| libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            events,
+            revents: 0,
+        };
+        loop {
+            fds.clear();
+            pending.clear();
+            pending.extend(clients.iter().map(|c| c.has_pending()));
+            let program_events = if pending.contains(&true) {
+                libc::POLLIN | libc::POLLOUT
+            } else {
+                libc::POLLIN
+            };
+            fds.push(entry(self.reader.as_fd(), program_events));
+            fds.push(entry(self.woken.as_fd(), libc::POLLIN));
+            for (client, &waits) in clients.iter().zip(&pending) {
+                // A client whose keystrokes wait is not read; its hang-up is still reported.
+                let events = if waits { 0 } else { libc::POLLIN };
+                fds.push(entry(client.stream.as_fd(), events));
+            }
+            let timeout = if refused.is_empty() {
+                None
+            } else {
+                let now = Instant::now();
+                refused.retain(|(deadline, stream)| {
+                    let due = *deadline <= now;
+                    if due {
+                        let _ = stream.shutdown(std::net::Shutdown::Both);
+                    }
+                    !due
+                });
+                refused
+                    .iter()
+                    .map(|(deadline, _)| deadline.saturating_duration_since(now))
+                    .min()
+            };
+            match sys::unix::poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let program = fds[PROGRAM].revents;
+            if program & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                // Output in full flow is read again at once, up to a burst, before the loop
+                // looks at the clients' input again (a Ctrl-C during `cat` waits that long).
+                for _ in 0..OUTPUT_BURST {
+                    match self.reader.read(&mut output) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => {
+                            // A read never exceeds the budget-sized chunk limit unless the
+                            // configuration is smaller than one read; split in that case.
+                            let data = Bytes::copy_from_slice(&output[..n]);
+                            emit_all(&mut self.producer, data).map_err(io::Error::other)?;
+                            self.shared.offer_all();
+                            if n < SHORT_READ {
+                                // Interactive output: the next read would find nothing.
+                                break;
+                            }
+                        }
+                        Err(e) if pty::is_end_of_output(&e) => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            let writable = program & libc::POLLOUT != 0;
+            let mut finished = false;
+            let mut end = |client: &InputConn, served| {
+                if let Served::Done(refusal) = served {
+                    if refusal.is_some() {
+                        let deadline = Instant::now() + REFUSAL_TIMEOUT;
+                        refused.push((deadline, Arc::clone(&client.stream)));
+                    }
+                    client.finish(refusal);
+                    finished = true;
+                }
+            };
+            for ((client, fd), waits) in clients.iter().zip(&fds[CLIENTS..]).zip(&pending) {
+                let readable = fd.revents & libc::POLLIN != 0;
+                let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+                if readable || (*waits && writable) {
+                    end(
+                        client,
+                        client.serve(&self.program, &self.hub, readable, &mut scratch),
+                    );
+                } else if hung_up {
+                    end(client, Served::Done(None));
+                }
+            }
+            if fds[WOKEN].revents != 0 {
+                let mut drained = [0u8; 64];
+                while matches!((&self.woken).read(&mut drained), Ok(n) if n > 0) {}
+                clients = self.shared.inputs.lock().clone();
+                // What arrived with a new client's hello is forwarded now: no more may come.
+                for client in clients.iter().filter(|c| c.take_fresh()) {
+                    end(
+                        client,
+                        client.serve(&self.program, &self.hub, false, &mut scratch),
+                    );
+                }
+            }
+            if finished {
+                let done: Vec<u64> = clients
+                    .iter()
+                    .filter(|c| c.end.gone.load(Ordering::SeqCst))
+                    .map(|c| c.id)
+                    .collect();
+                self.shared
+                    .change_inputs(|inputs| inputs.retain(|i| !done.contains(&i.id)));
+            }
+            clients.retain(|c| !c.end.gone.load(Ordering::SeqCst));
+        }
+    }
 }
 
 fn emit_all(producer: &mut Producer, mut data: Bytes) -> Result<(), crate::hub::EmitError> {
@@ -539,7 +687,6 @@ struct Acceptor {
     /// Readable once the server stops (its peer was shut down).
     woken: UnixStream,
     hub: Hub,
-    input: Arc<File>,
     shared: Arc<Shared>,
     clients: Arc<Mutex<Vec<JoinHandle<()>>>>,
     hello_timeout: Duration,
@@ -597,7 +744,6 @@ impl Acceptor {
             id,
             stream,
             hub: self.hub.clone(),
-            input: Arc::clone(&self.input),
             shared: Arc::clone(&self.shared),
         };
         let hello_timeout = self.hello_timeout;
@@ -623,17 +769,7 @@ struct Client {
     id: u64,
     stream: Arc<UnixStream>,
     hub: Hub,
-    input: Arc<File>,
     shared: Arc<Shared>,
-}
-
-/// How a client's input ended, as the input thread tells its writer.
-#[derive(Debug, Default)]
-struct InputEnd {
-    /// The client left, or must be disconnected.
-    gone: AtomicBool,
-    /// Why the client is disconnected, to send it before closing.
-    refusal: Mutex<Option<String>>,
 }
 
 /// Why the hello did not come.
@@ -753,46 +889,29 @@ impl Client {
         // Registered before it drains: output emitted from here on is offered to it.
         let outlet = Arc::new(Outlet::new(synced.live(), Arc::clone(&self.stream)));
         self.shared.outlets.lock().push(Arc::clone(&outlet));
-        let end = Arc::new(InputEnd::default());
-        let (writer_done, writer_gone) = mpsc::channel::<()>();
-        let reader = {
-            let input = InputForwarder {
-                id: self.id,
-                stream: Arc::clone(&self.stream),
-                input: Arc::clone(&self.input),
-                hub: self.hub.clone(),
-                end: Arc::clone(&end),
-                shared: Arc::clone(&self.shared),
-                outlet: Arc::clone(&outlet),
-            };
-            std::thread::Builder::new()
-                .name("engate-client-input".into())
-                .spawn(move || input.run(rest, &writer_gone))
-        };
-        let result = if reader.is_err() {
-            tracing::warn!(
-                client = self.id,
-                "cannot start a session client's input thread"
-            );
-            Ok(())
-        } else {
-            self.write_output(&outlet, &mut out, &mut frame, &end)
-        };
+        // Its input is forwarded by the pump from now on.
+        let input = Arc::new(InputConn::new(
+            self.id,
+            Arc::clone(&self.stream),
+            Arc::clone(&outlet),
+            rest,
+        ));
+        self.shared
+            .change_inputs(|inputs| inputs.push(Arc::clone(&input)));
+        let result = self.write_output(&outlet, &mut out, &mut frame, &input.end);
         outlet.take();
         self.shared
             .outlets
             .lock()
             .retain(|o| !Arc::ptr_eq(o, &outlet));
+        self.shared
+            .change_inputs(|inputs| inputs.retain(|i| !Arc::ptr_eq(i, &input)));
         if let Err(e) = result {
             tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
         }
         drop(out);
         drop(outlet);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        drop(writer_done);
-        if let Ok(reader) = reader {
-            let _ = reader.join();
-        }
         tracing::debug!(client = self.id, "a session client left");
     }
 }
@@ -816,6 +935,9 @@ impl Client {
                 let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let Some(why) = refusal {
                     outlet.take();
+                    // Bounded: a client that does not read its refusal does not hold this
+                    // thread (the pump also shuts the connection down after a moment).
+                    let _ = self.stream.set_write_timeout(Some(REFUSAL_TIMEOUT));
                     frame.clear();
                     wire::encode_server(&ServerMsg::Refused(why), frame);
                     // After whatever the pump left unwritten, so frames stay whole.
@@ -879,136 +1001,4 @@ fn write_snapshot(out: &mut impl Write, frame: &mut Vec<u8>, s: &Snapshot) -> io
     frame.clear();
     wire::encode_server(&ServerMsg::Snapshot(s.clone()), frame);
     out.write_all(frame)
-}
-
-/// A client's input thread: forwards its input frames to the program, and its terminal size
-/// to the program's terminal and the snapshot provider, until the client leaves or sends a
-/// bad frame.
-struct InputForwarder {
-    id: u64,
-    stream: Arc<UnixStream>,
-    input: Arc<File>,
-    hub: Hub,
-    end: Arc<InputEnd>,
-    shared: Arc<Shared>,
-    /// Woken when the input ends, so a writer waiting for its client notices.
-    outlet: Arc<Outlet>,
-}
-
-/// The most a connection's input buffer holds: one whole input frame and one read.
-const INPUT_BUFFER: usize = 5 + wire::MAX_INPUT + INPUT_READ;
-/// The largest read of a client's input.
-const INPUT_READ: usize = 16 << 10;
-
-impl InputForwarder {
-    /// `buf` holds what arrived with the hello; `writer_gone` is closed once the writer is
-    /// done with the connection.
-    fn run(self, buf: Vec<u8>, writer_gone: &mpsc::Receiver<()>) {
-        let refusal = self.forward(buf, writer_gone);
-        if let Some(why) = &refusal {
-            tracing::warn!(
-                client = self.id,
-                reason = why.as_str(),
-                "refused a session client"
-            );
-        }
-        let refused = refusal.is_some();
-        *self.end.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
-        self.end.gone.store(true, Ordering::SeqCst);
-        self.outlet.wake();
-        if refused {
-            // The writer sends the refusal after what it has pending; if the client does not
-            // read, the connection is shut down from here after a moment, which ends the
-            // writer's blocked write.
-            let _ = writer_gone.recv_timeout(REFUSAL_TIMEOUT);
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    /// Forwards until the client leaves (`None`) or must be refused (the reason).
-    fn forward(&self, mut buf: Vec<u8>, writer_gone: &mpsc::Receiver<()>) -> Option<String> {
-        buf.reserve_exact(INPUT_BUFFER.saturating_sub(buf.len()));
-        let input = &*self.input;
-        let mut chunk = vec![0u8; INPUT_READ];
-        loop {
-            loop {
-                match wire::decode_client(&buf) {
-                    Ok(Some((ClientMsg::Input(bytes), used))) => {
-                        buf.drain(..used);
-                        if !self.write_input(&bytes, writer_gone) {
-                            return None;
-                        }
-                    }
-                    Ok(Some((ClientMsg::Resize(size), used))) => {
-                        buf.drain(..used);
-                        // The provider first: the program redraws only once it learns the
-                        // size.
-                        self.hub.resize_provider(size.rows, size.cols);
-                        // It fails only once the program has closed its terminal, when the
-                        // size no longer matters.
-                        let _ = resize_terminal(input.as_fd(), size);
-                    }
-                    Ok(Some((ClientMsg::Detach, _))) => {
-                        tracing::debug!(client = self.id, "a session client detaches");
-                        return None;
-                    }
-                    Ok(Some((ClientMsg::Hello { .. }, _))) => {
-                        return Some("a second hello on one connection".into());
-                    }
-                    Err(e) => return Some(invalid_frame(&e)),
-                    Ok(None) => break,
-                }
-            }
-            // `buf` holds less than one frame, and a frame's length was checked on its
-            // header: it stays within INPUT_BUFFER.
-            debug_assert!(buf.len() < 5 + wire::MAX_INPUT);
-            // Waits in poll, not in the read: a read blocked on the socket is also woken each
-            // time the client takes output (the socket's space frees up), a context switch for
-            // nothing on every echo; poll wakes for input (or the end) only.
-            match sys::unix::wait_readable([self.stream.as_fd()], None) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return None,
-            }
-            match (&*self.stream).read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
-    }
-}
-
-impl InputForwarder {
-    /// Writes `bytes` to the program's terminal, waiting while it is full; false if the
-    /// bytes cannot go (the program closed its terminal, the server stops, or the client's
-    /// writer is gone; the client learns the first from the stream's end).
-    fn write_input(&self, mut bytes: &[u8], writer_gone: &mpsc::Receiver<()>) -> bool {
-        let mut input = &*self.input;
-        while !bytes.is_empty() {
-            match input.write(bytes) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let give_up = self.shared.stopping()
-                        || self.shared.exit().is_some()
-                        || matches!(
-                            writer_gone.try_recv(),
-                            Err(mpsc::TryRecvError::Disconnected)
-                        );
-                    if give_up {
-                        return false;
-                    }
-                    let _ = sys::unix::wait_writable(input.as_fd(), INPUT_POLL);
-                }
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-}
-
-fn invalid_frame(e: &WireError) -> String {
-    format!("invalid frame: {e}")
 }

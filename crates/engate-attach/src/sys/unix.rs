@@ -58,12 +58,6 @@ pub(crate) fn wait_readable<const N: usize>(
     wait(fds, libc::POLLIN, timeout)
 }
 
-/// Waits until `fd` is writable (or hung up, or in error), or `timeout` passes; false on a
-/// timeout.
-pub(crate) fn wait_writable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    wait([fd], libc::POLLOUT, Some(timeout)).map(|[ready]| ready)
-}
-
 fn wait<const N: usize>(
     fds: [BorrowedFd<'_>; N],
     events: libc::c_short,
@@ -99,4 +93,37 @@ pub(crate) fn send_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     let n = unsafe { libc::send(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), FLAGS) };
     // A negative count is the error; anything else fits a usize.
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Receives what the socket `fd` holds now, without waiting even if the socket blocks
+/// (`MSG_DONTWAIT`): a `WouldBlock` error if nothing is there, 0 at its end.
+pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call, and `fd`
+    // is borrowed for it.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `poll(2)` over `fds` for up to `timeout` (`None`: no limit); the number of ready entries.
+/// The caller keeps every descriptor in `fds` open for the call (a closed one is reported
+/// `POLLNVAL`, never unsafe).
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let timeout = timeout.map_or(-1, |t| {
+        // Rounded up: a deadline a fraction of a millisecond away must not spin.
+        let ms = t.as_micros().div_ceil(1000);
+        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    });
+    let count = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fds` is a valid, initialized slice of `count` pollfd structures that outlives
+    // the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout) };
+    usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }

@@ -639,3 +639,49 @@ fn a_follower_that_falls_behind_writes_the_output_exactly_minus_what_it_skipped(
     );
     drop(server);
 }
+
+/// A keystroke reaches the program while its output pours out: the pump, which reads the
+/// program's output and the clients' input in one loop, does not let a program that never
+/// stops writing starve the input. Ctrl-C to `yes` ends it (SIGINT from its terminal).
+#[test]
+fn a_keystroke_reaches_a_program_whose_output_never_stops() {
+    use engate_attach::session::ProgramExit;
+    if !have(
+        "a_keystroke_reaches_a_program_whose_output_never_stops",
+        &["yes"],
+    ) {
+        return;
+    }
+    let dir = TempDir::new("flood-interrupt");
+    let socket = dir.path().join("yes.sock");
+    let server = SessionServer::start(SessionConfig::new(&socket, "yes")).expect("start");
+    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
+    let limit = Duration::from_secs(10);
+    let deadline = Instant::now() + limit;
+    let (mut received, mut interrupted) = (0usize, false);
+    let end = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the program did not end within {limit:?} of Ctrl-C ({received} bytes of output)"
+        );
+        client.set_read_timeout(Some(left)).expect("timeout");
+        match client.next_message().expect("message") {
+            ServerMsg::Item(item) => received += item.bytes.len(),
+            ServerMsg::Closed(reason) => break reason,
+            _ => {}
+        }
+        if !interrupted && received >= 1 << 20 {
+            // The output is in full flow: now the key.
+            client.send_input(b"\x03").expect("Ctrl-C");
+            interrupted = true;
+        }
+    };
+    assert!(interrupted, "the program ended before the key was sent");
+    assert_eq!(end, engate_attach::CloseReason::Finished);
+    assert_eq!(
+        client.exit_status(),
+        Some(ProgramExit::Signal(libc::SIGINT))
+    );
+    server.shutdown();
+}
