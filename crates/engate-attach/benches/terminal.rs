@@ -17,6 +17,12 @@
 //!   to the client's terminal and times until it comes back. 200 samples per tool after a
 //!   warm-up, in alternating blocks. Target: engate's median ≤ 1.0× dtach's.
 //!
+//! - **The ceiling**: the same two programs run straight on a terminal of the bench, with no
+//!   session tool between (`direct`): one terminal hop instead of two and no relay. No tool
+//!   can beat it; its figures say how far the targets are from what this machine allows (the
+//!   ≥ 3× tmux target is above it here: a program writing straight to a terminal is about
+//!   2× tmux).
+//!
 //! dtach and tmux run in their normal configuration (tmux with no configuration file, its own
 //! server via `-L`). Where one is missing its comparison prints `skip: … why` and no verdict;
 //! `cargo xtask bench engate-attach` installs dtach first when it can.
@@ -166,6 +172,9 @@ struct Tool {
     stop: Box<dyn FnMut()>,
     /// Throughput rounds so far (the number in the next marker, less one).
     rounds: usize,
+    /// How long the clients may take to leave once the sessions are stopped (the `direct`
+    /// programs never leave by themselves: they are killed at once).
+    linger: Duration,
 }
 
 impl Tool {
@@ -218,7 +227,7 @@ impl Drop for Tool {
     fn drop(&mut self) {
         (self.stop)();
         for child in [&mut self.cat_client, &mut self.echo_client] {
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + self.linger;
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 // Keep draining: a client blocked on a full terminal never exits.
                 let _ = self.cat.read_some(&mut [0u8; 4096], Duration::ZERO);
@@ -270,6 +279,7 @@ fn attach_both(
         echo_client,
         stop,
         rounds: 0,
+        linger: Duration::from_secs(5),
         cat: {
             cat.drain(Duration::from_millis(300), Duration::from_secs(5));
             cat
@@ -316,6 +326,23 @@ fn engate(dir: &Path, file: &Path) -> io::Result<Tool> {
         },
         stop,
     )
+}
+
+/// The programs straight on the bench's terminals: the ceiling no relay can beat.
+fn direct(file: &Path) -> io::Result<Tool> {
+    let script = cat_script(file);
+    let mut tool = attach_both(
+        "direct",
+        move |s| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", if s == "cat" { &script } else { ECHO_SCRIPT }])
+                .env("TERM", "xterm-256color");
+            cmd
+        },
+        Box::new(|| {}),
+    )?;
+    tool.linger = Duration::ZERO;
+    Ok(tool)
 }
 
 fn dtach(dir: &Path, file: &Path) -> io::Result<Tool> {
@@ -461,6 +488,10 @@ fn main() {
         },
         None => skipped.push(("tmux", "tmux is not installed".into())),
     }
+    match direct(&file) {
+        Ok(t) => tools.push(t),
+        Err(e) => skipped.push(("direct", format!("the programs could not start: {e}"))),
+    }
 
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     let mut echoes: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
@@ -492,8 +523,13 @@ fn main() {
     let rate_of: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
     let echo_of: Vec<f64> = echoes.iter_mut().map(|e| median(e)).collect();
     for (i, t) in tools.iter().enumerate() {
+        let path = if t.name == "direct" {
+            "straight on the terminal, no relay"
+        } else {
+            "through an attached client"
+        };
         println!(
-            "info: engate-attach/terminal: {}: cat of 64 MiB through an attached client {:.1} MiB/s (median of {THROUGHPUT_ROUNDS}), keystroke to echo median {:.1} us ({ECHO_SAMPLES} samples)",
+            "info: engate-attach/terminal: {}: cat of 64 MiB {path} {:.1} MiB/s (median of {THROUGHPUT_ROUNDS}), keystroke to echo median {:.1} us ({ECHO_SAMPLES} samples)",
             t.name,
             rate_of[i] / (1 << 20) as f64,
             echo_of[i] / 1000.0,
@@ -517,6 +553,17 @@ fn main() {
             echo_of[0] / echo_of[d],
             "x",
             Target::AtMost(1.0),
+        );
+    }
+    if let (Some(d), Some(t)) = (find("direct"), find("tmux")) {
+        println!(
+            "info: engate-attach/terminal: the ceiling (the programs straight on a terminal, no relay): {:.2}x tmux's throughput; engate reaches {:.0}% of it, dtach {}",
+            rate_of[d] / rate_of[t],
+            100.0 * rate_of[0] / rate_of[d],
+            find("dtach").map_or("-".into(), |x| format!(
+                "{:.0}%",
+                100.0 * rate_of[x] / rate_of[d]
+            )),
         );
     }
     if let Some(t) = find("tmux") {
