@@ -259,6 +259,17 @@ pub struct SessionWriter {
 }
 
 impl SessionWriter {
+    /// Limits how long a send waits for the server to take it (`None`: forever); a send that
+    /// times out fails with a `WouldBlock` or `TimedOut` I/O error.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream
+            .set_write_timeout(timeout)
+            .map_err(|source| ClientError::Io {
+                op: "setting the write timeout",
+                source,
+            })
+    }
+
     /// Sends keystrokes to the program (as several frames if longer than
     /// [`MAX_INPUT`](super::wire::MAX_INPUT)).
     pub fn send_input(&mut self, bytes: &[u8]) -> Result<(), ClientError> {

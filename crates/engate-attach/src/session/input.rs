@@ -45,6 +45,8 @@ pub(super) struct InputConn {
     state: Mutex<InputState>,
     /// Not served yet: what came with the hello waits in `buf`.
     fresh: AtomicBool,
+    /// The client hung up while its keystrokes waited: they are still delivered.
+    hung_up: AtomicBool,
 }
 
 /// What a client sent that has not reached the program yet.
@@ -83,7 +85,19 @@ impl InputConn {
                 pending: Vec::new(),
             }),
             fresh: AtomicBool::new(true),
+            hung_up: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the client hung up while its keystrokes waited.
+    pub(super) fn hung_up(&self) -> bool {
+        self.hung_up.load(Ordering::Relaxed)
+    }
+
+    /// The client hung up while its keystrokes waited: the pump delivers them, then reads
+    /// what is left in the socket, instead of polling it.
+    pub(super) fn set_hung_up(&self) {
+        self.hung_up.store(true, Ordering::Relaxed);
     }
 
     /// Whether the client is new to the pump (true once).

@@ -15,11 +15,16 @@ use crate::sys;
 
 /// The most encoded output one non-blocking round gathers before it writes.
 const ROUND_BYTES: usize = 256 << 10;
+/// The room a client keeps between bursts for its encoded output.
+const KEEP_BYTES: usize = 16 << 10;
 
 /// A client's subscription and the output taken from it but not yet written.
 #[derive(Debug)]
 pub(super) struct Drive {
-    pub(super) live: Attach<Live>,
+    /// The subscription; `None` once the writer has left (so that it detaches at once, even
+    /// while the pump still holds the outlet: an authority must not hold the stream back
+    /// after its client is gone).
+    live: Option<Attach<Live>>,
     /// Encoded output; `buf[sent..]` is not written yet.
     buf: Vec<u8>,
     sent: usize,
@@ -28,26 +33,40 @@ pub(super) struct Drive {
 }
 
 impl Drive {
+    /// The subscription, until the writer has left.
+    pub(super) fn live(&mut self) -> Option<&mut Attach<Live>> {
+        self.live.as_mut()
+    }
+
     /// What the writer must write before anything else: output a non-blocking round could
-    /// not, then the event it left. Empties both.
-    pub(super) fn take_left(&mut self, out: &mut impl io::Write) -> io::Result<Option<Event>> {
-        if self.sent < self.buf.len() {
-            let unsent = &self.buf[self.sent..];
+    /// not (written into `out`; `true` if there was some), then the event it left. Empties
+    /// both.
+    pub(super) fn take_left(
+        &mut self,
+        out: &mut impl io::Write,
+    ) -> io::Result<(bool, Option<Event>)> {
+        let unsent = self.sent < self.buf.len();
+        if unsent {
+            let rest = &self.buf[self.sent..];
             self.sent = self.buf.len();
-            out.write_all(unsent)?;
+            out.write_all(rest)?;
         }
-        Ok(self.held.take())
+        Ok((unsent, self.held.take()))
     }
 
     /// Writes what is new without blocking; `false` if the writer must take over (the socket
     /// is full or failed, or an event needs more than a write).
     fn write_now(&mut self, stream: &UnixStream) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            // The writer has left: nothing more is sent.
+            return true;
+        };
         loop {
             self.buf.clear();
             self.sent = 0;
             let mut caught_up = false;
             while self.buf.len() < ROUND_BYTES {
-                match self.live.try_next() {
+                match live.try_next() {
                     Event::Empty => {
                         caught_up = true;
                         break;
@@ -74,6 +93,10 @@ impl Drive {
                 return false;
             }
             if caught_up {
+                if self.buf.capacity() > KEEP_BYTES {
+                    // A burst is over: its room is given back.
+                    self.buf = Vec::new();
+                }
                 return true;
             }
         }
@@ -97,7 +120,7 @@ impl Outlet {
         Self {
             handoff: Handoff::owned(),
             drive: Mutex::new(Drive {
-                live,
+                live: Some(live),
                 buf: Vec::new(),
                 sent: 0,
                 held: None,
@@ -161,5 +184,12 @@ impl Outlet {
     /// The writer thread keeps the client for good (it is leaving).
     pub(super) fn take(&self) {
         self.handoff.take();
+    }
+
+    /// The writer thread has left: the subscription ends now, whoever still holds the outlet.
+    pub(super) fn close(&self) {
+        self.take();
+        let live = self.drive.lock().live.take();
+        drop(live);
     }
 }

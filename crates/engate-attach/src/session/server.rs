@@ -31,10 +31,11 @@
 //! [`Refused`](super::wire::ServerMsg::Refused) message that says what was wrong, is logged with
 //! `tracing` (target `engate_attach::session::server`), and the connection is closed.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -51,7 +52,7 @@ use super::outlet::Outlet;
 use super::wire::{self, ClientMsg, ProgramExit, ServerMsg};
 use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
-use crate::hub::{Hub, Producer, channel};
+use crate::hub::{EmitError, Hub, Producer, channel};
 use crate::pty::{self, Pty, PtyError, PtySize};
 use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
 use crate::sys;
@@ -68,6 +69,8 @@ const SHORT_READ: usize = 512;
 /// The most reads of the program's output in a row before the pump looks at its clients'
 /// input again.
 const OUTPUT_BURST: usize = 16;
+/// How often the pump tries again to emit output an authority client holds back.
+const STALL_RETRY: Duration = Duration::from_millis(5);
 /// How long the acceptor rests when the process is out of descriptors, before trying again.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
@@ -384,7 +387,18 @@ impl SessionServer {
                 chunk: config.read_chunk,
             };
             let (unreaped, shared) = (Arc::clone(&unreaped), Arc::clone(&shared));
-            spawn("pump", move || io.run(child, &unreaped, &shared))?
+            spawn("pump", move || {
+                /// However the pump ends (by a panic too), once the hub is closed the clients
+                /// that keep up are offered its end: their writers wait for nothing else.
+                struct LastOffer(Arc<Shared>);
+                impl Drop for LastOffer {
+                    fn drop(&mut self) {
+                        self.0.offer_all();
+                    }
+                }
+                let _last = LastOffer(Arc::clone(&shared));
+                io.run(child, &unreaped, &shared)
+            })?
         };
         let clients = Arc::new(Mutex::new(Vec::new()));
         let acceptor = {
@@ -514,6 +528,26 @@ const WOKEN: usize = 1;
 const CLIENTS: usize = 2;
 
 impl Io {
+    /// Emits the output read and not yet emitted, in order, writing each chunk to the clients
+    /// that keep up; stops (leaving the rest queued) where an authority client holds the
+    /// stream back.
+    fn emit_stalled(&mut self, stalled: &mut VecDeque<Bytes>) {
+        while let Some(front) = stalled.front_mut() {
+            match self.producer.try_emit(front.clone()) {
+                Ok(_) => {
+                    stalled.pop_front();
+                    self.shared.offer_all();
+                }
+                // Only if the configured read is larger than the budget: split.
+                Err(EmitError::ChunkTooLarge { budget, .. }) => {
+                    let rest = front.split_off(budget);
+                    stalled.insert(1, rest);
+                }
+                Err(EmitError::WouldBlock { .. }) => return,
+            }
+        }
+    }
+
     /// Reads the program's output into the hub and writes it to the clients that keep up, and
     /// forwards the clients' input to the program, until the output ends; then reaps the
     /// program and closes the hub.
@@ -534,9 +568,9 @@ impl Io {
             tracing::debug!(%exit, "the session's program ended");
             *shared.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
         }
+        // Closes the hub; the clients that keep up are offered its end once the pump's
+        // thread has dropped `self` (see `LastOffer`).
         drop(self.producer);
-        // Clients that kept up learn of the end from here too.
-        shared.offer_all();
         let status = status?;
         result.map(|()| status)
     }
@@ -549,8 +583,15 @@ impl Io {
         let mut refused: Vec<(Instant, Arc<UnixStream>)> = Vec::new();
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut pending: Vec<bool> = Vec::new();
-        let entry = |fd: std::os::fd::BorrowedFd<'_>, events| libc::pollfd {
-            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        // Output read but not yet emitted: an authority client (Policy::Block) holds the
+        // stream back. The program's terminal is not read meanwhile, and the emit is tried
+        // again every STALL_RETRY, while the clients' input goes on being forwarded.
+        let mut stalled: VecDeque<Bytes> = VecDeque::new();
+        // The program's terminal hung up while output was stalled: not polled (it would
+        // report the hang-up at once, every time) until the output flows again.
+        let mut program_gone = false;
+        let entry = |fd: RawFd, events| libc::pollfd {
+            fd,
             events,
             revents: 0,
         };
@@ -558,19 +599,29 @@ impl Io {
             fds.clear();
             pending.clear();
             pending.extend(clients.iter().map(|c| c.has_pending()));
-            let program_events = if pending.contains(&true) {
-                libc::POLLIN | libc::POLLOUT
-            } else {
-                libc::POLLIN
-            };
-            fds.push(entry(self.reader.as_fd(), program_events));
-            fds.push(entry(self.woken.as_fd(), libc::POLLIN));
-            for (client, &waits) in clients.iter().zip(&pending) {
-                // A client whose keystrokes wait is not read; its hang-up is still reported.
-                let events = if waits { 0 } else { libc::POLLIN };
-                fds.push(entry(client.stream.as_fd(), events));
+            let mut program_events = if stalled.is_empty() { libc::POLLIN } else { 0 };
+            if pending.contains(&true) {
+                program_events |= libc::POLLOUT;
             }
-            let timeout = if refused.is_empty() {
+            // A negative descriptor is left out by poll.
+            let program_fd = if program_gone || program_events == 0 {
+                -1
+            } else {
+                self.reader.as_raw_fd()
+            };
+            fds.push(entry(program_fd, program_events));
+            fds.push(entry(self.woken.as_raw_fd(), libc::POLLIN));
+            for (client, &waits) in clients.iter().zip(&pending) {
+                // A client whose keystrokes wait is not read; its hang-up is still reported,
+                // unless it has hung up already (its keystrokes are still delivered).
+                let (fd, events) = match (waits, client.hung_up()) {
+                    (true, true) => (-1, 0),
+                    (true, false) => (client.stream.as_raw_fd(), 0),
+                    (false, _) => (client.stream.as_raw_fd(), libc::POLLIN),
+                };
+                fds.push(entry(fd, events));
+            }
+            let timeout = if refused.is_empty() && stalled.is_empty() {
                 None
             } else {
                 let now = Instant::now();
@@ -584,6 +635,7 @@ impl Io {
                 refused
                     .iter()
                     .map(|(deadline, _)| deadline.saturating_duration_since(now))
+                    .chain((!stalled.is_empty()).then_some(STALL_RETRY))
                     .min()
             };
             match sys::unix::poll(&mut fds, timeout) {
@@ -592,18 +644,26 @@ impl Io {
                 Err(e) => return Err(e),
             }
             let program = fds[PROGRAM].revents;
-            if program & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            if !stalled.is_empty() {
+                if program & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    program_gone = true;
+                }
+                self.emit_stalled(&mut stalled);
+                if stalled.is_empty() {
+                    program_gone = false;
+                }
+            } else if program & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 // Output in full flow is read again at once, up to a burst, before the loop
                 // looks at the clients' input again (a Ctrl-C during `cat` waits that long).
                 for _ in 0..OUTPUT_BURST {
                     match self.reader.read(&mut output) {
                         Ok(0) => return Ok(()),
                         Ok(n) => {
-                            // A read never exceeds the budget-sized chunk limit unless the
-                            // configuration is smaller than one read; split in that case.
-                            let data = Bytes::copy_from_slice(&output[..n]);
-                            emit_all(&mut self.producer, data).map_err(io::Error::other)?;
-                            self.shared.offer_all();
+                            stalled.push_back(Bytes::copy_from_slice(&output[..n]));
+                            self.emit_stalled(&mut stalled);
+                            if !stalled.is_empty() {
+                                break;
+                            }
                             if n < SHORT_READ {
                                 // Interactive output: the next read would find nothing.
                                 break;
@@ -636,6 +696,9 @@ impl Io {
                         client,
                         client.serve(&self.program, &self.hub, readable, &mut scratch),
                     );
+                } else if hung_up && *waits {
+                    // Its keystrokes are still delivered, then what is left in its socket.
+                    client.set_hung_up();
                 } else if hung_up {
                     end(client, Served::Done(None));
                 }
@@ -662,20 +725,6 @@ impl Io {
                     .change_inputs(|inputs| inputs.retain(|i| !done.contains(&i.id)));
             }
             clients.retain(|c| !c.end.gone.load(Ordering::SeqCst));
-        }
-    }
-}
-
-fn emit_all(producer: &mut Producer, mut data: Bytes) -> Result<(), crate::hub::EmitError> {
-    loop {
-        match producer.emit(data.clone()) {
-            Ok(_) => return Ok(()),
-            Err(crate::hub::EmitError::ChunkTooLarge { budget, .. }) => {
-                let rest = data.split_off(budget);
-                producer.emit(data)?;
-                data = rest;
-            }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -899,7 +948,7 @@ impl Client {
         self.shared
             .change_inputs(|inputs| inputs.push(Arc::clone(&input)));
         let result = self.write_output(&outlet, &mut out, &mut frame, &input.end);
-        outlet.take();
+        outlet.close();
         self.shared
             .outlets
             .lock()
@@ -954,10 +1003,17 @@ impl Client {
                 continue;
             }
             let mut drive = outlet.drive();
-            let event = match drive.take_left(out)? {
+            let (unsent, held) = drive.take_left(out)?;
+            // What the pump could not send is in `out` now: it must be flushed before the
+            // client is given back.
+            pending |= unsent;
+            let Some(live) = drive.live() else {
+                return Ok(());
+            };
+            let event = match held {
                 Some(event) => event,
-                None if pending => drive.live.try_next(),
-                None => drive.live.next_timeout(POLL_INTERVAL),
+                None if pending => live.try_next(),
+                None => live.next_timeout(POLL_INTERVAL),
             };
             frame.clear();
             match event {
@@ -977,7 +1033,7 @@ impl Client {
                 }
                 Event::Gap { from, to } => {
                     pending = true;
-                    let epoch = drive.live.position().epoch;
+                    let epoch = live.position().epoch;
                     wire::encode_server(&ServerMsg::Gap { epoch, from, to }, frame);
                     out.write_all(frame)?;
                 }

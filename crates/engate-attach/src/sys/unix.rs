@@ -68,9 +68,7 @@ fn wait<const N: usize>(
         events,
         revents: 0,
     });
-    let timeout = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
-    });
+    let timeout = poll_timeout(timeout);
     // SAFETY: `polled` is an initialized array of `N` pollfd structures that outlives the
     // call, and `N` is its length; every descriptor in it is borrowed for the call.
     let rc = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, timeout) };
@@ -115,15 +113,19 @@ pub(crate) fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> 
 /// The caller keeps every descriptor in `fds` open for the call (a closed one is reported
 /// `POLLNVAL`, never unsafe).
 pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let timeout = timeout.map_or(-1, |t| {
-        // Rounded up: a deadline a fraction of a millisecond away must not spin.
-        let ms = t.as_micros().div_ceil(1000);
-        libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-    });
+    let timeout = poll_timeout(timeout);
     let count = libc::nfds_t::try_from(fds.len())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `fds` is a valid, initialized slice of `count` pollfd structures that outlives
     // the call.
     let rc = unsafe { libc::poll(fds.as_mut_ptr(), count, timeout) };
     usize::try_from(rc).map_err(|_| io::Error::last_os_error())
+}
+
+/// `poll`'s timeout argument: -1 for none, else milliseconds rounded up (a deadline a fraction
+/// of a millisecond away waits that millisecond rather than not at all).
+fn poll_timeout(timeout: Option<Duration>) -> libc::c_int {
+    timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
+    })
 }

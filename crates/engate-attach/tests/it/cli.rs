@@ -577,3 +577,48 @@ fn tail_resumes_by_offset_and_exits_with_the_program() {
     );
     engate.wait_gone("tl");
 }
+
+/// The detach key works, within a bounded time, even when the session's program reads no
+/// input and a paste is still waiting in the server (which then does not read the client's
+/// socket, so the detach frame is not taken): the client leaves after showing what it could.
+#[test]
+fn detach_is_prompt_while_a_paste_waits_for_a_program_that_does_not_read() {
+    let engate = Engate::new("cli-deaf");
+    let Some(tmux) = Tmux::start(
+        "detach_is_prompt_while_a_paste_waits_for_a_program_that_does_not_read",
+        &engate,
+    ) else {
+        return;
+    };
+    let out = engate.run(&[
+        "new",
+        "deaf",
+        "--",
+        "sh",
+        "-c",
+        "stty raw -echo; echo deaf-ready; exec sleep 600",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    tmux.type_line(&attach_line("", "deaf"));
+    tmux.wait_screen("the program is ready", |s| s.contains("deaf-ready"));
+    // 100 KB of keys the program never reads: more than its terminal takes, less than the
+    // client's connection holds (so the client itself does not block sending them).
+    let paste = engate.runtime.path().join("paste");
+    std::fs::write(&paste, "x".repeat(100_000)).expect("paste file");
+    tmux.tmux(&["load-buffer", &paste.display().to_string()]);
+    tmux.tmux(&["paste-buffer", "-t", "t"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let pressed = Instant::now();
+    tmux.key("C-\\");
+    tmux.wait_screen("the client detaches", |s| {
+        s.contains("[engate: detached from deaf]") && s.contains("rc=0")
+    });
+    assert!(
+        pressed.elapsed() < Duration::from_secs(6),
+        "detaching took {:?}",
+        pressed.elapsed()
+    );
+    let out = engate.run(&["kill", "deaf"]);
+    assert!(out.status.success(), "{out:?}");
+    engate.wait_gone("deaf");
+}

@@ -389,8 +389,10 @@ fn a_second_authority_is_refused_and_a_second_server_is_not_started() {
 
 /// A client that stops reading while output pours out is handed from the pty reader (which
 /// writes to clients that keep up) to its own writer thread, which catches it up when it reads
-/// again: both clients get every byte exactly once, and the reading one is not held back by
-/// the other (it has the whole output before the other reads again).
+/// again: both clients get every byte exactly once, the reading one is not held back by the
+/// other (it has the whole burst before the other reads again), and the stalled one gets the
+/// whole burst while the program, quiet, still runs (nothing is left in a buffer until the
+/// stream's end flushes it).
 #[test]
 fn a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back() {
     if !have(
@@ -402,43 +404,63 @@ fn a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back()
     const LINES: u32 = 200_000;
     let dir = TempDir::new("engate-handoff");
     let socket = dir.path().join("s.sock");
-    // Nothing is printed before both clients are attached: the program waits for a line.
-    let server = SessionServer::start(
-        SessionConfig::new(&socket, "sh").args(["-c", &format!("read x; seq 1 {LINES}")]),
-    )
-    .expect("start the session server");
+    // Nothing is printed before both clients are attached (the program waits for a line),
+    // and after the burst the program waits again, quiet.
+    let script = format!("read x; seq 1 {LINES}; echo burst-done; read y");
+    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
+        .expect("start the session server");
     let connect = || {
         let client = SessionClient::connect(&socket, Policy::Resync, None).expect("attach");
         client
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
         client
     };
+    fn read_until(client: &mut SessionClient, t: &mut Transcript, who: &str) {
+        while !t.bytes().ends_with(b"burst-done\r\n") {
+            let msg = client
+                .next_message()
+                .unwrap_or_else(|e| panic!("{who}: no more output before the burst's end: {e}"));
+            assert!(
+                matches!(t.apply(&msg), Applied::Continue),
+                "{who}: ended early"
+            );
+        }
+    }
     let mut reading = connect();
     let mut stalled = connect();
     let mut stalled_transcript = Transcript::new();
     // The stalled client takes its (empty) snapshot, then reads nothing until the reading
-    // client has the whole output.
+    // client has the whole burst.
     let snapshot = stalled.next_message().expect("snapshot");
     assert!(matches!(
         stalled_transcript.apply(&snapshot),
         Applied::Continue
     ));
     let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut transcript = Transcript::new();
         reading.send_input(b"go\n").expect("input");
-        while let Applied::Continue = transcript.apply(&reading.next_message().expect("message")) {}
-        let _ = done.send(transcript);
+        read_until(&mut reading, &mut transcript, "the reading client");
+        let _ = done.send(());
+        (reading, transcript)
     });
-    let reading_transcript = finished
+    finished
         .recv_timeout(Duration::from_secs(20))
         .expect("the reading client was held back by the one that stopped reading");
-    while let Applied::Continue =
-        stalled_transcript.apply(&stalled.next_message().expect("message"))
-    {}
+    let (mut reading, mut reading_transcript) = reader.join().expect("reading client");
+    // The program still runs, printing nothing: the stalled client must get the whole burst.
+    read_until(&mut stalled, &mut stalled_transcript, "the stalled client");
+    reading.send_input(b"\n").expect("input");
+    for (client, transcript) in [
+        (&mut reading, &mut reading_transcript),
+        (&mut stalled, &mut stalled_transcript),
+    ] {
+        while let Applied::Continue = transcript.apply(&client.next_message().expect("message")) {}
+    }
     let mut expected = b"go\r\n".to_vec();
     expected.extend_from_slice(&seq_output(LINES));
+    expected.extend_from_slice(b"burst-done\r\n\r\n");
     for (who, transcript) in [
         ("the client that kept reading", &reading_transcript),
         ("the client that stalled", &stalled_transcript),
@@ -454,5 +476,63 @@ fn a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back()
         );
     }
     assert_eq!(server.hub().metrics().duplicates_delivered, 0);
+    server.shutdown();
+}
+
+/// Output the pump could not send (its client's socket full) goes out before anything
+/// emitted later, also when nothing follows it for a while: a client that stops reading while
+/// its socket fills with small, spaced-out lines (each one handed to its writer thread in turn)
+/// and then reads again gets every line once, in order.
+#[test]
+fn output_left_unsent_by_the_pump_goes_out_first_even_when_the_program_pauses() {
+    if !have(
+        "output_left_unsent_by_the_pump_goes_out_first_even_when_the_program_pauses",
+        &["seq"],
+    ) {
+        return;
+    }
+    const BULK: u32 = 23_000;
+    const TICKS: u32 = 240;
+    let dir = TempDir::new("engate-unsent");
+    let socket = dir.path().join("s.sock");
+    // About 120 KB at once (most of what a Unix socket holds), then short lines with pauses
+    // longer than the writer's wait for more output: the socket fills up on a line.
+    let script = format!(
+        "read x; seq 1 {BULK}; i=0; while [ $i -lt {TICKS} ]; do echo tick-$i; sleep 0.025; \
+         i=$((i+1)); done; echo ticks-done; read y"
+    );
+    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
+        .expect("start the session server");
+    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("attach");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut transcript = Transcript::new();
+    let snapshot = client.next_message().expect("snapshot");
+    assert!(matches!(transcript.apply(&snapshot), Applied::Continue));
+    client.send_input(b"go\n").expect("input");
+    // Not reading while the bulk and the first few seconds of lines come.
+    std::thread::sleep(Duration::from_secs(4));
+    while !transcript.bytes().ends_with(b"ticks-done\r\n") {
+        let msg = client
+            .next_message()
+            .expect("the lines, whole, until the last one");
+        assert!(matches!(transcript.apply(&msg), Applied::Continue));
+    }
+    client.send_input(b"\n").expect("input");
+    while let Applied::Continue = transcript.apply(&client.next_message().expect("message")) {}
+    let mut expected = b"go\r\n".to_vec();
+    expected.extend_from_slice(&seq_output(BULK));
+    for i in 0..TICKS {
+        expected.extend_from_slice(format!("tick-{i}\r\n").as_bytes());
+    }
+    expected.extend_from_slice(b"ticks-done\r\n\r\n");
+    assert!(
+        transcript.gaps().is_empty(),
+        "gaps in the stream: {:?}",
+        transcript.gaps()
+    );
+    assert_eq!(transcript.bytes().len(), expected.len());
+    assert!(transcript.bytes() == expected.as_slice(), "different bytes");
     server.shutdown();
 }

@@ -685,3 +685,156 @@ fn a_keystroke_reaches_a_program_whose_output_never_stops() {
     );
     server.shutdown();
 }
+
+/// Ends the test process if the test is still running after `limit`: a server wedged by the
+/// defect a test looks for would otherwise hang the test while it unwinds (dropping the server
+/// shuts it down, which waits for the wedged thread).
+struct Watchdog {
+    _done: mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn new(test: &'static str, limit: Duration) -> Self {
+        let (done, finished) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+                eprintln!("{test}: still running after {limit:?}: the server is wedged");
+                std::process::exit(101);
+            }
+        });
+        Self { _done: done }
+    }
+}
+
+/// Whether process `pid` has ended (a zombie not reaped yet, or gone), from `/proc`.
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// An authority client (Policy::Block) that stops reading holds the program's output back, as
+/// it asked. Meanwhile another client's keystroke still reaches the program (Ctrl-C ends it
+/// while its output is held back), and once the authority leaves, the output flows again and
+/// the stream ends with the program's status: nothing is wedged, and shutdown is prompt.
+#[test]
+fn an_authority_that_stops_reading_then_leaves_wedges_nothing() {
+    use engate_attach::session::ProgramExit;
+    if !cfg!(target_os = "linux") {
+        skip(
+            "an_authority_that_stops_reading_then_leaves_wedges_nothing",
+            "reads process states from /proc (Linux)",
+        );
+        return;
+    }
+    if !have(
+        "an_authority_that_stops_reading_then_leaves_wedges_nothing",
+        &["seq"],
+    ) {
+        return;
+    }
+    let _watchdog = Watchdog::new(
+        "an_authority_that_stops_reading_then_leaves_wedges_nothing",
+        Duration::from_secs(60),
+    );
+    let dir = TempDir::new("authority-leaves");
+    let socket = dir.path().join("seq.sock");
+    let server = SessionServer::start(
+        SessionConfig::new(&socket, "seq")
+            .args(["1", "1000000000"])
+            .hub(HubConfig::new().budget_bytes(256 << 10)),
+    )
+    .expect("start");
+    let authority = UnixStream::connect(&socket).expect("connect");
+    (&authority)
+        .write_all(&hello(Policy::Block))
+        .expect("hello");
+    // Held back: the output stops growing (the program blocks on its full terminal).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = server.hub().metrics().emitted_bytes;
+        std::thread::sleep(Duration::from_millis(300));
+        if before > 0 && server.hub().metrics().emitted_bytes == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the authority never held the program back"
+        );
+    }
+    let mut other = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
+    other.send_input(b"\x03").expect("Ctrl-C");
+    let pid = server.program_pid();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ended(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the keystroke did not reach the program while the authority held its output back"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(authority);
+    let seen = read_to_close(&mut other, Duration::from_secs(10));
+    assert!(
+        matches!(seen.last(), Some(ServerMsg::Closed(_))),
+        "the stream did not end once the authority left"
+    );
+    assert_eq!(other.exit_status(), Some(ProgramExit::Signal(libc::SIGINT)));
+    let took = timed_shutdown(server, || {});
+    assert!(took.is_some(), "shutdown hung");
+}
+
+/// Keystrokes a client sent before hanging up reach the program even if its terminal could not
+/// take them yet: a paste followed by closing the connection is not cut short.
+#[test]
+fn keystrokes_sent_before_a_hang_up_still_reach_the_program() {
+    use engate_attach::session::{Applied, Transcript};
+    if !have(
+        "keystrokes_sent_before_a_hang_up_still_reach_the_program",
+        &["head", "stty", "sleep"],
+    ) {
+        return;
+    }
+    const PASTE: usize = 100_000;
+    let dir = TempDir::new("paste-hang-up");
+    let socket = dir.path().join("sh.sock");
+    let out = dir.path().join("pasted");
+    // The program reads nothing for a second: the paste waits in the server meanwhile.
+    let script = format!(
+        "stty raw -echo; echo ready; sleep 1; head -c {PASTE} > '{}'",
+        out.display()
+    );
+    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
+        .expect("start");
+    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut transcript = Transcript::new();
+    while !transcript.bytes().windows(5).any(|w| w == b"ready") {
+        let msg = client.next_message().expect("the program's first line");
+        assert!(matches!(transcript.apply(&msg), Applied::Continue));
+    }
+    let paste: Vec<u8> = (0..PASTE).map(|i| b'a' + (i % 26) as u8).collect();
+    client.send_input(&paste).expect("paste");
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = std::fs::read(&out).unwrap_or_default();
+        if got.len() == PASTE {
+            assert!(got == paste, "the program got other bytes than the paste");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the program got {} of the {PASTE} bytes pasted before the client hung up",
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown();
+}

@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,16 +158,24 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     let raw = RawMode::enter()
         .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
     let writer = Mutex::new(Some(writer));
-    let send_size = |writer: &Mutex<Option<SessionWriter>>| {
-        if raw.is_some()
-            && !options.read_only
-            && let Some(size) = term::size()
-            && let Some(writer) = writer.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
-        {
-            let _ = writer.send_resize(size);
+    let sends_size = raw.is_some() && !options.read_only;
+    let resize = Arc::new(AtomicBool::new(false));
+    // Never waits for the terminal thread (which may be stuck sending keys to a program that
+    // does not read them): if it is sending, it sends the size once done.
+    let resize_session = |writer: &Mutex<Option<SessionWriter>>| {
+        if !sends_size {
+            return;
+        }
+        match writer.try_lock() {
+            Ok(mut writer) => {
+                if let Some(writer) = writer.as_mut() {
+                    send_size(writer);
+                }
+            }
+            Err(_) => resize.store(true, Ordering::Relaxed),
         }
     };
-    send_size(&writer);
+    resize_session(&writer);
 
     let writer = Arc::new(writer);
     let position = Arc::new(Mutex::new(resume));
@@ -177,6 +186,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
         let keys = Keys {
             detach: options.detach_key,
             read_only: options.read_only,
+            resize: Arc::clone(&resize),
         };
         std::thread::Builder::new()
             .name("engate-io".into())
@@ -195,12 +205,13 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
     };
 
-    let leave = match wait_signals(raw.as_ref(), &writer, &events, &send_size) {
+    let leave = match wait_signals(raw.as_ref(), &writer, &events, &resize_session) {
         Some(signal) => {
             // Polite, unless the terminal thread is stuck sending keys: the server ends the
             // stream, and the terminal thread sees it close.
             let taken = writer.try_lock().ok().and_then(|mut w| w.take());
             if let Some(writer) = taken {
+                let _ = writer.set_write_timeout(Some(DRAIN_LIMIT));
                 writer.detach();
                 let deadline = Instant::now() + DRAIN_LIMIT;
                 wait_event(&events, deadline, |b| b == IO_ENDED);
@@ -259,12 +270,14 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
 }
 
 /// What the terminal thread needs to know of the keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Keys {
     /// The byte that detaches.
     detach: u8,
     /// Keys are not sent (the detach key still works).
     read_only: bool,
+    /// The window changed while the terminal thread was sending: it sends the new size.
+    resize: Arc<AtomicBool>,
 }
 
 /// The terminal thread: keystrokes to the session and the session's output to the terminal,
@@ -293,11 +306,27 @@ fn relay(
         follower: resume.map_or_else(Follower::new, Follower::resume_at),
         batch: Vec::with_capacity(BATCH),
     };
-    let mut detached = false;
+    // Once detached: until when the output the server sent before is still shown.
+    let mut detached: Option<Instant> = None;
     let mut buf = [0u8; 4096];
     loop {
-        let keys_fd = stdin.as_ref().filter(|_| !detached).map(File::as_fd);
-        let ready = sys::wait_readable([keys_fd, Some(reader.as_fd())], None);
+        if keys.resize.swap(false, Ordering::Relaxed)
+            && let Some(writer) = writer.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+        {
+            send_size(writer);
+        }
+        let left = match detached {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => Some(left),
+                None => return Leave::Detached,
+            },
+            None => None,
+        };
+        let keys_fd = stdin
+            .as_ref()
+            .filter(|_| detached.is_none())
+            .map(File::as_fd);
+        let ready = sys::wait_readable([keys_fd, Some(reader.as_fd())], left);
         let [key_ready, output_ready] = match ready {
             Ok(r) => r,
             Err(e) => return Leave::Output(OutputEnd::Lost(format!("poll failed: {e}"))),
@@ -326,16 +355,18 @@ fn relay(
             }
             if detach && let Some(writer) = writer.take() {
                 // Polite: the server ends the stream; what it sent before is still shown,
-                // for at most DRAIN_LIMIT.
+                // for at most DRAIN_LIMIT (also if the server does not take the detach).
+                let _ = writer.set_write_timeout(Some(DRAIN_LIMIT));
                 writer.detach();
-                detached = true;
+                let deadline = Instant::now() + DRAIN_LIMIT;
+                detached = Some(deadline);
                 let _ = reader.set_read_timeout(Some(DRAIN_LIMIT));
             }
         }
         if output_ready {
             match output.relay(&mut reader, &mut terminal, position) {
                 None => {}
-                Some(_) if detached => return Leave::Detached,
+                Some(_) if detached.is_some() => return Leave::Detached,
                 Some(end) => return Leave::Output(end),
             }
         }
@@ -368,35 +399,49 @@ impl Output {
             }
             Err(e) => return Some(OutputEnd::Lost(platform_primitives::error::chain(&e))),
         };
-        self.batch.clear();
-        let applied = loop {
-            let applied = match self.follower.apply(&msg, &mut self.batch) {
-                Ok(applied) => applied,
-                Err(e) => return Some(OutputEnd::Terminal(e)),
+        // Every message already received is shown before the loop waits again (poll does not
+        // see what is buffered), a batch of at most BATCH bytes at a time.
+        loop {
+            self.batch.clear();
+            let (applied, next) = loop {
+                let applied = match self.follower.apply(&msg, &mut self.batch) {
+                    Ok(applied) => applied,
+                    Err(e) => return Some(OutputEnd::Terminal(e)),
+                };
+                if !matches!(applied, Applied::Continue) {
+                    break (applied, None);
+                }
+                match reader.next_buffered() {
+                    Ok(Some(next)) if self.batch.len() >= BATCH => break (applied, Some(next)),
+                    Ok(Some(next)) => msg = next,
+                    // A decoding error comes back from `next_message` on the next turn.
+                    Ok(None) | Err(_) => break (applied, None),
+                }
             };
-            if !matches!(applied, Applied::Continue) || self.batch.len() >= BATCH {
-                break applied;
+            if let Err(e) = terminal.write_all(&self.batch) {
+                return Some(OutputEnd::Terminal(e));
             }
-            match reader.next_buffered() {
-                Ok(Some(next)) => msg = next,
-                // A decoding error comes back from `next_message` on the next turn.
-                Ok(None) | Err(_) => break applied,
+            // Recorded only once written: a later attach resumes after what the terminal
+            // shows.
+            if let Some(p) = self.follower.position() {
+                *position.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
             }
-        };
-        if let Err(e) = terminal.write_all(&self.batch) {
-            return Some(OutputEnd::Terminal(e));
-        }
-        // Recorded only once written: a later attach resumes after what the terminal shows.
-        if let Some(p) = self.follower.position() {
-            *position.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-        }
-        match applied {
-            Applied::Continue => None,
-            Applied::Closed(_) => Some(OutputEnd::Finished(self.follower.exit_status())),
-            Applied::Refused => Some(OutputEnd::Refused(match msg {
-                engate_attach::session::wire::ServerMsg::Refused(why) => why,
-                other => format!("{other:?}"),
-            })),
+            match applied {
+                Applied::Continue => {}
+                Applied::Closed(_) => {
+                    return Some(OutputEnd::Finished(self.follower.exit_status()));
+                }
+                Applied::Refused => {
+                    return Some(OutputEnd::Refused(match msg {
+                        engate_attach::session::wire::ServerMsg::Refused(why) => why,
+                        other => format!("{other:?}"),
+                    }));
+                }
+            }
+            match next {
+                Some(next) => msg = next,
+                None => return None,
+            }
         }
     }
 }
@@ -407,7 +452,7 @@ fn wait_signals(
     raw: Option<&RawMode>,
     writer: &Mutex<Option<SessionWriter>>,
     events: &io::PipeReader,
-    send_size: &dyn Fn(&Mutex<Option<SessionWriter>>),
+    resize: &dyn Fn(&Mutex<Option<SessionWriter>>),
 ) -> Option<libc::c_int> {
     loop {
         match sys::wait_readable([Some(events.as_fd())], None) {
@@ -425,16 +470,23 @@ fn wait_signals(
                 return None;
             }
             match b as libc::c_int {
-                libc::SIGWINCH => send_size(writer),
+                libc::SIGWINCH => resize(writer),
                 libc::SIGCONT => {
                     if let Some(raw) = raw {
                         raw.reapply();
                     }
-                    send_size(writer);
+                    resize(writer);
                 }
                 signal => return Some(signal),
             }
         }
+    }
+}
+
+/// Sends the terminal's size, if it has one.
+fn send_size(writer: &mut SessionWriter) {
+    if let Some(size) = term::size() {
+        let _ = writer.send_resize(size);
     }
 }
 
