@@ -529,6 +529,49 @@ fn negative_control_handoff_without_fences() {
     handoff_sends_everything(Some(HandoffFault::NoFence));
 }
 
+/// The pump's first write finds the socket full and hands the client to the writer, which
+/// waits for it (spinning here; a condition variable in the server), catches up and lets go
+/// again: whatever the schedule, everything is sent, by one thread at a time.
+#[test]
+fn handoff_hand_over_and_back_leaves_no_output_behind() {
+    model(|| {
+        let m = loom::sync::Arc::new(HandoffModel::new(None));
+        let pumped = loom::sync::Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let pump = {
+            let (m, pumped) = (loom::sync::Arc::clone(&m), loom::sync::Arc::clone(&pumped));
+            thread::spawn(move || {
+                *m.emitted.lock().expect("emitted") += 1;
+                if m.handoff.offer() {
+                    // The socket is full: the writer takes over.
+                    m.handoff.hand_over();
+                }
+                m.emit();
+                pumped.store(true, loom::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        m.catch_up();
+        // Waits for a hand-over until the pump is done (then nothing more can come).
+        loop {
+            if m.handoff.is_owned() {
+                m.catch_up();
+            } else if pumped.load(loom::sync::atomic::Ordering::SeqCst) {
+                break;
+            } else {
+                thread::yield_now();
+            }
+        }
+        pump.join().expect("pump");
+        if m.handoff.is_owned() {
+            m.catch_up();
+        }
+        let (emitted, sent) = (
+            *m.emitted.lock().expect("emitted"),
+            *m.sent.lock().expect("sent"),
+        );
+        assert_eq!(sent, emitted, "output left behind with nobody to write it");
+    });
+}
+
 /// The writer lets the client go, then leaves (takes it back for good) while the pump emits:
 /// once it has taken the client, the pump never writes to it again.
 #[test]
