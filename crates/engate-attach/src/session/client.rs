@@ -2,7 +2,7 @@
 //! one thread, or from a writing half while a reading half reads on another), learn how the
 //! program ended, and rebuild the program's output exactly once.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -196,9 +196,28 @@ impl SessionReader {
                 // A frame larger than the room: more room, up to the largest frame.
                 self.buf.resize(self.buf.len() + READ_SIZE, 0);
             }
-            // Waits in poll, not in the read: a read blocked on the socket is also woken each
-            // time the server takes this client's input (the socket's space frees up), a
-            // context switch for nothing on every keystroke; poll wakes for input only.
+            // What has arrived is taken without waiting; only if nothing has, the reader waits,
+            // in poll rather than in a blocking read: a read blocked on the socket is also
+            // woken each time the server takes this client's input (the socket's space frees
+            // up), a context switch for nothing on every keystroke; poll wakes for input only.
+            match crate::sys::unix::recv_now(self.stream.as_fd(), &mut self.buf[self.end..]) {
+                Ok(0) => return Err(ClientError::Disconnected),
+                Ok(n) => {
+                    self.end += n;
+                    continue;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(source) => {
+                    return Err(ClientError::Io {
+                        op: "reading a message",
+                        source,
+                    });
+                }
+            }
             let timeout = match self.read_timeout.load(Ordering::Relaxed) {
                 u64::MAX => None,
                 nanos => Some(Duration::from_nanos(nanos)),
@@ -209,17 +228,6 @@ impl SessionReader {
                     op: "reading a message",
                     source: io::ErrorKind::WouldBlock.into(),
                 });
-            }
-            match (&*self.stream).read(&mut self.buf[self.end..]) {
-                Ok(0) => return Err(ClientError::Disconnected),
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(ClientError::Io {
-                        op: "reading a message",
-                        source,
-                    });
-                }
             }
         }
     }
