@@ -468,6 +468,15 @@ impl HandoffModel {
         }
     }
 
+    /// Checks the client was sent everything emitted.
+    fn assert_all_sent(&self) {
+        let (emitted, sent) = (
+            *self.emitted.lock().expect("emitted"),
+            *self.sent.lock().expect("sent"),
+        );
+        assert_eq!(sent, emitted, "output left behind with nobody to write it");
+    }
+
     /// The writer thread, owning the client: catches up, then leaves it to the pump.
     fn catch_up(&self) {
         loop {
@@ -480,25 +489,24 @@ impl HandoffModel {
     }
 }
 
+/// A pump thread that emits twice.
+fn pump_twice(m: &loom::sync::Arc<HandoffModel>) -> thread::JoinHandle<()> {
+    let m = loom::sync::Arc::clone(m);
+    thread::spawn(move || {
+        m.emit();
+        m.emit();
+    })
+}
+
 /// The pump emits twice while the writer catches up and lets go: whatever the schedule, the
 /// client is sent everything, by one thread at a time.
 fn handoff_sends_everything(fault: Option<HandoffFault>) {
     model(move || {
         let m = loom::sync::Arc::new(HandoffModel::new(fault));
-        let pump = {
-            let m = loom::sync::Arc::clone(&m);
-            thread::spawn(move || {
-                m.emit();
-                m.emit();
-            })
-        };
+        let pump = pump_twice(&m);
         m.catch_up();
         pump.join().expect("pump");
-        let (emitted, sent) = (
-            *m.emitted.lock().expect("emitted"),
-            *m.sent.lock().expect("sent"),
-        );
-        assert_eq!(sent, emitted, "output left behind with nobody to write it");
+        m.assert_all_sent();
     });
 }
 
@@ -564,11 +572,7 @@ fn handoff_hand_over_and_back_leaves_no_output_behind() {
         if m.handoff.is_owned() {
             m.catch_up();
         }
-        let (emitted, sent) = (
-            *m.emitted.lock().expect("emitted"),
-            *m.sent.lock().expect("sent"),
-        );
-        assert_eq!(sent, emitted, "output left behind with nobody to write it");
+        m.assert_all_sent();
     });
 }
 
@@ -578,13 +582,7 @@ fn handoff_hand_over_and_back_leaves_no_output_behind() {
 fn handoff_take_excludes_the_pump() {
     model(|| {
         let m = loom::sync::Arc::new(HandoffModel::new(None));
-        let pump = {
-            let m = loom::sync::Arc::clone(&m);
-            thread::spawn(move || {
-                m.emit();
-                m.emit();
-            })
-        };
+        let pump = pump_twice(&m);
         m.catch_up();
         m.handoff.take();
         m.write();
