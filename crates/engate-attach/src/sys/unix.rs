@@ -68,13 +68,8 @@ fn wait<const N: usize>(
         events,
         revents: 0,
     });
-    let timeout = poll_timeout(timeout);
-    // SAFETY: `polled` is an initialized array of `N` pollfd structures that outlives the
-    // call, and `N` is its length; every descriptor in it is borrowed for the call.
-    let rc = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, timeout) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Every descriptor in `polled` is borrowed for the call.
+    poll(&mut polled, timeout)?;
     Ok(polled.map(|p| p.revents != 0))
 }
 

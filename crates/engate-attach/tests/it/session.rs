@@ -12,7 +12,7 @@ use engate_attach::session::{
 use engate_attach::{HubConfig, Policy, SnapshotKind};
 use platform_primitives::uds::BindError;
 
-use crate::support::{TempDir, have};
+use crate::support::{TempDir, attached, have, sh_session};
 
 /// A small xorshift generator: random moments without a dependency; the seed is printed.
 struct Rng(u64);
@@ -407,15 +407,8 @@ fn a_client_that_stops_reading_is_caught_up_while_the_others_are_not_held_back()
     // Nothing is printed before both clients are attached (the program waits for a line),
     // and after the burst the program waits again, quiet.
     let script = format!("read x; seq 1 {LINES}; echo burst-done; read y");
-    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
-        .expect("start the session server");
-    let connect = || {
-        let client = SessionClient::connect(&socket, Policy::Resync, None).expect("attach");
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        client
-    };
+    let server = sh_session(&socket, &script);
+    let connect = || attached(&socket);
     fn read_until(client: &mut SessionClient, t: &mut Transcript, who: &str) {
         while !t.bytes().ends_with(b"burst-done\r\n") {
             let msg = client
@@ -501,12 +494,8 @@ fn output_left_unsent_by_the_pump_goes_out_first_even_when_the_program_pauses() 
         "read x; seq 1 {BULK}; i=0; while [ $i -lt {TICKS} ]; do echo tick-$i; sleep 0.025; \
          i=$((i+1)); done; echo ticks-done; read y"
     );
-    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
-        .expect("start the session server");
-    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("attach");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let server = sh_session(&socket, &script);
+    let mut client = attached(&socket);
     let mut transcript = Transcript::new();
     let snapshot = client.next_message().expect("snapshot");
     assert!(matches!(transcript.apply(&snapshot), Applied::Continue));

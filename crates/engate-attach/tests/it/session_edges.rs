@@ -15,7 +15,7 @@ use engate_attach::session::{SessionClient, SessionConfig, SessionServer};
 use engate_attach::{HubConfig, Policy};
 use platform_primitives::process;
 
-use crate::support::{TempDir, have, skip};
+use crate::support::{TempDir, attached, have, sh_session, skip};
 
 /// How long a shutdown may take, whatever the clients do.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
@@ -808,12 +808,8 @@ fn keystrokes_sent_before_a_hang_up_still_reach_the_program() {
         "stty raw -echo; echo ready; sleep 1; head -c {PASTE} > '{}'",
         out.display()
     );
-    let server = SessionServer::start(SessionConfig::new(&socket, "sh").args(["-c", &script]))
-        .expect("start");
-    let mut client = SessionClient::connect(&socket, Policy::Resync, None).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let server = sh_session(&socket, &script);
+    let mut client = attached(&socket);
     let mut transcript = Transcript::new();
     while !transcript.bytes().windows(5).any(|w| w == b"ready") {
         let msg = client.next_message().expect("the program's first line");

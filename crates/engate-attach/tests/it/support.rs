@@ -84,3 +84,24 @@ pub(crate) fn numbered_chunk(i: usize) -> Vec<u8> {
 }
 
 pub(crate) use workspace_tests::support::{TempDir, have, skip};
+
+/// A session server running `sh -c script` on `socket`.
+pub(crate) fn sh_session(
+    socket: &std::path::Path,
+    script: &str,
+) -> engate_attach::session::SessionServer {
+    use engate_attach::session::{SessionConfig, SessionServer};
+    SessionServer::start(SessionConfig::new(socket, "sh").args(["-c", script]))
+        .expect("start the session server")
+}
+
+/// A client attached to `socket` from the start (policy Resync) whose reads wait at most 10 s.
+pub(crate) fn attached(socket: &std::path::Path) -> engate_attach::session::SessionClient {
+    let client =
+        engate_attach::session::SessionClient::connect(socket, engate_attach::Policy::Resync, None)
+            .expect("attach");
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    client
+}
