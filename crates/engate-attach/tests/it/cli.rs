@@ -622,3 +622,41 @@ fn detach_is_prompt_while_a_paste_waits_for_a_program_that_does_not_read() {
     assert!(out.status.success(), "{out:?}");
     engate.wait_gone("deaf");
 }
+
+/// The session's server dies (SIGKILL) under an attached client: the client leaves at once,
+/// says it lost the session and fails, and the terminal's modes are put back.
+#[test]
+fn an_attached_client_survives_its_server_being_killed() {
+    let engate = Engate::new("cli-server-killed");
+    let Some(tmux) = Tmux::start(
+        "an_attached_client_survives_its_server_being_killed",
+        &engate,
+    ) else {
+        return;
+    };
+    let before = engate.runtime.path().join("tty-before");
+    tmux.type_line(&format!("stty -g > {}", before.display()));
+    tmux.type_line(&attach_line("-A", "doomed"));
+    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    let list = engate.list();
+    let server: u32 = list
+        .lines()
+        .find(|l| l.starts_with("doomed "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no server pid for doomed in:\n{list}"));
+    let status = Command::new("kill")
+        .args(["-KILL", &server.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let s = tmux.wait_screen("the client leaves with an error", |s| s.contains("rc=1"));
+    assert!(s.contains("lost session doomed"), "{s}");
+    tmux.type_line(&format!(
+        "stty -g | cmp - {} && echo SAME-TTY",
+        before.display()
+    ));
+    tmux.wait_screen("the terminal modes are restored", |s| {
+        count_lines(s, "SAME-TTY") == 1
+    });
+}
