@@ -166,14 +166,16 @@ impl AsFd for SessionReader {
 }
 
 impl SessionReader {
-    /// Limits how long [`next_message`](Self::next_message) waits (`None`: forever).
+    /// Limits how long [`next_message`](Self::next_message) waits (`None`: forever); a zero
+    /// duration is refused, as for a socket.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        self.stream
-            .set_read_timeout(timeout)
-            .map_err(|source| ClientError::Io {
+        // The reader never blocks in a read (it waits in poll), so the limit is its own.
+        if timeout == Some(Duration::ZERO) {
+            return Err(ClientError::Io {
                 op: "setting the read timeout",
-                source,
-            })?;
+                source: io::Error::new(io::ErrorKind::InvalidInput, "a zero read timeout"),
+            });
+        }
         let nanos = timeout.map_or(u64::MAX, |t| {
             u64::try_from(t.as_nanos()).unwrap_or(u64::MAX - 1)
         });
