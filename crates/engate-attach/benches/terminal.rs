@@ -536,10 +536,15 @@ fn main() {
         } else {
             "through an attached client"
         };
+        let each: Vec<String> = rates[i]
+            .iter()
+            .map(|r| format!("{:.1}", r / (1 << 20) as f64))
+            .collect();
         println!(
-            "info: engate-attach/terminal: {}: cat of 64 MiB {path} {:.1} MiB/s (median of {THROUGHPUT_ROUNDS}), keystroke to echo median {:.1} us ({ECHO_SAMPLES} samples)",
+            "info: engate-attach/terminal: {}: cat of 64 MiB {path} {:.1} MiB/s (median of {THROUGHPUT_ROUNDS}: {}), keystroke to echo median {:.1} us ({ECHO_SAMPLES} samples)",
             t.name,
             rate_of[i] / (1 << 20) as f64,
+            each.join(" "),
             echo_of[i] / 1000.0,
         );
     }

@@ -3,7 +3,7 @@
 //! program ended, and rebuild the program's output exactly once.
 
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,19 +69,65 @@ impl SessionClient {
         policy: Policy,
         resume: Option<Position>,
     ) -> Result<Self, ClientError> {
-        let path = path.as_ref();
+        Self::open(path.as_ref(), policy, resume, None)
+    }
+
+    /// Connects like [`connect`](Self::connect) and hands `terminal` (the client's terminal,
+    /// in raw mode) to the server, which writes the program's output to it itself, with no
+    /// byte passing through the client (terminal mode, see [`wire`](super::wire)). The
+    /// messages that come are [`ServerMsg::Shown`] once the attach is on the terminal, then
+    /// [`ServerMsg::Shown`] (where to resume), [`ServerMsg::Exited`] and [`ServerMsg::Closed`]
+    /// when the stream ends for this client; a [`Follower`] records the position from them. A
+    /// server that cannot write to `terminal` (or predates terminal mode) answers with
+    /// [`ServerMsg::Refused`] before anything else: connect again with
+    /// [`connect`](Self::connect).
+    ///
+    /// The server opens the terminal anew (its own file description, non-blocking), so the
+    /// client's descriptor keeps its modes; the server stops writing before it sends the last
+    /// [`ServerMsg::Shown`].
+    pub fn connect_terminal(
+        path: impl AsRef<Path>,
+        policy: Policy,
+        resume: Option<Position>,
+        terminal: BorrowedFd<'_>,
+    ) -> Result<Self, ClientError> {
+        Self::open(path.as_ref(), policy, resume, Some(terminal))
+    }
+
+    fn open(
+        path: &Path,
+        policy: Policy,
+        resume: Option<Position>,
+        terminal: Option<BorrowedFd<'_>>,
+    ) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
         })?;
         let mut hello = Vec::with_capacity(32);
-        wire::encode_client(&ClientMsg::Hello { policy, resume }, &mut hello);
-        (&stream)
-            .write_all(&hello)
-            .map_err(|source| ClientError::Io {
-                op: "sending the hello",
-                source,
-            })?;
+        let msg = ClientMsg::Hello {
+            policy,
+            resume,
+            terminal: terminal.is_some(),
+        };
+        wire::encode_client(&msg, &mut hello);
+        let sent = match terminal {
+            // One message: the descriptor travels with the hello's bytes (a hello is far
+            // smaller than any socket buffer, so it goes whole).
+            Some(fd) => platform_primitives::fdpass::send_with_fds(&stream, &hello, &[fd])
+                .and_then(|n| match n == hello.len() {
+                    true => Ok(()),
+                    false => Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the hello was cut short",
+                    )),
+                }),
+            None => (&stream).write_all(&hello),
+        };
+        sent.map_err(|source| ClientError::Io {
+            op: "sending the hello",
+            source,
+        })?;
         let stream = Arc::new(stream);
         Ok(Self {
             reader: SessionReader {
@@ -426,6 +472,13 @@ impl Transcript {
                 self.exit = Some(*exit);
                 Applied::Continue
             }
+            ServerMsg::Shown(p) => {
+                // Terminal mode: what comes before `p` went to the client's terminal.
+                self.base = p.next;
+                self.bytes.clear();
+                self.dedup.resume_at(*p);
+                Applied::Continue
+            }
             ServerMsg::Closed(reason) => Applied::Closed(*reason),
             ServerMsg::Refused(_) => Applied::Refused,
         }
@@ -514,6 +567,12 @@ impl Follower {
     /// Applies one server message and writes what it adds to `out`.
     pub fn apply(&mut self, msg: &ServerMsg, out: &mut impl Write) -> io::Result<Applied> {
         let applied = self.transcript.apply(msg);
+        if let ServerMsg::Shown(p) = msg {
+            // Terminal mode: the server wrote the stream up to `p` to the terminal itself.
+            self.written = p.next;
+            self.epoch = Some(p.epoch);
+            return Ok(applied);
+        }
         if let ServerMsg::Snapshot(s) = msg
             && s.kind() == SnapshotKind::State
         {

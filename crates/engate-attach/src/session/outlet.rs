@@ -1,89 +1,296 @@
 //! One client's output, written by the pump while the client keeps up and by the client's
 //! writer thread otherwise (see [`super::handoff`]).
 
-use std::io;
-use std::os::fd::AsFd;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::client::Follower;
 use super::handoff::Handoff;
-use super::wire;
+use super::wire::{self, ServerMsg};
 use crate::attach::{Attach, Event, Live};
+use crate::snapshot::Position;
 use crate::sys;
 
-/// The most encoded output one non-blocking round gathers before it writes.
+/// The most output one round gathers before it writes.
 const ROUND_BYTES: usize = 256 << 10;
-/// The room a client keeps between bursts for its encoded output.
+/// The room a client keeps between bursts for its output.
 const KEEP_BYTES: usize = 16 << 10;
+/// How long a blocked write waits at a time before it looks whether to give up.
+const WRITE_SLICE: Duration = Duration::from_millis(20);
 
-/// A client's subscription and the output taken from it but not yet written.
+/// Where a client's output goes.
+#[derive(Debug)]
+pub(super) enum Sink {
+    /// Frames on the client's socket.
+    Frames,
+    /// The client's own terminal (terminal mode, see [`wire`]): what the client's follower
+    /// would write there, written by the server.
+    Terminal(Box<TerminalOut>),
+}
+
+/// A client's terminal, written by the server.
+#[derive(Debug)]
+pub(super) struct TerminalOut {
+    /// The terminal, opened anew by the server (non-blocking).
+    tty: File,
+    /// Turns messages into what the terminal shows, exactly once.
+    follower: Follower,
+    /// Where the terminal stands before the first byte of the buffer.
+    base: Option<Position>,
+    /// Where each message applied to the buffer ends, to tell how far a partly written buffer
+    /// got.
+    marks: VecDeque<Mark>,
+}
+
+/// Where one message's terminal bytes end in the buffer.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// The buffer's length after the message.
+    end: usize,
+    /// The terminal's position once the message is shown.
+    at: Position,
+    /// The message's bytes are the stream's bytes that end at `at`, one to one (live output;
+    /// a part of them shown is a position too). A redraw is not: shown in part, it counts
+    /// for nothing.
+    linear: bool,
+}
+
+impl TerminalOut {
+    /// A terminal handed over by a client, that shows the stream up to `resume` if given.
+    pub(super) fn new(tty: File, resume: Option<Position>) -> Self {
+        Self {
+            tty,
+            follower: resume.map_or_else(Follower::new, Follower::resume_at),
+            base: resume,
+            marks: VecDeque::new(),
+        }
+    }
+
+    /// Where the terminal stands once `sent` bytes of the buffer are written.
+    fn shown(&self, sent: usize) -> Option<Position> {
+        let mut at = self.base;
+        let mut start = 0;
+        for mark in &self.marks {
+            if mark.end <= sent {
+                at = Some(mark.at);
+                start = mark.end;
+                continue;
+            }
+            if mark.linear && sent > start {
+                let unsent = (mark.end - sent) as u64;
+                at = Some(Position {
+                    epoch: mark.at.epoch,
+                    next: mark.at.next - unsent,
+                });
+            }
+            break;
+        }
+        at
+    }
+}
+
+/// A client's subscription, where its output goes, and the output taken from the
+/// subscription but not yet written.
 #[derive(Debug)]
 pub(super) struct Drive {
-    /// The subscription; `None` once the writer has left (so that it detaches at once, even
-    /// while the pump still holds the outlet: an authority must not hold the stream back
-    /// after its client is gone).
+    /// The subscription; `None` before it is live and once the writer has left (so that it
+    /// detaches at once, even while the pump still holds the outlet: an authority must not
+    /// hold the stream back after its client is gone).
     live: Option<Attach<Live>>,
-    /// Encoded output; `buf[sent..]` is not written yet.
+    sink: Sink,
+    /// Output to write (frames, or terminal bytes); `buf[sent..]` is not written yet.
     buf: Vec<u8>,
     sent: usize,
-    /// An event a non-blocking round took and left to the writer: anything but an item.
+    /// An event a round took and left for the writer: anything but an item.
     held: Option<Event>,
 }
 
 impl Drive {
-    /// The subscription, until the writer has left.
-    pub(super) fn live(&mut self) -> Option<&mut Attach<Live>> {
-        self.live.as_mut()
+    /// Nothing to write yet, to `sink`.
+    pub(super) fn new(sink: Sink) -> Self {
+        Self {
+            live: None,
+            sink,
+            buf: Vec::new(),
+            sent: 0,
+            held: None,
+        }
     }
 
-    /// What the writer must write before anything else: output a non-blocking round could
-    /// not (written into `out`; `true` if there was some), then the event it left. Empties
-    /// both.
-    pub(super) fn take_left(
-        &mut self,
-        out: &mut impl io::Write,
-    ) -> io::Result<(bool, Option<Event>)> {
-        let unsent = self.sent < self.buf.len();
-        if unsent {
-            let rest = &self.buf[self.sent..];
-            self.sent = self.buf.len();
-            out.write_all(rest)?;
+    /// Whether the output goes to the client's terminal.
+    pub(super) fn is_terminal(&self) -> bool {
+        matches!(self.sink, Sink::Terminal(_))
+    }
+
+    /// Where the client's terminal stands, for what is written of the output (terminal mode).
+    pub(super) fn shown(&self) -> Option<Position> {
+        match &self.sink {
+            Sink::Terminal(t) => t.shown(self.sent),
+            Sink::Frames => None,
         }
-        Ok((unsent, self.held.take()))
+    }
+
+    /// Adds a message to the output.
+    pub(super) fn put(&mut self, msg: &ServerMsg) {
+        self.forget_sent();
+        match &mut self.sink {
+            Sink::Frames => match msg {
+                // The header, then the shared chunk: no frame is built for it.
+                ServerMsg::Item(item) => {
+                    wire::encode_item_header(item, &mut self.buf);
+                    self.buf.extend_from_slice(&item.bytes);
+                }
+                other => wire::encode_server(other, &mut self.buf),
+            },
+            Sink::Terminal(t) => {
+                // Writing to a vector cannot fail.
+                let _ = t.follower.apply(msg, &mut self.buf);
+                if let Some(at) = t.follower.position() {
+                    t.marks.push_back(Mark {
+                        end: self.buf.len(),
+                        at,
+                        linear: matches!(msg, ServerMsg::Item(_)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Adds an event from the subscription to the output: anything but the end of the
+    /// stream (the writer ends the client on that).
+    pub(super) fn put_event(&mut self, event: Event) {
+        match event {
+            Event::Empty | Event::Closed(_) => {}
+            Event::Item(item) => self.put(&ServerMsg::Item(item)),
+            Event::Gap { from, to } => {
+                let epoch = self.live.as_ref().map_or(0, |l| l.position().epoch);
+                self.put(&ServerMsg::Gap { epoch, from, to });
+            }
+            Event::Resync(history) => {
+                history.replay(|s| self.put(&ServerMsg::Snapshot(s.clone())));
+            }
+        }
+    }
+
+    /// The next event: the one a round left, else the subscription's next (waiting up to
+    /// `wait` for it); `None` once the writer has left.
+    pub(super) fn next_event(&mut self, wait: Duration) -> Option<Event> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
+        self.live.as_mut().map(|live| live.next_timeout(wait))
+    }
+
+    /// Takes the items that are ready, up to a round's worth; `true` if it caught up (an
+    /// event that is not an item is held for the writer).
+    pub(super) fn fill(&mut self) -> bool {
+        while self.buf.len() - self.sent < ROUND_BYTES && self.held.is_none() {
+            let Some(live) = self.live.as_mut() else {
+                return true;
+            };
+            match live.try_next() {
+                Event::Empty => return true,
+                Event::Item(item) => self.put(&ServerMsg::Item(item)),
+                other => self.held = Some(other),
+            }
+        }
+        false
+    }
+
+    /// Drops what was written from the buffer, so that it only grows by what is pending.
+    fn forget_sent(&mut self) {
+        if self.sent == 0 {
+            return;
+        }
+        if let Sink::Terminal(t) = &mut self.sink {
+            t.base = t.shown(self.sent);
+            t.marks.retain_mut(|m| {
+                let keep = m.end > self.sent;
+                m.end = m.end.saturating_sub(self.sent);
+                keep
+            });
+        }
+        self.buf.drain(..self.sent);
+        self.sent = 0;
+    }
+
+    /// One write of what is pending, without waiting: bytes written, `WouldBlock` if none.
+    fn write_once(&mut self, stream: &UnixStream) -> io::Result<usize> {
+        let pending = &self.buf[self.sent..];
+        let n = match &self.sink {
+            Sink::Frames => sys::unix::send_now(stream.as_fd(), pending)?,
+            Sink::Terminal(t) => (&t.tty).write(pending)?,
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        self.sent += n;
+        if self.sent == self.buf.len() {
+            self.forget_sent();
+            if self.buf.capacity() > KEEP_BYTES {
+                // A burst is over: its room is given back.
+                self.buf = Vec::new();
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes what is pending, waiting as long as the client's socket (or terminal) takes,
+    /// unless `give_up` says to stop waiting (looked at every [`WRITE_SLICE`] while blocked):
+    /// `Ok(true)` once all is written, `Ok(false)` if it gave up.
+    pub(super) fn flush(
+        &mut self,
+        stream: &UnixStream,
+        give_up: &dyn Fn() -> bool,
+    ) -> io::Result<bool> {
+        while self.sent < self.buf.len() {
+            match self.write_once(stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if give_up() {
+                        return Ok(false);
+                    }
+                    let fd = match &self.sink {
+                        Sink::Frames => stream.as_raw_fd(),
+                        Sink::Terminal(t) => t.tty.as_raw_fd(),
+                    };
+                    let mut entry = [libc::pollfd {
+                        fd,
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    }];
+                    match sys::unix::poll(&mut entry, Some(WRITE_SLICE)) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Writes what is new without blocking; `false` if the writer must take over (the socket
-    /// is full or failed, or an event needs more than a write).
+    /// or terminal is full or failed, or an event needs more than a write).
     fn write_now(&mut self, stream: &UnixStream) -> bool {
-        let Some(live) = self.live.as_mut() else {
+        if self.live.is_none() {
             // The writer has left: nothing more is sent.
             return true;
-        };
+        }
         loop {
-            self.buf.clear();
-            self.sent = 0;
-            let mut caught_up = false;
-            while self.buf.len() < ROUND_BYTES {
-                match live.try_next() {
-                    Event::Empty => {
-                        caught_up = true;
-                        break;
-                    }
-                    Event::Item(item) => {
-                        wire::encode_item_header(&item, &mut self.buf);
-                        self.buf.extend_from_slice(&item.bytes);
-                    }
-                    other => {
-                        self.held = Some(other);
-                        break;
-                    }
-                }
-            }
+            let caught_up = self.fill();
             while self.sent < self.buf.len() {
-                match sys::unix::send_now(stream.as_fd(), &self.buf[self.sent..]) {
-                    Ok(n) => self.sent += n,
+                match self.write_once(stream) {
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     // Full, or failed: the writer's blocking write waits, or finds out.
                     Err(_) => return false,
@@ -93,10 +300,6 @@ impl Drive {
                 return false;
             }
             if caught_up {
-                if self.buf.capacity() > KEEP_BYTES {
-                    // A burst is over: its room is given back.
-                    self.buf = Vec::new();
-                }
                 return true;
             }
         }
@@ -115,16 +318,13 @@ pub(super) struct Outlet {
 }
 
 impl Outlet {
-    /// A client that has just gone live, owned by its writer thread until it has caught up.
-    pub(super) fn new(live: Attach<Live>, stream: Arc<UnixStream>) -> Self {
+    /// A client that has just gone live, owned by its writer thread until it has caught up;
+    /// `drive` holds what its attach wrote.
+    pub(super) fn new(live: Attach<Live>, mut drive: Drive, stream: Arc<UnixStream>) -> Self {
+        drive.live = Some(live);
         Self {
             handoff: Handoff::owned(),
-            drive: Mutex::new(Drive {
-                live: Some(live),
-                buf: Vec::new(),
-                sent: 0,
-                held: None,
-            }),
+            drive: Mutex::new(drive),
             stream,
             parked: Mutex::new(()),
             handed_over: Condvar::new(),

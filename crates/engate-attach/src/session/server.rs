@@ -34,8 +34,8 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -48,13 +48,13 @@ use bytes::Bytes;
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
 use super::input::{INPUT_READ, InputConn, InputEnd, Served};
-use super::outlet::Outlet;
+use super::outlet::{Drive, Outlet, Sink, TerminalOut};
 use super::wire::{self, ClientMsg, ProgramExit, ServerMsg};
 use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
 use crate::hub::{EmitError, Hub, Producer, channel};
 use crate::pty::{self, Pty, PtyError, PtySize};
-use crate::snapshot::{Snapshot, SnapshotProvider, TailProvider};
+use crate::snapshot::{SnapshotProvider, TailProvider};
 use crate::sys;
 
 /// How long a writer that owns its client waits for output before it gives the client back to
@@ -102,6 +102,7 @@ pub struct SessionConfig {
     read_chunk: usize,
     mode: u32,
     hello_timeout: Duration,
+    take_terminals: bool,
 }
 
 impl SessionConfig {
@@ -121,6 +122,7 @@ impl SessionConfig {
             read_chunk: 64 << 10,
             mode: 0o600,
             hello_timeout: Duration::from_secs(5),
+            take_terminals: true,
         }
     }
 
@@ -176,6 +178,15 @@ impl SessionConfig {
     /// The socket's permission bits.
     pub fn mode(mut self, mode: u32) -> Self {
         self.mode = mode;
+        self
+    }
+
+    /// Whether clients may hand their terminal to the server, which then writes their output
+    /// to it itself (terminal mode, see [`wire`](super::wire); on by default). Off, a terminal
+    /// hello is refused and the client relays its output: for a server that must not open
+    /// its clients' terminals.
+    pub fn take_terminals(mut self, take: bool) -> Self {
+        self.take_terminals = take;
         self
     }
 
@@ -409,6 +420,7 @@ impl SessionServer {
                 shared: Arc::clone(&shared),
                 clients: Arc::clone(&clients),
                 hello_timeout: config.hello_timeout,
+                take_terminals: config.take_terminals,
             };
             spawn("acceptor", move || acceptor.run())?
         };
@@ -739,6 +751,7 @@ struct Acceptor {
     shared: Arc<Shared>,
     clients: Arc<Mutex<Vec<JoinHandle<()>>>>,
     hello_timeout: Duration,
+    take_terminals: bool,
 }
 
 impl Acceptor {
@@ -794,6 +807,7 @@ impl Acceptor {
             stream,
             hub: self.hub.clone(),
             shared: Arc::clone(&self.shared),
+            take_terminals: self.take_terminals,
         };
         let hello_timeout = self.hello_timeout;
         let handle = std::thread::Builder::new()
@@ -819,6 +833,8 @@ struct Client {
     stream: Arc<UnixStream>,
     hub: Hub,
     shared: Arc<Shared>,
+    /// Whether it may hand its terminal over.
+    take_terminals: bool,
 }
 
 /// Why the hello did not come.
@@ -829,12 +845,16 @@ enum NoHello {
     Refuse(String),
 }
 
-/// The client's hello: its policy, where to resume, and the bytes that followed it.
-type Hello = (
-    crate::config::Policy,
-    Option<crate::snapshot::Position>,
-    Vec<u8>,
-);
+/// The client's hello.
+struct Hello {
+    policy: crate::config::Policy,
+    resume: Option<crate::snapshot::Position>,
+    /// The terminal it hands over (terminal mode): `Some` if it asked to, with the
+    /// descriptor if one came.
+    terminal: Option<Option<OwnedFd>>,
+    /// The bytes that followed the hello.
+    rest: Vec<u8>,
+}
 
 /// The largest read while waiting for a hello: a hello is 19 bytes, so what follows it and is
 /// read with it stays small.
@@ -852,23 +872,39 @@ impl Client {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Reads until the hello is complete, within `timeout`.
+    /// Reads until the hello is complete, within `timeout`, with the descriptor a terminal
+    /// hello carries. Any other descriptor that comes is closed.
     fn read_hello(&self, timeout: Duration) -> Result<Hello, NoHello> {
         let deadline = Instant::now() + timeout;
         let mut buf = Vec::with_capacity(HELLO_READ);
         let mut chunk = [0u8; HELLO_READ];
+        // The first descriptor that came; at most one is taken per read, the rest are closed
+        // by the kernel.
+        let mut fd: Option<OwnedFd> = None;
         loop {
             let tag = buf.first().copied();
             match wire::decode_client(&buf) {
-                Ok(Some((ClientMsg::Hello { policy, resume }, used))) => {
+                Ok(Some((
+                    ClientMsg::Hello {
+                        policy,
+                        resume,
+                        terminal,
+                    },
+                    used,
+                ))) => {
                     self.stream
                         .set_read_timeout(None)
                         .map_err(|_| NoHello::Left)?;
-                    return Ok((policy, resume, buf.split_off(used)));
+                    return Ok(Hello {
+                        policy,
+                        resume,
+                        terminal: terminal.then_some(fd),
+                        rest: buf.split_off(used),
+                    });
                 }
                 Err(e) => return Err(NoHello::Refuse(format!("invalid hello: {e}"))),
                 // Another frame, complete or not: refused without waiting for its payload.
-                _ if tag.is_some_and(|t| t != b'H') => {
+                _ if tag.is_some_and(|t| t != b'H' && t != b'T') => {
                     let tag = char::from(tag.unwrap_or_default());
                     return Err(NoHello::Refuse(format!(
                         "expected a hello first, got a frame with tag {tag:?}"
@@ -884,9 +920,15 @@ impl Client {
             self.stream
                 .set_read_timeout(Some(left))
                 .map_err(|_| NoHello::Left)?;
-            match (&*self.stream).read(&mut chunk) {
-                Ok(0) => return Err(NoHello::Left),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            match platform_primitives::fdpass::recv_with_fds(&*self.stream, &mut chunk, 1) {
+                Ok(got) if got.len == 0 => return Err(NoHello::Left),
+                Ok(got) => {
+                    buf.extend_from_slice(&chunk[..got.len]);
+                    // Extra descriptors are dropped (closed) here.
+                    for received in got.fds {
+                        fd.get_or_insert(received);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -901,8 +943,29 @@ impl Client {
         }
     }
 
+    /// Where the client's output goes: its socket, or the terminal it handed over; the
+    /// refusal if the terminal cannot be used.
+    fn sink(&self, terminal: Option<Option<OwnedFd>>, hello: &Hello) -> Result<Sink, String> {
+        let Some(fd) = terminal else {
+            return Ok(Sink::Frames);
+        };
+        let Some(fd) = fd else {
+            return Err("a terminal hello came without the terminal's descriptor".into());
+        };
+        if !self.take_terminals {
+            return Err("this server does not take terminals (relay the output)".into());
+        }
+        // The client's descriptor is closed once the terminal is opened anew (or not).
+        let tty = sys::unix::reopen_terminal(fd.as_fd())
+            .map_err(|e| format!("cannot write to the terminal handed over: {e}"))?;
+        Ok(Sink::Terminal(Box::new(TerminalOut::new(
+            tty,
+            hello.resume,
+        ))))
+    }
+
     fn serve(self, hello_timeout: Duration) {
-        let (policy, resume, rest) = match self.read_hello(hello_timeout) {
+        let mut hello = match self.read_hello(hello_timeout) {
             Ok(hello) => hello,
             Err(NoHello::Refuse(why)) => return self.refuse(&why),
             Err(NoHello::Left) => {
@@ -910,44 +973,56 @@ impl Client {
                 return;
             }
         };
+        let terminal = hello.terminal.take();
         tracing::debug!(
             client = self.id,
-            ?policy,
-            ?resume,
+            policy = ?hello.policy,
+            resume = ?hello.resume,
+            terminal = terminal.is_some(),
             "a session client attaches"
         );
-        let mut out = BufWriter::with_capacity(64 << 10, &*self.stream);
-        let mut frame = Vec::with_capacity(64);
-        let attach = self.hub.attach_with(AttachOptions::new().policy(policy));
-        let subscribed = match resume {
+        let mut drive = match self.sink(terminal, &hello) {
+            Ok(sink) => Drive::new(sink),
+            Err(why) => return self.refuse(&why),
+        };
+        let attach = self
+            .hub
+            .attach_with(AttachOptions::new().policy(hello.policy));
+        let subscribed = match hello.resume {
             Some(p) => attach.resume(p),
             None => attach.subscribe(),
         };
         let subscribed = match subscribed {
             Ok(s) => s,
-            Err(e) => {
-                drop(out);
-                return self.refuse(&format!("attach refused: {e}"));
-            }
+            Err(e) => return self.refuse(&format!("attach refused: {e}")),
         };
-        let Ok(synced) = subscribed
-            .try_replay(|s| write_snapshot(&mut out, &mut frame, s).and_then(|()| out.flush()))
-        else {
+        let stopping = || self.shared.stopping();
+        let Ok(synced) = subscribed.try_replay(|s| {
+            drive.put(&ServerMsg::Snapshot(s.clone()));
+            drive.flush(&self.stream, &stopping).map(drop)
+        }) else {
             return;
         };
+        if drive.is_terminal() {
+            // The attach is on the terminal: the client knows the server took it.
+            let shown = drive.shown().unwrap_or(synced.position());
+            if self.send_control(&[ServerMsg::Shown(shown)]).is_err() {
+                return;
+            }
+        }
         // Registered before it drains: output emitted from here on is offered to it.
-        let outlet = Arc::new(Outlet::new(synced.live(), Arc::clone(&self.stream)));
+        let outlet = Arc::new(Outlet::new(synced.live(), drive, Arc::clone(&self.stream)));
         self.shared.outlets.lock().push(Arc::clone(&outlet));
         // Its input is forwarded by the pump from now on.
         let input = Arc::new(InputConn::new(
             self.id,
             Arc::clone(&self.stream),
             Arc::clone(&outlet),
-            rest,
+            hello.rest,
         ));
         self.shared
             .change_inputs(|inputs| inputs.push(Arc::clone(&input)));
-        let result = self.write_output(&outlet, &mut out, &mut frame, &input.end);
+        let result = self.write_output(&outlet, &input.end);
         outlet.close();
         self.shared
             .outlets
@@ -958,103 +1033,110 @@ impl Client {
         if let Err(e) = result {
             tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
         }
-        drop(out);
+        // The terminal (terminal mode) is closed with the outlet.
         drop(outlet);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         tracing::debug!(client = self.id, "a session client left");
+    }
+
+    /// Sends messages on the socket (in terminal mode, the ones that do not go to the
+    /// terminal). They are small and the socket carries nothing else then, so the write does
+    /// not wait for long; a client that never reads is shut down on stop.
+    fn send_control(&self, msgs: &[ServerMsg]) -> io::Result<()> {
+        let mut frame = Vec::with_capacity(64);
+        for msg in msgs {
+            wire::encode_server(msg, &mut frame);
+        }
+        (&*self.stream).write_all(&frame)
     }
 }
 
 impl Client {
     /// The writer thread's loop: while it owns the client it writes the output, blocking as
-    /// long as the client takes; caught up, it leaves the writing to the pump and waits to be
-    /// handed the client back. Ends when the stream closes, the client leaves or is refused, or
-    /// the server stops.
-    fn write_output(
-        &self,
-        outlet: &Outlet,
-        out: &mut BufWriter<&UnixStream>,
-        frame: &mut Vec<u8>,
-        end: &InputEnd,
-    ) -> io::Result<()> {
-        // Output written into `out` and not yet flushed.
-        let mut pending = false;
+    /// long as the client takes (and the server runs); caught up, it leaves the writing to the
+    /// pump and waits to be handed the client back. Ends when the stream closes, the client
+    /// leaves or is refused, or the server stops.
+    fn write_output(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<()> {
+        let leaving = || end.gone.load(Ordering::SeqCst) || self.shared.stopping();
         loop {
             if end.gone.load(Ordering::SeqCst) {
-                let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(why) = refusal {
-                    outlet.take();
-                    // Bounded: a client that does not read its refusal does not hold this
-                    // thread (the pump also shuts the connection down after a moment).
-                    let _ = self.stream.set_write_timeout(Some(REFUSAL_TIMEOUT));
-                    frame.clear();
-                    wire::encode_server(&ServerMsg::Refused(why), frame);
-                    // After whatever the pump left unwritten, so frames stay whole.
-                    let _ = outlet.drive().take_left(out)?;
-                    return out.write_all(frame).and_then(|()| out.flush());
-                }
-                return Ok(());
+                return self.leave(outlet, end);
             }
             if self.shared.stopping() {
                 return Ok(());
             }
-            let leaving = || end.gone.load(Ordering::SeqCst) || self.shared.stopping();
             if !outlet.wait_owned(leaving) {
                 continue;
             }
             let mut drive = outlet.drive();
-            let (unsent, held) = drive.take_left(out)?;
-            // What the pump could not send is in `out` now: it must be flushed before the
-            // client is given back.
-            pending |= unsent;
-            let Some(live) = drive.live() else {
-                return Ok(());
-            };
-            let event = match held {
-                Some(event) => event,
-                None if pending => live.try_next(),
-                None => live.next_timeout(POLL_INTERVAL),
-            };
-            frame.clear();
-            match event {
-                Event::Empty => {
-                    if pending {
-                        pending = false;
-                        out.flush()?;
-                    }
+            // What the pump (or the last round) left unwritten goes first.
+            if !drive.flush(&self.stream, &leaving)? {
+                continue;
+            }
+            match drive.next_event(POLL_INTERVAL) {
+                None => return Ok(()),
+                Some(Event::Empty) => {
                     drop(drive);
                     outlet.release();
                 }
-                Event::Item(item) => {
-                    pending = true;
-                    wire::encode_item_header(&item, frame);
-                    out.write_all(frame)?;
-                    out.write_all(&item.bytes)?;
-                }
-                Event::Gap { from, to } => {
-                    pending = true;
-                    let epoch = live.position().epoch;
-                    wire::encode_server(&ServerMsg::Gap { epoch, from, to }, frame);
-                    out.write_all(frame)?;
-                }
-                Event::Resync(history) => {
-                    pending = true;
-                    history.replay(|s| write_snapshot(out, frame, s))?;
-                }
-                Event::Closed(reason) => {
-                    if let (CloseReason::Finished, Some(exit)) = (reason, self.shared.exit()) {
-                        wire::encode_server(&ServerMsg::Exited(exit), frame);
+                Some(Event::Closed(reason)) => {
+                    let exit = match reason {
+                        CloseReason::Finished => self.shared.exit(),
+                        CloseReason::Overrun { .. } => None,
+                    };
+                    let mut last: Vec<ServerMsg> =
+                        exit.map(ServerMsg::Exited).into_iter().collect();
+                    last.push(ServerMsg::Closed(reason));
+                    if drive.is_terminal() {
+                        // The end of the output on the terminal first, then the news on the
+                        // socket, with where the terminal stands.
+                        let stopping = || self.shared.stopping();
+                        drive.flush(&self.stream, &stopping)?;
+                        if let Some(shown) = drive.shown() {
+                            last.insert(0, ServerMsg::Shown(shown));
+                        }
+                        return self.send_control(&last);
                     }
-                    wire::encode_server(&ServerMsg::Closed(reason), frame);
-                    return out.write_all(frame).and_then(|()| out.flush());
+                    for msg in &last {
+                        drive.put(msg);
+                    }
+                    let stopping = || self.shared.stopping();
+                    return drive.flush(&self.stream, &stopping).map(drop);
+                }
+                Some(event) => {
+                    // Written with what else is ready, on the next turn.
+                    drive.put_event(event);
+                    drive.fill();
                 }
             }
         }
     }
-}
 
-fn write_snapshot(out: &mut impl Write, frame: &mut Vec<u8>, s: &Snapshot) -> io::Result<()> {
-    frame.clear();
-    wire::encode_server(&ServerMsg::Snapshot(s.clone()), frame);
-    out.write_all(frame)
+    /// The client left, or is refused: a refusal is sent after whatever output was left
+    /// (so frames stay whole); a terminal gets what was left for a moment, and the client
+    /// learns where its terminal stands.
+    fn leave(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<()> {
+        outlet.take();
+        let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut drive = outlet.drive();
+        // Bounded: a client that does not read does not hold this thread (the pump also
+        // shuts a refused connection down after a moment).
+        let deadline = Instant::now() + REFUSAL_TIMEOUT;
+        let give_up = || Instant::now() >= deadline || self.shared.stopping();
+        match (refusal, drive.is_terminal()) {
+            (Some(why), false) => {
+                drive.put(&ServerMsg::Refused(why));
+                drive.flush(&self.stream, &give_up).map(drop)
+            }
+            (Some(why), true) => self.send_control(&[ServerMsg::Refused(why)]),
+            (None, false) => Ok(()),
+            (None, true) => {
+                drive.flush(&self.stream, &give_up)?;
+                match drive.shown() {
+                    Some(shown) => self.send_control(&[ServerMsg::Shown(shown)]),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }

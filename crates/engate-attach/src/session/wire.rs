@@ -9,9 +9,20 @@
 //! attach was refused, or the client sent a bad hello or a bad frame (the text says which; the
 //! server then closes the connection).
 //!
+//! **Terminal mode.** A client on a terminal may hand the terminal itself to the server: its
+//! hello has the tag `'T'` and carries the terminal's descriptor (`SCM_RIGHTS`). The server
+//! then writes the program's output (the snapshot's redraw, the live bytes, resyncs) to that
+//! terminal itself, as tmux's server does, so no byte passes through the client; the socket
+//! carries only [`ServerMsg::Shown`] (once the attach is written, and again when the stream
+//! ends for the client, detach included: where to resume), [`ServerMsg::Exited`],
+//! [`ServerMsg::Closed`] and refusals. A server that cannot use the descriptor (not a
+//! terminal, cannot be opened) refuses the hello, as a server that predates terminal mode
+//! does; the client then connects again with a plain hello.
+//!
 //! | frame | layout |
 //! |---|---|
 //! | Hello | `'H'` policy:u8 has_resume:u8 epoch:u64 next:u64 |
+//! | Terminal hello | `'T'`, then as Hello; the terminal's descriptor travels with it |
 //! | Input | `'i'` len:u32 bytes (len at most [`MAX_INPUT`]) |
 //! | Resize | `'W'` rows:u16 cols:u16 (each 1..=[`MAX_TERMINAL_SIDE`]) |
 //! | Detach | `'D'` |
@@ -19,6 +30,7 @@
 //! | Item | `'I'` epoch:u64 offset:u64 len:u32 bytes |
 //! | Gap | `'G'` epoch:u64 from:u64 to:u64 |
 //! | Exited | `'X'` how:u8 (0 exit code, 1 signal) value:i32 |
+//! | Shown | `'P'` epoch:u64 next:u64 |
 //! | Closed | `'C'` reason:u8 at:u64 tail:u64 |
 //! | Refused | `'E'` len:u16 utf-8 |
 //!
@@ -62,6 +74,9 @@ pub enum ClientMsg {
         policy: Policy,
         /// The position to resume from, if any.
         resume: Option<Position>,
+        /// The client hands its terminal to the server (terminal mode; the descriptor travels
+        /// with this frame).
+        terminal: bool,
     },
     /// Bytes to write to the program's terminal.
     Input(Bytes),
@@ -135,6 +150,9 @@ pub enum ServerMsg {
     },
     /// The program ended so (sent once, before [`ServerMsg::Closed`]).
     Exited(ProgramExit),
+    /// Terminal mode only: the client's terminal shows the stream up to this position (sent
+    /// once the attach is written, and when the stream ends for the client).
+    Shown(Position),
     /// The stream ended for this client.
     Closed(CloseReason),
     /// The server will not serve this client (the attach was refused, or the client sent a bad
@@ -268,8 +286,12 @@ fn kind_code(k: SnapshotKind) -> u8 {
 /// Appends the encoding of `msg` to `out`.
 pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
     match msg {
-        ClientMsg::Hello { policy, resume } => {
-            out.push(b'H');
+        ClientMsg::Hello {
+            policy,
+            resume,
+            terminal,
+        } => {
+            out.push(if *terminal { b'T' } else { b'H' });
             out.push(policy_code(*policy));
             out.push(u8::from(resume.is_some()));
             let p = resume.unwrap_or(Position { epoch: 0, next: 0 });
@@ -296,7 +318,7 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
 pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError> {
     let mut c = Cursor::new(buf);
     let msg = match need!(c.u8()) {
-        b'H' => {
+        tag @ (b'H' | b'T') => {
             let policy = policy_from(need!(c.u8()))?;
             let has_resume = need!(c.u8());
             let epoch = need!(c.u64());
@@ -311,7 +333,11 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError
                     });
                 }
             };
-            ClientMsg::Hello { policy, resume }
+            ClientMsg::Hello {
+                policy,
+                resume,
+                terminal: tag == b'T',
+            }
         }
         b'i' => {
             let len = need!(c.len(MAX_INPUT)?);
@@ -374,6 +400,11 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) {
             };
             out.push(how);
             out.extend_from_slice(&value.to_le_bytes());
+        }
+        ServerMsg::Shown(p) => {
+            out.push(b'P');
+            out.extend_from_slice(&p.epoch.to_le_bytes());
+            out.extend_from_slice(&p.next.to_le_bytes());
         }
         ServerMsg::Closed(reason) => {
             out.push(b'C');
@@ -471,6 +502,11 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError
                 }
             })
         }
+        b'P' => {
+            let epoch = need!(c.u64());
+            let next = need!(c.u64());
+            ServerMsg::Shown(Position { epoch, next })
+        }
         b'C' => {
             let code = need!(c.u8());
             let at = need!(c.u64());
@@ -542,6 +578,10 @@ mod tests {
         server_roundtrip(ServerMsg::Exited(ProgramExit::Code(7)));
         server_roundtrip(ServerMsg::Exited(ProgramExit::Code(-1)));
         server_roundtrip(ServerMsg::Exited(ProgramExit::Signal(9)));
+        server_roundtrip(ServerMsg::Shown(Position {
+            epoch: 2,
+            next: 1 << 40,
+        }));
     }
 
     #[test]
@@ -550,10 +590,12 @@ mod tests {
             ClientMsg::Hello {
                 policy: Policy::Block,
                 resume: Some(Position { epoch: 3, next: 7 }),
+                terminal: false,
             },
             ClientMsg::Hello {
                 policy: Policy::Resync,
                 resume: None,
+                terminal: true,
             },
             ClientMsg::Input(Bytes::from_static(b"q")),
             ClientMsg::Resize(PtySize {

@@ -4,6 +4,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
@@ -123,4 +125,43 @@ fn poll_timeout(timeout: Option<Duration>) -> libc::c_int {
     timeout.map_or(-1, |t| {
         libc::c_int::try_from(t.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX)
     })
+}
+
+/// Opens the terminal behind `fd` anew: its own open file description, non-blocking and
+/// close-on-exec, never made the caller's controlling terminal. What a client hands over
+/// keeps its modes (`O_NONBLOCK` is a property of the open file description, shared by every
+/// descriptor of it), and the opened file is checked to be the same device as `fd`.
+pub(crate) fn reopen_terminal(fd: BorrowedFd<'_>) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+
+    // SAFETY: `fd` is borrowed for the call; isatty only inspects it.
+    if unsafe { libc::isatty(fd.as_raw_fd()) } != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the descriptor is not a terminal",
+        ));
+    }
+    let mut name = [0u8; 256];
+    // SAFETY: `name` is valid for writes of its length; ttyname_r writes a NUL-terminated path
+    // of at most that length or fails.
+    let rc = unsafe { libc::ttyname_r(fd.as_raw_fd(), name.as_mut_ptr().cast(), name.len()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&name[..end]));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)?;
+    let given = std::fs::File::from(fd.try_clone_to_owned()?).metadata()?;
+    let opened = file.metadata()?;
+    if given.rdev() != opened.rdev() {
+        return Err(io::Error::other(format!(
+            "{} is not the terminal that was handed over",
+            path.display()
+        )));
+    }
+    Ok(file)
 }

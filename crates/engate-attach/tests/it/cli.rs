@@ -660,3 +660,124 @@ fn an_attached_client_survives_its_server_being_killed() {
         count_lines(s, "SAME-TTY") == 1
     });
 }
+
+/// The descriptors of process `pid` that are open on `path` (Linux `/proc`).
+fn open_on(pid: u32, path: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == Path::new(path)))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The attached terminal is handed to the session's server, which writes the output to it
+/// itself (no byte goes through the client): the server holds the pane's terminal while the
+/// client is attached, and lets go of it when the client detaches.
+#[test]
+fn the_server_writes_to_the_attached_terminal_and_lets_go_on_detach() {
+    let engate = Engate::new("cli-handover");
+    let Some(tmux) = Tmux::start(
+        "the_server_writes_to_the_attached_terminal_and_lets_go_on_detach",
+        &engate,
+    ) else {
+        return;
+    };
+    if !Path::new("/proc/self/fd").exists() {
+        eprintln!("skip: no /proc (not Linux): the server's descriptors cannot be looked at");
+        return;
+    }
+    let pane_tty = tmux.tmux(&["display-message", "-p", "-t", "t", "#{pane_tty}"]);
+    let pane_tty = pane_tty.trim();
+    tmux.type_line(&attach_line("-A", "handed"));
+    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    let list = engate.list();
+    let server: u32 = list
+        .lines()
+        .find(|l| l.starts_with("handed "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no server pid for handed in:\n{list}"));
+    assert_eq!(
+        open_on(server, pane_tty),
+        1,
+        "the server holds the attached terminal {pane_tty}"
+    );
+    tmux.type_line("echo handed-$((20+22))");
+    tmux.wait_screen("the output shows", |s| count_lines(s, "handed-42") == 1);
+    tmux.key("C-\\");
+    tmux.wait_screen("the client detaches", |s| {
+        s.contains("[engate: detached from handed]") && s.contains("rc=0")
+    });
+    eventually(
+        "the server lets go of the terminal",
+        || (open_on(server, pane_tty) == 0).then_some(()),
+        || format!("the server still holds {pane_tty}"),
+    );
+    // Back, from where it left: only what is new is written.
+    tmux.clear();
+    tmux.type_line(&format!("{ENGATE} attach handed; echo \"rc=$?\""));
+    tmux.type_line("echo back-$((1+1))");
+    let s = tmux.wait_screen("the shell answers again", |s| count_lines(s, "back-2") == 1);
+    assert_eq!(
+        count_lines(&s, "handed-42"),
+        0,
+        "resumed, not replayed:\n{s}"
+    );
+    tmux.type_line("exit 3");
+    tmux.wait_screen("exit ends the attach with the status", |s| {
+        s.contains("rc=3")
+    });
+}
+
+/// A server that does not take terminals (as one that predates terminal mode) refuses the
+/// terminal; `engate attach` then relays the output itself, and everything works as before.
+#[test]
+fn attach_relays_the_output_when_the_server_takes_no_terminal() {
+    use engate_attach::session::{SessionConfig, SessionServer};
+
+    let engate = Engate::new("cli-relay");
+    let Some(tmux) = Tmux::start(
+        "attach_relays_the_output_when_the_server_takes_no_terminal",
+        &engate,
+    ) else {
+        return;
+    };
+    std::fs::create_dir_all(engate.dir()).expect("session directory");
+    std::fs::set_permissions(engate.dir(), std::fs::Permissions::from_mode(0o700))
+        .expect("session directory mode");
+    let socket = engate.dir().join("relayed.sock");
+    let server = SessionServer::start(
+        SessionConfig::new(&socket, "env")
+            .args(["PS1=in$ ", "sh"])
+            .take_terminals(false),
+    )
+    .expect("start a server that takes no terminals");
+    tmux.type_line(&format!("{ENGATE} attach relayed; echo \"rc=$?\""));
+    tmux.type_line("echo relayed-$((40+2))");
+    tmux.wait_screen("the relayed output shows", |s| {
+        count_lines(s, "relayed-42") == 1
+    });
+    tmux.key("C-\\");
+    tmux.wait_screen("the client detaches", |s| {
+        s.contains("[engate: detached from relayed]") && s.contains("rc=0")
+    });
+    tmux.clear();
+    tmux.type_line(&format!("{ENGATE} attach relayed; echo \"rc=$?\""));
+    tmux.type_line("echo again-$((3*3))");
+    let s = tmux.wait_screen("the shell answers again", |s| {
+        count_lines(s, "again-9") == 1
+    });
+    assert_eq!(
+        count_lines(&s, "relayed-42"),
+        0,
+        "resumed, not replayed:\n{s}"
+    );
+    tmux.type_line("exit 4");
+    tmux.wait_screen("exit ends the attach with the status", |s| {
+        s.contains("rc=4")
+    });
+    server.shutdown();
+}

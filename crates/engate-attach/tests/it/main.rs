@@ -10,3 +10,4 @@ mod screen;
 mod session;
 mod session_edges;
 mod support;
+mod terminal_mode;

@@ -57,6 +57,7 @@ fn hello(policy: Policy) -> Vec<u8> {
         &ClientMsg::Hello {
             policy,
             resume: None,
+            terminal: false,
         },
         &mut frame,
     );

@@ -12,12 +12,13 @@
 //! screen redrawn instead.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use engate_attach::session::wire::ServerMsg;
 use engate_attach::session::{
     Applied, ClientError, Follower, ProgramExit, SessionClient, SessionReader, SessionWriter,
 };
@@ -27,6 +28,9 @@ use crate::store::{Probe, Session};
 use crate::term::{self, RawMode};
 use crate::{Failure, daemon, sys};
 
+/// How long the server has to put the attach on the terminal handed to it (a snapshot, or the
+/// bytes missed) and say so.
+const FIRST_ANSWER: Duration = Duration::from_secs(10);
 /// How long a leaving client waits for the terminal thread to finish what it was writing.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How often `tail` looks at signals and saves its position while no output comes.
@@ -133,9 +137,11 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     } else {
         session.attach_position()
     };
-    let client = SessionClient::connect(&session.socket, Policy::Resync, resume).map_err(|e| {
-        Failure::from_error(format!("cannot attach to session {}", session.name), &e)
-    })?;
+    // Raw before the server may write to the terminal.
+    let raw = RawMode::enter()
+        .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
+    let hand_over = raw.is_some() && io::stdout().is_terminal();
+    let (client, start) = connect(session, resume, hand_over)?;
     let (reader, writer) = client.into_split();
 
     let (events, events_in) =
@@ -155,8 +161,6 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
         })
         .map_err(|e| Failure::from_io("cannot start the signal thread", &e))?;
 
-    let raw = RawMode::enter()
-        .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
     let writer = Mutex::new(Some(writer));
     let sends_size = raw.is_some() && !options.read_only;
     let resize = Arc::new(AtomicBool::new(false));
@@ -178,7 +182,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     resize_session(&writer);
 
     let writer = Arc::new(writer);
-    let position = Arc::new(Mutex::new(resume));
+    let position = Arc::new(Mutex::new(start));
     let end = Arc::new(Mutex::new(None::<Leave>));
     let io = {
         let (writer, position, end) =
@@ -199,7 +203,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
                     }
                 }
                 let _ended = Ended(events_in);
-                let outcome = relay(reader, &writer, keys, resume, &position);
+                let outcome = relay(reader, &writer, keys, start, &position);
                 *end.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
             })
             .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
@@ -267,6 +271,52 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             &e,
         )),
     }
+}
+
+/// Connects to the session, handing it the terminal when `hand_over` allows: the server
+/// then writes the output to the terminal itself, as tmux's does, and no byte of it passes
+/// through this process. A server that cannot take the terminal (or predates terminal mode)
+/// refuses it, and the client connects again and relays the output. Returns the connection
+/// and the position the terminal starts from.
+fn connect(
+    session: &Session,
+    resume: Option<Position>,
+    hand_over: bool,
+) -> Result<(SessionClient, Option<Position>), Failure> {
+    let cannot = |e: &ClientError| {
+        Failure::from_error(format!("cannot attach to session {}", session.name), e)
+    };
+    if hand_over {
+        let stdout = io::stdout();
+        let mut client = SessionClient::connect_terminal(
+            &session.socket,
+            Policy::Resync,
+            resume,
+            stdout.as_fd(),
+        )
+        .map_err(|e| cannot(&e))?;
+        client
+            .set_read_timeout(Some(FIRST_ANSWER))
+            .map_err(|e| cannot(&e))?;
+        match client.next_message() {
+            Ok(ServerMsg::Shown(at)) => {
+                client.set_read_timeout(None).map_err(|e| cannot(&e))?;
+                return Ok((client, Some(at)));
+            }
+            // Not taken: relayed instead (a refusal of the attach itself comes again).
+            Ok(ServerMsg::Refused(_)) => {}
+            Ok(other) => {
+                return Err(Failure::new(format!(
+                    "cannot attach to session {}: the server answered the terminal with {other:?}",
+                    session.name
+                )));
+            }
+            Err(e) => return Err(cannot(&e)),
+        }
+    }
+    let client =
+        SessionClient::connect(&session.socket, Policy::Resync, resume).map_err(|e| cannot(&e))?;
+    Ok((client, resume))
 }
 
 /// What the terminal thread needs to know of the keys.
@@ -433,7 +483,7 @@ impl Output {
                 }
                 Applied::Refused => {
                     return Some(OutputEnd::Refused(match msg {
-                        engate_attach::session::wire::ServerMsg::Refused(why) => why,
+                        ServerMsg::Refused(why) => why,
                         other => format!("{other:?}"),
                     }));
                 }

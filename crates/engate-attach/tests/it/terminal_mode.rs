@@ -1,0 +1,331 @@
+//! Terminal mode: a client hands its terminal to the server, which writes the program's output
+//! to it itself. Real ptys stand for the clients' terminals (the test reads their master side,
+//! as a terminal emulator would); the server, its program and the sockets are real.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use engate_attach::Policy;
+use engate_attach::Position;
+use engate_attach::session::wire::{self, ClientMsg, ServerMsg};
+use engate_attach::session::{
+    ClientError, SessionClient, SessionConfig, SessionServer, Transcript,
+};
+
+use crate::support::{TempDir, sh_session};
+
+/// A terminal for a client: the master side (what the terminal shows is read there) and the
+/// slave side in raw mode (what a client in raw mode hands over).
+fn terminal() -> (File, OwnedFd) {
+    let (master, slave) = engate_attach::pty::open_pair().expect("a pty pair");
+    // SAFETY: a zeroed termios is a valid value to be filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `slave` is open for the call; `t` is a valid termios that outlives it.
+    assert_eq!(unsafe { libc::tcgetattr(slave.as_raw_fd(), &raw mut t) }, 0);
+    // SAFETY: cfmakeraw only rewrites the flags of the termios it is given.
+    unsafe { libc::cfmakeraw(&raw mut t) };
+    // SAFETY: as for tcgetattr; tcsetattr only reads `t`.
+    let set = unsafe { libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &raw const t) };
+    assert_eq!(set, 0);
+    (File::from(master), slave)
+}
+
+/// Reads what the terminal shows until `want` bytes have come or nothing more comes for
+/// `quiet` (within 30 s in all).
+fn read_terminal(master: &mut File, want: usize, quiet: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    while got.len() < want && Instant::now() < deadline {
+        let mut entry = [libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `entry` is one valid pollfd for the call.
+        let ready = unsafe { libc::poll(entry.as_mut_ptr(), 1, quiet.as_millis() as i32) };
+        if ready <= 0 {
+            break;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// What `seq 1 n` prints through a pty, after the echo of the newline typed to start it.
+fn seq_output(n: u32) -> Vec<u8> {
+    let mut out = b"\r\n".to_vec();
+    for i in 1..=n {
+        out.extend_from_slice(format!("{i}\r\n").as_bytes());
+    }
+    out
+}
+
+/// The paths in this process's descriptor table that are `path` (Linux `/proc`).
+fn open_copies(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|p| p == path))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The terminal's path, through `/proc` (Linux).
+fn tty_path(fd: &OwnedFd) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("the pty's path")
+}
+
+fn next(client: &mut SessionClient) -> ServerMsg {
+    client.next_message().expect("a message from the server")
+}
+
+#[test]
+fn the_server_writes_the_output_to_the_terminal_handed_to_it_and_says_where_it_ends() {
+    let dir = TempDir::new("term-whole");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "read go; seq 1 30000");
+    let (mut master, slave) = terminal();
+    let mut client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
+        .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let start = match next(&mut client) {
+        ServerMsg::Shown(p) => p,
+        other => panic!("the server took the terminal and said so first, not {other:?}"),
+    };
+    assert_eq!(start.next, 0, "nothing was printed before the attach");
+    client.send_input(b"\n").expect("start the program");
+    let expected = seq_output(30000);
+    let shown = read_terminal(&mut master, expected.len(), Duration::from_secs(5));
+    assert!(
+        shown == expected,
+        "the terminal shows the program's output exactly: {} bytes of {}, first difference at {:?}",
+        shown.len(),
+        expected.len(),
+        shown.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+    let mut rest = Vec::new();
+    loop {
+        let msg = next(&mut client);
+        let closed = matches!(msg, ServerMsg::Closed(_));
+        rest.push(msg);
+        if closed {
+            break;
+        }
+    }
+    let end = Position {
+        epoch: start.epoch,
+        next: expected.len() as u64,
+    };
+    assert_eq!(
+        rest,
+        vec![
+            ServerMsg::Shown(end),
+            ServerMsg::Exited(engate_attach::session::ProgramExit::Code(0)),
+            ServerMsg::Closed(engate_attach::CloseReason::Finished),
+        ],
+        "no output on the socket: where the terminal ends, the exit, the end"
+    );
+    assert!(
+        read_terminal(&mut master, 1, Duration::from_millis(200)).is_empty(),
+        "nothing is written to the terminal after the end"
+    );
+    drop(client);
+    server.shutdown();
+    assert_eq!(
+        open_copies(&tty_path(&slave)),
+        1,
+        "the server closed its copies of the terminal (only the test's own is left)"
+    );
+}
+
+/// The terminal stops taking output (nobody reads it) while the program prints on; the client
+/// detaches. The server gives up on the terminal within a second, says exactly how far the
+/// terminal got (a write cut short counts to the byte), and a client that resumes there gets
+/// the rest: nothing lost, nothing twice.
+#[test]
+fn a_stuck_terminal_detached_resumes_exactly_where_it_stopped() {
+    let dir = TempDir::new("term-stuck");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "read go; seq 1 200000; exec sleep 60");
+    let (mut master, slave) = terminal();
+    let client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
+        .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let (mut reader, mut writer) = client.into_split();
+    let start = match reader.next_message().expect("first message") {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown first, got {other:?}"),
+    };
+    writer.send_input(b"\n").expect("start the program");
+    let expected = seq_output(200000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.hub().metrics().emitted_bytes < expected.len() as u64 {
+        assert!(Instant::now() < deadline, "the program printed everything");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The server waits on the full terminal now.
+    std::thread::sleep(Duration::from_millis(100));
+    let detached = Instant::now();
+    writer.detach();
+    let shown = match reader.next_message().expect("where the terminal stands") {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown on detach, got {other:?}"),
+    };
+    assert!(
+        matches!(reader.next_message(), Err(ClientError::Disconnected)),
+        "the server closes the connection after saying where the terminal stands"
+    );
+    let took = detached.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "a stuck terminal does not hold the detach: {took:?}"
+    );
+    assert_eq!(shown.epoch, start.epoch);
+    let on_terminal = read_terminal(&mut master, usize::MAX, Duration::from_millis(300));
+    assert!(
+        !on_terminal.is_empty() && on_terminal.len() < expected.len(),
+        "the terminal got part of the output: {} of {} bytes",
+        on_terminal.len(),
+        expected.len()
+    );
+    assert_eq!(
+        shown.next,
+        on_terminal.len() as u64,
+        "the position is what the terminal took, to the byte"
+    );
+    assert_eq!(on_terminal[..], expected[..on_terminal.len()]);
+
+    let mut again = SessionClient::connect(&socket, Policy::Resync, Some(shown)).expect("resume");
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut transcript = Transcript::resume_at(shown);
+    while transcript.base() + (transcript.bytes().len() as u64) < expected.len() as u64 {
+        transcript.apply(&again.next_message().expect("the rest"));
+    }
+    assert_eq!(transcript.base(), shown.next, "resumed exactly");
+    assert!(transcript.gaps().is_empty(), "{:?}", transcript.gaps());
+    assert_eq!(transcript.duplicates_delivered(), 0);
+    assert!(
+        transcript.bytes() == &expected[on_terminal.len()..],
+        "the rest follows the terminal's bytes exactly"
+    );
+    assert!(
+        read_terminal(&mut master, 1, Duration::from_millis(200)).is_empty(),
+        "the server wrote nothing to the terminal after it said where it stands"
+    );
+    assert_eq!(
+        open_copies(&tty_path(&slave)),
+        1,
+        "the detached client's terminal is closed by the server"
+    );
+    drop(again);
+    server.shutdown();
+}
+
+/// What a server will not take as a terminal is refused with the reason, the descriptor is
+/// closed, and the same client can still attach the plain way.
+#[test]
+fn a_descriptor_that_is_not_a_usable_terminal_is_refused_and_closed() {
+    let dir = TempDir::new("term-refused");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "echo ready; exec sleep 60");
+
+    // A pipe is no terminal.
+    let (mut pipe_out, pipe_in) = io::pipe().expect("a pipe");
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, pipe_in.as_fd())
+            .expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    match next(&mut client) {
+        ServerMsg::Refused(why) => assert!(why.contains("not a terminal"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(client);
+    drop(pipe_in);
+    let mut rest = Vec::new();
+    // Only an end of file once every copy of the write end is closed, the server's too.
+    pipe_out.read_to_end(&mut rest).expect("the pipe ends");
+    assert!(rest.is_empty());
+
+    // A terminal hello without its descriptor.
+    let mut raw = UnixStream::connect(&socket).expect("connect");
+    let mut frame = Vec::new();
+    wire::encode_client(
+        &ClientMsg::Hello {
+            policy: Policy::Resync,
+            resume: None,
+            terminal: true,
+        },
+        &mut frame,
+    );
+    io::Write::write_all(&mut raw, &frame).expect("hello");
+    raw.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer)
+        .expect("the refusal, then the end");
+    match wire::decode_server(&answer) {
+        Ok(Some((ServerMsg::Refused(why), _))) => {
+            assert!(why.contains("without the terminal's descriptor"), "{why}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // The plain way still works.
+    let mut plain = crate::support::attached(&socket);
+    assert!(matches!(next(&mut plain), ServerMsg::Snapshot(_)));
+    drop(plain);
+    server.shutdown();
+}
+
+/// A server told not to take terminals refuses them (the client then relays), and keeps no
+/// copy of the terminal.
+#[test]
+fn a_server_that_takes_no_terminals_refuses_them_and_keeps_none() {
+    let dir = TempDir::new("term-off");
+    let socket = dir.path().join("s.sock");
+    let server = SessionServer::start(
+        SessionConfig::new(&socket, "sh")
+            .args(["-c", "exec sleep 60"])
+            .take_terminals(false),
+    )
+    .expect("start");
+    let (_master, slave) = terminal();
+    let mut client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
+        .expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    match next(&mut client) {
+        ServerMsg::Refused(why) => assert!(why.contains("does not take terminals"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(client);
+    let path = tty_path(&slave);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_copies(&path) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the server closed the terminal it refused"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.shutdown();
+}
