@@ -89,7 +89,7 @@ fn tail(socket: &Path) -> Result<(), Box<dyn Error>> {
             std::fs::write(position_file(socket), format!("{} {}", p.epoch, p.next))?;
         }
         match applied {
-            Applied::Continue => {}
+            Applied::Continue | Applied::Detached => {}
             Applied::Refused => return Err(format!("refused: {msg:?}").into()),
             Applied::Closed(_) => {
                 if let Some(exit) = follower.exit_status() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::wire::{self, ClientMsg, ProgramExit, ServerMsg, WireError};
+use super::wire::{self, ClientMsg, Keys, ProgramExit, ServerMsg, WireError};
 use crate::attach::CloseReason;
 use crate::config::Policy;
 use crate::dedup::{Accepted, Dedup};
@@ -74,31 +74,34 @@ impl SessionClient {
 
     /// Connects like [`connect`](Self::connect) and hands `terminal` (the client's terminal,
     /// in raw mode) to the server, which writes the program's output to it itself, with no
-    /// byte passing through the client (terminal mode, see [`wire`](super::wire)). The
-    /// messages that come are [`ServerMsg::Shown`] once the attach is on the terminal, then
-    /// [`ServerMsg::Shown`] (where to resume), [`ServerMsg::Exited`] and [`ServerMsg::Closed`]
-    /// when the stream ends for this client; a [`Follower`] records the position from them. A
-    /// server that cannot write to `terminal` (or predates terminal mode) answers with
-    /// [`ServerMsg::Refused`] before anything else: connect again with
-    /// [`connect`](Self::connect).
+    /// byte passing through the client (terminal mode, see [`wire`](super::wire)); with
+    /// [`Keys::Read`] it reads the keys from it too. The messages that come are
+    /// [`ServerMsg::Shown`] once the attach is on the terminal; then, when the stream ends
+    /// for this client, [`ServerMsg::Shown`] (where to resume) followed by
+    /// [`ServerMsg::Detached`] (the detach key) or [`ServerMsg::Exited`] and
+    /// [`ServerMsg::Closed`]. A [`Follower`] records the position from them. A server that
+    /// cannot use `terminal` (or predates terminal mode) answers with [`ServerMsg::Refused`]
+    /// before anything else: connect again with [`connect`](Self::connect).
     ///
     /// The server opens the terminal anew (its own file description, non-blocking), so the
-    /// client's descriptor keeps its modes; the server stops writing before it sends the last
-    /// [`ServerMsg::Shown`].
+    /// client's descriptor keeps its modes; the server stops writing (and reading) before it
+    /// sends the last [`ServerMsg::Shown`]. While the server reads the keys, the client must
+    /// not read the terminal.
     pub fn connect_terminal(
         path: impl AsRef<Path>,
         policy: Policy,
         resume: Option<Position>,
         terminal: BorrowedFd<'_>,
+        keys: Keys,
     ) -> Result<Self, ClientError> {
-        Self::open(path.as_ref(), policy, resume, Some(terminal))
+        Self::open(path.as_ref(), policy, resume, Some((terminal, keys)))
     }
 
     fn open(
         path: &Path,
         policy: Policy,
         resume: Option<Position>,
-        terminal: Option<BorrowedFd<'_>>,
+        terminal: Option<(BorrowedFd<'_>, Keys)>,
     ) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
@@ -108,13 +111,13 @@ impl SessionClient {
         let msg = ClientMsg::Hello {
             policy,
             resume,
-            terminal: terminal.is_some(),
+            terminal: terminal.map(|(_, keys)| keys),
         };
         wire::encode_client(&msg, &mut hello);
         let sent = match terminal {
             // One message: the descriptor travels with the hello's bytes (a hello is far
             // smaller than any socket buffer, so it goes whole).
-            Some(fd) => platform_primitives::fdpass::send_with_fds(&stream, &hello, &[fd])
+            Some((fd, _)) => platform_primitives::fdpass::send_with_fds(&stream, &hello, &[fd])
                 .and_then(|n| match n == hello.len() {
                     true => Ok(()),
                     false => Err(io::Error::new(
@@ -374,6 +377,9 @@ pub enum Applied {
     Closed(CloseReason),
     /// The server refused the attach.
     Refused,
+    /// The client's detach key, read by the server (terminal mode with
+    /// [`Keys::Read`]), ended the attach.
+    Detached,
 }
 
 /// A client's copy of the program's raw output, rebuilt from session messages exactly once.
@@ -480,6 +486,7 @@ impl Transcript {
                 Applied::Continue
             }
             ServerMsg::Closed(reason) => Applied::Closed(*reason),
+            ServerMsg::Detached => Applied::Detached,
             ServerMsg::Refused(_) => Applied::Refused,
         }
     }

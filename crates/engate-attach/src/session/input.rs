@@ -8,8 +8,8 @@
 //! read until it has gone, so each client holds at most one input frame and one read).
 
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,32 @@ pub(super) struct InputEnd {
     pub(super) gone: AtomicBool,
     /// Why the client is disconnected, to send it before closing.
     pub(super) refusal: std::sync::Mutex<Option<String>>,
+    /// The client's detach key was read from its terminal: it is told so before closing.
+    pub(super) detached: AtomicBool,
+}
+
+/// The most keystrokes read from a client's terminal that may wait for the program's
+/// terminal: the server goes on reading the terminal while they wait (so that the detach key
+/// is seen behind a paste the program does not read), up to this.
+pub(super) const KEYS_WAITING: usize = 256 << 10;
+
+/// The keys of a terminal the server reads itself (terminal mode with
+/// [`Keys::Read`](super::wire::Keys::Read)).
+#[derive(Debug)]
+pub(super) struct TerminalKeys {
+    /// The terminal (non-blocking; the same open file the client's output is written to).
+    pub(super) tty: Arc<File>,
+    pub(super) detach: u8,
+    pub(super) read_only: bool,
+}
+
+/// What the pump should do with a client's terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeysWait {
+    /// Wait for keys on this descriptor.
+    Read(std::os::fd::RawFd),
+    /// Do not read it now (keystrokes wait, as many as may), or at all.
+    No,
 }
 
 /// One client's input side.
@@ -47,6 +73,9 @@ pub(super) struct InputConn {
     fresh: AtomicBool,
     /// The client hung up while its keystrokes waited: they are still delivered.
     hung_up: AtomicBool,
+    /// The detach key and read-only setting, if the server reads the keys from the
+    /// terminal.
+    keys: Option<(u8, bool)>,
 }
 
 /// What a client sent that has not reached the program yet.
@@ -56,6 +85,8 @@ struct InputState {
     buf: Vec<u8>,
     /// Decoded keystrokes the program's terminal has not taken yet.
     pending: Vec<u8>,
+    /// The terminal the keys are read from, until the detach key (only the pump drops it).
+    tty: Option<Arc<File>>,
 }
 
 /// What the pump should do with a client after serving it.
@@ -63,17 +94,30 @@ struct InputState {
 pub(super) enum Served {
     /// Wait for more input (or, with input pending, for the program's terminal).
     Again,
-    /// The client is done: it left (`None`) or is refused (why).
-    Done(Option<String>),
+    /// The client is done.
+    Done(End),
+}
+
+/// How a client's input ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// It left (it hung up, or sent a detach).
+    Left,
+    /// Its detach key was read from its terminal.
+    Detached,
+    /// It is refused: why.
+    Refused(String),
 }
 
 impl InputConn {
-    /// A client whose hello was followed by `rest`.
+    /// A client whose hello was followed by `rest`, with the terminal the server reads its
+    /// keys from, if it does.
     pub(super) fn new(
         id: u64,
         stream: Arc<UnixStream>,
         outlet: Arc<Outlet>,
         rest: Vec<u8>,
+        keys: Option<TerminalKeys>,
     ) -> Self {
         Self {
             id,
@@ -83,10 +127,76 @@ impl InputConn {
             state: Mutex::new(InputState {
                 buf: rest,
                 pending: Vec::new(),
+                tty: keys.as_ref().map(|k| Arc::clone(&k.tty)),
             }),
             fresh: AtomicBool::new(true),
             hung_up: AtomicBool::new(false),
+            keys: keys.map(|k| (k.detach, k.read_only)),
         }
+    }
+
+    /// Whether the pump waits for keys on the client's terminal: while the server reads it,
+    /// and fewer than [`KEYS_WAITING`] keystrokes wait.
+    pub(super) fn keys_wait(&self) -> KeysWait {
+        let state = self.state.lock();
+        match &state.tty {
+            Some(tty) if state.pending.len() < KEYS_WAITING => KeysWait::Read(tty.as_raw_fd()),
+            _ => KeysWait::No,
+        }
+    }
+
+    /// Reads the client's terminal once (it is ready: keys, or a hang-up) and forwards what
+    /// can go now. At the detach key the server stops reading the terminal (what follows the
+    /// key in the same read is dropped) and the client is told at once; keystrokes typed
+    /// before it that still wait are delivered after (as a client's that hangs up).
+    pub(super) fn serve_keys(&self, program: &File, hub: &Hub, scratch: &mut [u8]) -> Served {
+        let (Some((detach, read_only)), mut state) = (self.keys, self.state.lock()) else {
+            return Served::Again;
+        };
+        let Some(tty) = state.tty.clone() else {
+            return Served::Again;
+        };
+        let room = KEYS_WAITING
+            .saturating_sub(state.pending.len())
+            .clamp(1, scratch.len());
+        match (&*tty).read(&mut scratch[..room]) {
+            // A terminal in raw mode reads 0 only once it is hung up.
+            Ok(0) => return Served::Done(End::Left),
+            Ok(n) => {
+                let typed = &scratch[..n];
+                let (send, detached) = match typed.iter().position(|&b| b == detach) {
+                    Some(at) => (&typed[..at], true),
+                    None => (typed, false),
+                };
+                if !read_only {
+                    state.pending.extend_from_slice(send);
+                }
+                if detached {
+                    state.tty = None;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            // The terminal is gone (EIO once hung up).
+            Err(_) => return Served::Done(End::Left),
+        }
+        let served = match state.forward(program, hub) {
+            Ok(_) => Served::Again,
+            Err(done) => return done,
+        };
+        if state.tty.is_none() {
+            if state.pending.is_empty() {
+                return Served::Done(End::Detached);
+            }
+            // The client leaves now; its keystrokes follow it to the program.
+            drop(state);
+            self.end.detached.store(true, Ordering::SeqCst);
+            self.outlet.wake();
+        }
+        served
     }
 
     /// Whether the client hung up while its keystrokes waited.
@@ -135,7 +245,7 @@ impl InputConn {
             // `buf` holds less than one frame (all whole ones were forwarded) whose length
             // was checked on its header: it stays within one frame and one read.
             match sys::unix::recv_now(self.stream.as_fd(), scratch) {
-                Ok(0) => return Served::Done(None),
+                Ok(0) => return Served::Done(End::Left),
                 Ok(n) => state.buf.extend_from_slice(&scratch[..n]),
                 Err(e)
                     if matches!(
@@ -145,22 +255,26 @@ impl InputConn {
                 {
                     return Served::Again;
                 }
-                Err(_) => return Served::Done(None),
+                Err(_) => return Served::Done(End::Left),
             }
         }
     }
 
-    /// Ends the client's input: says why to its writer thread (which sends a refusal before
-    /// closing) and wakes it.
-    pub(super) fn finish(&self, refusal: Option<String>) {
-        if let Some(why) = &refusal {
-            tracing::warn!(
-                client = self.id,
-                reason = why.as_str(),
-                "refused a session client"
-            );
+    /// Ends the client's input: says why to its writer thread (which sends a refusal, or the
+    /// news of the detach key, before closing) and wakes it.
+    pub(super) fn finish(&self, end: End) {
+        match end {
+            End::Left => {}
+            End::Detached => self.end.detached.store(true, Ordering::SeqCst),
+            End::Refused(why) => {
+                tracing::warn!(
+                    client = self.id,
+                    reason = why.as_str(),
+                    "refused a session client"
+                );
+                *self.end.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            }
         }
-        *self.end.refusal.lock().unwrap_or_else(|e| e.into_inner()) = refusal;
         self.end.gone.store(true, Ordering::SeqCst);
         self.outlet.wake();
     }
@@ -188,13 +302,13 @@ impl InputState {
                     // no longer matters.
                     let _ = resize_terminal(program.as_fd(), size);
                 }
-                Ok(Some((ClientMsg::Detach, _))) => return Err(Served::Done(None)),
+                Ok(Some((ClientMsg::Detach, _))) => return Err(Served::Done(End::Left)),
                 Ok(Some((ClientMsg::Hello { .. }, _))) => {
-                    return Err(Served::Done(Some(
+                    return Err(Served::Done(End::Refused(
                         "a second hello on one connection".into(),
                     )));
                 }
-                Err(e) => return Err(Served::Done(Some(invalid_frame(&e)))),
+                Err(e) => return Err(Served::Done(End::Refused(invalid_frame(&e)))),
                 Ok(None) => return Ok(true),
             }
         }
@@ -210,7 +324,7 @@ impl InputState {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(_) => return Err(Served::Done(None)),
+                Err(_) => return Err(Served::Done(End::Left)),
             }
         }
         Ok(true)

@@ -38,8 +38,9 @@ pub(super) enum Sink {
 /// A client's terminal, written by the server.
 #[derive(Debug)]
 pub(super) struct TerminalOut {
-    /// The terminal, opened anew by the server (non-blocking).
-    tty: File,
+    /// The terminal, opened anew by the server (non-blocking; shared with the pump when it
+    /// reads the keys too).
+    tty: Arc<File>,
     /// Turns messages into what the terminal shows, exactly once.
     follower: Follower,
     /// Where the terminal stands before the first byte of the buffer.
@@ -64,7 +65,7 @@ struct Mark {
 
 impl TerminalOut {
     /// A terminal handed over by a client, that shows the stream up to `resume` if given.
-    pub(super) fn new(tty: File, resume: Option<Position>) -> Self {
+    pub(super) fn new(tty: Arc<File>, resume: Option<Position>) -> Self {
         Self {
             tty,
             follower: resume.map_or_else(Follower::new, Follower::resume_at),
@@ -226,7 +227,7 @@ impl Drive {
         let pending = &self.buf[self.sent..];
         let n = match &self.sink {
             Sink::Frames => sys::unix::send_now(stream.as_fd(), pending)?,
-            Sink::Terminal(t) => (&t.tty).write(pending)?,
+            Sink::Terminal(t) => (&*t.tty).write(pending)?,
         };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());

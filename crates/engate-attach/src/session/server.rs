@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use platform_primitives::uds::{BindError, SocketPath, UdsBinder};
 
-use super::input::{INPUT_READ, InputConn, InputEnd, Served};
+use super::input::{End, INPUT_READ, InputConn, InputEnd, KeysWait, Served, TerminalKeys};
 use super::outlet::{Drive, Outlet, Sink, TerminalOut};
-use super::wire::{self, ClientMsg, ProgramExit, ServerMsg};
+use super::wire::{self, ClientMsg, Keys, ProgramExit, ServerMsg};
 use crate::attach::{CloseReason, Event};
 use crate::config::{AttachOptions, ConfigError, HubConfig};
 use crate::hub::{EmitError, Hub, Producer, channel};
@@ -623,6 +623,8 @@ impl Io {
             };
             fds.push(entry(program_fd, program_events));
             fds.push(entry(self.woken.as_raw_fd(), libc::POLLIN));
+            // Two entries per client: its socket, and its terminal if the server reads its
+            // keys (else left out).
             for (client, &waits) in clients.iter().zip(&pending) {
                 // A client whose keystrokes wait is not read; its hang-up is still reported,
                 // unless it has hung up already (its keystrokes are still delivered).
@@ -632,6 +634,11 @@ impl Io {
                     (false, _) => (client.stream.as_raw_fd(), libc::POLLIN),
                 };
                 fds.push(entry(fd, events));
+                let keys = match client.keys_wait() {
+                    KeysWait::Read(tty) if !client.hung_up() => tty,
+                    _ => -1,
+                };
+                fds.push(entry(keys, libc::POLLIN));
             }
             let timeout = if refused.is_empty() && stalled.is_empty() {
                 None
@@ -691,16 +698,25 @@ impl Io {
             let writable = program & libc::POLLOUT != 0;
             let mut finished = false;
             let mut end = |client: &InputConn, served| {
-                if let Served::Done(refusal) = served {
-                    if refusal.is_some() {
+                if let Served::Done(how) = served {
+                    if matches!(how, End::Refused(_)) {
                         let deadline = Instant::now() + REFUSAL_TIMEOUT;
                         refused.push((deadline, Arc::clone(&client.stream)));
                     }
-                    client.finish(refusal);
+                    client.finish(how);
                     finished = true;
                 }
             };
-            for ((client, fd), waits) in clients.iter().zip(&fds[CLIENTS..]).zip(&pending) {
+            let entries = fds[CLIENTS..].chunks(2);
+            for ((client, entry), waits) in clients.iter().zip(entries).zip(&pending) {
+                let (fd, keys) = (entry[0], entry[1]);
+                if keys.revents != 0 {
+                    let served = client.serve_keys(&self.program, &self.hub, &mut scratch);
+                    if served != Served::Again {
+                        end(client, served);
+                        continue;
+                    }
+                }
                 let readable = fd.revents & libc::POLLIN != 0;
                 let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
                 if readable || (*waits && writable) {
@@ -712,7 +728,7 @@ impl Io {
                     // Its keystrokes are still delivered, then what is left in its socket.
                     client.set_hung_up();
                 } else if hung_up {
-                    end(client, Served::Done(None));
+                    end(client, Served::Done(End::Left));
                 }
             }
             if fds[WOKEN].revents != 0 {
@@ -849,9 +865,9 @@ enum NoHello {
 struct Hello {
     policy: crate::config::Policy,
     resume: Option<crate::snapshot::Position>,
-    /// The terminal it hands over (terminal mode): `Some` if it asked to, with the
-    /// descriptor if one came.
-    terminal: Option<Option<OwnedFd>>,
+    /// The terminal it hands over (terminal mode): `Some` if it asked to, with who reads the
+    /// keys and the descriptor if one came.
+    terminal: Option<(Keys, Option<OwnedFd>)>,
     /// The bytes that followed the hello.
     rest: Vec<u8>,
 }
@@ -898,7 +914,7 @@ impl Client {
                     return Ok(Hello {
                         policy,
                         resume,
-                        terminal: terminal.then_some(fd),
+                        terminal: terminal.map(|keys| (keys, fd)),
                         rest: buf.split_off(used),
                     });
                 }
@@ -943,11 +959,16 @@ impl Client {
         }
     }
 
-    /// Where the client's output goes: its socket, or the terminal it handed over; the
-    /// refusal if the terminal cannot be used.
-    fn sink(&self, terminal: Option<Option<OwnedFd>>, hello: &Hello) -> Result<Sink, String> {
-        let Some(fd) = terminal else {
-            return Ok(Sink::Frames);
+    /// Where the client's output goes (its socket, or the terminal it handed over) and where
+    /// its keys come from (its socket, or that terminal); the refusal if the terminal cannot
+    /// be used.
+    fn sink(
+        &self,
+        terminal: Option<(Keys, Option<OwnedFd>)>,
+        resume: Option<crate::snapshot::Position>,
+    ) -> Result<(Sink, Option<TerminalKeys>), String> {
+        let Some((keys, fd)) = terminal else {
+            return Ok((Sink::Frames, None));
         };
         let Some(fd) = fd else {
             return Err("a terminal hello came without the terminal's descriptor".into());
@@ -956,12 +977,20 @@ impl Client {
             return Err("this server does not take terminals (relay the output)".into());
         }
         // The client's descriptor is closed once the terminal is opened anew (or not).
-        let tty = sys::unix::reopen_terminal(fd.as_fd())
-            .map_err(|e| format!("cannot write to the terminal handed over: {e}"))?;
-        Ok(Sink::Terminal(Box::new(TerminalOut::new(
-            tty,
-            hello.resume,
-        ))))
+        let cannot = |e: io::Error| format!("cannot use the terminal handed over: {e}");
+        let tty = Arc::new(sys::unix::reopen_terminal(fd.as_fd()).map_err(cannot)?);
+        let keys = match keys {
+            Keys::Sent => None,
+            Keys::Read { detach, read_only } => Some(TerminalKeys {
+                tty: Arc::clone(&tty),
+                detach,
+                read_only,
+            }),
+        };
+        Ok((
+            Sink::Terminal(Box::new(TerminalOut::new(tty, resume))),
+            keys,
+        ))
     }
 
     fn serve(self, hello_timeout: Duration) {
@@ -981,8 +1010,8 @@ impl Client {
             terminal = terminal.is_some(),
             "a session client attaches"
         );
-        let mut drive = match self.sink(terminal, &hello) {
-            Ok(sink) => Drive::new(sink),
+        let (mut drive, keys) = match self.sink(terminal, hello.resume) {
+            Ok((sink, keys)) => (Drive::new(sink), keys),
             Err(why) => return self.refuse(&why),
         };
         let attach = self
@@ -1019,6 +1048,7 @@ impl Client {
             Arc::clone(&self.stream),
             Arc::clone(&outlet),
             hello.rest,
+            keys,
         ));
         self.shared
             .change_inputs(|inputs| inputs.push(Arc::clone(&input)));
@@ -1028,8 +1058,12 @@ impl Client {
             .outlets
             .lock()
             .retain(|o| !Arc::ptr_eq(o, &outlet));
-        self.shared
-            .change_inputs(|inputs| inputs.retain(|i| !Arc::ptr_eq(i, &input)));
+        // Keystrokes that still wait for the program (a detach key read behind a paste) are
+        // delivered by the pump, which lets the client go once they are.
+        if !input.has_pending() {
+            self.shared
+                .change_inputs(|inputs| inputs.retain(|i| !Arc::ptr_eq(i, &input)));
+        }
         if let Err(e) = result {
             tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
         }
@@ -1057,9 +1091,10 @@ impl Client {
     /// pump and waits to be handed the client back. Ends when the stream closes, the client
     /// leaves or is refused, or the server stops.
     fn write_output(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<()> {
-        let leaving = || end.gone.load(Ordering::SeqCst) || self.shared.stopping();
+        let left = || end.gone.load(Ordering::SeqCst) || end.detached.load(Ordering::SeqCst);
+        let leaving = || left() || self.shared.stopping();
         loop {
-            if end.gone.load(Ordering::SeqCst) {
+            if left() {
                 return self.leave(outlet, end);
             }
             if self.shared.stopping() {
@@ -1132,10 +1167,12 @@ impl Client {
             (None, false) => Ok(()),
             (None, true) => {
                 drive.flush(&self.stream, &give_up)?;
-                match drive.shown() {
-                    Some(shown) => self.send_control(&[ServerMsg::Shown(shown)]),
-                    None => Ok(()),
+                let mut last: Vec<ServerMsg> =
+                    drive.shown().map(ServerMsg::Shown).into_iter().collect();
+                if end.detached.load(Ordering::SeqCst) {
+                    last.push(ServerMsg::Detached);
                 }
+                self.send_control(&last)
             }
         }
     }

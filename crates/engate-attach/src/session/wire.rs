@@ -11,18 +11,21 @@
 //!
 //! **Terminal mode.** A client on a terminal may hand the terminal itself to the server: its
 //! hello has the tag `'T'` and carries the terminal's descriptor (`SCM_RIGHTS`). The server
-//! then writes the program's output (the snapshot's redraw, the live bytes, resyncs) to that
-//! terminal itself, as tmux's server does, so no byte passes through the client; the socket
-//! carries only [`ServerMsg::Shown`] (once the attach is written, and again when the stream
-//! ends for the client, detach included: where to resume), [`ServerMsg::Exited`],
-//! [`ServerMsg::Closed`] and refusals. A server that cannot use the descriptor (not a
-//! terminal, cannot be opened) refuses the hello, as a server that predates terminal mode
-//! does; the client then connects again with a plain hello.
+//! opens the terminal anew and writes the program's output (the snapshot's redraw, the live
+//! bytes, resyncs) to it itself, as tmux's server does, so no byte passes through the client.
+//! With [`Keys::Read`] it also reads the keys from the terminal and forwards them to the
+//! program up to the detach key, so keystrokes do not pass through the client either. The
+//! socket then carries only [`ServerMsg::Shown`] (once the attach is written, and again when
+//! the stream ends for the client, detach included: where to resume), [`ServerMsg::Detached`]
+//! (the detach key was read), [`ServerMsg::Exited`], [`ServerMsg::Closed`] and refusals; the
+//! client still sends [`ClientMsg::Resize`] and may send [`ClientMsg::Detach`]. A server that
+//! cannot use the descriptor (not a terminal, cannot be opened) refuses the hello, as a server
+//! that predates terminal mode does; the client then connects again with a plain hello.
 //!
 //! | frame | layout |
 //! |---|---|
 //! | Hello | `'H'` policy:u8 has_resume:u8 epoch:u64 next:u64 |
-//! | Terminal hello | `'T'`, then as Hello; the terminal's descriptor travels with it |
+//! | Terminal hello | `'T'` policy:u8 has_resume:u8 epoch:u64 next:u64 keys:u8 (0 sent by the client, 1 read by the server, 2 read, only for the detach key) detach:u8; the terminal's descriptor travels with it |
 //! | Input | `'i'` len:u32 bytes (len at most [`MAX_INPUT`]) |
 //! | Resize | `'W'` rows:u16 cols:u16 (each 1..=[`MAX_TERMINAL_SIDE`]) |
 //! | Detach | `'D'` |
@@ -31,6 +34,7 @@
 //! | Gap | `'G'` epoch:u64 from:u64 to:u64 |
 //! | Exited | `'X'` how:u8 (0 exit code, 1 signal) value:i32 |
 //! | Shown | `'P'` epoch:u64 next:u64 |
+//! | Detached | `'D'` |
 //! | Closed | `'C'` reason:u8 at:u64 tail:u64 |
 //! | Refused | `'E'` len:u16 utf-8 |
 //!
@@ -75,8 +79,8 @@ pub enum ClientMsg {
         /// The position to resume from, if any.
         resume: Option<Position>,
         /// The client hands its terminal to the server (terminal mode; the descriptor travels
-        /// with this frame).
-        terminal: bool,
+        /// with this frame), and who reads the keys.
+        terminal: Option<Keys>,
     },
     /// Bytes to write to the program's terminal.
     Input(Bytes),
@@ -85,6 +89,22 @@ pub enum ClientMsg {
     Resize(PtySize),
     /// The client is leaving.
     Detach,
+}
+
+/// Who reads the keys of a terminal handed to the server (terminal mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// The client reads them and sends them ([`ClientMsg::Input`]).
+    Sent,
+    /// The server reads them from the terminal and forwards them to the program (none if
+    /// `read_only`) up to the `detach` byte, which ends the attach: the server stops reading
+    /// there and sends [`ServerMsg::Shown`], then [`ServerMsg::Detached`].
+    Read {
+        /// The byte that detaches.
+        detach: u8,
+        /// Keys other than the detach key are dropped.
+        read_only: bool,
+    },
 }
 
 /// How the session's program ended.
@@ -153,6 +173,9 @@ pub enum ServerMsg {
     /// Terminal mode only: the client's terminal shows the stream up to this position (sent
     /// once the attach is written, and when the stream ends for the client).
     Shown(Position),
+    /// Terminal mode with [`Keys::Read`]: the detach key was read; the server has stopped
+    /// reading and writing the terminal and closes the connection.
+    Detached,
     /// The stream ended for this client.
     Closed(CloseReason),
     /// The server will not serve this client (the attach was refused, or the client sent a bad
@@ -291,12 +314,19 @@ pub fn encode_client(msg: &ClientMsg, out: &mut Vec<u8>) {
             resume,
             terminal,
         } => {
-            out.push(if *terminal { b'T' } else { b'H' });
+            out.push(if terminal.is_some() { b'T' } else { b'H' });
             out.push(policy_code(*policy));
             out.push(u8::from(resume.is_some()));
             let p = resume.unwrap_or(Position { epoch: 0, next: 0 });
             out.extend_from_slice(&p.epoch.to_le_bytes());
             out.extend_from_slice(&p.next.to_le_bytes());
+            match terminal {
+                None => {}
+                Some(Keys::Sent) => out.extend_from_slice(&[0, 0]),
+                Some(Keys::Read { detach, read_only }) => {
+                    out.extend_from_slice(&[1 + u8::from(*read_only), *detach]);
+                }
+            }
         }
         ClientMsg::Input(bytes) => {
             // A longer input is not a valid frame: the server refuses it.
@@ -333,10 +363,26 @@ pub fn decode_client(buf: &[u8]) -> Result<Option<(ClientMsg, usize)>, WireError
                     });
                 }
             };
+            let terminal = match tag {
+                b'T' => Some(match (need!(c.u8()), need!(c.u8())) {
+                    (0, _) => Keys::Sent,
+                    (keys @ (1 | 2), detach) => Keys::Read {
+                        detach,
+                        read_only: keys == 2,
+                    },
+                    (v, _) => {
+                        return Err(WireError::BadField {
+                            field: "keys",
+                            value: v.into(),
+                        });
+                    }
+                }),
+                _ => None,
+            };
             ClientMsg::Hello {
                 policy,
                 resume,
-                terminal: tag == b'T',
+                terminal,
             }
         }
         b'i' => {
@@ -406,6 +452,7 @@ pub fn encode_server(msg: &ServerMsg, out: &mut Vec<u8>) {
             out.extend_from_slice(&p.epoch.to_le_bytes());
             out.extend_from_slice(&p.next.to_le_bytes());
         }
+        ServerMsg::Detached => out.push(b'D'),
         ServerMsg::Closed(reason) => {
             out.push(b'C');
             let (code, at, tail) = match reason {
@@ -507,6 +554,7 @@ pub fn decode_server(buf: &[u8]) -> Result<Option<(ServerMsg, usize)>, WireError
             let next = need!(c.u64());
             ServerMsg::Shown(Position { epoch, next })
         }
+        b'D' => ServerMsg::Detached,
         b'C' => {
             let code = need!(c.u8());
             let at = need!(c.u64());
@@ -590,12 +638,28 @@ mod tests {
             ClientMsg::Hello {
                 policy: Policy::Block,
                 resume: Some(Position { epoch: 3, next: 7 }),
-                terminal: false,
+                terminal: None,
             },
             ClientMsg::Hello {
                 policy: Policy::Resync,
                 resume: None,
-                terminal: true,
+                terminal: Some(Keys::Sent),
+            },
+            ClientMsg::Hello {
+                policy: Policy::Gap,
+                resume: Some(Position { epoch: 1, next: 2 }),
+                terminal: Some(Keys::Read {
+                    detach: 0x1c,
+                    read_only: false,
+                }),
+            },
+            ClientMsg::Hello {
+                policy: Policy::Resync,
+                resume: None,
+                terminal: Some(Keys::Read {
+                    detach: b'q',
+                    read_only: true,
+                }),
             },
             ClientMsg::Input(Bytes::from_static(b"q")),
             ClientMsg::Resize(PtySize {
@@ -648,6 +712,12 @@ mod tests {
         snap.extend_from_slice(&3u32.to_le_bytes());
         snap.extend_from_slice(b"abc");
         assert!(decode_server(&snap).is_err());
+        // A terminal hello names who reads the keys: 0, 1 or 2.
+        let mut keys = vec![b'T', 0, 0];
+        keys.extend_from_slice(&[0; 16]);
+        keys.extend_from_slice(&[3, 0x1c]);
+        let err = decode_client(&keys).unwrap_err();
+        assert!(err.to_string().contains("`keys`"), "{err}");
         let mut big = vec![b'i'];
         big.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(

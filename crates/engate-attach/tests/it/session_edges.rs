@@ -57,7 +57,7 @@ fn hello(policy: Policy) -> Vec<u8> {
         &ClientMsg::Hello {
             policy,
             resume: None,
-            terminal: false,
+            terminal: None,
         },
         &mut frame,
     );

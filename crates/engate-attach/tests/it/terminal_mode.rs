@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use engate_attach::Policy;
 use engate_attach::Position;
-use engate_attach::session::wire::{self, ClientMsg, ServerMsg};
+use engate_attach::session::wire::{self, ClientMsg, Keys, ServerMsg};
 use engate_attach::session::{
     ClientError, SessionClient, SessionConfig, SessionServer, Transcript,
 };
@@ -95,8 +95,9 @@ fn the_server_writes_the_output_to_the_terminal_handed_to_it_and_says_where_it_e
     let socket = dir.path().join("s.sock");
     let server = sh_session(&socket, "read go; seq 1 30000");
     let (mut master, slave) = terminal();
-    let mut client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
-        .expect("attach with the terminal");
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -160,8 +161,9 @@ fn a_stuck_terminal_detached_resumes_exactly_where_it_stopped() {
     let socket = dir.path().join("s.sock");
     let server = sh_session(&socket, "read go; seq 1 200000; exec sleep 60");
     let (mut master, slave) = terminal();
-    let client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
-        .expect("attach with the terminal");
+    let client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -248,7 +250,7 @@ fn a_descriptor_that_is_not_a_usable_terminal_is_refused_and_closed() {
     // A pipe is no terminal.
     let (mut pipe_out, pipe_in) = io::pipe().expect("a pipe");
     let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, pipe_in.as_fd())
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, pipe_in.as_fd(), Keys::Sent)
             .expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -271,7 +273,7 @@ fn a_descriptor_that_is_not_a_usable_terminal_is_refused_and_closed() {
         &ClientMsg::Hello {
             policy: Policy::Resync,
             resume: None,
-            terminal: true,
+            terminal: Some(Keys::Sent),
         },
         &mut frame,
     );
@@ -308,8 +310,9 @@ fn a_server_that_takes_no_terminals_refuses_them_and_keeps_none() {
     )
     .expect("start");
     let (_master, slave) = terminal();
-    let mut client = SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd())
-        .expect("connect");
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("connect");
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -327,5 +330,201 @@ fn a_server_that_takes_no_terminals_refuses_them_and_keeps_none() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    server.shutdown();
+}
+
+/// Types `keys` on the terminal (its master side, as a person at it would).
+fn type_keys(master: &mut File, keys: &[u8]) {
+    io::Write::write_all(master, keys).expect("type on the terminal");
+}
+
+/// A plain client resumed at `at` sends `line` and reads until `want` shows up; the output
+/// since `at`.
+fn resume_and_send(socket: &Path, at: Position, line: &[u8], want: &[u8]) -> Vec<u8> {
+    let mut client = SessionClient::connect(socket, Policy::Resync, Some(at)).expect("resume");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    client.send_input(line).expect("send");
+    let mut transcript = Transcript::resume_at(at);
+    while !transcript.bytes().windows(want.len()).any(|w| w == want) {
+        transcript.apply(&next(&mut client));
+    }
+    transcript.bytes().to_vec()
+}
+
+/// With [`Keys::Read`] the server reads the keys from the terminal itself: typed keys reach
+/// the program, the detach key ends the attach (what follows it in the same read is dropped),
+/// and the server stops reading the terminal there.
+#[test]
+fn the_server_reads_the_keys_from_the_terminal_up_to_the_detach_key() {
+    let dir = TempDir::new("term-keys");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "while read l; do echo \"got:$l\"; done");
+    let (mut master, slave) = terminal();
+    let keys = Keys::Read {
+        detach: 0x1c,
+        read_only: false,
+    };
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    type_keys(&mut master, b"hello\r");
+    let want = b"got:hello\r\n";
+    let mut shown = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shown.windows(want.len()).any(|w| w == want) {
+        assert!(
+            Instant::now() < deadline,
+            "the keys reached the program: {shown:?}"
+        );
+        shown.extend(read_terminal(&mut master, 1, Duration::from_secs(1)));
+    }
+    type_keys(&mut master, b"ab\x1cdropped\r");
+    let at = match next(&mut client) {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown at the detach key, got {other:?}"),
+    };
+    assert_eq!(next(&mut client), ServerMsg::Detached);
+    assert!(matches!(
+        client.next_message(),
+        Err(ClientError::Disconnected)
+    ));
+    // What is typed now stays on the terminal: the server reads it no more.
+    type_keys(&mut master, b"later");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut left = [0u8; 64];
+    let n = io::Read::read(&mut File::from(slave.try_clone().expect("dup")), &mut left)
+        .expect("the terminal still holds what was typed after the detach");
+    assert_eq!(&left[..n], b"later");
+    // The keys before the detach key reached the program; those after it in the same read
+    // did not.
+    let after = resume_and_send(&socket, at, b"\n", b"got:ab\r\n");
+    assert!(
+        !after.windows(7).any(|w| w == b"dropped"),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    server.shutdown();
+}
+
+/// Read-only: the server reads the terminal only for the detach key; nothing typed reaches
+/// the program.
+#[test]
+fn read_only_keys_read_by_the_server_reach_nothing_but_the_detach_key_works() {
+    let dir = TempDir::new("term-ro");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "while read l; do echo \"got:$l\"; done");
+    let (mut master, slave) = terminal();
+    let keys = Keys::Read {
+        detach: b'q',
+        read_only: true,
+    };
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    type_keys(&mut master, b"typed\r");
+    std::thread::sleep(Duration::from_millis(200));
+    type_keys(&mut master, b"q");
+    let at = match next(&mut client) {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown at the detach key, got {other:?}"),
+    };
+    assert_eq!(next(&mut client), ServerMsg::Detached);
+    assert!(
+        read_terminal(&mut master, 1, Duration::from_millis(200)).is_empty(),
+        "nothing typed reached the program, so nothing was echoed"
+    );
+    let after = resume_and_send(&socket, at, b"x\n", b"got:x\r\n");
+    assert!(
+        !after.windows(5).any(|w| w == b"typed"),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+    server.shutdown();
+}
+
+/// The detach key typed behind a paste the program does not read yet: the server keeps
+/// reading the terminal while the paste waits (up to a bound), so the client is let go at
+/// once; the paste typed before the key still reaches the program, every byte once.
+#[test]
+fn the_detach_key_behind_a_waiting_paste_is_prompt_and_the_paste_still_arrives() {
+    let dir = TempDir::new("term-paste");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "stty raw -echo; echo ready; sleep 3; exec cat");
+    let (mut master, slave) = terminal();
+    let keys = Keys::Read {
+        detach: 0x1c,
+        read_only: false,
+    };
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    // `ready\n`: the program's terminal is raw, so no carriage return.
+    let ready = read_terminal(&mut master, 6, Duration::from_secs(5));
+    assert_eq!(ready, b"ready\n");
+    const PASTE: usize = 100_000;
+    let mut typist = master.try_clone().expect("dup the terminal");
+    let typing = std::thread::spawn(move || {
+        type_keys(&mut typist, &vec![b'x'; PASTE]);
+        type_keys(&mut typist, b"\x1c");
+    });
+    let pressed = Instant::now();
+    let at = match next(&mut client) {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown at the detach key, got {other:?}"),
+    };
+    assert_eq!(next(&mut client), ServerMsg::Detached);
+    let took = pressed.elapsed();
+    assert_eq!(
+        at.next, 6,
+        "the program echoed nothing yet: it had not read the paste"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the detach waited for the program to read the paste: {took:?}"
+    );
+    typing.join().expect("typing");
+    // The program reads at last: the whole paste, once.
+    let mut again = SessionClient::connect(&socket, Policy::Resync, Some(at)).expect("resume");
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut transcript = Transcript::resume_at(at);
+    while transcript.bytes().iter().filter(|&&b| b == b'x').count() < PASTE {
+        match again.next_message() {
+            Ok(msg) => {
+                transcript.apply(&msg);
+            }
+            Err(e) => panic!(
+                "the paste reached the program: {} of {PASTE} keys came back ({e})",
+                transcript.bytes().iter().filter(|&&b| b == b'x').count()
+            ),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    again
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("read timeout");
+    while let Ok(msg) = again.next_message() {
+        transcript.apply(&msg);
+    }
+    assert_eq!(
+        transcript.bytes().iter().filter(|&&b| b == b'x').count(),
+        PASTE,
+        "every key of the paste reached the program once"
+    );
     server.shutdown();
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use engate_attach::session::wire::ServerMsg;
+use engate_attach::session::wire::{self, ServerMsg};
 use engate_attach::session::{
     Applied, ClientError, Follower, ProgramExit, SessionClient, SessionReader, SessionWriter,
 };
@@ -63,6 +63,8 @@ enum OutputEnd {
     Lost(String),
     /// The terminal could not be written.
     Terminal(io::Error),
+    /// The server read the detach key (it reads the keys itself).
+    Detached,
 }
 
 /// Why the client leaves.
@@ -140,8 +142,21 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     // Raw before the server may write to the terminal.
     let raw = RawMode::enter()
         .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
-    let hand_over = raw.is_some() && io::stdout().is_terminal();
+    // The terminal goes to the server when the output goes to it; its keys too when they come
+    // from the same terminal.
+    let hand_over = (raw.is_some() && io::stdout().is_terminal()).then(|| {
+        if sys::same_terminal(io::stdin().as_fd(), io::stdout().as_fd()) {
+            wire::Keys::Read {
+                detach: options.detach_key,
+                read_only: options.read_only,
+            }
+        } else {
+            wire::Keys::Sent
+        }
+    });
     let (client, start) = connect(session, resume, hand_over)?;
+    let server_reads_keys = matches!(start, Some((_, wire::Keys::Read { .. })));
+    let start = start.map_or(resume, |(at, _)| Some(at));
     let (reader, writer) = client.into_split();
 
     let (events, events_in) =
@@ -191,6 +206,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             detach: options.detach_key,
             read_only: options.read_only,
             resize: Arc::clone(&resize),
+            server_reads: server_reads_keys,
         };
         std::thread::Builder::new()
             .name("engate-io".into())
@@ -244,7 +260,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     drop(raw);
     let name = &session.name;
     match leave {
-        Leave::Detached => {
+        Leave::Detached | Leave::Output(OutputEnd::Detached) => {
             eprintln!("\r\n[engate: detached from {name}]");
             Ok(0)
         }
@@ -273,26 +289,28 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
     }
 }
 
-/// Connects to the session, handing it the terminal when `hand_over` allows: the server
-/// then writes the output to the terminal itself, as tmux's does, and no byte of it passes
-/// through this process. A server that cannot take the terminal (or predates terminal mode)
-/// refuses it, and the client connects again and relays the output. Returns the connection
-/// and the position the terminal starts from.
+/// Connects to the session, handing it the terminal when `hand_over` says who reads the
+/// keys: the server then writes the output to the terminal itself, as tmux's does, and no
+/// byte of it passes through this process (nor the keys, with [`wire::Keys::Read`]). A server that
+/// cannot take the terminal (or predates terminal mode) refuses it, and the client connects
+/// again and relays. Returns the connection and, if the server took the terminal, where the
+/// terminal starts and who reads the keys.
 fn connect(
     session: &Session,
     resume: Option<Position>,
-    hand_over: bool,
-) -> Result<(SessionClient, Option<Position>), Failure> {
+    hand_over: Option<wire::Keys>,
+) -> Result<(SessionClient, Option<(Position, wire::Keys)>), Failure> {
     let cannot = |e: &ClientError| {
         Failure::from_error(format!("cannot attach to session {}", session.name), e)
     };
-    if hand_over {
+    if let Some(keys) = hand_over {
         let stdout = io::stdout();
         let mut client = SessionClient::connect_terminal(
             &session.socket,
             Policy::Resync,
             resume,
             stdout.as_fd(),
+            keys,
         )
         .map_err(|e| cannot(&e))?;
         client
@@ -301,7 +319,7 @@ fn connect(
         match client.next_message() {
             Ok(ServerMsg::Shown(at)) => {
                 client.set_read_timeout(None).map_err(|e| cannot(&e))?;
-                return Ok((client, Some(at)));
+                return Ok((client, Some((at, keys))));
             }
             // Not taken: relayed instead (a refusal of the attach itself comes again).
             Ok(ServerMsg::Refused(_)) => {}
@@ -316,7 +334,7 @@ fn connect(
     }
     let client =
         SessionClient::connect(&session.socket, Policy::Resync, resume).map_err(|e| cannot(&e))?;
-    Ok((client, resume))
+    Ok((client, None))
 }
 
 /// What the terminal thread needs to know of the keys.
@@ -328,6 +346,8 @@ struct Keys {
     read_only: bool,
     /// The window changed while the terminal thread was sending: it sends the new size.
     resize: Arc<AtomicBool>,
+    /// The server reads the keys from the terminal itself: the client does not read them.
+    server_reads: bool,
 }
 
 /// The terminal thread: keystrokes to the session and the session's output to the terminal,
@@ -346,11 +366,12 @@ fn relay(
         Ok(fd) => File::from(fd),
         Err(e) => return Leave::Output(OutputEnd::Terminal(e)),
     };
-    // No standard input (closed): nothing to send, the output is still shown.
+    // No standard input (closed), or the server reads it: nothing to send.
     let mut stdin = io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .ok()
+        .filter(|_| !keys.server_reads)
         .map(File::from);
     let mut output = Output {
         follower: resume.map_or_else(Follower::new, Follower::resume_at),
@@ -417,6 +438,7 @@ fn relay(
             match output.relay(&mut reader, &mut terminal, position) {
                 None => {}
                 Some(_) if detached.is_some() => return Leave::Detached,
+                Some(OutputEnd::Detached) => return Leave::Detached,
                 Some(end) => return Leave::Output(end),
             }
         }
@@ -481,6 +503,7 @@ impl Output {
                 Applied::Closed(_) => {
                     return Some(OutputEnd::Finished(self.follower.exit_status()));
                 }
+                Applied::Detached => return Some(OutputEnd::Detached),
                 Applied::Refused => {
                     return Some(OutputEnd::Refused(match msg {
                         ServerMsg::Refused(why) => why,
@@ -637,7 +660,8 @@ pub(crate) fn tail(session: &Session) -> Result<i32, Failure> {
             );
         }
         match applied {
-            Applied::Continue => {}
+            // A detach comes only to a client that handed its terminal over.
+            Applied::Continue | Applied::Detached => {}
             Applied::Refused => {
                 return Err(Failure::new(format!(
                     "session {} refused the tail: {msg:?}",

@@ -115,6 +115,18 @@ pub(crate) fn user_id() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// Whether `a` and `b` are the same terminal (standard input and output on one tty).
+pub(crate) fn same_terminal(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    let device = |fd: BorrowedFd<'_>| {
+        // SAFETY: a zeroed `stat` is a valid value for fstat to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is borrowed for the call; `st` is a valid stat that outlives it.
+        let rc = unsafe { libc::fstat(fd.as_raw_fd(), &raw mut st) };
+        (rc == 0 && st.st_mode & libc::S_IFMT == libc::S_IFCHR).then_some(st.st_rdev)
+    };
+    device(a).is_some_and(|d| device(b) == Some(d))
+}
+
 /// Waits until at least one of `fds` is readable (or hung up), or `timeout` passes (`None`:
 /// no limit). Returns, for each descriptor, whether it is ready.
 pub(crate) fn wait_readable<const N: usize>(
