@@ -36,3 +36,27 @@ pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     let slave = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok((master, slave))
 }
+
+/// Lowers the calling thread's priority by `steps` nice levels (to at most 19): Linux keeps a
+/// nice value per thread, so the rest of the process keeps its own.
+pub(crate) fn lower_thread_priority(steps: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let id = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // getpriority may return -1 as a value: errno tells an error apart.
+    // SAFETY: errno is this thread's; writing it is how getpriority's caller clears it.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: PRIO_PROCESS with a thread id queries that thread's nice value.
+    let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, id) };
+    if now == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(0) {
+            return Err(e);
+        }
+    }
+    // SAFETY: as above; raising one's own nice value needs no privilege.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, id, (now + steps).min(19)) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

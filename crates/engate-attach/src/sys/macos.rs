@@ -34,3 +34,9 @@ pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     platform_primitives::fd::set_cloexec(slave.as_fd(), true)?;
     Ok((master, slave))
 }
+
+/// Lowers the calling thread's priority: not done on macOS, which has no per-thread nice
+/// value (a QoS class would be its way); the thread keeps the default priority.
+pub(crate) fn lower_thread_priority(_steps: i32) -> std::io::Result<()> {
+    Ok(())
+}
