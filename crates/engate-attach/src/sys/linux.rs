@@ -44,8 +44,11 @@ pub(crate) fn lower_thread_priority(steps: i32) -> io::Result<()> {
     let tid = unsafe { libc::gettid() };
     let id = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // getpriority may return -1 as a value: errno tells an error apart.
-    // SAFETY: errno is this thread's; writing it is how getpriority's caller clears it.
-    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: __errno_location takes no arguments; it returns this thread's errno.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: `errno` points at this thread's errno, valid while the thread lives; clearing
+    // it is how getpriority's caller tells an error from a value of -1.
+    unsafe { *errno = 0 };
     // SAFETY: PRIO_PROCESS with a thread id queries that thread's nice value.
     let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, id) };
     if now == -1 {
