@@ -34,6 +34,9 @@ pub(super) struct InputEnd {
     pub(super) refusal: std::sync::Mutex<Option<String>>,
     /// The client's detach key was read from its terminal: it is told so before closing.
     pub(super) detached: AtomicBool,
+    /// The client is leaving while keystrokes it sent still wait for the program: its output
+    /// ends now (its writer leaves), the pump delivers the keystrokes, then ends its input.
+    pub(super) output_done: AtomicBool,
 }
 
 /// The most keystrokes read from a client's terminal that may wait for the program's
@@ -85,8 +88,17 @@ struct InputState {
     buf: Vec<u8>,
     /// Decoded keystrokes the program's terminal has not taken yet.
     pending: Vec<u8>,
-    /// The terminal the keys are read from, until the detach key (only the pump drops it).
+    /// The terminal the keys are read from, until the client leaves (only the pump drops
+    /// it).
     tty: Option<Arc<File>>,
+    /// The keys come from the terminal, so the socket carries only control frames: it is
+    /// read on while keystrokes wait (a detach or a resize must not wait behind a paste).
+    keys_from_terminal: bool,
+    /// The client is leaving (a detach, its key, a hang-up) while keystrokes wait: nothing
+    /// more is read from it, and once they are delivered its input ends so.
+    closing: Option<End>,
+    /// Its writer has been told to leave.
+    let_go: bool,
 }
 
 /// What the pump should do with a client after serving it.
@@ -99,7 +111,7 @@ pub(super) enum Served {
 }
 
 /// How a client's input ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum End {
     /// It left (it hung up, or sent a detach).
     Left,
@@ -128,6 +140,9 @@ impl InputConn {
                 buf: rest,
                 pending: Vec::new(),
                 tty: keys.as_ref().map(|k| Arc::clone(&k.tty)),
+                keys_from_terminal: keys.is_some(),
+                closing: None,
+                let_go: false,
             }),
             fresh: AtomicBool::new(true),
             hung_up: AtomicBool::new(false),
@@ -143,6 +158,46 @@ impl InputConn {
             Some(tty) if state.pending.len() < KEYS_WAITING => KeysWait::Read(tty.as_raw_fd()),
             _ => KeysWait::No,
         }
+    }
+
+    /// Whether the pump reads the client's socket now: unless keystrokes wait (then only a
+    /// client whose keys come from its terminal, while fewer than [`KEYS_WAITING`] wait), and
+    /// not once it is leaving.
+    pub(super) fn reads_socket(&self) -> bool {
+        let state = self.state.lock();
+        state.closing.is_none()
+            && (state.pending.is_empty()
+                || (state.keys_from_terminal && state.pending.len() < KEYS_WAITING))
+    }
+
+    /// The client hung up while its keystrokes wait: its output ends now; they are still
+    /// delivered, then what is left in its socket, instead of polling it.
+    pub(super) fn hang_up_waiting(&self) {
+        self.hung_up.store(true, Ordering::Relaxed);
+        self.let_output_go();
+    }
+
+    /// The client's writer leaves now (its input goes on).
+    fn let_output_go(&self) {
+        self.end.output_done.store(true, Ordering::SeqCst);
+        self.outlet.wake();
+    }
+
+    /// Tells the writer to leave once the client is leaving with keystrokes still waiting,
+    /// and stops reading its terminal.
+    fn settle(&self, state: &mut InputState) {
+        let Some(how) = &state.closing else {
+            return;
+        };
+        if state.let_go {
+            return;
+        }
+        state.let_go = true;
+        state.tty = None;
+        if *how == End::Detached {
+            self.end.detached.store(true, Ordering::SeqCst);
+        }
+        self.let_output_go();
     }
 
     /// Reads the client's terminal once (it is ready: keys, or a hang-up) and forwards what
@@ -161,7 +216,7 @@ impl InputConn {
             .clamp(1, scratch.len());
         match (&*tty).read(&mut scratch[..room]) {
             // A terminal in raw mode reads 0 only once it is hung up.
-            Ok(0) => return Served::Done(End::Left),
+            Ok(0) => state.closing = Some(End::Left),
             Ok(n) => {
                 let typed = &scratch[..n];
                 let (send, detached) = match typed.iter().position(|&b| b == detach) {
@@ -172,7 +227,7 @@ impl InputConn {
                     state.pending.extend_from_slice(send);
                 }
                 if detached {
-                    state.tty = None;
+                    state.closing = Some(End::Detached);
                 }
             }
             Err(e)
@@ -181,20 +236,14 @@ impl InputConn {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
             // The terminal is gone (EIO once hung up).
-            Err(_) => return Served::Done(End::Left),
+            Err(_) => state.closing = Some(End::Left),
         }
         let served = match state.forward(program, hub) {
             Ok(_) => Served::Again,
-            Err(done) => return done,
+            Err(done) => done,
         };
-        if state.tty.is_none() {
-            if state.pending.is_empty() {
-                return Served::Done(End::Detached);
-            }
-            // The client leaves now; its keystrokes follow it to the program.
-            drop(state);
-            self.end.detached.store(true, Ordering::SeqCst);
-            self.outlet.wake();
+        if served == Served::Again {
+            self.settle(&mut state);
         }
         served
     }
@@ -202,12 +251,6 @@ impl InputConn {
     /// Whether the client hung up while its keystrokes waited.
     pub(super) fn hung_up(&self) -> bool {
         self.hung_up.load(Ordering::Relaxed)
-    }
-
-    /// The client hung up while its keystrokes waited: the pump delivers them, then reads
-    /// what is left in the socket, instead of polling it.
-    pub(super) fn set_hung_up(&self) {
-        self.hung_up.store(true, Ordering::Relaxed);
     }
 
     /// Whether the client is new to the pump (true once).
@@ -231,22 +274,42 @@ impl InputConn {
         scratch: &mut [u8],
     ) -> Served {
         let mut state = self.state.lock();
+        let served = self.serve_socket(&mut state, program, hub, readable, scratch);
+        if served == Served::Again {
+            self.settle(&mut state);
+        }
+        served
+    }
+
+    fn serve_socket(
+        &self,
+        state: &mut InputState,
+        program: &File,
+        hub: &Hub,
+        readable: bool,
+        scratch: &mut [u8],
+    ) -> Served {
         let mut read = !readable;
         loop {
             match state.forward(program, hub) {
                 Ok(true) => {}
-                Ok(false) => return Served::Again,
+                Ok(false) if !state.reads_on() => return Served::Again,
+                Ok(false) => {}
                 Err(done) => return done,
             }
             if read {
                 return Served::Again;
             }
             read = true;
-            // `buf` holds less than one frame (all whole ones were forwarded) whose length
-            // was checked on its header: it stays within one frame and one read.
-            match sys::unix::recv_now(self.stream.as_fd(), scratch) {
-                Ok(0) => return Served::Done(End::Left),
-                Ok(n) => state.buf.extend_from_slice(&scratch[..n]),
+            // `buf` holds less than one frame (all whole ones were forwarded, unless
+            // keystrokes wait: then the keys come from the terminal and the frames are small)
+            // whose length was checked on its header: it stays within one frame and one read.
+            let gone = match sys::unix::recv_now(self.stream.as_fd(), scratch) {
+                Ok(0) => true,
+                Ok(n) => {
+                    state.buf.extend_from_slice(&scratch[..n]);
+                    false
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -255,7 +318,15 @@ impl InputConn {
                 {
                     return Served::Again;
                 }
-                Err(_) => return Served::Done(End::Left),
+                Err(_) => true,
+            };
+            if gone {
+                if state.pending.is_empty() {
+                    return Served::Done(End::Left);
+                }
+                // Read on while keystrokes wait: they are still delivered.
+                state.closing = Some(End::Left);
+                return Served::Again;
             }
         }
     }
@@ -286,7 +357,14 @@ impl InputState {
     /// terminal; `Err`: the client is done.
     fn forward(&mut self, program: &File, hub: &Hub) -> Result<bool, Served> {
         loop {
-            if !self.write_pending(program)? {
+            let delivered = self.write_pending(program)?;
+            if let Some(how) = &self.closing {
+                if delivered {
+                    return Err(Served::Done(how.clone()));
+                }
+                return Ok(false);
+            }
+            if !delivered && !self.reads_on() {
                 return Ok(false);
             }
             match wire::decode_client(&self.buf) {
@@ -302,16 +380,25 @@ impl InputState {
                     // no longer matters.
                     let _ = resize_terminal(program.as_fd(), size);
                 }
-                Ok(Some((ClientMsg::Detach, _))) => return Err(Served::Done(End::Left)),
+                Ok(Some((ClientMsg::Detach, used))) => {
+                    self.buf.drain(..used);
+                    // Keystrokes that wait are still delivered; the client goes now.
+                    self.closing = Some(End::Left);
+                }
                 Ok(Some((ClientMsg::Hello { .. }, _))) => {
                     return Err(Served::Done(End::Refused(
                         "a second hello on one connection".into(),
                     )));
                 }
                 Err(e) => return Err(Served::Done(End::Refused(invalid_frame(&e)))),
-                Ok(None) => return Ok(true),
+                Ok(None) => return Ok(delivered),
             }
         }
+    }
+
+    /// Whether the client is read on while its keystrokes wait (see `keys_from_terminal`).
+    fn reads_on(&self) -> bool {
+        self.closing.is_none() && self.keys_from_terminal && self.pending.len() < KEYS_WAITING
     }
 
     /// Writes what the program's terminal takes of the pending keystrokes; `Ok(true)` once

@@ -15,7 +15,7 @@ use super::client::Follower;
 use super::handoff::Handoff;
 use super::wire::{self, ServerMsg};
 use crate::attach::{Attach, Event, Live};
-use crate::snapshot::Position;
+use crate::snapshot::{Position, SnapshotKind};
 use crate::sys;
 
 /// The most output one round gathers before it writes.
@@ -157,7 +157,8 @@ impl Drive {
                     t.marks.push_back(Mark {
                         end: self.buf.len(),
                         at,
-                        linear: matches!(msg, ServerMsg::Item(_)),
+                        // A suffix snapshot writes stream bytes too; a redraw does not.
+                        linear: !matches!(msg, ServerMsg::Snapshot(s) if s.kind() == SnapshotKind::State),
                     });
                 }
             }
@@ -368,6 +369,12 @@ impl Outlet {
         self.handed_over.notify_all();
     }
 
+    /// The subscription and what is left to write, for what does not change hands (whether
+    /// the output goes to a terminal).
+    pub(super) fn drive_any(&self) -> MutexGuard<'_, Drive> {
+        self.drive.lock()
+    }
+
     /// The subscription and what is left to write; only for the owner.
     pub(super) fn drive(&self) -> MutexGuard<'_, Drive> {
         debug_assert!(self.handoff.is_owned());
@@ -387,10 +394,16 @@ impl Outlet {
         self.handoff.take();
     }
 
-    /// The writer thread has left: the subscription ends now, whoever still holds the outlet.
+    /// The writer thread has left: the subscription ends now, and the client's terminal is
+    /// closed, whoever still holds the outlet (the pump, while keystrokes wait).
     pub(super) fn close(&self) {
         self.take();
-        let live = self.drive.lock().live.take();
-        drop(live);
+        let mut drive = self.drive.lock();
+        let live = drive.live.take();
+        let sink = std::mem::replace(&mut drive.sink, Sink::Frames);
+        drive.buf = Vec::new();
+        drive.sent = 0;
+        drop(drive);
+        drop((live, sink));
     }
 }

@@ -625,13 +625,14 @@ impl Io {
             fds.push(entry(self.woken.as_raw_fd(), libc::POLLIN));
             // Two entries per client: its socket, and its terminal if the server reads its
             // keys (else left out).
-            for (client, &waits) in clients.iter().zip(&pending) {
-                // A client whose keystrokes wait is not read; its hang-up is still reported,
-                // unless it has hung up already (its keystrokes are still delivered).
-                let (fd, events) = match (waits, client.hung_up()) {
-                    (true, true) => (-1, 0),
-                    (true, false) => (client.stream.as_raw_fd(), 0),
-                    (false, _) => (client.stream.as_raw_fd(), libc::POLLIN),
+            for client in &clients {
+                // A client whose keystrokes wait is not read (unless its keys come from its
+                // terminal, see `reads_socket`); its hang-up is still reported, unless it has
+                // hung up already (its keystrokes are still delivered).
+                let (fd, events) = match (client.reads_socket(), client.hung_up()) {
+                    (true, _) => (client.stream.as_raw_fd(), libc::POLLIN),
+                    (false, true) => (-1, 0),
+                    (false, false) => (client.stream.as_raw_fd(), 0),
                 };
                 fds.push(entry(fd, events));
                 let keys = match client.keys_wait() {
@@ -725,8 +726,9 @@ impl Io {
                         client.serve(&self.program, &self.hub, readable, &mut scratch),
                     );
                 } else if hung_up && *waits {
-                    // Its keystrokes are still delivered, then what is left in its socket.
-                    client.set_hung_up();
+                    // Its output ends now; its keystrokes are still delivered, then what is
+                    // left in its socket.
+                    client.hang_up_waiting();
                 } else if hung_up {
                     end(client, Served::Done(End::Left));
                 }
@@ -1025,12 +1027,37 @@ impl Client {
             Ok(s) => s,
             Err(e) => return self.refuse(&format!("attach refused: {e}")),
         };
-        let stopping = || self.shared.stopping();
-        let Ok(synced) = subscribed.try_replay(|s| {
+        // The attach's snapshot: a terminal-mode client that leaves meanwhile (its terminal
+        // stuck) is let go with where its terminal stands.
+        let terminal_mode = drive.is_terminal();
+        let give_up = || self.shared.stopping() || (terminal_mode && self.peer_left());
+        let replayed = subscribed.try_replay(|s| {
             drive.put(&ServerMsg::Snapshot(s.clone()));
-            drive.flush(&self.stream, &stopping).map(drop)
-        }) else {
-            return;
+            match drive.flush(&self.stream, &give_up) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(io::Error::other("the client left during its snapshot")),
+                Err(e) => Err(e),
+            }
+        });
+        let synced = match replayed {
+            Ok(synced) => synced,
+            Err(e) => {
+                if let Some(shown) = drive.shown() {
+                    let _ = self.send_control(&[ServerMsg::Shown(shown)]);
+                }
+                tracing::debug!(client = self.id, error = %e, "a session client left during its snapshot");
+                // What it sent meanwhile (its detach) is read, so that it sees the end of the
+                // stream rather than a reset.
+                let mut unread = [0u8; 4096];
+                for _ in 0..16 {
+                    if !matches!(sys::unix::recv_now(self.stream.as_fd(), &mut unread), Ok(n) if n > 0)
+                    {
+                        break;
+                    }
+                }
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                return;
+            }
         };
         if drive.is_terminal() {
             // The attach is on the terminal: the client knows the server took it.
@@ -1052,7 +1079,22 @@ impl Client {
         ));
         self.shared
             .change_inputs(|inputs| inputs.push(Arc::clone(&input)));
-        let result = self.write_output(&outlet, &input.end);
+        let ending = self.write_output(&outlet, &input.end);
+        // Nobody writes to the client any more; a terminal learns where it stands, whatever
+        // ended its output (an error included: the terminal hung up, say).
+        outlet.take();
+        let shown = outlet.drive().shown();
+        let (last, result) = match ending {
+            Ok(last) => (last, Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        if let Some(shown) = shown {
+            let mut msgs = vec![ServerMsg::Shown(shown)];
+            msgs.extend(last);
+            let _ = self.send_control(&msgs);
+        }
+        // The subscription and the terminal are let go now, even while the pump still holds
+        // the outlet (keystrokes that wait).
         outlet.close();
         self.shared
             .outlets
@@ -1067,10 +1109,15 @@ impl Client {
         if let Err(e) = result {
             tracing::debug!(client = self.id, error = %e, "a session client's connection failed");
         }
-        // The terminal (terminal mode) is closed with the outlet.
         drop(outlet);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         tracing::debug!(client = self.id, "a session client left");
+    }
+
+    /// Whether a terminal-mode client has left: it shut its socket down (or closed it). In
+    /// terminal mode the socket carries no output, so a client that stops sending is leaving.
+    fn peer_left(&self) -> bool {
+        sys::unix::peer_left(self.stream.as_fd())
     }
 
     /// Sends messages on the socket (in terminal mode, the ones that do not go to the
@@ -1089,27 +1136,36 @@ impl Client {
     /// The writer thread's loop: while it owns the client it writes the output, blocking as
     /// long as the client takes (and the server runs); caught up, it leaves the writing to the
     /// pump and waits to be handed the client back. Ends when the stream closes, the client
-    /// leaves or is refused, or the server stops.
-    fn write_output(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<()> {
-        let left = || end.gone.load(Ordering::SeqCst) || end.detached.load(Ordering::SeqCst);
+    /// leaves or is refused, or the server stops. In terminal mode it returns the messages
+    /// that end the client's stream (the caller sends them after `Shown`); with frames it
+    /// writes them itself.
+    fn write_output(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<Vec<ServerMsg>> {
+        let left = || end.gone.load(Ordering::SeqCst) || end.output_done.load(Ordering::SeqCst);
         let leaving = || left() || self.shared.stopping();
+        // A terminal-mode client that left shows on its socket before the pump reads it.
+        let terminal_mode = outlet.drive_any().is_terminal();
+        let give_up = || leaving() || (terminal_mode && self.peer_left());
         loop {
             if left() {
                 return self.leave(outlet, end);
             }
             if self.shared.stopping() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             if !outlet.wait_owned(leaving) {
                 continue;
             }
             let mut drive = outlet.drive();
             // What the pump (or the last round) left unwritten goes first.
-            if !drive.flush(&self.stream, &leaving)? {
+            if !drive.flush(&self.stream, &give_up)? {
+                if !leaving() {
+                    // The client went away before the pump saw it: it is done.
+                    return Ok(Vec::new());
+                }
                 continue;
             }
             match drive.next_event(POLL_INTERVAL) {
-                None => return Ok(()),
+                None => return Ok(Vec::new()),
                 Some(Event::Empty) => {
                     drop(drive);
                     outlet.release();
@@ -1122,21 +1178,17 @@ impl Client {
                     let mut last: Vec<ServerMsg> =
                         exit.map(ServerMsg::Exited).into_iter().collect();
                     last.push(ServerMsg::Closed(reason));
+                    let stopping = || self.shared.stopping() || (terminal_mode && self.peer_left());
                     if drive.is_terminal() {
                         // The end of the output on the terminal first, then the news on the
-                        // socket, with where the terminal stands.
-                        let stopping = || self.shared.stopping();
+                        // socket, after where the terminal stands.
                         drive.flush(&self.stream, &stopping)?;
-                        if let Some(shown) = drive.shown() {
-                            last.insert(0, ServerMsg::Shown(shown));
-                        }
-                        return self.send_control(&last);
+                        return Ok(last);
                     }
                     for msg in &last {
                         drive.put(msg);
                     }
-                    let stopping = || self.shared.stopping();
-                    return drive.flush(&self.stream, &stopping).map(drop);
+                    return drive.flush(&self.stream, &stopping).map(|_| Vec::new());
                 }
                 Some(event) => {
                     // Written with what else is ready, on the next turn.
@@ -1149,8 +1201,8 @@ impl Client {
 
     /// The client left, or is refused: a refusal is sent after whatever output was left
     /// (so frames stay whole); a terminal gets what was left for a moment, and the client
-    /// learns where its terminal stands.
-    fn leave(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<()> {
+    /// learns where its terminal stands (and that its detach key was read).
+    fn leave(&self, outlet: &Outlet, end: &InputEnd) -> io::Result<Vec<ServerMsg>> {
         outlet.take();
         let refusal = end.refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut drive = outlet.drive();
@@ -1158,21 +1210,21 @@ impl Client {
         // shuts a refused connection down after a moment).
         let deadline = Instant::now() + REFUSAL_TIMEOUT;
         let give_up = || Instant::now() >= deadline || self.shared.stopping();
+        let terminal_gone = || give_up() || self.peer_left();
         match (refusal, drive.is_terminal()) {
             (Some(why), false) => {
                 drive.put(&ServerMsg::Refused(why));
-                drive.flush(&self.stream, &give_up).map(drop)
+                drive.flush(&self.stream, &give_up).map(|_| Vec::new())
             }
-            (Some(why), true) => self.send_control(&[ServerMsg::Refused(why)]),
-            (None, false) => Ok(()),
+            (Some(why), true) => Ok(vec![ServerMsg::Refused(why)]),
+            (None, false) => Ok(Vec::new()),
             (None, true) => {
-                drive.flush(&self.stream, &give_up)?;
-                let mut last: Vec<ServerMsg> =
-                    drive.shown().map(ServerMsg::Shown).into_iter().collect();
-                if end.detached.load(Ordering::SeqCst) {
-                    last.push(ServerMsg::Detached);
-                }
-                self.send_control(&last)
+                drive.flush(&self.stream, &terminal_gone)?;
+                Ok(if end.detached.load(Ordering::SeqCst) {
+                    vec![ServerMsg::Detached]
+                } else {
+                    Vec::new()
+                })
             }
         }
     }

@@ -18,8 +18,11 @@
 //! socket then carries only [`ServerMsg::Shown`] (once the attach is written, and again when
 //! the stream ends for the client, detach included: where to resume), [`ServerMsg::Detached`]
 //! (the detach key was read), [`ServerMsg::Exited`], [`ServerMsg::Closed`] and refusals; the
-//! client still sends [`ClientMsg::Resize`] and may send [`ClientMsg::Detach`]. A server that
-//! cannot use the descriptor (not a terminal, cannot be opened) refuses the hello, as a server
+//! client still sends [`ClientMsg::Resize`] and may send [`ClientMsg::Detach`]; a client that
+//! shuts its socket down (or closes it) has left, and the server stops writing to its
+//! terminal at once, keystrokes typed before still reaching the program. A server that
+//! cannot use the descriptor (not a terminal, a name like `/dev/tty` that stands for another
+//! terminal, the server's own controlling terminal, cannot be opened) refuses the hello, as a server
 //! that predates terminal mode does; the client then connects again with a plain hello.
 //!
 //! | frame | layout |

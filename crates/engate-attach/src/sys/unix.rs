@@ -150,6 +150,20 @@ pub(crate) fn reopen_terminal(fd: BorrowedFd<'_>) -> io::Result<std::fs::File> {
     }
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&name[..end]));
+    // Names that stand for some terminal rather than one: opened here, each would be another
+    // terminal than the one handed over (this process's own, a console, a new pty).
+    if ALIASES
+        .iter()
+        .any(|alias| path == std::path::Path::new(alias))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} names no single terminal (hand over the terminal itself)",
+                path.display()
+            ),
+        ));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -163,5 +177,40 @@ pub(crate) fn reopen_terminal(fd: BorrowedFd<'_>) -> io::Result<std::fs::File> {
             path.display()
         )));
     }
+    // This process's own controlling terminal: from a background process group, reading it
+    // would stop the whole server (SIGTTIN), so the client relays instead.
+    let own = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open("/dev/tty")
+        .and_then(|tty| tty.metadata());
+    if own.is_ok_and(|own| own.rdev() == opened.rdev()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is the session server's own controlling terminal",
+                path.display()
+            ),
+        ));
+    }
     Ok(file)
+}
+
+/// Terminal names that stand for another terminal depending on who opens them.
+const ALIASES: [&str; 4] = ["/dev/tty", "/dev/ptmx", "/dev/console", "/dev/pts/ptmx"];
+
+/// Whether the peer of the socket `fd` has shut down its writing side or closed (Linux:
+/// `POLLRDHUP`; elsewhere only a full close, `POLLHUP`, is seen), without reading.
+pub(crate) fn peer_left(fd: BorrowedFd<'_>) -> bool {
+    #[cfg(target_os = "linux")]
+    const EVENTS: libc::c_short = libc::POLLRDHUP;
+    #[cfg(not(target_os = "linux"))]
+    const EVENTS: libc::c_short = 0;
+    let mut entry = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: EVENTS,
+        revents: 0,
+    }];
+    matches!(poll(&mut entry, Some(Duration::ZERO)), Ok(1))
+        && entry[0].revents & (EVENTS | libc::POLLHUP | libc::POLLERR) != 0
 }

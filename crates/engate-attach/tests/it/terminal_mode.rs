@@ -528,3 +528,245 @@ fn the_detach_key_behind_a_waiting_paste_is_prompt_and_the_paste_still_arrives()
     );
     server.shutdown();
 }
+
+/// Waits until the server holds no copy of the terminal at `path` (the test's own is left).
+fn wait_released(path: &Path, limit: Duration) -> Result<Duration, usize> {
+    let start = Instant::now();
+    loop {
+        let copies = open_copies(path);
+        if copies <= 1 {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return Err(copies);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The client's terminal hangs up (its master closes: an ssh link dropped) while the server
+/// writes to it: the server stops, says where the terminal stood, and lets it go.
+#[test]
+fn a_terminal_that_hangs_up_still_gets_its_position_said() {
+    let dir = TempDir::new("term-hup");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "read go; exec seq 1 2000000");
+    let (mut master, slave) = terminal();
+    let path = tty_path(&slave);
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
+    drop(slave);
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let start = match next(&mut client) {
+        ServerMsg::Shown(p) => p,
+        other => panic!("expected Shown first, got {other:?}"),
+    };
+    client.send_input(b"\n").expect("start the program");
+    let seen = read_terminal(&mut master, 200_000, Duration::from_secs(5));
+    assert!(seen.len() >= 200_000);
+    drop(master);
+    let mut said = None;
+    loop {
+        match client.next_message() {
+            Ok(ServerMsg::Shown(p)) => said = Some(p),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(ClientError::Disconnected) => break,
+            Err(e) => panic!("the server neither said nor closed: {e}"),
+        }
+    }
+    let said = said.expect("the server said where the terminal stood when it hung up");
+    assert_eq!(said.epoch, start.epoch);
+    assert!(
+        said.next >= seen.len() as u64,
+        "at least what the terminal showed: {said:?} vs {}",
+        seen.len()
+    );
+    wait_released(&path, Duration::from_secs(2)).expect("the server let the terminal go");
+    server.shutdown();
+}
+
+/// A client whose keys wait for a program that does not read them hangs up: the server stops
+/// writing to its terminal at once (the output must not land on the shell the client gave
+/// back), and lets the terminal go, while the keys still wait for the program.
+#[test]
+fn a_client_gone_while_its_keys_wait_no_longer_gets_output_on_its_terminal() {
+    let dir = TempDir::new("term-gone");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(
+        &socket,
+        "stty raw -echo; while :; do echo tick; sleep 0.05; done",
+    );
+    let (mut master, slave) = terminal();
+    let path = tty_path(&slave);
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    let ticks = read_terminal(&mut master, 10, Duration::from_secs(5));
+    assert!(ticks.starts_with(b"tick"), "{ticks:?}");
+    // More keys than the program's terminal takes: they wait in the server.
+    let (_reader, mut writer) = client.into_split();
+    writer.send_input(&[b'k'; 100_000]).expect("paste");
+    std::thread::sleep(Duration::from_millis(200));
+    drop(writer);
+    drop(_reader);
+    let released = wait_released(&path, Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(100));
+    read_terminal(&mut master, usize::MAX, Duration::from_millis(50));
+    let after = read_terminal(&mut master, usize::MAX, Duration::from_millis(500));
+    assert!(
+        after.is_empty(),
+        "the server still writes to a gone client's terminal: {:?}",
+        String::from_utf8_lossy(&after)
+    );
+    released.expect("the server let the terminal go");
+    server.shutdown();
+}
+
+/// The server reads the keys; a paste waits for a program that does not read it, and the
+/// client leaves with a Detach frame (on SIGTERM, say): it is let go at once, with where its
+/// terminal stands, and the server holds the terminal no more.
+#[test]
+fn a_detach_frame_behind_waiting_keys_is_prompt() {
+    let dir = TempDir::new("term-detach-frame");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "stty raw -echo; echo ready; exec sleep 60");
+    let (mut master, slave) = terminal();
+    let path = tty_path(&slave);
+    let keys = Keys::Read {
+        detach: 0x1c,
+        read_only: false,
+    };
+    let client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let (mut reader, writer) = client.into_split();
+    assert!(matches!(reader.next_message(), Ok(ServerMsg::Shown(_))));
+    assert_eq!(
+        read_terminal(&mut master, 6, Duration::from_secs(5)),
+        b"ready\n"
+    );
+    let mut typist = master.try_clone().expect("dup the terminal");
+    let typing = std::thread::spawn(move || type_keys(&mut typist, &[b'p'; 100_000]));
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    writer.detach();
+    match reader.next_message() {
+        Ok(ServerMsg::Shown(p)) => assert_eq!(p.next, 6),
+        other => panic!("expected Shown, got {other:?}"),
+    }
+    assert!(matches!(
+        reader.next_message(),
+        Err(ClientError::Disconnected)
+    ));
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "the detach waited for the keys: {:?}",
+        asked.elapsed()
+    );
+    wait_released(&path, Duration::from_secs(2)).expect("the server let the terminal go");
+    // The typist may be blocked on a terminal nobody reads any more: the session's end
+    // does not depend on it.
+    server.shutdown();
+    drop(master);
+    drop(slave);
+    let _ = typing.join();
+}
+
+/// A client whose terminal does not take the attach's redraw (a large tail snapshot, nobody
+/// reading) leaves: the server gives up at once, says exactly how much of the snapshot the
+/// terminal took, and a resume there gets the rest, nothing twice.
+#[test]
+fn a_client_leaving_during_its_snapshot_is_let_go_with_the_exact_position() {
+    use engate_attach::session::SnapshotMode;
+    let dir = TempDir::new("term-snapshot");
+    let socket = dir.path().join("s.sock");
+    let server = SessionServer::start(
+        SessionConfig::new(&socket, "sh")
+            .args(["-c", "seq 1 200000; exec sleep 60"])
+            .snapshot(SnapshotMode::Tail { bytes: 1 << 20 }),
+    )
+    .expect("start");
+    let total = seq_output(200000).len() - 2;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.hub().metrics().emitted_bytes < total as u64 {
+        assert!(Instant::now() < deadline, "the program printed everything");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let expected = &seq_output(200000)[2..];
+    let (mut master, slave) = terminal();
+    let path = tty_path(&slave);
+    let client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let (mut reader, writer) = client.into_split();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    writer.detach();
+    let at = match reader.next_message() {
+        Ok(ServerMsg::Shown(p)) => p,
+        other => panic!("expected where the terminal stands, got {other:?}"),
+    };
+    let end = reader.next_message();
+    assert!(matches!(end, Err(ClientError::Disconnected)), "{end:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    let shown = read_terminal(&mut master, usize::MAX, Duration::from_millis(300));
+    let from = total - (1 << 20);
+    assert!(
+        !shown.is_empty() && shown.len() < 1 << 20,
+        "{}",
+        shown.len()
+    );
+    assert_eq!(at.next, (from + shown.len()) as u64, "exact to the byte");
+    assert!(shown == expected[from..from + shown.len()]);
+    wait_released(&path, Duration::from_secs(2)).expect("the server let the terminal go");
+    let mut again = SessionClient::connect(&socket, Policy::Resync, Some(at)).expect("resume");
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut transcript = Transcript::resume_at(at);
+    while transcript.base() + (transcript.bytes().len() as u64) < total as u64 {
+        transcript.apply(&next(&mut again));
+    }
+    assert_eq!(transcript.base(), at.next);
+    assert!(transcript.bytes() == &expected[from + shown.len()..]);
+    server.shutdown();
+}
+
+/// Names that stand for some terminal rather than one (`/dev/ptmx`, `/dev/tty`) are refused:
+/// opened by the server they would be another terminal than the client's.
+#[test]
+fn a_terminal_alias_is_refused() {
+    let dir = TempDir::new("term-alias");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "exec sleep 60");
+    // A pty master resolves to /dev/ptmx: opened again, a new pty.
+    let (master, _slave) = engate_attach::pty::open_pair().expect("a pty pair");
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, master.as_fd(), Keys::Sent)
+            .expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    match next(&mut client) {
+        ServerMsg::Refused(why) => assert!(why.contains("/dev/ptmx"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    server.shutdown();
+}

@@ -154,7 +154,14 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             wire::Keys::Sent
         }
     });
-    let (client, start) = connect(session, resume, hand_over)?;
+    let (client, start) = connect(session, resume, hand_over).inspect_err(|_| {
+        if hand_over.is_some() {
+            // The server may have drawn part of the screen before it failed.
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(term::RESET_MODES);
+            let _ = stdout.flush();
+        }
+    })?;
     let server_reads_keys = matches!(start, Some((_, wire::Keys::Read { .. })));
     let start = start.map_or(resume, |(at, _)| Some(at));
     let (reader, writer) = client.into_split();
