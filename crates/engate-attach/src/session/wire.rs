@@ -22,8 +22,8 @@
 //! shuts its socket down (or closes it) has left, and the server stops writing to its
 //! terminal at once, keystrokes typed before still reaching the program. A server that
 //! cannot use the descriptor (not a terminal, a name like `/dev/tty` that stands for another
-//! terminal, the server's own controlling terminal, cannot be opened) refuses the hello, as a server
-//! that predates terminal mode does; the client then connects again with a plain hello.
+//! terminal, the server's own controlling terminal, cannot be opened) refuses the hello, as a
+//! server that predates terminal mode does; the client then connects again with a plain hello.
 //!
 //! | frame | layout |
 //! |---|---|

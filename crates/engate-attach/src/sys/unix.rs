@@ -178,13 +178,10 @@ pub(crate) fn reopen_terminal(fd: BorrowedFd<'_>) -> io::Result<std::fs::File> {
         )));
     }
     // This process's own controlling terminal: from a background process group, reading it
-    // would stop the whole server (SIGTTIN), so the client relays instead.
-    let own = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open("/dev/tty")
-        .and_then(|tty| tty.metadata());
-    if own.is_ok_and(|own| own.rdev() == opened.rdev()) {
+    // would stop the whole server (SIGTTIN), so the client relays instead. tcgetsid answers
+    // only for the caller's controlling terminal.
+    // SAFETY: `file` is open for the call; tcgetsid only inspects it.
+    if unsafe { libc::tcgetsid(file.as_raw_fd()) } >= 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(

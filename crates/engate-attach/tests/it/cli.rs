@@ -781,3 +781,32 @@ fn attach_relays_the_output_when_the_server_takes_no_terminal() {
     });
     server.shutdown();
 }
+
+/// `engate serve` in the background of the very terminal that then attaches: the server must
+/// not take its own controlling terminal (reading it from a background process group would
+/// stop the server with SIGTTIN); the client relays instead and everything works.
+#[test]
+fn attach_from_the_terminal_of_a_background_server_relays() {
+    let engate = Engate::new("cli-bg-serve");
+    let Some(tmux) = Tmux::start(
+        "attach_from_the_terminal_of_a_background_server_relays",
+        &engate,
+    ) else {
+        return;
+    };
+    tmux.type_line(&format!(
+        "{ENGATE} serve bg -- env PS1='bg$ ' sh & sleep 1; {ENGATE} attach bg; echo \"rc=$?\""
+    ));
+    tmux.wait_screen("the session's shell prompts", |s| s.contains("bg$"));
+    tmux.type_line("echo bg-$((2*21))");
+    tmux.wait_screen("the keys reach the session", |s| {
+        count_lines(s, "bg-42") == 1
+    });
+    tmux.key("C-\\");
+    tmux.wait_screen("the client detaches", |s| {
+        s.contains("[engate: detached from bg]") && s.contains("rc=0")
+    });
+    let out = engate.run(&["kill", "bg"]);
+    assert!(out.status.success(), "{out:?}");
+    engate.wait_gone("bg");
+}
