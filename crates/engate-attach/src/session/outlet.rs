@@ -153,12 +153,14 @@ impl Drive {
             Sink::Terminal(t) => {
                 // Writing to a vector cannot fail.
                 let _ = t.follower.apply(msg, &mut self.buf);
+                // A suffix snapshot writes stream bytes too; a redraw does not.
+                let redraw =
+                    matches!(msg, ServerMsg::Snapshot(s) if s.kind() == SnapshotKind::State);
                 if let Some(at) = t.follower.position() {
                     t.marks.push_back(Mark {
                         end: self.buf.len(),
                         at,
-                        // A suffix snapshot writes stream bytes too; a redraw does not.
-                        linear: !matches!(msg, ServerMsg::Snapshot(s) if s.kind() == SnapshotKind::State),
+                        linear: !redraw,
                     });
                 }
             }

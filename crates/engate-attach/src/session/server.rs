@@ -1045,16 +1045,12 @@ impl Client {
                 if let Some(shown) = drive.shown() {
                     let _ = self.send_control(&[ServerMsg::Shown(shown)]);
                 }
-                tracing::debug!(client = self.id, error = %e, "a session client left during its snapshot");
-                // What it sent meanwhile (its detach) is read, so that it sees the end of the
-                // stream rather than a reset.
-                let mut unread = [0u8; 4096];
-                for _ in 0..16 {
-                    if !matches!(sys::unix::recv_now(self.stream.as_fd(), &mut unread), Ok(n) if n > 0)
-                    {
-                        break;
-                    }
-                }
+                tracing::debug!(
+                    client = self.id,
+                    error = %e,
+                    "a session client left during its snapshot"
+                );
+                self.discard_unread();
                 let _ = self.stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
@@ -1112,6 +1108,18 @@ impl Client {
         drop(outlet);
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         tracing::debug!(client = self.id, "a session client left");
+    }
+
+    /// Reads (a little of) what the client sent and nobody will read, so that closing the
+    /// connection gives it the end of the stream rather than a reset.
+    fn discard_unread(&self) {
+        let mut unread = [0u8; 4096];
+        for _ in 0..16 {
+            match sys::unix::recv_now(self.stream.as_fd(), &mut unread) {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
     }
 
     /// Whether a terminal-mode client has left: it shut its socket down (or closed it). In
