@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -247,20 +247,28 @@ impl Drive {
     }
 
     /// Writes what is pending, waiting as long as the client's socket (or terminal) takes,
-    /// unless `give_up` says to stop waiting (looked at every [`WRITE_SLICE`] while blocked):
+    /// unless `give_up` says to stop waiting (looked at after each [`WRITE_SLICE`] blocked):
     /// `Ok(true)` once all is written, `Ok(false)` if it gave up.
     pub(super) fn flush(
         &mut self,
         stream: &UnixStream,
         give_up: &dyn Fn() -> bool,
     ) -> io::Result<bool> {
+        // Looked at once blocked for a slice, then every slice: a full socket or terminal
+        // that drains in time costs no more than the writes (`give_up` may make a system
+        // call).
+        let mut look_at = Instant::now() + WRITE_SLICE;
         while self.sent < self.buf.len() {
             match self.write_once(stream) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if give_up() {
-                        return Ok(false);
+                    let now = Instant::now();
+                    if now >= look_at {
+                        if give_up() {
+                            return Ok(false);
+                        }
+                        look_at = now + WRITE_SLICE;
                     }
                     let fd = match &self.sink {
                         Sink::Frames => stream.as_raw_fd(),
