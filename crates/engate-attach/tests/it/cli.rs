@@ -810,3 +810,82 @@ fn attach_from_the_terminal_of_a_background_server_relays() {
     assert!(out.status.success(), "{out:?}");
     engate.wait_gone("bg");
 }
+
+/// `SIGTSTP` to an attached client (job control from another shell): the client lets the
+/// terminal go — the program's output no longer lands on the shell that gets the terminal
+/// back — and attaches again when continued, from where its terminal stood.
+#[test]
+fn a_suspended_client_lets_the_terminal_go_and_comes_back() {
+    let engate = Engate::new("cli-suspend");
+    let Some(tmux) = Tmux::start(
+        "a_suspended_client_lets_the_terminal_go_and_comes_back",
+        &engate,
+    ) else {
+        return;
+    };
+    let out = engate.run(&[
+        "new",
+        "ticks",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    tmux.type_line(&format!("{ENGATE} attach ticks"));
+    tmux.wait_screen("the ticks show", |s| s.contains("tick-"));
+    let shell = tmux.pane_pid();
+    if !Path::new(&format!("/proc/{shell}/task/{shell}/children")).exists() {
+        eprintln!("skip: no /proc children lists (not Linux): the client cannot be found");
+        return;
+    }
+    let client = eventually(
+        "the attach client runs under the pane's shell",
+        || attach_client_under(shell),
+        || "no `engate attach` process under the pane".into(),
+    );
+    let status = Command::new("kill")
+        .args(["-TSTP", &client.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually(
+        "the client stops",
+        || {
+            let stat = std::fs::read_to_string(format!("/proc/{client}/stat")).ok()?;
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            (state == "T").then_some(())
+        },
+        || "the client did not stop".into(),
+    );
+    tmux.clear();
+    std::thread::sleep(Duration::from_millis(1000));
+    let s = tmux.screen();
+    assert!(
+        !s.contains("tick-"),
+        "the session's output landed on the shell while the client was stopped:\n{s}"
+    );
+    tmux.type_line("fg");
+    let s = tmux.wait_screen("the ticks show again", |s| s.contains("tick-"));
+    // Resumed where the terminal stood: the ticks printed while stopped come now, each once.
+    let numbers: Vec<u32> = s
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("tick-")?.parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "every tick once, in order: {numbers:?}"
+    );
+    tmux.key("C-\\");
+    tmux.wait_screen("the client detaches", |s| {
+        s.contains("[engate: detached from ticks]")
+    });
+    let out = engate.run(&["kill", "ticks"]);
+    assert!(out.status.success(), "{out:?}");
+    engate.wait_gone("ticks");
+}

@@ -1,15 +1,19 @@
 //! `engate attach` (a terminal on a session) and `engate tail` (its output, non-interactive).
 //!
-//! Attach runs two threads besides a signal thread (which takes signals with `sigwait`, never
-//! by a handler, and passes them on through an event pipe). The terminal thread waits on
-//! standard input and on the session in one loop, as dtach does: keystrokes go to the program
-//! until the detach key, and the session's output goes through a [`Follower`], which writes
-//! each byte to the terminal once and remembers the position written up to. The main thread
-//! waits on the event pipe: window changes, `SIGCONT`, a signal that ends the attach, and the
-//! news that the terminal thread has ended. On the way out the position is
-//! saved beside the socket, so the next attach from this user asks the server for exactly the
-//! bytes it missed; when the server no longer holds them (or with `--redraw`), it gets the
-//! screen redrawn instead.
+//! Attach hands its terminal to the session's server (terminal mode): the server writes the
+//! output to it and reads the keys from it, up to the detach key, so neither passes through
+//! this process. A server that cannot take the terminal is relayed through instead: the
+//! terminal thread then waits on standard input and on the session in one loop, as dtach
+//! does, keystrokes going to the program until the detach key and the output through a
+//! [`Follower`], which writes each byte to the terminal once and remembers the position
+//! written up to. Either way the terminal thread reads the session's messages (where the
+//! terminal stands, the detach, the program's end), and the main thread waits for signals
+//! (taken with `sigwait` by a signal thread, never by a handler, and passed on through an
+//! event pipe): window changes, `SIGCONT`, `SIGTSTP` (the client lets the terminal go, stops,
+//! and attaches again when continued), a signal that ends the attach, and the end of the
+//! terminal thread. On the way out the position is saved beside the socket, so the next
+//! attach from this user asks the server for exactly the bytes it missed; when the server no
+//! longer holds them (or with `--redraw`), it gets the screen redrawn instead.
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
@@ -35,9 +39,6 @@ const FIRST_ANSWER: Duration = Duration::from_secs(10);
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// How often `tail` looks at signals and saves its position while no output comes.
 const TAIL_TICK: Duration = Duration::from_millis(200);
-
-/// The event-pipe byte that says the terminal thread has ended.
-const IO_ENDED: u8 = 0;
 
 /// The `attach` command's options.
 #[derive(Debug)]
@@ -73,6 +74,8 @@ enum Leave {
     Detached,
     Output(OutputEnd),
     Signal(libc::c_int),
+    /// `SIGTSTP`: the client lets the terminal go, stops, and attaches again when continued.
+    Suspended,
 }
 
 /// Parses a detach key: `^X` (control-X, `^?` is DEL), or one ASCII character.
@@ -111,6 +114,7 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
         libc::SIGHUP,
         libc::SIGINT,
         libc::SIGCONT,
+        libc::SIGTSTP,
     ])?;
     match (session.probe(), &options.create) {
         (Probe::Live, _) => {}
@@ -134,43 +138,13 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             )));
         }
     }
-    let resume = if options.redraw {
+    let mut resume = if options.redraw {
         None
     } else {
         session.attach_position()
     };
-    // Raw before the server may write to the terminal.
-    let raw = RawMode::enter()
-        .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
-    // The terminal goes to the server when the output goes to it; its keys too when they come
-    // from the same terminal.
-    let hand_over = (raw.is_some() && io::stdout().is_terminal()).then(|| {
-        if sys::same_terminal(io::stdin().as_fd(), io::stdout().as_fd()) {
-            wire::Keys::Read {
-                detach: options.detach_key,
-                read_only: options.read_only,
-            }
-        } else {
-            wire::Keys::Sent
-        }
-    });
-    let (client, start) = connect(session, resume, hand_over).inspect_err(|_| {
-        if hand_over.is_some() {
-            // The server may have drawn part of the screen before it failed.
-            let mut stdout = io::stdout().lock();
-            let _ = stdout.write_all(term::RESET_MODES);
-            let _ = stdout.flush();
-        }
-    })?;
-    let server_reads_keys = matches!(start, Some((_, wire::Keys::Read { .. })));
-    let start = start.map_or(resume, |(at, _)| Some(at));
-    let (reader, writer) = client.into_split();
-
-    let (events, events_in) =
+    let (events, signal_events) =
         io::pipe().map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
-    let signal_events = events_in
-        .try_clone()
-        .map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
     std::thread::Builder::new()
         .name("engate-signals".into())
         .spawn(move || {
@@ -182,80 +156,30 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             }
         })
         .map_err(|e| Failure::from_io("cannot start the signal thread", &e))?;
-
-    let writer = Mutex::new(Some(writer));
-    let sends_size = raw.is_some() && !options.read_only;
-    let resize = Arc::new(AtomicBool::new(false));
-    // Never waits for the terminal thread (which may be stuck sending keys to a program that
-    // does not read them): if it is sending, it sends the size once done.
-    let resize_session = |writer: &Mutex<Option<SessionWriter>>| {
-        if !sends_size {
-            return;
+    // Raw before the server may write to the terminal.
+    let raw = RawMode::enter()
+        .map_err(|e| Failure::from_io("cannot put the terminal in raw mode", &e))?;
+    let (leave, position) = loop {
+        let (leave, position) = attach_once(session, options, resume, raw.as_ref(), &events)?;
+        if !matches!(leave, Leave::Suspended) {
+            break (leave, position);
         }
-        match writer.try_lock() {
-            Ok(mut writer) => {
-                if let Some(writer) = writer.as_mut() {
-                    send_size(writer);
-                }
-            }
-            Err(_) => resize.store(true, Ordering::Relaxed),
+        // Suspended (SIGTSTP): the server has let the terminal go, the shell gets it back as
+        // it was; on SIGCONT the client attaches again from where the terminal stood.
+        let _ = session.save_attach_position(position);
+        let mut stdout = io::stdout().lock();
+        let _ = stdout.write_all(term::RESET_MODES);
+        let _ = stdout.flush();
+        drop(stdout);
+        if let Some(raw) = &raw {
+            raw.pause();
         }
-    };
-    resize_session(&writer);
-
-    let writer = Arc::new(writer);
-    let position = Arc::new(Mutex::new(start));
-    let end = Arc::new(Mutex::new(None::<Leave>));
-    let io = {
-        let (writer, position, end) =
-            (Arc::clone(&writer), Arc::clone(&position), Arc::clone(&end));
-        let keys = Keys {
-            detach: options.detach_key,
-            read_only: options.read_only,
-            resize: Arc::clone(&resize),
-            server_reads: server_reads_keys,
-        };
-        std::thread::Builder::new()
-            .name("engate-io".into())
-            .spawn(move || {
-                // Tells the main thread on every way out, a panic included.
-                struct Ended(io::PipeWriter);
-                impl Drop for Ended {
-                    fn drop(&mut self) {
-                        let _ = self.0.write_all(&[IO_ENDED]);
-                    }
-                }
-                let _ended = Ended(events_in);
-                let outcome = relay(reader, &writer, keys, start, &position);
-                *end.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
-            })
-            .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
-    };
-
-    let leave = match wait_signals(raw.as_ref(), &writer, &events, &resize_session) {
-        Some(signal) => {
-            // Polite, unless the terminal thread is stuck sending keys: the server ends the
-            // stream, and the terminal thread sees it close.
-            let taken = writer.try_lock().ok().and_then(|mut w| w.take());
-            if let Some(writer) = taken {
-                let _ = writer.set_write_timeout(Some(DRAIN_LIMIT));
-                writer.detach();
-                let deadline = Instant::now() + DRAIN_LIMIT;
-                wait_event(&events, deadline, |b| b == IO_ENDED);
-            }
-            Leave::Signal(signal)
+        sys::stop_self();
+        if let Some(raw) = &raw {
+            raw.reapply();
         }
-        None => end
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or(Leave::Output(OutputEnd::Lost(
-                "the terminal thread stopped".into(),
-            ))),
+        resume = position;
     };
-    // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
-    drop(io);
-    let position = *position.lock().unwrap_or_else(|e| e.into_inner());
     let finished = matches!(leave, Leave::Output(OutputEnd::Finished(_)));
     // A finished session's offsets mean nothing to its successor of the same name.
     let _ = session.save_attach_position(if finished { None } else { position });
@@ -293,7 +217,117 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             format!("left session {name}: cannot write to the terminal"),
             &e,
         )),
+        // Handled by the loop above.
+        Leave::Suspended => Ok(0),
     }
+}
+
+/// One attachment, from connecting to leaving: how it ended and where the terminal stands.
+fn attach_once(
+    session: &Session,
+    options: &AttachOptions,
+    resume: Option<Position>,
+    raw: Option<&RawMode>,
+    events: &io::PipeReader,
+) -> Result<(Leave, Option<Position>), Failure> {
+    // The terminal goes to the server when the output goes to it; its keys too when they come
+    // from the same terminal.
+    let hand_over = (raw.is_some() && io::stdout().is_terminal()).then(|| {
+        if sys::same_terminal(io::stdin().as_fd(), io::stdout().as_fd()) {
+            wire::Keys::Read {
+                detach: options.detach_key,
+                read_only: options.read_only,
+            }
+        } else {
+            wire::Keys::Sent
+        }
+    });
+    let (client, start) = connect(session, resume, hand_over).inspect_err(|_| {
+        if hand_over.is_some() {
+            // The server may have drawn part of the screen before it failed.
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(term::RESET_MODES);
+            let _ = stdout.flush();
+        }
+    })?;
+    let server_reads_keys = matches!(start, Some((_, wire::Keys::Read { .. })));
+    let start = start.map_or(resume, |(at, _)| Some(at));
+    let (reader, writer) = client.into_split();
+    // Readable once the terminal thread has ended (its end is dropped), whichever way.
+    let (ended, ended_in) =
+        io::pipe().map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
+
+    let writer = Mutex::new(Some(writer));
+    let sends_size = raw.is_some() && !options.read_only;
+    let resize = Arc::new(AtomicBool::new(false));
+    // Never waits for the terminal thread (which may be stuck sending keys to a program that
+    // does not read them): if it is sending, it sends the size once done.
+    let resize_session = |writer: &Mutex<Option<SessionWriter>>| {
+        if !sends_size {
+            return;
+        }
+        match writer.try_lock() {
+            Ok(mut writer) => {
+                if let Some(writer) = writer.as_mut() {
+                    send_size(writer);
+                }
+            }
+            Err(_) => resize.store(true, Ordering::Relaxed),
+        }
+    };
+    resize_session(&writer);
+
+    let writer = Arc::new(writer);
+    let position = Arc::new(Mutex::new(start));
+    let end = Arc::new(Mutex::new(None::<Leave>));
+    let io = {
+        let (writer, position, end) =
+            (Arc::clone(&writer), Arc::clone(&position), Arc::clone(&end));
+        let keys = Keys {
+            detach: options.detach_key,
+            read_only: options.read_only,
+            resize: Arc::clone(&resize),
+            server_reads: server_reads_keys,
+        };
+        std::thread::Builder::new()
+            .name("engate-io".into())
+            .spawn(move || {
+                // Dropped on every way out, a panic included: the main thread sees the end.
+                let _ended = ended_in;
+                let outcome = relay(reader, &writer, keys, start, &position);
+                *end.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+            })
+            .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
+    };
+
+    let leave = match wait_signals(raw, &writer, events, &ended, &resize_session) {
+        Some(signal) => {
+            // Polite, unless the terminal thread is stuck sending keys: the server ends the
+            // stream (saying where the terminal stands), and the terminal thread sees it close.
+            let taken = writer.try_lock().ok().and_then(|mut w| w.take());
+            if let Some(writer) = taken {
+                let _ = writer.set_write_timeout(Some(DRAIN_LIMIT));
+                writer.detach();
+                let _ = sys::wait_readable([Some(ended.as_fd())], Some(DRAIN_LIMIT));
+            }
+            if signal == libc::SIGTSTP {
+                Leave::Suspended
+            } else {
+                Leave::Signal(signal)
+            }
+        }
+        None => end
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Leave::Output(OutputEnd::Lost(
+                "the terminal thread stopped".into(),
+            ))),
+    };
+    // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
+    drop(io);
+    let position = *position.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((leave, position))
 }
 
 /// Connects to the session, handing it the terminal when `hand_over` says who reads the
@@ -532,12 +566,14 @@ fn wait_signals(
     raw: Option<&RawMode>,
     writer: &Mutex<Option<SessionWriter>>,
     events: &io::PipeReader,
+    ended: &io::PipeReader,
     resize: &dyn Fn(&Mutex<Option<SessionWriter>>),
 ) -> Option<libc::c_int> {
     loop {
-        match sys::wait_readable([Some(events.as_fd())], None) {
-            Ok([true]) => {}
-            Ok([false]) => continue,
+        match sys::wait_readable([Some(events.as_fd()), Some(ended.as_fd())], None) {
+            Ok([_, true]) => return None,
+            Ok([true, false]) => {}
+            Ok([false, false]) => continue,
             Err(_) => return None,
         }
         let mut got = [0u8; 64];
@@ -546,9 +582,6 @@ fn wait_signals(
             return None;
         }
         for &b in &got[..n] {
-            if b == IO_ENDED {
-                return None;
-            }
             match b as libc::c_int {
                 libc::SIGWINCH => resize(writer),
                 libc::SIGCONT => {
@@ -567,27 +600,6 @@ fn wait_signals(
 fn send_size(writer: &mut SessionWriter) {
     if let Some(size) = term::size() {
         let _ = writer.send_resize(size);
-    }
-}
-
-/// Reads event bytes until `done` accepts one or `deadline` passes.
-fn wait_event(events: &io::PipeReader, deadline: Instant, done: impl Fn(u8) -> bool) {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match sys::wait_readable([Some(events.as_fd())], Some(left)) {
-            Ok([true]) => {
-                let mut got = [0u8; 64];
-                let n = (&*events).read(&mut got).unwrap_or(0);
-                if n == 0 || got[..n].iter().any(|&b| done(b)) {
-                    return;
-                }
-            }
-            Ok([false]) => {}
-            Err(_) => return,
-        }
     }
 }
 

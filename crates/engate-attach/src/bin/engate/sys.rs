@@ -115,6 +115,16 @@ pub(crate) fn user_id() -> u32 {
     unsafe { libc::getuid() }
 }
 
+/// Stops this process (`SIGSTOP`, as a shell's job control expects of a suspended job);
+/// returns once it is continued.
+pub(crate) fn stop_self() {
+    let me = std::process::id() as libc::pid_t;
+    // SAFETY: kill with this process's own id and a valid signal number.
+    unsafe {
+        libc::kill(me, libc::SIGSTOP);
+    }
+}
+
 /// Whether `a` and `b` are the same terminal (standard input and output on one tty).
 pub(crate) fn same_terminal(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     let device = |fd: BorrowedFd<'_>| {

@@ -51,6 +51,12 @@ impl RawMode {
         Ok(Some(Self { original }))
     }
 
+    /// Puts the terminal's own modes back for a while (the client stops; the shell gets the
+    /// terminal as it was); [`reapply`](Self::reapply) makes it raw again.
+    pub(crate) fn pause(&self) {
+        let _ = self.original.set(io::stdin().as_fd());
+    }
+
     /// Makes the terminal raw again (after the shell reset it while the client was stopped).
     pub(crate) fn reapply(&self) {
         let _ = self.original.raw().set(io::stdin().as_fd());
