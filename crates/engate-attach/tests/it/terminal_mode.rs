@@ -770,3 +770,79 @@ fn a_terminal_alias_is_refused() {
     }
     server.shutdown();
 }
+
+/// The server stops promptly whatever a terminal does: here one that never takes its output,
+/// with the writer waiting on it.
+#[test]
+fn shutdown_is_prompt_with_a_terminal_that_takes_nothing() {
+    let dir = TempDir::new("term-shutdown");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "read go; exec seq 1 2000000");
+    let (_master, slave) = terminal();
+    let path = tty_path(&slave);
+    let mut client =
+        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
+            .expect("attach with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    client.send_input(b"\n").expect("start the program");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.hub().metrics().emitted_bytes < 1 << 20 {
+        assert!(Instant::now() < deadline, "the program printed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started = Instant::now();
+    server.shutdown();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+    assert_eq!(open_copies(&path), 1, "the server closed the terminal");
+}
+
+/// Descriptors a client sends along with its frames (after the hello) are closed by the
+/// server's side: none stays open.
+#[test]
+fn descriptors_sent_with_frames_are_not_kept() {
+    let dir = TempDir::new("term-fds");
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "exec cat > /dev/null");
+    let (mut pipe_out, pipe_in) = io::pipe().expect("a pipe");
+    let stream = UnixStream::connect(&socket).expect("connect");
+    let mut hello = Vec::new();
+    wire::encode_client(
+        &ClientMsg::Hello {
+            policy: Policy::Resync,
+            resume: None,
+            terminal: None,
+        },
+        &mut hello,
+    );
+    io::Write::write_all(&mut &stream, &hello).expect("hello");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut frame = Vec::new();
+    wire::encode_client(
+        &ClientMsg::Input(bytes::Bytes::from_static(b"x")),
+        &mut frame,
+    );
+    for _ in 0..3 {
+        platform_primitives::fdpass::send_with_fds(&stream, &frame, &[pipe_in.as_fd()])
+            .expect("a frame with a descriptor");
+    }
+    drop(pipe_in);
+    // The read end sees the end of file only once every copy of the write end is closed,
+    // the server's too.
+    let mut entry = [libc::pollfd {
+        fd: pipe_out.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: `entry` is one valid pollfd for the call.
+    let ready = unsafe { libc::poll(entry.as_mut_ptr(), 1, 5000) };
+    assert_eq!(ready, 1, "a copy of the descriptor is still open somewhere");
+    let mut rest = Vec::new();
+    pipe_out.read_to_end(&mut rest).expect("the pipe ends");
+    assert!(rest.is_empty());
+    drop(stream);
+    server.shutdown();
+}
