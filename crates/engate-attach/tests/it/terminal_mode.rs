@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,6 +85,24 @@ fn tty_path(fd: &OwnedFd) -> std::path::PathBuf {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("the pty's path")
 }
 
+/// A client handing `terminal` over to the server at `socket`, whose reads wait at most 10 s.
+fn handing_over(socket: &Path, terminal: BorrowedFd<'_>, keys: Keys) -> SessionClient {
+    let client = SessionClient::connect_terminal(socket, Policy::Resync, None, terminal, keys)
+        .expect("connect with the terminal");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    client
+}
+
+/// The next message, which must say where the terminal stands.
+fn shown_at(client: &mut SessionClient) -> Position {
+    match next(client) {
+        ServerMsg::Shown(at) => at,
+        other => panic!("expected where the terminal stands, got {other:?}"),
+    }
+}
+
 fn next(client: &mut SessionClient) -> ServerMsg {
     client.next_message().expect("a message from the server")
 }
@@ -95,16 +113,8 @@ fn the_server_writes_the_output_to_the_terminal_handed_to_it_and_says_where_it_e
     let socket = dir.path().join("s.sock");
     let server = sh_session(&socket, "read go; seq 1 30000");
     let (mut master, slave) = terminal();
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
-    let start = match next(&mut client) {
-        ServerMsg::Shown(p) => p,
-        other => panic!("the server took the terminal and said so first, not {other:?}"),
-    };
+    let mut client = handing_over(&socket, slave.as_fd(), Keys::Sent);
+    let start = shown_at(&mut client);
     assert_eq!(start.next, 0, "nothing was printed before the attach");
     client.send_input(b"\n").expect("start the program");
     let expected = seq_output(30000);
@@ -161,12 +171,7 @@ fn a_stuck_terminal_detached_resumes_exactly_where_it_stopped() {
     let socket = dir.path().join("s.sock");
     let server = sh_session(&socket, "read go; seq 1 200000; exec sleep 60");
     let (mut master, slave) = terminal();
-    let client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let client = handing_over(&socket, slave.as_fd(), Keys::Sent);
     let (mut reader, mut writer) = client.into_split();
     let start = match reader.next_message().expect("first message") {
         ServerMsg::Shown(p) => p,
@@ -249,12 +254,7 @@ fn a_descriptor_that_is_not_a_usable_terminal_is_refused_and_closed() {
 
     // A pipe is no terminal.
     let (mut pipe_out, pipe_in) = io::pipe().expect("a pipe");
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, pipe_in.as_fd(), Keys::Sent)
-            .expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, pipe_in.as_fd(), Keys::Sent);
     match next(&mut client) {
         ServerMsg::Refused(why) => assert!(why.contains("not a terminal"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -310,12 +310,7 @@ fn a_server_that_takes_no_terminals_refuses_them_and_keeps_none() {
     )
     .expect("start");
     let (_master, slave) = terminal();
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), Keys::Sent);
     match next(&mut client) {
         ServerMsg::Refused(why) => assert!(why.contains("does not take terminals"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -366,12 +361,7 @@ fn the_server_reads_the_keys_from_the_terminal_up_to_the_detach_key() {
         detach: 0x1c,
         read_only: false,
     };
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), keys);
     assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     type_keys(&mut master, b"hello\r");
     let want = b"got:hello\r\n";
@@ -385,10 +375,7 @@ fn the_server_reads_the_keys_from_the_terminal_up_to_the_detach_key() {
         shown.extend(read_terminal(&mut master, 1, Duration::from_secs(1)));
     }
     type_keys(&mut master, b"ab\x1cdropped\r");
-    let at = match next(&mut client) {
-        ServerMsg::Shown(p) => p,
-        other => panic!("expected Shown at the detach key, got {other:?}"),
-    };
+    let at = shown_at(&mut client);
     assert_eq!(next(&mut client), ServerMsg::Detached);
     assert!(matches!(
         client.next_message(),
@@ -424,20 +411,12 @@ fn read_only_keys_read_by_the_server_reach_nothing_but_the_detach_key_works() {
         detach: b'q',
         read_only: true,
     };
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), keys);
     assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     type_keys(&mut master, b"typed\r");
     std::thread::sleep(Duration::from_millis(200));
     type_keys(&mut master, b"q");
-    let at = match next(&mut client) {
-        ServerMsg::Shown(p) => p,
-        other => panic!("expected Shown at the detach key, got {other:?}"),
-    };
+    let at = shown_at(&mut client);
     assert_eq!(next(&mut client), ServerMsg::Detached);
     assert!(
         read_terminal(&mut master, 1, Duration::from_millis(200)).is_empty(),
@@ -465,12 +444,7 @@ fn the_detach_key_behind_a_waiting_paste_is_prompt_and_the_paste_still_arrives()
         detach: 0x1c,
         read_only: false,
     };
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), keys);
     assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     // `ready\n`: the program's terminal is raw, so no carriage return.
     let ready = read_terminal(&mut master, 6, Duration::from_secs(5));
@@ -482,10 +456,7 @@ fn the_detach_key_behind_a_waiting_paste_is_prompt_and_the_paste_still_arrives()
         type_keys(&mut typist, b"\x1c");
     });
     let pressed = Instant::now();
-    let at = match next(&mut client) {
-        ServerMsg::Shown(p) => p,
-        other => panic!("expected Shown at the detach key, got {other:?}"),
-    };
+    let at = shown_at(&mut client);
     assert_eq!(next(&mut client), ServerMsg::Detached);
     let took = pressed.elapsed();
     assert_eq!(
@@ -560,10 +531,7 @@ fn a_terminal_that_hangs_up_still_gets_its_position_said() {
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    let start = match next(&mut client) {
-        ServerMsg::Shown(p) => p,
-        other => panic!("expected Shown first, got {other:?}"),
-    };
+    let start = shown_at(&mut client);
     client.send_input(b"\n").expect("start the program");
     let seen = read_terminal(&mut master, 200_000, Duration::from_secs(5));
     assert!(seen.len() >= 200_000);
@@ -601,12 +569,7 @@ fn a_client_gone_while_its_keys_wait_no_longer_gets_output_on_its_terminal() {
     );
     let (mut master, slave) = terminal();
     let path = tty_path(&slave);
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), Keys::Sent);
     assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     let ticks = read_terminal(&mut master, 10, Duration::from_secs(5));
     assert!(ticks.starts_with(b"tick"), "{ticks:?}");
@@ -643,12 +606,7 @@ fn a_detach_frame_behind_waiting_keys_is_prompt() {
         detach: 0x1c,
         read_only: false,
     };
-    let client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), keys)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let client = handing_over(&socket, slave.as_fd(), keys);
     let (mut reader, writer) = client.into_split();
     assert!(matches!(reader.next_message(), Ok(ServerMsg::Shown(_))));
     assert_eq!(
@@ -705,12 +663,7 @@ fn a_client_leaving_during_its_snapshot_is_let_go_with_the_exact_position() {
     let expected = &seq_output(200000)[2..];
     let (mut master, slave) = terminal();
     let path = tty_path(&slave);
-    let client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let client = handing_over(&socket, slave.as_fd(), Keys::Sent);
     let (mut reader, writer) = client.into_split();
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
@@ -758,12 +711,7 @@ fn a_terminal_alias_is_refused() {
     let server = sh_session(&socket, "exec sleep 60");
     // A pty master resolves to /dev/ptmx: opened again, a new pty.
     let (master, _slave) = engate_attach::pty::open_pair().expect("a pty pair");
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, master.as_fd(), Keys::Sent)
-            .expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, master.as_fd(), Keys::Sent);
     match next(&mut client) {
         ServerMsg::Refused(why) => assert!(why.contains("/dev/ptmx"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -780,12 +728,7 @@ fn shutdown_is_prompt_with_a_terminal_that_takes_nothing() {
     let server = sh_session(&socket, "read go; exec seq 1 2000000");
     let (_master, slave) = terminal();
     let path = tty_path(&slave);
-    let mut client =
-        SessionClient::connect_terminal(&socket, Policy::Resync, None, slave.as_fd(), Keys::Sent)
-            .expect("attach with the terminal");
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut client = handing_over(&socket, slave.as_fd(), Keys::Sent);
     assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     client.send_input(b"\n").expect("start the program");
     let deadline = Instant::now() + Duration::from_secs(20);
