@@ -174,6 +174,8 @@ impl InputConn {
     /// delivered, then what is left in its socket, instead of polling it.
     pub(super) fn hang_up_waiting(&self) {
         self.hung_up.store(true, Ordering::Relaxed);
+        // Its terminal is not read any more: the keys typed there now are the shell's.
+        self.state.lock().tty = None;
         self.let_output_go();
     }
 

@@ -248,8 +248,11 @@ struct Shared {
     next_client: AtomicU64,
     /// Every live client's output, for the pump to write while the client keeps up.
     outlets: parking_lot::Mutex<Vec<Arc<Outlet>>>,
-    /// Every client's input, for the pump to forward.
+    /// Every client's input, for the pump to forward; emptied when the pump ends.
     inputs: parking_lot::Mutex<Vec<Arc<InputConn>>>,
+    /// The pump has ended (the program's output is over): a client's input is its writer's
+    /// to drop.
+    pump_done: AtomicBool,
     /// Written to (a byte) when `inputs` changes: the pump waits on its other end too.
     pump_wake: UnixStream,
 }
@@ -263,6 +266,7 @@ impl Shared {
             next_client: AtomicU64::new(0),
             outlets: parking_lot::Mutex::default(),
             inputs: parking_lot::Mutex::default(),
+            pump_done: AtomicBool::new(false),
             pump_wake,
         }
     }
@@ -534,6 +538,13 @@ struct Io {
     chunk: usize,
 }
 
+/// The poll event that says a peer shut its side of a socket down (Linux; elsewhere only a
+/// full close is seen, as a hang-up).
+#[cfg(target_os = "linux")]
+const PEER_SHUT: libc::c_short = libc::POLLRDHUP;
+#[cfg(not(target_os = "linux"))]
+const PEER_SHUT: libc::c_short = 0;
+
 /// Poll entries before the clients': the program's terminal, then the wake-up.
 const PROGRAM: usize = 0;
 const WOKEN: usize = 1;
@@ -570,6 +581,10 @@ impl Io {
         shared: &Shared,
     ) -> io::Result<ExitStatus> {
         let result = self.serve();
+        // Nobody forwards input any more: the clients' inputs are let go (their writers drop
+        // their own from now on).
+        shared.pump_done.store(true, Ordering::SeqCst);
+        shared.inputs.lock().clear();
         let mut pid = unreaped.lock().unwrap_or_else(|e| e.into_inner());
         *pid = None;
         drop(pid);
@@ -632,7 +647,8 @@ impl Io {
                 let (fd, events) = match (client.reads_socket(), client.hung_up()) {
                     (true, _) => (client.stream.as_raw_fd(), libc::POLLIN),
                     (false, true) => (-1, 0),
-                    (false, false) => (client.stream.as_raw_fd(), 0),
+                    // A client that shuts its side down (a detach) is seen too (Linux).
+                    (false, false) => (client.stream.as_raw_fd(), PEER_SHUT),
                 };
                 fds.push(entry(fd, events));
                 let keys = match client.keys_wait() {
@@ -719,7 +735,8 @@ impl Io {
                     }
                 }
                 let readable = fd.revents & libc::POLLIN != 0;
-                let hung_up = fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+                let hung_up =
+                    fd.revents & (PEER_SHUT | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
                 if readable || (*waits && writable) {
                     end(
                         client,
@@ -1096,9 +1113,11 @@ impl Client {
             .outlets
             .lock()
             .retain(|o| !Arc::ptr_eq(o, &outlet));
-        // Keystrokes that still wait for the program (a detach key read behind a paste) are
-        // delivered by the pump, which lets the client go once they are.
-        if !input.has_pending() {
+        // The client's input is the pump's to end: it reads what the client sent before it
+        // left (keystrokes included, also those still waiting for the program), then sees
+        // the connection end (it is shut down below) and lets the client go. Once the pump
+        // has ended, nobody will: the writer drops it.
+        if self.shared.pump_done.load(Ordering::SeqCst) {
             self.shared
                 .change_inputs(|inputs| inputs.retain(|i| !Arc::ptr_eq(i, &input)));
         }

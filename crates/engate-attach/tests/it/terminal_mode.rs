@@ -789,3 +789,32 @@ fn descriptors_sent_with_frames_are_not_kept() {
     drop(stream);
     server.shutdown();
 }
+
+/// Clients that attach after the program has ended (they get its end and leave) leave no
+/// descriptor behind in the server, which goes on serving.
+#[test]
+fn clients_of_an_ended_program_leave_nothing_open() {
+    let dir = TempDir::new("term-ended");
+    let socket = dir.path().join("s.sock");
+    let mut server = sh_session(&socket, "echo done");
+    server.wait_program().expect("the program ends");
+    let open_fds = || std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    let visit = || {
+        let mut client = crate::support::attached(&socket);
+        while !matches!(next(&mut client), ServerMsg::Closed(_)) {}
+    };
+    visit();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = open_fds();
+    for _ in 0..20 {
+        visit();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let after = open_fds();
+    // Other tests run in this process: a little noise either way, never one per client.
+    assert!(
+        after < before + 10,
+        "{before} descriptors before, {after} after 20 clients"
+    );
+    server.shutdown();
+}

@@ -165,16 +165,21 @@ pub(crate) fn attach(session: &Session, options: &AttachOptions) -> Result<i32, 
             break (leave, position);
         }
         // Suspended (SIGTSTP): the server has let the terminal go, the shell gets it back as
-        // it was; on SIGCONT the client attaches again from where the terminal stood.
+        // it was; when continued the client attaches again from where the terminal stood.
         let _ = session.save_attach_position(position);
-        let mut stdout = io::stdout().lock();
-        let _ = stdout.write_all(term::RESET_MODES);
-        let _ = stdout.flush();
-        drop(stdout);
         if let Some(raw) = &raw {
+            let mut stdout = io::stdout().lock();
+            let _ = stdout.write_all(term::RESET_MODES);
+            let _ = stdout.flush();
+            drop(stdout);
             raw.pause();
         }
         sys::stop_self();
+        // A signal that came while stopped (SIGTERM, SIGHUP) ends the attach before it
+        // starts again.
+        if let Some(signal) = pending_signal(&events) {
+            break (Leave::Signal(signal), position);
+        }
         if let Some(raw) = &raw {
             raw.reapply();
         }
@@ -253,6 +258,7 @@ fn attach_once(
     let server_reads_keys = matches!(start, Some((_, wire::Keys::Read { .. })));
     let start = start.map_or(resume, |(at, _)| Some(at));
     let (reader, writer) = client.into_split();
+    let reader_socket = reader.as_fd().try_clone_to_owned().ok();
     // Readable once the terminal thread has ended (its end is dropped), whichever way.
     let (ended, ended_in) =
         io::pipe().map_err(|e| Failure::from_io("cannot create the event pipe", &e))?;
@@ -300,6 +306,10 @@ fn attach_once(
             .map_err(|e| Failure::from_io("cannot start the terminal thread", &e))?
     };
 
+    // A duplicate of the connection's socket, to shut it down however this attachment ends:
+    // a terminal thread stuck sending keys then fails at once, and the server lets the
+    // terminal go (a suspended client must leave no attachment behind).
+    let socket = reader_socket;
     let leave = match wait_signals(raw, &writer, events, &ended, &resize_session) {
         Some(signal) => {
             // Polite, unless the terminal thread is stuck sending keys: the server ends the
@@ -310,10 +320,19 @@ fn attach_once(
                 writer.detach();
                 let _ = sys::wait_readable([Some(ended.as_fd())], Some(DRAIN_LIMIT));
             }
-            if signal == libc::SIGTSTP {
-                Leave::Suspended
-            } else {
-                Leave::Signal(signal)
+            // The terminal thread may have ended on its own meanwhile (the program ended,
+            // the detach key): that outcome stands. (Any other end is the detach's doing.)
+            let outcome = end.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match (outcome, signal) {
+                (
+                    Some(
+                        outcome @ (Leave::Detached
+                        | Leave::Output(OutputEnd::Detached | OutputEnd::Finished(_))),
+                    ),
+                    _,
+                ) => outcome,
+                (_, libc::SIGTSTP) => Leave::Suspended,
+                (_, signal) => Leave::Signal(signal),
             }
         }
         None => end
@@ -324,10 +343,31 @@ fn attach_once(
                 "the terminal thread stopped".into(),
             ))),
     };
+    if let Some(socket) = &socket {
+        sys::shut_down(socket.as_fd());
+        // A thread that was stuck sending ends now (one stuck writing to a stopped terminal
+        // may not: it is not waited for beyond this).
+        let _ = sys::wait_readable([Some(ended.as_fd())], Some(DRAIN_LIMIT));
+    }
     // Not joined: a thread stuck writing to a stopped terminal must not keep the client.
     drop(io);
     let position = *position.lock().unwrap_or_else(|e| e.into_inner());
     Ok((leave, position))
+}
+
+/// A signal that ends the attach, among those that came meanwhile (without waiting).
+fn pending_signal(events: &io::PipeReader) -> Option<libc::c_int> {
+    while let Ok([true]) = sys::wait_readable([Some(events.as_fd())], Some(Duration::ZERO)) {
+        let mut got = [0u8; 1];
+        if (&*events).read(&mut got).unwrap_or(0) == 0 {
+            return None;
+        }
+        match got[0] as libc::c_int {
+            libc::SIGWINCH | libc::SIGCONT | libc::SIGTSTP => {}
+            signal => return Some(signal),
+        }
+    }
+    None
 }
 
 /// Connects to the session, handing it the terminal when `hand_over` says who reads the
@@ -576,22 +616,21 @@ fn wait_signals(
             Ok([false, false]) => continue,
             Err(_) => return None,
         }
-        let mut got = [0u8; 64];
-        let n = (&*events).read(&mut got).unwrap_or(0);
-        if n == 0 {
+        // One at a time: a signal behind the one that ends this attachment stays for the
+        // next (a SIGTERM behind a SIGTSTP, say).
+        let mut got = [0u8; 1];
+        if (&*events).read(&mut got).unwrap_or(0) == 0 {
             return None;
         }
-        for &b in &got[..n] {
-            match b as libc::c_int {
-                libc::SIGWINCH => resize(writer),
-                libc::SIGCONT => {
-                    if let Some(raw) = raw {
-                        raw.reapply();
-                    }
-                    resize(writer);
+        match got[0] as libc::c_int {
+            libc::SIGWINCH => resize(writer),
+            libc::SIGCONT => {
+                if let Some(raw) = raw {
+                    raw.reapply();
                 }
-                signal => return Some(signal),
+                resize(writer);
             }
+            signal => return Some(signal),
         }
     }
 }

@@ -115,13 +115,33 @@ pub(crate) fn user_id() -> u32 {
     unsafe { libc::getuid() }
 }
 
-/// Stops this process (`SIGSTOP`, as a shell's job control expects of a suspended job);
-/// returns once it is continued.
+/// Stops this process as a suspended job stops: `SIGTSTP` with its default action, let
+/// through to this thread alone (the signal thread waits for it otherwise). The kernel
+/// discards it in an orphaned process group, where nobody could continue the client, as it
+/// does for any program. Returns once the process is continued.
 pub(crate) fn stop_self() {
-    let me = std::process::id() as libc::pid_t;
-    // SAFETY: kill with this process's own id and a valid signal number.
+    // SAFETY: a zeroed sigset_t is a valid value for sigemptyset to initialise.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t that outlives the call.
+    unsafe { libc::sigemptyset(&raw mut set) };
+    // SAFETY: as above; SIGTSTP is a valid signal number.
+    unsafe { libc::sigaddset(&raw mut set, libc::SIGTSTP) };
+    let mask = |how| {
+        // SAFETY: `set` is an initialised sigset_t; only this thread's mask changes.
+        unsafe { libc::pthread_sigmask(how, &raw const set, std::ptr::null_mut()) };
+    };
+    mask(libc::SIG_UNBLOCK);
+    // SAFETY: raise sends SIGTSTP to this thread, which now lets it through: its default
+    // action stops the process until it is continued.
+    unsafe { libc::raise(libc::SIGTSTP) };
+    mask(libc::SIG_BLOCK);
+}
+
+/// Shuts a socket down both ways (whoever else holds a descriptor of it).
+pub(crate) fn shut_down(socket: BorrowedFd<'_>) {
+    // SAFETY: `socket` is borrowed for the call; shutdown only changes the socket's state.
     unsafe {
-        libc::kill(me, libc::SIGSTOP);
+        libc::shutdown(socket.as_raw_fd(), libc::SHUT_RDWR);
     }
 }
 
