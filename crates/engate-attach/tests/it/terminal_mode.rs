@@ -13,7 +13,8 @@ use engate_attach::Policy;
 use engate_attach::Position;
 use engate_attach::session::wire::{self, ClientMsg, Keys, ServerMsg};
 use engate_attach::session::{
-    ClientError, SessionClient, SessionConfig, SessionServer, Transcript,
+    ClientError, SessionClient, SessionConfig, SessionReader, SessionServer, SessionWriter,
+    Transcript,
 };
 
 use crate::support::{TempDir, sh_session};
@@ -561,6 +562,29 @@ fn a_terminal_that_hangs_up_still_gets_its_position_said() {
 /// back), and lets the terminal go, while the keys still wait for the program.
 #[test]
 fn a_client_gone_while_its_keys_wait_no_longer_gets_output_on_its_terminal() {
+    keys_wait_then(|reader, writer| {
+        drop(writer);
+        drop(reader);
+        None
+    });
+}
+
+/// The same with a detach (the connection shut down on the client's side only, as a client
+/// leaving on a signal does): seen although the server does not read the client's socket
+/// while its keys wait.
+#[test]
+fn a_client_detaching_while_its_keys_wait_no_longer_gets_output_on_its_terminal() {
+    keys_wait_then(|reader, writer| {
+        writer.detach();
+        // Kept open: only the detach says the client is leaving.
+        Some(reader)
+    });
+}
+
+/// A client pastes more keys than a program that does not read takes (with `Keys::Sent`),
+/// then leaves by `leave`: the server stops writing to its terminal within a moment and lets
+/// the terminal go.
+fn keys_wait_then(leave: impl FnOnce(SessionReader, SessionWriter) -> Option<SessionReader>) {
     let dir = TempDir::new("term-gone");
     let socket = dir.path().join("s.sock");
     let server = sh_session(
@@ -574,11 +598,10 @@ fn a_client_gone_while_its_keys_wait_no_longer_gets_output_on_its_terminal() {
     let ticks = read_terminal(&mut master, 10, Duration::from_secs(5));
     assert!(ticks.starts_with(b"tick"), "{ticks:?}");
     // More keys than the program's terminal takes: they wait in the server.
-    let (_reader, mut writer) = client.into_split();
+    let (reader, mut writer) = client.into_split();
     writer.send_input(&[b'k'; 100_000]).expect("paste");
     std::thread::sleep(Duration::from_millis(200));
-    drop(writer);
-    drop(_reader);
+    let _kept = leave(reader, writer);
     let released = wait_released(&path, Duration::from_secs(2));
     std::thread::sleep(Duration::from_millis(100));
     read_terminal(&mut master, usize::MAX, Duration::from_millis(50));
