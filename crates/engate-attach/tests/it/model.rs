@@ -325,6 +325,50 @@ proptest! {
     }
 
     #[test]
+    fn wire_decoding_never_panics_on_the_terminal_frames(
+        tag in prop::sample::select(vec![b'T', b'P', b'D', b'H']),
+        rest in prop::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let mut bytes = vec![tag];
+        bytes.extend_from_slice(&rest);
+        let _ = wire::decode_server(&bytes);
+        let _ = wire::decode_client(&bytes);
+    }
+
+    #[test]
+    fn wire_hellos_and_positions_roundtrip(
+        policy in prop::sample::select(vec![
+            engate_attach::Policy::Resync,
+            engate_attach::Policy::Gap,
+            engate_attach::Policy::Disconnect,
+            engate_attach::Policy::Block,
+        ]),
+        resume in proptest::option::of((any::<u64>(), any::<u64>())),
+        keys in 0u8..4,
+        detach: u8,
+        epoch: u64,
+        next: u64,
+    ) {
+        let terminal = match keys {
+            0 => None,
+            1 => Some(wire::Keys::Sent),
+            k => Some(wire::Keys::Read { detach, read_only: k == 3 }),
+        };
+        let resume = resume.map(|(epoch, next)| engate_attach::Position { epoch, next });
+        let hello = wire::ClientMsg::Hello { policy, resume, terminal };
+        let mut buf = Vec::new();
+        wire::encode_client(&hello, &mut buf);
+        prop_assert_eq!(wire::decode_client(&buf), Ok(Some((hello, buf.len()))));
+        for cut in 0..buf.len() {
+            prop_assert_eq!(wire::decode_client(&buf[..cut]), Ok(None));
+        }
+        let shown = wire::ServerMsg::Shown(engate_attach::Position { epoch, next });
+        let mut buf = Vec::new();
+        wire::encode_server(&shown, &mut buf);
+        prop_assert_eq!(wire::decode_server(&buf), Ok(Some((shown, buf.len()))));
+    }
+
+    #[test]
     fn wire_items_roundtrip(epoch: u64, offset in 0u64..u64::MAX / 2, payload in prop::collection::vec(any::<u8>(), 0..64)) {
         let msg = wire::ServerMsg::Item(engate_attach::Item { epoch, offset, bytes: payload.into() });
         let mut buf = Vec::new();
