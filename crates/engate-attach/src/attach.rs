@@ -457,9 +457,10 @@ impl Attach<Live> {
         loop {
             match ring.fill(key, options.read_ahead, &mut live.local) {
                 Fill::Took { wake_producer } => {
-                    drop(ring);
                     if wake_producer {
-                        shared.space.notify_all();
+                        shared.wake_producer(ring);
+                    } else {
+                        drop(ring);
                     }
                     let item = live.local.pop_front().expect("a fill took items");
                     return live.deliver(item);

@@ -187,6 +187,9 @@ pub(crate) struct Ring {
     producer_waiting: bool,
     /// A blocking subscriber crossing this offset wakes the waiting producer.
     space_wanted: u64,
+    /// Woken (once) when the producer may emit again after a refused
+    /// [`Producer::try_emit_or_wake`].
+    producer_waker: Option<Waker>,
     emitted_chunks: u64,
     emitted_bytes: u64,
     evicted_bytes: u64,
@@ -392,6 +395,8 @@ pub enum Fault {
     LostWakeup = 1,
     /// Detaching a blocking subscriber does not wake a waiting producer.
     DetachWithoutNotify = 2,
+    /// A blocking subscriber that frees room does not wake a producer's waker.
+    FillWithoutWaker = 4,
 }
 
 /// Everything the producer, the hub handles and the subscribers share.
@@ -548,6 +553,7 @@ pub fn channel(
             wake_list: Vec::new(),
             producer_waiting: false,
             space_wanted: 0,
+            producer_waker: None,
             emitted_chunks: 0,
             emitted_bytes: 0,
             evicted_bytes: 0,
@@ -686,13 +692,41 @@ impl Shared {
             self.blocking.fetch_sub(1, Ordering::AcqRel);
             wake_producer = ring.producer_waiting;
         }
-        drop(ring);
         #[cfg(feature = "loom")]
         if self.has_fault(Fault::DetachWithoutNotify) {
             wake_producer = false;
         }
+        let waker = if wake_producer {
+            ring.producer_waker.take()
+        } else {
+            None
+        };
+        drop(ring);
         if wake_producer {
             self.space.notify_all();
+        }
+        // Wakers run arbitrary code: never under a lock of ours.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// A blocking subscriber crossed the offset the producer waits for (`Fill::Took`'s
+    /// `wake_producer`): wakes it, whether it waits on the condition variable or left a
+    /// waker. Takes the ring lock's guard and releases it first.
+    pub(crate) fn wake_producer(&self, mut ring: MutexGuard<'_, Ring>) {
+        #[cfg(feature = "loom")]
+        let waker = if self.has_fault(Fault::FillWithoutWaker) {
+            None
+        } else {
+            ring.producer_waker.take()
+        };
+        #[cfg(not(feature = "loom"))]
+        let waker = ring.producer_waker.take();
+        drop(ring);
+        self.space.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -898,15 +932,62 @@ impl Producer {
     /// would evict (with the fence released, so attaches go on meanwhile). An empty chunk is
     /// a no-op.
     pub fn emit(&mut self, bytes: impl Into<Bytes>) -> Result<u64, EmitError> {
-        self.emit_inner(bytes.into(), true)
+        self.emit_inner(bytes.into(), true, None)
     }
 
     /// Like [`emit`](Self::emit) but fails with [`EmitError::WouldBlock`] instead of waiting.
     pub fn try_emit(&mut self, bytes: impl Into<Bytes>) -> Result<u64, EmitError> {
-        self.emit_inner(bytes.into(), false)
+        self.emit_inner(bytes.into(), false, None)
     }
 
-    fn emit_inner(&mut self, bytes: Bytes, may_wait: bool) -> Result<u64, EmitError> {
+    /// Like [`try_emit`](Self::try_emit), and when it fails with
+    /// [`EmitError::WouldBlock`] it leaves `waker`, woken once the [`Policy::Block`]
+    /// subscribers have freed room (about half the ring, as [`emit`](Self::emit) waits for) or
+    /// one of them has left: try again then. A producer that waits on other things too (a
+    /// poll loop, an executor) is held back without a timer. Only the last waker left is
+    /// kept.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::task::{Wake, Waker};
+    /// use engate_attach::{AttachOptions, EmitError, Event, HubConfig, Policy, TailProvider, channel};
+    ///
+    /// struct Flag(AtomicBool);
+    /// impl Wake for Flag {
+    ///     fn wake(self: Arc<Self>) {
+    ///         self.0.store(true, Ordering::SeqCst);
+    ///     }
+    /// }
+    /// let (mut producer, hub) = channel(HubConfig::new().budget_bytes(4), TailProvider::new(4))?;
+    /// let options = AttachOptions::new().policy(Policy::Block);
+    /// let (synced, ()) = hub.attach_with(options).subscribe()?.replay(|_| ());
+    /// let mut authority = synced.live();
+    /// let flag = Arc::new(Flag(AtomicBool::new(false)));
+    /// let waker = Waker::from(Arc::clone(&flag));
+    /// producer.try_emit_or_wake(&b"abcd"[..], &waker)?;
+    /// // The ring is full and the authority has taken nothing: refused, the waker is left.
+    /// let refused = producer.try_emit_or_wake(&b"e"[..], &waker);
+    /// assert!(matches!(refused, Err(EmitError::WouldBlock { .. })));
+    /// assert!(matches!(authority.try_next(), Event::Item(_)));
+    /// assert!(flag.0.load(Ordering::SeqCst), "room freed: the waker was woken");
+    /// producer.try_emit_or_wake(&b"e"[..], &waker)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_emit_or_wake(
+        &mut self,
+        bytes: impl Into<Bytes>,
+        waker: &Waker,
+    ) -> Result<u64, EmitError> {
+        self.emit_inner(bytes.into(), false, Some(waker))
+    }
+
+    fn emit_inner(
+        &mut self,
+        bytes: Bytes,
+        may_wait: bool,
+        waker: Option<&Waker>,
+    ) -> Result<u64, EmitError> {
         let len = bytes.len();
         let offset = self.head;
         if len == 0 {
@@ -932,6 +1013,15 @@ impl Producer {
                 // authority. Nothing was appended or fed yet, so the fence's invariant holds.
                 drop(fence);
                 if !may_wait {
+                    if let Some(waker) = waker {
+                        // Under the ring lock, as a waiting producer's wish: a subscriber that
+                        // frees the room afterwards sees it and wakes the waker.
+                        let slack = (len + config.budget_bytes / 2).min(config.budget_bytes);
+                        let (_, with_slack) = ring.eviction_for(slack, config);
+                        ring.space_wanted = with_slack.max(needed_tail);
+                        ring.producer_waiting = true;
+                        ring.producer_waker = Some(waker.clone());
+                    }
                     return Err(EmitError::WouldBlock { len, needed_tail });
                 }
                 waited.get_or_insert_with(Instant::now);
@@ -947,6 +1037,10 @@ impl Producer {
                 }
                 ring.producer_waiting = false;
                 continue;
+            }
+            if ring.producer_waker.take().is_some() {
+                // A waker left by an earlier refusal: this producer is not waiting any more.
+                ring.producer_waiting = false;
             }
             append(shared, &mut self.wakers, fence, ring, bytes);
             self.head += len as u64;

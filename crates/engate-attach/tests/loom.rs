@@ -18,8 +18,9 @@
 use std::sync::Arc as StdArc;
 
 use engate_attach::{
-    Attach, AttachOptions, AttachOutcome, Event, Fault, Handoff, HandoffFault, Hub, HubConfig,
-    Live, Policy, Snapshot, SnapshotKind, Subscribed, TailProvider, UnfencedOrder, channel,
+    Attach, AttachOptions, AttachOutcome, EmitError, Event, Fault, Handoff, HandoffFault, Hub,
+    HubConfig, Live, Policy, Snapshot, SnapshotKind, Subscribed, TailProvider, UnfencedOrder,
+    channel,
 };
 use loom::thread;
 
@@ -419,6 +420,64 @@ fn negative_control_detach_without_wakeup_strands_the_producer() {
     workspace_tests::loom_expect_deadlock_in_child(
         "negative_control_detach_without_wakeup_strands_the_producer",
         || authority_detach_releases_producer(Some(Fault::DetachWithoutNotify)),
+    );
+}
+
+/// A producer that does not wait on the hub but leaves a waker when an authority holds it
+/// back (`try_emit_or_wake`, as the session server's poll loop does): each time the authority
+/// frees room the waker is woken, so the producer never sleeps through it. The authority
+/// takes all four bytes with blocking polls; the producer sleeps on its waker between tries.
+fn authority_wakes_a_producer_that_left_a_waker(fault: Option<Fault>) {
+    model(move || {
+        let config = HubConfig::new().budget_bytes(2).epoch(1);
+        let (mut producer, hub) = channel(config, TailProvider::new(16)).expect("config");
+        if let Some(f) = fault {
+            hub.inject_fault(f);
+        }
+        let options = AttachOptions::new().policy(Policy::Block).read_ahead(1);
+        let (synced, ()) = hub
+            .attach_with(options)
+            .subscribe()
+            .expect("attach")
+            .replay(|s| assert!(s.bytes().is_empty()));
+        let mut authority = synced.live();
+        let emitter = thread::spawn(move || {
+            let notify = StdArc::new(NotifyWaker(loom::sync::Notify::new()));
+            let waker = std::task::Waker::from(StdArc::clone(&notify));
+            for b in b"wxyz" {
+                loop {
+                    match producer.try_emit_or_wake(vec![*b], &waker) {
+                        Ok(_) => break,
+                        Err(EmitError::WouldBlock { .. }) => notify.0.wait(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            match authority.next_blocking() {
+                Event::Item(item) => got.extend_from_slice(&item.bytes),
+                other => panic!("an authority never lags: {other:?}"),
+            }
+        }
+        emitter.join().expect("emitter");
+        assert_eq!(got, b"wxyz");
+    });
+}
+
+#[test]
+fn a_producer_that_left_a_waker_is_woken_when_room_frees_up() {
+    authority_wakes_a_producer_that_left_a_waker(None);
+}
+
+/// Negative control: freeing room without waking the producer's waker strands it.
+#[test]
+#[should_panic(expected = "deadlock")]
+fn negative_control_room_freed_without_the_waker_strands_the_producer() {
+    workspace_tests::loom_expect_deadlock_in_child(
+        "negative_control_room_freed_without_the_waker_strands_the_producer",
+        || authority_wakes_a_producer_that_left_a_waker(Some(Fault::FillWithoutWaker)),
     );
 }
 

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,8 +70,6 @@ const SHORT_READ: usize = 512;
 /// The most reads of the program's output in a row before the pump looks at its clients'
 /// input again.
 const OUTPUT_BURST: usize = 16;
-/// How often the pump tries again to emit output an authority client holds back.
-const STALL_RETRY: Duration = Duration::from_millis(5);
 /// How long the acceptor rests when the process is out of descriptors, before trying again.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
@@ -391,6 +390,9 @@ impl SessionServer {
         pump_woken.set_nonblocking(true).map_err(listen_error)?;
         let shared = Arc::new(Shared::new(pump_wake));
 
+        let room = Waker::from(Arc::new(PumpWake(
+            shared.pump_wake.try_clone().map_err(listen_error)?,
+        )));
         let pump = {
             let io = Io {
                 reader,
@@ -399,6 +401,7 @@ impl SessionServer {
                 hub: hub.clone(),
                 shared: Arc::clone(&shared),
                 woken: pump_woken,
+                room,
                 chunk: config.read_chunk,
             };
             let (unreaped, shared) = (Arc::clone(&unreaped), Arc::clone(&shared));
@@ -532,10 +535,26 @@ struct Io {
     producer: Producer,
     hub: Hub,
     shared: Arc<Shared>,
-    /// Readable when the clients' inputs changed.
+    /// Readable when the clients' inputs changed, or room freed up for held-back output.
     woken: UnixStream,
+    /// Left with the hub when an authority holds the output back: writes to the wake-up.
+    room: Waker,
     /// The largest read of the program's output.
     chunk: usize,
+}
+
+/// Wakes the pump through its wake-up socket (the hub's producer waker).
+struct PumpWake(UnixStream);
+
+impl Wake for PumpWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Non-blocking: a full socket already wakes the pump.
+        let _ = (&self.0).write(&[1]);
+    }
 }
 
 /// The poll event that says a peer shut its side of a socket down (Linux; elsewhere only a
@@ -556,7 +575,7 @@ impl Io {
     /// stream back.
     fn emit_stalled(&mut self, stalled: &mut VecDeque<Bytes>) {
         while let Some(front) = stalled.front_mut() {
-            match self.producer.try_emit(front.clone()) {
+            match self.producer.try_emit_or_wake(front.clone(), &self.room) {
                 Ok(_) => {
                     stalled.pop_front();
                     self.shared.offer_all();
@@ -566,6 +585,7 @@ impl Io {
                     let rest = front.split_off(budget);
                     stalled.insert(1, rest);
                 }
+                // The hub wakes the pump once the authority has freed room.
                 Err(EmitError::WouldBlock { .. }) => return,
             }
         }
@@ -612,7 +632,8 @@ impl Io {
         let mut pending: Vec<bool> = Vec::new();
         // Output read but not yet emitted: an authority client (Policy::Block) holds the
         // stream back. The program's terminal is not read meanwhile, and the emit is tried
-        // again every STALL_RETRY, while the clients' input goes on being forwarded.
+        // again when the hub says there is room (through the wake-up), while the clients'
+        // input goes on being forwarded.
         let mut stalled: VecDeque<Bytes> = VecDeque::new();
         // The program's terminal hung up while output was stalled: not polled (it would
         // report the hang-up at once, every time) until the output flows again.
@@ -657,7 +678,7 @@ impl Io {
                 };
                 fds.push(entry(keys, libc::POLLIN));
             }
-            let timeout = if refused.is_empty() && stalled.is_empty() {
+            let timeout = if refused.is_empty() {
                 None
             } else {
                 let now = Instant::now();
@@ -671,7 +692,6 @@ impl Io {
                 refused
                     .iter()
                     .map(|(deadline, _)| deadline.saturating_duration_since(now))
-                    .chain((!stalled.is_empty()).then_some(STALL_RETRY))
                     .min()
             };
             match sys::unix::poll(&mut fds, timeout) {

@@ -889,3 +889,99 @@ fn a_suspended_client_lets_the_terminal_go_and_comes_back() {
     assert!(out.status.success(), "{out:?}");
     engate.wait_gone("ticks");
 }
+
+/// The voluntary context switches of the thread named `name` in process `pid` (Linux).
+fn thread_switches(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+/// An authority client (policy Block) that stops reading holds the program's output back;
+/// the server's pump then sleeps until the authority frees room (it is woken by the hub, not
+/// by a timer), and the output flows again as soon as the authority leaves.
+#[test]
+fn a_pump_held_back_by_an_authority_sleeps_until_room_frees_up() {
+    use engate_attach::Policy;
+    use engate_attach::session::wire::{self, ClientMsg};
+    use std::io::Write;
+
+    if !Path::new("/proc/self/task").exists() {
+        eprintln!(
+            "skip: a_pump_held_back_by_an_authority_sleeps_until_room_frees_up: no /proc (not Linux)"
+        );
+        return;
+    }
+    let engate = Engate::new("cli-authority");
+    let out = engate.run(&["new", "flood", "--", "seq", "1", "1000000000"]);
+    assert!(out.status.success(), "{out:?}");
+    let server: u32 = engate
+        .list()
+        .lines()
+        .find(|l| l.starts_with("flood "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|pid| pid.parse().ok())
+        .expect("the server's pid");
+    let socket = engate.dir().join("flood.sock");
+    let authority = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+    let mut hello = Vec::new();
+    wire::encode_client(
+        &ClientMsg::Hello {
+            policy: Policy::Block,
+            resume: None,
+            terminal: None,
+        },
+        &mut hello,
+    );
+    (&authority).write_all(&hello).expect("hello");
+    // Held back: the pump's thread stops making progress.
+    let bytes = || {
+        let list = engate.list();
+        list.lines()
+            .find(|l| l.starts_with("flood "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = bytes();
+        std::thread::sleep(Duration::from_millis(600));
+        if bytes() == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the authority never held the output back"
+        );
+    }
+    let first = thread_switches(server, "engate-pump").expect("the pump thread");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = thread_switches(server, "engate-pump").expect("the pump thread");
+    assert!(
+        second - first < 10,
+        "the held-back pump woke {} times in 500 ms",
+        second - first
+    );
+    drop(authority);
+    let held = bytes();
+    eventually(
+        "the output flows again once the authority is gone",
+        || (bytes() != held).then_some(()),
+        || format!("list: {}", engate.list()),
+    );
+    let out = engate.run(&["kill", "flood"]);
+    assert!(out.status.success(), "{out:?}");
+    engate.wait_gone("flood");
+}
