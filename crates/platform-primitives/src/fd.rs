@@ -1,4 +1,5 @@
-//! Descriptor flags: non-blocking mode and close-on-exec, set or cleared in one call each.
+//! Descriptor flags: non-blocking mode and close-on-exec, set or cleared in one call each; and
+//! a socket's integer options, read.
 //!
 //! `O_NONBLOCK` belongs to the open file description, so it is shared by every duplicate of
 //! the descriptor (including one held by another process); `FD_CLOEXEC` belongs to the
@@ -38,6 +39,26 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 /// What `fcntl(2)` reports.
 pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     sys::unix::update_fd_flag(fd, libc::F_GETFD, libc::F_SETFD, libc::FD_CLOEXEC, on)
+}
+
+/// An integer `SOL_SOCKET` option of the socket `fd` (`SO_TYPE`, `SO_PASSCRED`, and on Linux
+/// `SO_DOMAIN`): what a descriptor handed over by another process (socket activation, say) is.
+///
+/// ```
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixDatagram;
+/// use platform_primitives::fd;
+///
+/// let (a, _b) = UnixDatagram::pair()?;
+/// assert_eq!(fd::socket_option(a.as_fd(), libc::SO_TYPE)?, libc::SOCK_DGRAM);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// What `getsockopt(2)` reports (`ENOTSOCK` for a descriptor that is no socket).
+pub fn socket_option(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<libc::c_int> {
+    sys::unix::getsockopt(fd, name)
 }
 
 #[cfg(all(test, target_os = "linux"))]

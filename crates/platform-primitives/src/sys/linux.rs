@@ -7,7 +7,7 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
 
-use super::unix::{BatchBuffers, ControlSink, take_control};
+use super::unix::{BatchBuffers, ControlSink, getsockopt, take_control};
 use crate::creds::Credentials;
 
 /// `SCM_PIDFD` from `include/linux/socket.h` (Linux 6.5); the `libc` crate does not define it.
@@ -84,26 +84,6 @@ pub(crate) unsafe fn take_os_cmsg(
         }
         _ => {}
     }
-}
-
-fn getsockopt<T>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<T> {
-    // SAFETY: the option types used here (ucred, c_int) are plain old data.
-    let mut value: T = unsafe { zeroed() };
-    let mut len = size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is writable for `len` bytes; the kernel writes at most that many.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            (&raw mut value).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
 }
 
 fn setsockopt_int(fd: BorrowedFd<'_>, name: libc::c_int, value: libc::c_int) -> io::Result<()> {

@@ -14,6 +14,28 @@ use std::time::Duration;
 
 use crate::creds::Credentials;
 
+/// A `SOL_SOCKET` option of the socket `fd`, of type `T` (a plain-old-data option type:
+/// `c_int`, `ucred`).
+pub(crate) fn getsockopt<T>(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<T> {
+    // SAFETY: the option types used here (ucred, c_int) are plain old data.
+    let mut value: T = unsafe { zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes; the kernel writes at most that many.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
 /// What a connect attempt says about the socket bound at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Probe {

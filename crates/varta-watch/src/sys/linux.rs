@@ -136,64 +136,26 @@ pub(crate) fn pass_fd_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
     unsafe { cmd.pre_exec(action) };
 }
 
-/// The first socket passed by socket activation (`LISTEN_PID` = this process, `LISTEN_FDS` ≥ 1),
-/// taken as a Unix datagram socket. `Ok(None)` when the process was not socket-activated.
+/// The first socket passed by socket activation (`LISTEN_PID` = this process, `LISTEN_FDS` ≥ 1,
+/// taken with `platform-primitives`' [`take_listen_fds`]), checked to be a Unix datagram socket.
+/// `Ok(None)` when the process was not socket-activated. Any further descriptor passed is
+/// closed: the daemon serves one socket.
 ///
-/// Reads the environment, which is only sound while no other thread may write it: the daemon
-/// calls this at start-up, before it spawns any thread.
+/// [`take_listen_fds`]: platform_primitives::notify::take_listen_fds
 pub(crate) fn take_listen_socket() -> io::Result<Option<std::os::unix::net::UnixDatagram>> {
-    const FIRST: RawFd = 3;
-    let ours = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    if !ours || count == 0 {
+    let mut passed = platform_primitives::notify::take_listen_fds()?.into_iter();
+    let Some((name, fd)) = passed.next() else {
         return Ok(None);
-    }
-    let mut ty: libc::c_int = 0;
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: both out-pointers are valid c_ints with their size passed; an invalid FIRST
-    // makes getsockopt fail with EBADF/ENOTSOCK, which is reported.
-    let rc = unsafe {
-        libc::getsockopt(
-            FIRST,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&raw mut ty).cast(),
-            &raw mut len,
-        )
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            FIRST,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&raw mut domain).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if ty != libc::SOCK_DGRAM || domain != libc::AF_UNIX {
+    let option = |name| platform_primitives::fd::socket_option(fd.as_fd(), name);
+    if option(libc::SO_TYPE)? != libc::SOCK_DGRAM || option(libc::SO_DOMAIN)? != libc::AF_UNIX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "the socket passed as LISTEN_FDS descriptor 3 is not a Unix datagram socket",
+            format!(
+                "the socket passed as LISTEN_FDS descriptor 3 ({name}) is not a Unix datagram socket"
+            ),
         ));
     }
-    // SAFETY: systemd's protocol hands descriptor 3 to this process, which owns it from here;
-    // it was checked to be an open AF_UNIX datagram socket.
-    let fd = unsafe { OwnedFd::from_raw_fd(FIRST) };
-    platform_primitives::fd::set_cloexec(fd.as_fd(), true)?;
     Ok(Some(fd.into()))
 }
 
@@ -234,23 +196,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 
 /// Whether `SO_PASSCRED` is on for a socket.
 pub(crate) fn passcred_enabled(socket: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut on: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: the out-pointers are a valid c_int and its size; the descriptor is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&raw mut on).cast(),
-            &raw mut len,
-        )
-    };
-    if rc == 0 {
-        Ok(on != 0)
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    platform_primitives::fd::socket_option(socket, libc::SO_PASSCRED).map(|on| on != 0)
 }
 
 /// The real, effective, saved and filesystem uids of process `pid`, from `/proc/<pid>/status`.
