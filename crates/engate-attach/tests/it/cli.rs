@@ -264,6 +264,12 @@ fn attach_client_under(pid: u32) -> Option<u32> {
     None
 }
 
+/// Whether a line of `screen` is the prompt `prompt` alone (the command line that set the
+/// prompt contains it too, and shows before the session does).
+fn prompts(screen: &str, prompt: &str) -> bool {
+    count_lines(screen, prompt) > 0
+}
+
 /// Lines of `screen` that are exactly `line` (after trailing blanks).
 fn count_lines(screen: &str, line: &str) -> usize {
     screen.lines().filter(|l| l.trim_end() == line).count()
@@ -281,7 +287,7 @@ fn attach_detach_resume_redraw_resize_and_exit_status_in_tmux() {
     let before = engate.runtime.path().join("tty-before");
     tmux.type_line(&format!("stty -g > {}", before.display()));
     tmux.type_line(&attach_line("-A", "work"));
-    tmux.wait_screen("the shell in the session prompts", |s| s.contains("in$"));
+    tmux.wait_screen("the shell in the session prompts", |s| prompts(s, "in$"));
 
     // Private directory and socket.
     let dir_mode = std::fs::metadata(engate.dir())
@@ -388,7 +394,7 @@ fn detach_key_option_read_only_and_signals_in_tmux() {
     tmux.type_line(&format!("stty -g > {}", before.display()));
     // -e ^a: Ctrl-\ is then an ordinary key (it reaches the program), Ctrl-A detaches.
     tmux.type_line(&attach_line("-A -e ^a", "keys"));
-    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    tmux.wait_screen("the session's shell prompts", |s| prompts(s, "in$"));
     tmux.type_line("echo first-$((2+3))");
     tmux.wait_screen("the command runs", |s| count_lines(s, "first-5") == 1);
     tmux.key("C-a");
@@ -637,7 +643,7 @@ fn an_attached_client_survives_its_server_being_killed() {
     let before = engate.runtime.path().join("tty-before");
     tmux.type_line(&format!("stty -g > {}", before.display()));
     tmux.type_line(&attach_line("-A", "doomed"));
-    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    tmux.wait_screen("the session's shell prompts", |s| prompts(s, "in$"));
     let list = engate.list();
     let server: u32 = list
         .lines()
@@ -692,7 +698,7 @@ fn the_server_writes_to_the_attached_terminal_and_lets_go_on_detach() {
     let pane_tty = tmux.tmux(&["display-message", "-p", "-t", "t", "#{pane_tty}"]);
     let pane_tty = pane_tty.trim();
     tmux.type_line(&attach_line("-A", "handed"));
-    tmux.wait_screen("the session's shell prompts", |s| s.contains("in$"));
+    tmux.wait_screen("the session's shell prompts", |s| prompts(s, "in$"));
     let list = engate.list();
     let server: u32 = list
         .lines()
@@ -797,7 +803,7 @@ fn attach_from_the_terminal_of_a_background_server_relays() {
     tmux.type_line(&format!(
         "{ENGATE} serve bg -- env PS1='bg$ ' sh & sleep 1; {ENGATE} attach bg; echo \"rc=$?\""
     ));
-    tmux.wait_screen("the session's shell prompts", |s| s.contains("bg$"));
+    tmux.wait_screen("the session's shell prompts", |s| prompts(s, "bg$"));
     tmux.type_line("echo bg-$((2*21))");
     tmux.wait_screen("the keys reach the session", |s| {
         count_lines(s, "bg-42") == 1
