@@ -375,23 +375,29 @@ fn async_stream_loses_no_wakeup() {
     });
 }
 
+/// A ring of two one-byte chunks, with `fault` injected, and an authority subscriber
+/// ([`Policy::Block`], one item read ahead) attached from its start.
+fn held_back_by_an_authority(fault: Option<Fault>) -> (engate_attach::Producer, Hub, Attach<Live>) {
+    let config = HubConfig::new().budget_bytes(2).epoch(1);
+    let (producer, hub) = channel(config, TailProvider::new(16)).expect("config");
+    if let Some(f) = fault {
+        hub.inject_fault(f);
+    }
+    let options = AttachOptions::new().policy(Policy::Block).read_ahead(1);
+    let (synced, ()) = hub
+        .attach_with(options)
+        .subscribe()
+        .expect("attach")
+        .replay(|s| assert!(s.bytes().is_empty()));
+    (producer, hub, synced.live())
+}
+
 /// An authority subscriber ([`Policy::Block`]) in a ring of two one-byte chunks: the producer
 /// emits four bytes and must wait for it, never overrunning it; the authority takes one event
 /// and detaches, which must release the producer.
 fn authority_detach_releases_producer(fault: Option<Fault>) {
     model(move || {
-        let config = HubConfig::new().budget_bytes(2).epoch(1);
-        let (mut producer, hub) = channel(config, TailProvider::new(16)).expect("config");
-        if let Some(f) = fault {
-            hub.inject_fault(f);
-        }
-        let options = AttachOptions::new().policy(Policy::Block).read_ahead(1);
-        let (synced, ()) = hub
-            .attach_with(options)
-            .subscribe()
-            .expect("attach")
-            .replay(|s| assert!(s.bytes().is_empty()));
-        let mut authority = synced.live();
+        let (mut producer, hub, mut authority) = held_back_by_an_authority(fault);
         let emitter = thread::spawn(move || {
             for b in b"wxyz" {
                 producer.emit(vec![*b]).expect("emit");
@@ -429,18 +435,7 @@ fn negative_control_detach_without_wakeup_strands_the_producer() {
 /// takes all four bytes with blocking polls; the producer sleeps on its waker between tries.
 fn authority_wakes_a_producer_that_left_a_waker(fault: Option<Fault>) {
     model(move || {
-        let config = HubConfig::new().budget_bytes(2).epoch(1);
-        let (mut producer, hub) = channel(config, TailProvider::new(16)).expect("config");
-        if let Some(f) = fault {
-            hub.inject_fault(f);
-        }
-        let options = AttachOptions::new().policy(Policy::Block).read_ahead(1);
-        let (synced, ()) = hub
-            .attach_with(options)
-            .subscribe()
-            .expect("attach")
-            .replay(|s| assert!(s.bytes().is_empty()));
-        let mut authority = synced.live();
+        let (mut producer, _hub, mut authority) = held_back_by_an_authority(fault);
         let emitter = thread::spawn(move || {
             let notify = StdArc::new(NotifyWaker(loom::sync::Notify::new()));
             let waker = std::task::Waker::from(StdArc::clone(&notify));

@@ -349,21 +349,32 @@ fn resume_and_send(socket: &Path, at: Position, line: &[u8], want: &[u8]) -> Vec
     transcript.bytes().to_vec()
 }
 
+/// A session whose shell echoes each line it reads (`got:LINE`), and a client whose terminal
+/// and keys the server took (`Keys::Read` with `detach`, `read_only`), past its first `Shown`:
+/// the directory (the socket is `s.sock` in it), the server, the terminal's two sides and the
+/// client.
+fn echo_session_with_keys(
+    tag: &str,
+    detach: u8,
+    read_only: bool,
+) -> (TempDir, SessionServer, File, OwnedFd, SessionClient) {
+    let dir = TempDir::new(tag);
+    let socket = dir.path().join("s.sock");
+    let server = sh_session(&socket, "while read l; do echo \"got:$l\"; done");
+    let (master, slave) = terminal();
+    let mut client = handing_over(&socket, slave.as_fd(), Keys::Read { detach, read_only });
+    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
+    (dir, server, master, slave, client)
+}
+
 /// With [`Keys::Read`] the server reads the keys from the terminal itself: typed keys reach
 /// the program, the detach key ends the attach (what follows it in the same read is dropped),
 /// and the server stops reading the terminal there.
 #[test]
 fn the_server_reads_the_keys_from_the_terminal_up_to_the_detach_key() {
-    let dir = TempDir::new("term-keys");
+    let (dir, server, mut master, slave, mut client) =
+        echo_session_with_keys("term-keys", 0x1c, false);
     let socket = dir.path().join("s.sock");
-    let server = sh_session(&socket, "while read l; do echo \"got:$l\"; done");
-    let (mut master, slave) = terminal();
-    let keys = Keys::Read {
-        detach: 0x1c,
-        read_only: false,
-    };
-    let mut client = handing_over(&socket, slave.as_fd(), keys);
-    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     type_keys(&mut master, b"hello\r");
     let want = b"got:hello\r\n";
     let mut shown = Vec::new();
@@ -404,16 +415,9 @@ fn the_server_reads_the_keys_from_the_terminal_up_to_the_detach_key() {
 /// the program.
 #[test]
 fn read_only_keys_read_by_the_server_reach_nothing_but_the_detach_key_works() {
-    let dir = TempDir::new("term-ro");
+    let (dir, server, mut master, _slave, mut client) =
+        echo_session_with_keys("term-ro", b'q', true);
     let socket = dir.path().join("s.sock");
-    let server = sh_session(&socket, "while read l; do echo \"got:$l\"; done");
-    let (mut master, slave) = terminal();
-    let keys = Keys::Read {
-        detach: b'q',
-        read_only: true,
-    };
-    let mut client = handing_over(&socket, slave.as_fd(), keys);
-    assert!(matches!(next(&mut client), ServerMsg::Shown(_)));
     type_keys(&mut master, b"typed\r");
     std::thread::sleep(Duration::from_millis(200));
     type_keys(&mut master, b"q");
